@@ -1,0 +1,32 @@
+// swift-tools-version: 6.1
+// Conclave: distributed inference of Mixture-of-Experts models from GGUF files.
+// Dependency direction (DESIGN.md § Layout): conclave → Coordinator/Worker → Placement/Wire/ExpertStore
+// → Model → Kernels/GGUF/Tokenizer. Keep the debug build lean: every package here is built by CI from scratch.
+import PackageDescription
+
+let package = Package(
+    name: "Conclave",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "conclave", targets: ["conclave"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(name: "GGUF"),
+        .target(name: "Model", dependencies: ["GGUF"]),
+        .executableTarget(
+            name: "conclave",
+            dependencies: [
+                "GGUF", "Model",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Locates Tests/Fixtures, the shipped model and (when present) ../shared for the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

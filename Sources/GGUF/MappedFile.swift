@@ -1,0 +1,57 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A whole file mapped read-only into memory.
+///
+/// Nothing is read until it is touched, so opening a many-gigabyte model costs only the pages of its header.
+/// The mapping lives as long as any view of it, which is why tensor views and lazy arrays hold this object.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let count: Int
+    /// Base address; never written through (PROT_READ).
+    public let base: UnsafeRawPointer?
+
+    public init(path: String) throws(GGUFError) {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw GGUFError(.io, path: path, field: "open", "cannot open file: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            throw GGUFError(.io, path: path, field: "stat", String(cString: strerror(errno)))
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw GGUFError(.io, path: path, field: "open", "not a regular file")
+        }
+        count = Int(st.st_size)
+        if count == 0 {
+            base = nil
+            return
+        }
+        let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else {
+            throw GGUFError(.io, path: path, field: "mmap", String(cString: strerror(errno)))
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    deinit {
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), count) }
+    }
+
+    /// The whole file as bytes (empty for an empty file).
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    /// Tells the kernel how a range will be read, to make mapped streaming of weights cheaper.
+    public func advise(offset: Int, count: Int, _ advice: Int32) {
+        guard let base, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset / page) * page
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), count + (offset - start), advice)
+    }
+}
