@@ -15,7 +15,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "GGUF"),
-        .target(name: "Model", dependencies: ["GGUF"]),
+        .target(name: "Kernels", dependencies: ["GGUF"]),
+        .target(name: "Model", dependencies: ["GGUF", "Kernels"]),
         .executableTarget(
             name: "conclave",
             dependencies: [
@@ -26,6 +27,7 @@ let package = Package(
         // Locates Tests/Fixtures, the shipped model and (when present) ../shared for the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,43 @@
+import Testing
+import GGUF
+@testable import Kernels
+
+/// Bit-exact agreement with ggml on its own vectors, for every common type.
+struct GoldenTests {
+    @Test(arguments: Golden.all)
+    func dequantizeIsBitExact(g: Golden) throws {
+        let q = g.bytes("quantized")
+        let expected = g.floats("dequantized_f32")
+        #expect(q.count == Golden.rows * g.rowBytes)
+        let got = try q.withUnsafeBytes { try Dequantize.toFloats(g.type, $0, count: Golden.rows * Golden.cols) }
+        let mismatches = zip(got, expected).enumerated().filter { $0.element.0.bitPattern != $0.element.1.bitPattern }
+        #expect(mismatches.isEmpty, "\(g.name): \(mismatches.count) values differ, first at \(mismatches.first.map { "\($0.offset): \($0.element.0) vs \($0.element.1)" } ?? "")")
+    }
+
+    @Test(arguments: Golden.all)
+    func activationQuantizationIsBitExact(g: Golden) throws {
+        let x = g.floats("activation_f32")
+        let expected = g.bytes("activation_quantized")
+        var got = [UInt8](repeating: 0xAA, count: g.dotType.rowBytes(elements: Golden.cols)!)
+        try x.withUnsafeBufferPointer { xp in
+            try got.withUnsafeMutableBytes { try ActivationQuant.quantize(xp.baseAddress!, count: Golden.cols, to: g.dotType, $0.baseAddress!) }
+        }
+        #expect(got.count == expected.count)
+        let first = zip(got, expected).enumerated().first { $0.element.0 != $0.element.1 }
+        #expect(first == nil, "\(g.name) → \(g.dotType.name): first differing byte \(first.map { "\($0.offset): \($0.element.0) vs \($0.element.1)" } ?? "")")
+    }
+
+    @Test(arguments: Golden.all)
+    func referenceDotMatchesGGML(g: Golden) throws {
+        let q = g.bytes("quantized"), a = g.bytes("activation_quantized"), expected = g.floats("dot_f32")
+        for r in 0..<Golden.rows {
+            let got = try q.withUnsafeBytes { qp in
+                try a.withUnsafeBytes { ap in
+                    try ReferenceDot.dot(weight: g.type, qp.baseAddress! + r * g.rowBytes, activation: g.dotType, ap.baseAddress!, count: Golden.cols)
+                }
+            }
+            let want = Double(expected[r])
+            #expect(abs(got - want) <= max(1e-4 * abs(want), 2e-3), "\(g.name) row \(r): \(got) vs ggml \(want)")
+        }
+    }
+}
