@@ -15,7 +15,9 @@ let package = Package(
     ],
     targets: [
         .target(name: "GGUF"),
-        .target(name: "Kernels", dependencies: ["GGUF"]),
+        // Hot dot products in C, one function per format × ISA, chosen at run time (no -march flags needed).
+        .target(name: "CKernels"),
+        .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),
         .target(name: "Model", dependencies: ["GGUF", "Kernels"]),
         .executableTarget(
             name: "conclave",

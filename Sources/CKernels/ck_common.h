@@ -1,0 +1,74 @@
+// Shared helpers of the C kernels: block layouts (ggml-common.h shapes) and scalar conversions.
+#ifndef CK_COMMON_H
+#define CK_COMMON_H
+#include <stdint.h>
+#include <string.h>
+#include "ckernels.h"
+
+enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14, T_BF16 = 30 };
+
+typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
+typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
+typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
+typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } blk_q8_K;
+
+_Static_assert(sizeof(blk_q4_0) == 18, "q4_0");
+_Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
+_Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
+_Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
+_Static_assert(sizeof(blk_q8_K) == 292, "q8_K");
+
+static inline float ck_f16(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0x1F) bits = sign | 0x7F800000 | (man << 13);
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (man == 0) bits = sign;
+    else { // subnormal: normalise
+        int e = -1; uint32_t m = man;
+        do { e++; m <<= 1; } while ((m & 0x400) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3FF) << 13);
+    }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+static inline float ck_bf16(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+
+/// Q4_K's eight 6-bit scales and mins from twelve bytes.
+static inline void ck_q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) { sc[j] = q[j] & 63; mn[j] = q[j + 4] & 63; }
+        else {
+            sc[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+            mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        }
+    }
+}
+
+// Scalar kernels, also the fallback on CPUs without AVX2.
+void ck_rows_f32_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_f16_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_q8_0_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_q4_0_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_q4_K_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_q6_K_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+ck_rows_fn ck_x86_kernel(int type, int isa);
+
+/// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
+#define CK_ROWS_LOOP(DOT) \
+    for (int r = 0; r < rows; r++) { \
+        const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_stride; \
+        for (int t = 0; t < batch; t++) { \
+            const uint8_t *ar = (const uint8_t *)a + (size_t)t * a_stride; \
+            const int32_t *sr = asum ? asum + (size_t)t * asum_stride : 0; \
+            (void)sr; \
+            y[(size_t)t * y_stride + r] = DOT; \
+        } \
+    }
+
+#define CK_ROWS_SIGNATURE int n, const void *w, size_t w_stride, int rows, const void *a, size_t a_stride, \
+    const int32_t *asum, size_t asum_stride, int batch, float *y, size_t y_stride
+
+#endif

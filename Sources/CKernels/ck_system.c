@@ -1,0 +1,15 @@
+// System queries Swift's Glibc overlay does not expose (they need _GNU_SOURCE).
+#define _GNU_SOURCE
+#include <sched.h>
+#include <unistd.h>
+#include "ckernels.h"
+
+int ck_available_cores(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}

@@ -1,0 +1,54 @@
+#ifndef CONCLAVE_CKERNELS_H
+#define CONCLAVE_CKERNELS_H
+
+// The hot dot products of Conclave, one C function per weight format × instruction set.
+//
+// Swift owns the block formats, the reference kernels and the threading (Sources/Kernels); this target holds
+// only what Swift cannot make fast: integer SIMD (vpmaddubsw, vpdpbusd) and F16C. Each function is compiled
+// for its ISA with a target attribute and chosen at run time, so the binary runs on any x86-64 (and any CPU,
+// through the scalar versions).
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction sets, as a bit mask.
+enum {
+    CK_ISA_SCALAR = 0,
+    CK_ISA_AVX2 = 1,      // AVX2 + FMA + F16C
+    CK_ISA_AVX512VNNI = 2 // AVX-512 F/BW/VL + VNNI (256-bit vpdpbusd)
+};
+
+/// What this CPU supports (CK_ISA_* bits).
+int ck_cpu_isa(void);
+
+/// Computes, for every row r < rows and token t < batch:
+///   y[t * y_stride + r] = dot(weight row r, activation row t)
+/// w: first weight row; rows are w_stride bytes apart. a: first activation row (quantized to the weight
+/// type's activation format), a_stride bytes apart. asum: for Q8_0 activations, Σ qs of each 32-block
+/// (one int32 per block, asum_stride ints between tokens); ignored by other formats. n: values per row.
+typedef void (*ck_rows_fn)(int n, const void *w, size_t w_stride, int rows,
+                           const void *a, size_t a_stride, const int32_t *asum, size_t asum_stride,
+                           int batch, float *y, size_t y_stride);
+
+/// The kernel for ggml type id `type` on `isa` (one of CK_ISA_*), or NULL when there is none.
+ck_rows_fn ck_rows_kernel(int type, int isa);
+
+/// Σ qs per 32-block of a Q8_0 row of n values (the correction term the unsigned-times-signed kernels need).
+void ck_q8_0_block_sums(int n, const void *a, int32_t *out);
+
+/// Cores this process may run on (its affinity mask).
+int ck_available_cores(void);
+
+/// Reads `bytes` bytes from `p` with 32-byte aligned loads, returning a checksum so the loads
+/// are not optimised away (memory bandwidth measurement).
+uint64_t ck_stream_read(const void *p, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKernels
+import GGUF
+
+/// A quantized weight matrix in ggml layout: `rows` rows of `cols` values, each row `rowBytes` long.
+public struct WeightMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let rows: Int
+    public let cols: Int
+    public let data: UnsafeRawPointer
+    public let rowStride: Int
+
+    public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, rowStride: Int? = nil) throws(KernelError) {
+        guard let rb = type.rowBytes(elements: cols) else {
+            throw KernelError("a row of \(cols) values is not a whole number of \(type.name) blocks")
+        }
+        self.type = type
+        self.rows = rows
+        self.cols = cols
+        self.data = data
+        self.rowStride = rowStride ?? rb
+    }
+
+    /// Rows `range` as a matrix of their own (one expert of a stacked tensor, one stage's slice).
+    public func rows(_ range: Range<Int>) -> WeightMatrix {
+        try! WeightMatrix(type: type, rows: range.count, cols: cols, data: data + range.lowerBound * rowStride, rowStride: rowStride)
+    }
+}
+
+/// Instruction set in use; `CONCLAVE_ISA=scalar|avx2|vnni` overrides the detection (for tests and comparisons).
+public enum ISA: String, Sendable, CaseIterable {
+    case scalar, avx2, vnni
+
+    public static let detected: ISA = {
+        let bits = ck_cpu_isa()
+        if bits & Int32(CK_ISA_AVX512VNNI) != 0 { return .vnni }
+        if bits & Int32(CK_ISA_AVX2) != 0 { return .avx2 }
+        return .scalar
+    }()
+
+    public static let active: ISA = {
+        if let env = getenv("CONCLAVE_ISA"), let isa = ISA(rawValue: String(cString: env)) { return min(isa, detected) }
+        return detected
+    }()
+
+    var bits: Int32 {
+        switch self {
+        case .scalar: return Int32(CK_ISA_SCALAR)
+        case .avx2: return Int32(CK_ISA_AVX2)
+        case .vnni: return Int32(CK_ISA_AVX2 | CK_ISA_AVX512VNNI)
+        }
+    }
+}
+
+extension ISA: Comparable {
+    public static func < (a: ISA, b: ISA) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+}
+
+/// Activations quantized once to the format a weight type's kernel consumes, reusable across matrices of that
+/// type (the gate and up projections of an expert share one).
+public final class QuantizedActivations: @unchecked Sendable {
+    public let format: GGMLType
+    public let cols: Int
+    public let batch: Int
+    let rowStride: Int
+    let data: UnsafeMutableRawPointer
+    /// Σ qs per Q8_0 block, for the unsigned-nibble kernels.
+    let sums: UnsafeMutablePointer<Int32>?
+    let sumsStride: Int
+
+    /// `x` holds `batch` rows of `cols` floats, `xStride` floats apart.
+    public init(_ x: UnsafePointer<Float>, cols: Int, batch: Int, xStride: Int? = nil, format: GGMLType, pool: ThreadPool? = nil) throws(KernelError) {
+        guard let rb = format.rowBytes(elements: cols) else {
+            throw KernelError("\(cols) activations is not a whole number of \(format.name) blocks")
+        }
+        self.format = format
+        self.cols = cols
+        self.batch = batch
+        rowStride = (rb + 63) & ~63
+        data = .allocate(byteCount: max(1, rowStride * batch), alignment: 64)
+        sumsStride = format == .q8_0 ? cols / 32 : 0
+        sums = format == .q8_0 ? .allocate(capacity: max(1, sumsStride * batch)) : nil
+        let stride = xStride ?? cols
+        var failure: KernelError?
+        let work: (Range<Int>) -> Void = { [data, rowStride, sums, sumsStride] range in
+            for t in range {
+                do throws(KernelError) {
+                    try ActivationQuant.quantize(x + t * stride, count: cols, to: format, data + t * rowStride)
+                } catch { failure = error }
+                if let sums { ck_q8_0_block_sums(Int32(cols), data + t * rowStride, sums + t * sumsStride) }
+            }
+        }
+        if let pool, batch > 1 { pool.parallelFor(batch, work) } else { work(0..<batch) }
+        if let failure { throw failure }
+    }
+
+    deinit {
+        data.deallocate()
+        sums?.deallocate()
+    }
+}
+
+/// Matrix products over quantized weights: y = W·x for one activation row (matvec) or many (matmul).
+public enum MatMul {
+    /// Which kernel runs a weight type on the active ISA, or nil when only the dequantizing fallback can.
+    static func kernel(for type: GGMLType) -> ck_rows_fn? {
+        ck_rows_kernel(Int32(type.rawValue), ISA.active.bits)
+    }
+
+    /// Whether a type has a fused quantized kernel (as opposed to dequantize-then-dot).
+    public static func hasKernel(_ type: GGMLType) -> Bool { kernel(for: type) != nil }
+
+    /// y[t * yStride + r] = Σ_c W[r, c] · x[t, c] for all rows r and tokens t < batch.
+    public static func multiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int? = nil,
+                                into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, pool: ThreadPool) throws(KernelError) {
+        guard let format = ActivationQuant.vecDotType(for: w.type), kernel(for: w.type) != nil else {
+            return try dequantizingMultiply(w, x, batch: batch, xStride: xStride ?? w.cols, into: y, yStride: yStride ?? w.rows, pool: pool)
+        }
+        let a = try QuantizedActivations(x, cols: w.cols, batch: batch, xStride: xStride, format: format, pool: pool)
+        try multiply(w, a, into: y, yStride: yStride, pool: pool)
+    }
+
+    /// The same with activations already quantized (to `ActivationQuant.vecDotType(for: w.type)`).
+    public static func multiply(_ w: WeightMatrix, _ a: QuantizedActivations, into y: UnsafeMutablePointer<Float>,
+                                yStride: Int? = nil, pool: ThreadPool) throws(KernelError) {
+        guard a.cols == w.cols else { throw KernelError("activations have \(a.cols) values, the matrix \(w.cols) columns") }
+        guard a.format == ActivationQuant.vecDotType(for: w.type), let fn = kernel(for: w.type) else {
+            throw KernelError("no \(w.type.name) kernel for \(a.format.name) activations")
+        }
+        let ys = yStride ?? w.rows
+        pool.parallelFor(w.rows, granularity: 4) { range in
+            fn(Int32(w.cols), w.data + range.lowerBound * w.rowStride, w.rowStride, Int32(range.count),
+               a.data, a.rowStride, a.sums, a.sumsStride, Int32(a.batch), y + range.lowerBound, ys)
+        }
+    }
+
+    /// For types without a fused kernel: each thread dequantizes its rows one at a time and takes F32 dots.
+    static func dequantizingMultiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int,
+                                     into y: UnsafeMutablePointer<Float>, yStride: Int, pool: ThreadPool) throws(KernelError) {
+        guard Dequantize.supported.contains(w.type) else { throw KernelError("no kernel for \(w.type.name) weights") }
+        let dot = ck_rows_kernel(Int32(GGMLType.f32.rawValue), ISA.active.bits)!
+        pool.parallelFor(w.rows, granularity: 4) { range in
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: w.cols)
+            defer { row.deallocate() }
+            for r in range {
+                try! Dequantize.row(w.type, w.data + r * w.rowStride, row, count: w.cols)
+                dot(Int32(w.cols), row, 0, 1, x, xStride * 4, nil, 0, Int32(batch), y + r, yStride)
+            }
+        }
+    }
+}

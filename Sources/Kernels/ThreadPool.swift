@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKernels
+import Synchronization
+
+/// A fixed set of threads that run one data-parallel job at a time, `body(threadIndex)` on each.
+///
+/// Decoding calls a matrix-vector product hundreds of times per token, each a few tens of microseconds, so
+/// the pool never creates threads per call: workers spin briefly on the job counter (a wake-up from a futex
+/// costs as much as a small matvec) and then park on a condition variable until the next job. The caller
+/// is thread 0 and does its share of the work.
+public final class ThreadPool: @unchecked Sendable {
+    public let size: Int
+
+    private let generation = Atomic<Int>(0)
+    private let pending = Atomic<Int>(0)
+    private var stopping = false
+    private var job: ((Int) -> Void)?
+    private var mutex = pthread_mutex_t()
+    private var wake = pthread_cond_t()
+    private var threads: [pthread_t] = []
+    /// Serialises callers: one job at a time.
+    private let callerLock = Mutex<Void>(())
+
+    /// How long an idle worker spins before parking, in polls of the job counter.
+    private static let spinPolls = 200_000
+
+    public init(threads: Int) {
+        size = max(1, threads)
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wake, nil)
+        for index in 1..<size {
+            let box = Unmanaged.passRetained(WorkerStart(pool: self, index: index))
+            var thread = pthread_t()
+            let rc = pthread_create(&thread, nil, { arg in
+                let start = Unmanaged<WorkerStart>.fromOpaque(arg!).takeRetainedValue()
+                start.pool.workerLoop(index: start.index)
+                return nil
+            }, box.toOpaque())
+            precondition(rc == 0, "pthread_create failed: \(rc)")
+            self.threads.append(thread)
+        }
+    }
+
+    deinit {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        generation.add(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+        for t in threads { pthread_join(t, nil) }
+        pthread_cond_destroy(&wake)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    /// The number of cores this process may run on.
+    public static var availableCores: Int { Int(ck_available_cores()) }
+
+    /// Runs `body(i)` for every i in 0..<size, in parallel, and returns when all have finished.
+    public func run(_ body: (Int) -> Void) {
+        if size == 1 {
+            body(0)
+            return
+        }
+        callerLock.withLock { _ in
+            withoutActuallyEscaping(body) { escaping in
+                pthread_mutex_lock(&mutex)
+                job = escaping
+                pending.store(size - 1, ordering: .relaxed)
+                generation.add(1, ordering: .releasing)
+                pthread_cond_broadcast(&wake)
+                pthread_mutex_unlock(&mutex)
+                escaping(0)
+                var polls = 0
+                while pending.load(ordering: .acquiring) > 0 {
+                    polls += 1
+                    if polls > Self.spinPolls { sched_yield() }
+                }
+                job = nil
+            }
+        }
+    }
+
+    /// Splits `0..<count` into `size` contiguous ranges (multiples of `granularity`) and runs `body` on each.
+    public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Range<Int>) -> Void) {
+        let g = max(1, granularity)
+        let units = (count + g - 1) / g
+        let workers = min(size, max(1, units))
+        if workers == 1 {
+            body(0..<count)
+            return
+        }
+        run { i in
+            guard i < workers else { return }
+            let lo = min(count, units * i / workers * g)
+            let hi = min(count, units * (i + 1) / workers * g)
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+
+    private func workerLoop(index: Int) {
+        var seen = 0
+        while true {
+            var polls = 0
+            while generation.load(ordering: .acquiring) == seen && polls < Self.spinPolls { polls += 1 }
+            if generation.load(ordering: .acquiring) == seen {
+                pthread_mutex_lock(&mutex)
+                while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
+                pthread_mutex_unlock(&mutex)
+            }
+            pthread_mutex_lock(&mutex)
+            let stop = stopping
+            let work = job
+            pthread_mutex_unlock(&mutex)
+            if stop { return }
+            seen = generation.load(ordering: .acquiring)
+            work?(index)
+            pending.subtract(1, ordering: .releasing)
+        }
+    }
+}
+
+private final class WorkerStart {
+    let pool: ThreadPool
+    let index: Int
+    init(pool: ThreadPool, index: Int) {
+        self.pool = pool
+        self.index = index
+    }
+}

@@ -1,0 +1,111 @@
+import CKernels
+import Testing
+import GGUF
+@testable import Kernels
+
+struct MatMulTests {
+    static let fused: [GGMLType] = [.f32, .f16, .q8_0, .q4_0, .q4_K, .q6_K]
+
+    /// Each C kernel on each ISA this CPU has, against ggml's own dot on ggml's vectors.
+    @Test(arguments: Golden.all.filter { fused.contains($0.type) })
+    func cKernelsMatchGGMLDot(g: Golden) throws {
+        let q = g.bytes("quantized"), a = g.bytes("activation_quantized"), expected = g.floats("dot_f32")
+        var sums = [Int32](repeating: 0, count: Golden.cols / 32)
+        if g.dotType == .q8_0 { a.withUnsafeBytes { ck_q8_0_block_sums(Int32(Golden.cols), $0.baseAddress!, &sums) } }
+        for isa in ISA.allCases where isa <= ISA.detected {
+            let fn = try #require(ck_rows_kernel(Int32(g.type.rawValue), isa.bits), "\(g.name) has no \(isa) kernel")
+            var y = [Float](repeating: .nan, count: Golden.rows)
+            q.withUnsafeBytes { qp in
+                a.withUnsafeBytes { ap in
+                    fn(Int32(Golden.cols), qp.baseAddress!, g.rowBytes, Int32(Golden.rows), ap.baseAddress!, 0, sums, 0, 1, &y, Golden.rows)
+                }
+            }
+            for r in 0..<Golden.rows {
+                let want = expected[r]
+                #expect(abs(y[r] - want) <= max(1e-4 * abs(want), 2e-3), "\(g.name) \(isa) row \(r): \(y[r]) vs ggml \(want)")
+            }
+        }
+    }
+
+    /// Random matrices of odd shapes through the public API, at 1, 2 and 3 threads, matvec and batched.
+    @Test(arguments: [GGMLType.q8_0, .q4_0, .q4_K, .q6_K, .f16, .f32, .q5_K, .iq4_XS, .q4_1])
+    func multiplyMatchesReference(type: GGMLType) throws {
+        var rng = SplitMix(state: UInt64(type.rawValue) &* 7919)
+        let cols = type.blockSize == 256 ? 512 : 96
+        for (rows, batch) in [(1, 1), (7, 1), (13, 3), (33, 5)] {
+            let w = randomWeights(type: type, rows: rows, cols: cols, rng: &rng)
+            let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let want = try reference(type: type, w: w, x: x, rows: rows, cols: cols, batch: batch)
+            for threads in 1...3 {
+                let pool = ThreadPool(threads: threads)
+                var y = [Float](repeating: .nan, count: rows * batch)
+                try w.withUnsafeBytes { wp in
+                    let m = try WeightMatrix(type: type, rows: rows, cols: cols, data: wp.baseAddress!)
+                    try x.withUnsafeBufferPointer { xp in
+                        try y.withUnsafeMutableBufferPointer { yp in
+                            try MatMul.multiply(m, xp.baseAddress!, batch: batch, into: yp.baseAddress!, pool: pool)
+                        }
+                    }
+                }
+                for i in 0..<(rows * batch) {
+                    #expect(abs(Double(y[i]) - want[i]) <= max(2e-3 * abs(want[i]), 2e-3),
+                            "\(type.name) \(rows)×\(cols) batch \(batch) threads \(threads) [\(i)]: \(y[i]) vs \(want[i])")
+                }
+            }
+        }
+    }
+
+    /// What the kernels must compute: the quantized weights times the activations quantized the way the kernel
+    /// consumes them, in double precision.
+    func reference(type: GGMLType, w: [UInt8], x: [Float], rows: Int, cols: Int, batch: Int) throws -> [Double] {
+        let fmt = MatMul.hasKernel(type) ? ActivationQuant.vecDotType(for: type)! : .f32
+        let ab = fmt.rowBytes(elements: cols)!
+        var out = [Double](repeating: 0, count: rows * batch)
+        for t in 0..<batch {
+            var aq = [UInt8](repeating: 0, count: ab)
+            try x.withUnsafeBufferPointer { xp in
+                try aq.withUnsafeMutableBytes { try ActivationQuant.quantize(xp.baseAddress! + t * cols, count: cols, to: fmt, $0.baseAddress!) }
+            }
+            for r in 0..<rows {
+                out[t * rows + r] = try w.withUnsafeBytes { wp in
+                    try aq.withUnsafeBytes { ap in
+                        try ReferenceDot.dot(weight: type, wp.baseAddress! + r * type.rowBytes(elements: cols)!, activation: fmt, ap.baseAddress!, count: cols)
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Random weights of any type: random bytes with every f16 scale field replaced by a small sane value.
+func randomWeights(type: GGMLType, rows: Int, cols: Int, rng: inout SplitMix) -> [UInt8] {
+    let rb = type.rowBytes(elements: cols)!
+    if type == .f32 {
+        return (0..<(rows * cols)).flatMap { _ in withUnsafeBytes(of: Float.random(in: -1...1, using: &rng)) { Array($0) } }
+    }
+    if type == .f16 {
+        return (0..<(rows * cols)).flatMap { _ in withUnsafeBytes(of: Scalars.toF16(.random(in: -1...1, using: &rng))) { Array($0) } }
+    }
+    var bytes = (0..<(rows * rb)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    let blocks = rows * rb / type.bytesPerBlock
+    for b in 0..<blocks {
+        for offset in BlockScales.f16Offsets(type) {
+            let v = Scalars.toF16(Float.random(in: 0.001...0.02, using: &rng))
+            bytes[b * type.bytesPerBlock + offset] = UInt8(v & 0xFF)
+            bytes[b * type.bytesPerBlock + offset + 1] = UInt8(v >> 8)
+        }
+    }
+    return bytes
+}
+
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
