@@ -22,7 +22,7 @@ let package = Package(
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "Model",
+                "GGUF", "Model", "Kernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
