@@ -48,12 +48,12 @@ static inline void ck_q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
 }
 
 // Scalar kernels, also the fallback on CPUs without AVX2.
-void ck_rows_f32_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
-void ck_rows_f16_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
-void ck_rows_q8_0_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
-void ck_rows_q4_0_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
-void ck_rows_q4_K_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
-void ck_rows_q6_K_scalar(int, const void *, size_t, int, const void *, size_t, const int32_t *, size_t, int, float *, size_t);
+void ck_rows_f32_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_f16_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q8_0_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q4_0_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q4_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q6_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 ck_rows_fn ck_x86_kernel(int type, int isa);
 
 /// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
@@ -62,13 +62,13 @@ ck_rows_fn ck_x86_kernel(int type, int isa);
         const uint8_t *wr = (const uint8_t *)w + (size_t)r * w_stride; \
         for (int t = 0; t < batch; t++) { \
             const uint8_t *ar = (const uint8_t *)a + (size_t)t * a_stride; \
-            const int32_t *sr = asum ? asum + (size_t)t * asum_stride : 0; \
+            const float *sr = aux ? aux + (size_t)t * aux_stride : 0; \
             (void)sr; \
             y[(size_t)t * y_stride + r] = DOT; \
         } \
     }
 
 #define CK_ROWS_SIGNATURE int n, const void *w, size_t w_stride, int rows, const void *a, size_t a_stride, \
-    const int32_t *asum, size_t asum_stride, int batch, float *y, size_t y_stride
+    const float *aux, size_t aux_stride, int batch, float *y, size_t y_stride
 
 #endif

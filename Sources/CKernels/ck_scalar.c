@@ -74,11 +74,13 @@ void ck_rows_q4_0_scalar(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(dot_q4_0(n, (const bl
 void ck_rows_q4_K_scalar(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(dot_q4_K(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar)) }
 void ck_rows_q6_K_scalar(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(dot_q6_K(n, (const blk_q6_K *)wr, (const blk_q8_K *)ar)) }
 
-void ck_q8_0_block_sums(int n, const void *a, int32_t *out) {
+void ck_q8_0_aux(int n, const void *a, float *out) {
     const blk_q8_0 *y = a;
     for (int b = 0; b < n / 32; b++) {
         int s = 0; for (int j = 0; j < 32; j++) s += y[b].qs[j];
-        out[b] = s;
+        const float d = ck_f16(y[b].d);
+        out[2 * b] = d;
+        out[2 * b + 1] = d * (float)s;
     }
 }
 

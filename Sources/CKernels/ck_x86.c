@@ -30,6 +30,11 @@ static inline AVX2 float hsum8(__m256 x) {
 
 static inline AVX2 float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
+// Bytes ahead of the current weight block to prefetch: far enough to cover memory latency at full bandwidth.
+#ifndef CK_PREFETCH
+#define CK_PREFETCH 1024
+#endif
+
 // Σ of unsigned × signed byte products, four per int32 lane.
 static inline AVX2 __m256i dot_us_avx2(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
@@ -61,6 +66,7 @@ static inline AVX2 float dot_f16_avx2(int n, const uint16_t *x, const uint16_t *
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int i = 0;
     for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(x + i) + CK_PREFETCH, _MM_HINT_NTA);
         a0 = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), a0);
         a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), a1);
         a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), load_f16x8(y + i + 16), a2);
@@ -73,76 +79,100 @@ static inline AVX2 float dot_f16_avx2(int n, const uint16_t *x, const uint16_t *
 }
 
 // ---- Q8_0 × Q8_0: |x| × sign(y, x) keeps the unsigned operand within 127, so neither path saturates.
+// The activation's scales come pre-converted in `ya` (d, d·Σy per block).
 
 #define DEF_Q8_0(NAME, ATTR, DOT)                                                                         \
-    static inline ATTR float NAME(int n, const blk_q8_0 *x, const blk_q8_0 *y) {                          \
+    static inline ATTR float NAME(int n, const blk_q8_0 *x, const blk_q8_0 *y, const float *ya) {         \
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
         const int nb = n / 32;                                                                            \
         int b = 0;                                                                                        \
         for (; b + 2 <= nb; b += 2) {                                                                     \
+            _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);                               \
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);                              \
             const __m256i y0 = _mm256_loadu_si256((const __m256i *)y[b].qs);                              \
             const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);                          \
             const __m256i y1 = _mm256_loadu_si256((const __m256i *)y[b + 1].qs);                          \
             const __m256i p0 = DOT(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(y0, x0)); \
             const __m256i p1 = DOT(_mm256_setzero_si256(), _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(y1, x1)); \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * h2f(y[b].d)), _mm256_cvtepi32_ps(p0), acc0); \
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b + 1].d) * h2f(y[b + 1].d)), _mm256_cvtepi32_ps(p1), acc1); \
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0); \
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b + 1].d) * ya[2 * b + 2]), _mm256_cvtepi32_ps(p1), acc1); \
         }                                                                                                 \
         for (; b < nb; b++) {                                                                             \
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);                              \
             const __m256i y0 = _mm256_loadu_si256((const __m256i *)y[b].qs);                              \
             const __m256i p0 = DOT(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(y0, x0)); \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * h2f(y[b].d)), _mm256_cvtepi32_ps(p0), acc0); \
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0); \
         }                                                                                                 \
         return hsum8(_mm256_add_ps(acc0, acc1));                                                          \
     }
 DEF_Q8_0(dot_q8_0_avx2, AVX2, dot_us_avx2)
 DEF_Q8_0(dot_q8_0_vnni, VNNI, dot_us_vnni)
 
-// ---- Q4_0 × Q8_0: nibbles are unsigned 0..15, so Σ q·y is taken directly and 8·Σy (precomputed) removed.
+// ---- Q4_0 × Q8_0: nibbles are unsigned 0..15, so Σ q·y is taken directly and 8·d·Σy (precomputed) removed.
 
 #define DEF_Q4_0(NAME, ATTR, DOT)                                                                         \
-    static inline ATTR float NAME(int n, const blk_q4_0 *x, const blk_q8_0 *y, const int32_t *ys) {       \
+    static inline ATTR float NAME(int n, const blk_q4_0 *x, const blk_q8_0 *y, const float *ya) {         \
         const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
-        float corr = 0;                                                                                   \
+        float corr0 = 0, corr1 = 0;                                                                       \
         const int nb = n / 32;                                                                            \
         int b = 0;                                                                                        \
         for (; b + 2 <= nb; b += 2) {                                                                     \
+            _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);                               \
             const __m128i t0 = _mm_loadu_si128((const __m128i *)x[b].qs);                                 \
             const __m128i t1 = _mm_loadu_si128((const __m128i *)x[b + 1].qs);                             \
             const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t0, 4), t0), m4);         \
             const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t1, 4), t1), m4);         \
             const __m256i p0 = DOT(_mm256_setzero_si256(), q0, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
             const __m256i p1 = DOT(_mm256_setzero_si256(), q1, _mm256_loadu_si256((const __m256i *)y[b + 1].qs)); \
-            const float d0 = h2f(x[b].d) * h2f(y[b].d), d1 = h2f(x[b + 1].d) * h2f(y[b + 1].d);           \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(p0), acc0);                     \
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(p1), acc1);                     \
-            corr += d0 * (float)(8 * ys[b]) + d1 * (float)(8 * ys[b + 1]);                                \
+            const float dx0 = h2f(x[b].d), dx1 = h2f(x[b + 1].d);                                         \
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dx0 * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0);         \
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(dx1 * ya[2 * b + 2]), _mm256_cvtepi32_ps(p1), acc1);     \
+            corr0 += dx0 * ya[2 * b + 1];                                                                 \
+            corr1 += dx1 * ya[2 * b + 3];                                                                 \
         }                                                                                                 \
         for (; b < nb; b++) {                                                                             \
             const __m128i t0 = _mm_loadu_si128((const __m128i *)x[b].qs);                                 \
             const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t0, 4), t0), m4);         \
             const __m256i p0 = DOT(_mm256_setzero_si256(), q0, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
-            const float d0 = h2f(x[b].d) * h2f(y[b].d);                                                   \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(p0), acc0);                     \
-            corr += d0 * (float)(8 * ys[b]);                                                              \
+            const float dx0 = h2f(x[b].d);                                                                \
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dx0 * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0);         \
+            corr0 += dx0 * ya[2 * b + 1];                                                                 \
         }                                                                                                 \
-        return hsum8(_mm256_add_ps(acc0, acc1)) - corr;                                                   \
+        return hsum8(_mm256_add_ps(acc0, acc1)) - 8 * (corr0 + corr1);                                    \
     }
 DEF_Q4_0(dot_q4_0_avx2, AVX2, dot_us_avx2)
 DEF_Q4_0(dot_q4_0_vnni, VNNI, dot_us_vnni)
 
-// ---- Q4_K × Q8_K: per 32-group 6-bit scale applied with vpmaddwd on the 16-bit pair sums; mins via bsums.
+// ---- Q4_K × Q8_K: scales and mins unpacked with ggml's mask shuffle (no per-value branches); the per-group
+// 6-bit scale is applied by vpmaddwd on the 16-bit pair sums; Σ min·bsum is one vpmaddwd too.
 
 static inline AVX2 float dot_q4_K_avx2(int n, const blk_q4_K *x, const blk_q8_K *y) {
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
+    __m128 accm = _mm_setzero_ps();
     for (int b = 0; b < n / 256; b++) {
-        uint8_t sc[8], mn[8];
-        ck_q4k_scales(x[b].scales, sc, mn);
+        const char *pf = (const char *)(x + b) + CK_PREFETCH;
+        _mm_prefetch(pf, _MM_HINT_NTA);
+        _mm_prefetch(pf + 64, _MM_HINT_NTA);
+        _mm_prefetch(pf + 128, _MM_HINT_NTA);
+        uint32_t u[4];
+        memcpy(u, x[b].scales, 12);
+        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+        const uint32_t t = u[1] & k1;
+        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+        u[2] = t;
+        u[0] &= k1;
+        // u[0..1]: the eight scales, u[2..3]: the eight mins, one byte each.
+        const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
+        const __m128i bs = _mm_loadu_si128((const __m128i *)y[b].bsums);
+        const __m128i bs2 = _mm_loadu_si128((const __m128i *)(y[b].bsums + 8));
+        const __m128i pairs = _mm_hadd_epi16(bs, bs2);
+        const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), pairs);
+        const float dmin = h2f(x[b].dmin) * y[b].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm);
+
         __m256i sumi = _mm256_setzero_si256();
         for (int g = 0; g < 4; g++) {
             const __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * g));
@@ -150,24 +180,28 @@ static inline AVX2 float dot_q4_K_avx2(int n, const blk_q4_K *x, const blk_q8_K 
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
             const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * g)));
             const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y[b].qs + 64 * g + 32)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * g])));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * g + 1])));
+            const short a0 = ((const uint8_t *)u)[2 * g], a1 = ((const uint8_t *)u)[2 * g + 1];
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, _mm256_set1_epi16(a0)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(a1)));
         }
-        int summ = 0;
-        for (int j = 0; j < 8; j++) summ += mn[j] * (y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += h2f(x[b].dmin) * y[b].d * (float)summ;
     }
-    return hsum8(acc) - mins;
+    __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum8(acc) - _mm_cvtss_f32(m);
 }
 
-// ---- Q6_K × Q8_K: 6-bit unsigned values (q + 32) times y, then 32·Σ sc·bsum removed.
+// ---- Q6_K × Q8_K: 6-bit unsigned values (q + 32) times y, then 32·Σ sc·bsum removed (one vpmaddwd).
 
 static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K *y) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
     __m256 acc = _mm256_setzero_ps();
-    float corr = 0;
     for (int b = 0; b < n / 256; b++) {
+        const char *pf = (const char *)(x + b) + CK_PREFETCH;
+        _mm_prefetch(pf, _MM_HINT_NTA);
+        _mm_prefetch(pf + 64, _MM_HINT_NTA);
+        _mm_prefetch(pf + 128, _MM_HINT_NTA);
+        _mm_prefetch(pf + 192, _MM_HINT_NTA);
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
@@ -186,24 +220,24 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
             }
         }
-        int bs = 0;
-        for (int s = 0; s < 16; s++) bs += x[b].scales[s] * y[b].bsums[s];
-        const float d = h2f(x[b].d) * y[b].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        corr += d * (float)(32 * bs);
+        // Subtract 32·Σ sc·bsum as a vector, before the conversion to float.
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
+        const __m256i bsum = _mm256_loadu_si256((const __m256i *)y[b].bsums);
+        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsum), 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8(acc) - corr;
+    return hsum8(acc);
 }
 
-// ---- Row loops, with the next rows' weights prefetched while this one is computed.
+// ---- Row loops.
 
 #define DEF_ROWS(NAME, ATTR, DOT)                                   \
     static ATTR void NAME(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(DOT) }
 
 DEF_ROWS(rows_f32_avx2, AVX2, dot_f32_avx2(n, (const float *)wr, (const float *)ar))
 DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint16_t *)ar))
-DEF_ROWS(rows_q8_0_avx2, AVX2, dot_q8_0_avx2(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar))
-DEF_ROWS(rows_q8_0_vnni, VNNI, dot_q8_0_vnni(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar))
+DEF_ROWS(rows_q8_0_avx2, AVX2, dot_q8_0_avx2(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(rows_q8_0_vnni, VNNI, dot_q8_0_vnni(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
 DEF_ROWS(rows_q4_0_avx2, AVX2, dot_q4_0_avx2(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
 DEF_ROWS(rows_q4_0_vnni, VNNI, dot_q4_0_vnni(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
 DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))

@@ -68,9 +68,9 @@ public final class QuantizedActivations: @unchecked Sendable {
     public let batch: Int
     let rowStride: Int
     let data: UnsafeMutableRawPointer
-    /// Σ qs per Q8_0 block, for the unsigned-nibble kernels.
-    let sums: UnsafeMutablePointer<Int32>?
-    let sumsStride: Int
+    /// Per Q8_0 block its scale and scale·Σqs (see `ck_q8_0_aux`), computed once for every row of every matrix.
+    let aux: UnsafeMutablePointer<Float>?
+    let auxStride: Int
 
     /// `x` holds `batch` rows of `cols` floats, `xStride` floats apart.
     public init(_ x: UnsafePointer<Float>, cols: Int, batch: Int, xStride: Int? = nil, format: GGMLType, pool: ThreadPool? = nil) throws(KernelError) {
@@ -82,16 +82,16 @@ public final class QuantizedActivations: @unchecked Sendable {
         self.batch = batch
         rowStride = (rb + 63) & ~63
         data = .allocate(byteCount: max(1, rowStride * batch), alignment: 64)
-        sumsStride = format == .q8_0 ? cols / 32 : 0
-        sums = format == .q8_0 ? .allocate(capacity: max(1, sumsStride * batch)) : nil
+        auxStride = format == .q8_0 ? 2 * cols / 32 : 0
+        aux = format == .q8_0 ? .allocate(capacity: max(1, auxStride * batch)) : nil
         let stride = xStride ?? cols
         var failure: KernelError?
-        let work: (Range<Int>) -> Void = { [data, rowStride, sums, sumsStride] range in
+        let work: (Range<Int>) -> Void = { [data, rowStride, aux, auxStride] range in
             for t in range {
                 do throws(KernelError) {
                     try ActivationQuant.quantize(x + t * stride, count: cols, to: format, data + t * rowStride)
                 } catch { failure = error }
-                if let sums { ck_q8_0_block_sums(Int32(cols), data + t * rowStride, sums + t * sumsStride) }
+                if let aux { ck_q8_0_aux(Int32(cols), data + t * rowStride, aux + t * auxStride) }
             }
         }
         if let pool, batch > 1 { pool.parallelFor(batch, work) } else { work(0..<batch) }
@@ -100,7 +100,7 @@ public final class QuantizedActivations: @unchecked Sendable {
 
     deinit {
         data.deallocate()
-        sums?.deallocate()
+        aux?.deallocate()
     }
 }
 
@@ -134,7 +134,7 @@ public enum MatMul {
         let ys = yStride ?? w.rows
         pool.parallelFor(w.rows, granularity: 4) { range in
             fn(Int32(w.cols), w.data + range.lowerBound * w.rowStride, w.rowStride, Int32(range.count),
-               a.data, a.rowStride, a.sums, a.sumsStride, Int32(a.batch), y + range.lowerBound, ys)
+               a.data, a.rowStride, a.aux, a.auxStride, Int32(a.batch), y + range.lowerBound, ys)
         }
     }
 

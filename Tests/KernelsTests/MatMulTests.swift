@@ -10,14 +10,14 @@ struct MatMulTests {
     @Test(arguments: Golden.all.filter { fused.contains($0.type) })
     func cKernelsMatchGGMLDot(g: Golden) throws {
         let q = g.bytes("quantized"), a = g.bytes("activation_quantized"), expected = g.floats("dot_f32")
-        var sums = [Int32](repeating: 0, count: Golden.cols / 32)
-        if g.dotType == .q8_0 { a.withUnsafeBytes { ck_q8_0_block_sums(Int32(Golden.cols), $0.baseAddress!, &sums) } }
+        var aux = [Float](repeating: 0, count: 2 * Golden.cols / 32)
+        if g.dotType == .q8_0 { a.withUnsafeBytes { ck_q8_0_aux(Int32(Golden.cols), $0.baseAddress!, &aux) } }
         for isa in ISA.allCases where isa <= ISA.detected {
             let fn = try #require(ck_rows_kernel(Int32(g.type.rawValue), isa.bits), "\(g.name) has no \(isa) kernel")
             var y = [Float](repeating: .nan, count: Golden.rows)
             q.withUnsafeBytes { qp in
                 a.withUnsafeBytes { ap in
-                    fn(Int32(Golden.cols), qp.baseAddress!, g.rowBytes, Int32(Golden.rows), ap.baseAddress!, 0, sums, 0, 1, &y, Golden.rows)
+                    fn(Int32(Golden.cols), qp.baseAddress!, g.rowBytes, Int32(Golden.rows), ap.baseAddress!, 0, aux, 0, 1, &y, Golden.rows)
                 }
             }
             for r in 0..<Golden.rows {

@@ -28,17 +28,18 @@ int ck_cpu_isa(void);
 /// Computes, for every row r < rows and token t < batch:
 ///   y[t * y_stride + r] = dot(weight row r, activation row t)
 /// w: first weight row; rows are w_stride bytes apart. a: first activation row (quantized to the weight
-/// type's activation format), a_stride bytes apart. asum: for Q8_0 activations, Σ qs of each 32-block
-/// (one int32 per block, asum_stride ints between tokens); ignored by other formats. n: values per row.
+/// type's activation format), a_stride bytes apart. aux: for Q8_0 activations, two floats per 32-block,
+/// its scale d and d·Σqs (from ck_q8_0_aux; aux_stride floats between tokens), so kernels neither convert
+/// the activation's f16 scale per row nor sum its values; ignored by other formats. n: values per row.
 typedef void (*ck_rows_fn)(int n, const void *w, size_t w_stride, int rows,
-                           const void *a, size_t a_stride, const int32_t *asum, size_t asum_stride,
+                           const void *a, size_t a_stride, const float *aux, size_t aux_stride,
                            int batch, float *y, size_t y_stride);
 
 /// The kernel for ggml type id `type` on `isa` (one of CK_ISA_*), or NULL when there is none.
 ck_rows_fn ck_rows_kernel(int type, int isa);
 
-/// Σ qs per 32-block of a Q8_0 row of n values (the correction term the unsigned-times-signed kernels need).
-void ck_q8_0_block_sums(int n, const void *a, int32_t *out);
+/// For each 32-block of a Q8_0 row of n values: out[2b] = d, out[2b+1] = d·Σqs (2·n/32 floats).
+void ck_q8_0_aux(int n, const void *a, float *out);
 
 /// Cores this process may run on (its affinity mask).
 int ck_available_cores(void);
