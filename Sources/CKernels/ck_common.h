@@ -5,19 +5,62 @@
 #include <string.h>
 #include "ckernels.h"
 
-enum { T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14, T_BF16 = 30 };
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
+    T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_IQ4_NL = 20, T_IQ4_XS = 23, T_BF16 = 30, T_MXFP4 = 39
+};
 
 typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
 typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
 typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } blk_q8_K;
+typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1;
+typedef struct { uint16_t d, s; int8_t qs[32]; } blk_q8_1;
+typedef struct { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } blk_q2_K;
+typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; } blk_q3_K;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } blk_q5_K;
+typedef struct { uint16_t d; uint8_t qs[16]; } blk_iq4_nl;
+typedef struct { uint16_t d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; } blk_iq4_xs;
+typedef struct { uint8_t e; uint8_t qs[16]; } blk_mxfp4;
 
 _Static_assert(sizeof(blk_q4_0) == 18, "q4_0");
 _Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
 _Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
 _Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
 _Static_assert(sizeof(blk_q8_K) == 292, "q8_K");
+_Static_assert(sizeof(blk_q4_1) == 20, "q4_1");
+_Static_assert(sizeof(blk_q5_0) == 22, "q5_0");
+_Static_assert(sizeof(blk_q5_1) == 24, "q5_1");
+_Static_assert(sizeof(blk_q8_1) == 36, "q8_1");
+_Static_assert(sizeof(blk_q2_K) == 84, "q2_K");
+_Static_assert(sizeof(blk_q3_K) == 110, "q3_K");
+_Static_assert(sizeof(blk_q5_K) == 176, "q5_K");
+_Static_assert(sizeof(blk_iq4_nl) == 18, "iq4_nl");
+_Static_assert(sizeof(blk_iq4_xs) == 136, "iq4_xs");
+_Static_assert(sizeof(blk_mxfp4) == 17, "mxfp4");
+
+static const int8_t ck_iq4_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const int8_t ck_mxfp4_values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+static inline float ck_e8m0_half(uint8_t e) {
+    uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+/// Q3_K's sixteen 6-bit scales (each minus 32 gives the signed scale), from twelve bytes.
+static inline void ck_q3k_scales(const uint8_t *s12, int8_t out[16]) {
+    uint32_t a[4];
+    memcpy(a, s12, 12);
+    const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f, tmp = a[2];
+    a[2] = ((a[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
+    a[3] = ((a[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
+    a[0] = (a[0] & k2) | (((tmp >> 0) & k1) << 4);
+    a[1] = (a[1] & k2) | (((tmp >> 2) & k1) << 4);
+    memcpy(out, a, 16);
+}
 
 static inline float ck_f16(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
@@ -55,6 +98,7 @@ void ck_rows_q4_0_scalar(int, const void *, size_t, int, const void *, size_t, c
 void ck_rows_q4_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 void ck_rows_q6_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 ck_rows_fn ck_x86_kernel(int type, int isa);
+ck_rows_fn ck_x86_more_kernel(int type);
 
 /// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
 #define CK_ROWS_LOOP(DOT) \

@@ -253,7 +253,7 @@ ck_rows_fn ck_x86_kernel(int type, int isa) {
     case T_Q4_0: return vnni ? rows_q4_0_vnni : rows_q4_0_avx2;
     case T_Q4_K: return rows_q4_K_avx2;
     case T_Q6_K: return rows_q6_K_avx2;
-    default: return 0;
+    default: return ck_x86_more_kernel(type);
     }
 }
 

@@ -123,6 +123,7 @@ public enum KernelBench {
         default:
             let offsets = BlockScales.f16Offsets(type)
             for b in 0..<(bytes / type.bytesPerBlock) {
+                if type == .mxfp4 { p.storeBytes(of: UInt8(120), toByteOffset: b * type.bytesPerBlock, as: UInt8.self) }
                 for o in offsets { p.storeBytes(of: Scalars.toF16(0.01), toByteOffset: b * type.bytesPerBlock + o, as: UInt16.self) }
             }
         }

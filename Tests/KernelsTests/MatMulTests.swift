@@ -5,14 +5,16 @@ import GGUF
 
 struct MatMulTests {
     static let fused: [GGMLType] = [.f32, .f16, .q8_0, .q4_0, .q4_K, .q6_K]
+    /// Types with an AVX2 kernel but no scalar C one (the scalar ISA dequantizes them in Swift).
+    static let avx2Only: [GGMLType] = [.bf16, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q5_K, .iq4_NL, .iq4_XS, .mxfp4]
 
     /// Each C kernel on each ISA this CPU has, against ggml's own dot on ggml's vectors.
-    @Test(arguments: Golden.all.filter { fused.contains($0.type) })
+    @Test(arguments: Golden.all.filter { fused.contains($0.type) || avx2Only.contains($0.type) })
     func cKernelsMatchGGMLDot(g: Golden) throws {
         let q = g.bytes("quantized"), a = g.bytes("activation_quantized"), expected = g.floats("dot_f32")
         var aux = [Float](repeating: 0, count: 2 * Golden.cols / 32)
         if g.dotType == .q8_0 { a.withUnsafeBytes { ck_q8_0_aux(Int32(Golden.cols), $0.baseAddress!, &aux) } }
-        for isa in ISA.allCases where isa <= ISA.detected {
+        for isa in ISA.allCases where isa <= ISA.detected && (isa != .scalar || Self.fused.contains(g.type)) {
             let fn = try #require(ck_rows_kernel(Int32(g.type.rawValue), isa.bits), "\(g.name) has no \(isa) kernel")
             var y = [Float](repeating: .nan, count: Golden.rows)
             q.withUnsafeBytes { qp in
@@ -28,7 +30,7 @@ struct MatMulTests {
     }
 
     /// Random matrices of odd shapes through the public API, at 1, 2 and 3 threads, matvec and batched.
-    @Test(arguments: [GGMLType.q8_0, .q4_0, .q4_K, .q6_K, .f16, .f32, .q5_K, .iq4_XS, .q4_1])
+    @Test(arguments: [GGMLType.q8_0, .q4_0, .q4_K, .q6_K, .f16, .f32, .bf16, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q5_K, .iq4_NL, .iq4_XS, .mxfp4])
     func multiplyMatchesReference(type: GGMLType) throws {
         var rng = SplitMix(state: UInt64(type.rawValue) &* 7919)
         let cols = type.blockSize == 256 ? 512 : 96
@@ -84,12 +86,16 @@ func randomWeights(type: GGMLType, rows: Int, cols: Int, rng: inout SplitMix) ->
     if type == .f32 {
         return (0..<(rows * cols)).flatMap { _ in withUnsafeBytes(of: Float.random(in: -1...1, using: &rng)) { Array($0) } }
     }
-    if type == .f16 {
-        return (0..<(rows * cols)).flatMap { _ in withUnsafeBytes(of: Scalars.toF16(.random(in: -1...1, using: &rng))) { Array($0) } }
+    if type == .f16 || type == .bf16 {
+        return (0..<(rows * cols)).flatMap { _ in
+            let v = Float.random(in: -1...1, using: &rng)
+            return withUnsafeBytes(of: type == .f16 ? Scalars.toF16(v) : Scalars.toBF16(v)) { Array($0) }
+        }
     }
     var bytes = (0..<(rows * rb)).map { _ in UInt8.random(in: 0...255, using: &rng) }
     let blocks = rows * rb / type.bytesPerBlock
     for b in 0..<blocks {
+        if type == .mxfp4 { bytes[b * type.bytesPerBlock] = UInt8.random(in: 118...124, using: &rng) }  // E8M0 exponent
         for offset in BlockScales.f16Offsets(type) {
             let v = Scalars.toF16(Float.random(in: 0.001...0.02, using: &rng))
             bytes[b * type.bytesPerBlock + offset] = UInt8(v & 0xFF)
