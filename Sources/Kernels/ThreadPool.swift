@@ -12,30 +12,23 @@ import Synchronization
 /// is thread 0 and does its share of the work.
 public final class ThreadPool: @unchecked Sendable {
     public let size: Int
-
-    private let generation = Atomic<Int>(0)
-    private let pending = Atomic<Int>(0)
-    private var stopping = false
-    private var job: ((Int) -> Void)?
-    private var mutex = pthread_mutex_t()
-    private var wake = pthread_cond_t()
+    private let shared: Shared
     private var threads: [pthread_t] = []
     /// Serialises callers: one job at a time.
     private let callerLock = Mutex<Void>(())
 
     /// How long an idle worker spins before parking, in polls of the job counter.
-    private static let spinPolls = 200_000
+    static let spinPolls = 200_000
 
     public init(threads: Int) {
         size = max(1, threads)
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&wake, nil)
+        shared = Shared()
         for index in 1..<size {
-            let box = Unmanaged.passRetained(WorkerStart(pool: self, index: index))
+            let box = Unmanaged.passRetained(WorkerStart(shared: shared, index: index))
             var thread = pthread_t()
             let rc = pthread_create(&thread, nil, { arg in
                 let start = Unmanaged<WorkerStart>.fromOpaque(arg!).takeRetainedValue()
-                start.pool.workerLoop(index: start.index)
+                start.shared.workerLoop(index: start.index)
                 return nil
             }, box.toOpaque())
             precondition(rc == 0, "pthread_create failed: \(rc)")
@@ -44,14 +37,8 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     deinit {
-        pthread_mutex_lock(&mutex)
-        stopping = true
-        generation.add(1, ordering: .releasing)
-        pthread_cond_broadcast(&wake)
-        pthread_mutex_unlock(&mutex)
+        shared.stop()
         for t in threads { pthread_join(t, nil) }
-        pthread_cond_destroy(&wake)
-        pthread_mutex_destroy(&mutex)
     }
 
     /// The number of cores this process may run on.
@@ -65,19 +52,9 @@ public final class ThreadPool: @unchecked Sendable {
         }
         callerLock.withLock { _ in
             withoutActuallyEscaping(body) { escaping in
-                pthread_mutex_lock(&mutex)
-                job = escaping
-                pending.store(size - 1, ordering: .relaxed)
-                generation.add(1, ordering: .releasing)
-                pthread_cond_broadcast(&wake)
-                pthread_mutex_unlock(&mutex)
+                shared.start(escaping, workers: size - 1)
                 escaping(0)
-                var polls = 0
-                while pending.load(ordering: .acquiring) > 0 {
-                    polls += 1
-                    if polls > Self.spinPolls { sched_yield() }
-                }
-                job = nil
+                shared.waitForWorkers()
             }
         }
     }
@@ -88,7 +65,7 @@ public final class ThreadPool: @unchecked Sendable {
         let units = (count + g - 1) / g
         let workers = min(size, max(1, units))
         if workers == 1 {
-            body(0..<count)
+            if count > 0 { body(0..<count) }
             return
         }
         run { i in
@@ -98,12 +75,61 @@ public final class ThreadPool: @unchecked Sendable {
             if lo < hi { body(lo..<hi) }
         }
     }
+}
 
-    private func workerLoop(index: Int) {
+/// The state workers share with the pool. Workers hold this, not the pool, so that dropping the last reference
+/// to a pool runs its deinit, which stops and joins them.
+private final class Shared: @unchecked Sendable {
+    let generation = Atomic<Int>(0)
+    let pending = Atomic<Int>(0)
+    var stopping = false
+    var job: ((Int) -> Void)?
+    var mutex = pthread_mutex_t()
+    var wake = pthread_cond_t()
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&wake, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(&wake)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    func start(_ body: @escaping (Int) -> Void, workers: Int) {
+        pthread_mutex_lock(&mutex)
+        job = body
+        pending.store(workers, ordering: .relaxed)
+        generation.add(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func waitForWorkers() {
+        var polls = 0
+        while pending.load(ordering: .acquiring) > 0 {
+            polls += 1
+            if polls > ThreadPool.spinPolls { sched_yield() }
+        }
+        pthread_mutex_lock(&mutex)
+        job = nil
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func stop() {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        generation.add(1, ordering: .releasing)
+        pthread_cond_broadcast(&wake)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func workerLoop(index: Int) {
         var seen = 0
         while true {
             var polls = 0
-            while generation.load(ordering: .acquiring) == seen && polls < Self.spinPolls { polls += 1 }
+            while generation.load(ordering: .acquiring) == seen && polls < ThreadPool.spinPolls { polls += 1 }
             if generation.load(ordering: .acquiring) == seen {
                 pthread_mutex_lock(&mutex)
                 while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
@@ -112,9 +138,9 @@ public final class ThreadPool: @unchecked Sendable {
             pthread_mutex_lock(&mutex)
             let stop = stopping
             let work = job
+            seen = generation.load(ordering: .acquiring)
             pthread_mutex_unlock(&mutex)
             if stop { return }
-            seen = generation.load(ordering: .acquiring)
             work?(index)
             pending.subtract(1, ordering: .releasing)
         }
@@ -122,10 +148,10 @@ public final class ThreadPool: @unchecked Sendable {
 }
 
 private final class WorkerStart {
-    let pool: ThreadPool
+    let shared: Shared
     let index: Int
-    init(pool: ThreadPool, index: Int) {
-        self.pool = pool
+    init(shared: Shared, index: Int) {
+        self.shared = shared
         self.index = index
     }
 }
