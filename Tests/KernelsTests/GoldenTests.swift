@@ -41,3 +41,18 @@ struct GoldenTests {
         }
     }
 }
+
+/// Weight quantization bit-exact with ggml's reference quantizers (what llama-quantize runs without an imatrix).
+struct QuantizeGoldenTests {
+    @Test(arguments: Golden.all.filter { Quantize.supported.contains($0.type) })
+    func quantizeIsBitExact(g: Golden) throws {
+        let w = g.floats("weights_f32")
+        let expected = g.bytes("quantized")
+        var got = [UInt8](repeating: 0xAA, count: expected.count)
+        try w.withUnsafeBufferPointer { wp in
+            try got.withUnsafeMutableBytes { try Quantize.row(wp.baseAddress!, count: w.count, to: g.type, $0.baseAddress!) }
+        }
+        let diffs = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }
+        #expect(diffs.isEmpty, "\(g.name): \(diffs.count) bytes differ, first at \(diffs.first.map { "\($0.offset) (block \($0.offset / g.type.bytesPerBlock), byte \($0.offset % g.type.bytesPerBlock)): \($0.element.0) vs \($0.element.1)" } ?? "")")
+    }
+}
