@@ -20,8 +20,25 @@ struct Inspect: ParsableCommand {
     @Flag(help: "List every tensor with its type, shape and size.")
     var tensors = false
 
+    @Option(help: "Describe one tensor (by its GGUF name) instead of the model.")
+    var tensor: String?
+
+    @Flag(help: "With --tensor: print its values, dequantized to float, one row per line.")
+    var dequantize = false
+
+    @Flag(help: "With --tensor --dequantize: write the values to stdout as raw little-endian float32.")
+    var raw = false
+
+    func validate() throws {
+        if (dequantize || raw) && tensor == nil { throw ValidationError("--dequantize and --raw need --tensor NAME") }
+        if raw && !dequantize { throw ValidationError("--raw goes with --dequantize") }
+    }
+
     func run() throws {
         let file = try openGGUF(model)
+        if let tensor {
+            return try TensorDump.run(file: file, name: tensor, dequantize: dequantize, raw: raw, json: json)
+        }
         let summary = ModelSummary(file: file)
         if json {
             print(InspectJSON.render(file: file, summary: summary, withTensors: tensors).render(indent: 2))
