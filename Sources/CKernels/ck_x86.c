@@ -12,12 +12,16 @@
 #define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 int ck_cpu_isa(void) {
+    // Computed once; concurrent first calls race to store the same value.
+    static volatile int cached = -1;
+    if (cached >= 0) return cached;
     __builtin_cpu_init();
     int isa = 0;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa |= CK_ISA_AVX2;
     if ((isa & CK_ISA_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
         isa |= CK_ISA_AVX512VNNI;
+    cached = isa;
     return isa;
 }
 

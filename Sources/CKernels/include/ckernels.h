@@ -41,6 +41,14 @@ ck_rows_fn ck_rows_kernel(int type, int isa);
 /// For each 32-block of a Q8_0 row of n values: out[2b] = d, out[2b+1] = d·Σqs (2·n/32 floats).
 void ck_q8_0_aux(int n, const void *a, float *out);
 
+/// Half-precision conversions (round to nearest even) and the f16 vector operations of attention.
+void ck_f32_to_f16(int n, const float *x, uint16_t *y);
+/// The portable conversion used on CPUs without F16C (exposed so tests can check it on any CPU).
+void ck_f32_to_f16_portable(int n, const float *x, uint16_t *y);
+void ck_f16_to_f32(int n, const uint16_t *x, float *y);
+float ck_dot_f32_f16(int n, const float *x, const uint16_t *y);
+void ck_axpy_f16(int n, float a, const uint16_t *x, float *y);
+
 /// Cores this process may run on (its affinity mask).
 int ck_available_cores(void);
 
