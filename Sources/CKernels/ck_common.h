@@ -115,4 +115,27 @@ ck_rows_fn ck_x86_more_kernel(int type);
 #define CK_ROWS_SIGNATURE int n, const void *w, size_t w_stride, int rows, const void *a, size_t a_stride, \
     const float *aux, size_t aux_stride, int batch, float *y, size_t y_stride
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CK_AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
+#define AVX2 CK_AVX2_ATTR
+
+/// Sixteen 8-bit scales widened to 16 bits and laid out for `pair_scales`: [0] holds scales 0..7 in both
+/// 128-bit lanes, [1] scales 8..15.
+static inline AVX2 void widen_scales(__m128i s8, int sign, __m256i out[2]) {
+    const __m256i all = sign ? _mm256_cvtepi8_epi16(s8) : _mm256_cvtepu8_epi16(s8);
+    const __m128i lo = _mm256_castsi256_si128(all), hi = _mm256_extracti128_si256(all, 1);
+    out[0] = _mm256_set_m128i(lo, lo);
+    out[1] = _mm256_set_m128i(hi, hi);
+}
+/// Scale i (of the lane-local eight) in every 16-bit slot of the low lane, scale i+1 in the high lane: the
+/// multipliers of a 32-value run whose halves have their own scales. One vpshufb, no scalar work.
+static inline AVX2 __m256i pair_scales(__m256i widened, int i) {
+    const short lo = (short)((2 * i) | ((2 * i + 1) << 8)), hi = (short)((2 * i + 2) | ((2 * i + 3) << 8));
+    return _mm256_shuffle_epi8(widened, _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo)));
+}
+
+#undef AVX2
+#endif
+
 #endif

@@ -207,9 +207,11 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
         _mm_prefetch(pf + 128, _MM_HINT_NTA);
         _mm_prefetch(pf + 192, _MM_HINT_NTA);
         __m256i sumi = _mm256_setzero_si256();
+        __m256i scw[2];
+        widen_scales(_mm_loadu_si128((const __m128i *)x[b].scales), 1, scw);
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
-            const int8_t *q8 = y[b].qs + 128 * h, *sc = x[b].scales + 8 * h;
+            const int8_t *q8 = y[b].qs + 128 * h;
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
             const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             const __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
@@ -220,8 +222,7 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
             for (int k = 0; k < 4; k++) {
                 const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
-                const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * k + 1]), _mm_set1_epi16(sc[2 * k]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(scw[h], 2 * k)));
             }
         }
         // Subtract 32·Σ sc·bsum as a vector, before the conversion to float.

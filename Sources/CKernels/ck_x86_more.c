@@ -175,31 +175,31 @@ static inline AVX2 float dot_q5_K(int n, const blk_q5_K *x, const blk_q8_K *y) {
     return hsum8m(acc) - mins;
 }
 
-/// Pair of 16-bit scales for a 32-value run whose halves have scales a (first 16) and b (last 16).
-static inline AVX2 __m256i scale_pair(int a, int b) {
-    return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a));
-}
-
 // ---- Q2_K × Q8_K: 2-bit values, sixteen 16-groups with 4-bit scale and 4-bit min.
+#define Q2K_RUN(H, K)                                                                                          \
+    {                                                                                                          \
+        const __m256i v = _mm256_and_si256(_mm256_srli_epi16(q##H, 2 * (K)), m3);                             \
+        const __m256i p = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * (H) + 32 * (K)))); \
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(sc[H], 2 * (K))));                      \
+    }
 static inline AVX2 float dot_q2_K(int n, const blk_q2_K *x, const blk_q8_K *y) {
     const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
     __m256 acc = _mm256_setzero_ps();
     float mins = 0;
     for (int b = 0; b < n / 256; b++) {
         _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);
         _mm_prefetch((const char *)(x + b) + CK_PREFETCH + 64, _MM_HINT_NTA);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i v = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * k)), m3);
-                const __m256i p = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * h + 32 * k)));
-                const uint8_t *s = x[b].scales + 8 * h + 2 * k;
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(s[0] & 0xF, s[1] & 0xF)));
-            }
-        }
-        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_srli_epi16(_mm_and_si128(_mm_loadu_si128((const __m128i *)x[b].scales), _mm_set1_epi8((char)0xF0)), 4));
+        const __m128i raw = _mm_loadu_si128((const __m128i *)x[b].scales);
+        __m256i sc[2];
+        widen_scales(_mm_and_si128(raw, m4), 0, sc);
+        const __m256i m16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
         const int summ = hsum_i32(_mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)y[b].bsums)));
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32));
+        __m256i sumi = _mm256_setzero_si256();
+        Q2K_RUN(0, 0) Q2K_RUN(0, 1) Q2K_RUN(0, 2) Q2K_RUN(0, 3)
+        Q2K_RUN(1, 0) Q2K_RUN(1, 1) Q2K_RUN(1, 2) Q2K_RUN(1, 3)
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
         mins += f16(x[b].dmin) * y[b].d * (float)summ;
     }
@@ -208,28 +208,32 @@ static inline AVX2 float dot_q2_K(int n, const blk_q2_K *x, const blk_q8_K *y) {
 
 // ---- Q3_K × Q8_K: value (2 low bits) − (high bit clear ? 4 : 0), i.e. u − 4 with u = low + 4·high in 0..7;
 // sixteen signed 6-bit scales.
+#define Q3K_RUN(H, K)                                                                                          \
+    {                                                                                                          \
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q##H, 2 * (K)), m3);                            \
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * (H) + (K)), m1);                        \
+        const __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));                                       \
+        const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * (H) + 32 * (K)))); \
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(sc[H], 2 * (K))));                      \
+    }
 static inline AVX2 float dot_q3_K(int n, const blk_q3_K *x, const blk_q8_K *y) {
     const __m256i m3 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < n / 256; b++) {
         _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);
         _mm_prefetch((const char *)(x + b) + CK_PREFETCH + 64, _MM_HINT_NTA);
-        int8_t sc[16];
-        ck_q3k_scales(x[b].scales, sc);
-        for (int i = 0; i < 16; i++) sc[i] -= 32;
+        int8_t s8[16];
+        ck_q3k_scales(x[b].scales, s8);
+        const __m128i sv = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)s8), _mm_set1_epi8(32));
+        __m256i sc[2];
+        widen_scales(sv, 1, sc);
         const __m256i hm = _mm256_loadu_si256((const __m256i *)x[b].hmask);
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32));
         __m256i sumi = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * h));
-            for (int k = 0; k < 4; k++) {
-                const __m256i lo = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * k)), m3);
-                const __m256i hi = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + k)), m1);
-                const __m256i u = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 2));
-                const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[b].qs + 128 * h + 32 * k)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[8 * h + 2 * k], sc[8 * h + 2 * k + 1])));
-            }
-        }
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        Q3K_RUN(0, 0) Q3K_RUN(0, 1) Q3K_RUN(0, 2) Q3K_RUN(0, 3)
+        Q3K_RUN(1, 0) Q3K_RUN(1, 1) Q3K_RUN(1, 2) Q3K_RUN(1, 3)
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sv);
         sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[b].bsums)), 2));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
     }
