@@ -18,11 +18,12 @@ let package = Package(
         // Hot dot products in C, one function per format × ISA, chosen at run time (no -march flags needed).
         .target(name: "CKernels"),
         .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),
+        .target(name: "Tokenizer", dependencies: ["GGUF"]),
         .target(name: "Model", dependencies: ["GGUF", "Kernels"]),
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "Model", "Kernels",
+                "GGUF", "Model", "Kernels", "Tokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -30,6 +31,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,109 @@
+import GGUF
+
+/// A tokenizer's vocabulary and special tokens, read from the `tokenizer.ggml.*` keys of a GGUF file.
+public struct Vocabulary: Sendable {
+    /// llama.cpp's token types (`tokenizer.ggml.token_type`).
+    public enum TokenType: Int32, Sendable {
+        case undefined = 0, normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6
+    }
+
+    public enum Model: String, Sendable {
+        case spm = "llama"
+        case bpe = "gpt2"
+    }
+
+    public let model: Model
+    /// Pre-tokenizer name for BPE (`tokenizer.ggml.pre`).
+    public let pre: String
+    /// Token texts as raw bytes (SPM uses ▁ for spaces; byte-level BPE uses the GPT-2 byte-to-unicode map).
+    public let tokens: [[UInt8]]
+    public let scores: [Float]
+    public let types: [TokenType]
+    let index: [[UInt8]: Int32]
+
+    public let bos: Int32?
+    public let eos: Int32?
+    public let unknown: Int32?
+    public let eot: Int32?
+    public let addBOS: Bool
+    public let addEOS: Bool
+    public let addSpacePrefix: Bool
+
+    /// BPE merges as rank by pair ("a b" → rank).
+    let mergeRanks: [[UInt8]: Int]
+
+    public var count: Int { tokens.count }
+
+    public init(file: GGUFFile) throws(TokenizerError) {
+        func need(_ key: String) throws(TokenizerError) -> GGUFArray {
+            guard let a = file.array(key) else { throw TokenizerError("\(file.path): missing '\(key)'; the file has no tokenizer") }
+            return a
+        }
+        guard let name = file.string("tokenizer.ggml.model") else {
+            throw TokenizerError("\(file.path): missing 'tokenizer.ggml.model'; the file has no tokenizer")
+        }
+        guard let m = Model(rawValue: name) else {
+            throw TokenizerError("\(file.path): tokenizer model '\(name)' is not supported (supported: llama, gpt2)")
+        }
+        model = m
+        pre = file.string("tokenizer.ggml.pre") ?? "default"
+        let t = try need("tokenizer.ggml.tokens")
+        guard t.elementType == .string else { throw TokenizerError("\(file.path): 'tokenizer.ggml.tokens' is not an array of strings") }
+        tokens = (0..<t.count).map { t.stringBytes(at: $0) }
+        if let s = file.array("tokenizer.ggml.scores"), s.count == t.count, let d = s.doubles {
+            scores = d.map(Float.init)
+        } else {
+            scores = [Float](repeating: 0, count: t.count)
+        }
+        if let ty = file.array("tokenizer.ggml.token_type"), ty.count == t.count, let v = ty.ints {
+            types = v.map { TokenType(rawValue: Int32($0)) ?? .normal }
+        } else {
+            types = [TokenType](repeating: .normal, count: t.count)
+        }
+        var idx = [[UInt8]: Int32](minimumCapacity: t.count)
+        for (i, tok) in tokens.enumerated() where idx[tok] == nil { idx[tok] = Int32(i) }
+        index = idx
+
+        func id(_ key: String) throws(TokenizerError) -> Int32? {
+            guard let v = file.int(key) else { return nil }
+            guard v >= 0 && v < t.count else { throw TokenizerError("\(file.path): '\(key)' = \(v) is outside the vocabulary of \(t.count)") }
+            return Int32(v)
+        }
+        bos = try id("tokenizer.ggml.bos_token_id")
+        eos = try id("tokenizer.ggml.eos_token_id")
+        unknown = try id("tokenizer.ggml.unknown_token_id")
+        eot = try id("tokenizer.ggml.eot_token_id")
+        // llama.cpp's defaults: SPM adds BOS and a space prefix; BPE adds BOS unless told otherwise.
+        addBOS = file.bool("tokenizer.ggml.add_bos_token") ?? (m == .spm || m == .bpe)
+        addEOS = file.bool("tokenizer.ggml.add_eos_token") ?? false
+        addSpacePrefix = file.bool("tokenizer.ggml.add_space_prefix") ?? (m == .spm)
+
+        var ranks = [[UInt8]: Int]()
+        if m == .bpe {
+            let merges = try need("tokenizer.ggml.merges")
+            ranks.reserveCapacity(merges.count)
+            for i in 0..<merges.count { ranks[merges.stringBytes(at: i)] = i }
+        }
+        mergeRanks = ranks
+    }
+
+    public func id(of text: [UInt8]) -> Int32? { index[text] }
+
+    /// Tokens parsed out of raw text as a whole (llama.cpp's special-token partition): control tokens only
+    /// when the caller asks for special parsing, user-defined tokens always.
+    func specialTokens(parseSpecial: Bool) -> [(Int32, [UInt8])] {
+        var out: [(Int32, [UInt8])] = []
+        for (i, t) in types.enumerated() where !tokens[i].isEmpty {
+            let always = t == .userDefined
+            let onRequest = t == .control || t == .unknown
+            if always || (onRequest && parseSpecial) { out.append((Int32(i), tokens[i])) }
+        }
+        // Longest first, so "<|im_start|>" wins over a shorter token that is its prefix.
+        return out.sorted { $0.1.count != $1.1.count ? $0.1.count > $1.1.count : $0.0 < $1.0 }
+    }
+}
+
+public struct TokenizerError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
