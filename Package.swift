@@ -19,7 +19,7 @@ let package = Package(
         .target(name: "CKernels"),
         .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),
         .target(name: "Tokenizer", dependencies: ["GGUF"]),
-        .target(name: "Model", dependencies: ["GGUF", "Kernels"]),
+        .target(name: "Model", dependencies: ["GGUF", "Kernels", "Tokenizer"]),
         .executableTarget(
             name: "conclave",
             dependencies: [
@@ -32,7 +32,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "TestSupport"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -137,11 +137,14 @@ private final class Shared: @unchecked Sendable {
             }
             pthread_mutex_lock(&mutex)
             let stop = stopping
-            let work = job
+            var work = job
             seen = generation.load(ordering: .acquiring)
             pthread_mutex_unlock(&mutex)
             if stop { return }
             work?(index)
+            // Drop our reference before reporting done: the caller's withoutActuallyEscaping checks, as soon
+            // as the count reaches zero, that nobody still holds its closure.
+            work = nil
             pending.subtract(1, ordering: .releasing)
         }
     }

@@ -35,7 +35,7 @@ enum JSON: Equatable {
             if items.isEmpty { out += "[]"; return }
             out += "["
             for (i, item) in items.enumerated() {
-                if i > 0 { out += indent == nil ? ", " : "," }
+                if i > 0 { out += "," }
                 newline(level + 1)
                 item.write(to: &out, indent: indent, level: level + 1)
             }
@@ -45,10 +45,10 @@ enum JSON: Equatable {
             if fields.isEmpty { out += "{}"; return }
             out += "{"
             for (i, (key, value)) in fields.enumerated() {
-                if i > 0 { out += indent == nil ? ", " : "," }
+                if i > 0 { out += "," }
                 newline(level + 1)
                 JSON.escape(key, into: &out)
-                out += ": "
+                out += indent == nil ? ":" : ": "
                 value.write(to: &out, indent: indent, level: level + 1)
             }
             newline(level)

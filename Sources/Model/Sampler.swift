@@ -1,0 +1,88 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Kernels
+
+/// Sampling parameters with llama.cpp's defaults.
+public struct SamplingParams: Sendable, Equatable {
+    public var temperature: Float = 0.8
+    public var topK: Int = 40
+    public var topP: Float = 0.95
+    public var minP: Float = 0.05
+    public var repeatPenalty: Float = 1.0
+    /// How many recent tokens the repetition penalty looks at.
+    public var repeatLastN: Int = 64
+    public var seed: UInt64 = 0
+
+    public init() {}
+
+    /// Always the most likely token.
+    public static var greedy: SamplingParams {
+        var p = SamplingParams()
+        p.temperature = 0
+        return p
+    }
+}
+
+/// Turns logits into a token: repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw —
+/// the order of llama.cpp's default chain. Temperature ≤ 0 is greedy. Same seed, same logits → same tokens.
+public struct Sampler: Sendable {
+    public let params: SamplingParams
+    private var state: UInt64
+
+    public init(_ params: SamplingParams) {
+        self.params = params
+        state = params.seed &+ 0x9E37_79B9_7F4A_7C15
+    }
+
+    mutating func nextUniform() -> Double {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return Double(z >> 11) / Double(1 << 53)
+    }
+
+    public mutating func sample(_ logits: UnsafePointer<Float>, count n: Int, history: [Int32]) -> Int32 {
+        var l = Array(UnsafeBufferPointer(start: logits, count: n))
+        if params.repeatPenalty != 1 {
+            for t in Set(history.suffix(params.repeatLastN)) where t >= 0 && Int(t) < n {
+                let i = Int(t)
+                l[i] = l[i] > 0 ? l[i] / params.repeatPenalty : l[i] * params.repeatPenalty
+            }
+        }
+        if params.temperature <= 0 {
+            var best = 0
+            for i in 1..<n where l[i] > l[best] { best = i }
+            return Int32(best)
+        }
+        // Candidates sorted by logit (top-k first bounds the sort).
+        let k = params.topK > 0 ? min(params.topK, n) : n
+        var cand = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: k) }
+        var probs = cand.map { l[$0] }
+        probs.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
+        if params.topP < 1 {
+            var cum: Float = 0, keep = cand.count
+            for (i, p) in probs.enumerated() {
+                cum += p
+                if cum >= params.topP { keep = i + 1; break }
+            }
+            cand = Array(cand.prefix(keep))
+            probs = Array(probs.prefix(keep))
+        }
+        if params.minP > 0, let top = probs.first {
+            let keep = probs.firstIndex { $0 < params.minP * top } ?? probs.count
+            cand = Array(cand.prefix(max(1, keep)))
+        }
+        var final = cand.map { l[$0] / params.temperature }
+        final.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
+        let u = nextUniform()
+        var acc = 0.0
+        for (i, p) in final.enumerated() {
+            acc += Double(p)
+            if u < acc { return Int32(cand[i]) }
+        }
+        return Int32(cand.last!)
+    }
+}

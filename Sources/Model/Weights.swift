@@ -1,0 +1,121 @@
+import GGUF
+import Kernels
+
+/// Binds tensor names to views of the mapped file, strictly: a missing tensor, a wrong shape, or a tensor
+/// of the bound layers left unused is an error naming it.
+struct TensorBinder {
+    let file: GGUFFile
+    private(set) var used: Set<String> = []
+
+    init(file: GGUFFile) { self.file = file }
+
+    mutating func tensor(_ name: TensorName, shape: [Int]) throws(ModelError) -> GGUFTensor {
+        let n = name.description
+        guard let t = file.tensor(named: n) else { throw ModelError("\(file.path): missing tensor '\(n)'") }
+        // Trailing dimensions of 1 are dropped by some writers; compare without them.
+        func trimmed(_ s: [Int]) -> [Int] {
+            var s = s
+            while s.count > 1 && s.last == 1 { s.removeLast() }
+            return s
+        }
+        guard trimmed(t.shape) == trimmed(shape) else {
+            throw ModelError("\(file.path): tensor '\(n)' has shape \(t.shape), expected \(shape)")
+        }
+        used.insert(n)
+        return t
+    }
+
+    mutating func matrix(_ name: TensorName, cols: Int, rows: Int) throws(ModelError) -> WeightMatrix {
+        let t = try tensor(name, shape: [cols, rows])
+        return try matrix(t, cols: cols, rows: rows)
+    }
+
+    func matrix(_ t: GGUFTensor, cols: Int, rows: Int) throws(ModelError) -> WeightMatrix {
+        do {
+            return try WeightMatrix(type: t.type, rows: rows, cols: cols, data: t.data)
+        } catch {
+            throw ModelError("\(file.path): tensor '\(t.name)': \(error)")
+        }
+    }
+
+    /// A small vector (norm weights) read into floats whatever its stored type.
+    mutating func vector(_ name: TensorName, count: Int) throws(ModelError) -> [Float] {
+        let t = try tensor(name, shape: [count])
+        do {
+            return try Dequantize.toFloats(t.type, t.bytes, count: count)
+        } catch {
+            throw ModelError("\(file.path): tensor '\(t.name)': \(error)")
+        }
+    }
+
+    /// Errors on any tensor of `layers` (and, if `global`, of no layer) that was not bound.
+    func checkAllUsed(layers: Range<Int>, global: Bool) throws(ModelError) {
+        for info in file.tensorInfos where !used.contains(info.name) {
+            let parsed = TensorName(parsing: info.name)
+            let mine = parsed.map { $0.layer.map { layers.contains($0) } ?? global } ?? global
+            if mine { throw ModelError("\(file.path): tensor '\(info.name)' is not used by the \(file.architecture ?? "") architecture; the file does not match what Conclave expects") }
+        }
+    }
+}
+
+/// Expert weights of one MoE layer: the three stacked 3-D tensors, sliced per expert without copying.
+public struct ExpertWeights: Sendable {
+    public let gate: WeightMatrix  // (expertCount · expertFF) rows × embd
+    public let up: WeightMatrix
+    public let down: WeightMatrix  // (expertCount · embd) rows × expertFF
+    public let expertFF: Int
+    public let embd: Int
+
+    public func gate(_ e: Int) -> WeightMatrix { gate.rows((e * expertFF)..<((e + 1) * expertFF)) }
+    public func up(_ e: Int) -> WeightMatrix { up.rows((e * expertFF)..<((e + 1) * expertFF)) }
+    public func down(_ e: Int) -> WeightMatrix { down.rows((e * embd)..<((e + 1) * embd)) }
+
+    /// Bytes of one expert's three matrices (what placement and the offload cache account for).
+    public var bytesPerExpert: Int { (gate.rowStride + up.rowStride) * expertFF + down.rowStride * embd }
+}
+
+/// Weights of one transformer layer.
+public struct LayerWeights: Sendable {
+    public let attnNorm: [Float]
+    public let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix
+    public let qNorm: [Float]?, kNorm: [Float]?
+    public let ffnNorm: [Float]
+    public let router: WeightMatrix
+    public let experts: ExpertWeights
+
+    static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> LayerWeights {
+        let e = c.embeddingLength
+        let attnNorm = try b.vector(.block(i, .attnNorm), count: e)
+        let q = try b.matrix(.block(i, .attnQ), cols: e, rows: c.qDim)
+        let k = try b.matrix(.block(i, .attnK), cols: e, rows: c.kvDim)
+        let v = try b.matrix(.block(i, .attnV), cols: e, rows: c.kvDim)
+        let o = try b.matrix(.block(i, .attnOutput), cols: c.qDim, rows: e)
+        let qNorm = c.traits.perHeadQKNorm ? try b.vector(.block(i, .attnQNorm), count: c.headDim) : nil
+        let kNorm = c.traits.perHeadQKNorm ? try b.vector(.block(i, .attnKNorm), count: c.headDim) : nil
+        let ffnNorm = try b.vector(.block(i, .ffnNorm), count: e)
+        let router = try b.matrix(.block(i, .router), cols: e, rows: c.expertCount)
+        let f = c.expertFeedForward, n = c.expertCount
+        let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
+        let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
+        let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
+        let experts = ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
+                                    down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
+        return LayerWeights(attnNorm: attnNorm, q: q, k: k, v: v, o: o, qNorm: qNorm, kNorm: kNorm,
+                            ffnNorm: ffnNorm, router: router, experts: experts)
+    }
+}
+
+/// The tensors outside the layers: token embedding, final norm, output head.
+public struct GlobalWeights: Sendable {
+    public let tokenEmbedding: WeightMatrix  // vocab rows × embd
+    public let outputNorm: [Float]
+    public let output: WeightMatrix  // vocab rows × embd (the embedding itself when the model ties them)
+
+    static func bind(_ b: inout TensorBinder, config c: ModelConfig) throws(ModelError) -> GlobalWeights {
+        let embd = try b.matrix(.global(.tokenEmbedding), cols: c.embeddingLength, rows: c.vocabSize)
+        let norm = try b.vector(.global(.outputNorm), count: c.embeddingLength)
+        let out = b.file.tensorInfo(named: TensorName.global(.output).description) != nil
+            ? try b.matrix(.global(.output), cols: c.embeddingLength, rows: c.vocabSize) : embd
+        return GlobalWeights(tokenEmbedding: embd, outputNorm: norm, output: out)
+    }
+}

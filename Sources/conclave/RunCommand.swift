@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Model
+import Tokenizer
+
+/// Options every command that loads a model shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: [.short, .long], help: "Path to a .gguf model.")
+    var model: String = defaultModelPath
+
+    @Option(help: "Threads (default: every core).")
+    var threads: Int = ThreadPool.availableCores
+
+    func load(split: [Int] = []) throws -> Engine {
+        do {
+            return try Engine(path: model, threads: threads, split: split)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// The model the repository ships, found beside the executable's package (so `swift run conclave run` works).
+let defaultModelPath: String = {
+    let name = "models/tiny-qwen3moe-4L-256d-8x2-Q4_0.gguf"
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<6 {
+        let candidate = dir.appendingPathComponent(name).path
+        if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return name
+}()
+
+struct SamplingOptions: ParsableArguments {
+    @Option(name: .customLong("temp"), help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), help: "Keep the k most likely tokens (0: all).") var topK: Int = 40
+    @Option(name: .customLong("top-p"), help: "Keep the smallest set with this total probability.") var topP: Float = 0.95
+    @Option(name: .customLong("min-p"), help: "Drop tokens below this fraction of the best one's probability.") var minP: Float = 0.05
+    @Option(name: .customLong("repeat-penalty"), help: "Penalty for tokens among the last 64 (1: none).") var repeatPenalty: Float = 1.0
+    @Option(help: "Random seed; the same seed gives the same text.") var seed: UInt64 = 0
+
+    var params: SamplingParams {
+        var p = SamplingParams()
+        p.temperature = temperature
+        p.topK = topK
+        p.topP = topP
+        p.minP = minP
+        p.repeatPenalty = repeatPenalty
+        p.seed = seed
+        return p
+    }
+}
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Generate text from a prompt in this process.",
+        discussion: "Streams the generated text (not the prompt) to stdout; prefill and decode speed go to stderr."
+    )
+
+    @OptionGroup var model: ModelOptions
+    @Option(name: [.short, .long], help: "Prompt text.") var prompt: String = "The"
+    @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
+    @Option(help: "Context length (default: the model's).") var ctx: Int?
+    @OptionGroup var sampling: SamplingOptions
+
+    func run() throws {
+        let engine = try model.load()
+        let ids = engine.tokenizer.encode(prompt)
+        let seq = engine.newSequence(capacity: ctx)
+        var pending: [UInt8] = []
+        do {
+            let stats = try engine.generate(prompt: ids, maxTokens: n, params: sampling.params, in: seq) { _, bytes in
+                pending += bytes
+                // Print whole UTF-8 characters only, so a character split over two tokens is not mangled.
+                let cut = completeUTF8Prefix(pending)
+                if cut > 0 {
+                    writeStdout(Array(pending[..<cut]))
+                    pending.removeFirst(cut)
+                }
+                return true
+            }
+            writeStdout(pending + [0x0A])
+            printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s")
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Length of the longest prefix of `b` that ends on a UTF-8 character boundary.
+func completeUTF8Prefix(_ b: [UInt8]) -> Int {
+    var i = b.count
+    var back = 0
+    while i > 0 && back < 4 {
+        let c = b[i - 1]
+        if c & 0xC0 != 0x80 {
+            let need = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1
+            return back + 1 >= need ? b.count : i - 1
+        }
+        i -= 1
+        back += 1
+    }
+    return b.count
+}
+
+func writeStdout(_ bytes: [UInt8]) {
+    bytes.withUnsafeBytes { TensorDump.writeAll(1, $0) }
+}
