@@ -8,6 +8,14 @@ public struct GGUFTensorInfo: Sendable, Equatable {
     public let offset: Int
     public let byteCount: Int
 
+    public init(name: String, type: GGMLType, shape: [Int], offset: Int, byteCount: Int) {
+        self.name = name
+        self.type = type
+        self.shape = shape
+        self.offset = offset
+        self.byteCount = byteCount
+    }
+
     public var elementCount: Int { shape.reduce(1, *) }
     /// Number of rows (every dimension but the first).
     public var rowCount: Int { shape.dropFirst().reduce(1, *) }

@@ -9,7 +9,7 @@ import Tokenizer
 public final class Sequence: @unchecked Sendable {
     public let id: Int
     public var tokens: [Int32] = []
-    let caches: [KVCache]
+    public let caches: [KVCache]
     public init(id: Int, caches: [KVCache]) {
         self.id = id
         self.caches = caches

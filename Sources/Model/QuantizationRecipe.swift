@@ -71,17 +71,29 @@ public struct QuantizationRecipe: Sendable {
     let tiedEmbeddings: Bool
     let attentionVCount: Int
 
+    /// The recipe for an existing file (what `conclave quantize` uses).
     public init(fileType: FileType, overrides: [(pattern: String, type: GGMLType)] = [], keepF32: String? = nil, file: GGUFFile) {
+        let summary = ModelSummary(file: file)
+        let h = summary.hyperparameters
+        self.init(fileType: fileType, overrides: overrides, keepF32: keepF32,
+                  expertCount: max(1, h.expertCount ?? 1),
+                  gqa: (h.headCount ?? 1) / max(1, h.headCountKV ?? h.headCount ?? 1),
+                  layerCount: h.blockCount ?? summary.layers.count,
+                  tiedEmbeddings: file.tensorInfo(named: "output.weight") == nil,
+                  attentionVCount: file.tensorInfos.filter { Self.category($0.name) == .attentionV }.count)
+    }
+
+    /// The recipe for a model described by its shape (what `conclave synth` uses).
+    public init(fileType: FileType, overrides: [(pattern: String, type: GGMLType)] = [], keepF32: String? = nil,
+                expertCount: Int, gqa: Int, layerCount: Int, tiedEmbeddings: Bool, attentionVCount: Int) {
         self.fileType = fileType
         self.overrides = overrides
         self.keepF32 = keepF32
-        let summary = ModelSummary(file: file)
-        let h = summary.hyperparameters
-        expertCount = max(1, h.expertCount ?? 1)
-        gqa = (h.headCount ?? 1) / max(1, h.headCountKV ?? h.headCount ?? 1)
-        layerCount = h.blockCount ?? summary.layers.count
-        tiedEmbeddings = file.tensorInfo(named: "output.weight") == nil
-        attentionVCount = file.tensorInfos.filter { Self.category($0.name) == .attentionV }.count
+        self.expertCount = expertCount
+        self.gqa = gqa
+        self.layerCount = layerCount
+        self.tiedEmbeddings = tiedEmbeddings
+        self.attentionVCount = attentionVCount
     }
 
     enum Category { case tokenEmbedding, output, attentionQKV, attentionKVB, attentionV, attentionK, attentionQ, attentionOutput, ffnUp, ffnGate, ffnDown, other }

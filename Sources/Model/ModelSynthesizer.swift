@@ -1,0 +1,147 @@
+import GGUF
+import Kernels
+
+/// Writes a random-weight model of any shape: benchmark models (the scaled-down Qwen3-30B-A3B of
+/// ../shared/models/README.md § Speed) and test models for architectures with no shared file.
+///
+/// Weights are Gaussian-like with std gain/√fan_in, and the head is scaled up so next-token logits are peaked
+/// rather than near-uniform — a comparison of top-1 tokens with llama.cpp then means something.
+public struct ModelSynthesizer {
+    public struct Shape: Sendable {
+        public var architecture = "qwen3moe"
+        public var layers = 4
+        public var embd = 256
+        public var heads = 8
+        public var kvHeads = 2
+        public var headDim = 32
+        public var experts = 8
+        public var used = 2
+        public var expertFF = 256
+        public var context = 4096
+        public var ropeBase: Float = 1_000_000
+        public var rmsEps: Float = 1e-6
+        public init() {}
+    }
+
+    public let shape: Shape
+    public let fileType: FileType
+    public let seed: UInt64
+    /// Where the tokenizer comes from (its `tokenizer.*` keys are copied); its vocabulary sets the model's.
+    public let vocabulary: GGUFFile
+
+    public init(shape: Shape, fileType: FileType, seed: UInt64, vocabulary: GGUFFile) {
+        self.shape = shape
+        self.fileType = fileType
+        self.seed = seed
+        self.vocabulary = vocabulary
+    }
+
+    /// Tensor names, shapes (ggml order) and whether each is a norm/router kept in F32.
+    func tensors() -> [(TensorName, [Int])] {
+        let s = shape, vocab = vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000
+        var out: [(TensorName, [Int])] = [(.global(.tokenEmbedding), [s.embd, vocab])]
+        for i in 0..<s.layers {
+            out += [
+                (.block(i, .attnNorm), [s.embd]),
+                (.block(i, .attnQ), [s.embd, s.heads * s.headDim]),
+                (.block(i, .attnK), [s.embd, s.kvHeads * s.headDim]),
+                (.block(i, .attnV), [s.embd, s.kvHeads * s.headDim]),
+                (.block(i, .attnOutput), [s.heads * s.headDim, s.embd]),
+                (.block(i, .attnQNorm), [s.headDim]),
+                (.block(i, .attnKNorm), [s.headDim]),
+                (.block(i, .ffnNorm), [s.embd]),
+                (.block(i, .router), [s.embd, s.experts]),
+                (.block(i, .expertGate), [s.embd, s.expertFF, s.experts]),
+                (.block(i, .expertUp), [s.embd, s.expertFF, s.experts]),
+                (.block(i, .expertDown), [s.expertFF, s.embd, s.experts]),
+            ]
+        }
+        out += [(.global(.outputNorm), [s.embd]), (.global(.output), [s.embd, vocab])]
+        return out
+    }
+
+    public func write(to path: String, pool: ThreadPool, progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> Int {
+        let s = shape, a = s.architecture
+        guard a == "qwen3moe" else { throw ModelError("synth writes qwen3moe only so far; '\(a)' is not supported") }
+        guard s.used <= s.experts, s.heads % s.kvHeads == 0 else { throw ModelError("--used must be ≤ --experts and --heads a multiple of --kv-heads") }
+        let list = tensors()
+        let infos = list.map { GGUFTensorInfo(name: $0.0.description, type: .f32, shape: $0.1, offset: 0, byteCount: 0) }
+        let recipe = QuantizationRecipe(fileType: fileType, expertCount: s.experts, gqa: s.heads / s.kvHeads,
+                                        layerCount: s.layers, tiedEmbeddings: false, attentionVCount: s.layers)
+        let types = try recipe.plan(infos)
+
+        let w = GGUFWriter(path: path)
+        try w.set("general.architecture", .string(a))
+        try w.set("general.name", .string("conclave-synth-\(a)-\(s.layers)L-\(s.embd)d-\(s.experts)x\(s.used)"))
+        try w.set("general.file_type", .uint32(UInt32(fileType.rawValue)))
+        try w.set("general.quantization_version", .uint32(2))
+        let keys: [(String, GGUFValue)] = [
+            ("context_length", .uint32(UInt32(s.context))), ("embedding_length", .uint32(UInt32(s.embd))),
+            ("block_count", .uint32(UInt32(s.layers))), ("feed_forward_length", .uint32(UInt32(s.expertFF))),
+            ("attention.head_count", .uint32(UInt32(s.heads))), ("attention.head_count_kv", .uint32(UInt32(s.kvHeads))),
+            ("attention.key_length", .uint32(UInt32(s.headDim))), ("attention.value_length", .uint32(UInt32(s.headDim))),
+            ("attention.layer_norm_rms_epsilon", .float32(s.rmsEps)), ("rope.freq_base", .float32(s.ropeBase)),
+            ("expert_count", .uint32(UInt32(s.experts))), ("expert_used_count", .uint32(UInt32(s.used))),
+            ("expert_feed_forward_length", .uint32(UInt32(s.expertFF))),
+        ]
+        for (k, v) in keys { try w.set("\(a).\(k)", v) }
+        for (k, v) in vocabulary.metadata where k.hasPrefix("tokenizer.") { try w.set(k, v) }
+        for (info, type) in zip(infos, types) { try w.addTensor(name: info.name, type: type, shape: info.shape) }
+
+        var index = 0
+        try w.write { out, sink in
+            index += 1
+            progress(index, infos.count, out.name)
+            let (name, shape) = list[index - 1]
+            try generate(name: name, shape: shape, type: out.type, seed: seed &+ UInt64(index) &* 0x9E37_79B9, sink: sink, pool: pool)
+        }
+        return (try? GGUFFile(path: path).fileSize) ?? 0
+    }
+
+    /// Values of one tensor, generated and quantized in chunks of rows.
+    func generate(name: TensorName, shape: [Int], type: GGMLType, seed: UInt64, sink: TensorSink, pool: ThreadPool) throws {
+        let cols = shape[0], rows = shape.dropFirst().reduce(1, *)
+        let outRow = type.rowBytes(elements: cols)!
+        let (mean, std): (Float, Float)
+        switch name.role.category {
+        case .norm: (mean, std) = (1, 0.05)
+        case .head: (mean, std) = (0, 4 / Float(cols).squareRoot())  // peaked logits
+        case .embedding: (mean, std) = (0, 1)
+        case .router: (mean, std) = (0, 2 / Float(cols).squareRoot())
+        default: (mean, std) = (0, 1 / Float(cols).squareRoot())
+        }
+        let chunk = 256
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: outRow * min(rows, chunk), alignment: 64)
+        defer { buffer.deallocate() }
+        var start = 0
+        while start < rows {
+            let n = min(chunk, rows - start)
+            let base = start
+            pool.parallelFor(n) { range in
+                let x = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+                defer { x.deallocate() }
+                for r in range {
+                    var state = seed &+ UInt64(base + r) &* 0xD1B5_4A32_D192_ED03
+                    for c in 0..<cols { x[c] = mean + std * Self.gaussian(&state) }
+                    try! Quantize.row(x, count: cols, to: type, buffer + r * outRow)
+                }
+            }
+            try sink.write(UnsafeRawBufferPointer(start: buffer, count: n * outRow))
+            start += n
+        }
+    }
+
+    /// An approximately normal value: the sum of four uniforms, rescaled (cheap, and plenty for random weights).
+    @inline(__always) static func gaussian(_ s: inout UInt64) -> Float {
+        var sum: Float = 0
+        for _ in 0..<4 {
+            s &+= 0x9E37_79B9_7F4A_7C15
+            var z = s
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            sum += Float(z >> 40) / Float(1 << 24)
+        }
+        return (sum - 2) * 1.7320508  // variance of the sum of 4 U(0,1) is 1/3
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Model
+
+struct BenchDecode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Prefill and decode speed of a model, measured as `llama-ref bench` measures llama.cpp.",
+        discussion: """
+        A prompt of --prompt tokens is evaluated as one batch (prefill tok/s), then --gen tokens one at a time
+        (decode tok/s), with fixed token values so sampling stays out of the figure. Peak RSS is reported against
+        the model's mapped size plus its KV cache.
+        """
+    )
+
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Prompt tokens.") var prompt = 128
+    @Option(help: "Generated tokens.") var gen = 32
+    @Flag(help: "Print {\"prefill_tok_s\": …, \"decode_tok_s\": …, \"threads\": …}.") var json = false
+
+    func run() throws {
+        let engine = try model.load()
+        let vocab = engine.config.vocabSize
+        let toks = [engine.tokenizer.bos ?? 1] + (0..<(prompt - 1)).map { Int32(($0 * 7919) % (vocab - 10) + 5) }
+        do {
+            let ctx = prompt + gen + 8
+            _ = try engine.evaluate(Array(toks.prefix(8)), in: engine.newSequence(capacity: ctx))  // warm-up
+            let seq = engine.newSequence(capacity: ctx)
+            var t = KernelBench.now()
+            _ = try engine.evaluate(toks, in: seq)
+            let pp = Double(prompt) / (KernelBench.now() - t)
+            t = KernelBench.now()
+            for i in 0..<gen { _ = try engine.evaluate([toks[1 + i % (prompt - 1)]], in: seq) }
+            let tg = Double(gen) / (KernelBench.now() - t)
+            let rss = peakRSS()
+            let kv = seq.caches.reduce(0) { $0 + $1.bytes }
+            if json {
+                print(JSON.object([("prefill_tok_s", .double((pp * 1000).rounded() / 1000)), ("decode_tok_s", .double((tg * 1000).rounded() / 1000)),
+                                   ("threads", .int(model.threads)), ("peak_rss_bytes", .int(rss)), ("model_bytes", .int(engine.file.fileSize)),
+                                   ("kv_bytes", .int(kv))]).render())
+            } else {
+                print("prefill \(fixed(pp, 1)) tok/s (\(prompt) tokens), decode \(fixed(tg, 1)) tok/s (\(gen) tokens), \(model.threads) threads")
+                print("peak RSS \(formatBytes(rss)); model \(formatBytes(engine.file.fileSize)) mapped + KV \(formatBytes(kv))")
+            }
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+func peakRSS() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+    return kb * 1024
+}

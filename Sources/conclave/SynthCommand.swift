@@ -1,0 +1,63 @@
+import ArgumentParser
+import GGUF
+import Kernels
+import Model
+
+struct SynthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth",
+        abstract: "Write a random-weight model of any shape (benchmarks, tests of architectures with no shared model).",
+        discussion: """
+        The benchmark model of ../shared/models/README.md § Speed:
+          conclave synth --layers 16 --embd 2048 --heads 16 --kv-heads 4 --head-dim 128 --experts 64 --used 8 \\
+                         --expert-ff 256 --ctx 4096 --type Q4_0 -o bench-q4_0.gguf
+        Tensor types follow llama-quantize's recipe for --type (norms and routers F32, head Q6_K, …).
+        """
+    )
+
+    @Option(help: "Architecture.") var arch = "qwen3moe"
+    @Option(help: "Transformer layers.") var layers = 4
+    @Option(help: "Embedding width.") var embd = 256
+    @Option(help: "Query heads.") var heads = 8
+    @Option(name: .customLong("kv-heads"), help: "Key/value heads.") var kvHeads = 2
+    @Option(name: .customLong("head-dim"), help: "Head size.") var headDim = 32
+    @Option(help: "Experts per MoE layer.") var experts = 8
+    @Option(help: "Experts used per token.") var used = 2
+    @Option(name: .customLong("expert-ff"), help: "Expert feed-forward width.") var expertFF = 256
+    @Option(help: "Context length.") var ctx = 4096
+    @Option(help: "llama.cpp file type (F16, Q8_0, Q4_0, Q4_K_M, …).") var type = "Q4_0"
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Option(name: .customLong("vocab-from"), help: "GGUF whose tokenizer to copy (default: the shipped model).")
+    var vocabFrom: String = defaultModelPath
+    @Option(name: .short, help: "Output .gguf file.") var output: String
+    @Option(help: "Threads (default: every core).") var threads: Int = ThreadPool.availableCores
+
+    func run() throws {
+        guard let ft = FileType(name: type) else {
+            throw ValidationError("unknown type '\(type)'; one of \(FileType.allCases.map(\.name).joined(separator: ", "))")
+        }
+        var s = ModelSynthesizer.Shape()
+        s.architecture = arch
+        s.layers = layers
+        s.embd = embd
+        s.heads = heads
+        s.kvHeads = kvHeads
+        s.headDim = headDim
+        s.experts = experts
+        s.used = used
+        s.expertFF = expertFF
+        s.context = ctx
+        let vocab = try openGGUF(vocabFrom)
+        let start = KernelBench.now()
+        do {
+            let bytes = try ModelSynthesizer(shape: s, fileType: ft, seed: seed, vocabulary: vocab)
+                .write(to: output, pool: ThreadPool(threads: threads)) { i, n, name in
+                    if i == 1 || i == n || i % 12 == 0 { printError("[\(i)/\(n)] \(name)") }
+                }
+            printError("wrote \(output): \(formatBytes(bytes)) in \(fixed(KernelBench.now() - start, 1)) s")
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
