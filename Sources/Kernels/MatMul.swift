@@ -138,6 +138,52 @@ public enum MatMul {
         }
     }
 
+    /// One product of a grouped call: weights, their quantized input, where the result rows go.
+    public struct Job {
+        public let weights: WeightMatrix
+        public let input: QuantizedActivations
+        public let output: UnsafeMutablePointer<Float>
+        public let outputStride: Int
+        public init(_ weights: WeightMatrix, _ input: QuantizedActivations, into output: UnsafeMutablePointer<Float>, stride: Int? = nil) {
+            self.weights = weights
+            self.input = input
+            self.output = output
+            self.outputStride = stride ?? weights.rows
+        }
+    }
+
+    /// Several products in one parallel dispatch: the rows of all jobs are split evenly over the threads. For
+    /// MoE decoding, where each of eight experts is a small matrix, this replaces many short dispatches (each a
+    /// wake-up and a barrier) with one, and balances the threads across experts.
+    public static func multiply(_ jobs: [Job], pool: ThreadPool) throws(KernelError) {
+        var fns: [ck_rows_fn] = []
+        var starts: [Int] = []
+        var total = 0
+        for j in jobs {
+            guard j.input.cols == j.weights.cols else { throw KernelError("activations have \(j.input.cols) values, the matrix \(j.weights.cols) columns") }
+            guard j.input.format == ActivationQuant.vecDotType(for: j.weights.type), let fn = kernel(for: j.weights.type) else {
+                throw KernelError("no \(j.weights.type.name) kernel for \(j.input.format.name) activations")
+            }
+            fns.append(fn)
+            starts.append(total)
+            total += j.weights.rows
+        }
+        starts.append(total)
+        pool.parallelFor(total, granularity: 4) { range in
+            var k = 0
+            while k < jobs.count && starts[k + 1] <= range.lowerBound { k += 1 }
+            var row = range.lowerBound
+            while row < range.upperBound && k < jobs.count {
+                let j = jobs[k], w = j.weights, a = j.input
+                let lo = row - starts[k], hi = min(range.upperBound, starts[k + 1]) - starts[k]
+                fns[k](Int32(w.cols), w.data + lo * w.rowStride, w.rowStride, Int32(hi - lo),
+                       a.data, a.rowStride, a.aux, a.auxStride, Int32(a.batch), j.output + lo, j.outputStride)
+                row = starts[k] + hi
+                k += 1
+            }
+        }
+    }
+
     /// For types without a fused kernel: each thread dequantizes its rows one at a time and takes F32 dots.
     static func dequantizingMultiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int,
                                      into y: UnsafeMutablePointer<Float>, yStride: Int, pool: ThreadPool) throws(KernelError) {

@@ -34,54 +34,77 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
         guard let w = weights[layer] else { throw ModelError("layer \(layer) has no resident experts here") }
         let embd = w.embd, ff = w.expertFF
         let k = routes.first?.experts.count ?? 0
-        // (row, slot) pairs per expert.
+        // (row, slot) pairs per expert, experts in ascending order.
         var byExpert: [Int: [(row: Int, slot: Int)]] = [:]
         for (r, route) in routes.enumerated() {
             for (s, e) in route.experts.enumerated() { byExpert[e, default: []].append((r, s)) }
         }
-        // Each (row, slot) result lands in its own place, then rows are summed in slot order.
+        let chosen = byExpert.keys.sorted()
+        let members = chosen.map { byExpert[$0]! }
+        let total = members.reduce(0) { $0 + $1.count }
+        // Per expert, its rows' inputs gathered, then gate, up, down results — one contiguous arena.
+        let xs = UnsafeMutablePointer<Float>.allocate(capacity: max(1, total * embd))
+        let gate = UnsafeMutablePointer<Float>.allocate(capacity: max(1, total * ff))
+        let up = UnsafeMutablePointer<Float>.allocate(capacity: max(1, total * ff))
+        let down = UnsafeMutablePointer<Float>.allocate(capacity: max(1, total * embd))
+        defer { xs.deallocate(); gate.deallocate(); up.deallocate(); down.deallocate() }
+        var offsets: [Int] = []
+        var o = 0
+        for m in members {
+            offsets.append(o)
+            for (i, item) in m.enumerated() { (xs + (o + i) * embd).update(from: x + item.row * embd, count: embd) }
+            o += m.count
+        }
+
+        let fused = chosen.allSatisfy { e in
+            let g = w.gate(e), u = w.up(e), d = w.down(e)
+            return g.type == u.type && MatMul.hasKernel(g.type) && MatMul.hasKernel(d.type)
+        }
+        if fused, let inFormat = ActivationQuant.vecDotType(for: w.gate.type), let midFormat = ActivationQuant.vecDotType(for: w.down.type) {
+            // Phase 1: every chosen expert's gate and up projections in one dispatch (inputs quantized once).
+            var jobs: [MatMul.Job] = []
+            for (i, e) in chosen.enumerated() {
+                let n = members[i].count, off = offsets[i]
+                let a = try QuantizedActivations(xs + off * embd, cols: embd, batch: n, format: inFormat, pool: pool)
+                jobs.append(MatMul.Job(w.gate(e), a, into: gate + off * ff))
+                jobs.append(MatMul.Job(w.up(e), a, into: up + off * ff))
+            }
+            try MatMul.multiply(jobs, pool: pool)
+            Ops.swiglu(gate: gate, up: up, count: total * ff)
+            // Phase 2: every down projection in one dispatch.
+            jobs.removeAll()
+            for (i, e) in chosen.enumerated() {
+                let n = members[i].count, off = offsets[i]
+                let a = try QuantizedActivations(gate + off * ff, cols: ff, batch: n, format: midFormat, pool: pool)
+                jobs.append(MatMul.Job(w.down(e), a, into: down + off * embd))
+            }
+            try MatMul.multiply(jobs, pool: pool)
+        } else {
+            for (i, e) in chosen.enumerated() {
+                let n = members[i].count, off = offsets[i]
+                try MatMul.multiply(w.gate(e), xs + off * embd, batch: n, into: gate + off * ff, pool: pool)
+                try MatMul.multiply(w.up(e), xs + off * embd, batch: n, into: up + off * ff, pool: pool)
+                Ops.swiglu(gate: gate + off * ff, up: up + off * ff, count: n * ff)
+                try MatMul.multiply(w.down(e), gate + off * ff, batch: n, into: down + off * embd, pool: pool)
+            }
+        }
+
+        // Weighted results summed per row in route order (slot 0, 1, …), as llama.cpp adds them.
         let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * embd))
         defer { results.deallocate() }
-        for e in byExpert.keys.sorted() {
-            let members = byExpert[e]!
-            let n = members.count
-            let xs = UnsafeMutablePointer<Float>.allocate(capacity: n * embd)
-            let gate = UnsafeMutablePointer<Float>.allocate(capacity: n * ff)
-            let up = UnsafeMutablePointer<Float>.allocate(capacity: n * ff)
-            let down = UnsafeMutablePointer<Float>.allocate(capacity: n * embd)
-            defer { xs.deallocate(); gate.deallocate(); up.deallocate(); down.deallocate() }
-            for (i, m) in members.enumerated() { (xs + i * embd).update(from: x + m.row * embd, count: embd) }
-            let g = w.gate(e), u = w.up(e)
-            guard let format = ActivationQuant.vecDotType(for: g.type), MatMul.hasKernel(g.type), g.type == u.type else {
-                try MatMul.multiply(g, xs, batch: n, into: gate, pool: pool)
-                try MatMul.multiply(u, xs, batch: n, into: up, pool: pool)
-                try finish(w, e, n, gate, up, down, members, routes, results, k)
-                continue
+        for (i, m) in members.enumerated() {
+            for (j, item) in m.enumerated() {
+                let weight = routes[item.row].weights[item.slot]
+                let dst = results + (item.row * k + item.slot) * embd, src = down + (offsets[i] + j) * embd
+                for c in 0..<embd { dst[c] = src[c] * weight }
             }
-            // Gate and up read the same input: quantize it once.
-            let a = try QuantizedActivations(xs, cols: embd, batch: n, format: format, pool: pool)
-            try MatMul.multiply(g, a, into: gate, pool: pool)
-            try MatMul.multiply(u, a, into: up, pool: pool)
-            try finish(w, e, n, gate, up, down, members, routes, results, k)
         }
         for r in 0..<rows {
             let out = output + r * embd
             for s in 0..<routes[r].experts.count {
                 let src = results + (r * k + s) * embd
-                for j in 0..<embd { out[j] += src[j] }
+                for c in 0..<embd { out[c] += src[c] }
             }
-        }
-    }
-
-    private func finish(_ w: ExpertWeights, _ e: Int, _ n: Int, _ gate: UnsafeMutablePointer<Float>, _ up: UnsafeMutablePointer<Float>,
-                        _ down: UnsafeMutablePointer<Float>, _ members: [(row: Int, slot: Int)], _ routes: [Route],
-                        _ results: UnsafeMutablePointer<Float>, _ k: Int) throws {
-        Ops.swiglu(gate: gate, up: up, count: n * w.expertFF)
-        try MatMul.multiply(w.down(e), gate, batch: n, into: down, pool: pool)
-        for (i, m) in members.enumerated() {
-            let weight = routes[m.row].weights[m.slot]
-            let dst = results + (m.row * k + m.slot) * w.embd, src = down + i * w.embd
-            for j in 0..<w.embd { dst[j] = src[j] * weight }
         }
     }
 }
