@@ -242,85 +242,10 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
 DEF_ROWS(rows_f32_avx2, AVX2, dot_f32_avx2(n, (const float *)wr, (const float *)ar))
 DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint16_t *)ar))
 
-// ---- Two rows at a time for the 32-block formats: each activation block is loaded once for both rows and
-// the horizontal sums are shared, which matters for short rows (an expert's down projection has 8 blocks).
-
-#define DEF_Q4_0_X2(NAME, ATTR, DOT)                                                                      \
-    static inline ATTR void NAME(int n, const blk_q4_0 *x0, const blk_q4_0 *x1, const blk_q8_0 *y,        \
-                                 const float *ya, float *out0, float *out1) {                             \
-        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
-        float corr0 = 0, corr1 = 0;                                                                       \
-        for (int b = 0; b < n / 32; b++) {                                                                \
-            _mm_prefetch((const char *)(x0 + b) + CK_PREFETCH, _MM_HINT_NTA);                             \
-            _mm_prefetch((const char *)(x1 + b) + CK_PREFETCH, _MM_HINT_NTA);                             \
-            const __m256i yv = _mm256_loadu_si256((const __m256i *)y[b].qs);                              \
-            const __m128i t0 = _mm_loadu_si128((const __m128i *)x0[b].qs);                                \
-            const __m128i t1 = _mm_loadu_si128((const __m128i *)x1[b].qs);                                \
-            const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t0, 4), t0), m4);         \
-            const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t1, 4), t1), m4);         \
-            const __m256i p0 = DOT(_mm256_setzero_si256(), q0, yv);                                       \
-            const __m256i p1 = DOT(_mm256_setzero_si256(), q1, yv);                                       \
-            const float d0 = h2f(x0[b].d), d1 = h2f(x1[b].d), dy = ya[2 * b], sy = ya[2 * b + 1];         \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), _mm256_cvtepi32_ps(p0), acc0);                 \
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), _mm256_cvtepi32_ps(p1), acc1);                 \
-            corr0 += d0 * sy;                                                                             \
-            corr1 += d1 * sy;                                                                             \
-        }                                                                                                 \
-        *out0 = hsum8(acc0) - 8 * corr0;                                                                  \
-        *out1 = hsum8(acc1) - 8 * corr1;                                                                  \
-    }
-DEF_Q4_0_X2(dot2_q4_0_avx2, AVX2, dot_us_avx2)
-DEF_Q4_0_X2(dot2_q4_0_vnni, VNNI, dot_us_vnni)
-
-#define DEF_Q8_0_X2(NAME, ATTR, DOT)                                                                      \
-    static inline ATTR void NAME(int n, const blk_q8_0 *x0, const blk_q8_0 *x1, const blk_q8_0 *y,        \
-                                 const float *ya, float *out0, float *out1) {                             \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
-        for (int b = 0; b < n / 32; b++) {                                                                \
-            _mm_prefetch((const char *)(x0 + b) + CK_PREFETCH, _MM_HINT_NTA);                             \
-            _mm_prefetch((const char *)(x1 + b) + CK_PREFETCH, _MM_HINT_NTA);                             \
-            const __m256i yv = _mm256_loadu_si256((const __m256i *)y[b].qs);                              \
-            const __m256i a = _mm256_loadu_si256((const __m256i *)x0[b].qs);                              \
-            const __m256i c = _mm256_loadu_si256((const __m256i *)x1[b].qs);                              \
-            const __m256i p0 = DOT(_mm256_setzero_si256(), _mm256_sign_epi8(a, a), _mm256_sign_epi8(yv, a)); \
-            const __m256i p1 = DOT(_mm256_setzero_si256(), _mm256_sign_epi8(c, c), _mm256_sign_epi8(yv, c)); \
-            const float dy = ya[2 * b];                                                                   \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x0[b].d) * dy), _mm256_cvtepi32_ps(p0), acc0);       \
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x1[b].d) * dy), _mm256_cvtepi32_ps(p1), acc1);       \
-        }                                                                                                 \
-        *out0 = hsum8(acc0);                                                                              \
-        *out1 = hsum8(acc1);                                                                              \
-    }
-DEF_Q8_0_X2(dot2_q8_0_avx2, AVX2, dot_us_avx2)
-DEF_Q8_0_X2(dot2_q8_0_vnni, VNNI, dot_us_vnni)
-
-/// Row pairs through a two-row kernel, an odd last row through the one-row kernel.
-#define DEF_ROWS_X2(NAME, ATTR, WT, DOT1, DOT2)                                                           \
-    static ATTR void NAME(CK_ROWS_SIGNATURE) {                                                            \
-        int r = 0;                                                                                        \
-        for (; r + 2 <= rows; r += 2) {                                                                   \
-            const WT *w0 = (const WT *)((const uint8_t *)w + (size_t)r * w_stride);                       \
-            const WT *w1 = (const WT *)((const uint8_t *)w + (size_t)(r + 1) * w_stride);                 \
-            for (int t = 0; t < batch; t++) {                                                             \
-                const blk_q8_0 *ar = (const blk_q8_0 *)((const uint8_t *)a + (size_t)t * a_stride);       \
-                const float *sr = aux + (size_t)t * aux_stride;                                           \
-                DOT2(n, w0, w1, ar, sr, y + (size_t)t * y_stride + r, y + (size_t)t * y_stride + r + 1);   \
-            }                                                                                             \
-        }                                                                                                 \
-        for (; r < rows; r++) {                                                                           \
-            const WT *w0 = (const WT *)((const uint8_t *)w + (size_t)r * w_stride);                       \
-            for (int t = 0; t < batch; t++) {                                                             \
-                const blk_q8_0 *ar = (const blk_q8_0 *)((const uint8_t *)a + (size_t)t * a_stride);       \
-                y[(size_t)t * y_stride + r] = DOT1(n, w0, ar, aux + (size_t)t * aux_stride);              \
-            }                                                                                             \
-        }                                                                                                 \
-    }
-DEF_ROWS_X2(rows_q4_0_avx2, AVX2, blk_q4_0, dot_q4_0_avx2, dot2_q4_0_avx2)
-DEF_ROWS_X2(rows_q4_0_vnni, VNNI, blk_q4_0, dot_q4_0_vnni, dot2_q4_0_vnni)
-DEF_ROWS_X2(rows_q8_0_avx2, AVX2, blk_q8_0, dot_q8_0_avx2, dot2_q8_0_avx2)
-DEF_ROWS_X2(rows_q8_0_vnni, VNNI, blk_q8_0, dot_q8_0_vnni, dot2_q8_0_vnni)
-
+DEF_ROWS(rows_q8_0_avx2, AVX2, dot_q8_0_avx2(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(rows_q8_0_vnni, VNNI, dot_q8_0_vnni(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(rows_q4_0_avx2, AVX2, dot_q4_0_avx2(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(rows_q4_0_vnni, VNNI, dot_q4_0_vnni(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
 DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
 DEF_ROWS(rows_q6_K_avx2, AVX2, dot_q6_K_avx2(n, (const blk_q6_K *)wr, (const blk_q8_K *)ar))
 
