@@ -6,13 +6,16 @@ public struct Tokenizer: Sendable {
     public let vocab: Vocabulary
     private let special: [(Int32, [UInt8])]
     private let specialWithControl: [(Int32, [UInt8])]
+    private let bpe: BPETokenizer?
 
     public init(file: GGUFFile) throws(TokenizerError) {
         vocab = try Vocabulary(file: file)
         special = vocab.specialTokens(parseSpecial: false)
         specialWithControl = vocab.specialTokens(parseSpecial: true)
-        if vocab.model == .bpe {
-            throw TokenizerError("\(file.path): BPE tokenizers ('\(vocab.pre)') are not implemented yet; SentencePiece ('llama') models work")
+        do {
+            bpe = vocab.model == .bpe ? try BPETokenizer(vocab: vocab) : nil
+        } catch {
+            throw TokenizerError("\(file.path): \(error)")
         }
     }
 
@@ -35,9 +38,13 @@ public struct Tokenizer: Sendable {
                 out.append(id)
                 prevSpecial = true
             case .text(let raw):
-                var t: [UInt8] = (vocab.addSpacePrefix && prevSpecial) ? [0x20] : []
-                t += raw
-                SPMTokenizer(vocab: vocab).encode(escapeWhitespace(t), into: &out)
+                if let bpe {
+                    bpe.encode(raw, into: &out)
+                } else {
+                    var t: [UInt8] = (vocab.addSpacePrefix && prevSpecial) ? [0x20] : []
+                    t += raw
+                    SPMTokenizer(vocab: vocab).encode(escapeWhitespace(t), into: &out)
+                }
                 prevSpecial = false
             }
         }
@@ -98,6 +105,7 @@ public struct Tokenizer: Sendable {
             if t.count == 6, let v = UInt8(String(decoding: t[3..<5], as: UTF8.self), radix: 16) { return [v] }
             return t
         default:
+            if bpe != nil { return BPETokenizer.decode(vocab.tokens[i]) }
             var out: [UInt8] = []
             var j = 0
             let t = vocab.tokens[i]

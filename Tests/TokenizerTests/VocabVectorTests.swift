@@ -18,14 +18,15 @@ struct VocabVectorTests {
         return Array(zip(texts, ids))
     }
 
-    @Test func llamaSPM() throws {
-        let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-llama-spm.gguf")))
-        let cases = try Self.cases("llama-spm")
+    @Test(arguments: ["llama-spm", "gpt-2", "llama-bpe", "qwen2"])
+    func vectors(vocab: String) throws {
+        let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")))
+        let cases = try Self.cases(vocab)
         #expect(cases.count == 46)
         var passed = 0
         for (text, want) in cases {
             let got = tok.encode(text, addSpecial: false, parseSpecial: true)
-            #expect(got == want, "\(text.debugDescription)")
+            #expect(got == want, "\(vocab): \(text.debugDescription)")
             if got == want { passed += 1 }
         }
         #expect(passed == cases.count)
@@ -42,5 +43,15 @@ struct VocabVectorTests {
         #expect(tok.encode("<s>", addSpecial: false, parseSpecial: false) != [1])
         #expect(tok.encode("", addSpecial: true) == [1])
         #expect(tok.encode("", addSpecial: false).isEmpty)
+    }
+}
+
+extension VocabVectorTests {
+    @Test func bpeRoundTrip() throws {
+        for vocab in ["gpt-2", "llama-bpe", "qwen2"] {
+            let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")))
+            let text = "Hello world, ½ of 🦙 llamas\n\tare here 3333 it's"
+            #expect(tok.decode(tok.encode(text, addSpecial: false)) == text, "\(vocab)")
+        }
     }
 }

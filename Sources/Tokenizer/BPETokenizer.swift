@@ -1,0 +1,147 @@
+/// Byte-level BPE (`tokenizer.ggml.model = gpt2`), as llama.cpp's `llm_tokenizer_bpe`: split the text into
+/// words with the pre-tokenizer's regular expressions, spell each word's bytes with GPT-2's byte-to-unicode
+/// alphabet, then merge adjacent symbols lowest merge rank first (ties to the left).
+struct BPETokenizer: @unchecked Sendable {
+    let vocab: Vocabulary
+    let regexes: [Regex<AnyRegexOutput>]
+    /// llama3-style vocabularies take a word that is itself a token whole, without merging.
+    let ignoreMerges: Bool
+
+    /// Pre-tokenizer expressions by `tokenizer.ggml.pre` (llama-vocab.cpp). Each applies to the pieces the
+    /// previous one left, keeping unmatched text as pieces too.
+    static let preTokenizers: [String: (patterns: [String], ignoreMerges: Bool)] = {
+        let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"#
+        let llama3 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let qwen2 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        return [
+            "gpt-2": ([gpt2], false),
+            "llama-bpe": ([llama3], true),
+            "llama3": ([llama3], true),
+            "qwen2": ([qwen2], false),
+            "starcoder": ([#"\p{N}"#, gpt2], false),
+            "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false),
+        ]
+    }()
+
+    init(vocab: Vocabulary) throws(TokenizerError) {
+        guard let pre = Self.preTokenizers[vocab.pre] else {
+            let known = Self.preTokenizers.keys.sorted().joined(separator: ", ")
+            throw TokenizerError("BPE pre-tokenizer '\(vocab.pre)' is not supported yet (supported: \(known))")
+        }
+        self.vocab = vocab
+        do {
+            // Unicode-scalar semantics: \p{L} and \s apply to code points, as in llama.cpp, not to graphemes.
+            regexes = try pre.patterns.map { try Regex($0).matchingSemantics(.unicodeScalar) }
+        } catch {
+            throw TokenizerError("pre-tokenizer '\(vocab.pre)': \(error)")
+        }
+        ignoreMerges = pre.ignoreMerges
+    }
+
+    /// GPT-2's reversible map from bytes to printable characters.
+    static let byteToUnicode: [[UInt8]] = {
+        var visible = Array(33...126) + Array(161...172) + Array(174...255)
+        var chars = visible
+        var n = 0
+        for b in 0..<256 where !visible.contains(b) {
+            visible.append(b)
+            chars.append(256 + n)
+            n += 1
+        }
+        var table = [[UInt8]](repeating: [], count: 256)
+        for (b, c) in zip(visible, chars) { table[b] = Array(String(Character(Unicode.Scalar(UInt32(c))!)).utf8) }
+        return table
+    }()
+
+    static let unicodeToByte: [UInt32: UInt8] = {
+        var m: [UInt32: UInt8] = [:]
+        for (b, s) in byteToUnicode.enumerated() { m[String(decoding: s, as: UTF8.self).unicodeScalars.first!.value] = UInt8(b) }
+        return m
+    }()
+
+    /// The words of `text` (llama.cpp's `unicode_regex_split`).
+    func words(_ text: String) -> [Substring] {
+        var pieces: [Substring] = [Substring(text)]
+        for re in regexes {
+            var next: [Substring] = []
+            for piece in pieces {
+                var start = piece.startIndex
+                for m in piece.matches(of: re) where !m.range.isEmpty {
+                    if m.range.lowerBound > start { next.append(piece[start..<m.range.lowerBound]) }
+                    next.append(piece[m.range])
+                    start = m.range.upperBound
+                }
+                if start < piece.endIndex { next.append(piece[start...]) }
+            }
+            pieces = next
+        }
+        return pieces
+    }
+
+    private struct Bigram: Comparable {
+        let left: Int, right: Int
+        let rank: Int
+        let text: [UInt8]
+        // Max-heap order that pops the lowest rank, then the leftmost pair.
+        static func < (a: Bigram, b: Bigram) -> Bool { a.rank != b.rank ? a.rank > b.rank : a.left > b.left }
+    }
+
+    func encode(_ text: [UInt8], into out: inout [Int32]) {
+        let s = String(decoding: text, as: UTF8.self)
+        for word in words(s) {
+            let encoded = Array(word.utf8).flatMap { Self.byteToUnicode[Int($0)] }
+            if ignoreMerges, let id = vocab.id(of: encoded) {
+                out.append(id)
+                continue
+            }
+            merge(encoded, into: &out)
+        }
+    }
+
+    private func merge(_ word: [UInt8], into out: inout [Int32]) {
+        // Symbols: UTF-8 characters of the byte-level spelling, in a linked list.
+        var starts: [Int] = [], lengths: [Int] = [], prev: [Int] = [], next: [Int] = []
+        var o = 0
+        while o < word.count {
+            let n = min(utf8Length(word[o]), word.count - o)
+            starts.append(o)
+            lengths.append(n)
+            prev.append(starts.count - 2)
+            next.append(o + n < word.count ? starts.count : -1)
+            o += n
+        }
+        func text(_ i: Int) -> ArraySlice<UInt8> { word[starts[i]..<(starts[i] + lengths[i])] }
+        var heap = Heap<Bigram>()
+        func add(_ l: Int, _ r: Int) {
+            guard l >= 0, r >= 0 else { return }
+            let key = Array(text(l)) + [0x20] + Array(text(r))
+            guard let rank = vocab.mergeRanks[key] else { return }
+            heap.push(Bigram(left: l, right: r, rank: rank, text: Array(text(l)) + Array(text(r))))
+        }
+        for i in 1..<max(1, starts.count) { add(i - 1, i) }
+        while let b = heap.pop() {
+            guard lengths[b.left] > 0, lengths[b.right] > 0, Array(text(b.left)) + Array(text(b.right)) == b.text else { continue }
+            lengths[b.left] += lengths[b.right]
+            lengths[b.right] = 0
+            next[b.left] = next[b.right]
+            if next[b.right] >= 0 { prev[next[b.right]] = b.left }
+            add(prev[b.left], b.left)
+            add(b.left, next[b.left])
+        }
+        var i = starts.isEmpty ? -1 : 0
+        while i != -1 {
+            let piece = Array(text(i))
+            if let id = vocab.id(of: piece) {
+                out.append(id)
+            } else {
+                for byte in piece { if let id = vocab.id(of: [byte]) { out.append(id) } }
+            }
+            i = next[i]
+        }
+    }
+
+    /// The bytes a byte-level token stands for.
+    static func decode(_ token: [UInt8]) -> [UInt8] {
+        String(decoding: token, as: UTF8.self).unicodeScalars.map { unicodeToByte[$0.value] ?? 0x3F }
+    }
+}
