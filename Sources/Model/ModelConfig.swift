@@ -9,18 +9,37 @@ public struct ArchitectureTraits: Sendable {
         case softmaxThenTopK
     }
 
+    /// RMS normalisation of Q and K before RoPE.
+    public enum QKNorm: Sendable {
+        case none
+        /// Each head separately, weight of head size (qwen3, qwen3moe).
+        case perHead
+        /// The whole projection at once, weight of projection size (olmoe).
+        case whole
+    }
+
     public let name: String
     public let ropeMode: Ops.RopeMode
-    /// RMS-normalise each head of Q and K before RoPE (qwen3, qwen3moe).
-    public let perHeadQKNorm: Bool
+    public let qkNorm: QKNorm
+    /// Q, K and V projections carry biases (qwen2moe).
+    public let attentionBias: Bool
     public let gating: Gating
     /// Renormalise the selected experts' weights to sum to one.
     public let normalizeExpertWeights: Bool
+    /// A shared expert every token goes through, scaled by sigmoid(w·x) (qwen2moe).
+    public let sharedExpert: Bool
 
     /// The registered architectures. Adding one is adding a row here (and its tensors to `TensorNames`).
     public static let registry: [String: ArchitectureTraits] = [
-        "qwen3moe": ArchitectureTraits(name: "qwen3moe", ropeMode: .neox, perHeadQKNorm: true,
-                                       gating: .softmaxThenTopK, normalizeExpertWeights: true),
+        "qwen3moe": ArchitectureTraits(name: "qwen3moe", ropeMode: .neox, qkNorm: .perHead, attentionBias: false,
+                                       gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false),
+        "qwen2moe": ArchitectureTraits(name: "qwen2moe", ropeMode: .neox, qkNorm: .none, attentionBias: true,
+                                       gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: true),
+        "olmoe": ArchitectureTraits(name: "olmoe", ropeMode: .neox, qkNorm: .whole, attentionBias: false,
+                                    gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: false),
+        // llama: dense when expert_count is 0, Mixtral-style MoE otherwise.
+        "llama": ArchitectureTraits(name: "llama", ropeMode: .normal, qkNorm: .none, attentionBias: false,
+                                    gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false),
     ]
 }
 
@@ -36,6 +55,10 @@ public struct ModelConfig: Sendable {
     public let expertCount: Int
     public let expertsUsed: Int
     public let expertFeedForward: Int
+    /// Dense feed-forward width (dense layers, and llama without experts).
+    public let feedForward: Int
+    /// The shared expert's width (qwen2moe), 0 when there is none.
+    public let sharedExpertFeedForward: Int
     public let contextLength: Int
     public let ropeFreqBase: Float
     public let ropeFreqScale: Float
@@ -46,6 +69,7 @@ public struct ModelConfig: Sendable {
     public var architecture: String { traits.name }
     public var qDim: Int { headCount * headDim }
     public var kvDim: Int { headCountKV * headDim }
+    public var isMoE: Bool { expertCount > 0 }
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else {
@@ -82,7 +106,10 @@ public struct ModelConfig: Sendable {
         guard expertsUsed <= expertCount, expertCount == 0 || expertsUsed > 0 else {
             throw ModelError("\(file.path): '\(key("expert_used_count"))' = \(expertsUsed) must be between 1 and '\(key("expert_count"))' = \(expertCount)")
         }
-        expertFeedForward = try int("expert_feed_forward_length", default: file.int(key("feed_forward_length")))
+        feedForward = try int("feed_forward_length", default: 0, min: 0)
+        let expertFFDefault = expertsUsed > 0 && feedForward > 0 ? feedForward / (arch == "qwen2moe" ? expertsUsed : 1) : nil
+        expertFeedForward = expertCount > 0 ? try int("expert_feed_forward_length", default: expertFFDefault) : 0
+        sharedExpertFeedForward = traits.sharedExpert ? try int("expert_shared_feed_forward_length", default: feedForward) : 0
         contextLength = try int("context_length")
         ropeFreqBase = try float("rope.freq_base", default: 10000)
         let scale = try float("rope.scaling.factor", default: 1)
@@ -93,6 +120,9 @@ public struct ModelConfig: Sendable {
         }
         rmsEpsilon = try float("attention.layer_norm_rms_epsilon", default: 1e-5)
         vocabSize = try int("vocab_size", default: file.array("tokenizer.ggml.tokens")?.count)
-        guard expertCount > 0 else { throw ModelError("\(file.path): '\(key("expert_count"))' is 0; dense models are not supported yet") }
+        guard expertCount > 0 || arch == "llama" else {
+            throw ModelError("\(file.path): '\(key("expert_count"))' is missing or 0; \(arch) models need experts")
+        }
+        guard expertCount > 0 || feedForward > 0 else { throw ModelError("\(file.path): '\(key("feed_forward_length"))' is missing") }
     }
 }

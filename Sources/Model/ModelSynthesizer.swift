@@ -17,6 +17,8 @@ public struct ModelSynthesizer {
         public var experts = 8
         public var used = 2
         public var expertFF = 256
+        /// The shared expert's width (qwen2moe).
+        public var sharedFF = 512
         public var context = 4096
         public var ropeBase: Float = 1_000_000
         public var rmsEps: Float = 1e-6
@@ -37,32 +39,39 @@ public struct ModelSynthesizer {
     }
 
     /// Tensor names, shapes (ggml order) and whether each is a norm/router kept in F32.
+    /// Tensor names and shapes (ggml order) of the architecture, as llama.cpp's loader expects them.
     func tensors() -> [(TensorName, [Int])] {
         let s = shape, vocab = vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000
+        let q = s.heads * s.headDim, kv = s.kvHeads * s.headDim
         var out: [(TensorName, [Int])] = [(.global(.tokenEmbedding), [s.embd, vocab])]
         for i in 0..<s.layers {
-            out += [
-                (.block(i, .attnNorm), [s.embd]),
-                (.block(i, .attnQ), [s.embd, s.heads * s.headDim]),
-                (.block(i, .attnK), [s.embd, s.kvHeads * s.headDim]),
-                (.block(i, .attnV), [s.embd, s.kvHeads * s.headDim]),
-                (.block(i, .attnOutput), [s.heads * s.headDim, s.embd]),
-                (.block(i, .attnQNorm), [s.headDim]),
-                (.block(i, .attnKNorm), [s.headDim]),
-                (.block(i, .ffnNorm), [s.embd]),
-                (.block(i, .router), [s.embd, s.experts]),
-                (.block(i, .expertGate), [s.embd, s.expertFF, s.experts]),
-                (.block(i, .expertUp), [s.embd, s.expertFF, s.experts]),
-                (.block(i, .expertDown), [s.expertFF, s.embd, s.experts]),
-            ]
+            out += [(.block(i, .attnNorm), [s.embd]), (.block(i, .attnQ), [s.embd, q]), (.block(i, .attnK), [s.embd, kv]),
+                    (.block(i, .attnV), [s.embd, kv]), (.block(i, .attnOutput), [q, s.embd])]
+            switch s.architecture {
+            case "qwen3moe": out += [(.block(i, .attnQNorm), [s.headDim]), (.block(i, .attnKNorm), [s.headDim])]
+            case "olmoe": out += [(.block(i, .attnQNorm), [q]), (.block(i, .attnKNorm), [kv])]
+            case "qwen2moe": out += [(.block(i, .attnQ, "bias"), [q]), (.block(i, .attnK, "bias"), [kv]), (.block(i, .attnV, "bias"), [kv])]
+            default: break
+            }
+            out += [(.block(i, .ffnNorm), [s.embd]), (.block(i, .router), [s.embd, s.experts]),
+                    (.block(i, .expertGate), [s.embd, s.expertFF, s.experts]), (.block(i, .expertUp), [s.embd, s.expertFF, s.experts]),
+                    (.block(i, .expertDown), [s.expertFF, s.embd, s.experts])]
+            if s.architecture == "qwen2moe" {
+                out += [(.block(i, .sharedExpertRouter), [s.embd]), (.block(i, .sharedGate), [s.embd, s.sharedFF]),
+                        (.block(i, .sharedUp), [s.embd, s.sharedFF]), (.block(i, .sharedDown), [s.sharedFF, s.embd])]
+            }
         }
         out += [(.global(.outputNorm), [s.embd]), (.global(.output), [s.embd, vocab])]
         return out
     }
 
+    public static let architectures = ["qwen3moe", "qwen2moe", "olmoe", "llama"]
+
     public func write(to path: String, pool: ThreadPool, progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> Int {
         let s = shape, a = s.architecture
-        guard a == "qwen3moe" else { throw ModelError("synth writes qwen3moe only so far; '\(a)' is not supported") }
+        guard Self.architectures.contains(a) else {
+            throw ModelError("synth writes \(Self.architectures.joined(separator: ", ")); '\(a)' is not supported")
+        }
         guard s.used <= s.experts, s.heads % s.kvHeads == 0 else { throw ModelError("--used must be ≤ --experts and --heads a multiple of --kv-heads") }
         let list = tensors()
         let infos = list.map { GGUFTensorInfo(name: $0.0.description, type: .f32, shape: $0.1, offset: 0, byteCount: 0) }
@@ -82,8 +91,9 @@ public struct ModelSynthesizer {
             ("attention.key_length", .uint32(UInt32(s.headDim))), ("attention.value_length", .uint32(UInt32(s.headDim))),
             ("attention.layer_norm_rms_epsilon", .float32(s.rmsEps)), ("rope.freq_base", .float32(s.ropeBase)),
             ("expert_count", .uint32(UInt32(s.experts))), ("expert_used_count", .uint32(UInt32(s.used))),
-            ("expert_feed_forward_length", .uint32(UInt32(s.expertFF))),
-        ]
+            ("expert_feed_forward_length", .uint32(UInt32(s.expertFF))), ("rope.dimension_count", .uint32(UInt32(s.headDim))),
+            ("vocab_size", .uint32(UInt32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000))),
+        ] + (a == "qwen2moe" ? [("expert_shared_feed_forward_length", .uint32(UInt32(s.sharedFF)))] : [])
         for (k, v) in keys { try w.set("\(a).\(k)", v) }
         for (k, v) in vocabulary.metadata where k.hasPrefix("tokenizer.") { try w.set(k, v) }
         for (info, type) in zip(infos, types) { try w.addTensor(name: info.name, type: type, shape: info.shape) }
@@ -105,9 +115,11 @@ public struct ModelSynthesizer {
         let (mean, std): (Float, Float)
         switch name.role.category {
         case .norm: (mean, std) = (1, 0.05)
+        case _ where name.suffix == "bias": (mean, std) = (0, 0.1)
         case .head: (mean, std) = (0, 4 / Float(cols).squareRoot())  // peaked logits
         case .embedding: (mean, std) = (0, 1)
         case .router: (mean, std) = (0, 2 / Float(cols).squareRoot())
+        case _ where name.role == .sharedExpertRouter: (mean, std) = (0, 2 / Float(cols).squareRoot())
         default: (mean, std) = (0, 1 / Float(cols).squareRoot())
         }
         let chunk = 256

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GGUF
 import Kernels
 
@@ -41,7 +44,7 @@ public final class Stage: @unchecked Sendable {
         self.layers = layers
         self.weights = w
         self.pool = pool
-        self.experts = experts ?? ResidentExperts(weights: w.mapValues(\.experts), pool: pool)
+        self.experts = experts ?? ResidentExperts(weights: w.compactMapValues(\.ffn.experts), pool: pool)
     }
 
     /// Token embeddings (first stage only): rows of `token_embd`, dequantized.
@@ -95,9 +98,19 @@ public final class Stage: @unchecked Sendable {
         try project(w.k, buf.normed, a, into: buf.k, t)
         try project(w.v, buf.normed, a, into: buf.v, t)
         for r in 0..<t {
+            if let b = w.qBias { for i in 0..<c.qDim { buf.q[r * c.qDim + i] += b[i] } }
+            if let b = w.kBias { for i in 0..<c.kvDim { buf.k[r * c.kvDim + i] += b[i] } }
+            if let b = w.vBias { for i in 0..<c.kvDim { buf.v[r * c.kvDim + i] += b[i] } }
             if let qn = w.qNorm, let kn = w.kNorm {
-                for h in 0..<c.headCount { let p = buf.q + r * c.qDim + h * c.headDim; Ops.rmsNorm(p, weight: qn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
-                for h in 0..<c.headCountKV { let p = buf.k + r * c.kvDim + h * c.headDim; Ops.rmsNorm(p, weight: kn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
+                switch c.traits.qkNorm {
+                case .perHead:
+                    for h in 0..<c.headCount { let p = buf.q + r * c.qDim + h * c.headDim; Ops.rmsNorm(p, weight: qn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
+                    for h in 0..<c.headCountKV { let p = buf.k + r * c.kvDim + h * c.headDim; Ops.rmsNorm(p, weight: kn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
+                case .whole:
+                    Ops.rmsNorm(buf.q + r * c.qDim, weight: qn, count: c.qDim, eps: c.rmsEpsilon, into: buf.q + r * c.qDim)
+                    Ops.rmsNorm(buf.k + r * c.kvDim, weight: kn, count: c.kvDim, eps: c.rmsEpsilon, into: buf.k + r * c.kvDim)
+                case .none: break
+                }
             }
             let angles = Ops.ropeAngles(position: rows[r].position, dims: c.ropeDims, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale)
             Ops.rope(buf.q + r * c.qDim, heads: c.headCount, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
@@ -108,12 +121,44 @@ public final class Stage: @unchecked Sendable {
         try MatMul.multiply(w.o, buf.attn, batch: t, into: buf.normed, pool: pool)
         for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
 
-        // MoE block.
+        // Feed-forward block: routed experts (plus the shared one), or a dense FFN.
         for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: w.ffnNorm, count: e, eps: c.rmsEpsilon, into: buf.normed + r * e) }
-        let routes = try route(w.router, buf.normed, t)
         buf.moe.initialize(repeating: 0, count: t * e)
-        try experts.apply(layer: l, input: buf.normed, rows: t, routes: routes, output: buf.moe)
+        switch w.ffn {
+        case .moe(let router, _, let shared):
+            let routes = try route(router, buf.normed, t)
+            try experts.apply(layer: l, input: buf.normed, rows: t, routes: routes, output: buf.moe)
+            if let shared { try sharedExpert(shared, buf.normed, t, into: buf.moe) }
+        case .dense(let gate, let up, let down):
+            try swigluFFN(gate: gate, up: up, down: down, buf.normed, t, into: buf.moe)
+        }
         for i in 0..<(t * e) { hidden[i] += buf.moe[i] }
+    }
+
+    /// down(silu(gate·x) ⊙ up·x) for t rows, written to `out`.
+    private func swigluFFN(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, _ t: Int,
+                           into out: UnsafeMutablePointer<Float>) throws {
+        let ff = gate.rows
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: t * ff), u = UnsafeMutablePointer<Float>.allocate(capacity: t * ff)
+        defer { g.deallocate(); u.deallocate() }
+        try MatMul.multiply(gate, x, batch: t, into: g, pool: pool)
+        try MatMul.multiply(up, x, batch: t, into: u, pool: pool)
+        Ops.swiglu(gate: g, up: u, count: t * ff)
+        try MatMul.multiply(down, g, batch: t, into: out, pool: pool)
+    }
+
+    /// qwen2moe's shared expert, scaled per row by sigmoid(gateInput · x), added to `out`.
+    private func sharedExpert(_ s: SharedExpertWeights, _ x: UnsafePointer<Float>, _ t: Int, into out: UnsafeMutablePointer<Float>) throws {
+        let e = config.embeddingLength
+        let y = UnsafeMutablePointer<Float>.allocate(capacity: t * e)
+        defer { y.deallocate() }
+        try swigluFFN(gate: s.gate, up: s.up, down: s.down, x, t, into: y)
+        for r in 0..<t {
+            var dot: Float = 0
+            for i in 0..<e { dot += s.gateInput[i] * x[r * e + i] }
+            let scale = 1 / (1 + expf(-dot))
+            for i in 0..<e { out[r * e + i] += y[r * e + i] * scale }
+        }
     }
 
     private func project(_ m: WeightMatrix, _ x: UnsafePointer<Float>, _ a: QuantizedActivations, into y: UnsafeMutablePointer<Float>, _ t: Int) throws {

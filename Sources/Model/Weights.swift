@@ -74,34 +74,74 @@ public struct ExpertWeights: Sendable {
     public var bytesPerExpert: Int { (gate.rowStride + up.rowStride) * expertFF + down.rowStride * embd }
 }
 
+/// The shared expert of qwen2moe: a SwiGLU FFN every token goes through, scaled by sigmoid(gate · x).
+public struct SharedExpertWeights: Sendable {
+    public let gateInput: [Float]  // embd: the scalar gate's weights
+    public let gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix
+}
+
+/// The feed-forward half of a layer: routed experts (with an optional shared expert) or a dense FFN.
+public enum FeedForwardWeights: Sendable {
+    case moe(router: WeightMatrix, experts: ExpertWeights, shared: SharedExpertWeights?)
+    case dense(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix)
+
+    public var experts: ExpertWeights? {
+        if case .moe(_, let e, _) = self { return e }
+        return nil
+    }
+}
+
 /// Weights of one transformer layer.
 public struct LayerWeights: Sendable {
     public let attnNorm: [Float]
     public let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix
+    public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
     public let qNorm: [Float]?, kNorm: [Float]?
     public let ffnNorm: [Float]
-    public let router: WeightMatrix
-    public let experts: ExpertWeights
+    public let ffn: FeedForwardWeights
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> LayerWeights {
-        let e = c.embeddingLength
+        let e = c.embeddingLength, t = c.traits
         let attnNorm = try b.vector(.block(i, .attnNorm), count: e)
         let q = try b.matrix(.block(i, .attnQ), cols: e, rows: c.qDim)
         let k = try b.matrix(.block(i, .attnK), cols: e, rows: c.kvDim)
         let v = try b.matrix(.block(i, .attnV), cols: e, rows: c.kvDim)
         let o = try b.matrix(.block(i, .attnOutput), cols: c.qDim, rows: e)
-        let qNorm = c.traits.perHeadQKNorm ? try b.vector(.block(i, .attnQNorm), count: c.headDim) : nil
-        let kNorm = c.traits.perHeadQKNorm ? try b.vector(.block(i, .attnKNorm), count: c.headDim) : nil
+        let qb = t.attentionBias ? try b.vector(.block(i, .attnQ, "bias"), count: c.qDim) : nil
+        let kb = t.attentionBias ? try b.vector(.block(i, .attnK, "bias"), count: c.kvDim) : nil
+        let vb = t.attentionBias ? try b.vector(.block(i, .attnV, "bias"), count: c.kvDim) : nil
+        let (qn, kn): ([Float]?, [Float]?)
+        switch t.qkNorm {
+        case .none: (qn, kn) = (nil, nil)
+        case .perHead: (qn, kn) = (try b.vector(.block(i, .attnQNorm), count: c.headDim), try b.vector(.block(i, .attnKNorm), count: c.headDim))
+        case .whole: (qn, kn) = (try b.vector(.block(i, .attnQNorm), count: c.qDim), try b.vector(.block(i, .attnKNorm), count: c.kvDim))
+        }
         let ffnNorm = try b.vector(.block(i, .ffnNorm), count: e)
-        let router = try b.matrix(.block(i, .router), cols: e, rows: c.expertCount)
-        let f = c.expertFeedForward, n = c.expertCount
-        let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
-        let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
-        let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
-        let experts = ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
-                                    down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
-        return LayerWeights(attnNorm: attnNorm, q: q, k: k, v: v, o: o, qNorm: qNorm, kNorm: kNorm,
-                            ffnNorm: ffnNorm, router: router, experts: experts)
+        let ffn: FeedForwardWeights
+        if c.isMoE {
+            let router = try b.matrix(.block(i, .router), cols: e, rows: c.expertCount)
+            let f = c.expertFeedForward, n = c.expertCount
+            let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
+            let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
+            let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
+            let experts = ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
+                                        down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
+            var shared: SharedExpertWeights?
+            if t.sharedExpert {
+                let sf = c.sharedExpertFeedForward
+                shared = SharedExpertWeights(gateInput: try b.vector(.block(i, .sharedExpertRouter), count: e),
+                                             gate: try b.matrix(.block(i, .sharedGate), cols: e, rows: sf),
+                                             up: try b.matrix(.block(i, .sharedUp), cols: e, rows: sf),
+                                             down: try b.matrix(.block(i, .sharedDown), cols: sf, rows: e))
+            }
+            ffn = .moe(router: router, experts: experts, shared: shared)
+        } else {
+            ffn = .dense(gate: try b.matrix(.block(i, .ffnGate), cols: e, rows: c.feedForward),
+                         up: try b.matrix(.block(i, .ffnUp), cols: e, rows: c.feedForward),
+                         down: try b.matrix(.block(i, .ffnDown), cols: c.feedForward, rows: e))
+        }
+        return LayerWeights(attnNorm: attnNorm, q: q, k: k, v: v, o: o, qBias: qb, kBias: kb, vBias: vb,
+                            qNorm: qn, kNorm: kn, ffnNorm: ffnNorm, ffn: ffn)
     }
 }
 

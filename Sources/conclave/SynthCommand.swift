@@ -15,7 +15,7 @@ struct SynthCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Architecture.") var arch = "qwen3moe"
+    @Option(help: "Architecture: qwen3moe, qwen2moe, olmoe, llama (Mixtral-style).") var arch = "qwen3moe"
     @Option(help: "Transformer layers.") var layers = 4
     @Option(help: "Embedding width.") var embd = 256
     @Option(help: "Query heads.") var heads = 8
@@ -24,6 +24,7 @@ struct SynthCommand: ParsableCommand {
     @Option(help: "Experts per MoE layer.") var experts = 8
     @Option(help: "Experts used per token.") var used = 2
     @Option(name: .customLong("expert-ff"), help: "Expert feed-forward width.") var expertFF = 256
+    @Option(name: .customLong("shared-ff"), help: "Shared expert width (qwen2moe).") var sharedFF = 512
     @Option(help: "Context length.") var ctx = 4096
     @Option(help: "llama.cpp file type (F16, Q8_0, Q4_0, Q4_K_M, …).") var type = "Q4_0"
     @Option(help: "Random seed.") var seed: UInt64 = 1
@@ -46,6 +47,7 @@ struct SynthCommand: ParsableCommand {
         s.experts = experts
         s.used = used
         s.expertFF = expertFF
+        s.sharedFF = sharedFF
         s.context = ctx
         let vocab = try openGGUF(vocabFrom)
         let start = KernelBench.now()

@@ -43,3 +43,21 @@ struct RoutingTests {
         #expect(r.experts == [5] && r.weights == [1])
     }
 }
+
+extension RoutingTests {
+    /// qwen2moe and olmoe keep the softmax probabilities of the chosen experts as they are.
+    @Test(arguments: ["qwen2moe", "olmoe"])
+    func softmaxThenTopKUnnormalised(arch: String) throws {
+        let traits = ArchitectureTraits.registry[arch]!
+        let r = try routeOneHot(values: [log(2), log(4), log(1), log(1), -20, -20, -20, -20], k: 2, traits: traits)
+        #expect(r.experts == [1, 0])
+        // softmax ∝ 4, 2, 1, 1 (and ~0): 4/8 and 2/8.
+        #expect(abs(r.weights[0] - 0.5) < 1e-6 && abs(r.weights[1] - 0.25) < 1e-6)
+    }
+
+    @Test func mixtralNormalises() throws {
+        let r = try routeOneHot(values: [log(2), log(4), log(1), log(1), -20, -20, -20, -20], k: 2, traits: ArchitectureTraits.registry["llama"]!)
+        #expect(r.experts == [1, 0])
+        #expect(abs(r.weights[0] - 4.0 / 6) < 1e-6 && abs(r.weights[1] - 2.0 / 6) < 1e-6)
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+import TestSupport
+import GGUF
+import Kernels
+@testable import Model
+
+/// Architectures with no shared model: a seeded random model written by `ModelSynthesizer`, against the logits
+/// llama.cpp computed for the very same file (Tests/Fixtures/synth/*.llamacpp.jsonl, from
+/// `../shared/tools/llama-ref logits FILE text.txt 64` when the fixtures were made).
+@Suite final class ArchitectureTests {
+    let dir = Fixtures.temporaryDirectory()
+    deinit { try? FileManager.default.removeItem(at: dir) }
+
+    @Test(arguments: ["qwen3moe", "qwen2moe", "olmoe", "llama"])
+    func matchesLlamaCpp(arch: String) throws {
+        var shape = ModelSynthesizer.Shape()
+        shape.architecture = arch
+        shape.layers = 3
+        shape.kvHeads = arch == "olmoe" ? 8 : 2  // llama.cpp's olmoe has no grouped-query attention
+        shape.expertFF = 128
+        let path = dir.appendingPathComponent("\(arch).gguf").path
+        let vocab = try GGUFFile(path: Fixtures.shippedModel)
+        _ = try ModelSynthesizer(shape: shape, fileType: .f16, seed: 7, vocabulary: vocab).write(to: path, pool: ThreadPool(threads: 2))
+
+        let engine = try Engine(path: path, threads: 2)
+        #expect(engine.config.architecture == arch)
+        let golden = try String(contentsOfFile: Fixtures.path("synth/\(arch)-F16-seed7.llamacpp.jsonl"), encoding: .utf8)
+            .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let text = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("synth/text.txt")))
+        let ids = Array(engine.tokenizer.encode(bytes: Array(text)).prefix(64))
+        #expect(ids == golden.map { Int32($0["token"] as! Int) })
+        let logits = try engine.evaluate(ids, in: engine.newSequence(capacity: 64), all: true)
+        let v = engine.config.vocabSize
+        var counted = 0, agreed = 0
+        var maxDiff: Float = 0
+        for (i, g) in golden.enumerated() {
+            let top = g["top"] as! [[Double]]
+            let row = Array(logits[(i * v)..<((i + 1) * v)])
+            if top[0][1] - top[1][1] > 0.01 {
+                counted += 1
+                if row.indices.max(by: { row[$0] < row[$1] })! == Int(top[0][0]) { agreed += 1 }
+            }
+            for pair in top { maxDiff = max(maxDiff, abs(row[Int(pair[0])] - Float(pair[1]))) }
+        }
+        #expect(Double(agreed) >= 0.99 * Double(counted), "\(arch): top-1 agrees at \(agreed)/\(counted)")
+        #expect(maxDiff < 0.05, "\(arch): a top-10 logit differs from llama.cpp's by \(maxDiff)")
+    }
+
+    @Test func unsupportedArchitectureIsAClearError() throws {
+        let path = dir.appendingPathComponent("x.gguf").path
+        let w = GGUFWriter(path: path)
+        try w.set("general.architecture", .string("mamba"))
+        try w.write { _, _ in }
+        do {
+            _ = try ModelConfig(file: GGUFFile(path: path))
+            Issue.record("accepted an unknown architecture")
+        } catch {
+            #expect("\(error)".contains("mamba") && "\(error)".contains("qwen3moe"))
+        }
+    }
+}
