@@ -242,10 +242,73 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
 DEF_ROWS(rows_f32_avx2, AVX2, dot_f32_avx2(n, (const float *)wr, (const float *)ar))
 DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint16_t *)ar))
 
-DEF_ROWS(rows_q8_0_avx2, AVX2, dot_q8_0_avx2(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_q8_0_vnni, VNNI, dot_q8_0_vnni(n, (const blk_q8_0 *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_q4_0_avx2, AVX2, dot_q4_0_avx2(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_q4_0_vnni, VNNI, dot_q4_0_vnni(n, (const blk_q4_0 *)wr, (const blk_q8_0 *)ar, sr))
+
+// ---- Batched products (prefill, experts with several rows): four tokens per pass over a weight row, so each
+// weight block is loaded, unpacked and its scale converted once for four activation rows.
+
+#define DEF_Q4_0_T4(NAME, ATTR, DOT)                                                                      \
+    static inline ATTR void NAME(int n, const blk_q4_0 *x, const uint8_t *a, size_t a_stride,             \
+                                 const float *ya, size_t ya_stride, float *out, size_t out_stride) {      \
+        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+        float corr[4] = {0, 0, 0, 0};                                                                     \
+        for (int b = 0; b < n / 32; b++) {                                                                \
+            if ((b & 3) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
+            const __m128i t = _mm_loadu_si128((const __m128i *)x[b].qs);                                  \
+            const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);            \
+            const float dx = h2f(x[b].d);                                                                 \
+            for (int j = 0; j < 4; j++) {                                                                 \
+                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                 \
+                const float *yj = ya + j * ya_stride;                                                     \
+                const __m256i p = DOT(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yj[2 * b]), _mm256_cvtepi32_ps(p), acc[j]);   \
+                corr[j] += dx * yj[2 * b + 1];                                                            \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int j = 0; j < 4; j++) out[j * out_stride] = hsum8(acc[j]) - 8 * corr[j];                    \
+    }
+DEF_Q4_0_T4(dot4t_q4_0_avx2, AVX2, dot_us_avx2)
+DEF_Q4_0_T4(dot4t_q4_0_vnni, VNNI, dot_us_vnni)
+
+#define DEF_Q8_0_T4(NAME, ATTR, DOT)                                                                      \
+    static inline ATTR void NAME(int n, const blk_q8_0 *x, const uint8_t *a, size_t a_stride,             \
+                                 const float *ya, size_t ya_stride, float *out, size_t out_stride) {      \
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}; \
+        for (int b = 0; b < n / 32; b++) {                                                                \
+            if ((b & 1) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
+            const __m256i w = _mm256_loadu_si256((const __m256i *)x[b].qs);                               \
+            const __m256i aw = _mm256_sign_epi8(w, w);                                                    \
+            const float dx = h2f(x[b].d);                                                                 \
+            for (int j = 0; j < 4; j++) {                                                                 \
+                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                 \
+                const __m256i yv = _mm256_loadu_si256((const __m256i *)y[b].qs);                          \
+                const __m256i p = DOT(_mm256_setzero_si256(), aw, _mm256_sign_epi8(yv, w));               \
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * ya[j * ya_stride + 2 * b]), _mm256_cvtepi32_ps(p), acc[j]); \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int j = 0; j < 4; j++) out[j * out_stride] = hsum8(acc[j]);                                  \
+    }
+DEF_Q8_0_T4(dot4t_q8_0_avx2, AVX2, dot_us_avx2)
+DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
+
+/// Tokens in groups of four through the batched kernel, the rest one at a time.
+#define DEF_ROWS_T4(NAME, ATTR, WT, DOT1, DOT4)                                                           \
+    static ATTR void NAME(CK_ROWS_SIGNATURE) {                                                            \
+        for (int r = 0; r < rows; r++) {                                                                  \
+            const WT *wr = (const WT *)((const uint8_t *)w + (size_t)r * w_stride);                       \
+            int t = 0;                                                                                    \
+            for (; t + 4 <= batch; t += 4)                                                                \
+                DOT4(n, wr, (const uint8_t *)a + (size_t)t * a_stride, a_stride, aux + (size_t)t * aux_stride, \
+                     aux_stride, y + (size_t)t * y_stride + r, y_stride);                                 \
+            for (; t < batch; t++)                                                                        \
+                y[(size_t)t * y_stride + r] = DOT1(n, wr, (const blk_q8_0 *)((const uint8_t *)a + (size_t)t * a_stride), \
+                                                    aux + (size_t)t * aux_stride);                        \
+        }                                                                                                 \
+    }
+DEF_ROWS_T4(rows_q4_0_avx2, AVX2, blk_q4_0, dot_q4_0_avx2, dot4t_q4_0_avx2)
+DEF_ROWS_T4(rows_q4_0_vnni, VNNI, blk_q4_0, dot_q4_0_vnni, dot4t_q4_0_vnni)
+DEF_ROWS_T4(rows_q8_0_avx2, AVX2, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
+DEF_ROWS_T4(rows_q8_0_vnni, VNNI, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
 DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
 DEF_ROWS(rows_q6_K_avx2, AVX2, dot_q6_K_avx2(n, (const blk_q6_K *)wr, (const blk_q8_K *)ar))
 
