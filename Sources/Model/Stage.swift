@@ -40,6 +40,10 @@ public final class Stage: @unchecked Sendable {
         let needsGlobal = layers.lowerBound == 0 || layers.upperBound == config.layerCount
         global = needsGlobal ? try GlobalWeights.bind(&binder, config: config) : nil
         try binder.checkAllUsed(layers: layers, global: needsGlobal)
+        // Fault in exactly this stage's weights now, not during the first requests.
+        for name in binder.used {
+            if let t = file.tensor(named: name) { file.mapping.prefault(offset: t.fileOffset, count: t.info.byteCount) }
+        }
         self.config = config
         self.layers = layers
         self.weights = w
