@@ -115,3 +115,25 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+extension MatMulTests {
+    /// A token's result does not depend on how it was batched (prefill and decode must agree exactly).
+    @Test(arguments: [GGMLType.q4_0, .q8_0, .q4_K, .q6_K, .f16])
+    func batchInvariance(type: GGMLType) throws {
+        var rng = SplitMix(state: 4242)
+        let cols = type.blockSize == 256 ? 768 : 224, rows = 9, batch = 7
+        let w = randomWeights(type: type, rows: rows, cols: cols, rng: &rng)
+        let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let pool = ThreadPool(threads: 2)
+        try w.withUnsafeBytes { wp in
+            let m = try WeightMatrix(type: type, rows: rows, cols: cols, data: wp.baseAddress!)
+            var all = [Float](repeating: 0, count: rows * batch)
+            try MatMul.multiply(m, x, batch: batch, into: &all, pool: pool)
+            for t in 0..<batch {
+                var one = [Float](repeating: 0, count: rows)
+                try x.withUnsafeBufferPointer { try MatMul.multiply(m, $0.baseAddress! + t * cols, batch: 1, into: &one, pool: pool) }
+                #expect(one == Array(all[(t * rows)..<((t + 1) * rows)]), "\(type.name) token \(t)")
+            }
+        }
+    }
+}
