@@ -249,52 +249,66 @@ DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint1
 // bit-identical however it was batched — prefill and decode agree exactly, and so do workers that batch
 // differently.
 
+#define Q4_0_T4_BLOCK(DOT, B, ACC, CORR)                                                                       \
+    {                                                                                                     \
+        const __m128i t = _mm_loadu_si128((const __m128i *)x[B].qs);                                      \
+        const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);                \
+        const float dx = h2f(x[B].d);                                                                     \
+        for (int j = 0; j < 4; j++) {                                                                     \
+            const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                     \
+            const float *yj = ya + j * ya_stride;                                                         \
+            const __m256i p = DOT(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[B].qs)); \
+            ACC[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yj[2 * (B)]), _mm256_cvtepi32_ps(p), ACC[j]);     \
+            CORR[j] += dx * yj[2 * (B) + 1];                                                              \
+        }                                                                                                 \
+    }
 #define DEF_Q4_0_T4(NAME, ATTR, DOT)                                                                      \
     static inline ATTR void NAME(int n, const blk_q4_0 *x, const uint8_t *a, size_t a_stride,             \
                                  const float *ya, size_t ya_stride, float *out, size_t out_stride) {      \
         const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
-        __m256 acc[2][4];                                                                                 \
-        float corr[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};                                                  \
-        for (int j = 0; j < 4; j++) acc[0][j] = acc[1][j] = _mm256_setzero_ps();                          \
-        for (int b = 0; b < n / 32; b++) {                                                                \
+        __m256 acc0[4], acc1[4];                                                                          \
+        float corr0[4] = {0, 0, 0, 0}, corr1[4] = {0, 0, 0, 0};                                          \
+        for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();                              \
+        const int nb = n / 32;                                                                            \
+        int b = 0;                                                                                        \
+        for (; b + 2 <= nb; b += 2) {                                                                     \
             if ((b & 3) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
-            const int par = b & 1;                                                                        \
-            const __m128i t = _mm_loadu_si128((const __m128i *)x[b].qs);                                  \
-            const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);            \
-            const float dx = h2f(x[b].d);                                                                 \
-            for (int j = 0; j < 4; j++) {                                                                 \
-                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                 \
-                const float *yj = ya + j * ya_stride;                                                     \
-                const __m256i p = DOT(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
-                acc[par][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yj[2 * b]), _mm256_cvtepi32_ps(p), acc[par][j]); \
-                corr[par][j] += dx * yj[2 * b + 1];                                                       \
-            }                                                                                             \
+            Q4_0_T4_BLOCK(DOT, b, acc0, corr0)                                                                 \
+            Q4_0_T4_BLOCK(DOT, b + 1, acc1, corr1)                                                             \
         }                                                                                                 \
+        for (; b < nb; b++) Q4_0_T4_BLOCK(DOT, b, acc0, corr0)                                                 \
         for (int j = 0; j < 4; j++)                                                                       \
-            out[j * out_stride] = hsum8(_mm256_add_ps(acc[0][j], acc[1][j])) - 8 * (corr[0][j] + corr[1][j]); \
+            out[j * out_stride] = hsum8(_mm256_add_ps(acc0[j], acc1[j])) - 8 * (corr0[j] + corr1[j]);     \
     }
 DEF_Q4_0_T4(dot4t_q4_0_avx2, AVX2, dot_us_avx2)
 DEF_Q4_0_T4(dot4t_q4_0_vnni, VNNI, dot_us_vnni)
 
+#define Q8_0_T4_BLOCK(DOT, B, ACC)                                                                             \
+    {                                                                                                     \
+        const __m256i w = _mm256_loadu_si256((const __m256i *)x[B].qs);                                   \
+        const __m256i aw = _mm256_sign_epi8(w, w);                                                        \
+        const float dx = h2f(x[B].d);                                                                     \
+        for (int j = 0; j < 4; j++) {                                                                     \
+            const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                     \
+            const __m256i yv = _mm256_loadu_si256((const __m256i *)y[B].qs);                              \
+            const __m256i p = DOT(_mm256_setzero_si256(), aw, _mm256_sign_epi8(yv, w));                   \
+            ACC[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * ya[j * ya_stride + 2 * (B)]), _mm256_cvtepi32_ps(p), ACC[j]); \
+        }                                                                                                 \
+    }
 #define DEF_Q8_0_T4(NAME, ATTR, DOT)                                                                      \
     static inline ATTR void NAME(int n, const blk_q8_0 *x, const uint8_t *a, size_t a_stride,             \
                                  const float *ya, size_t ya_stride, float *out, size_t out_stride) {      \
-        __m256 acc[2][4];                                                                                 \
-        for (int j = 0; j < 4; j++) acc[0][j] = acc[1][j] = _mm256_setzero_ps();                          \
-        for (int b = 0; b < n / 32; b++) {                                                                \
-            if ((b & 1) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
-            const int par = b & 1;                                                                        \
-            const __m256i w = _mm256_loadu_si256((const __m256i *)x[b].qs);                               \
-            const __m256i aw = _mm256_sign_epi8(w, w);                                                    \
-            const float dx = h2f(x[b].d);                                                                 \
-            for (int j = 0; j < 4; j++) {                                                                 \
-                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                 \
-                const __m256i yv = _mm256_loadu_si256((const __m256i *)y[b].qs);                          \
-                const __m256i p = DOT(_mm256_setzero_si256(), aw, _mm256_sign_epi8(yv, w));               \
-                acc[par][j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * ya[j * ya_stride + 2 * b]), _mm256_cvtepi32_ps(p), acc[par][j]); \
-            }                                                                                             \
+        __m256 acc0[4], acc1[4];                                                                          \
+        for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();                              \
+        const int nb = n / 32;                                                                            \
+        int b = 0;                                                                                        \
+        for (; b + 2 <= nb; b += 2) {                                                                     \
+            if ((b & 3) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
+            Q8_0_T4_BLOCK(DOT, b, acc0)                                                                        \
+            Q8_0_T4_BLOCK(DOT, b + 1, acc1)                                                                    \
         }                                                                                                 \
-        for (int j = 0; j < 4; j++) out[j * out_stride] = hsum8(_mm256_add_ps(acc[0][j], acc[1][j]));     \
+        for (; b < nb; b++) Q8_0_T4_BLOCK(DOT, b, acc0)                                                        \
+        for (int j = 0; j < 4; j++) out[j * out_stride] = hsum8(_mm256_add_ps(acc0[j], acc1[j]));         \
     }
 DEF_Q8_0_T4(dot4t_q8_0_avx2, AVX2, dot_us_avx2)
 DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
