@@ -13,29 +13,65 @@ struct BPETokenizer: @unchecked Sendable {
         let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"#
         let llama3 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let qwen2 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
-        return [
-            "gpt-2": ([gpt2], false),
-            "llama-bpe": ([llama3], true),
-            "llama3": ([llama3], true),
-            "qwen2": ([qwen2], false),
-            "starcoder": ([#"\p{N}"#, gpt2], false),
+        let qwen35 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let cjk = "[一-龥ࠀ-一가-퟿]+"
+        let deepseekCoder = ["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", cjk, "\\p{N}"]
+        let deepseekV3 = [#"\p{N}{1,3}"#, "[一-龥぀-ゟ゠-ヿ]+",
+                          ##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##]
+        let falcon = [#"[\p{P}\$\+<=>\^~\|`]+"#, gpt2, "[0-9][0-9][0-9]"]
+        // deepseek-llm is not here yet: its letter class spells ranges such as U+1F5F–U+1F7D whose upper bound
+        // Swift's Regex compares by canonical equivalence (U+1F7D ≡ U+03CE) and rejects.
+        var table: [String: (patterns: [String], ignoreMerges: Bool)] = [
             "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false),
+            "qwen35": ([qwen35], false),
+            "deepseek-coder": (deepseekCoder, false),
+            "deepseek-v3": (deepseekV3, false),
+            "falcon": (falcon, false),
         ]
+        // Families that share one expression (llama-vocab.cpp's grouped cases).
+        for name in ["gpt-2", "phi-2", "jina-es", "jina-de", "mpt", "olmo", "jais"] { table[name] = ([gpt2], false) }
+        for name in ["llama3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"] { table[name] = ([llama3], true) }
+        for name in ["qwen2", "deepseek-r1-qwen", "megrez"] { table[name] = ([qwen2], false) }
+        for name in ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone"] { table[name] = ([#"\p{N}"#, gpt2], false) }
+        return table
     }()
 
-    init(vocab: Vocabulary) throws(TokenizerError) {
-        guard let pre = Self.preTokenizers[vocab.pre] else {
+    init(vocab: Vocabulary, pre name: String? = nil) throws(TokenizerError) {
+        let key = name ?? vocab.pre
+        guard let pre = Self.preTokenizers[key] else {
             let known = Self.preTokenizers.keys.sorted().joined(separator: ", ")
-            throw TokenizerError("BPE pre-tokenizer '\(vocab.pre)' is not supported yet (supported: \(known))")
+            throw TokenizerError("BPE pre-tokenizer '\(key)' is not supported yet (supported: \(known))")
         }
         self.vocab = vocab
         do {
             // Unicode-scalar semantics: \p{L} and \s apply to code points, as in llama.cpp, not to graphemes.
-            regexes = try pre.patterns.map { try Regex($0).matchingSemantics(.unicodeScalar) }
+            regexes = try pre.patterns.map { try Regex(Self.escapingNonASCII($0)).matchingSemantics(.unicodeScalar) }
         } catch {
-            throw TokenizerError("pre-tokenizer '\(vocab.pre)': \(error)")
+            throw TokenizerError("pre-tokenizer '\(key)': \(error)")
         }
         ignoreMerges = pre.ignoreMerges
+    }
+
+    /// Writes every non-ASCII character of a pattern as `\u{…}`. Swift checks a class range's bounds by
+    /// canonical equivalence, under which `ώ` (U+1F7D) equals `ώ` (U+03CE), so a range such as `Ὗ-ώ` is
+    /// rejected as reversed; such a range is spelled out scalar by scalar instead (they are short).
+    static func escapingNonASCII(_ pattern: String) -> String {
+        let scalars = Array(pattern.unicodeScalars)
+        func escape(_ s: Unicode.Scalar) -> String { s.isASCII ? String(s) : "\\u{\(String(s.value, radix: 16))}" }
+        var out = ""
+        var i = 0
+        while i < scalars.count {
+            let s = scalars[i]
+            if i + 2 < scalars.count, scalars[i + 1] == "-", !s.isASCII, !scalars[i + 2].isASCII,
+               s.value <= scalars[i + 2].value, Character(s) > Character(scalars[i + 2]) {
+                for v in s.value...scalars[i + 2].value { if let u = Unicode.Scalar(v) { out += escape(u) } }
+                i += 3
+                continue
+            }
+            out += escape(s)
+            i += 1
+        }
+        return out
     }
 
     /// GPT-2's reversible map from bytes to printable characters.

@@ -55,3 +55,17 @@ extension VocabVectorTests {
         }
     }
 }
+
+/// Every registered pre-tokenizer compiles and splits text into pieces that put back together give the text.
+struct PreTokenizerTests {
+    @Test(arguments: BPETokenizer.preTokenizers.keys.sorted())
+    func splitsLosslessly(pre: String) throws {
+        let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-gpt-2.gguf")))
+        let bpe = try BPETokenizer(vocab: tok.vocab, pre: pre)
+        for text in ["Hello world, 3333 it's  ok\n\n\tdone", "½ 🦙 中文字符 한국어 Ελληνικά déjà-vu", "", "   ", "a\r\nb"] {
+            let words = bpe.words(text)
+            #expect(words.joined() == text, "\(pre): \(text.debugDescription)")
+            #expect(!words.contains { $0.isEmpty })
+        }
+    }
+}
