@@ -90,6 +90,18 @@ static inline void ck_q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
     }
 }
 
+/// Q4_K/Q5_K's twelve scale bytes as eight scales (bytes 0..7 of u) and eight mins (bytes 8..15): ggml's
+/// branch-free mask shuffle.
+static inline void ck_q4k_unpack(const uint8_t *scales, uint32_t u[4]) {
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    memcpy(u, scales, 12);
+    u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    const uint32_t t = u[1] & k1;
+    u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    u[2] = t;
+    u[0] &= k1;
+}
+
 // Scalar kernels, also the fallback on CPUs without AVX2.
 void ck_rows_f32_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 void ck_rows_f16_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);

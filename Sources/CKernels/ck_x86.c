@@ -152,7 +152,6 @@ DEF_Q4_0(dot_q4_0_vnni, VNNI, dot_us_vnni)
 // 6-bit scale is applied by vpmaddwd on the 16-bit pair sums; Σ min·bsum is one vpmaddwd too.
 
 static inline AVX2 float dot_q4_K_avx2(int n, const blk_q4_K *x, const blk_q8_K *y) {
-    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
@@ -162,12 +161,7 @@ static inline AVX2 float dot_q4_K_avx2(int n, const blk_q4_K *x, const blk_q8_K 
         _mm_prefetch(pf + 64, _MM_HINT_NTA);
         _mm_prefetch(pf + 128, _MM_HINT_NTA);
         uint32_t u[4];
-        memcpy(u, x[b].scales, 12);
-        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-        const uint32_t t = u[1] & k1;
-        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-        u[2] = t;
-        u[0] &= k1;
+        ck_q4k_unpack(x[b].scales, u);
         // u[0..1]: the eight scales, u[2..3]: the eight mins, one byte each.
         const __m256i sm = _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
         const __m128i bs = _mm_loadu_si128((const __m128i *)y[b].bsums);

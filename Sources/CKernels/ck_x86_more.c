@@ -137,7 +137,6 @@ static inline AVX2 float dot_iq4_xs(int n, const blk_iq4_xs *x, const blk_q8_K *
 
 // ---- Q5_K × Q8_K: Q4_K plus a fifth bit from qh (bit 2g for the low half of group g, 2g+1 for the high).
 static inline AVX2 float dot_q5_K(int n, const blk_q5_K *x, const blk_q8_K *y) {
-    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m1 = _mm256_set1_epi8(1);
     __m256 acc = _mm256_setzero_ps();
     float mins = 0;
@@ -147,12 +146,7 @@ static inline AVX2 float dot_q5_K(int n, const blk_q5_K *x, const blk_q8_K *y) {
         _mm_prefetch(pf + 64, _MM_HINT_NTA);
         _mm_prefetch(pf + 128, _MM_HINT_NTA);
         uint32_t u[4];
-        memcpy(u, x[b].scales, 12);
-        u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-        const uint32_t t = u[1] & k1;
-        u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-        u[2] = t;
-        u[0] &= k1;
+        ck_q4k_unpack(x[b].scales, u);
         const uint8_t *sc = (const uint8_t *)u, *mn = sc + 8;
         const __m256i hb = _mm256_loadu_si256((const __m256i *)x[b].qh);
         __m256i sumi = _mm256_setzero_si256();

@@ -1,5 +1,6 @@
 import CKernels
 import Testing
+import TestSupport
 import GGUF
 @testable import Kernels
 
@@ -105,16 +106,6 @@ func randomWeights(type: GGMLType, rows: Int, cols: Int, rng: inout SplitMix) ->
     return bytes
 }
 
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 extension MatMulTests {
     /// A token's result does not depend on how it was batched (prefill and decode must agree exactly).

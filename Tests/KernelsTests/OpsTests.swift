@@ -1,6 +1,7 @@
 import CKernels
 import Foundation
 import Testing
+import TestSupport
 @testable import Kernels
 
 /// Each operator against a plain double-precision reference, on odd sizes.

@@ -25,26 +25,14 @@ import Kernels
 
         let engine = try Engine(path: path, threads: 2)
         #expect(engine.config.architecture == arch)
-        let golden = try String(contentsOfFile: Fixtures.path("synth/\(arch)-F16-seed7.llamacpp.jsonl"), encoding: .utf8)
-            .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let golden = try LlamaCppLogits(fixture: "synth/\(arch)-F16-seed7.llamacpp.jsonl")
         let text = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("synth/text.txt")))
         let ids = Array(engine.tokenizer.encode(bytes: Array(text)).prefix(64))
-        #expect(ids == golden.map { Int32($0["token"] as! Int) })
+        #expect(ids == golden.tokens)
         let logits = try engine.evaluate(ids, in: engine.newSequence(capacity: 64), all: true)
-        let v = engine.config.vocabSize
-        var counted = 0, agreed = 0
-        var maxDiff: Float = 0
-        for (i, g) in golden.enumerated() {
-            let top = g["top"] as! [[Double]]
-            let row = Array(logits[(i * v)..<((i + 1) * v)])
-            if top[0][1] - top[1][1] > 0.01 {
-                counted += 1
-                if row.indices.max(by: { row[$0] < row[$1] })! == Int(top[0][0]) { agreed += 1 }
-            }
-            for pair in top { maxDiff = max(maxDiff, abs(row[Int(pair[0])] - Float(pair[1]))) }
-        }
-        #expect(Double(agreed) >= 0.99 * Double(counted), "\(arch): top-1 agrees at \(agreed)/\(counted)")
-        #expect(maxDiff < 0.05, "\(arch): a top-10 logit differs from llama.cpp's by \(maxDiff)")
+        let r = golden.compare(logits, vocab: engine.config.vocabSize)
+        #expect(Double(r.agreed) >= 0.99 * Double(r.counted), "\(arch): top-1 agrees at \(r.agreed)/\(r.counted)")
+        #expect(r.maxDiff < 0.05, "\(arch): a top-10 logit differs from llama.cpp's by \(r.maxDiff)")
     }
 
     @Test func unsupportedArchitectureIsAClearError() throws {

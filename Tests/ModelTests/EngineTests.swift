@@ -32,26 +32,13 @@ struct EngineTests {
     @Test(arguments: available)
     func goldenLogits(ref: Reference) throws {
         let engine = try Engine(path: ref.path!, threads: 2)
-        let golden = try String(contentsOfFile: Fixtures.path("golden/tiny-qwen3moe-\(ref.quant).heldout256.top10.jsonl"), encoding: .utf8)
-            .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let golden = try LlamaCppLogits(fixture: "golden/tiny-qwen3moe-\(ref.quant).heldout256.top10.jsonl")
         let ids = Array(engine.tokenizer.encode(bytes: try Self.heldout()).prefix(256))
-        #expect(ids == golden.map { Int32($0["token"] as! Int) }, "tokenization of heldout.txt differs from llama.cpp's")
+        #expect(ids == golden.tokens, "tokenization of heldout.txt differs from llama.cpp's")
         let logits = try engine.evaluate(ids, in: engine.newSequence(capacity: 256), all: true)
-        let v = engine.config.vocabSize
-        var counted = 0, agreed = 0
-        var maxDiff: Float = 0
-        for (i, g) in golden.enumerated() {
-            let top = g["top"] as! [[Double]]
-            let row = Array(logits[(i * v)..<((i + 1) * v)])
-            let ours = row.indices.max { row[$0] < row[$1] }!
-            if top[0][1] - top[1][1] > 0.01 {
-                counted += 1
-                if ours == Int(top[0][0]) { agreed += 1 }
-            }
-            for pair in top { maxDiff = max(maxDiff, abs(row[Int(pair[0])] - Float(pair[1]))) }
-        }
-        #expect(Double(agreed) >= 0.99 * Double(counted), "\(ref.quant): top-1 agrees at \(agreed) of \(counted)")
-        #expect(maxDiff < 0.5, "\(ref.quant): a top-10 logit differs by \(maxDiff)")
+        let r = golden.compare(logits, vocab: engine.config.vocabSize)
+        #expect(Double(r.agreed) >= 0.99 * Double(r.counted), "\(ref.quant): top-1 agrees at \(r.agreed) of \(r.counted)")
+        #expect(r.maxDiff < 0.5, "\(ref.quant): a top-10 logit differs by \(r.maxDiff)")
     }
 
     /// llama-perplexity's method, within 0.5% of its figure.
