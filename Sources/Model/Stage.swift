@@ -98,9 +98,14 @@ public final class Stage: @unchecked Sendable {
         // Attention block.
         for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: w.attnNorm, count: e, eps: c.rmsEpsilon, into: buf.normed + r * e) }
         let a = try QuantizedActivations(buf.normed, cols: e, batch: t, format: ActivationQuant.vecDotType(for: w.q.type) ?? .f32, pool: pool)
-        try project(w.q, buf.normed, a, into: buf.q, t)
-        try project(w.k, buf.normed, a, into: buf.k, t)
-        try project(w.v, buf.normed, a, into: buf.v, t)
+        if [w.q, w.k, w.v].allSatisfy({ a.format == ActivationQuant.vecDotType(for: $0.type) && MatMul.hasKernel($0.type) }) {
+            // Q, K and V in one dispatch: one wake-up and one barrier instead of three.
+            try MatMul.multiply([MatMul.Job(w.q, a, into: buf.q), MatMul.Job(w.k, a, into: buf.k), MatMul.Job(w.v, a, into: buf.v)], pool: pool)
+        } else {
+            try project(w.q, buf.normed, a, into: buf.q, t)
+            try project(w.k, buf.normed, a, into: buf.k, t)
+            try project(w.v, buf.normed, a, into: buf.v, t)
+        }
         for r in 0..<t {
             if let b = w.qBias { for i in 0..<c.qDim { buf.q[r * c.qDim + i] += b[i] } }
             if let b = w.kBias { for i in 0..<c.kvDim { buf.k[r * c.kvDim + i] += b[i] } }

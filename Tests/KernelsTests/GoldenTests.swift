@@ -1,4 +1,6 @@
 import Testing
+import TestSupport
+import CKernels
 import GGUF
 @testable import Kernels
 
@@ -54,5 +56,26 @@ struct QuantizeGoldenTests {
         }
         let diffs = zip(got, expected).enumerated().filter { $0.element.0 != $0.element.1 }
         #expect(diffs.isEmpty, "\(g.name): \(diffs.count) bytes differ, first at \(diffs.first.map { "\($0.offset) (block \($0.offset / g.type.bytesPerBlock), byte \($0.offset % g.type.bytesPerBlock)): \($0.element.0) vs \($0.element.1)" } ?? "")")
+    }
+}
+
+extension GoldenTests {
+    /// The fused C quantizer of Q8_0 activations gives the reference's bytes and its (d, d·Σq) pairs.
+    @Test func fusedQ8_0QuantizerMatchesReference() throws {
+        var rng = SplitMix(state: 31)
+        for n in [32, 64, 4096, 14336] {
+            var x = (0..<n).map { _ in Float.random(in: -3...3, using: &rng) }
+            x[0] = 0; if n > 64 { for i in 32..<64 { x[i] = 0 } }  // an all-zero block
+            var ref = [UInt8](repeating: 0, count: n / 32 * 34), fused = ref
+            var refAux = [Float](repeating: 0, count: n / 16), fusedAux = refAux
+            try x.withUnsafeBufferPointer { xp in
+                try ref.withUnsafeMutableBytes { try ActivationQuant.quantize(xp.baseAddress!, count: n, to: .q8_0, $0.baseAddress!) }
+                ref.withUnsafeBytes { ck_q8_0_aux(Int32(n), $0.baseAddress!, &refAux) }
+                let done = fused.withUnsafeMutableBytes { ck_quantize_q8_0(Int32(n), xp.baseAddress!, $0.baseAddress!, &fusedAux) }
+                if done == 0 { fused = ref; fusedAux = refAux }  // no AVX2 here: nothing to compare
+            }
+            #expect(fused == ref, "n \(n)")
+            #expect(fusedAux == refAux, "n \(n)")
+        }
     }
 }

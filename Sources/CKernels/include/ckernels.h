@@ -41,6 +41,10 @@ ck_rows_fn ck_rows_kernel(int type, int isa);
 /// For each 32-block of a Q8_0 row of n values: out[2b] = d, out[2b+1] = d·Σqs (2·n/32 floats).
 void ck_q8_0_aux(int n, const void *a, float *out);
 
+/// Quantizes n floats to Q8_0 blocks at y and fills aux as ck_q8_0_aux does, in one pass. Returns 0 (and does
+/// nothing) on CPUs without AVX2, where the caller uses the Swift reference.
+int ck_quantize_q8_0(int n, const float *x, void *y, float *aux);
+
 /// Half-precision conversions (round to nearest even) and the f16 vector operations of attention.
 void ck_f32_to_f16(int n, const float *x, uint16_t *y);
 /// The portable conversion used on CPUs without F16C (exposed so tests can check it on any CPU).
