@@ -15,13 +15,16 @@ struct BPETokenizer: @unchecked Sendable {
         let qwen2 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let qwen35 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let cjk = "[一-龥ࠀ-一가-퟿]+"
+        // llama.cpp spells deepseek-llm's letters as an explicit list of ranges — the cased letters (Lu, Ll, Lt);
+        // some of its bounds are canonically equivalent to lower code points, which Swift's Regex rejects in a
+        // range, so the class is written by category here.
+        let deepseekLLM = ["[\r\n]", #"\s?[\p{Lu}\p{Ll}\p{Lt}]+"#, "\\s?[!-/:-~！-／：-～‘-‟　-。]+", "\\s+$", cjk, "\\p{N}+"]
         let deepseekCoder = ["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", cjk, "\\p{N}"]
         let deepseekV3 = [#"\p{N}{1,3}"#, "[一-龥぀-ゟ゠-ヿ]+",
                           ##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##]
         let falcon = [#"[\p{P}\$\+<=>\^~\|`]+"#, gpt2, "[0-9][0-9][0-9]"]
-        // deepseek-llm is not here yet: its letter class spells ranges such as U+1F5F–U+1F7D whose upper bound
-        // Swift's Regex compares by canonical equivalence (U+1F7D ≡ U+03CE) and rejects.
         var table: [String: (patterns: [String], ignoreMerges: Bool)] = [
+            "deepseek-llm": (deepseekLLM, false),
             "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false),
             "qwen35": ([qwen35], false),
             "deepseek-coder": (deepseekCoder, false),
