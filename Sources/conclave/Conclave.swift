@@ -8,6 +8,6 @@ struct Conclave: ParsableCommand {
         discussion: """
         One binary plays every role: inspect a model file here; later issues add run, serve, worker and status.
         """,
-        subcommands: [RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, Bench.self]
+        subcommands: [RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
     )
 }

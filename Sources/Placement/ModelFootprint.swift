@@ -1,0 +1,55 @@
+import GGUF
+import Model
+
+/// What a model needs in memory, split the way placement divides it: per layer the bytes that must sit with
+/// the layer (attention, norms, router, shared expert, KV cache) and the bytes of each routed expert, plus the
+/// embedding (first stage) and the head (last stage).
+public struct ModelFootprint: Sendable, Equatable {
+    public let layerCount: Int
+    public let expertCount: Int
+    /// Per layer: bytes that must stay with the layer's stage (weights other than routed experts, and KV).
+    public let layerBytes: [Int]
+    /// Per layer: bytes of one routed expert (gate + up + down).
+    public let expertBytes: [Int]
+    public let embeddingBytes: Int
+    public let headBytes: Int
+
+    public init(layerBytes: [Int], expertBytes: [Int], expertCount: Int, embeddingBytes: Int, headBytes: Int) {
+        self.layerCount = layerBytes.count
+        self.layerBytes = layerBytes
+        self.expertBytes = expertBytes
+        self.expertCount = expertCount
+        self.embeddingBytes = embeddingBytes
+        self.headBytes = headBytes
+    }
+
+    /// From a model file, with a KV cache of `context` positions × `sequences` per layer.
+    public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1) {
+        var layer = [Int](repeating: 0, count: config.layerCount)
+        var expert = [Int](repeating: 0, count: config.layerCount)
+        var embd = 0, head = 0
+        for info in file.tensorInfos {
+            guard let n = TensorName(parsing: info.name) else { continue }
+            if let l = n.layer, l < config.layerCount {
+                if n.role.category == .experts {
+                    expert[l] += info.byteCount / max(1, config.expertCount)
+                } else {
+                    layer[l] += info.byteCount
+                }
+            } else if n.role == .tokenEmbedding {
+                embd += info.byteCount
+            } else {
+                head += info.byteCount
+            }
+        }
+        // A tied head reads the embedding; the last stage then needs those bytes too.
+        if file.tensorInfo(named: TensorName.global(.output).description) == nil { head += embd }
+        let kv = 2 * 2 * config.kvDim * context * sequences  // K and V, f16
+        self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
+                  embeddingBytes: embd, headBytes: head)
+    }
+
+    public var totalBytes: Int {
+        layerBytes.reduce(0, +) + expertBytes.reduce(0, +) * expertCount + embeddingBytes + headBytes
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import GGUF
+import Model
+import Placement
+
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan",
+        abstract: "Show where a model's layers and experts would live on a cluster (a dry run; nothing is loaded).",
+        discussion: "Each worker gets a contiguous range of layers sized to its budget; experts stay with their layer while it has room and otherwise go to the expert-capable worker with the most free memory."
+    )
+
+    @Option(name: [.short, .long], help: "Path to a .gguf model.") var model: String = defaultModelPath
+    @Option(help: "Cluster file (YAML; see cluster/).") var cluster: String
+    @Option(help: "Context length per sequence for the KV cache (default: the model's).") var ctx: Int?
+    @Option(help: "Sequences served at once (KV caches per layer).") var sequences = 1
+    @Flag(help: "Print the plan as JSON.") var json = false
+
+    func run() throws {
+        let file = try openGGUF(model)
+        do {
+            let config = try ModelConfig(file: file)
+            let footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences)
+            let plan = try Planner.plan(footprint, cluster: ClusterFile(path: cluster))
+            print(json ? PlanReport.json(plan).render(indent: 2) : PlanReport.text(plan, footprint: footprint))
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+enum PlanReport {
+    static func json(_ p: Plan) -> JSON {
+        .object([
+            ("stages", .array(p.stages.map { .object([("worker", .string($0.worker)), ("first_layer", .int($0.layers.lowerBound)), ("end_layer", .int($0.layers.upperBound))]) })),
+            ("experts", .array(p.experts.map { row in .array(row.map { .string(p.workers[$0].name) }) })),
+            ("workers", .array(p.workers.enumerated().map { i, w in
+                .object([("name", .string(w.name)), ("endpoint", .string(w.endpoint)), ("role", .string(w.role.rawValue)),
+                         ("memory_budget", .int(w.memory)), ("planned_bytes", .int(p.bytes[i])), ("experts", .int(p.experts(of: i).count))])
+            })),
+        ])
+    }
+
+    static func text(_ p: Plan, footprint f: ModelFootprint) -> String {
+        var rows: [[String]] = []
+        for (i, w) in p.workers.enumerated() {
+            let layers = p.stages.first { $0.worker == w.name }.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" } ?? "-"
+            rows.append([w.name, w.role.rawValue, w.endpoint, layers, String(p.experts(of: i).count),
+                         "\(formatBytes(p.bytes[i])) / \(formatBytes(w.memory))"])
+        }
+        var lines = ["model needs \(formatBytes(f.totalBytes)) (weights + KV); \(f.layerCount) layers × \(f.expertCount) experts", ""]
+        lines += table(headers: ["worker", "role", "endpoint", "layers", "experts", "planned / budget"], rows: rows)
+        return lines.joined(separator: "\n")
+    }
+}

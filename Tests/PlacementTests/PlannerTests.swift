@@ -1,0 +1,143 @@
+import Testing
+import TestSupport
+import GGUF
+import Model
+@testable import Placement
+
+struct PlannerTests {
+    func footprint(layers: Int = 8, experts: Int = 8, layer: Int = 100, expert: Int = 50, embd: Int = 300, head: Int = 300) -> ModelFootprint {
+        ModelFootprint(layerBytes: Array(repeating: layer, count: layers), expertBytes: Array(repeating: expert, count: layers),
+                       expertCount: experts, embeddingBytes: embd, headBytes: head)
+    }
+
+    func cluster(_ ws: [(Int, ClusterFile.Role)]) -> ClusterFile {
+        ClusterFile(coordinator: "tcp://127.0.0.1:7000", workers: ws.enumerated().map { i, w in
+            .init(name: "w\(i)", endpoint: "tcp://127.0.0.1:\(7100 + i)", memory: w.0, role: w.1)
+        })
+    }
+
+    /// The invariants every plan must hold.
+    func checkInvariants(_ p: Plan, _ f: ModelFootprint) {
+        // Every layer in exactly one stage, stages contiguous and in order.
+        var next = 0
+        for s in p.stages {
+            #expect(s.layers.lowerBound == next && !s.layers.isEmpty)
+            next = s.layers.upperBound
+        }
+        #expect(next == f.layerCount)
+        // Every expert of every layer on exactly one worker that may hold experts.
+        #expect(p.experts.count == f.layerCount)
+        for row in p.experts {
+            #expect(row.count == f.expertCount)
+            for w in row { #expect(w >= 0 && p.workers[w].role != .stage) }
+        }
+        // Budgets respected, and the accounting adds up to the model.
+        for (i, w) in p.workers.enumerated() { #expect(p.bytes[i] <= w.memory, "\(w.name)") }
+        #expect(p.bytes.reduce(0, +) == f.totalBytes)
+    }
+
+    @Test func evenClusterSplitsLayersAndKeepsExpertsLocal() throws {
+        let f = footprint()
+        let p = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .any)]))
+        checkInvariants(p, f)
+        #expect(p.stages.map(\.layers) == [0..<4, 4..<8])
+        for l in 0..<8 { #expect(Set(p.experts[l]) == [l < 4 ? 0 : 1]) }
+    }
+
+    @Test func tightStagesSpillExpertsToTheExpertWorker() throws {
+        let f = footprint()
+        let p = try Planner.plan(f, cluster: cluster([(1_500, .any), (1_500, .any), (2_000, .experts)]))
+        checkInvariants(p, f)
+        #expect(p.experts(of: 2).count > 0)
+        // The experts-only worker holds no layers.
+        #expect(p.stages.allSatisfy { $0.worker != "w2" })
+    }
+
+    @Test func stageRoleHoldsNoExperts() throws {
+        let f = footprint(layers: 4)
+        let p = try Planner.plan(f, cluster: cluster([(2_000, .stage), (3_000, .experts)]))
+        checkInvariants(p, f)
+        #expect(p.experts(of: 0).isEmpty)
+        #expect(p.experts(of: 1).count == 32)
+    }
+
+    @Test func impossibleFitsAreRefusedWithAReason() {
+        let f = footprint()
+        do {
+            _ = try Planner.plan(f, cluster: cluster([(1_000, .any), (1_000, .any)]))
+            Issue.record("planned a model larger than the cluster")
+        } catch {
+            #expect(error.description.contains("needs") && error.description.contains("add"))
+        }
+        // Enough memory in total, but a stage cannot hold its layers' fixed part.
+        do {
+            _ = try Planner.plan(footprint(layer: 900), cluster: cluster([(1_500, .any), (20_000, .experts)]))
+            Issue.record("planned layers onto a worker too small for them")
+        } catch {
+            #expect(error.description.contains("w0") && error.description.contains("before any expert"))
+        }
+    }
+
+    @Test func deterministic() throws {
+        let f = footprint(layers: 13, experts: 16, layer: 77, expert: 33)
+        let c = cluster([(2_500, .any), (4_000, .any), (1_500, .experts), (2_500, .any)])
+        let a = try Planner.plan(f, cluster: c), b = try Planner.plan(f, cluster: c)
+        #expect(a == b)
+        checkInvariants(a, f)
+    }
+
+    /// The shipped model on cluster/local.yaml: two stages, and experts of the second stage on the experts worker.
+    @Test func shippedModelOnLocalCluster() throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let config = try ModelConfig(file: file)
+        let f = ModelFootprint(file: file, config: config, context: 512)
+        #expect(f.totalBytes == file.tensorInfos.reduce(0) { $0 + $1.byteCount } + 4 * 2 * 2 * config.kvDim * 512)
+        let p = try Planner.plan(f, cluster: ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/local.yaml").path))
+        checkInvariants(p, f)
+        #expect(p.stages.map(\.worker) == ["stage-a", "stage-b"])
+        #expect(!p.experts(of: 2).isEmpty)
+    }
+}
+
+struct ClusterFileTests {
+    @Test func parsesTheShippedFiles() throws {
+        for name in ["local", "netns", "example-3-hosts"] {
+            let c = try ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/\(name).yaml").path)
+            #expect(c.workers.count == 3)
+            #expect(c.workers.last?.role == .experts)
+        }
+        let big = try ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/example-3-hosts.yaml").path)
+        #expect(big.workers[0].memory == 48 << 30)
+        #expect(big.coordinator == "tcp://10.0.0.1:7000")
+    }
+
+    @Test func sizes() {
+        #expect(ClusterFile.parseBytes("48GiB") == 48 << 30)
+        #expect(ClusterFile.parseBytes("512 MiB") == 512 << 20)
+        #expect(ClusterFile.parseBytes("6GB") == 6_000_000_000)
+        #expect(ClusterFile.parseBytes("1024") == 1024)
+        #expect(ClusterFile.parseBytes("lots") == nil)
+        #expect(ClusterFile.parseBytes("12 parsecs") == nil)
+    }
+
+    @Test func badFilesGetReadableErrors() {
+        let cases: [(String, String)] = [
+            ("workers: []", "coordinator"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers: []", "no worker"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    role: boss", "role 'boss'"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: huge", "'memory'"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: 127.0.0.1\n    memory: 1GiB", "'endpoint'"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n  - name: a\n    endpoint: tcp://127.0.0.1:2\n    memory: 1GiB", "used twice"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    role: experts", "at least one must hold layers"),
+            ("coordinator: [unclosed", "not a valid cluster file"),
+        ]
+        for (yaml, phrase) in cases {
+            do {
+                _ = try ClusterFile(yaml: yaml)
+                Issue.record("accepted: \(yaml)")
+            } catch {
+                #expect(error.description.contains(phrase), "\(error.description) should mention \(phrase)")
+            }
+        }
+    }
+}
