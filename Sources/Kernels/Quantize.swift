@@ -61,10 +61,11 @@ public enum Quantize {
         for j in 0..<32 { y.storeBytes(of: Int8((x[j] * id).rounded()), toByteOffset: 2 + j, as: Int8.self) }
     }
 
-    /// Q4_0 and Q5_0: scale from the signed extreme (so it maps to −8 or −16), values offset to unsigned.
-    static func signedMax(_ x: UnsafePointer<Float>) -> Float {
+    /// The value of largest magnitude (the first, on ties): quantizers scale from the signed extreme so that it
+    /// maps to the most negative level (−8 for Q4_0, −16 for Q5_0, …).
+    static func signedMax(_ x: UnsafePointer<Float>, count n: Int = 32) -> Float {
         var amax: Float = 0, maxv: Float = 0
-        for j in 0..<32 where amax < abs(x[j]) {
+        for j in 0..<n where amax < abs(x[j]) {
             amax = abs(x[j])
             maxv = x[j]
         }

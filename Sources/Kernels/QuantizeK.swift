@@ -5,12 +5,8 @@ extension Quantize {
     /// ggml's `make_qx_quants`: a symmetric scale for n values in [-nmax, nmax-1], searched around max/nmax.
     static func makeQXQuants(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>,
                              rmseType: Int, weights qw: UnsafePointer<Float>?) -> Float {
-        var maxv: Float = 0, amax: Float = 0
-        for i in 0..<n where abs(x[i]) > amax {
-            amax = abs(x[i])
-            maxv = x[i]
-        }
-        if amax < groupMaxEps {
+        let maxv = signedMax(x, count: n)
+        if abs(maxv) < groupMaxEps {
             for i in 0..<n { L[i] = 0 }
             return 0
         }
@@ -60,12 +56,8 @@ extension Quantize {
 
     /// ggml's `make_q3_quants` with its weighted refinement (do_rmse = true).
     static func makeQ3Quants(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>) -> Float {
-        var maxv: Float = 0, amax: Float = 0
-        for i in 0..<n where abs(x[i]) > amax {
-            amax = abs(x[i])
-            maxv = x[i]
-        }
-        if amax < groupMaxEps {
+        let maxv = signedMax(x, count: n)
+        if abs(maxv) < groupMaxEps {
             for i in 0..<n { L[i] = 0 }
             return 0
         }
