@@ -1,0 +1,91 @@
+import Foundation
+import Synchronization
+
+/// Moves multipart messages between processes. The coordinator and workers are written against this, so tests
+/// can run them over `InMemoryNetwork` (deterministic, no sockets) or over real ZeroMQ sockets.
+public protocol Transport: AnyObject, Sendable {
+    /// Where this end is reachable (bound) or what it connected to.
+    var endpoint: String { get }
+    /// Messages received, in arrival order; on a router, `peer` says who sent each.
+    var messages: AsyncStream<Frames> { get }
+    /// Queues a message; on a router, `frames.peer` names the destination. Never blocks.
+    func send(_ frames: Frames)
+    func close()
+}
+
+extension ZMQSocket: Transport {}
+
+/// The in-memory twin of ZeroMQ's ROUTER/DEALER: routers registered by endpoint name, dealers connected to them
+/// by routing id. Delivery is immediate and ordered; an oversized message or an unknown destination is dropped,
+/// as libzmq does with ZMQ_MAXMSGSIZE and ROUTER_MANDATORY.
+public final class InMemoryNetwork: Sendable {
+    private let routers = Mutex<[String: InMemoryEndpoint]>([:])
+
+    public init() {}
+
+    public func router(at endpoint: String, maxMessageSize: Int = 256 << 20) throws(ZMQError) -> InMemoryEndpoint {
+        try routers.withLock { (r: inout [String: InMemoryEndpoint]) throws(ZMQError) -> InMemoryEndpoint in
+            guard r[endpoint] == nil else { throw ZMQError(message: "bind \(endpoint): address already in use") }
+            let e = InMemoryEndpoint(kind: .router, endpoint: endpoint, identity: Data(), maxMessageSize: maxMessageSize, network: self)
+            r[endpoint] = e
+            return e
+        }
+    }
+
+    public func dealer(connectingTo endpoint: String, identity: String) throws(ZMQError) -> InMemoryEndpoint {
+        guard let router = routers.withLock({ $0[endpoint] }) else { throw ZMQError(message: "connect \(endpoint): nothing listens there") }
+        let d = InMemoryEndpoint(kind: .dealer, endpoint: endpoint, identity: Data(identity.utf8), maxMessageSize: .max, network: self)
+        d.peerRouter = router
+        router.dealers.withLock { $0[Data(identity.utf8)] = d }
+        return d
+    }
+
+    func unregister(_ e: InMemoryEndpoint) {
+        routers.withLock { if $0[e.endpoint] === e { $0[e.endpoint] = nil } }
+    }
+}
+
+public final class InMemoryEndpoint: Transport, @unchecked Sendable {
+    public let kind: ZMQSocket.Kind
+    public let endpoint: String
+    public let messages: AsyncStream<Frames>
+    let identity: Data
+    let maxMessageSize: Int
+    private let continuation: AsyncStream<Frames>.Continuation
+    fileprivate let dealers = Mutex<[Data: InMemoryEndpoint]>([:])
+    fileprivate weak var peerRouter: InMemoryEndpoint?
+    private weak var network: InMemoryNetwork?
+    private let closed = Atomic<Bool>(false)
+
+    init(kind: ZMQSocket.Kind, endpoint: String, identity: Data, maxMessageSize: Int, network: InMemoryNetwork) {
+        self.kind = kind
+        self.endpoint = endpoint
+        self.identity = identity
+        self.maxMessageSize = maxMessageSize
+        self.network = network
+        (messages, continuation) = AsyncStream.makeStream(of: Frames.self, bufferingPolicy: .unbounded)
+    }
+
+    public func send(_ frames: Frames) {
+        guard !closed.load(ordering: .acquiring) else { return }
+        switch kind {
+        case .dealer:
+            guard let router = peerRouter else { return }
+            router.deliver(Frames(peer: identity, parts: frames.parts))
+        case .router:
+            guard let peer = frames.peer, let dealer = dealers.withLock({ $0[peer] }) else { return }
+            dealer.deliver(Frames(parts: frames.parts))
+        }
+    }
+
+    func deliver(_ f: Frames) {
+        guard !closed.load(ordering: .acquiring), f.parts.reduce(0, { $0 + $1.count }) <= maxMessageSize else { return }
+        continuation.yield(f)
+    }
+
+    public func close() {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        continuation.finish()
+        network?.unregister(self)
+    }
+}
