@@ -27,6 +27,8 @@ let package = Package(
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // The worker's services: expert serving and calls to other workers' experts.
+        .target(name: "Worker", dependencies: ["Model", "Wire"]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
@@ -42,6 +44,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Model", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],

@@ -4,10 +4,15 @@ import Kernels
 public struct Route: Sendable, Equatable {
     public var experts: [Int]
     public var weights: [Float]
-    public init(experts: [Int], weights: [Float]) {
+    /// Each expert's position in the row's full route (the summation order); nil means 0, 1, 2, …. A provider
+    /// handed part of a route (the experts it holds) keeps their original slots.
+    public var slots: [Int]?
+    public init(experts: [Int], weights: [Float], slots: [Int]? = nil) {
         self.experts = experts
         self.weights = weights
+        self.slots = slots
     }
+    public func slot(_ i: Int) -> Int { slots?[i] ?? i }
 }
 
 /// Computes Σ_k w_k · FFN_{e_k}(x) for the rows of a batch routed to experts of one layer.
@@ -32,12 +37,31 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
 
     public func apply(layer: Int, input x: UnsafePointer<Float>, rows: Int, routes: [Route], output: UnsafeMutablePointer<Float>) throws {
         guard let w = weights[layer] else { throw ModelError("layer \(layer) has no resident experts here") }
+        let k = routes.map { r in (0..<r.experts.count).map { r.slot($0) + 1 }.max() ?? 0 }.max() ?? 0
+        let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * w.embd))
+        defer { results.deallocate() }
+        try weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)
+        // Weighted results summed per row in route order (slot 0, 1, …), as llama.cpp adds them.
+        for (r, route) in routes.enumerated() {
+            let out = output + r * w.embd
+            for s in (0..<route.experts.count).map(route.slot).sorted() {
+                let src = results + (r * k + s) * w.embd
+                for c in 0..<w.embd { out[c] += src[c] }
+            }
+        }
+    }
+
+    /// w · FFN_e(x) for every (row, slot) of `routes`, written at `(row · slotsPerRow + slot) · embd`. Each vector
+    /// is the same whatever else is in the batch (the kernels are batch-invariant), so results computed by
+    /// different workers sum to exactly what one process computes.
+    public func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+                                into results: UnsafeMutablePointer<Float>) throws {
+        guard let w = weights[layer] else { throw ModelError("layer \(layer) has no resident experts here") }
         let embd = w.embd, ff = w.expertFF
-        let k = routes.first?.experts.count ?? 0
         // (row, slot) pairs per expert, experts in ascending order.
         var byExpert: [Int: [(row: Int, slot: Int)]] = [:]
         for (r, route) in routes.enumerated() {
-            for (s, e) in route.experts.enumerated() { byExpert[e, default: []].append((r, s)) }
+            for (i, e) in route.experts.enumerated() { byExpert[e, default: []].append((r, i)) }
         }
         let chosen = byExpert.keys.sorted()
         let members = chosen.map { byExpert[$0]! }
@@ -89,21 +113,12 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
             }
         }
 
-        // Weighted results summed per row in route order (slot 0, 1, …), as llama.cpp adds them.
-        let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * embd))
-        defer { results.deallocate() }
         for (i, m) in members.enumerated() {
             for (j, item) in m.enumerated() {
-                let weight = routes[item.row].weights[item.slot]
-                let dst = results + (item.row * k + item.slot) * embd, src = down + (offsets[i] + j) * embd
+                let route = routes[item.row]
+                let weight = route.weights[item.slot]
+                let dst = results + (item.row * k + route.slot(item.slot)) * embd, src = down + (offsets[i] + j) * embd
                 for c in 0..<embd { dst[c] = src[c] * weight }
-            }
-        }
-        for r in 0..<rows {
-            let out = output + r * embd
-            for s in 0..<routes[r].experts.count {
-                let src = results + (r * k + s) * embd
-                for c in 0..<embd { out[c] += src[c] }
             }
         }
     }

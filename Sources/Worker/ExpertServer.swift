@@ -1,0 +1,81 @@
+import Foundation
+import Model
+import Wire
+
+/// Serves expert calls for the experts this worker holds: an ExpertCall carries the rows (one F32 frame,
+/// [rows, embedding]) and their routes restricted to our experts; the reply carries each (row, slot)'s weighted
+/// output as one F32 frame, in the order of its `rows`/`slots` lists. Bad calls get an Error reply and the
+/// server keeps serving.
+public final class ExpertServer: @unchecked Sendable {
+    let experts: ResidentExperts
+    let embedding: Int
+    let transport: Transport
+    public private(set) var callsServed = 0
+
+    public init(experts: ResidentExperts, embedding: Int, transport: Transport) {
+        self.experts = experts
+        self.embedding = embedding
+        self.transport = transport
+    }
+
+    /// Answers calls until the transport closes.
+    public func serve() async {
+        for await frames in transport.messages {
+            let reply: WireMessage
+            do {
+                let msg = try WireMessage.decode(frames.parts)
+                reply = try handle(msg)
+            } catch let e as WireError {
+                reply = WireMessage.errorReply(to: (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0, e)
+            } catch {
+                reply = WireMessage.errorReply(to: (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0,
+                                               WireError(.internalError, "\(error)"))
+            }
+            if let parts = try? reply.encode() { transport.send(Frames(peer: frames.peer, parts: parts)) }
+        }
+    }
+
+    func handle(_ msg: WireMessage) throws -> WireMessage {
+        guard case .expertCall(let call) = msg.envelope.kind else {
+            throw WireError(.malformed, "expected an ExpertCall")
+        }
+        let e = embedding
+        guard msg.frames.count == 1, msg.envelope.tensors[0].shape.count == 2, Int(msg.envelope.tensors[0].shape[1]) == e,
+              msg.envelope.tensors[0].dtype == .f32 else {
+            throw WireError(.malformed, "an ExpertCall carries one F32 frame of [rows, \(e)]")
+        }
+        let rows = Int(msg.envelope.tensors[0].shape[0])
+        var routes = [Route](repeating: Route(experts: [], weights: []), count: rows)
+        var k = 0
+        for r in call.routes {
+            guard Int(r.row) < rows, r.experts.count == r.weights.count, r.experts.count == r.slots.count else {
+                throw WireError(.malformed, "route for row \(r.row) is inconsistent")
+            }
+            routes[Int(r.row)] = Route(experts: r.experts.map(Int.init), weights: r.weights, slots: r.slots.map(Int.init))
+            k = max(k, (r.slots.map(Int.init).max() ?? -1) + 1)
+        }
+        let x = msg.frames[0].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        var results = [Float](repeating: 0, count: max(1, rows * k * e))
+        try x.withUnsafeBufferPointer { xp in
+            try results.withUnsafeMutableBufferPointer { rp in
+                try experts.weightedOutputs(layer: Int(call.layer), input: xp.baseAddress!, routes: routes, slotsPerRow: k, into: rp.baseAddress!)
+            }
+        }
+        var out = Conclave_V1_ExpertResult()
+        out.layer = call.layer
+        var data = Data()
+        for (row, route) in routes.enumerated() {
+            for i in 0..<route.experts.count {
+                let s = route.slot(i)
+                out.rows.append(UInt32(row))
+                out.slots.append(UInt32(s))
+                results.withUnsafeBytes { data.append(contentsOf: $0[((row * k + s) * e * 4)..<((row * k + s + 1) * e * 4)]) }
+            }
+        }
+        var env = Envelope()
+        env.requestID = msg.envelope.requestID
+        env.expertResult = out
+        callsServed += 1
+        return WireMessage.make(env, tensors: [(.f32, [out.rows.count, e], data)])
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import Testing
+import TestSupport
+import GGUF
+import Kernels
+import Model
+import Wire
+@testable import Worker
+
+/// Expert parallelism computes exactly what one process computes: the odd experts of every layer are served
+/// by another "worker" (an ExpertServer behind a transport) and the logits come out bit-identical.
+struct RemoteExpertsTests {
+    /// Engine work blocks while remote calls travel; like a worker's compute thread, it runs on its own thread,
+    /// never on Swift's cooperative pool (which the transports' readers and servers need).
+    func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, Error>) in
+            Thread { c.resume(with: Result { try body() }) }.start()
+        }
+    }
+
+    func run(_ stage: Stage, _ config: ModelConfig, tokens: [Int32]) throws -> [Float] {
+        let cache = KVCache(layers: 0..<config.layerCount, capacity: 64, kvDim: config.kvDim)
+        let e = config.embeddingLength, v = config.vocabSize
+        var out: [Float] = []
+        // A prefill of all but the last two tokens, then two single-token steps.
+        var start = 0
+        for chunk in [tokens.count - 2, 1, 1] {
+            let part = Array(tokens[start..<(start + chunk)])
+            let rows = part.indices.map { BatchRow(sequence: 0, position: start + $0) }
+            var hidden = [Float](repeating: 0, count: chunk * e)
+            var logits = [Float](repeating: 0, count: chunk * v)
+            try hidden.withUnsafeMutableBufferPointer { h in
+                try stage.embed(part, into: h.baseAddress!)
+                try stage.forward(h.baseAddress!, rows: rows, caches: [0: cache])
+                try logits.withUnsafeMutableBufferPointer { try stage.logits(h.baseAddress!, rows: Array(0..<chunk), into: $0.baseAddress!) }
+            }
+            out += logits
+            start += chunk
+        }
+        return out
+    }
+
+    func check(server serverTransport: Transport, client clientTransport: Transport) async throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let config = try ModelConfig(file: file)
+        let pool = ThreadPool(threads: 2)
+        let tokens: [Int32] = [1, 450, 4744, 1873, 338, 263, 1243, 310, 278, 2167, 304, 8352, 29889, 13, 3492, 526]
+
+        let refStage = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: pool)
+        let reference = try await onThread { try self.run(refStage, config, tokens: tokens) }
+
+        let serverStage = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: ThreadPool(threads: 1))
+        let served = ResidentExperts(weights: serverStage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1))
+        let server = ExpertServer(experts: served, embedding: config.embeddingLength, transport: serverTransport)
+        let serving = Task.detached { await server.serve() }
+        defer { serving.cancel() }
+
+        let client = RemoteClient(transport: clientTransport)
+        var owner: [Int: [Int: RemoteClient]] = [:]
+        for l in 0..<config.layerCount { for e in stride(from: 1, to: config.expertCount, by: 2) { owner[l, default: [:]][e] = client } }
+        let localWeights = serverStage.weights.compactMapValues(\.ffn.experts)
+        let provider = RemoteExperts(local: ResidentExperts(weights: localWeights, pool: pool), owner: owner, embedding: config.embeddingLength)
+        let split = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: pool, experts: provider)
+        let distributed = try await onThread { try self.run(split, config, tokens: tokens) }
+
+        #expect(server.callsServed > 0)
+        #expect(distributed == reference, "logits differ once experts are split across workers")
+    }
+
+    @Test func inMemoryTransport() async throws {
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://worker-2")
+        let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
+        try await check(server: router, client: dealer)
+        router.close()
+        dealer.close()
+    }
+
+    @Test func zeroMQLoopback() async throws {
+        let router = try ZMQSocket(.router, bind: true, endpoint: "tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(.dealer, bind: false, endpoint: router.endpoint, identity: "worker-1")
+        try await check(server: router, client: dealer)
+        dealer.close()
+        router.close()
+    }
+
+    /// A call the server cannot use gets an Error reply, and the server answers the next good call.
+    @Test func malformedCallGetsAnErrorAndServingGoesOn() async throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let config = try ModelConfig(file: file)
+        let stage = try Stage(file: file, config: config, layers: 0..<1, pool: ThreadPool(threads: 1))
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://w")
+        let dealer = try net.dealer(connectingTo: "mem://w", identity: "c")
+        let server = ExpertServer(experts: ResidentExperts(weights: stage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1)),
+                                  embedding: config.embeddingLength, transport: router)
+        let serving = Task.detached { await server.serve() }
+        defer { serving.cancel() }
+        let client = RemoteClient(transport: dealer)
+        var bad = Envelope()
+        bad.expertCall = Conclave_V1_ExpertCall()
+        let badCall = bad
+        let badResult = try await onThread { Result { try client.call(badCall, tensors: [], timeout: 5) } }
+        #expect((try? badResult.get()) == nil)  // no rows frame: an Error reply, not a hang
+        dealer.send(Frames(parts: [Data([0xFF, 0x00])]))  // not even an envelope
+        var good = Envelope()
+        var call = Conclave_V1_ExpertCall()
+        call.layer = 0
+        var route = Conclave_V1_Route()
+        route.row = 0
+        route.experts = [3]
+        route.weights = [1]
+        route.slots = [0]
+        call.routes = [route]
+        good.expertCall = call
+        let x = Data(repeating: 0, count: config.embeddingLength * 4)
+        let goodCall = good
+        let reply = try await onThread { try client.call(goodCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 5) }
+        guard case .expertResult(let res) = reply.envelope.kind else { Issue.record("no ExpertResult"); return }
+        #expect(res.rows == [0] && res.slots == [0])
+        router.close()
+        dealer.close()
+    }
+}
