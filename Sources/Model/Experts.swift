@@ -13,6 +13,20 @@ public struct Route: Sendable, Equatable {
         self.slots = slots
     }
     public func slot(_ i: Int) -> Int { slots?[i] ?? i }
+
+    /// Adds each row's weighted expert outputs (at `(row · slotsPerRow + slot) · embedding` in `results`) into
+    /// `output` in route order (slot 0, 1, …), as llama.cpp adds them. Every provider sums through here, which is
+    /// what keeps a distributed run bit-identical to a single process.
+    public static func accumulate(_ routes: [Route], results: UnsafePointer<Float>, slotsPerRow k: Int, embedding e: Int,
+                                  into output: UnsafeMutablePointer<Float>) {
+        for (r, route) in routes.enumerated() {
+            let out = output + r * e
+            for s in (0..<route.experts.count).map(route.slot).sorted() {
+                let src = results + (r * k + s) * e
+                for c in 0..<e { out[c] += src[c] }
+            }
+        }
+    }
 }
 
 /// Computes Σ_k w_k · FFN_{e_k}(x) for the rows of a batch routed to experts of one layer.
@@ -41,14 +55,7 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
         let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * w.embd))
         defer { results.deallocate() }
         try weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)
-        // Weighted results summed per row in route order (slot 0, 1, …), as llama.cpp adds them.
-        for (r, route) in routes.enumerated() {
-            let out = output + r * w.embd
-            for s in (0..<route.experts.count).map(route.slot).sorted() {
-                let src = results + (r * k + s) * w.embd
-                for c in 0..<w.embd { out[c] += src[c] }
-            }
-        }
+        Route.accumulate(routes, results: results, slotsPerRow: k, embedding: w.embd, into: output)
     }
 
     /// w · FFN_e(x) for every (row, slot) of `routes`, written at `(row · slotsPerRow + slot) · embd`. Each vector

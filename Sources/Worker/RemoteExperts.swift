@@ -139,12 +139,6 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
         }
         group.wait()
         if let f = failures.withLock({ $0.first }) { throw ModelError("expert call for layer \(layer) failed: \(f)") }
-        for (r, route) in routes.enumerated() {
-            let out = output + r * e
-            for s in (0..<route.experts.count).map(route.slot).sorted() {
-                let src = results + (r * k + s) * e
-                for c in 0..<e { out[c] += src[c] }
-            }
-        }
+        Route.accumulate(routes, results: results, slotsPerRow: k, embedding: e, into: output)
     }
 }
