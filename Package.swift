@@ -16,6 +16,9 @@ let package = Package(
         // Exact, without traits: SwiftPM 6.3 otherwise rebuilds it on about every other build (DESIGN.md § Wire).
         // The generated code is committed (scripts/gen-proto.sh); the build plugin is never used.
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0", traits: []),
+        // Daemons as Services in a ServiceGroup: SIGTERM/SIGINT drain and exit cleanly.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .target(name: "GGUF"),
@@ -28,13 +31,18 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
-        .target(name: "Worker", dependencies: ["Model", "Wire"]),
+        .target(name: "Worker", dependencies: ["Model", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+        // The coordinator: membership, assignment, the generation scheduler and cluster status.
+        .target(name: "Coordinator", dependencies: ["Placement", "Worker", "Wire", "Model", "Tokenizer", "GGUF",
+                                                    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "Model", "Kernels", "Tokenizer", "Placement",
+                "GGUF", "CKernels", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -45,6 +53,8 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),
+        // Real processes: workers, coordinator and clients on loopback and in network namespaces.
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Model", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],

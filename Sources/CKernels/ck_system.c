@@ -13,3 +13,7 @@ int ck_available_cores(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+#include <sys/prctl.h>
+#include <signal.h>
+void ck_exit_with_parent(void) { prctl(PR_SET_PDEATHSIG, SIGTERM); }

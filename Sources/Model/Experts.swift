@@ -1,3 +1,4 @@
+import GGUF
 import Kernels
 
 /// One row's routing decision: which experts, with what weights, in the order the router ranked them.
@@ -43,10 +44,49 @@ public protocol ExpertProvider: AnyObject, Sendable {
 public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
     let weights: [Int: ExpertWeights]
     let pool: ThreadPool
+    /// layer → experts this process may compute; nil: every expert of `weights`.
+    let held: [Int: Set<Int>]?
 
-    public init(weights: [Int: ExpertWeights], pool: ThreadPool) {
+    public init(weights: [Int: ExpertWeights], pool: ThreadPool, held: [Int: [Int]]? = nil) {
         self.weights = weights
         self.pool = pool
+        self.held = held?.mapValues(Set.init)
+    }
+
+    /// The experts `held` (layer → expert ids) of a model file, for a worker that holds experts of layers it
+    /// does not run: binds the layers' stacked expert tensors and faults in only the held experts' slices.
+    public static func load(file: GGUFFile, config: ModelConfig, held: [Int: [Int]], pool: ThreadPool) throws(ModelError) -> (ResidentExperts, residentBytes: Int) {
+        var binder = TensorBinder(file: file)
+        var w: [Int: ExpertWeights] = [:]
+        for l in held.keys.sorted() {
+            guard l >= 0 && l < config.layerCount else { throw ModelError("layer \(l) is outside the model's 0..<\(config.layerCount)") }
+            guard let e = try LayerWeights.bind(&binder, layer: l, config: config).ffn.experts else {
+                throw ModelError("layer \(l) of \(file.path) has no routed experts")
+            }
+            for x in held[l]! where x < 0 || x >= config.expertCount {
+                throw ModelError("expert \(x) of layer \(l) is outside the model's \(config.expertCount) experts")
+            }
+            w[l] = e
+        }
+        let bytes = prefault(file: file, config: config, held: held)
+        return (ResidentExperts(weights: w, pool: pool, held: held), bytes)
+    }
+
+    /// Faults in the held experts' rows of each layer's stacked gate, up and down tensors; returns their bytes.
+    @discardableResult
+    static func prefault(file: GGUFFile, config: ModelConfig, held: [Int: [Int]]) -> Int {
+        var bytes = 0
+        for (l, experts) in held {
+            for role in [TensorRole.expertGate, .expertUp, .expertDown] {
+                guard let t = file.tensor(named: TensorName.block(l, role).description) else { continue }
+                let per = t.info.byteCount / max(1, config.expertCount)
+                for e in experts {
+                    file.mapping.prefault(offset: t.fileOffset + e * per, count: per)
+                    bytes += per
+                }
+            }
+        }
+        return bytes
     }
 
     public func apply(layer: Int, input x: UnsafePointer<Float>, rows: Int, routes: [Route], output: UnsafeMutablePointer<Float>) throws {
@@ -67,8 +107,13 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
         let embd = w.embd, ff = w.expertFF
         // (row, slot) pairs per expert, experts in ascending order.
         var byExpert: [Int: [(row: Int, slot: Int)]] = [:]
+        let mine = held.map { $0[layer] ?? [] }
         for (r, route) in routes.enumerated() {
-            for (i, e) in route.experts.enumerated() { byExpert[e, default: []].append((r, i)) }
+            for (i, e) in route.experts.enumerated() {
+                guard e >= 0 && e * ff < w.gate.rows else { throw ModelError("expert \(e) does not exist in layer \(layer)") }
+                if let mine, !mine.contains(e) { throw ModelError("expert \(e) of layer \(layer) is not held here") }
+                byExpert[e, default: []].append((r, i))
+            }
         }
         let chosen = byExpert.keys.sorted()
         let members = chosen.map { byExpert[$0]! }

@@ -29,8 +29,11 @@ public final class Stage: @unchecked Sendable {
     public var isLast: Bool { layers.upperBound == config.layerCount }
 
     /// Binds the tensors of `layers` (and the embedding and head when the range touches either end).
-    /// `experts` defaults to the resident experts of those layers.
-    public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, pool: ThreadPool, experts: ExpertProvider? = nil) throws(ModelError) {
+    /// `experts` defaults to the resident experts of those layers. `heldExperts` (layer → expert ids) says which
+    /// experts this process computes itself when others live elsewhere: only their slices of the stacked expert
+    /// tensors are faulted in, so the rest never count against this host's memory. Nil holds them all.
+    public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, pool: ThreadPool, experts: ExpertProvider? = nil,
+                heldExperts: [Int: [Int]]? = nil) throws(ModelError) {
         guard layers.lowerBound >= 0, layers.upperBound <= config.layerCount, !layers.isEmpty else {
             throw ModelError("stage layers \(layers) are outside the model's 0..<\(config.layerCount)")
         }
@@ -41,15 +44,32 @@ public final class Stage: @unchecked Sendable {
         global = needsGlobal ? try GlobalWeights.bind(&binder, config: config) : nil
         try binder.checkAllUsed(layers: layers, global: needsGlobal)
         // Fault in exactly this stage's weights now, not during the first requests.
+        var resident = 0
+        // The embedding is read by the first stage only, the head by the last (a tied head reads the embedding).
+        let tied = file.tensorInfo(named: TensorName.global(.output).description) == nil
         for name in binder.used {
-            if let t = file.tensor(named: name) { file.mapping.prefault(offset: t.fileOffset, count: t.info.byteCount) }
+            guard let t = file.tensor(named: name) else { continue }
+            let role = TensorName(parsing: name)?.role
+            if heldExperts != nil, role?.category == .experts { continue }
+            if role == .tokenEmbedding, layers.lowerBound != 0, !(tied && layers.upperBound == config.layerCount) { continue }
+            if role == .output || role == .outputNorm, layers.upperBound != config.layerCount { continue }
+            file.mapping.prefault(offset: t.fileOffset, count: t.info.byteCount)
+            resident += t.info.byteCount
+        }
+        let expertWeights = w.compactMapValues(\.ffn.experts)
+        if let held = heldExperts {
+            resident += ResidentExperts.prefault(file: file, config: config, held: held)
         }
         self.config = config
         self.layers = layers
         self.weights = w
         self.pool = pool
-        self.experts = experts ?? ResidentExperts(weights: w.compactMapValues(\.ffn.experts), pool: pool)
+        self.residentBytes = resident
+        self.experts = experts ?? ResidentExperts(weights: expertWeights, pool: pool, held: heldExperts)
     }
+
+    /// Bytes of weights this stage faulted in (its share of the mapped file).
+    public let residentBytes: Int
 
     /// Token embeddings (first stage only): rows of `token_embd`, dequantized.
     public func embed(_ tokens: [Int32], into hidden: UnsafeMutablePointer<Float>) throws {

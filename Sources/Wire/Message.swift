@@ -20,6 +20,7 @@ public struct WireMessage: Sendable {
         switch t {
         case .f32, .i32: return 4
         case .f16: return 2
+        case .u8: return 1
         default: return nil
         }
     }

@@ -9,17 +9,15 @@ import Wire
 public final class ExpertServer: @unchecked Sendable {
     let experts: ResidentExperts
     let embedding: Int
-    let transport: Transport
     public private(set) var callsServed = 0
 
-    public init(experts: ResidentExperts, embedding: Int, transport: Transport) {
+    public init(experts: ResidentExperts, embedding: Int) {
         self.experts = experts
         self.embedding = embedding
-        self.transport = transport
     }
 
-    /// Answers calls until the transport closes.
-    public func serve() async {
+    /// Answers calls arriving on `transport` until it closes (a worker daemon dispatches them itself instead).
+    public func serve(on transport: Transport) async {
         for await frames in transport.messages {
             let reply: WireMessage
             do {

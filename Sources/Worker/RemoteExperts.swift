@@ -3,34 +3,109 @@ import Model
 import Synchronization
 import Wire
 
+/// Requests waiting for their replies, matched by request id; a synchronous caller blocks on its own semaphore
+/// (on a dedicated thread, never the cooperative pool) while the transport's reader resolves it.
+public final class PendingReplies: Sendable {
+    final class Box: @unchecked Sendable { var reply: Result<WireMessage, WireError>? }
+    private let pending = Mutex<[UInt64: (DispatchSemaphore, Box)]>([:])
+    private let nextID = Atomic<UInt64>(1)
+
+    public init() {}
+
+    /// A fresh request id, registered so that `resolve` can find its waiter.
+    public func register() -> UInt64 {
+        let id = nextID.add(1, ordering: .relaxed).newValue
+        pending.withLock { $0[id] = (DispatchSemaphore(value: 0), Box()) }
+        return id
+    }
+
+    /// Hands a received message (a reply, or an Error reply) to its waiter; false when nobody waits for it.
+    @discardableResult
+    public func resolve(_ result: Result<WireMessage, WireError>, id: UInt64) -> Bool {
+        // The entry stays until its waiter takes it: a reply may arrive before the caller starts waiting.
+        guard let (sem, box) = pending.withLock({ p -> (DispatchSemaphore, Box)? in
+            guard let entry = p[id], entry.1.reply == nil else { return nil }
+            entry.1.reply = result
+            return entry
+        }) else { return false }
+        _ = box
+        sem.signal()
+        return true
+    }
+
+    /// The decoded message as a reply: an Error envelope becomes a failure.
+    public func resolve(_ m: WireMessage) -> Bool {
+        if case .error(let e) = m.envelope.kind {
+            return resolve(.failure(WireError(.internalError, "remote error: \(e.message)")), id: m.envelope.requestID)
+        }
+        return resolve(.success(m), id: m.envelope.requestID)
+    }
+
+    /// The reply of a resolved request, forgetting the request.
+    func take(_ id: UInt64, _ box: Box) -> Result<WireMessage, WireError>? {
+        pending.withLock { p in
+            p.removeValue(forKey: id)
+            return box.reply
+        }
+    }
+
+    func pendingEntry(_ id: UInt64) -> (DispatchSemaphore, Box)? { pending.withLock { $0[id] } }
+
+    /// Forgets a request (its late reply, if any, is dropped).
+    public func cancel(_ id: UInt64) { pending.withLock { _ = $0.removeValue(forKey: id) } }
+
+    /// Blocks until the reply to `id` arrives or `timeout` seconds pass (a request is never silently dropped).
+    public func wait(_ id: UInt64, timeout: Double, from peer: String) throws(WireError) -> WireMessage {
+        guard let (sem, box) = pending.withLock({ $0[id] }) else { throw WireError(.internalError, "request \(id) was never registered") }
+        let arrived = sem.wait(timeout: .now() + timeout) == .success
+        pending.withLock { _ = $0.removeValue(forKey: id) }
+        guard arrived, let reply = pending.withLock({ _ in box.reply }) else {
+            throw WireError(.internalError, "no reply from \(peer) within \(timeout) s")
+        }
+        return try reply.get()
+    }
+}
+
+extension PendingReplies {
+    /// A registered request a caller can poll with timeouts, checking other things (worker health) in between.
+    public struct Waiter: @unchecked Sendable {
+        public let id: UInt64
+        let sem: DispatchSemaphore
+        let box: Box
+        /// The reply, or nil when `timeout` passes first (the request stays registered).
+        public func poll(timeout: Double) throws(WireError) -> WireMessage? {
+            guard sem.wait(timeout: .now() + timeout) == .success, let reply = owner.take(id, box) else { return nil }
+            return try reply.get()
+        }
+        let owner: PendingReplies
+    }
+
+    public func waiter() -> Waiter {
+        let id = register()
+        let (sem, box) = pendingEntry(id)!
+        return Waiter(id: id, sem: sem, box: box, owner: self)
+    }
+}
+
 /// Request/response over a DEALER-side transport, usable from synchronous code (a stage's layer loop): a task
 /// reads replies and hands each to the waiter with the same request id.
 public final class RemoteClient: @unchecked Sendable {
     let transport: Transport
-    private let pending = Mutex<[UInt64: (DispatchSemaphore, Box)]>([:])
-    private let nextID = Atomic<UInt64>(1)
+    private let replies = PendingReplies()
     private var reader: Task<Void, Never>?
-
-    final class Box: @unchecked Sendable { var reply: Result<WireMessage, WireError>? }
+    private let sent = Atomic<UInt64>(0)
+    /// Bytes of every request sent (all frames).
+    public var bytesSent: UInt64 { sent.load(ordering: .relaxed) }
 
     public init(transport: Transport) {
         self.transport = transport
-        reader = Task { [weak self] in
-            guard let stream = self?.transport.messages else { return }
-            for await frames in stream {
-                guard let self else { return }
-                let result: Result<WireMessage, WireError>
-                var id: UInt64 = 0
+        let replies = self.replies
+        reader = Task.detached {
+            for await frames in transport.messages {
                 do throws(WireError) {
-                    let m = try WireMessage.decode(frames.parts)
-                    id = m.envelope.requestID
-                    if case .error(let e) = m.envelope.kind { result = .failure(WireError(.internalError, "remote error: \(e.message)")) } else { result = .success(m) }
+                    _ = replies.resolve(try WireMessage.decode(frames.parts))
                 } catch {
-                    result = .failure(error)
-                }
-                if let (sem, box) = self.pending.withLock({ $0.removeValue(forKey: id) }) {
-                    box.reply = result
-                    sem.signal()
+                    // A reply we cannot read: its id is unknown, so its caller times out with a clear error.
                 }
             }
         }
@@ -38,19 +113,17 @@ public final class RemoteClient: @unchecked Sendable {
 
     deinit { reader?.cancel() }
 
+    public func close() { transport.close() }
+
     /// Sends and waits for the reply (or fails after `timeout` seconds: a request is never silently dropped).
     public func call(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> WireMessage {
         var e = envelope
-        let id = nextID.add(1, ordering: .relaxed).newValue
+        let id = replies.register()
         e.requestID = id
-        let sem = DispatchSemaphore(value: 0), box = Box()
-        pending.withLock { $0[id] = (sem, box) }
-        transport.send(Frames(parts: try WireMessage.make(e, tensors: tensors).encode()))
-        guard sem.wait(timeout: .now() + timeout) == .success, let reply = box.reply else {
-            pending.withLock { _ = $0.removeValue(forKey: id) }
-            throw WireError(.internalError, "no reply from \(transport.endpoint) within \(timeout) s")
-        }
-        return try reply.get()
+        let parts = try WireMessage.make(e, tensors: tensors).encode()
+        sent.add(UInt64(parts.reduce(0) { $0 + $1.count }), ordering: .relaxed)
+        transport.send(Frames(parts: parts))
+        return try replies.wait(id, timeout: timeout, from: transport.endpoint)
     }
 }
 

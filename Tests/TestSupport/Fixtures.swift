@@ -39,3 +39,19 @@ public struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+extension Fixtures {
+    /// The `conclave` executable built with the tests (the same build directory as the test bundle), for tests
+    /// that run real processes.
+    public static var conclaveBinary: String? {
+        var candidates: [URL] = []
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 {
+            candidates.append(dir.appendingPathComponent("conclave"))
+            dir = dir.deletingLastPathComponent()
+        }
+        for config in ["release", "debug"] { candidates.append(root.appendingPathComponent(".build/\(config)/conclave")) }
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) }?.path
+    }
+}

@@ -51,8 +51,8 @@ struct RemoteExpertsTests {
 
         let serverStage = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: ThreadPool(threads: 1))
         let served = ResidentExperts(weights: serverStage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1))
-        let server = ExpertServer(experts: served, embedding: config.embeddingLength, transport: serverTransport)
-        let serving = Task.detached { await server.serve() }
+        let server = ExpertServer(experts: served, embedding: config.embeddingLength)
+        let serving = Task.detached { await server.serve(on: serverTransport) }
         defer { serving.cancel() }
 
         let client = RemoteClient(transport: clientTransport)
@@ -93,8 +93,8 @@ struct RemoteExpertsTests {
         let router = try net.router(at: "mem://w")
         let dealer = try net.dealer(connectingTo: "mem://w", identity: "c")
         let server = ExpertServer(experts: ResidentExperts(weights: stage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1)),
-                                  embedding: config.embeddingLength, transport: router)
-        let serving = Task.detached { await server.serve() }
+                                  embedding: config.embeddingLength)
+        let serving = Task.detached { await server.serve(on: router) }
         defer { serving.cancel() }
         let client = RemoteClient(transport: dealer)
         var bad = Envelope()

@@ -55,6 +55,8 @@ void ck_axpy_f16(int n, float a, const uint16_t *x, float *y);
 
 /// Cores this process may run on (its affinity mask).
 int ck_available_cores(void);
+/* Asks the kernel to send SIGTERM to this process when its parent dies (child workers of `serve --local`). */
+void ck_exit_with_parent(void);
 
 /// Reads `bytes` bytes from `p` with 32-byte aligned loads, returning a checksum so the loads
 /// are not optimised away (memory bandwidth measurement).

@@ -71,6 +71,7 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
   case f32 // = 1
   case f16 // = 2
   case i32 // = 3
+  case u8 // = 4
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -83,6 +84,7 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     case 1: self = .f32
     case 2: self = .f16
     case 3: self = .i32
+    case 4: self = .u8
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -93,6 +95,7 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     case .f32: return 1
     case .f16: return 2
     case .i32: return 3
+    case .u8: return 4
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -103,6 +106,7 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     .f32,
     .f16,
     .i32,
+    .u8,
   ]
 
 }
@@ -226,6 +230,30 @@ public nonisolated struct Conclave_V1_Envelope: Sendable {
     set {kind = .error(newValue)}
   }
 
+  public var generate: Conclave_V1_Generate {
+    get {
+      if case .generate(let v)? = kind {return v}
+      return Conclave_V1_Generate()
+    }
+    set {kind = .generate(newValue)}
+  }
+
+  public var fetchModel: Conclave_V1_FetchModel {
+    get {
+      if case .fetchModel(let v)? = kind {return v}
+      return Conclave_V1_FetchModel()
+    }
+    set {kind = .fetchModel(newValue)}
+  }
+
+  public var modelChunk: Conclave_V1_ModelChunk {
+    get {
+      if case .modelChunk(let v)? = kind {return v}
+      return Conclave_V1_ModelChunk()
+    }
+    set {kind = .modelChunk(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -240,13 +268,17 @@ public nonisolated struct Conclave_V1_Envelope: Sendable {
     case statusQuery(Conclave_V1_StatusQuery)
     case statusReply(Conclave_V1_StatusReply)
     case error(Conclave_V1_Error)
+    case generate(Conclave_V1_Generate)
+    case fetchModel(Conclave_V1_FetchModel)
+    case modelChunk(Conclave_V1_ModelChunk)
 
   }
 
   public init() {}
 }
 
-/// Worker → coordinator, first message on connect.
+/// The coordinator connects to every worker's endpoint (from the cluster file) and opens with an empty Hello;
+/// the worker answers with its own, which the coordinator checks before assigning anything.
 public nonisolated struct Conclave_V1_Hello: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -307,6 +339,11 @@ public nonisolated struct Conclave_V1_Assign: Sendable {
   /// Remote experts this stage calls: worker endpoint per (layer, expert) it does not hold.
   public var remote: [Conclave_V1_RemoteExperts] = []
 
+  /// Size of the model file, for a worker that has no copy and fetches it from the coordinator (FetchModel).
+  public var modelBytes: UInt64 = 0
+
+  public var threads: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -354,6 +391,13 @@ public nonisolated struct Conclave_V1_Heartbeat: Sendable {
   public var p50Ms: Double = 0
 
   public var p99Ms: Double = 0
+
+  /// Bytes and rows this worker sent to the next stage (activations), and bytes of expert calls it sent.
+  public var forwardedBytes: UInt64 = 0
+
+  public var forwardedRows: UInt64 = 0
+
+  public var expertCallBytes: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -409,7 +453,11 @@ public nonisolated struct Conclave_V1_StageInput: Sendable {
   /// Rows whose next token the last stage samples (one per sequence being decoded).
   public var sampleRows: [UInt32] = []
 
+  /// Empty (each sequence keeps the sampling it was given first) or one per sample row.
   public var sampling: [Conclave_V1_Sampling] = []
+
+  /// Sequences finished: every stage frees their KV cache (after this step's rows, if any).
+  public var release: [UInt64] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -467,6 +515,8 @@ public nonisolated struct Conclave_V1_ExpertResult: Sendable {
   public init() {}
 }
 
+/// Sampled tokens (last stage → coordinator), or generated text (coordinator → client; `text` holds the
+/// bytes of the tokens, `done` marks the last message with the speed figures).
 public nonisolated struct Conclave_V1_TokenOut: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -477,6 +527,79 @@ public nonisolated struct Conclave_V1_TokenOut: Sendable {
   public var tokens: [Int32] = []
 
   public var logprobs: [Float] = []
+
+  public var text: Data = Data()
+
+  public var done: Bool = false
+
+  public var promptTokens: UInt32 = 0
+
+  public var generatedTokens: UInt32 = 0
+
+  public var prefillTokS: Double = 0
+
+  public var decodeTokS: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Client → coordinator: generate from a prompt; TokenOut messages stream back, an Error ends a failed one.
+public nonisolated struct Conclave_V1_Generate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var prompt: String = String()
+
+  public var maxTokens: UInt32 = 0
+
+  public var sampling: Conclave_V1_Sampling {
+    get {_sampling ?? Conclave_V1_Sampling()}
+    set {_sampling = newValue}
+  }
+  /// Returns true if `sampling` has been explicitly set.
+  public var hasSampling: Bool {self._sampling != nil}
+  /// Clears the value of `sampling`. Subsequent reads from it will return its default value.
+  public mutating func clearSampling() {self._sampling = nil}
+
+  /// 0: the model's
+  public var contextLength: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _sampling: Conclave_V1_Sampling? = nil
+}
+
+/// Worker → coordinator: a chunk of the model file (for a worker without its own copy).
+public nonisolated struct Conclave_V1_FetchModel: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var offset: UInt64 = 0
+
+  public var length: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Coordinator → worker: the bytes (frame 1, U8) and their SHA-256, checked before they are written.
+public nonisolated struct Conclave_V1_ModelChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var offset: UInt64 = 0
+
+  public var total: UInt64 = 0
+
+  public var sha256: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -493,43 +616,102 @@ public nonisolated struct Conclave_V1_StatusQuery: Sendable {
   public init() {}
 }
 
-public nonisolated struct Conclave_V1_WorkerStatus: Sendable {
+public nonisolated struct Conclave_V1_WorkerStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
-  public var endpoint: String = String()
+  public var endpoint: String {
+    get {_storage._endpoint}
+    set {_uniqueStorage()._endpoint = newValue}
+  }
 
   /// joining, loading, ready, suspect, down
-  public var state: String = String()
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
 
-  public var firstLayer: UInt32 = 0
+  public var firstLayer: UInt32 {
+    get {_storage._firstLayer}
+    set {_uniqueStorage()._firstLayer = newValue}
+  }
 
-  public var endLayer: UInt32 = 0
+  public var endLayer: UInt32 {
+    get {_storage._endLayer}
+    set {_uniqueStorage()._endLayer = newValue}
+  }
 
-  public var experts: UInt32 = 0
+  public var experts: UInt32 {
+    get {_storage._experts}
+    set {_uniqueStorage()._experts = newValue}
+  }
 
-  public var memoryBudget: UInt64 = 0
+  public var memoryBudget: UInt64 {
+    get {_storage._memoryBudget}
+    set {_uniqueStorage()._memoryBudget = newValue}
+  }
 
-  public var residentBytes: UInt64 = 0
+  public var residentBytes: UInt64 {
+    get {_storage._residentBytes}
+    set {_uniqueStorage()._residentBytes = newValue}
+  }
 
-  public var rssBytes: UInt64 = 0
+  public var rssBytes: UInt64 {
+    get {_storage._rssBytes}
+    set {_uniqueStorage()._rssBytes = newValue}
+  }
 
-  public var tokens: UInt64 = 0
+  public var tokens: UInt64 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
 
-  public var expertCalls: UInt64 = 0
+  public var expertCalls: UInt64 {
+    get {_storage._expertCalls}
+    set {_uniqueStorage()._expertCalls = newValue}
+  }
 
-  public var p50Ms: Double = 0
+  public var p50Ms: Double {
+    get {_storage._p50Ms}
+    set {_uniqueStorage()._p50Ms = newValue}
+  }
 
-  public var p99Ms: Double = 0
+  public var p99Ms: Double {
+    get {_storage._p99Ms}
+    set {_uniqueStorage()._p99Ms = newValue}
+  }
 
-  public var heartbeatAgeS: Double = 0
+  public var heartbeatAgeS: Double {
+    get {_storage._heartbeatAgeS}
+    set {_uniqueStorage()._heartbeatAgeS = newValue}
+  }
+
+  public var forwardedBytes: UInt64 {
+    get {_storage._forwardedBytes}
+    set {_uniqueStorage()._forwardedBytes = newValue}
+  }
+
+  public var forwardedRows: UInt64 {
+    get {_storage._forwardedRows}
+    set {_uniqueStorage()._forwardedRows = newValue}
+  }
+
+  public var expertCallBytes: UInt64 {
+    get {_storage._expertCallBytes}
+    set {_uniqueStorage()._expertCallBytes = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Conclave_V1_StatusReply: Sendable {
@@ -542,6 +724,13 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   public var workers: [Conclave_V1_WorkerStatus] = []
 
   public var sequences: UInt32 = 0
+
+  public var tokensGenerated: UInt64 = 0
+
+  public var requestsFailed: UInt32 = 0
+
+  /// the plan as a printable table
+  public var plan: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -629,7 +818,7 @@ nonisolated extension Conclave_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProvi
 }
 
 nonisolated extension Conclave_V1_DType: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}DTYPE_F32\0\u{1}DTYPE_F16\0\u{1}DTYPE_I32\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}DTYPE_F32\0\u{1}DTYPE_F16\0\u{1}DTYPE_I32\0\u{1}DTYPE_U8\0")
 }
 
 nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -669,7 +858,7 @@ nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{2}\u{6}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{2}\u{6}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -824,6 +1013,45 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
           self.kind = .error(v)
         }
       }()
+      case 21: try {
+        var v: Conclave_V1_Generate?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .generate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .generate(v)
+        }
+      }()
+      case 22: try {
+        var v: Conclave_V1_FetchModel?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .fetchModel(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .fetchModel(v)
+        }
+      }()
+      case 23: try {
+        var v: Conclave_V1_ModelChunk?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .modelChunk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .modelChunk(v)
+        }
+      }()
       default: break
       }
     }
@@ -890,6 +1118,18 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
     case .error?: try {
       guard case .error(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .generate?: try {
+      guard case .generate(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .fetchModel?: try {
+      guard case .fetchModel(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case .modelChunk?: try {
+      guard case .modelChunk(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
     }()
     case nil: break
     }
@@ -999,7 +1239,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1014,6 +1254,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.contextLength) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.nextStageEndpoint) }()
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.remote) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.modelBytes) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
       default: break
       }
     }
@@ -1041,6 +1283,12 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.remote.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.remote, fieldNumber: 7)
     }
+    if self.modelBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.modelBytes, fieldNumber: 8)
+    }
+    if self.threads != 0 {
+      try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1052,6 +1300,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.contextLength != rhs.contextLength {return false}
     if lhs.nextStageEndpoint != rhs.nextStageEndpoint {return false}
     if lhs.remote != rhs.remote {return false}
+    if lhs.modelBytes != rhs.modelBytes {return false}
+    if lhs.threads != rhs.threads {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1124,7 +1374,7 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rss_bytes\0\u{3}resident_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rss_bytes\0\u{3}resident_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1138,6 +1388,9 @@ nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.expertCalls) }()
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.p50Ms) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.p99Ms) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.forwardedBytes) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.forwardedRows) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.expertCallBytes) }()
       default: break
       }
     }
@@ -1162,6 +1415,15 @@ nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
     if self.p99Ms.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.p99Ms, fieldNumber: 6)
     }
+    if self.forwardedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.forwardedBytes, fieldNumber: 7)
+    }
+    if self.forwardedRows != 0 {
+      try visitor.visitSingularUInt64Field(value: self.forwardedRows, fieldNumber: 8)
+    }
+    if self.expertCallBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.expertCallBytes, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1172,6 +1434,9 @@ nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
     if lhs.expertCalls != rhs.expertCalls {return false}
     if lhs.p50Ms != rhs.p50Ms {return false}
     if lhs.p99Ms != rhs.p99Ms {return false}
+    if lhs.forwardedBytes != rhs.forwardedBytes {return false}
+    if lhs.forwardedRows != rhs.forwardedRows {return false}
+    if lhs.expertCallBytes != rhs.expertCallBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1269,7 +1534,7 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StageInput"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0\u{1}release\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1281,6 +1546,7 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.tokens) }()
       case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.sampleRows) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.sampling) }()
+      case 5: try { try decoder.decodeRepeatedUInt64Field(value: &self.release) }()
       default: break
       }
     }
@@ -1299,6 +1565,9 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if !self.sampling.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.sampling, fieldNumber: 4)
     }
+    if !self.release.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.release, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1307,6 +1576,7 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if lhs.tokens != rhs.tokens {return false}
     if lhs.sampleRows != rhs.sampleRows {return false}
     if lhs.sampling != rhs.sampling {return false}
+    if lhs.release != rhs.release {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1434,7 +1704,7 @@ nonisolated extension Conclave_V1_ExpertResult: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TokenOut"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0\u{1}text\0\u{1}done\0\u{3}prompt_tokens\0\u{3}generated_tokens\0\u{3}prefill_tok_s\0\u{3}decode_tok_s\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1445,6 +1715,12 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
       case 1: try { try decoder.decodeRepeatedUInt64Field(value: &self.sequences) }()
       case 2: try { try decoder.decodeRepeatedInt32Field(value: &self.tokens) }()
       case 3: try { try decoder.decodeRepeatedFloatField(value: &self.logprobs) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.text) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.done) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.promptTokens) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.generatedTokens) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.prefillTokS) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.decodeTokS) }()
       default: break
       }
     }
@@ -1460,6 +1736,24 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if !self.logprobs.isEmpty {
       try visitor.visitPackedFloatField(value: self.logprobs, fieldNumber: 3)
     }
+    if !self.text.isEmpty {
+      try visitor.visitSingularBytesField(value: self.text, fieldNumber: 4)
+    }
+    if self.done != false {
+      try visitor.visitSingularBoolField(value: self.done, fieldNumber: 5)
+    }
+    if self.promptTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.promptTokens, fieldNumber: 6)
+    }
+    if self.generatedTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.generatedTokens, fieldNumber: 7)
+    }
+    if self.prefillTokS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.prefillTokS, fieldNumber: 8)
+    }
+    if self.decodeTokS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.decodeTokS, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1467,6 +1761,136 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.sequences != rhs.sequences {return false}
     if lhs.tokens != rhs.tokens {return false}
     if lhs.logprobs != rhs.logprobs {return false}
+    if lhs.text != rhs.text {return false}
+    if lhs.done != rhs.done {return false}
+    if lhs.promptTokens != rhs.promptTokens {return false}
+    if lhs.generatedTokens != rhs.generatedTokens {return false}
+    if lhs.prefillTokS != rhs.prefillTokS {return false}
+    if lhs.decodeTokS != rhs.decodeTokS {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Generate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Generate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prompt\0\u{3}max_tokens\0\u{1}sampling\0\u{3}context_length\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.prompt) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxTokens) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._sampling) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.contextLength) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.prompt.isEmpty {
+      try visitor.visitSingularStringField(value: self.prompt, fieldNumber: 1)
+    }
+    if self.maxTokens != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxTokens, fieldNumber: 2)
+    }
+    try { if let v = self._sampling {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if self.contextLength != 0 {
+      try visitor.visitSingularUInt32Field(value: self.contextLength, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_Generate, rhs: Conclave_V1_Generate) -> Bool {
+    if lhs.prompt != rhs.prompt {return false}
+    if lhs.maxTokens != rhs.maxTokens {return false}
+    if lhs._sampling != rhs._sampling {return false}
+    if lhs.contextLength != rhs.contextLength {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_FetchModel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FetchModel"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}offset\0\u{1}length\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.length) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 1)
+    }
+    if self.length != 0 {
+      try visitor.visitSingularUInt32Field(value: self.length, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_FetchModel, rhs: Conclave_V1_FetchModel) -> Bool {
+    if lhs.offset != rhs.offset {return false}
+    if lhs.length != rhs.length {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_ModelChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ModelChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}offset\0\u{1}total\0\u{1}sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.total) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.sha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 1)
+    }
+    if self.total != 0 {
+      try visitor.visitSingularUInt64Field(value: self.total, fieldNumber: 2)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.sha256, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_ModelChunk, rhs: Conclave_V1_ModelChunk) -> Bool {
+    if lhs.offset != rhs.offset {return false}
+    if lhs.total != rhs.total {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1493,94 +1917,177 @@ nonisolated extension Conclave_V1_StatusQuery: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{3}rss_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}heartbeat_age_s\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{3}rss_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}heartbeat_age_s\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _endpoint: String = String()
+    var _state: String = String()
+    var _firstLayer: UInt32 = 0
+    var _endLayer: UInt32 = 0
+    var _experts: UInt32 = 0
+    var _memoryBudget: UInt64 = 0
+    var _residentBytes: UInt64 = 0
+    var _rssBytes: UInt64 = 0
+    var _tokens: UInt64 = 0
+    var _expertCalls: UInt64 = 0
+    var _p50Ms: Double = 0
+    var _p99Ms: Double = 0
+    var _heartbeatAgeS: Double = 0
+    var _forwardedBytes: UInt64 = 0
+    var _forwardedRows: UInt64 = 0
+    var _expertCallBytes: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _endpoint = source._endpoint
+      _state = source._state
+      _firstLayer = source._firstLayer
+      _endLayer = source._endLayer
+      _experts = source._experts
+      _memoryBudget = source._memoryBudget
+      _residentBytes = source._residentBytes
+      _rssBytes = source._rssBytes
+      _tokens = source._tokens
+      _expertCalls = source._expertCalls
+      _p50Ms = source._p50Ms
+      _p99Ms = source._p99Ms
+      _heartbeatAgeS = source._heartbeatAgeS
+      _forwardedBytes = source._forwardedBytes
+      _forwardedRows = source._forwardedRows
+      _expertCallBytes = source._expertCallBytes
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.firstLayer) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.endLayer) }()
-      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.experts) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBudget) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.rssBytes) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.tokens) }()
-      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.expertCalls) }()
-      case 12: try { try decoder.decodeSingularDoubleField(value: &self.p50Ms) }()
-      case 13: try { try decoder.decodeSingularDoubleField(value: &self.p99Ms) }()
-      case 14: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatAgeS) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._endpoint) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._firstLayer) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._endLayer) }()
+        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._experts) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBudget) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._residentBytes) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._rssBytes) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._tokens) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCalls) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._p50Ms) }()
+        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._p99Ms) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._heartbeatAgeS) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedBytes) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedRows) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCallBytes) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
-    }
-    if !self.endpoint.isEmpty {
-      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
-    }
-    if !self.state.isEmpty {
-      try visitor.visitSingularStringField(value: self.state, fieldNumber: 3)
-    }
-    if self.firstLayer != 0 {
-      try visitor.visitSingularUInt32Field(value: self.firstLayer, fieldNumber: 4)
-    }
-    if self.endLayer != 0 {
-      try visitor.visitSingularUInt32Field(value: self.endLayer, fieldNumber: 5)
-    }
-    if self.experts != 0 {
-      try visitor.visitSingularUInt32Field(value: self.experts, fieldNumber: 6)
-    }
-    if self.memoryBudget != 0 {
-      try visitor.visitSingularUInt64Field(value: self.memoryBudget, fieldNumber: 7)
-    }
-    if self.residentBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 8)
-    }
-    if self.rssBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.rssBytes, fieldNumber: 9)
-    }
-    if self.tokens != 0 {
-      try visitor.visitSingularUInt64Field(value: self.tokens, fieldNumber: 10)
-    }
-    if self.expertCalls != 0 {
-      try visitor.visitSingularUInt64Field(value: self.expertCalls, fieldNumber: 11)
-    }
-    if self.p50Ms.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.p50Ms, fieldNumber: 12)
-    }
-    if self.p99Ms.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.p99Ms, fieldNumber: 13)
-    }
-    if self.heartbeatAgeS.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.heartbeatAgeS, fieldNumber: 14)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      if !_storage._endpoint.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._endpoint, fieldNumber: 2)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 3)
+      }
+      if _storage._firstLayer != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._firstLayer, fieldNumber: 4)
+      }
+      if _storage._endLayer != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._endLayer, fieldNumber: 5)
+      }
+      if _storage._experts != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._experts, fieldNumber: 6)
+      }
+      if _storage._memoryBudget != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryBudget, fieldNumber: 7)
+      }
+      if _storage._residentBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._residentBytes, fieldNumber: 8)
+      }
+      if _storage._rssBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rssBytes, fieldNumber: 9)
+      }
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._tokens, fieldNumber: 10)
+      }
+      if _storage._expertCalls != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._expertCalls, fieldNumber: 11)
+      }
+      if _storage._p50Ms.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._p50Ms, fieldNumber: 12)
+      }
+      if _storage._p99Ms.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._p99Ms, fieldNumber: 13)
+      }
+      if _storage._heartbeatAgeS.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._heartbeatAgeS, fieldNumber: 14)
+      }
+      if _storage._forwardedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._forwardedBytes, fieldNumber: 15)
+      }
+      if _storage._forwardedRows != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._forwardedRows, fieldNumber: 16)
+      }
+      if _storage._expertCallBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._expertCallBytes, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_WorkerStatus, rhs: Conclave_V1_WorkerStatus) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs.endpoint != rhs.endpoint {return false}
-    if lhs.state != rhs.state {return false}
-    if lhs.firstLayer != rhs.firstLayer {return false}
-    if lhs.endLayer != rhs.endLayer {return false}
-    if lhs.experts != rhs.experts {return false}
-    if lhs.memoryBudget != rhs.memoryBudget {return false}
-    if lhs.residentBytes != rhs.residentBytes {return false}
-    if lhs.rssBytes != rhs.rssBytes {return false}
-    if lhs.tokens != rhs.tokens {return false}
-    if lhs.expertCalls != rhs.expertCalls {return false}
-    if lhs.p50Ms != rhs.p50Ms {return false}
-    if lhs.p99Ms != rhs.p99Ms {return false}
-    if lhs.heartbeatAgeS != rhs.heartbeatAgeS {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._endpoint != rhs_storage._endpoint {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._firstLayer != rhs_storage._firstLayer {return false}
+        if _storage._endLayer != rhs_storage._endLayer {return false}
+        if _storage._experts != rhs_storage._experts {return false}
+        if _storage._memoryBudget != rhs_storage._memoryBudget {return false}
+        if _storage._residentBytes != rhs_storage._residentBytes {return false}
+        if _storage._rssBytes != rhs_storage._rssBytes {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._expertCalls != rhs_storage._expertCalls {return false}
+        if _storage._p50Ms != rhs_storage._p50Ms {return false}
+        if _storage._p99Ms != rhs_storage._p99Ms {return false}
+        if _storage._heartbeatAgeS != rhs_storage._heartbeatAgeS {return false}
+        if _storage._forwardedBytes != rhs_storage._forwardedBytes {return false}
+        if _storage._forwardedRows != rhs_storage._forwardedRows {return false}
+        if _storage._expertCallBytes != rhs_storage._expertCallBytes {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1588,7 +2095,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1599,6 +2106,9 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.workers) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.sequences) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.tokensGenerated) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.requestsFailed) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
       default: break
       }
     }
@@ -1614,6 +2124,15 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if self.sequences != 0 {
       try visitor.visitSingularUInt32Field(value: self.sequences, fieldNumber: 3)
     }
+    if self.tokensGenerated != 0 {
+      try visitor.visitSingularUInt64Field(value: self.tokensGenerated, fieldNumber: 4)
+    }
+    if self.requestsFailed != 0 {
+      try visitor.visitSingularUInt32Field(value: self.requestsFailed, fieldNumber: 5)
+    }
+    if !self.plan.isEmpty {
+      try visitor.visitSingularStringField(value: self.plan, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1621,6 +2140,9 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if lhs.model != rhs.model {return false}
     if lhs.workers != rhs.workers {return false}
     if lhs.sequences != rhs.sequences {return false}
+    if lhs.tokensGenerated != rhs.tokensGenerated {return false}
+    if lhs.requestsFailed != rhs.requestsFailed {return false}
+    if lhs.plan != rhs.plan {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

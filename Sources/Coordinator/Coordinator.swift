@@ -1,0 +1,284 @@
+import Foundation
+import GGUF
+import Model
+import Placement
+import ServiceLifecycle
+import Synchronization
+import Tokenizer
+import Wire
+import Worker
+
+public struct CoordinatorError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The coordinator (`conclave serve`): plans where layers and experts live, connects to every worker in the
+/// cluster file, checks their Hello, assigns, waits for Ready, then serves clients on the cluster file's
+/// coordinator endpoint: Generate requests (run by the `Scheduler`) and StatusQuery (answered at once, even
+/// mid-generation). It holds the tokenizer and every sequence's tokens; workers hold weights and KV caches.
+public final class Coordinator: Service, @unchecked Sendable {
+    public struct Options: Sendable {
+        public var contextLength: Int?
+        public var workerThreads: Int
+        public var joinTimeout: Double = 30
+        public var loadTimeout: Double = 600
+        public init(contextLength: Int? = nil, workerThreads: Int) {
+            self.contextLength = contextLength
+            self.workerThreads = workerThreads
+        }
+    }
+
+    public let file: GGUFFile
+    public let config: ModelConfig
+    public let tokenizer: Tokenizer
+    public let plan: Plan
+    public let contextLength: Int
+    let options: Options
+    let clients: Transport
+    public let links: [WorkerLink]
+    let replies = PendingReplies()
+    let log: @Sendable (String) -> Void
+    let sha: [UInt8]
+    private(set) var scheduler: Scheduler!
+    private var readers: [Task<Void, Never>] = []
+
+    public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
+                connect: (String) throws -> Transport, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        file = try GGUFFile(path: modelPath)
+        config = try ModelConfig(file: file)
+        tokenizer = try Tokenizer(file: file)
+        contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
+        plan = try Planner.plan(ModelFootprint(file: file, config: config, context: contextLength), cluster: cluster)
+        self.options = options
+        self.clients = clients
+        self.log = log
+        sha = file.metadataSHA256
+        links = try cluster.workers.map { w in
+            do {
+                return WorkerLink(worker: w, transport: try connect(w.endpoint))
+            } catch {
+                throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
+            }
+        }
+        scheduler = Scheduler(coordinator: self)
+        for link in links { readers.append(Task.detached { [weak self] in await self?.read(link) }) }
+    }
+
+    deinit { for r in readers { r.cancel() } }
+
+    public var modelName: String { file.string("general.name") ?? URL(fileURLWithPath: file.path).lastPathComponent }
+
+    // MARK: Start-up (blocking: call from a thread of its own, not the cooperative pool)
+
+    /// Hello to every worker, check the answers, assign, wait for Ready. Throws a message naming any worker that
+    /// did not answer or does not fit.
+    public func start() throws {
+        log("plan: " + planSummary())
+        var hellos: [(WorkerLink, UInt64)] = []
+        for link in links {
+            let id = replies.register()
+            var e = Envelope()
+            e.requestID = id
+            e.hello = Conclave_V1_Hello()
+            link.send(WireMessage.make(e))
+            hellos.append((link, id))
+        }
+        log("waiting for \(links.count) workers: " + links.map { "\($0.worker.name) (\($0.worker.endpoint))" }.joined(separator: ", "))
+        let deadline = monotonicNow() + options.joinTimeout
+        var missing: [String] = []
+        for (link, id) in hellos {
+            do {
+                let reply = try replies.wait(id, timeout: max(0.01, deadline - monotonicNow()), from: link.worker.endpoint)
+                guard case .hello(let h) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Hello with something else") }
+                if h.hasModel_p, [UInt8](h.modelMetadataSha256) != sha {
+                    throw CoordinatorError("worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(file.path)); give it the same file or none (it then fetches ours)")
+                }
+                if h.workerName != link.worker.name {
+                    log("note: the worker at \(link.worker.endpoint) calls itself '\(h.workerName)'; the cluster file calls it '\(link.worker.name)'")
+                }
+                link.info.withLock { $0.hello = h; $0.state = .loading }
+                log("worker '\(link.worker.name)' joined: \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
+            } catch let e as CoordinatorError {
+                throw e
+            } catch {
+                missing.append("\(link.worker.name) (\(link.worker.endpoint))")
+            }
+        }
+        guard missing.isEmpty else {
+            throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file")
+        }
+
+        var assigns: [(WorkerLink, UInt64)] = []
+        for (i, link) in links.enumerated() {
+            let a = assignment(for: i)
+            link.info.withLock { $0.layers = Int(a.firstLayer)..<Int(a.endLayer); $0.experts = a.experts.reduce(0) { $0 + $1.experts.count } }
+            let id = replies.register()
+            var e = Envelope()
+            e.requestID = id
+            e.assign = a
+            link.send(WireMessage.make(e))
+            assigns.append((link, id))
+        }
+        for (link, id) in assigns {
+            let reply: WireMessage
+            do {
+                reply = try replies.wait(id, timeout: options.loadTimeout, from: link.worker.endpoint)
+            } catch {
+                throw CoordinatorError("worker '\(link.worker.name)' failed to load its shard: \(error)")
+            }
+            guard case .ready(let r) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
+            link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
+            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident")
+        }
+        scheduler.start()
+        log("serving \(modelName) on \(clients.endpoint)")
+    }
+
+    /// What worker `i` holds and whom it talks to.
+    func assignment(for i: Int) -> Conclave_V1_Assign {
+        var a = Conclave_V1_Assign()
+        a.modelMetadataSha256 = Data(sha)
+        a.contextLength = UInt32(contextLength)
+        a.modelBytes = UInt64(file.fileSize)
+        a.threads = UInt32(options.workerThreads)
+        let w = plan.workers[i]
+        if let k = plan.stages.firstIndex(where: { $0.worker == w.name }) {
+            let s = plan.stages[k]
+            a.firstLayer = UInt32(s.layers.lowerBound)
+            a.endLayer = UInt32(s.layers.upperBound)
+            if k + 1 < plan.stages.count, let next = plan.workers.first(where: { $0.name == plan.stages[k + 1].worker }) {
+                a.nextStageEndpoint = next.endpoint
+            }
+            var remote: [Int: [Int: [UInt32]]] = [:]  // owner → layer → experts
+            for l in s.layers where l < plan.experts.count {
+                for (e, owner) in plan.experts[l].enumerated() where owner != i { remote[owner, default: [:]][l, default: []].append(UInt32(e)) }
+            }
+            for owner in remote.keys.sorted() {
+                var r = Conclave_V1_RemoteExperts()
+                r.endpoint = plan.workers[owner].endpoint
+                r.experts = remote[owner]!.keys.sorted().map { l in
+                    var set = Conclave_V1_ExpertSet()
+                    set.layer = UInt32(l)
+                    set.experts = remote[owner]![l]!
+                    return set
+                }
+                a.remote.append(r)
+            }
+        }
+        var held: [Int: [UInt32]] = [:]
+        for (l, e) in plan.experts(of: i) { held[l, default: []].append(UInt32(e)) }
+        a.experts = held.keys.sorted().map { l in
+            var set = Conclave_V1_ExpertSet()
+            set.layer = UInt32(l)
+            set.experts = held[l]!
+            return set
+        }
+        return a
+    }
+
+    func planSummary() -> String {
+        plan.workers.enumerated().map { i, w in
+            let layers = plan.stages.first { $0.worker == w.name }.map { "layers \($0.layers.lowerBound)..<\($0.layers.upperBound)" } ?? "no layers"
+            return "\(w.name): \(layers), \(plan.experts(of: i).count) experts"
+        }.joined(separator: "; ")
+    }
+
+    // MARK: Serving
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.serveClients()
+        } onGracefulShutdown: {
+            self.log("shutting down")
+            self.scheduler.stop()
+            self.clients.close()
+        }
+        for l in links { l.transport.close() }
+    }
+
+    /// Client requests until the client socket closes.
+    public func serveClients() async {
+        for await frames in clients.messages {
+            let msg: WireMessage
+            do {
+                msg = try WireMessage.decode(frames.parts)
+            } catch {
+                let id = (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0
+                reply(frames.peer, WireMessage.errorReply(to: id, error))
+                continue
+            }
+            switch msg.envelope.kind {
+            case .statusQuery:
+                var e = Envelope()
+                e.requestID = msg.envelope.requestID
+                e.statusReply = status()
+                reply(frames.peer, WireMessage.make(e))
+            case .generate(let g):
+                scheduler.submit(g, client: frames.peer, requestID: msg.envelope.requestID)
+            default:
+                reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "the coordinator takes Generate and StatusQuery from clients")))
+            }
+        }
+    }
+
+    func reply(_ peer: Data?, _ m: WireMessage) {
+        guard let parts = try? m.encode() else { return }
+        clients.send(Frames(peer: peer, parts: parts))
+    }
+
+    public func status() -> Conclave_V1_StatusReply {
+        var s = Conclave_V1_StatusReply()
+        s.model = modelName
+        s.workers = links.map { $0.status() }
+        let stats = scheduler.stats()
+        s.sequences = UInt32(stats.active)
+        s.tokensGenerated = stats.tokens
+        s.requestsFailed = UInt32(stats.failed)
+        s.plan = planSummary()
+        return s
+    }
+
+    // MARK: Worker messages
+
+    private func read(_ link: WorkerLink) async {
+        for await frames in link.transport.messages {
+            let msg: WireMessage
+            do {
+                msg = try WireMessage.decode(frames.parts)
+            } catch {
+                log("unreadable message from worker '\(link.worker.name)': \(error)")
+                continue
+            }
+            link.heard()
+            switch msg.envelope.kind {
+            case .heartbeat(let hb):
+                link.info.withLock { $0.heartbeat = hb }
+            case .fetchModel(let f):
+                serveChunk(f, id: msg.envelope.requestID, to: link)
+            default:
+                if !replies.resolve(msg), case .error(let e) = msg.envelope.kind {
+                    log("worker '\(link.worker.name)': \(e.message)")
+                }
+            }
+        }
+    }
+
+    /// A chunk of our model file for a worker that has none, with its SHA-256.
+    private func serveChunk(_ f: Conclave_V1_FetchModel, id: UInt64, to link: WorkerLink) {
+        let offset = Int(f.offset), length = Int(f.length)
+        guard offset >= 0, length > 0, length <= 64 << 20, offset + length <= file.fileSize else {
+            link.send(WireMessage.errorReply(to: id, WireError(.malformed, "model fetch \(offset)+\(length) is outside the \(file.fileSize)-byte file")))
+            return
+        }
+        let bytes = UnsafeRawBufferPointer(start: file.mapping.base! + offset, count: length)
+        var c = Conclave_V1_ModelChunk()
+        c.offset = UInt64(offset)
+        c.total = UInt64(file.fileSize)
+        c.sha256 = Data(SHA256.hash(bytes))
+        var e = Envelope()
+        e.requestID = id
+        e.modelChunk = c
+        link.send(WireMessage.make(e, tensors: [(.u8, [length], Data(bytes))]))
+    }
+}

@@ -1,0 +1,85 @@
+import Foundation
+import Placement
+import Synchronization
+import Wire
+import Worker
+
+/// The coordinator's view of one worker: the DEALER connected to its endpoint, what it said in Hello, what it
+/// was assigned, and its last heartbeat. Heartbeats mark it ready; a silence of `downAfter` seconds marks it down.
+public final class WorkerLink: @unchecked Sendable {
+    public let worker: ClusterFile.Worker
+    let transport: Transport
+
+    public enum State: String, Sendable { case joining, loading, ready, suspect, down }
+
+    struct Info {
+        var state: State = .joining
+        var hello: Conclave_V1_Hello?
+        var lastHeard: Double?
+        var heartbeat = Conclave_V1_Heartbeat()
+        var layers: Range<Int> = 0..<0
+        var experts = 0
+        var residentBytes: UInt64 = 0
+        var failed: String?
+    }
+    let info = Mutex(Info())
+    static let suspectAfter = 1.5
+    static let downAfter = 3.0
+
+    init(worker: ClusterFile.Worker, transport: Transport) {
+        self.worker = worker
+        self.transport = transport
+    }
+
+    func send(_ m: WireMessage) {
+        guard let parts = try? m.encode() else { return }
+        transport.send(Frames(parts: parts))
+    }
+
+    func heard() { info.withLock { $0.lastHeard = monotonicNow() } }
+
+    /// The state with heartbeat silence taken into account.
+    var state: State {
+        info.withLock { i in
+            if i.state == .down { return .down }
+            guard i.state == .ready || i.state == .loading, let last = i.lastHeard else { return i.state }
+            let age = monotonicNow() - last
+            if age > Self.downAfter { return .down }
+            if age > Self.suspectAfter { return .suspect }
+            return i.state
+        }
+    }
+
+    var heartbeatAge: Double? { info.withLock { i in i.lastHeard.map { monotonicNow() - $0 } } }
+
+    func status() -> Conclave_V1_WorkerStatus {
+        let s = state
+        return info.withLock { i in
+            var w = Conclave_V1_WorkerStatus()
+            w.name = worker.name
+            w.endpoint = worker.endpoint
+            w.state = s.rawValue
+            w.firstLayer = UInt32(i.layers.lowerBound)
+            w.endLayer = UInt32(i.layers.upperBound)
+            w.experts = UInt32(i.experts)
+            w.memoryBudget = UInt64(worker.memory)
+            w.residentBytes = max(i.residentBytes, i.heartbeat.residentBytes)
+            w.rssBytes = i.heartbeat.rssBytes
+            w.tokens = i.heartbeat.tokens
+            w.expertCalls = i.heartbeat.expertCalls
+            w.p50Ms = i.heartbeat.p50Ms
+            w.p99Ms = i.heartbeat.p99Ms
+            w.heartbeatAgeS = i.lastHeard.map { monotonicNow() - $0 } ?? -1
+            w.forwardedBytes = i.heartbeat.forwardedBytes
+            w.forwardedRows = i.heartbeat.forwardedRows
+            w.expertCallBytes = i.heartbeat.expertCallBytes
+            return w
+        }
+    }
+}
+
+func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

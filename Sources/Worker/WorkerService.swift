@@ -1,0 +1,280 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import GGUF
+import Model
+import ServiceLifecycle
+import Synchronization
+import Wire
+
+/// The worker daemon (`conclave worker`): binds a ROUTER where the coordinator, the previous stage and other
+/// workers' expert calls all arrive. The coordinator opens with Hello; we answer with ours, load what Assign
+/// names (from our own copy of the model, or fetched from the coordinator and cached), answer Ready, then serve
+/// stage inputs (on the stage queue) and expert calls (on the expert queue, so a stage waiting on remote experts
+/// never blocks the experts others ask of us), and heartbeat every second. Bad messages get an Error reply; the
+/// loop keeps serving. SIGTERM drains the queues and exits.
+public final class WorkerService: Service, @unchecked Sendable {
+    public struct Options: Sendable {
+        public var name: String
+        /// Where others reach us (the cluster file's endpoint for this worker).
+        public var endpoint: String
+        public var modelPath: String?
+        public var memory: Int
+        public var threads: Int
+        public var cacheDirectory: String
+        public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
+            self.name = name
+            self.endpoint = endpoint
+            self.modelPath = modelPath
+            self.memory = memory
+            self.threads = threads
+            self.cacheDirectory = cacheDirectory
+        }
+    }
+
+    public enum State: String, Sendable { case joining, loading, ready }
+
+    let options: Options
+    let router: Transport
+    let connect: @Sendable (String) throws -> Transport
+    let log: @Sendable (String) -> Void
+    public let metrics = WorkerMetrics()
+
+    private let stageQueue = DispatchQueue(label: "conclave.worker.stage")
+    private let expertQueue = DispatchQueue(label: "conclave.worker.experts")
+    private let controlQueue = DispatchQueue(label: "conclave.worker.control")
+    private let replies = PendingReplies()
+
+    struct Shared {
+        var coordinator: Data?
+        var state: State = .joining
+        var shard: WorkerShard?
+    }
+    private let shared = Mutex(Shared())
+    /// The model this worker has (its own file, or one it fetched earlier), with its metadata hash.
+    private let ownModel: (file: GGUFFile, sha: [UInt8])?
+
+    public init(options: Options, router: Transport, connect: @escaping @Sendable (String) throws -> Transport,
+                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        self.options = options
+        self.router = router
+        self.connect = connect
+        self.log = log
+        if let path = options.modelPath {
+            let f = try GGUFFile(path: path)
+            ownModel = (f, f.metadataSHA256)
+        } else {
+            ownModel = nil
+        }
+    }
+
+    public var state: State { shared.withLock { $0.state } }
+
+    // MARK: Service
+
+    public func run() async throws {
+        let heartbeat = Task.detached { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+                self?.sendHeartbeat()
+            }
+        }
+        defer { heartbeat.cancel() }
+        await withGracefulShutdownHandler {
+            await self.serve()
+        } onGracefulShutdown: {
+            self.drain()
+        }
+    }
+
+    /// Finishes the work already queued, then closes the socket (which ends `serve`).
+    public func drain() {
+        log("draining: finishing queued work")
+        stageQueue.sync {}
+        expertQueue.sync {}
+        router.close()
+    }
+
+    /// Handles messages until the router closes.
+    public func serve() async {
+        for await frames in router.messages { dispatch(frames) }
+    }
+
+    // MARK: Messages
+
+    private func reply(_ peer: Data?, _ msg: WireMessage) {
+        guard let parts = try? msg.encode() else { return }
+        router.send(Frames(peer: peer, parts: parts))
+    }
+
+    private func replyError(_ peer: Data?, id: UInt64, _ e: Error) {
+        let we = e as? WireError ?? WireError(.internalError, "\(e)")
+        log("error for request \(id): \(we.message)")
+        reply(peer, WireMessage.errorReply(to: id, we))
+    }
+
+    func dispatch(_ frames: Frames) {
+        let msg: WireMessage
+        do {
+            msg = try WireMessage.decode(frames.parts)
+        } catch {
+            let id = (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0
+            replyError(frames.peer, id: id, error)
+            return
+        }
+        let id = msg.envelope.requestID, peer = frames.peer
+        switch msg.envelope.kind {
+        case .hello:
+            shared.withLock { $0.coordinator = peer }
+            var e = Envelope()
+            e.requestID = id
+            e.hello = hello()
+            reply(peer, WireMessage.make(e))
+        case .assign(let a):
+            shared.withLock { $0.coordinator = peer; $0.state = .loading }
+            controlQueue.async { self.load(a, id: id, peer: peer) }
+        case .stageInput:
+            stageQueue.async { self.runStep(msg, peer: peer) }
+        case .expertCall:
+            expertQueue.async { self.runExpertCall(msg, peer: peer) }
+        case .modelChunk, .error:
+            if !replies.resolve(msg) { log("dropped a reply nobody waits for (request \(id))") }
+        default:
+            replyError(peer, id: id, WireError(.malformed, "a worker does not take \(kindName(msg.envelope))"))
+        }
+    }
+
+    func hello() -> Conclave_V1_Hello {
+        var h = Conclave_V1_Hello()
+        h.workerName = options.name
+        h.listenEndpoint = options.endpoint
+        h.memoryBudget = UInt64(options.memory)
+        h.cores = UInt32(ProcessInfo.processInfo.activeProcessorCount)
+        if let m = ownModel {
+            h.hasModel_p = true
+            h.modelMetadataSha256 = Data(m.sha)
+        }
+        return h
+    }
+
+    private func sendHeartbeat() {
+        let (peer, shard) = shared.withLock { ($0.coordinator, $0.shard) }
+        guard let peer else { return }
+        let s = metrics.snapshot()
+        var hb = Conclave_V1_Heartbeat()
+        hb.rssBytes = WorkerMetrics.rssBytes()
+        hb.residentBytes = UInt64(shard?.residentBytes ?? 0)
+        hb.tokens = s.tokens
+        hb.expertCalls = s.expertCalls
+        hb.p50Ms = s.p50
+        hb.p99Ms = s.p99
+        let f = metrics.forwarded
+        hb.forwardedBytes = f.bytes
+        hb.forwardedRows = f.rows
+        hb.expertCallBytes = shard?.expertCallBytes ?? 0
+        var e = Envelope()
+        e.heartbeat = hb
+        reply(peer, WireMessage.make(e))
+    }
+
+    // MARK: Work (on the queues)
+
+    private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?) {
+        do {
+            let file = try modelFile(for: a, peer: peer)
+            let t0 = monotonicSeconds()
+            let connect = self.connect
+            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, connect: connect)
+            let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
+            log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", monotonicSeconds() - t0)) s")
+            shared.withLock { $0.shard = shard; $0.state = .ready }
+            var e = Envelope()
+            e.requestID = id
+            var r = Conclave_V1_Ready()
+            r.residentBytes = UInt64(shard.residentBytes)
+            e.ready = r
+            reply(peer, WireMessage.make(e))
+        } catch {
+            shared.withLock { $0.state = .joining }
+            replyError(peer, id: id, error)
+        }
+    }
+
+    private func runStep(_ msg: WireMessage, peer: Data?) {
+        let (shard, coordinator) = shared.withLock { ($0.shard, $0.coordinator) }
+        let id = msg.envelope.requestID
+        // Failures go to the coordinator, which owns the request, whoever sent us the input.
+        guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.malformed, "stage input before this worker was assigned")) }
+        let t0 = monotonicSeconds()
+        do {
+            let rows = msg.envelope.stageInput.rows.count
+            let out = try shard.step(msg)
+            if rows > 0 { metrics.recordStep(tokens: rows, ms: (monotonicSeconds() - t0) * 1000) }
+            switch out {
+            case .tokens(let m): reply(coordinator, m)
+            case .forward(let m):
+                let parts = try m.encode()
+                metrics.recordForward(bytes: parts.reduce(0) { $0 + $1.count }, rows: rows)
+                try nextStage(shard).send(Frames(parts: parts))
+            }
+        } catch {
+            replyError(coordinator ?? peer, id: id, error)
+        }
+    }
+
+    private var next: (String, Transport)?
+    private func nextStage(_ shard: WorkerShard) throws -> Transport {
+        guard let endpoint = shard.nextEndpoint, !endpoint.isEmpty else { throw WireError(.internalError, "this stage has no next stage") }
+        if let (e, t) = next, e == endpoint { return t }
+        let t = try connect(endpoint)
+        next = (endpoint, t)
+        return t
+    }
+
+    private func runExpertCall(_ msg: WireMessage, peer: Data?) {
+        let shard = shared.withLock { $0.shard }
+        let t0 = monotonicSeconds()
+        do {
+            guard let server = shard?.experts else { throw WireError(.malformed, "this worker holds no experts") }
+            let r = try server.handle(msg)
+            metrics.recordExpertCall(ms: (monotonicSeconds() - t0) * 1000, countLatency: shard?.stage == nil)
+            reply(peer, r)
+        } catch {
+            replyError(peer, id: msg.envelope.requestID, error)
+        }
+    }
+
+    // MARK: The model file
+
+    /// Our own copy when it matches the coordinator's; else one fetched earlier into the cache; else fetched now.
+    private func modelFile(for a: Conclave_V1_Assign, peer: Data?) throws -> GGUFFile {
+        let want = [UInt8](a.modelMetadataSha256)
+        if let m = ownModel {
+            guard m.sha == want else {
+                throw WireError(.modelMismatch, "this worker's model \(m.file.path) (metadata sha256 \(hex(m.sha).prefix(16))…) is not the coordinator's (\(hex(want).prefix(16))…)")
+            }
+            return m.file
+        }
+        let cached = URL(fileURLWithPath: options.cacheDirectory).appendingPathComponent("\(hex(want)).gguf").path
+        if FileManager.default.fileExists(atPath: cached), let f = try? GGUFFile(path: cached), f.metadataSHA256 == want {
+            log("using the cached model \(cached)")
+            return f
+        }
+        try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
+            .fetch(total: Int(a.modelBytes), to: cached)
+        let f = try GGUFFile(path: cached)
+        guard f.metadataSHA256 == want else {
+            try? FileManager.default.removeItem(atPath: cached)
+            throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash it assigned")
+        }
+        return f
+    }
+}
+
+func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+
+func kindName(_ e: Envelope) -> String {
+    guard let k = e.kind else { return "an envelope with no kind" }
+    return "\(k)".split(separator: "(").first.map(String.init) ?? "\(k)"
+}

@@ -1,0 +1,157 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import Wire
+import Worker
+
+/// A DEALER to the coordinator that collects replies for the synchronous client commands.
+final class CoordinatorClient: @unchecked Sendable {
+    let socket: ZMQSocket
+    final class Inbox: Sendable {
+        let messages = Mutex<[WireMessage]>([])
+        let arrived = DispatchSemaphore(value: 0)
+    }
+    private let inbox = Inbox()
+    private var reader: Task<Void, Never>?
+
+    init(endpoint: String) throws {
+        socket = try ZMQSocket(.dealer, bind: false, endpoint: endpoint)
+        let (s, inbox) = (socket, inbox)
+        reader = Task.detached {
+            for await f in s.messages {
+                guard let m = try? WireMessage.decode(f.parts) else { continue }
+                inbox.messages.withLock { $0.append(m) }
+                inbox.arrived.signal()
+            }
+        }
+    }
+
+    deinit {
+        reader?.cancel()
+        socket.close()
+    }
+
+    func send(_ e: Envelope) throws { socket.send(Frames(parts: try WireMessage.make(e).encode())) }
+
+    /// The next message, or nil after `timeout` seconds of silence.
+    func next(timeout: Double) -> WireMessage? {
+        guard inbox.arrived.wait(timeout: .now() + timeout) == .success else { return nil }
+        return inbox.messages.withLock { $0.removeFirst() }
+    }
+}
+
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate text on a running cluster (the client of `conclave serve`).",
+        discussion: "Prints the generated text and nothing else on stdout — what `conclave run` prints for the same model and options; speed goes to stderr."
+    )
+
+    @Option(help: "The coordinator's endpoint.") var coordinator: String = "tcp://127.0.0.1:7000"
+    @Option(name: [.short, .long], help: "Prompt text.") var prompt: String = "The"
+    @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
+    @Option(help: "Context length (default: the cluster's).") var ctx: Int?
+    @OptionGroup var sampling: SamplingOptions
+    @Option(help: "Seconds to wait for each token before giving up.") var timeout: Double = 60
+
+    func run() throws {
+        let client = try CoordinatorClient(endpoint: coordinator)
+        var g = Conclave_V1_Generate()
+        g.prompt = prompt
+        g.maxTokens = UInt32(max(0, n))
+        g.sampling = sampling.params.wire
+        g.contextLength = UInt32(ctx ?? 0)
+        var e = Envelope()
+        e.requestID = 1
+        e.generate = g
+        try client.send(e)
+        var pending: [UInt8] = []
+        while true {
+            guard let m = client.next(timeout: timeout) else {
+                printError("error: no answer from the coordinator at \(coordinator) within \(Int(timeout)) s")
+                throw ExitCode(1)
+            }
+            switch m.envelope.kind {
+            case .tokenOut(let t):
+                pending += [UInt8](t.text)
+                let cut = completeUTF8Prefix(pending)
+                if cut > 0 {
+                    writeStdout(Array(pending[..<cut]))
+                    pending.removeFirst(cut)
+                }
+                if t.done {
+                    writeStdout(pending + [0x0A])
+                    printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s")
+                    return
+                }
+            case .error(let err):
+                if !pending.isEmpty { writeStdout(pending) }
+                printError("error: \(err.message)")
+                throw ExitCode(1)
+            default:
+                continue
+            }
+        }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show the cluster: each worker's state, shard, memory, traffic and latency.",
+        discussion: "States: joining (not yet answered), loading, ready, suspect (a heartbeat late), down (3 s without one)."
+    )
+
+    @Option(help: "The coordinator's endpoint.") var coordinator: String = "tcp://127.0.0.1:7000"
+    @Flag(help: "Print JSON.") var json = false
+    @Option(help: "Seconds to wait for the answer.") var timeout: Double = 3
+
+    func run() throws {
+        let client = try CoordinatorClient(endpoint: coordinator)
+        var e = Envelope()
+        e.requestID = 1
+        e.statusQuery = Conclave_V1_StatusQuery()
+        try client.send(e)
+        guard let m = client.next(timeout: timeout), case .statusReply(let s) = m.envelope.kind else {
+            printError("error: no status from the coordinator at \(coordinator) within \(fixed(timeout, 0)) s (is `conclave serve` running there?)")
+            throw ExitCode(1)
+        }
+        print(json ? StatusReport.json(s).render() : StatusReport.text(s))
+    }
+}
+
+enum StatusReport {
+    static func json(_ s: Conclave_V1_StatusReply) -> JSON {
+        .object([
+            ("model", .string(s.model)),
+            ("workers", .array(s.workers.map { w in
+                .object([
+                    ("name", .string(w.name)), ("endpoint", .string(w.endpoint)), ("state", .string(w.state)),
+                    ("layers", .array(w.endLayer > w.firstLayer ? [.int(Int(w.firstLayer)), .int(Int(w.endLayer))] : [])),
+                    ("experts", .int(Int(w.experts))), ("memory_budget", .uint(w.memoryBudget)),
+                    ("resident_bytes", .uint(w.residentBytes)), ("rss_bytes", .uint(w.rssBytes)),
+                    ("tokens", .uint(w.tokens)), ("expert_calls", .uint(w.expertCalls)),
+                    ("p50_ms", .double(w.p50Ms)), ("p99_ms", .double(w.p99Ms)), ("heartbeat_age_s", .double(w.heartbeatAgeS)),
+                    ("forwarded_bytes", .uint(w.forwardedBytes)), ("forwarded_rows", .uint(w.forwardedRows)),
+                    ("expert_call_bytes", .uint(w.expertCallBytes)),
+                ])
+            })),
+            ("sequences", .int(Int(s.sequences))),
+            ("tokens_generated", .uint(s.tokensGenerated)),
+            ("requests_failed", .int(Int(s.requestsFailed))),
+            ("plan", .string(s.plan)),
+        ])
+    }
+
+    static func text(_ s: Conclave_V1_StatusReply) -> String {
+        var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed", ""]
+        let rows = s.workers.map { w -> [String] in
+            [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
+             "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(w.rssBytes)),
+             String(w.tokens), String(w.expertCalls), "\(fixed(w.p50Ms, 2)) / \(fixed(w.p99Ms, 2))",
+             w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s"]
+        }
+        lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat"], rows: rows)
+        return lines.joined(separator: "\n")
+    }
+}

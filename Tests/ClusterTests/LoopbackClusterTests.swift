@@ -1,0 +1,109 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import TestSupport
+
+/// Three workers and a coordinator as real processes on 127.0.0.1: two pipeline stages holding layers only and
+/// one worker holding every expert, so every MoE layer of every step calls experts in another process.
+@Suite(.serialized) struct LoopbackClusterTests {
+    static let model = Fixtures.shippedModel
+
+    /// Starts the cluster; returns it with the coordinator endpoint.
+    static func startCluster() throws -> (ProcessCluster, String) {
+        let c = try ProcessCluster()
+        let base = ProcessCluster.freePorts(4)
+        let file = try c.writeClusterFile(base: base)
+        let names = ["stage-a", "stage-b", "experts-1"]
+        for (i, n) in names.enumerated() {
+            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--model", model, "--name", n, "--threads", "1"])
+        }
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"])
+        do {
+            try c.waitFor("coordinator", "serving")
+        } catch {
+            c.stop()
+            throw error
+        }
+        return (c, "tcp://127.0.0.1:\(base)")
+    }
+
+    @Test func distributedGenerationMatchesOneProcess() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        // Greedy with a repetition penalty (plain greedy emits only newlines on this model), then sampled.
+        for options in [["--temp", "0", "--repeat-penalty", "1.3"], ["--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]] {
+            let args = ["-p", "Once upon a time", "-n", "32"] + options
+            let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+            #expect(rc1 == 0, "run failed: \(err1)")
+            let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+            #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+            #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+            #expect(distributed == single, "options \(options)")
+        }
+        // Status while idle: every worker ready, the experts worker served calls, the stages processed tokens.
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let workers = try #require(json["workers"] as? [[String: Any]])
+        #expect(workers.count == 3)
+        for w in workers {
+            #expect(w["state"] as? String == "ready", "\(w)")
+            #expect((w["heartbeat_age_s"] as? Double ?? 99) < 3)
+            #expect((w["rss_bytes"] as? Int ?? 0) > 0)
+        }
+        let byName = Dictionary(uniqueKeysWithValues: workers.map { ($0["name"] as! String, $0) })
+        #expect(byName["experts-1"]?["experts"] as? Int == 32)
+        #expect((byName["experts-1"]?["expert_calls"] as? Int ?? 0) > 0)
+        #expect((byName["stage-a"]?["tokens"] as? Int ?? 0) > 0)
+        #expect(byName["stage-a"]?["layers"] as? [Int] == [0, 2])
+        #expect(byName["stage-b"]?["layers"] as? [Int] == [2, 4])
+        // Activations cross one hop per step; a decode row costs about hidden × 4 bytes plus a small envelope.
+        let bytes = byName["stage-a"]?["forwarded_bytes"] as? Int ?? 0, rows = byName["stage-a"]?["forwarded_rows"] as? Int ?? 1
+        #expect(bytes > 0 && rows > 0)
+    }
+
+    @Test func promptLongerThanContextIsRefusedAndServingContinues() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let long = String(repeating: "word ", count: 300)
+        let (rc, _, err) = try c.run(["generate", "--coordinator", endpoint, "-p", long, "--ctx", "64", "-n", "4"])
+        #expect(rc != 0)
+        #expect(err.contains("context"), "\(err)")
+        let (rc2, out, err2) = try c.run(["generate", "--coordinator", endpoint, "-p", "Hello", "-n", "4", "--temp", "0"])
+        #expect(rc2 == 0, "\(err2)")
+        #expect(!out.isEmpty)
+    }
+
+    @Test func killedWorkerFailsTheRequestClearly() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        // A long generation in the background; the experts worker dies under it.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: c.binary)
+        p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "100000", "--ctx", "100000", "--temp", "0.8", "--seed", "1"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        usleep(1_500_000)
+        c.kill("experts-1")
+        let t0 = Date()
+        while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
+        let finished = !p.isRunning
+        if !finished { p.terminate() }
+        p.waitUntilExit()
+        #expect(finished, "the request hung after its worker died")
+        #expect(p.terminationStatus != 0)
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(message.contains("experts-1"), "\(message)")
+        // The coordinator still answers and reports the dead worker.
+        let (rc, out, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let workers = try #require(json["workers"] as? [[String: Any]])
+        #expect(workers.first { $0["name"] as? String == "experts-1" }?["state"] as? String == "down")
+        #expect((json["requests_failed"] as? Int ?? 0) >= 1)
+    }
+}

@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TestSupport
+
+/// Real `conclave` processes for end-to-end tests: workers, a coordinator, and the clients, with their output
+/// captured. Every process started is killed when the cluster is stopped, whatever happened.
+final class ProcessCluster: @unchecked Sendable {
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    let binary: String
+    let dir: URL
+    var processes: [String: Process] = [:]
+    /// Prefix for every command (e.g. ["ip", "netns", "exec", "ns1"]) per process name.
+    var wrappers: [String: [String]] = [:]
+
+    init() throws {
+        guard let b = Fixtures.conclaveBinary else { throw Failure(description: "the conclave executable was not built next to the tests") }
+        binary = b
+        dir = Fixtures.temporaryDirectory()
+    }
+
+    /// A base port with `count` free ports after it (bound and released to check).
+    static func freePorts(_ count: Int) -> Int {
+        for _ in 0..<50 {
+            let base = Int.random(in: 20000...50000)
+            if (0..<count).allSatisfy({ portIsFree(base + $0) }) { return base }
+        }
+        return 39000
+    }
+
+    static func portIsFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+    }
+
+    func log(_ name: String) -> URL { dir.appendingPathComponent("\(name).log") }
+
+    /// Starts `conclave args…` in the background, output to `<name>.log`.
+    func start(_ name: String, _ args: [String], wrapper: [String] = []) throws {
+        let p = Process()
+        let full = wrapper + [binary] + args
+        p.executableURL = URL(fileURLWithPath: wrapper.isEmpty ? binary : "/usr/bin/env")
+        p.arguments = wrapper.isEmpty ? args : full
+        FileManager.default.createFile(atPath: log(name).path, contents: nil)
+        let h = try FileHandle(forWritingTo: log(name))
+        p.standardOutput = h
+        p.standardError = h
+        try p.run()
+        processes[name] = p
+    }
+
+    /// Runs `conclave args…` to completion (killed after `timeout` s): (exit code, stdout, stderr).
+    func run(_ args: [String], wrapper: [String] = [], timeout: Double = 120) throws -> (Int32, String, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: wrapper.isEmpty ? binary : "/usr/bin/env")
+        p.arguments = wrapper.isEmpty ? args : wrapper + [binary] + args
+        let out = dir.appendingPathComponent("run-\(UUID().uuidString).out"), err = dir.appendingPathComponent("run-\(UUID().uuidString).err")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        FileManager.default.createFile(atPath: err.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: out)
+        p.standardError = try FileHandle(forWritingTo: err)
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning {
+            p.terminate()
+            p.waitUntilExit()
+            throw Failure(description: "conclave \(args.joined(separator: " ")) did not finish within \(timeout) s; stderr: \(try String(contentsOf: err, encoding: .utf8))")
+        }
+        return (p.terminationStatus, try String(contentsOf: out, encoding: .utf8), try String(contentsOf: err, encoding: .utf8))
+    }
+
+    /// Waits until `<name>.log` contains `text` (or the process died / time ran out).
+    func waitFor(_ name: String, _ text: String, timeout: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let s = try? String(contentsOf: log(name), encoding: .utf8), s.contains(text) { return }
+            if let p = processes[name], !p.isRunning { break }
+            usleep(50_000)
+        }
+        throw Failure(description: "'\(name)' never logged '\(text)'; its log:\n\((try? String(contentsOf: log(name), encoding: .utf8)) ?? "")")
+    }
+
+    func kill(_ name: String, signal: Int32 = SIGKILL) {
+        guard let p = processes[name], p.isRunning else { return }
+        Glibc.kill(p.processIdentifier, signal)
+        p.waitUntilExit()
+    }
+
+    func logs() -> String {
+        processes.keys.sorted().map { "--- \($0)\n" + ((try? String(contentsOf: log($0), encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    func stop() {
+        for p in processes.values where p.isRunning { p.terminate() }
+        let deadline = Date().addingTimeInterval(5)
+        for p in processes.values {
+            while p.isRunning && Date() < deadline { usleep(20_000) }
+            if p.isRunning { Glibc.kill(p.processIdentifier, SIGKILL) }
+        }
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Two stages (layers only) and one worker that holds every expert, at ports after `base`.
+    func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1") throws -> String {
+        let yaml = """
+        coordinator: tcp://\(coordinatorHost):\(base)
+        workers:
+          - name: stage-a
+            endpoint: tcp://\(host(0)):\(base + 1)
+            memory: 64MiB
+            role: stage
+          - name: stage-b
+            endpoint: tcp://\(host(1)):\(base + 2)
+            memory: 64MiB
+            role: stage
+          - name: experts-1
+            endpoint: tcp://\(host(2)):\(base + 3)
+            memory: 64MiB
+            role: experts
+        """
+        let path = dir.appendingPathComponent("cluster.yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
