@@ -23,6 +23,9 @@ public final class WorkerService: Service, @unchecked Sendable {
         public var memory: Int
         public var threads: Int
         public var cacheDirectory: String
+        /// Largest message decoded; a larger one gets a `tooLarge` Error reply. (The socket's ZMQ_MAXMSGSIZE sits a
+        /// little above this, so that what is far larger is cut off by libzmq before it is even buffered.)
+        public var maxMessageBytes = 256 << 20
         public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
             self.name = name
             self.endpoint = endpoint
@@ -117,7 +120,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     func dispatch(_ frames: Frames) {
         let msg: WireMessage
         do {
-            msg = try WireMessage.decode(frames.parts)
+            msg = try WireMessage.decode(frames.parts, maxBytes: options.maxMessageBytes)
         } catch {
             let id = (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0
             replyError(frames.peer, id: id, error)

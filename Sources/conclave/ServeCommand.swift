@@ -77,7 +77,7 @@ struct ServeCommand: AsyncParsableCommand {
 
 /// `serve --local N` and `bench cluster`: workers as child processes of this binary on 127.0.0.1.
 enum LocalCluster {
-    static func file(workers n: Int, port: Int, memory: Int = 64 << 30) -> ClusterFile {
+    static func file(workers n: Int, port: Int, memory: Int = Int(ProcessInfo.processInfo.physicalMemory) / 2) -> ClusterFile {
         let ws = (0..<n).map { i in
             ClusterFile.Worker(name: "local-\(i + 1)", endpoint: "tcp://127.0.0.1:\(port + 1 + i)", memory: memory,
                                role: n >= 3 ? (i == n - 1 ? .experts : .stage) : .any)

@@ -43,7 +43,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let label = name ?? ProcessInfo.processInfo.hostName
         let socket: ZMQSocket
         do {
-            socket = try ZMQSocket(.router, bind: true, endpoint: listen)
+            socket = try ZMQSocket(.router, bind: true, endpoint: listen, maxMessageSize: (256 << 20) + (1 << 20))
         } catch {
             printError("error: cannot listen on \(listen): \(error)")
             throw ExitCode(1)

@@ -11,13 +11,15 @@ import TestSupport
     static let model = Fixtures.shippedModel
 
     /// Starts the cluster; returns it with the coordinator endpoint.
-    static func startCluster() throws -> (ProcessCluster, String) {
+    /// With `fetch`, the experts worker has no model file and fetches it from the coordinator into a cache.
+    static func startCluster(fetch: Bool = false) throws -> (ProcessCluster, String) {
         let c = try ProcessCluster()
         let base = ProcessCluster.freePorts(4)
         let file = try c.writeClusterFile(base: base)
         let names = ["stage-a", "stage-b", "experts-1"]
         for (i, n) in names.enumerated() {
-            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--model", model, "--name", n, "--threads", "1"])
+            let source = fetch && n == "experts-1" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
+            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
         }
         try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"])
         do {
@@ -30,8 +32,13 @@ import TestSupport
     }
 
     @Test func distributedGenerationMatchesOneProcess() throws {
-        let (c, endpoint) = try Self.startCluster()
+        let (c, endpoint) = try Self.startCluster(fetch: true)
         defer { c.stop() }
+        // The experts worker had no model: it fetched it in checksummed chunks and cached it under its hash.
+        try c.waitFor("experts-1", "fetching the model: 100%")
+        let cached = try FileManager.default.contentsOfDirectory(atPath: c.dir.appendingPathComponent("cache").path)
+        #expect(cached.count == 1 && cached[0].hasSuffix(".gguf"), "\(cached)")
+        #expect(FileManager.default.contents(atPath: c.dir.appendingPathComponent("cache/\(cached[0])").path) == FileManager.default.contents(atPath: Self.model))
         // Greedy with a repetition penalty (plain greedy emits only newlines on this model), then sampled.
         for options in [["--temp", "0", "--repeat-penalty", "1.3"], ["--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]] {
             let args = ["-p", "Once upon a time", "-n", "32"] + options
