@@ -1,0 +1,67 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import TestSupport
+
+/// Whether this process may make network namespaces (root with CAP_NET_ADMIN, as in CI). Probed once.
+enum NetNS {
+    static let script = Fixtures.root.appendingPathComponent("ops/scripts/netns-cluster.sh").path
+
+    static func sh(_ args: [String], env: [String: String] = [:]) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
+    static let permitted: Bool = {
+        guard getuid() == 0 else {
+            FileHandle.standardError.write(Data("WARNING: network-namespace cluster test SKIPPED: not root, `ip netns` is not permitted\n".utf8))
+            return false
+        }
+        let probe = "cvprobe\(getpid())"
+        let ok = sh(["ip", "netns", "add", probe]) == 0
+        _ = sh(["ip", "netns", "del", probe])
+        if !ok { FileHandle.standardError.write(Data("WARNING: network-namespace cluster test SKIPPED: `ip netns add` failed here\n".utf8)) }
+        return ok
+    }()
+}
+
+/// The loopback end-to-end test again, but each worker and the coordinator on its own test host (a network
+/// namespace with its own 10.77.0.x address, joined by a bridge in a hub namespace): real TCP between hosts.
+@Suite(.serialized) struct NetworkNamespaceTests {
+    @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
+    func clusterAcrossNamespacesMatchesOneProcess() throws {
+        let prefix = "cvt\(getpid() % 10000)"
+        let env = ["CONCLAVE_NETNS_PREFIX": prefix]
+        _ = NetNS.sh(["bash", NetNS.script, "down", "3"], env: env)
+        try #require(NetNS.sh(["bash", NetNS.script, "up", "3"], env: env) == 0, "netns-cluster.sh up failed")
+        defer { _ = NetNS.sh(["bash", NetNS.script, "down", "3"], env: env) }
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let model = Fixtures.shippedModel
+        let host = { (i: Int) in ["ip", "netns", "exec", "\(prefix)-h\(i)"] }
+        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10")
+        for (i, n) in ["stage-a", "stage-b", "experts-1"].enumerated() {
+            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1"], wrapper: host(i + 1))
+        }
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"], wrapper: host(0))
+        try c.waitFor("coordinator", "serving")
+        let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
+        let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+        let (rc2, distributed, err) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070"] + args, wrapper: host(0))
+        #expect(rc1 == 0)
+        #expect(rc2 == 0, "\(err)\n\(c.logs())")
+        #expect(distributed == single)
+        let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json"], wrapper: host(0))
+        #expect(rc3 == 0)
+        #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
+    }
+}
