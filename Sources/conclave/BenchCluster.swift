@@ -1,0 +1,154 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Model
+import Placement
+import Wire
+import Worker
+
+struct BenchCluster: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "Single-process against distributed decode speed on a loopback cluster, with wire traffic per token.",
+        discussion: """
+        Generates --gen tokens (greedy, repetition penalty 1.3) in this process with --threads threads, then starts
+        the cluster file's workers on this machine (every endpoint must be local), each with --threads threads,
+        and a coordinator, and generates the same tokens through them. Only one stage computes at a time when one
+        sequence decodes, so each step uses --threads threads either way. Reports both speeds, their ratio, the
+        activation bytes per token per hop and expert-call bytes per token (counted by the workers), and the
+        per-hop latency: (step time − the stages' own step times) / (stages + 1) hops.
+        """
+    )
+
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Cluster file with 127.0.0.1 endpoints.") var cluster: String = "cluster/local.yaml"
+    @Option(help: "Generated tokens.") var gen = 64
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let clusterFile: ClusterFile
+        do { clusterFile = try ClusterFile(path: cluster) } catch { printError("error: \(error)"); throw ExitCode(1) }
+        for w in clusterFile.workers + [.init(name: "coordinator", endpoint: clusterFile.coordinator, memory: 0)] {
+            guard w.endpoint.hasPrefix("tcp://127.0.0.1:") || w.endpoint.hasPrefix("tcp://localhost:") else {
+                printError("error: bench cluster starts the workers itself, so every endpoint must be on 127.0.0.1; \(w.name) is at \(w.endpoint)")
+                throw ExitCode(1)
+            }
+        }
+        let prompt = "Once upon a time"
+        var params = SamplingParams.greedy
+        params.repeatPenalty = 1.3
+
+        // 1. One process.
+        let engine = try model.load()
+        let ids = engine.tokenizer.encode(prompt)
+        _ = try engine.generate(prompt: ids, maxTokens: 4, params: params, in: engine.newSequence(capacity: 512)) { _, _ in true }
+        var singleText: [UInt8] = []
+        let single = try engine.generate(prompt: ids, maxTokens: gen, params: params, in: engine.newSequence(capacity: gen + ids.count + 8)) { _, b in
+            singleText += b
+            return true
+        }
+        printError("single process: \(fixed(single.decodeTokensPerSecond, 1)) tok/s decode (\(single.generatedTokens) tokens, \(model.threads) threads)")
+
+        // 2. The cluster: workers and a coordinator as child processes.
+        var children = try LocalCluster.start(clusterFile, model: model.model, threads: model.threads)
+        defer { LocalCluster.stop(children) }
+        let coordinator = Process()
+        coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        coordinator.arguments = ["serve", "-m", model.model, "--cluster", cluster, "--threads", String(model.threads)]
+        coordinator.standardError = FileHandle.nullDevice
+        try coordinator.run()
+        children.append(coordinator)
+        let client = try CoordinatorClient(endpoint: clusterFile.coordinator)
+        let before = try waitForStatus(client)
+
+        func generate(_ n: Int) throws -> (text: [UInt8], out: Conclave_V1_TokenOut) {
+            var g = Conclave_V1_Generate()
+            g.prompt = prompt
+            g.maxTokens = UInt32(n)
+            g.sampling = params.wire
+            var e = Envelope()
+            e.requestID = UInt64.random(in: 1...UInt64.max)
+            e.generate = g
+            try client.send(e)
+            var text: [UInt8] = []
+            while let m = client.next(timeout: 120) {
+                if case .tokenOut(let t) = m.envelope.kind, m.envelope.requestID == e.requestID {
+                    text += t.text
+                    if t.done { return (text, t) }
+                } else if case .error(let err) = m.envelope.kind {
+                    throw CoordinatorFailure(description: err.message)
+                }
+            }
+            throw CoordinatorFailure(description: "no answer from the coordinator")
+        }
+        _ = try generate(4)  // warm-up
+        Thread.sleep(forTimeInterval: 1.2)
+        let mid = try status(client)
+        let (text, out) = try generate(gen)
+        Thread.sleep(forTimeInterval: 1.2)  // one heartbeat, so the counters include the run
+        let after = try status(client)
+        _ = before
+
+        let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
+        let hops = max(0, stageNames.count - 1)
+        var fwdBytes: UInt64 = 0, fwdRows: UInt64 = 0, expertBytes: UInt64 = 0, stageMs = 0.0
+        for w in after.workers {
+            let m = mid.workers.first { $0.name == w.name }!
+            fwdBytes += w.forwardedBytes - m.forwardedBytes
+            fwdRows += w.forwardedRows - m.forwardedRows
+            expertBytes += w.expertCallBytes - m.expertCallBytes
+            if stageNames.contains(w.name) { stageMs += w.p50Ms }
+        }
+        let tokens = Double(max(1, out.generatedTokens))
+        let stepMs = 1000 / max(1e-9, out.decodeTokS)
+        let hopMs = max(0, stepMs - stageMs) / Double(stageNames.count + 1)
+        let bytesPerHop = fwdRows > 0 ? Double(fwdBytes) / Double(fwdRows) : 0
+        let hidden = engine.config.embeddingLength * 4
+        let ratio = out.decodeTokS / max(1e-9, single.decodeTokensPerSecond)
+        if text != singleText { printError("warning: the distributed text differs from the single-process text") }
+        if json {
+            print(JSON.object([
+                ("single_decode_tok_s", .double(round3(single.decodeTokensPerSecond))), ("distributed_decode_tok_s", .double(round3(out.decodeTokS))),
+                ("ratio", .double(round3(ratio))), ("threads", .int(model.threads)), ("stages", .int(stageNames.count)), ("hops", .int(hops)),
+                ("per_hop_latency_ms", .double(round3(hopMs))), ("wire_bytes_per_token_per_hop", .double(round3(bytesPerHop))),
+                ("hidden_bytes", .int(hidden)), ("expert_call_bytes_per_token", .double(round3(Double(expertBytes) / tokens))),
+                ("identical_text", .bool(text == singleText)),
+            ]).render())
+        } else {
+            print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads")
+            print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token")
+        }
+    }
+
+    struct CoordinatorFailure: Error, CustomStringConvertible { let description: String }
+
+    func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
+
+    func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {
+        var e = Envelope()
+        e.requestID = 0
+        e.statusQuery = Conclave_V1_StatusQuery()
+        try client.send(e)
+        while let m = client.next(timeout: 5) {
+            if case .statusReply(let s) = m.envelope.kind { return s }
+        }
+        throw CoordinatorFailure(description: "no status from the coordinator")
+    }
+
+    /// Polls status until every worker is ready (the coordinator answers Generate only then).
+    func waitForStatus(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            var e = Envelope()
+            e.requestID = 0
+            e.statusQuery = Conclave_V1_StatusQuery()
+            try client.send(e)
+            if let m = client.next(timeout: 0.5), case .statusReply(let s) = m.envelope.kind, !s.workers.isEmpty,
+               s.workers.allSatisfy({ $0.state == "ready" }) {
+                return s
+            }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw CoordinatorFailure(description: "the cluster did not become ready within 60 s")
+    }
+}
