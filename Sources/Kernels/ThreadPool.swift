@@ -17,8 +17,13 @@ public final class ThreadPool: @unchecked Sendable {
     /// Serialises callers: one job at a time.
     private let callerLock = Mutex<Void>(())
 
-    /// How long an idle worker spins before parking, in polls of the job counter.
-    static let spinPolls = 200_000
+    /// How long an idle worker spins before parking, in polls of the job counter. Several processes sharing the
+    /// cores (workers of a local cluster) set CONCLAVE_SPIN_POLLS low: a pool spinning while another process's
+    /// stage computes takes that stage's cores.
+    static let spinPolls: Int = {
+        if let v = getenv("CONCLAVE_SPIN_POLLS"), let n = Int(String(cString: v)), n >= 0 { return n }
+        return 200_000
+    }()
 
     public init(threads: Int) {
         size = max(1, threads)

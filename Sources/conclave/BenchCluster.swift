@@ -55,11 +55,25 @@ struct BenchCluster: ParsableCommand {
         let coordinator = Process()
         coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         coordinator.arguments = ["serve", "-m", model.model, "--cluster", cluster, "--threads", String(model.threads)]
-        coordinator.standardError = FileHandle.nullDevice
+        let errors = Pipe()
+        coordinator.standardError = errors
         try coordinator.run()
         children.append(coordinator)
         let client = try CoordinatorClient(endpoint: clusterFile.coordinator)
-        let before = try waitForStatus(client)
+        let before: Conclave_V1_StatusReply
+        do {
+            before = try waitForStatus(client, coordinator: coordinator)
+        } catch {
+            if !coordinator.isRunning {
+                let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                printError(said.split(separator: "\n").filter { $0.hasPrefix("error") }.joined(separator: "\n"))
+            }
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        // Keep the coordinator's pipe drained so it never blocks on a full pipe.
+        let drain = errors.fileHandleForReading
+        Thread.detachNewThread { _ = drain.readDataToEndOfFile() }
 
         func generate(_ n: Int) throws -> (text: [UInt8], out: Conclave_V1_TokenOut) {
             var g = Conclave_V1_Generate()
@@ -136,9 +150,10 @@ struct BenchCluster: ParsableCommand {
     }
 
     /// Polls status until every worker is ready (the coordinator answers Generate only then).
-    func waitForStatus(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {
+    func waitForStatus(_ client: CoordinatorClient, coordinator: Process) throws -> Conclave_V1_StatusReply {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
+            guard coordinator.isRunning else { throw CoordinatorFailure(description: "the coordinator exited") }
             var e = Envelope()
             e.requestID = 0
             e.statusQuery = Conclave_V1_StatusQuery()

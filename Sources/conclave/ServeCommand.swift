@@ -95,6 +95,10 @@ enum LocalCluster {
             var args = ["worker", "--listen", w.endpoint, "--name", w.name, "--memory", String(w.memory), "--threads", String(threads), "--exit-with-parent"]
             if let model { args += ["--model", model] }
             p.arguments = args
+            // Workers sharing this machine's cores: idle pools park soon instead of spinning (see ThreadPool).
+            var env = ProcessInfo.processInfo.environment
+            if env["CONCLAVE_SPIN_POLLS"] == nil { env["CONCLAVE_SPIN_POLLS"] = "2000" }
+            p.environment = env
             do {
                 try p.run()
             } catch {
