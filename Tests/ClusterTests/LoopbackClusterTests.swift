@@ -49,6 +49,7 @@ import TestSupport
             #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
             #expect(distributed == single, "options \(options)")
         }
+        usleep(1_300_000)  // one heartbeat (every second) carries the workers' counters to the coordinator
         // Status while idle: every worker ready, the experts worker served calls, the stages processed tokens.
         let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(rc == 0, "status failed: \(err)")
@@ -90,11 +91,19 @@ import TestSupport
         let p = Process()
         p.executableURL = URL(fileURLWithPath: c.binary)
         p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "100000", "--ctx", "100000", "--temp", "0.8", "--seed", "1"]
-        let err = Pipe()
+        let err = Pipe(), textOut = Pipe()
         p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
+        p.standardOutput = textOut
         try p.run()
-        usleep(1_500_000)
+        // Kill as soon as text streams (the model may end on its own after a few hundred tokens, ~1 s).
+        let first = textOut.fileHandleForReading.readData(ofLength: 1)
+        #expect(!first.isEmpty, "no text streamed")
+        Thread.detachNewThread { _ = textOut.fileHandleForReading.readDataToEndOfFile() }
+        // Status answers promptly while the cluster generates.
+        let t = Date()
+        let (src, sout, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(src == 0 && Date().timeIntervalSince(t) < 1.0, "status took \(Date().timeIntervalSince(t)) s")
+        #expect(sout.contains("\"workers\""), "\(sout)")
         c.kill("experts-1")
         let t0 = Date()
         while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
