@@ -31,9 +31,9 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
-        .target(name: "Worker", dependencies: ["Model", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+        .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
-        .target(name: "Coordinator", dependencies: ["Placement", "Worker", "Wire", "Model", "Tokenizer", "GGUF",
+        .target(name: "Coordinator", dependencies: ["Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),

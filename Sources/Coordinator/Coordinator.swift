@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import GGUF
 import Model
 import Placement
@@ -85,11 +86,11 @@ public final class Coordinator: Service, @unchecked Sendable {
             hellos.append((link, id))
         }
         log("waiting for \(links.count) workers: " + links.map { "\($0.worker.name) (\($0.worker.endpoint))" }.joined(separator: ", "))
-        let deadline = monotonicNow() + options.joinTimeout
+        let deadline = KernelBench.now() + options.joinTimeout
         var missing: [String] = []
         for (link, id) in hellos {
             do {
-                let reply = try replies.wait(id, timeout: max(0.01, deadline - monotonicNow()), from: link.worker.endpoint)
+                let reply = try replies.wait(id, timeout: max(0.01, deadline - KernelBench.now()), from: link.worker.endpoint)
                 guard case .hello(let h) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Hello with something else") }
                 if h.hasModel_p, [UInt8](h.modelMetadataSha256) != sha {
                     throw CoordinatorError("worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(file.path)); give it the same file or none (it then fetches ours)")

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Model
 import Synchronization
 import Wire
@@ -27,7 +28,7 @@ final class Scheduler: @unchecked Sendable {
         var next: Int32?  // the sampled token to feed next
         var generated = 0
         var samplerSent = false
-        let t0 = monotonicNow()
+        let t0 = KernelBench.now()
         var prefillEnd: Double?
         init(sequence: UInt64, client: Data?, clientRequestID: UInt64, prompt: [Int32], maxTokens: Int, capacity: Int, sampling: Conclave_V1_Sampling) {
             self.sequence = sequence
@@ -49,7 +50,6 @@ final class Scheduler: @unchecked Sendable {
     }
     private let shared = Mutex(Shared())
     private let wake = DispatchSemaphore(value: 0)
-    private var nextSequence: UInt64 = 1
     private let idLock = Mutex<UInt64>(1)
     private var thread: Thread?
 
@@ -170,7 +170,7 @@ final class Scheduler: @unchecked Sendable {
             for r in active {
                 guard stepped.contains(ObjectIdentifier(r)) else { still.append(r); continue }
                 guard r.fed >= r.prompt.count else { still.append(r); continue }  // more prompt chunks to go
-                if r.prefillEnd == nil { r.prefillEnd = monotonicNow() }
+                if r.prefillEnd == nil { r.prefillEnd = KernelBench.now() }
                 guard let token = byToken[r.sequence] else {
                     fail(r.client, r.clientRequestID, WireError(.internalError, "the last stage returned no token for sequence \(r.sequence)"))
                     finished.append(r.sequence)
@@ -209,7 +209,7 @@ final class Scheduler: @unchecked Sendable {
     }
 
     private func finish(_ r: Request) {
-        let end = monotonicNow()
+        let end = KernelBench.now()
         var out = Conclave_V1_TokenOut()
         out.sequences = [r.sequence]
         out.done = true
@@ -250,7 +250,7 @@ final class Scheduler: @unchecked Sendable {
         e.requestID = waiter.id
         e.stageInput = input
         first.send(WireMessage.make(e))
-        let t0 = monotonicNow()
+        let t0 = KernelBench.now()
         while true {
             do {
                 if let reply = try waiter.poll(timeout: 0.2) {
@@ -268,7 +268,7 @@ final class Scheduler: @unchecked Sendable {
                 let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
                 return .failure(WireError(.internalError, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the request failed"))
             }
-            if monotonicNow() - t0 > stepTimeout {
+            if KernelBench.now() - t0 > stepTimeout {
                 c.replies.cancel(waiter.id)
                 return .failure(WireError(.internalError, "a generation step got no answer within \(Int(stepTimeout)) s"))
             }

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Placement
 import Synchronization
 import Wire
@@ -36,21 +37,21 @@ public final class WorkerLink: @unchecked Sendable {
         transport.send(Frames(parts: parts))
     }
 
-    func heard() { info.withLock { $0.lastHeard = monotonicNow() } }
+    func heard() { info.withLock { $0.lastHeard = KernelBench.now() } }
 
     /// The state with heartbeat silence taken into account.
     var state: State {
         info.withLock { i in
             if i.state == .down { return .down }
             guard i.state == .ready || i.state == .loading, let last = i.lastHeard else { return i.state }
-            let age = monotonicNow() - last
+            let age = KernelBench.now() - last
             if age > Self.downAfter { return .down }
             if age > Self.suspectAfter { return .suspect }
             return i.state
         }
     }
 
-    var heartbeatAge: Double? { info.withLock { i in i.lastHeard.map { monotonicNow() - $0 } } }
+    var heartbeatAge: Double? { info.withLock { i in i.lastHeard.map { KernelBench.now() - $0 } } }
 
     func status() -> Conclave_V1_WorkerStatus {
         let s = state
@@ -69,17 +70,11 @@ public final class WorkerLink: @unchecked Sendable {
             w.expertCalls = i.heartbeat.expertCalls
             w.p50Ms = i.heartbeat.p50Ms
             w.p99Ms = i.heartbeat.p99Ms
-            w.heartbeatAgeS = i.lastHeard.map { monotonicNow() - $0 } ?? -1
+            w.heartbeatAgeS = i.lastHeard.map { KernelBench.now() - $0 } ?? -1
             w.forwardedBytes = i.heartbeat.forwardedBytes
             w.forwardedRows = i.heartbeat.forwardedRows
             w.expertCallBytes = i.heartbeat.expertCallBytes
             return w
         }
     }
-}
-
-func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Kernels
 import Synchronization
 
 /// Counters and step latencies a worker reports in its heartbeat. Shared by the message loop, the stage queue
@@ -65,11 +66,4 @@ public final class WorkerMetrics: Sendable {
         guard fields.count > 1, let pages = UInt64(fields[1]) else { return 0 }
         return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
     }
-}
-
-/// Monotonic seconds.
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

@@ -23,12 +23,11 @@ public final class PendingReplies: Sendable {
     @discardableResult
     public func resolve(_ result: Result<WireMessage, WireError>, id: UInt64) -> Bool {
         // The entry stays until its waiter takes it: a reply may arrive before the caller starts waiting.
-        guard let (sem, box) = pending.withLock({ p -> (DispatchSemaphore, Box)? in
-            guard let entry = p[id], entry.1.reply == nil else { return nil }
-            entry.1.reply = result
-            return entry
+        guard let sem = pending.withLock({ p -> DispatchSemaphore? in
+            guard let (sem, box) = p[id], box.reply == nil else { return nil }
+            box.reply = result
+            return sem
         }) else { return false }
-        _ = box
         sem.signal()
         return true
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Kernels
 import GGUF
 import Model
 import ServiceLifecycle
@@ -186,11 +187,10 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?) {
         do {
             let file = try modelFile(for: a, peer: peer)
-            let t0 = monotonicSeconds()
-            let connect = self.connect
+            let t0 = KernelBench.now()
             let shard = try WorkerShard(file: file, assign: a, threads: options.threads, connect: connect)
             let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
-            log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", monotonicSeconds() - t0)) s")
+            log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
             shared.withLock { $0.shard = shard; $0.state = .ready }
             var e = Envelope()
             e.requestID = id
@@ -209,11 +209,11 @@ public final class WorkerService: Service, @unchecked Sendable {
         let id = msg.envelope.requestID
         // Failures go to the coordinator, which owns the request, whoever sent us the input.
         guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.malformed, "stage input before this worker was assigned")) }
-        let t0 = monotonicSeconds()
+        let t0 = KernelBench.now()
         do {
             let rows = msg.envelope.stageInput.rows.count
             let out = try shard.step(msg)
-            if rows > 0 { metrics.recordStep(tokens: rows, ms: (monotonicSeconds() - t0) * 1000) }
+            if rows > 0 { metrics.recordStep(tokens: rows, ms: (KernelBench.now() - t0) * 1000) }
             switch out {
             case .tokens(let m): reply(coordinator, m)
             case .forward(let m):
@@ -237,11 +237,11 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     private func runExpertCall(_ msg: WireMessage, peer: Data?) {
         let shard = shared.withLock { $0.shard }
-        let t0 = monotonicSeconds()
+        let t0 = KernelBench.now()
         do {
             guard let server = shard?.experts else { throw WireError(.malformed, "this worker holds no experts") }
             let r = try server.handle(msg)
-            metrics.recordExpertCall(ms: (monotonicSeconds() - t0) * 1000, countLatency: shard?.stage == nil)
+            metrics.recordExpertCall(ms: (KernelBench.now() - t0) * 1000, countLatency: shard?.stage == nil)
             reply(peer, r)
         } catch {
             replyError(peer, id: msg.envelope.requestID, error)

@@ -60,9 +60,8 @@ struct BenchCluster: ParsableCommand {
         try coordinator.run()
         children.append(coordinator)
         let client = try CoordinatorClient(endpoint: clusterFile.coordinator)
-        let before: Conclave_V1_StatusReply
         do {
-            before = try waitForStatus(client, coordinator: coordinator)
+            try waitUntilReady(client, coordinator: coordinator)
         } catch {
             if !coordinator.isRunning {
                 let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -80,20 +79,9 @@ struct BenchCluster: ParsableCommand {
             g.prompt = prompt
             g.maxTokens = UInt32(n)
             g.sampling = params.wire
-            var e = Envelope()
-            e.requestID = UInt64.random(in: 1...UInt64.max)
-            e.generate = g
-            try client.send(e)
             var text: [UInt8] = []
-            while let m = client.next(timeout: 120) {
-                if case .tokenOut(let t) = m.envelope.kind, m.envelope.requestID == e.requestID {
-                    text += t.text
-                    if t.done { return (text, t) }
-                } else if case .error(let err) = m.envelope.kind {
-                    throw CoordinatorFailure(description: err.message)
-                }
-            }
-            throw CoordinatorFailure(description: "no answer from the coordinator")
+            let out = try client.generate(g, timeout: 120) { text += $0 }
+            return (text, out)
         }
         _ = try generate(4)  // warm-up
         Thread.sleep(forTimeInterval: 1.2)
@@ -101,7 +89,6 @@ struct BenchCluster: ParsableCommand {
         let (text, out) = try generate(gen)
         Thread.sleep(forTimeInterval: 1.2)  // one heartbeat, so the counters include the run
         let after = try status(client)
-        _ = before
 
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
         let hops = max(0, stageNames.count - 1)
@@ -134,36 +121,21 @@ struct BenchCluster: ParsableCommand {
         }
     }
 
-    struct CoordinatorFailure: Error, CustomStringConvertible { let description: String }
-
     func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
 
     func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {
-        var e = Envelope()
-        e.requestID = 0
-        e.statusQuery = Conclave_V1_StatusQuery()
-        try client.send(e)
-        while let m = client.next(timeout: 5) {
-            if case .statusReply(let s) = m.envelope.kind { return s }
-        }
-        throw CoordinatorFailure(description: "no status from the coordinator")
+        guard let s = try client.status(timeout: 5) else { throw CoordinatorClient.Failure(description: "no status from the coordinator") }
+        return s
     }
 
     /// Polls status until every worker is ready (the coordinator answers Generate only then).
-    func waitForStatus(_ client: CoordinatorClient, coordinator: Process) throws -> Conclave_V1_StatusReply {
+    func waitUntilReady(_ client: CoordinatorClient, coordinator: Process) throws {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
-            guard coordinator.isRunning else { throw CoordinatorFailure(description: "the coordinator exited") }
-            var e = Envelope()
-            e.requestID = 0
-            e.statusQuery = Conclave_V1_StatusQuery()
-            try client.send(e)
-            if let m = client.next(timeout: 0.5), case .statusReply(let s) = m.envelope.kind, !s.workers.isEmpty,
-               s.workers.allSatisfy({ $0.state == "ready" }) {
-                return s
-            }
+            guard coordinator.isRunning else { throw CoordinatorClient.Failure(description: "the coordinator exited") }
+            if let s = try client.status(timeout: 0.5), !s.workers.isEmpty, s.workers.allSatisfy({ $0.state == "ready" }) { return }
             Thread.sleep(forTimeInterval: 0.2)
         }
-        throw CoordinatorFailure(description: "the cluster did not become ready within 60 s")
+        throw CoordinatorClient.Failure(description: "the cluster did not become ready within 60 s")
     }
 }

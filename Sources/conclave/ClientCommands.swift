@@ -38,6 +38,47 @@ final class CoordinatorClient: @unchecked Sendable {
         guard inbox.arrived.wait(timeout: .now() + timeout) == .success else { return nil }
         return inbox.messages.withLock { $0.removeFirst() }
     }
+
+    struct Failure: Error, CustomStringConvertible { let description: String }
+    private var nextID: UInt64 = 1
+
+    /// Runs a generation, handing each streamed piece of text to `onText`; returns the final TokenOut (speeds).
+    /// Throws the coordinator's Error, or after `timeout` seconds without a message.
+    func generate(_ g: Conclave_V1_Generate, timeout: Double, onText: ([UInt8]) -> Void) throws -> Conclave_V1_TokenOut {
+        var e = Envelope()
+        e.requestID = nextID
+        nextID += 1
+        e.generate = g
+        try send(e)
+        while true {
+            guard let m = next(timeout: timeout) else {
+                throw Failure(description: "no answer from the coordinator at \(socket.endpoint) within \(Int(timeout)) s")
+            }
+            guard m.envelope.requestID == e.requestID else { continue }
+            switch m.envelope.kind {
+            case .tokenOut(let t):
+                if !t.text.isEmpty { onText([UInt8](t.text)) }
+                if t.done { return t }
+            case .error(let err):
+                throw Failure(description: err.message)
+            default:
+                continue
+            }
+        }
+    }
+
+    /// The cluster's status, or nil when no answer comes within `timeout` seconds.
+    func status(timeout: Double) throws -> Conclave_V1_StatusReply? {
+        var e = Envelope()
+        e.requestID = 0
+        e.statusQuery = Conclave_V1_StatusQuery()
+        try send(e)
+        let deadline = Date().addingTimeInterval(timeout)
+        while let m = next(timeout: max(0, deadline.timeIntervalSinceNow)) {
+            if case .statusReply(let s) = m.envelope.kind { return s }
+        }
+        return nil
+    }
 }
 
 struct GenerateCommand: ParsableCommand {
@@ -61,36 +102,23 @@ struct GenerateCommand: ParsableCommand {
         g.maxTokens = UInt32(max(0, n))
         g.sampling = sampling.params.wire
         g.contextLength = UInt32(ctx ?? 0)
-        var e = Envelope()
-        e.requestID = 1
-        e.generate = g
-        try client.send(e)
         var pending: [UInt8] = []
-        while true {
-            guard let m = client.next(timeout: timeout) else {
-                printError("error: no answer from the coordinator at \(coordinator) within \(Int(timeout)) s")
-                throw ExitCode(1)
-            }
-            switch m.envelope.kind {
-            case .tokenOut(let t):
-                pending += [UInt8](t.text)
+        do {
+            let t = try client.generate(g, timeout: timeout) { bytes in
+                pending += bytes
+                // Whole UTF-8 characters only, as `conclave run` prints them.
                 let cut = completeUTF8Prefix(pending)
                 if cut > 0 {
                     writeStdout(Array(pending[..<cut]))
                     pending.removeFirst(cut)
                 }
-                if t.done {
-                    writeStdout(pending + [0x0A])
-                    printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s")
-                    return
-                }
-            case .error(let err):
-                if !pending.isEmpty { writeStdout(pending) }
-                printError("error: \(err.message)")
-                throw ExitCode(1)
-            default:
-                continue
             }
+            writeStdout(pending + [0x0A])
+            printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s")
+        } catch {
+            if !pending.isEmpty { writeStdout(pending) }
+            printError("error: \(error)")
+            throw ExitCode(1)
         }
     }
 }
@@ -108,11 +136,7 @@ struct StatusCommand: ParsableCommand {
 
     func run() throws {
         let client = try CoordinatorClient(endpoint: coordinator)
-        var e = Envelope()
-        e.requestID = 1
-        e.statusQuery = Conclave_V1_StatusQuery()
-        try client.send(e)
-        guard let m = client.next(timeout: timeout), case .statusReply(let s) = m.envelope.kind else {
+        guard let s = try client.status(timeout: timeout) else {
             printError("error: no status from the coordinator at \(coordinator) within \(fixed(timeout, 0)) s (is `conclave serve` running there?)")
             throw ExitCode(1)
         }
