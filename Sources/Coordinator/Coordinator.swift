@@ -24,6 +24,11 @@ public final class Coordinator: Service, @unchecked Sendable {
         public var workerThreads: Int
         public var joinTimeout: Double = 30
         public var loadTimeout: Double = 600
+        /// Steps in the pipeline at once; nil: one per stage, so that every stage can compute at the same time.
+        public var microBatches: Int?
+        /// Most rows in one step (llama.cpp's n_ubatch): a longer prompt goes in chunks of this many tokens,
+        /// which follow each other down the pipeline.
+        public var maxBatch = 512
         public init(contextLength: Int? = nil, workerThreads: Int) {
             self.contextLength = contextLength
             self.workerThreads = workerThreads
@@ -62,7 +67,7 @@ public final class Coordinator: Service, @unchecked Sendable {
                 throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
             }
         }
-        scheduler = Scheduler(coordinator: self)
+        scheduler = Scheduler(coordinator: self, microBatches: options.microBatches ?? plan.stages.count, maxBatch: options.maxBatch)
         for link in links { readers.append(Task.detached { [weak self] in await self?.read(link) }) }
     }
 
@@ -236,6 +241,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.sequences = UInt32(stats.active)
         s.tokensGenerated = stats.tokens
         s.requestsFailed = UInt32(stats.failed)
+        s.microBatches = UInt32(scheduler.microBatches)
+        s.peakInFlight = UInt32(stats.peakInFlight)
         s.plan = planSummary()
         return s
     }

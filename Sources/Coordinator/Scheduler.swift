@@ -5,16 +5,19 @@ import Synchronization
 import Wire
 import Worker
 
-/// Runs generation requests across the pipeline, one step at a time on a thread of its own (it blocks waiting
-/// for the last stage). Every step batches the rows of all active sequences — a prefill chunk or one decode
-/// token each — into one StageInput for stage 0; the last stage answers with the sampled tokens. The decisions
-/// after each token mirror `Engine.generate` exactly, so a distributed run prints what `conclave run` prints.
+/// Runs generation requests across the pipeline on a thread of its own (it blocks waiting for the last stage).
+/// Each step (micro-batch) batches rows of several sequences — a prefill chunk or one decode token each — into
+/// one StageInput for stage 0; the last stage answers with the sampled tokens. Several micro-batches travel the
+/// pipeline at once (see `loop`). The decisions after each token mirror `Engine.generate` exactly, so a
+/// distributed run prints what `conclave run` prints.
 final class Scheduler: @unchecked Sendable {
     unowned let coordinator: Coordinator
-    /// Most rows in one step (llama.cpp's n_ubatch; the same chunking as `Engine.evaluate`).
-    let maxBatch = 512
+    /// Most rows in one step (llama.cpp's n_ubatch; 512 by default, the chunking of `Engine.evaluate`).
+    let maxBatch: Int
     /// A step with no answer for this long fails even if every worker still heartbeats.
     let stepTimeout = 120.0
+    /// Steps in the pipeline at once (the coordinator's option; by default one per stage).
+    let microBatches: Int
 
     final class Request: @unchecked Sendable {
         let sequence: UInt64
@@ -28,6 +31,9 @@ final class Scheduler: @unchecked Sendable {
         var next: Int32?  // the sampled token to feed next
         var generated = 0
         var samplerSent = false
+        /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
+        var awaiting = false
+        var done = false
         let t0 = KernelBench.now()
         var prefillEnd: Double?
         init(sequence: UInt64, client: Data?, clientRequestID: UInt64, prompt: [Int32], maxTokens: Int, capacity: Int, sampling: Conclave_V1_Sampling) {
@@ -46,6 +52,7 @@ final class Scheduler: @unchecked Sendable {
         var active = 0
         var tokens: UInt64 = 0
         var failed = 0
+        var peakInFlight = 0
         var running = false
     }
     private let shared = Mutex(Shared())
@@ -53,7 +60,11 @@ final class Scheduler: @unchecked Sendable {
     private let idLock = Mutex<UInt64>(1)
     private var thread: Thread?
 
-    init(coordinator: Coordinator) { self.coordinator = coordinator }
+    init(coordinator: Coordinator, microBatches: Int, maxBatch: Int) {
+        self.coordinator = coordinator
+        self.maxBatch = max(1, maxBatch)
+        self.microBatches = max(1, microBatches)
+    }
 
     func start() {
         shared.withLock { $0.running = true }
@@ -68,7 +79,9 @@ final class Scheduler: @unchecked Sendable {
         wake.signal()
     }
 
-    func stats() -> (active: Int, tokens: UInt64, failed: Int) { shared.withLock { ($0.active, $0.tokens, $0.failed) } }
+    func stats() -> (active: Int, tokens: UInt64, failed: Int, peakInFlight: Int) {
+        shared.withLock { ($0.active, $0.tokens, $0.failed, $0.peakInFlight) }
+    }
 
     /// Validates and queues a client's request; a bad one is answered with an Error at once.
     func submit(_ g: Conclave_V1_Generate, client: Data?, requestID: UInt64) {
@@ -99,36 +112,86 @@ final class Scheduler: @unchecked Sendable {
 
     // MARK: The loop
 
+    /// A micro-batch on its way through the pipeline.
+    struct InFlight {
+        let waiter: PendingReplies.Waiter
+        let entries: [(request: Request, sampleRow: Int?)]
+        let sent: Double
+    }
+
+    /// Keeps up to `microBatches` steps in the pipeline: whenever one returns, its sequences' next rows go out
+    /// at once while the others are still travelling, so with S stages and S micro-batches every stage has work.
+    /// A sequence is in one micro-batch at a time while it decodes (its next token needs the last one), but a
+    /// long prompt's chunks follow each other down the pipeline: each stage takes its inputs in order, so a chunk
+    /// always finds the cache of the chunks before it.
     private func loop() {
         var active: [Request] = []
+        var inFlight: [InFlight] = []
         while shared.withLock({ $0.running }) {
-            let incoming = shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
-            active += incoming
-            shared.withLock { $0.active = active.count }
-            if active.isEmpty {
-                _ = wake.wait(timeout: .now() + 0.5)
-                continue
+            active += shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
+            while inFlight.count < microBatches, let step = compose(active) {
+                inFlight.append(step)
             }
-            active = step(active)
-            shared.withLock { $0.active = active.count }
+            shared.withLock { s in
+                s.active = active.count
+                s.peakInFlight = max(s.peakInFlight, inFlight.count)
+            }
+            _ = wake.wait(timeout: .now() + (inFlight.isEmpty ? 0.5 : 0.2))
+
+            var finished: [UInt64] = []
+            var i = 0
+            while i < inFlight.count {
+                let f = inFlight[i]
+                let outcome: Result<Conclave_V1_TokenOut, WireError>?
+                do {
+                    if let reply = try f.waiter.poll(timeout: 0) {
+                        if case .tokenOut(let out) = reply.envelope.kind {
+                            outcome = .success(out)
+                        } else {
+                            outcome = .failure(WireError(.internalError, "the last stage answered a step with something else"))
+                        }
+                    } else if KernelBench.now() - f.sent > stepTimeout {
+                        coordinator.replies.cancel(f.waiter.id)
+                        outcome = .failure(WireError(.internalError, "a generation step got no answer within \(Int(stepTimeout)) s"))
+                    } else {
+                        outcome = nil
+                    }
+                } catch {
+                    outcome = .failure(WireError(error.code, "generation failed: \(error.message)"))
+                }
+                guard let outcome else { i += 1; continue }
+                inFlight.remove(at: i)
+                finished += complete(f, outcome)
+            }
+            if let e = downWorkerError(), !inFlight.isEmpty || !active.isEmpty {
+                // Nothing in the pipeline can finish: fail every step in flight and every waiting request.
+                for f in inFlight { coordinator.replies.cancel(f.waiter.id) }
+                inFlight.removeAll()
+                for r in active where !r.done { fail(r, e); finished.append(r.sequence) }
+            }
+            active.removeAll { $0.done }
+            if !finished.isEmpty { release(finished) }
         }
     }
 
-    /// One pipeline step over the active requests; returns those still generating.
-    private func step(_ active: [Request]) -> [Request] {
+    /// The next micro-batch from the requests that have rows to send, or nil when none has. Decoding sequences
+    /// are spread over the micro-batches (at most ⌈decoding / microBatches⌉ in one), prefill chunks fill the rest
+    /// up to `maxBatch` rows.
+    private func compose(_ active: [Request]) -> InFlight? {
         var input = Conclave_V1_StageInput()
-        var inStep: [(Request, sampleRow: Int?)] = []
+        var entries: [(request: Request, sampleRow: Int?)] = []
         var budget = maxBatch
+        let decoding = active.filter { !$0.done && $0.fed >= $0.prompt.count }.count
+        var decodeSlots = max(1, (decoding + microBatches - 1) / microBatches)
         var anyNewSampler = false
-        for r in active where budget > 0 {
+        for r in active where budget > 0 && !r.done && !r.awaiting {
             var tokens: [Int32]
-            var sample: Bool
             if r.fed < r.prompt.count {
                 tokens = Array(r.prompt[r.fed..<min(r.prompt.count, r.fed + budget)])
-                sample = r.fed + tokens.count == r.prompt.count
-            } else if let t = r.next {
+            } else if let t = r.next, decodeSlots > 0 {
                 tokens = [t]
-                sample = true
+                r.next = nil
+                decodeSlots -= 1
             } else {
                 continue
             }
@@ -140,47 +203,77 @@ final class Scheduler: @unchecked Sendable {
                 input.tokens.append(t)
             }
             var sampleRow: Int?
-            if sample {
+            if r.fed + tokens.count == r.prompt.count || r.fed >= r.prompt.count {
+                // The prompt's last chunk or a decode row: the sequence waits for this step's token.
                 sampleRow = input.rows.count - 1
                 input.sampleRows.append(UInt32(sampleRow!))
+                r.awaiting = true
                 if !r.samplerSent { anyNewSampler = true }
             }
             r.fed += tokens.count
             budget -= tokens.count
-            inStep.append((r, sampleRow))
+            entries.append((r, sampleRow))
         }
+        guard !entries.isEmpty else { return nil }
         if anyNewSampler {
             // One entry per sample row, or none: each sequence keeps the first sampling it is given.
-            input.sampling = inStep.compactMap { $0.sampleRow == nil ? nil : $0.0.sampling }
-            for (r, s) in inStep where s != nil { r.samplerSent = true }
+            input.sampling = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.sampling }
+            for (r, s) in entries where s != nil { r.samplerSent = true }
         }
-        let result = runStep(input)
-        var still: [Request] = []
+        return send(input, entries: entries)
+    }
+
+    /// Sends a micro-batch to stage 0; its answer (the last stage's tokens) wakes the loop.
+    private func send(_ input: Conclave_V1_StageInput, entries: [(request: Request, sampleRow: Int?)]) -> InFlight {
+        let waiter = coordinator.replies.waiter(notify: wake)
+        var e = Envelope()
+        e.requestID = waiter.id
+        e.stageInput = input
+        if let first = firstStage {
+            first.send(WireMessage.make(e))
+        } else {
+            _ = coordinator.replies.resolve(.failure(WireError(.internalError, "the plan has no stages")), id: waiter.id)
+        }
+        return InFlight(waiter: waiter, entries: entries, sent: KernelBench.now())
+    }
+
+    /// Applies a returned step to its requests; returns the sequences that ended (to release on every stage).
+    private func complete(_ f: InFlight, _ outcome: Result<Conclave_V1_TokenOut, WireError>) -> [UInt64] {
         var finished: [UInt64] = []
-        switch result {
+        switch outcome {
         case .failure(let e):
-            for r in active {
-                fail(r.client, r.clientRequestID, e)
+            for (r, _) in f.entries where !r.done {
+                fail(r, e)
                 finished.append(r.sequence)
             }
         case .success(let out):
             var byToken: [UInt64: Int32] = [:]
             for (s, t) in zip(out.sequences, out.tokens) { byToken[s] = t }
-            let stepped = Set(inStep.map { ObjectIdentifier($0.0) })
-            for r in active {
-                guard stepped.contains(ObjectIdentifier(r)) else { still.append(r); continue }
-                guard r.fed >= r.prompt.count else { still.append(r); continue }  // more prompt chunks to go
+            for (r, sampleRow) in f.entries where !r.done && sampleRow != nil {
+                r.awaiting = false
                 if r.prefillEnd == nil { r.prefillEnd = KernelBench.now() }
                 guard let token = byToken[r.sequence] else {
-                    fail(r.client, r.clientRequestID, WireError(.internalError, "the last stage returned no token for sequence \(r.sequence)"))
+                    fail(r, WireError(.internalError, "the last stage returned no token for sequence \(r.sequence)"))
                     finished.append(r.sequence)
                     continue
                 }
-                if !advance(r, token) { finished.append(r.sequence) } else { still.append(r) }
+                if !advance(r, token) { finished.append(r.sequence) }
             }
         }
-        if !finished.isEmpty { release(finished) }
-        return still
+        return finished
+    }
+
+    private func fail(_ r: Request, _ e: WireError) {
+        r.done = true
+        fail(r.client, r.clientRequestID, e)
+    }
+
+    /// The failure every request gets while a worker of the cluster is down.
+    private func downWorkerError() -> WireError? {
+        guard let down = coordinator.links.first(where: { $0.state == .down }) else { return nil }
+        down.info.withLock { $0.state = .down }
+        let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
+        return WireError(.internalError, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the request failed")
     }
 
     /// Applies a sampled token the way `Engine.generate` does; false when the request is complete.
@@ -209,6 +302,7 @@ final class Scheduler: @unchecked Sendable {
     }
 
     private func finish(_ r: Request) {
+        r.done = true
         let end = KernelBench.now()
         var out = Conclave_V1_TokenOut()
         out.sequences = [r.sequence]
@@ -238,40 +332,5 @@ final class Scheduler: @unchecked Sendable {
         let c = coordinator
         guard let s = c.plan.stages.first else { return nil }
         return c.links.first { $0.worker.name == s.worker }
-    }
-
-    /// Sends the step to stage 0 and waits for the last stage's tokens, failing (never hanging) when a worker
-    /// of the plan goes down or reports an error.
-    private func runStep(_ input: Conclave_V1_StageInput) -> Result<Conclave_V1_TokenOut, WireError> {
-        guard let first = firstStage else { return .failure(WireError(.internalError, "the plan has no stages")) }
-        let c = coordinator
-        let waiter = c.replies.waiter()
-        var e = Envelope()
-        e.requestID = waiter.id
-        e.stageInput = input
-        first.send(WireMessage.make(e))
-        let t0 = KernelBench.now()
-        while true {
-            do {
-                if let reply = try waiter.poll(timeout: 0.2) {
-                    guard case .tokenOut(let out) = reply.envelope.kind else {
-                        return .failure(WireError(.internalError, "the last stage answered a step with something else"))
-                    }
-                    return .success(out)
-                }
-            } catch {
-                return .failure(WireError(error.code, "generation failed: \(error.message)"))
-            }
-            if let down = c.links.first(where: { $0.state == .down }) {
-                c.replies.cancel(waiter.id)
-                down.info.withLock { $0.state = .down }
-                let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
-                return .failure(WireError(.internalError, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the request failed"))
-            }
-            if KernelBench.now() - t0 > stepTimeout {
-                c.replies.cancel(waiter.id)
-                return .failure(WireError(.internalError, "a generation step got no answer within \(Int(stepTimeout)) s"))
-            }
-        }
     }
 }

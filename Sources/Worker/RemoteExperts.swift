@@ -6,7 +6,11 @@ import Wire
 /// Requests waiting for their replies, matched by request id; a synchronous caller blocks on its own semaphore
 /// (on a dedicated thread, never the cooperative pool) while the transport's reader resolves it.
 public final class PendingReplies: Sendable {
-    final class Box: @unchecked Sendable { var reply: Result<WireMessage, WireError>? }
+    final class Box: @unchecked Sendable {
+        var reply: Result<WireMessage, WireError>?
+        /// Also signalled on arrival: one thread can wait for whichever of several requests answers first.
+        var notify: DispatchSemaphore?
+    }
     private let pending = Mutex<[UInt64: (DispatchSemaphore, Box)]>([:])
     private let nextID = Atomic<UInt64>(1)
 
@@ -23,12 +27,13 @@ public final class PendingReplies: Sendable {
     @discardableResult
     public func resolve(_ result: Result<WireMessage, WireError>, id: UInt64) -> Bool {
         // The entry stays until its waiter takes it: a reply may arrive before the caller starts waiting.
-        guard let sem = pending.withLock({ p -> DispatchSemaphore? in
+        guard let (sem, notify) = pending.withLock({ p -> (DispatchSemaphore, DispatchSemaphore?)? in
             guard let (sem, box) = p[id], box.reply == nil else { return nil }
             box.reply = result
-            return sem
+            return (sem, box.notify)
         }) else { return false }
         sem.signal()
+        notify?.signal()
         return true
     }
 
@@ -79,9 +84,11 @@ extension PendingReplies {
         let owner: PendingReplies
     }
 
-    public func waiter() -> Waiter {
+    /// `notify`, when given, is signalled too when the reply arrives (see `Box.notify`).
+    public func waiter(notify: DispatchSemaphore? = nil) -> Waiter {
         let id = register()
         let (sem, box) = pendingEntry(id)!
+        box.notify = notify
         return Waiter(id: id, sem: sem, box: box, owner: self)
     }
 }

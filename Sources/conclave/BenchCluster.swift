@@ -3,6 +3,7 @@ import Foundation
 import Kernels
 import Model
 import Placement
+import Synchronization
 import Wire
 import Worker
 
@@ -23,6 +24,9 @@ struct BenchCluster: ParsableCommand {
     @OptionGroup var model: ModelOptions
     @Option(help: "Cluster file with 127.0.0.1 endpoints.") var cluster: String = "cluster/local.yaml"
     @Option(help: "Generated tokens.") var gen = 64
+    @Option(help: "Then this many sequences at once (different prompts), for the aggregate throughput of the pipeline; 1: skip.")
+    var sequences = 4
+    @Option(help: "Micro-batches the coordinator keeps in flight (default: one per stage).") var microBatches: Int?
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -55,6 +59,7 @@ struct BenchCluster: ParsableCommand {
         let coordinator = Process()
         coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         coordinator.arguments = ["serve", "-m", model.model, "--cluster", cluster, "--threads", String(model.threads)]
+            + (microBatches.map { ["--micro-batches", String($0)] } ?? [])
         let errors = Pipe()
         coordinator.standardError = errors
         try coordinator.run()
@@ -90,6 +95,9 @@ struct BenchCluster: ParsableCommand {
         Thread.sleep(forTimeInterval: 1.2)  // one heartbeat, so the counters include the run
         let after = try status(client)
 
+        let concurrent = sequences > 1 ? try aggregate(endpoint: clusterFile.coordinator, params: params) : nil
+        let final = try status(client)
+
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
         let hops = max(0, stageNames.count - 1)
         var fwdBytes: UInt64 = 0, fwdRows: UInt64 = 0, expertBytes: UInt64 = 0, stageMs = 0.0
@@ -114,11 +122,39 @@ struct BenchCluster: ParsableCommand {
                 ("per_hop_latency_ms", .double(round3(hopMs))), ("wire_bytes_per_token_per_hop", .double(round3(bytesPerHop))),
                 ("hidden_bytes", .int(hidden)), ("expert_call_bytes_per_token", .double(round3(Double(expertBytes) / tokens))),
                 ("identical_text", .bool(text == singleText)),
+                ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
+                ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
             ]).render())
         } else {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads")
+            if let concurrent {
+                print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)")
+            }
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token")
         }
+    }
+
+    /// `sequences` generations of `gen` tokens at once, each from its own client; generated tokens per second of
+    /// wall time from the first request to the last answer.
+    func aggregate(endpoint: String, params: SamplingParams) throws -> Double {
+        let prompts = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a red ball", "In the forest", "The sun was hot"]
+        let total = Mutex(0), failure = Mutex<String?>(nil)
+        let t0 = KernelBench.now()
+        DispatchQueue.concurrentPerform(iterations: sequences) { i in
+            do {
+                let client = try CoordinatorClient(endpoint: endpoint)
+                var g = Conclave_V1_Generate()
+                g.prompt = prompts[i % prompts.count]
+                g.maxTokens = UInt32(gen)
+                g.sampling = params.wire
+                let out = try client.generate(g, timeout: 300) { _ in }
+                total.withLock { $0 += Int(out.generatedTokens) }
+            } catch {
+                failure.withLock { $0 = "\(error)" }
+            }
+        }
+        if let f = failure.withLock({ $0 }) { throw CoordinatorClient.Failure(description: "a concurrent generation failed: \(f)") }
+        return Double(total.withLock { $0 }) / (KernelBench.now() - t0)
     }
 
     func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }

@@ -163,12 +163,13 @@ enum StatusReport {
             ("sequences", .int(Int(s.sequences))),
             ("tokens_generated", .uint(s.tokensGenerated)),
             ("requests_failed", .int(Int(s.requestsFailed))),
+            ("micro_batches", .int(Int(s.microBatches))), ("peak_in_flight", .int(Int(s.peakInFlight))),
             ("plan", .string(s.plan)),
         ])
     }
 
     static func text(_ s: Conclave_V1_StatusReply) -> String {
-        var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed", ""]
+        var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed; \(s.microBatches) micro-batches (peak \(s.peakInFlight) in flight)", ""]
         let rows = s.workers.map { w -> [String] in
             [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
              "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(w.rssBytes)),

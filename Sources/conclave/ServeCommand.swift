@@ -31,6 +31,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Context length per sequence (default: the model's).") var ctx: Int?
     @Option(help: "Threads per worker (assigned to workers; default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Seconds to wait for the cluster's workers to answer.") var joinTimeout: Double = 30
+    @Option(help: "Micro-batches in the pipeline at once (default: one per stage, so every stage computes while the others do).")
+    var microBatches: Int?
+    @Option(help: "Most tokens in one step (llama.cpp's -ub); a longer prompt is fed in chunks that pipeline through the stages.")
+    var ubatch = 512
+
+    func validate() throws {
+        if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
+        if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
+    }
 
     func run() async throws {
         let clusterFile: ClusterFile
@@ -57,6 +66,8 @@ struct ServeCommand: AsyncParsableCommand {
             let socket = try ZMQSocket(.router, bind: true, endpoint: clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"))
             var options = Coordinator.Options(contextLength: ctx, workerThreads: threads)
             options.joinTimeout = joinTimeout
+            options.microBatches = microBatches
+            options.maxBatch = ubatch
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket,
                                           connect: { try ZMQSocket(.dealer, bind: false, endpoint: $0, identity: "coordinator") },
                                           log: { printError("[coordinator] \($0)") })

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -12,7 +13,7 @@ import TestSupport
 
     /// Starts the cluster; returns it with the coordinator endpoint.
     /// With `fetch`, the experts worker has no model file and fetches it from the coordinator into a cache.
-    static func startCluster(fetch: Bool = false) throws -> (ProcessCluster, String) {
+    static func startCluster(fetch: Bool = false, serve extra: [String] = []) throws -> (ProcessCluster, String) {
         let c = try ProcessCluster()
         let base = ProcessCluster.freePorts(4)
         let file = try c.writeClusterFile(base: base)
@@ -21,7 +22,7 @@ import TestSupport
             let source = fetch && n == "experts-1" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
             try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
         }
-        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"])
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"] + extra)
         do {
             try c.waitFor("coordinator", "serving")
         } catch {
@@ -70,6 +71,61 @@ import TestSupport
         // Activations cross one hop per step; a decode row costs about hidden × 4 bytes plus a small envelope.
         let bytes = byName["stage-a"]?["forwarded_bytes"] as? Int ?? 0, rows = byName["stage-a"]?["forwarded_rows"] as? Int ?? 1
         #expect(bytes > 0 && rows > 0)
+    }
+
+    /// Several clients at once: the scheduler keeps two micro-batches in the pipeline (one per stage), sequences
+    /// share steps with others, and each client still gets exactly what `conclave run` prints alone.
+    @Test func concurrentRequestsArePipelinedAndMatchOneProcess() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let requests = [
+            ["-p", "Once upon a time", "-n", "40", "--temp", "0", "--repeat-penalty", "1.3"],
+            ["-p", "The little dog", "-n", "40", "--temp", "0.8", "--seed", "3", "--repeat-penalty", "1.1"],
+            ["-p", "One day, a girl named Lily", "-n", "40", "--temp", "0", "--repeat-penalty", "1.2"],
+            ["-p", "Tom had a red ball", "-n", "40", "--temp", "0.7", "--top-k", "20", "--seed", "11"],
+        ]
+        var single: [String] = []
+        for args in requests {
+            let (rc, out, err) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+            #expect(rc == 0 && !out.isEmpty, "run failed: \(err)")
+            single.append(out)
+        }
+        let results = Mutex<[Int: (Int32, String, String)]>([:])
+        DispatchQueue.concurrentPerform(iterations: requests.count) { i in
+            let r = (try? c.run(["generate", "--coordinator", endpoint] + requests[i])) ?? (-1, "", "could not run generate")
+            results.withLock { $0[i] = r }
+        }
+        for i in requests.indices {
+            let (rc, out, err) = try #require(results.withLock { $0[i] })
+            #expect(rc == 0, "generate \(requests[i]) failed: \(err)\n\(c.logs())")
+            #expect(out == single[i], "request \(i) \(requests[i]) differs from one process")
+        }
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        #expect(json["micro_batches"] as? Int == 2)
+        #expect(json["peak_in_flight"] as? Int == 2, "the stages never had two micro-batches at once: \(out)")
+        #expect(json["sequences"] as? Int == 0)
+    }
+
+    /// A prompt longer than a step (--ubatch 16) goes in chunks; the next chunk enters stage 0 while the last
+    /// one is in stage 1, and the output is still what one process prints.
+    @Test func promptChunksPipelineAndMatchOneProcess() throws {
+        let (c, endpoint) = try Self.startCluster(serve: ["--ubatch", "16"])
+        defer { c.stop() }
+        let prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree and ran to get it, but a dog"
+        let args = ["-p", prompt, "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        #expect(rc1 == 0 && !single.isEmpty, "run failed: \(err1)")
+        let (tc, tokens, _) = try c.run(["tokenize", "-m", Self.model, "-p", prompt, "--json"])
+        #expect(tc == 0 && tokens.split(separator: ",").count > 32, "the prompt should span several 16-token chunks: \(tokens)")
+        let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+        #expect(distributed == single)
+        let (rc, out, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        #expect(json["peak_in_flight"] as? Int == 2, "prompt chunks did not overlap in the pipeline: \(out)")
     }
 
     @Test func promptLongerThanContextIsRefusedAndServingContinues() throws {

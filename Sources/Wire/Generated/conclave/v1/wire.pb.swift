@@ -732,6 +732,12 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   /// the plan as a printable table
   public var plan: String = String()
 
+  /// steps the scheduler keeps in the pipeline at once
+  public var microBatches: UInt32 = 0
+
+  /// most steps that were in the pipeline at once since start
+  public var peakInFlight: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2095,7 +2101,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2109,6 +2115,8 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.tokensGenerated) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.requestsFailed) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.microBatches) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.peakInFlight) }()
       default: break
       }
     }
@@ -2133,6 +2141,12 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if !self.plan.isEmpty {
       try visitor.visitSingularStringField(value: self.plan, fieldNumber: 6)
     }
+    if self.microBatches != 0 {
+      try visitor.visitSingularUInt32Field(value: self.microBatches, fieldNumber: 7)
+    }
+    if self.peakInFlight != 0 {
+      try visitor.visitSingularUInt32Field(value: self.peakInFlight, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2143,6 +2157,8 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if lhs.tokensGenerated != rhs.tokensGenerated {return false}
     if lhs.requestsFailed != rhs.requestsFailed {return false}
     if lhs.plan != rhs.plan {return false}
+    if lhs.microBatches != rhs.microBatches {return false}
+    if lhs.peakInFlight != rhs.peakInFlight {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
