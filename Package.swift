@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
-        .testTarget(name: "ClusterTests", dependencies: ["TestSupport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "Worker", "Model"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Model", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],

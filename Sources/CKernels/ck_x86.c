@@ -112,41 +112,7 @@ static inline AVX2 float dot_f16_avx2(int n, const uint16_t *x, const uint16_t *
 DEF_Q8_0(dot_q8_0_avx2, AVX2, dot_us_avx2)
 DEF_Q8_0(dot_q8_0_vnni, VNNI, dot_us_vnni)
 
-// ---- Q4_0 × Q8_0: nibbles are unsigned 0..15, so Σ q·y is taken directly and 8·d·Σy (precomputed) removed.
-
-#define DEF_Q4_0(NAME, ATTR, DOT)                                                                         \
-    static inline ATTR float NAME(int n, const blk_q4_0 *x, const blk_q8_0 *y, const float *ya) {         \
-        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                    \
-        float corr0 = 0, corr1 = 0;                                                                       \
-        const int nb = n / 32;                                                                            \
-        int b = 0;                                                                                        \
-        for (; b + 2 <= nb; b += 2) {                                                                     \
-            _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);                               \
-            const __m128i t0 = _mm_loadu_si128((const __m128i *)x[b].qs);                                 \
-            const __m128i t1 = _mm_loadu_si128((const __m128i *)x[b + 1].qs);                             \
-            const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t0, 4), t0), m4);         \
-            const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t1, 4), t1), m4);         \
-            const __m256i p0 = DOT(_mm256_setzero_si256(), q0, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
-            const __m256i p1 = DOT(_mm256_setzero_si256(), q1, _mm256_loadu_si256((const __m256i *)y[b + 1].qs)); \
-            const float dx0 = h2f(x[b].d), dx1 = h2f(x[b + 1].d);                                         \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dx0 * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0);         \
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(dx1 * ya[2 * b + 2]), _mm256_cvtepi32_ps(p1), acc1);     \
-            corr0 += dx0 * ya[2 * b + 1];                                                                 \
-            corr1 += dx1 * ya[2 * b + 3];                                                                 \
-        }                                                                                                 \
-        for (; b < nb; b++) {                                                                             \
-            const __m128i t0 = _mm_loadu_si128((const __m128i *)x[b].qs);                                 \
-            const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t0, 4), t0), m4);         \
-            const __m256i p0 = DOT(_mm256_setzero_si256(), q0, _mm256_loadu_si256((const __m256i *)y[b].qs)); \
-            const float dx0 = h2f(x[b].d);                                                                \
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(dx0 * ya[2 * b]), _mm256_cvtepi32_ps(p0), acc0);         \
-            corr0 += dx0 * ya[2 * b + 1];                                                                 \
-        }                                                                                                 \
-        return hsum8(_mm256_add_ps(acc0, acc1)) - 8 * (corr0 + corr1);                                    \
-    }
-DEF_Q4_0(dot_q4_0_avx2, AVX2, dot_us_avx2)
-DEF_Q4_0(dot_q4_0_vnni, VNNI, dot_us_vnni)
+// ---- Q4_0 × Q8_0: see ck_q4_0_rows8.c (eight weight rows per register).
 
 // ---- Q4_K × Q8_K: scales and mins unpacked with ggml's mask shuffle (no per-value branches); the per-group
 // 6-bit scale is applied by vpmaddwd on the 16-bit pair sums; Σ min·bsum is one vpmaddwd too.
@@ -243,40 +209,6 @@ DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint1
 // bit-identical however it was batched — prefill and decode agree exactly, and so do workers that batch
 // differently.
 
-#define Q4_0_T4_BLOCK(DOT, B, ACC, CORR)                                                                       \
-    {                                                                                                     \
-        const __m128i t = _mm_loadu_si128((const __m128i *)x[B].qs);                                      \
-        const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);                \
-        const float dx = h2f(x[B].d);                                                                     \
-        for (int j = 0; j < 4; j++) {                                                                     \
-            const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride);                                     \
-            const float *yj = ya + j * ya_stride;                                                         \
-            const __m256i p = DOT(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)y[B].qs)); \
-            ACC[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * yj[2 * (B)]), _mm256_cvtepi32_ps(p), ACC[j]);     \
-            CORR[j] += dx * yj[2 * (B) + 1];                                                              \
-        }                                                                                                 \
-    }
-#define DEF_Q4_0_T4(NAME, ATTR, DOT)                                                                      \
-    static inline ATTR void NAME(int n, const blk_q4_0 *x, const uint8_t *a, size_t a_stride,             \
-                                 const float *ya, size_t ya_stride, float *out, size_t out_stride) {      \
-        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
-        __m256 acc0[4], acc1[4];                                                                          \
-        float corr0[4] = {0, 0, 0, 0}, corr1[4] = {0, 0, 0, 0};                                          \
-        for (int j = 0; j < 4; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();                              \
-        const int nb = n / 32;                                                                            \
-        int b = 0;                                                                                        \
-        for (; b + 2 <= nb; b += 2) {                                                                     \
-            if ((b & 3) == 0) _mm_prefetch((const char *)(x + b) + CK_PREFETCH, _MM_HINT_NTA);            \
-            Q4_0_T4_BLOCK(DOT, b, acc0, corr0)                                                                 \
-            Q4_0_T4_BLOCK(DOT, b + 1, acc1, corr1)                                                             \
-        }                                                                                                 \
-        for (; b < nb; b++) Q4_0_T4_BLOCK(DOT, b, acc0, corr0)                                                 \
-        for (int j = 0; j < 4; j++)                                                                       \
-            out[j * out_stride] = hsum8(_mm256_add_ps(acc0[j], acc1[j])) - 8 * (corr0[j] + corr1[j]);     \
-    }
-DEF_Q4_0_T4(dot4t_q4_0_avx2, AVX2, dot_us_avx2)
-DEF_Q4_0_T4(dot4t_q4_0_vnni, VNNI, dot_us_vnni)
-
 #define Q8_0_T4_BLOCK(DOT, B, ACC)                                                                             \
     {                                                                                                     \
         const __m256i w = _mm256_loadu_si256((const __m256i *)x[B].qs);                                   \
@@ -321,8 +253,6 @@ DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
                                                     aux + (size_t)t * aux_stride);                        \
         }                                                                                                 \
     }
-DEF_ROWS_T4(rows_q4_0_avx2, AVX2, blk_q4_0, dot_q4_0_avx2, dot4t_q4_0_avx2)
-DEF_ROWS_T4(rows_q4_0_vnni, VNNI, blk_q4_0, dot_q4_0_vnni, dot4t_q4_0_vnni)
 DEF_ROWS_T4(rows_q8_0_avx2, AVX2, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
 DEF_ROWS_T4(rows_q8_0_vnni, VNNI, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
 DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
@@ -335,7 +265,7 @@ ck_rows_fn ck_x86_kernel(int type, int isa) {
     case T_F32: return rows_f32_avx2;
     case T_F16: return rows_f16_avx2;
     case T_Q8_0: return vnni ? rows_q8_0_vnni : rows_q8_0_avx2;
-    case T_Q4_0: return vnni ? rows_q4_0_vnni : rows_q4_0_avx2;
+    case T_Q4_0: return vnni ? ck_rows_q4_0_r8_vnni : ck_rows_q4_0_r8_avx2;
     case T_Q4_K: return rows_q4_K_avx2;
     case T_Q6_K: return rows_q6_K_avx2;
     default: return ck_x86_more_kernel(type);

@@ -134,7 +134,7 @@ public enum MatMul {
             throw KernelError("no \(w.type.name) kernel for \(a.format.name) activations")
         }
         let ys = yStride ?? w.rows
-        pool.parallelFor(w.rows, granularity: 4) { range in
+        pool.parallelFor(w.rows, granularity: 8) { range in
             fn(Int32(w.cols), w.data + range.lowerBound * w.rowStride, w.rowStride, Int32(range.count),
                a.data, a.rowStride, a.aux, a.auxStride, Int32(a.batch), y + range.lowerBound, ys)
         }
@@ -171,7 +171,7 @@ public enum MatMul {
             total += j.weights.rows
         }
         starts.append(total)
-        pool.parallelFor(total, granularity: 4) { range in
+        pool.parallelFor(total, granularity: 8) { range in
             var k = 0
             while k < jobs.count && starts[k + 1] <= range.lowerBound { k += 1 }
             var row = range.lowerBound
@@ -191,7 +191,7 @@ public enum MatMul {
                                      into y: UnsafeMutablePointer<Float>, yStride: Int, pool: ThreadPool) throws(KernelError) {
         guard Dequantize.supported.contains(w.type) else { throw KernelError("no kernel for \(w.type.name) weights") }
         let dot = ck_rows_kernel(Int32(GGMLType.f32.rawValue), ISA.active.bits)!
-        pool.parallelFor(w.rows, granularity: 4) { range in
+        pool.parallelFor(w.rows, granularity: 8) { range in
             let row = UnsafeMutablePointer<Float>.allocate(capacity: w.cols)
             defer { row.deallocate() }
             for r in range {

@@ -2,9 +2,11 @@
 import Glibc
 #endif
 import Foundation
-import Synchronization
+import Model
 import Testing
 import TestSupport
+import Wire
+import Worker
 
 /// Three workers and a coordinator as real processes on 127.0.0.1: two pipeline stages holding layers only and
 /// one worker holding every expert, so every MoE layer of every step calls experts in another process.
@@ -73,32 +75,65 @@ import TestSupport
         #expect(bytes > 0 && rows > 0)
     }
 
-    /// Several clients at once: the scheduler keeps two micro-batches in the pipeline (one per stage), sequences
-    /// share steps with others, and each client still gets exactly what `conclave run` prints alone.
-    @Test func concurrentRequestsArePipelinedAndMatchOneProcess() throws {
+    /// Several requests at once (sent together on one connection, so they surely overlap): the scheduler keeps
+    /// two micro-batches in the pipeline (one per stage), sequences share steps with others, and each request
+    /// still gets exactly what `conclave run` prints alone.
+    @Test func concurrentRequestsArePipelinedAndMatchOneProcess() async throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
+        struct Request { let prompt: String; let temp: Float; let repeatPenalty: Float; let seed: UInt64; let topK: Int }
         let requests = [
-            ["-p", "Once upon a time", "-n", "40", "--temp", "0", "--repeat-penalty", "1.3"],
-            ["-p", "The little dog", "-n", "40", "--temp", "0.8", "--seed", "3", "--repeat-penalty", "1.1"],
-            ["-p", "One day, a girl named Lily", "-n", "40", "--temp", "0", "--repeat-penalty", "1.2"],
-            ["-p", "Tom had a red ball", "-n", "40", "--temp", "0.7", "--top-k", "20", "--seed", "11"],
+            Request(prompt: "Once upon a time", temp: 0, repeatPenalty: 1.3, seed: 0, topK: 40),
+            Request(prompt: "The little dog", temp: 0.8, repeatPenalty: 1.1, seed: 3, topK: 40),
+            Request(prompt: "One day, a girl named Lily", temp: 0, repeatPenalty: 1.2, seed: 0, topK: 40),
+            Request(prompt: "Tom had a red ball", temp: 0.7, repeatPenalty: 1.0, seed: 11, topK: 20),
         ]
-        var single: [String] = []
-        for args in requests {
-            let (rc, out, err) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        let n = 40
+        var single: [[UInt8]] = []
+        for r in requests {
+            let (rc, out, err) = try c.run(["run", "-m", Self.model, "--threads", "1", "-p", r.prompt, "-n", String(n), "--temp", String(r.temp),
+                                            "--repeat-penalty", String(r.repeatPenalty), "--seed", String(r.seed), "--top-k", String(r.topK)])
             #expect(rc == 0 && !out.isEmpty, "run failed: \(err)")
-            single.append(out)
+            single.append(Array(out.utf8))
         }
-        let results = Mutex<[Int: (Int32, String, String)]>([:])
-        DispatchQueue.concurrentPerform(iterations: requests.count) { i in
-            let r = (try? c.run(["generate", "--coordinator", endpoint] + requests[i])) ?? (-1, "", "could not run generate")
-            results.withLock { $0[i] = r }
+        let dealer = try ZMQSocket(.dealer, bind: false, endpoint: endpoint)
+        let watchdog = Task { try await Task.sleep(nanoseconds: 60_000_000_000); dealer.close() }  // never hang
+        defer { watchdog.cancel(); dealer.close() }
+        for (i, r) in requests.enumerated() {
+            var p = SamplingParams()
+            p.temperature = r.temp
+            p.repeatPenalty = r.repeatPenalty
+            p.seed = r.seed
+            p.topK = r.topK
+            var g = Conclave_V1_Generate()
+            g.prompt = r.prompt
+            g.maxTokens = UInt32(n)
+            g.sampling = p.wire
+            var e = Envelope()
+            e.requestID = UInt64(i)
+            e.generate = g
+            dealer.send(Frames(parts: try WireMessage.make(e).encode()))
         }
+        var texts = [[UInt8]](repeating: [], count: requests.count), done = Set<Int>()
+        var replies = dealer.messages.makeAsyncIterator()
+        while done.count < requests.count, let f = await replies.next() {
+            let m = try WireMessage.decode(f.parts)
+            let i = Int(m.envelope.requestID)
+            switch m.envelope.kind {
+            case .tokenOut(let t):
+                texts[i] += t.text
+                if t.done { done.insert(i) }
+            case .error(let err):
+                Issue.record("request \(i) failed: \(err.message)")
+                done.insert(i)
+            default:
+                continue
+            }
+        }
+        #expect(done.count == requests.count, "answers stopped coming: \(c.logs())")
         for i in requests.indices {
-            let (rc, out, err) = try #require(results.withLock { $0[i] })
-            #expect(rc == 0, "generate \(requests[i]) failed: \(err)\n\(c.logs())")
-            #expect(out == single[i], "request \(i) \(requests[i]) differs from one process")
+            // `conclave run` ends its text with a newline; the stream carries the text alone.
+            #expect(texts[i] + [0x0A] == single[i], "request \(i) (\(requests[i].prompt)) differs from one process: \(String(decoding: texts[i], as: UTF8.self)) vs \(String(decoding: single[i], as: UTF8.self))")
         }
         let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(rc == 0, "status failed: \(err)")
