@@ -87,6 +87,8 @@ public final class ThreadPool: @unchecked Sendable {
 private final class Shared: @unchecked Sendable {
     let generation = Atomic<Int>(0)
     let pending = Atomic<Int>(0)
+    /// `ThreadPool.spinPolls`, read once: a static's lazy-initialisation check in the spin loop costs a call per poll.
+    let spinPolls = ThreadPool.spinPolls
     var stopping = false
     var job: ((Int) -> Void)?
     var mutex = pthread_mutex_t()
@@ -115,7 +117,7 @@ private final class Shared: @unchecked Sendable {
         var polls = 0
         while pending.load(ordering: .acquiring) > 0 {
             polls += 1
-            if polls > ThreadPool.spinPolls { sched_yield() }
+            if polls > spinPolls { sched_yield() }
         }
         pthread_mutex_lock(&mutex)
         job = nil
@@ -134,7 +136,7 @@ private final class Shared: @unchecked Sendable {
         var seen = 0
         while true {
             var polls = 0
-            while generation.load(ordering: .acquiring) == seen && polls < ThreadPool.spinPolls { polls += 1 }
+            while generation.load(ordering: .acquiring) == seen && polls < spinPolls { polls += 1 }
             if generation.load(ordering: .acquiring) == seen {
                 pthread_mutex_lock(&mutex)
                 while generation.load(ordering: .acquiring) == seen && !stopping { pthread_cond_wait(&wake, &mutex) }
