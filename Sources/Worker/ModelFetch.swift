@@ -17,8 +17,9 @@ struct ModelFetch {
         guard total > 0 else { throw WireError(.internalError, "the assignment does not say how large the model is") }
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let partial = path + ".partial"
-        FileManager.default.createFile(atPath: partial, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: partial) else { throw WireError(.internalError, "cannot write \(partial)") }
+        guard FileManager.default.createFile(atPath: partial, contents: nil), let out = FileHandle(forWritingAtPath: partial) else {
+            throw WireError(.internalError, "cannot write \(partial) (check --cache-dir: it must be writable and have room for the model)")
+        }
         defer { try? out.close() }
         log("fetching the model from the coordinator: \(total) bytes → \(path)")
         var offset = 0, lastPercent = -10

@@ -48,7 +48,7 @@ final class ProcessCluster: @unchecked Sendable {
         let full = wrapper + [binary] + args
         p.executableURL = URL(fileURLWithPath: wrapper.isEmpty ? binary : "/usr/bin/env")
         p.arguments = wrapper.isEmpty ? args : full
-        FileManager.default.createFile(atPath: log(name).path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log(name).path, contents: nil)
         let h = try FileHandle(forWritingTo: log(name))
         p.standardOutput = h
         p.standardError = h
@@ -62,8 +62,8 @@ final class ProcessCluster: @unchecked Sendable {
         p.executableURL = URL(fileURLWithPath: wrapper.isEmpty ? binary : "/usr/bin/env")
         p.arguments = wrapper.isEmpty ? args : wrapper + [binary] + args
         let out = dir.appendingPathComponent("run-\(UUID().uuidString).out"), err = dir.appendingPathComponent("run-\(UUID().uuidString).err")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: out)
         p.standardError = try FileHandle(forWritingTo: err)
         p.standardInput = FileHandle.nullDevice
