@@ -57,6 +57,7 @@ final class Scheduler: @unchecked Sendable {
     }
     private let shared = Mutex(Shared())
     private let wake = DispatchSemaphore(value: 0)
+    private let stopped = DispatchSemaphore(value: 0)
     private let idLock = Mutex<UInt64>(1)
     private var thread: Thread?
 
@@ -74,9 +75,11 @@ final class Scheduler: @unchecked Sendable {
         thread = t
     }
 
+    /// Ends the loop; waits (at most 2 s) until it has answered every unfinished request with an error.
     func stop() {
         shared.withLock { $0.running = false }
         wake.signal()
+        if thread != nil { _ = stopped.wait(timeout: .now() + 2) }
     }
 
     func stats() -> (active: Int, tokens: UInt64, failed: Int, peakInFlight: Int) {
@@ -172,6 +175,13 @@ final class Scheduler: @unchecked Sendable {
             active.removeAll { $0.done }
             if !finished.isEmpty { release(finished) }
         }
+        // Stopped (SIGTERM): whatever is still running or queued gets an answer, not silence.
+        active += shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
+        for f in inFlight { coordinator.replies.cancel(f.waiter.id) }
+        let stopping = WireError(.internalError, "the coordinator is shutting down; the request was not finished")
+        for r in active where !r.done { fail(r, stopping) }
+        shared.withLock { $0.active = 0 }
+        stopped.signal()
     }
 
     /// The next micro-batch from the requests that have rows to send, or nil when none has. Decoding sequences

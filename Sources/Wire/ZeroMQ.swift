@@ -94,7 +94,8 @@ public final class ZMQSocket: @unchecked Sendable {
         _ = write(wake, &one, 8)
     }
 
-    /// Stops the thread and closes the socket (pending outgoing messages are dropped: linger 0).
+    /// Stops the thread and closes the socket; messages already queued get 500 ms to leave (libzmq sends them
+    /// in the background), later ones are dropped.
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         var one: UInt64 = 1
@@ -117,6 +118,8 @@ public final class ZMQSocket: @unchecked Sendable {
             for f in queue.withLock({ q -> [Frames] in defer { q.removeAll() }; return q }) { transmit(f) }
             receiveAll()
         }
+        var linger: Int32 = 500
+        zmq_setsockopt(socket, ZMQ_LINGER, &linger, 4)
         zmq_close(socket)
         Glibc.close(wake)
         continuation.finish()

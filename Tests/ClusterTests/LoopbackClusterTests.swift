@@ -175,6 +175,35 @@ import Worker
         #expect(!out.isEmpty)
     }
 
+    /// SIGTERM to the coordinator mid-generation: the running request is answered with an error (not left
+    /// waiting), and the coordinator exits cleanly.
+    @Test func stoppedCoordinatorAnswersRunningRequests() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: c.binary)
+        p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "100000", "--ctx", "100000", "--temp", "0.8", "--seed", "1"]
+        let err = Pipe(), textOut = Pipe()
+        p.standardError = err
+        p.standardOutput = textOut
+        try p.run()
+        #expect(!textOut.fileHandleForReading.readData(ofLength: 1).isEmpty, "no text streamed")
+        Thread.detachNewThread { _ = textOut.fileHandleForReading.readDataToEndOfFile() }
+        let stopping = Thread { c.kill("coordinator", signal: SIGTERM) }
+        stopping.start()
+        let t0 = Date()
+        while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
+        let finished = !p.isRunning
+        if !finished { p.terminate() }
+        p.waitUntilExit()
+        #expect(finished, "the request hung after the coordinator stopped")
+        #expect(p.terminationStatus != 0)
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(message.contains("shutting down"), "\(message)")
+        try c.waitFor("coordinator", "shutting down")
+        #expect(c.exitStatus("coordinator", within: 10) == 0, "\(c.logs())")
+    }
+
     @Test func killedWorkerFailsTheRequestClearly() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }

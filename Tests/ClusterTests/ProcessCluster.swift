@@ -89,10 +89,22 @@ final class ProcessCluster: @unchecked Sendable {
         throw Failure(description: "'\(name)' never logged '\(text)'; its log:\n\((try? String(contentsOf: log(name), encoding: .utf8)) ?? "")")
     }
 
+    /// Sends `signal` and waits for the exit (SIGKILL after 10 s, so a hung process cannot hang the test).
     func kill(_ name: String, signal: Int32 = SIGKILL) {
         guard let p = processes[name], p.isRunning else { return }
         Glibc.kill(p.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(10)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning { Glibc.kill(p.processIdentifier, SIGKILL) }
         p.waitUntilExit()
+    }
+
+    /// The exit status once `name` has exited (nil if it still runs after `within` seconds).
+    func exitStatus(_ name: String, within seconds: Double) -> Int32? {
+        guard let p = processes[name] else { return nil }
+        let deadline = Date().addingTimeInterval(seconds)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        return p.isRunning ? nil : p.terminationStatus
     }
 
     func logs() -> String {
