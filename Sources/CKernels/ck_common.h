@@ -114,6 +114,8 @@ ck_rows_fn ck_x86_more_kernel(int type);
 // Q4_0 with eight weight rows per register (ck_q4_0_rows8.c).
 void ck_rows_q4_0_r8_avx2(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 void ck_rows_q4_0_r8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q4_0_x8_avx2(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q4_0_x8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 
 /// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
 #define CK_ROWS_LOOP(DOT) \

@@ -33,6 +33,28 @@ static inline int32_t r8_load32(const int8_t *p) {
 }
 
 
+// Nibbles of v[k] into lo[k] (values 4k..4k+3 of each lane's row) and hi[k] (values 16+4k..).
+#define R8_UNPACK                                                                                         \
+    __m256i lo[4], hi[4];                                                                                 \
+    for (int k = 0; k < 4; k++) {                                                                         \
+        lo[k] = _mm256_and_si256(v[k], m4);                                                               \
+        hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);                                         \
+    }
+
+// Block b for T tokens, given lo/hi and the eight rows' scales dx: exact integer sums, then one FMA per token.
+#define R8_TOKENS(T, DOT)                                                                                 \
+    for (int j = 0; j < T; j++) {                                                                         \
+        const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride) + b;                                    \
+        __m256i s = _mm256_setzero_si256();                                                               \
+        for (int k = 0; k < 4; k++) {                                                                     \
+            s = DOT(s, lo[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));                               \
+            s = DOT(s, hi[k], _mm256_set1_epi32(r8_load32(y->qs + 16 + 4 * k)));                          \
+        }                                                                                                 \
+        const float *yj = ya + j * ya_stride;                                                             \
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(yj[2 * b])), acc[j]); \
+        corr[j] = _mm256_fmadd_ps(dx, _mm256_set1_ps(yj[2 * b + 1]), corr[j]);                            \
+    }
+
 // res[j] (lane r) = row r · token j for T tokens; `x[r]` is row r's first block. The eight rows are one
 // contiguous stretch read in eight interleaved streams; each block prefetches the same place `pf` bytes ahead
 // (the next group of eight rows), so a group never starts on cold lines.
@@ -54,27 +76,43 @@ static inline int32_t r8_load32(const int8_t *p) {
             /* v[k], lane r: bytes 4k..4k+3 of row r (low nibbles: values 4k.., high: values 16+4k..) */   \
             const __m256i v[4] = {_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1),           \
                                   _mm256_unpacklo_epi64(t2, t3), _mm256_unpackhi_epi64(t2, t3)};          \
-            __m256i lo[4], hi[4];                                                                         \
-            for (int k = 0; k < 4; k++) {                                                                 \
-                lo[k] = _mm256_and_si256(v[k], m4);                                                       \
-                hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);                                 \
-            }                                                                                             \
+            R8_UNPACK                                                                                     \
             const __m256 dx = _mm256_cvtph_ps(_mm_setr_epi16((short)x[0][b].d, (short)x[1][b].d, (short)x[2][b].d, \
                 (short)x[3][b].d, (short)x[4][b].d, (short)x[5][b].d, (short)x[6][b].d, (short)x[7][b].d)); \
-            for (int j = 0; j < T; j++) {                                                                 \
-                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride) + b;                            \
-                __m256i s = _mm256_setzero_si256();                                                       \
-                for (int k = 0; k < 4; k++) {                                                             \
-                    s = DOT(s, lo[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));                       \
-                    s = DOT(s, hi[k], _mm256_set1_epi32(r8_load32(y->qs + 16 + 4 * k)));                  \
-                }                                                                                         \
-                const float *yj = ya + j * ya_stride;                                                     \
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(yj[2 * b])), acc[j]); \
-                corr[j] = _mm256_fmadd_ps(dx, _mm256_set1_ps(yj[2 * b + 1]), corr[j]);                    \
-            }                                                                                             \
+            R8_TOKENS(T, DOT)                                                                             \
         }                                                                                                 \
         for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(8), corr[j])); \
     }
+
+// The tokens in groups of up to four through K4..K1, called as K(nb, SRC, PF, tokens, …, res); the first `nr`
+// lanes of each result are stored at rows r0… of the token's output.
+#define R8_TOKEN_GROUPS(K1, K2, K3, K4, SRC, PF, nr)                                                      \
+    for (int t = 0; t < batch;) {                                                                         \
+        __m256 res[4];                                                                                    \
+        const int m = batch - t < 4 ? batch - t : 4;                                                      \
+        const uint8_t *at = (const uint8_t *)a + (size_t)t * a_stride;                                    \
+        const float *yt = aux + (size_t)t * aux_stride;                                                   \
+        switch (m) {                                                                                      \
+        case 4: K4(nb, SRC, PF, at, a_stride, yt, aux_stride, res); break;                                \
+        case 3: K3(nb, SRC, PF, at, a_stride, yt, aux_stride, res); break;                                \
+        case 2: K2(nb, SRC, PF, at, a_stride, yt, aux_stride, res); break;                                \
+        default: K1(nb, SRC, PF, at, a_stride, yt, aux_stride, res); break;                               \
+        }                                                                                                 \
+        for (int j = 0; j < m; j++) {                                                                     \
+            float *dst = y + (size_t)(t + j) * y_stride + r0;                                             \
+            if ((nr) == 8) {                                                                              \
+                _mm256_storeu_ps(dst, res[j]);                                                            \
+            } else {                                                                                      \
+                float tmp[8];                                                                             \
+                _mm256_storeu_ps(tmp, res[j]);                                                            \
+                memcpy(dst, tmp, (size_t)(nr) * sizeof(float));                                           \
+            }                                                                                             \
+        }                                                                                                 \
+        t += m;                                                                                           \
+    }
+
+// One kernel per token count 1…4.
+#define R8_EACH_T(DEF, P, ATTR, DOT) DEF(P##_1, ATTR, DOT, 1) DEF(P##_2, ATTR, DOT, 2) DEF(P##_3, ATTR, DOT, 3) DEF(P##_4, ATTR, DOT, 4)
 
 #define DEF_R8_ROWS(NAME, ATTR, K1, K2, K3, K4)                                                           \
     ATTR void NAME(CK_ROWS_SIGNATURE) {                                                                   \
@@ -86,43 +124,68 @@ static inline int32_t r8_load32(const int8_t *p) {
             const blk_q4_0 *x[8];                                                                         \
             for (int i = 0; i < 8; i++)                                                                   \
                 x[i] = (const blk_q4_0 *)((const uint8_t *)w + (size_t)(r0 + (i < nr ? i : nr - 1)) * w_stride); \
-            int t = 0;                                                                                    \
-            while (t < batch) {                                                                           \
-                __m256 res[4];                                                                            \
-                const int m = batch - t < 4 ? batch - t : 4;                                              \
-                const uint8_t *at = (const uint8_t *)a + (size_t)t * a_stride;                            \
-                const float *yt = aux + (size_t)t * aux_stride;                                           \
-                switch (m) {                                                                              \
-                case 4: K4(nb, x, pf, at, a_stride, yt, aux_stride, res); break;                              \
-                case 3: K3(nb, x, pf, at, a_stride, yt, aux_stride, res); break;                              \
-                case 2: K2(nb, x, pf, at, a_stride, yt, aux_stride, res); break;                              \
-                default: K1(nb, x, pf, at, a_stride, yt, aux_stride, res); break;                             \
-                }                                                                                         \
-                for (int j = 0; j < m; j++) {                                                             \
-                    float *dst = y + (size_t)(t + j) * y_stride + r0;                                     \
-                    if (nr == 8) {                                                                        \
-                        _mm256_storeu_ps(dst, res[j]);                                                    \
-                    } else {                                                                              \
-                        float tmp[8];                                                                     \
-                        _mm256_storeu_ps(tmp, res[j]);                                                    \
-                        memcpy(dst, tmp, (size_t)nr * sizeof(float));                                     \
-                    }                                                                                     \
-                }                                                                                         \
-                t += m;                                                                                   \
-            }                                                                                             \
+            R8_TOKEN_GROUPS(K1, K2, K3, K4, x, pf, nr)                                                    \
         }                                                                                                 \
     }
 
-DEF_R8(r8_avx2_1, R8_AVX2, r8_dot_avx2, 1)
-DEF_R8(r8_avx2_2, R8_AVX2, r8_dot_avx2, 2)
-DEF_R8(r8_avx2_3, R8_AVX2, r8_dot_avx2, 3)
-DEF_R8(r8_avx2_4, R8_AVX2, r8_dot_avx2, 4)
-DEF_R8(r8_vnni_1, R8_VNNI, r8_dot_vnni, 1)
-DEF_R8(r8_vnni_2, R8_VNNI, r8_dot_vnni, 2)
-DEF_R8(r8_vnni_3, R8_VNNI, r8_dot_vnni, 3)
-DEF_R8(r8_vnni_4, R8_VNNI, r8_dot_vnni, 4)
+R8_EACH_T(DEF_R8, r8_avx2, R8_AVX2, r8_dot_avx2)
+R8_EACH_T(DEF_R8, r8_vnni, R8_VNNI, r8_dot_vnni)
 
 DEF_R8_ROWS(ck_rows_q4_0_r8_avx2, R8_AVX2, r8_avx2_1, r8_avx2_2, r8_avx2_3, r8_avx2_4)
 DEF_R8_ROWS(ck_rows_q4_0_r8_vnni, R8_VNNI, r8_vnni_1, r8_vnni_2, r8_vnni_3, r8_vnni_4)
 
+// ---- The same products over weights repacked once into groups of eight rows (`ck_q4_0_x8_pack`): per block,
+// the eight f16 scales (16 bytes), then v[0..3] as stored vectors (4 × 32 bytes): 144 bytes, eight blocks' worth.
+// No transpose and no scale gathering at run time; the operations per (row, token) are the ones above, so the
+// results are bit-identical to the unpacked kernel's.
+
+#define DEF_X8(NAME, ATTR, DOT, T)                                                                        \
+    static inline ATTR void NAME(int nb, const uint8_t *g, size_t pf, const uint8_t *a, size_t a_stride,  \
+                                 const float *ya, size_t ya_stride, __m256 *res) {                        \
+        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
+        __m256 acc[T], corr[T];                                                                           \
+        for (int j = 0; j < T; j++) acc[j] = corr[j] = _mm256_setzero_ps();                               \
+        for (int b = 0; b < nb; b++) {                                                                    \
+            const uint8_t *p = g + (size_t)b * 144;                                                       \
+            _mm_prefetch((const char *)p + pf, _MM_HINT_T0);                                              \
+            _mm_prefetch((const char *)p + pf + 64, _MM_HINT_T0);                                         \
+            _mm_prefetch((const char *)p + pf + 128, _MM_HINT_T0);                                        \
+            const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                       \
+            const __m256i v[4] = {_mm256_loadu_si256((const __m256i *)(p + 16)), _mm256_loadu_si256((const __m256i *)(p + 48)), \
+                                  _mm256_loadu_si256((const __m256i *)(p + 80)), _mm256_loadu_si256((const __m256i *)(p + 112))}; \
+            R8_UNPACK                                                                                     \
+            R8_TOKENS(T, DOT)                                                                             \
+        }                                                                                                 \
+        for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(8), corr[j])); \
+    }
+
+// `w` is the first of `rows` rows (both multiples of eight), packed; group g starts 8 · w_stride bytes after g − 1.
+#define DEF_X8_ROWS(NAME, ATTR, K1, K2, K3, K4)                                                           \
+    ATTR void NAME(CK_ROWS_SIGNATURE) {                                                                   \
+        const int nb = n / 32;                                                                            \
+        for (int r0 = 0; r0 + 8 <= rows; r0 += 8) {                                                       \
+            const uint8_t *g = (const uint8_t *)w + (size_t)r0 * w_stride;                                \
+            R8_TOKEN_GROUPS(K1, K2, K3, K4, g, (size_t)1024, 8)                                           \
+        }                                                                                                 \
+    }
+
+R8_EACH_T(DEF_X8, x8_avx2, R8_AVX2, r8_dot_avx2)
+R8_EACH_T(DEF_X8, x8_vnni, R8_VNNI, r8_dot_vnni)
+
+DEF_X8_ROWS(ck_rows_q4_0_x8_avx2, R8_AVX2, x8_avx2_1, x8_avx2_2, x8_avx2_3, x8_avx2_4)
+DEF_X8_ROWS(ck_rows_q4_0_x8_vnni, R8_VNNI, x8_vnni_1, x8_vnni_2, x8_vnni_3, x8_vnni_4)
+
 #endif
+
+// Plain C: packing needs no ISA (it runs once, at load).
+void ck_q4_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst) {
+    uint8_t *out = dst;
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = out + (size_t)b * 144;
+        for (int r = 0; r < 8; r++) {
+            const blk_q4_0 *x = (const blk_q4_0 *)((const uint8_t *)src + (size_t)r * row_stride) + b;
+            memcpy(o + 2 * r, &x->d, 2);
+            for (int k = 0; k < 4; k++) memcpy(o + 16 + 32 * k + 4 * r, x->qs + 4 * k, 4);
+        }
+    }
+}

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// A whole file mapped read-only into memory.
 ///
@@ -11,8 +12,10 @@ import Darwin
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let count: Int
-    /// Base address; never written through (PROT_READ).
+    /// Base address; read-only (PROT_READ) except inside `rewrite`.
     public let base: UnsafeRawPointer?
+    /// Keys (offsets) of what callers rewrote in place, so a region is never rewritten twice; held while rewriting.
+    private let rewrites = Mutex<Set<Int>>([])
 
     public init(path: String) throws(GGUFError) {
         self.path = path
@@ -42,6 +45,23 @@ public final class MappedFile: @unchecked Sendable {
 
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), count) }
+    }
+
+    /// Rewrites `count` bytes at `offset` in this process's copy: the pages are made writable for `body` and
+    /// become private copies (MAP_PRIVATE: the file on disk never changes), then read-only again. `body` gets
+    /// the set of keys already rewritten and adds its own, so that work done once (repacking weights for the
+    /// kernels) is never done twice, even by two stages over one mapping. Calls are serialised.
+    public func rewrite(offset: Int, count: Int, _ body: (UnsafeMutableRawPointer, inout Set<Int>) -> Void) {
+        guard let base, count > 0, offset >= 0, offset + count <= self.count else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = offset / page * page
+        let length = (offset + count - start + page - 1) / page * page
+        let region = UnsafeMutableRawPointer(mutating: base + start)
+        rewrites.withLock { done in
+            guard mprotect(region, length, PROT_READ | PROT_WRITE) == 0 else { return }
+            body(UnsafeMutableRawPointer(mutating: base + offset), &done)
+            _ = mprotect(region, length, PROT_READ)
+        }
     }
 
     /// The whole file as bytes (empty for an empty file).

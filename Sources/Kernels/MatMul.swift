@@ -11,8 +11,10 @@ public struct WeightMatrix: @unchecked Sendable {
     public let cols: Int
     public let data: UnsafeRawPointer
     public let rowStride: Int
+    /// Q4_0 rows repacked in groups of eight (`Packing`); the data is then no longer ggml's row layout.
+    public let packed: Bool
 
-    public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, rowStride: Int? = nil) throws(KernelError) {
+    public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, rowStride: Int? = nil, packed: Bool = false) throws(KernelError) {
         guard let rb = type.rowBytes(elements: cols) else {
             throw KernelError("a row of \(cols) values is not a whole number of \(type.name) blocks")
         }
@@ -21,11 +23,35 @@ public struct WeightMatrix: @unchecked Sendable {
         self.cols = cols
         self.data = data
         self.rowStride = rowStride ?? rb
+        self.packed = packed
     }
 
     /// Rows `range` as a matrix of their own (one expert of a stacked tensor, one stage's slice).
     public func rows(_ range: Range<Int>) -> WeightMatrix {
-        try! WeightMatrix(type: type, rows: range.count, cols: cols, data: data + range.lowerBound * rowStride, rowStride: rowStride)
+        precondition(!packed || (range.lowerBound % 8 == 0 && range.count % 8 == 0), "a packed matrix is sliced in groups of eight rows")
+        return try! WeightMatrix(type: type, rows: range.count, cols: cols, data: data + range.lowerBound * rowStride, rowStride: rowStride, packed: packed)
+    }
+}
+
+/// Q4_0 matrices rewritten once into groups of eight rows (ggml's 8-row interleaved layout: per block the eight
+/// scales, then the quants of the eight rows interleaved four bytes at a time), which the Q4_0 kernel reads
+/// without transposing rows or gathering scales at every product. Results are bit-identical to the row layout.
+public enum Packing {
+    /// Whether `w` can be packed: Q4_0, whole groups of eight contiguous rows, and a packed kernel on this CPU.
+    public static func canPack(_ w: WeightMatrix) -> Bool {
+        !w.packed && w.type == .q4_0 && w.rows % 8 == 0 && w.rowStride == w.type.rowBytes(elements: w.cols)
+            && ck_rows_kernel_q4_0_x8(ISA.active.bits) != nil
+    }
+
+    /// Packs the eight rows at `group` in place (through a scratch copy of `8 · rowStride` bytes).
+    public static func packGroup(_ group: UnsafeMutableRawPointer, rowStride: Int, cols: Int, scratch: UnsafeMutableRawPointer) {
+        scratch.copyMemory(from: group, byteCount: 8 * rowStride)
+        ck_q4_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
+    }
+
+    /// The same matrix, marked packed (after its groups were packed).
+    public static func view(_ w: WeightMatrix) -> WeightMatrix {
+        try! WeightMatrix(type: w.type, rows: w.rows, cols: w.cols, data: w.data, rowStride: w.rowStride, packed: true)
     }
 }
 
@@ -113,13 +139,18 @@ public enum MatMul {
         ck_rows_kernel(Int32(type.rawValue), ISA.active.bits)
     }
 
+    /// The kernel for a matrix: the packed Q4_0 kernel for packed data.
+    static func kernel(for w: WeightMatrix) -> ck_rows_fn? {
+        w.packed ? ck_rows_kernel_q4_0_x8(ISA.active.bits) : kernel(for: w.type)
+    }
+
     /// Whether a type has a fused quantized kernel (as opposed to dequantize-then-dot).
     public static func hasKernel(_ type: GGMLType) -> Bool { kernel(for: type) != nil }
 
     /// y[t * yStride + r] = Σ_c W[r, c] · x[t, c] for all rows r and tokens t < batch.
     public static func multiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int? = nil,
                                 into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, pool: ThreadPool) throws(KernelError) {
-        guard let format = ActivationQuant.vecDotType(for: w.type), kernel(for: w.type) != nil else {
+        guard let format = ActivationQuant.vecDotType(for: w.type), kernel(for: w) != nil else {
             return try dequantizingMultiply(w, x, batch: batch, xStride: xStride ?? w.cols, into: y, yStride: yStride ?? w.rows, pool: pool)
         }
         let a = try QuantizedActivations(x, cols: w.cols, batch: batch, xStride: xStride, format: format, pool: pool)
@@ -130,7 +161,7 @@ public enum MatMul {
     public static func multiply(_ w: WeightMatrix, _ a: QuantizedActivations, into y: UnsafeMutablePointer<Float>,
                                 yStride: Int? = nil, pool: ThreadPool) throws(KernelError) {
         guard a.cols == w.cols else { throw KernelError("activations have \(a.cols) values, the matrix \(w.cols) columns") }
-        guard a.format == ActivationQuant.vecDotType(for: w.type), let fn = kernel(for: w.type) else {
+        guard a.format == ActivationQuant.vecDotType(for: w.type), let fn = kernel(for: w) else {
             throw KernelError("no \(w.type.name) kernel for \(a.format.name) activations")
         }
         let ys = yStride ?? w.rows
@@ -163,7 +194,7 @@ public enum MatMul {
         var total = 0
         for j in jobs {
             guard j.input.cols == j.weights.cols else { throw KernelError("activations have \(j.input.cols) values, the matrix \(j.weights.cols) columns") }
-            guard j.input.format == ActivationQuant.vecDotType(for: j.weights.type), let fn = kernel(for: j.weights.type) else {
+            guard j.input.format == ActivationQuant.vecDotType(for: j.weights.type), let fn = kernel(for: j.weights) else {
                 throw KernelError("no \(j.weights.type.name) kernel for \(j.input.format.name) activations")
             }
             fns.append(fn)
@@ -189,7 +220,7 @@ public enum MatMul {
     /// For types without a fused kernel: each thread dequantizes its rows one at a time and takes F32 dots.
     static func dequantizingMultiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int,
                                      into y: UnsafeMutablePointer<Float>, yStride: Int, pool: ThreadPool) throws(KernelError) {
-        guard Dequantize.supported.contains(w.type) else { throw KernelError("no kernel for \(w.type.name) weights") }
+        guard Dequantize.supported.contains(w.type), !w.packed else { throw KernelError("no kernel for \(w.type.name) weights") }
         let dot = ck_rows_kernel(Int32(GGMLType.f32.rawValue), ISA.active.bits)!
         pool.parallelFor(w.rows, granularity: 8) { range in
             let row = UnsafeMutablePointer<Float>.allocate(capacity: w.cols)

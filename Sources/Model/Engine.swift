@@ -30,8 +30,13 @@ public final class Engine: @unchecked Sendable {
     private var nextSequence = 0
 
     /// `split` cuts the layers into stages (e.g. [2] makes 0..<2 and 2..<n); empty for one stage.
-    public init(path: String, threads: Int, split: [Int] = []) throws {
-        file = try GGUFFile(path: path)
+    public convenience init(path: String, threads: Int, split: [Int] = []) throws {
+        try self.init(file: try GGUFFile(path: path), threads: threads, split: split)
+    }
+
+    /// The same over a file already open (stages of several engines may share one mapping).
+    public init(file: GGUFFile, threads: Int, split: [Int] = []) throws {
+        self.file = file
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
         pool = ThreadPool(threads: threads)

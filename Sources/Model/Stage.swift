@@ -39,7 +39,9 @@ public final class Stage: @unchecked Sendable {
         }
         var binder = TensorBinder(file: file)
         var w: [Int: LayerWeights] = [:]
-        for i in layers { w[i] = try LayerWeights.bind(&binder, layer: i, config: config) }
+        for i in layers {
+            w[i] = try LayerWeights.bind(&binder, layer: i, config: config).packed(in: file, heldExperts: heldExperts.map { $0[i] ?? [] })
+        }
         let needsGlobal = layers.lowerBound == 0 || layers.upperBound == config.layerCount
         global = needsGlobal ? try GlobalWeights.bind(&binder, config: config) : nil
         try binder.checkAllUsed(layers: layers, global: needsGlobal)

@@ -128,3 +128,40 @@ extension MatMulTests {
         }
     }
 }
+
+extension MatMulTests {
+    /// Q4_0 packed in groups of eight rows gives exactly the bits of the row layout, for any batch, alone or in
+    /// a grouped call, and a packed slice of whole groups is the slice of the packed matrix.
+    @Test func packedQ4_0IsBitIdentical() throws {
+        var rng = SplitMix(state: 777)
+        let rows = 24, cols = 320
+        let w = randomWeights(type: .q4_0, rows: rows, cols: cols, rng: &rng)
+        var packedBytes = w
+        let pool = ThreadPool(threads: 2)
+        try w.withUnsafeBytes { wp in
+            let plain = try WeightMatrix(type: .q4_0, rows: rows, cols: cols, data: wp.baseAddress!)
+            guard Packing.canPack(plain) else { return }  // no packed kernel on this CPU (scalar ISA)
+            try packedBytes.withUnsafeMutableBytes { pp in
+                let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * plain.rowStride, alignment: 64)
+                defer { scratch.deallocate() }
+                for g in stride(from: 0, to: rows, by: 8) {
+                    Packing.packGroup(pp.baseAddress! + g * plain.rowStride, rowStride: plain.rowStride, cols: cols, scratch: scratch)
+                }
+                let packed = Packing.view(try WeightMatrix(type: .q4_0, rows: rows, cols: cols, data: pp.baseAddress!))
+                #expect(Array(pp) != w, "packing changed nothing")
+                for batch in 1...7 {
+                    let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+                    var a = [Float](repeating: 0, count: rows * batch), b = a
+                    try MatMul.multiply(plain, x, batch: batch, into: &a, pool: pool)
+                    try MatMul.multiply(packed, x, batch: batch, into: &b, pool: pool)
+                    #expect(a == b, "batch \(batch)")
+                    // A slice (two groups) inside a grouped call.
+                    let q = try QuantizedActivations(x, cols: cols, batch: batch, format: .q8_0)
+                    var c = [Float](repeating: 0, count: 16 * batch)
+                    try c.withUnsafeMutableBufferPointer { try MatMul.multiply([MatMul.Job(packed.rows(8..<24), q, into: $0.baseAddress!)], pool: pool) }
+                    for t in 0..<batch { #expect(Array(c[(t * 16)..<(t * 16 + 16)]) == Array(a[(t * rows + 8)..<(t * rows + 24)]), "slice, token \(t)") }
+                }
+            }
+        }
+    }
+}

@@ -66,6 +66,34 @@ struct EngineTests {
         }
     }
 
+    /// Q4_0 matrices are packed in this process's copy of the pages, only what the stage computes (of the
+    /// routed experts, the held ones), and only once however many stages share the mapping.
+    @Test func packingTouchesWhatIsComputedOnce() throws {
+        guard ISA.active != .scalar else { return }  // nothing is packed without the packed kernel
+        let path = Fixtures.shippedModel
+        let file = try GGUFFile(path: path)
+        let disk = try Data(contentsOf: URL(fileURLWithPath: path))
+        func unchanged(_ name: String, expert: Int? = nil) throws -> Bool {
+            let t = try #require(file.tensor(named: name))
+            let per = t.info.byteCount / (expert == nil ? 1 : 8)
+            let offset = t.fileOffset + (expert ?? 0) * per
+            return Data(bytes: file.mapping.base! + offset, count: per) == disk[offset..<(offset + per)]
+        }
+        _ = try Stage(file: file, config: try ModelConfig(file: file), layers: 0..<4, pool: ThreadPool(threads: 1), heldExperts: [0: [1]])
+        #expect(try !unchanged("blk.0.attn_q.weight"), "Q4_0 attention is packed")
+        #expect(try unchanged("blk.0.attn_k.weight"), "Q8_0 is left as it is")
+        #expect(try !unchanged("blk.0.ffn_gate_exps.weight", expert: 1), "a held expert is packed")
+        #expect(try unchanged("blk.0.ffn_gate_exps.weight", expert: 0), "an expert held elsewhere is not touched")
+        #expect(try unchanged("blk.1.ffn_down_exps.weight", expert: 3))
+        // Two engines over the same mapping (the second finds everything packed) compute what a fresh file does.
+        let ids = Array(try Engine(path: path, threads: 1).tokenizer.encode("Once upon a time there was").prefix(8))
+        var got: [[Float]] = []
+        for engine in [try Engine(file: file, threads: 2), try Engine(file: file, threads: 2), try Engine(path: path, threads: 2)] {
+            got.append(try engine.evaluate(ids, in: engine.newSequence(capacity: 16), all: true))
+        }
+        #expect(got[0] == got[2] && got[1] == got[2])
+    }
+
     /// Incremental decoding gives the logits a full batch gives (the KV cache is right).
     @Test func decodeMatchesBatch() throws {
         let engine = try Engine(path: Fixtures.shippedModel, threads: 2)
