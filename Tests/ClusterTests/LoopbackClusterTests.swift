@@ -175,11 +175,9 @@ import Worker
         #expect(!out.isEmpty)
     }
 
-    /// SIGTERM to the coordinator mid-generation: the running request is answered with an error (not left
-    /// waiting), and the coordinator exits cleanly.
-    @Test func stoppedCoordinatorAnswersRunningRequests() throws {
-        let (c, endpoint) = try Self.startCluster()
-        defer { c.stop() }
+    /// A long sampled generation in the background, returned once its text starts streaming (the model may end
+    /// on its own after a few hundred tokens, ~1 s), with its stderr.
+    static func startLongGeneration(_ c: ProcessCluster, _ endpoint: String) throws -> (Process, Pipe) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: c.binary)
         p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "100000", "--ctx", "100000", "--temp", "0.8", "--seed", "1"]
@@ -189,16 +187,29 @@ import Worker
         try p.run()
         #expect(!textOut.fileHandleForReading.readData(ofLength: 1).isEmpty, "no text streamed")
         Thread.detachNewThread { _ = textOut.fileHandleForReading.readDataToEndOfFile() }
-        let stopping = Thread { c.kill("coordinator", signal: SIGTERM) }
-        stopping.start()
+        return (p, err)
+    }
+
+    /// Waits (20 s at most) for a generation that must fail; returns its stderr, or records the hang.
+    static func failure(of p: Process, _ err: Pipe, because why: String) -> String {
         let t0 = Date()
         while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
         let finished = !p.isRunning
         if !finished { p.terminate() }
         p.waitUntilExit()
-        #expect(finished, "the request hung after the coordinator stopped")
+        #expect(finished, "the request hung after \(why)")
         #expect(p.terminationStatus != 0)
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+
+    /// SIGTERM to the coordinator mid-generation: the running request is answered with an error (not left
+    /// waiting), and the coordinator exits cleanly.
+    @Test func stoppedCoordinatorAnswersRunningRequests() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let (p, err) = try Self.startLongGeneration(c, endpoint)
+        Thread { c.kill("coordinator", signal: SIGTERM) }.start()
+        let message = Self.failure(of: p, err, because: "the coordinator stopped")
         #expect(message.contains("shutting down"), "\(message)")
         try c.waitFor("coordinator", "shutting down")
         #expect(c.exitStatus("coordinator", within: 10) == 0, "\(c.logs())")
@@ -208,31 +219,14 @@ import Worker
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
         // A long generation in the background; the experts worker dies under it.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: c.binary)
-        p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "100000", "--ctx", "100000", "--temp", "0.8", "--seed", "1"]
-        let err = Pipe(), textOut = Pipe()
-        p.standardError = err
-        p.standardOutput = textOut
-        try p.run()
-        // Kill as soon as text streams (the model may end on its own after a few hundred tokens, ~1 s).
-        let first = textOut.fileHandleForReading.readData(ofLength: 1)
-        #expect(!first.isEmpty, "no text streamed")
-        Thread.detachNewThread { _ = textOut.fileHandleForReading.readDataToEndOfFile() }
+        let (p, err) = try Self.startLongGeneration(c, endpoint)
         // Status answers promptly while the cluster generates.
         let t = Date()
         let (src, sout, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(src == 0 && Date().timeIntervalSince(t) < 1.0, "status took \(Date().timeIntervalSince(t)) s")
         #expect(sout.contains("\"workers\""), "\(sout)")
         c.kill("experts-1")
-        let t0 = Date()
-        while p.isRunning && Date().timeIntervalSince(t0) < 20 { usleep(50_000) }
-        let finished = !p.isRunning
-        if !finished { p.terminate() }
-        p.waitUntilExit()
-        #expect(finished, "the request hung after its worker died")
-        #expect(p.terminationStatus != 0)
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let message = Self.failure(of: p, err, because: "its worker died")
         #expect(message.contains("experts-1"), "\(message)")
         // The coordinator still answers and reports the dead worker.
         let (rc, out, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
