@@ -51,17 +51,21 @@ public final class MappedFile: @unchecked Sendable {
     /// become private copies (MAP_PRIVATE: the file on disk never changes), then read-only again. `body` gets
     /// the set of keys already rewritten and adds its own, so that work done once (repacking weights for the
     /// kernels) is never done twice, even by two stages over one mapping. Calls are serialised.
-    public func rewrite(offset: Int, count: Int, _ body: (UnsafeMutableRawPointer, inout Set<Int>) -> Void) {
-        guard let base, count > 0, offset >= 0, offset + count <= self.count else { return }
+    public func rewrite(offset: Int, count: Int, _ body: (UnsafeMutableRawPointer, inout Set<Int>) -> Void) throws(GGUFError) {
+        guard let base, count > 0, offset >= 0, offset + count <= self.count else {
+            throw GGUFError(.io, path: path, field: "rewrite", "bytes \(offset)..<\(offset + count) are outside the \(self.count)-byte file")
+        }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = offset / page * page
         let length = (offset + count - start + page - 1) / page * page
         let region = UnsafeMutableRawPointer(mutating: base + start)
-        rewrites.withLock { done in
-            guard mprotect(region, length, PROT_READ | PROT_WRITE) == 0 else { return }
+        let failure: String? = rewrites.withLock { done in
+            guard mprotect(region, length, PROT_READ | PROT_WRITE) == 0 else { return String(cString: strerror(errno)) }
             body(UnsafeMutableRawPointer(mutating: base + offset), &done)
             _ = mprotect(region, length, PROT_READ)
+            return nil
         }
+        if let failure { throw GGUFError(.io, path: path, field: "rewrite", "cannot make the mapped pages writable: \(failure)") }
     }
 
     /// The whole file as bytes (empty for an empty file).

@@ -66,7 +66,7 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
             for x in held[l]! where x < 0 || x >= config.expertCount {
                 throw ModelError("expert \(x) of layer \(l) is outside the model's \(config.expertCount) experts")
             }
-            w[l] = e.packed(in: file, held: held[l]!)
+            w[l] = try e.packed(in: file, held: held[l]!)
         }
         let bytes = prefault(file: file, config: config, held: held)
         return (ResidentExperts(weights: w, pool: pool, held: held), bytes)

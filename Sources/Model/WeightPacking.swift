@@ -8,37 +8,40 @@ import Kernels
 /// The mapping remembers what was packed, so two stages over one file never pack a group twice.
 extension GGUFFile {
     /// `w` (a view into this file) with rows `range` packed and the view marked packed; `w` unchanged when it
-    /// cannot be packed (another type, a partial group, or a CPU without the packed kernel).
-    func packed(_ w: WeightMatrix, rows range: Range<Int>? = nil) -> WeightMatrix {
+    /// cannot be packed (another type, a partial group, or a CPU without the packed kernel). Throws only when
+    /// the pages cannot be made writable.
+    func packed(_ w: WeightMatrix, rows range: Range<Int>? = nil) throws(ModelError) -> WeightMatrix {
         guard Packing.canPack(w), let base = mapping.base else { return w }
         let r = range ?? 0..<w.rows
         guard r.lowerBound % 8 == 0, r.count % 8 == 0, r.upperBound <= w.rows else { return w }
         let offset = base.distance(to: w.data) + r.lowerBound * w.rowStride, count = r.count * w.rowStride
         guard offset >= 0, offset + count <= mapping.count else { return w }
-        var ok = false
-        mapping.rewrite(offset: offset, count: count) { p, done in
-            let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * w.rowStride, alignment: 64)
-            defer { scratch.deallocate() }
-            for g in stride(from: 0, to: r.count, by: 8) where done.insert(offset + g * w.rowStride).inserted {
-                Packing.packGroup(p + g * w.rowStride, rowStride: w.rowStride, cols: w.cols, scratch: scratch)
+        do {
+            try mapping.rewrite(offset: offset, count: count) { p, done in
+                let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * w.rowStride, alignment: 64)
+                defer { scratch.deallocate() }
+                for g in stride(from: 0, to: r.count, by: 8) where done.insert(offset + g * w.rowStride).inserted {
+                    Packing.packGroup(p + g * w.rowStride, rowStride: w.rowStride, cols: w.cols, scratch: scratch)
+                }
             }
-            ok = true
+        } catch {
+            throw ModelError("cannot repack weights for the Q4_0 kernel: \(error)")
         }
-        return ok ? Packing.view(w) : w
+        return Packing.view(w)
     }
 }
 
 extension ExpertWeights {
     /// The experts `held` (nil: all) packed; the others are never computed by this process.
-    func packed(in file: GGUFFile, held: [Int]?) -> ExpertWeights {
+    func packed(in file: GGUFFile, held: [Int]?) throws(ModelError) -> ExpertWeights {
         let experts = held ?? Array(0..<(gate.rows / expertFF))
         guard !experts.isEmpty, expertFF % 8 == 0, embd % 8 == 0,
               Packing.canPack(gate), Packing.canPack(up), Packing.canPack(down) else { return self }
         var g = gate, u = up, d = down
         for e in experts {
-            g = file.packed(gate, rows: (e * expertFF)..<((e + 1) * expertFF))
-            u = file.packed(up, rows: (e * expertFF)..<((e + 1) * expertFF))
-            d = file.packed(down, rows: (e * embd)..<((e + 1) * embd))
+            g = try file.packed(gate, rows: (e * expertFF)..<((e + 1) * expertFF))
+            u = try file.packed(up, rows: (e * expertFF)..<((e + 1) * expertFF))
+            d = try file.packed(down, rows: (e * embd)..<((e + 1) * embd))
         }
         return ExpertWeights(gate: g, up: u, down: d, expertFF: expertFF, embd: embd)
     }
@@ -46,18 +49,19 @@ extension ExpertWeights {
 
 extension LayerWeights {
     /// Attention and feed-forward matrices packed; of the routed experts only `heldExperts` (nil: all).
-    func packed(in file: GGUFFile, heldExperts: [Int]?) -> LayerWeights {
+    func packed(in file: GGUFFile, heldExperts: [Int]?) throws(ModelError) -> LayerWeights {
         let ffn: FeedForwardWeights
         switch self.ffn {
         case .moe(let router, let experts, let shared):
-            let s = shared.map {
-                SharedExpertWeights(gateInput: $0.gateInput, gate: file.packed($0.gate), up: file.packed($0.up), down: file.packed($0.down))
+            var s: SharedExpertWeights?
+            if let sh = shared {
+                s = SharedExpertWeights(gateInput: sh.gateInput, gate: try file.packed(sh.gate), up: try file.packed(sh.up), down: try file.packed(sh.down))
             }
-            ffn = .moe(router: router, experts: experts.packed(in: file, held: heldExperts), shared: s)
+            ffn = .moe(router: router, experts: try experts.packed(in: file, held: heldExperts), shared: s)
         case .dense(let gate, let up, let down):
-            ffn = .dense(gate: file.packed(gate), up: file.packed(up), down: file.packed(down))
+            ffn = .dense(gate: try file.packed(gate), up: try file.packed(up), down: try file.packed(down))
         }
-        return LayerWeights(attnNorm: attnNorm, q: file.packed(q), k: file.packed(k), v: file.packed(v), o: file.packed(o),
+        return LayerWeights(attnNorm: attnNorm, q: try file.packed(q), k: try file.packed(k), v: try file.packed(v), o: try file.packed(o),
                             qBias: qBias, kBias: kBias, vBias: vBias, qNorm: qNorm, kNorm: kNorm, ffnNorm: ffnNorm, ffn: ffn)
     }
 }
