@@ -116,6 +116,7 @@ void ck_rows_q4_0_r8_avx2(int, const void *, size_t, int, const void *, size_t, 
 void ck_rows_q4_0_r8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 void ck_rows_q4_0_x8_avx2(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 void ck_rows_q4_0_x8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+void ck_rows_q8_0_x8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
 
 /// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
 #define CK_ROWS_LOOP(DOT) \

@@ -1,4 +1,5 @@
-// Q4_0 × Q8_0 with eight weight rows in one register: lane r of every vector belongs to weight row r.
+// Q4_0 × Q8_0 (and packed Q8_0 × Q8_0) with eight weight rows in one register: lane r of every vector belongs
+// to weight row r.
 //
 // The one-row kernel spends, per 32-value block and token, an integer dot, a conversion, a scale product, a
 // broadcast and an FMA on one row. Here eight rows' blocks are transposed into four vectors (lane r = four
@@ -175,6 +176,36 @@ R8_EACH_T(DEF_X8, x8_vnni, R8_VNNI, r8_dot_vnni)
 DEF_X8_ROWS(ck_rows_q4_0_x8_avx2, R8_AVX2, x8_avx2_1, x8_avx2_2, x8_avx2_3, x8_avx2_4)
 DEF_X8_ROWS(ck_rows_q4_0_x8_vnni, R8_VNNI, x8_vnni_1, x8_vnni_2, x8_vnni_3, x8_vnni_4)
 
+// ---- Q8_0 × Q8_0 packed the same way (`ck_q8_0_x8_pack`): per block the eight scales, then v[0..7] with lane r
+// = bytes 4k..4k+3 of row r, each stored as q + 128 so that vpdpbusd (unsigned × signed) takes them directly;
+// 128 · dx · dy · Σy (the activation's Σy is precomputed) is removed at the end, as Q4_0 removes 8 · … . 272
+// bytes per block of eight rows. VNNI only: vpmaddubsw would saturate on 255 × 127 pairs.
+#define DEF_X8Q8(NAME, ATTR, DOT, T)                                                                      \
+    static inline ATTR void NAME(int nb, const uint8_t *g, size_t pf, const uint8_t *a, size_t a_stride,  \
+                                 const float *ya, size_t ya_stride, __m256 *res) {                        \
+        __m256 acc[T], corr[T];                                                                           \
+        for (int j = 0; j < T; j++) acc[j] = corr[j] = _mm256_setzero_ps();                               \
+        for (int b = 0; b < nb; b++) {                                                                    \
+            const uint8_t *p = g + (size_t)b * 272;                                                       \
+            for (int l = 0; l < 5; l++) _mm_prefetch((const char *)p + pf + 64 * l, _MM_HINT_T0);         \
+            const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                       \
+            __m256i v[8];                                                                                 \
+            for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));    \
+            for (int j = 0; j < T; j++) {                                                                 \
+                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride) + b;                            \
+                __m256i s = _mm256_setzero_si256();                                                       \
+                for (int k = 0; k < 8; k++) s = DOT(s, v[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));  \
+                const float *yj = ya + j * ya_stride;                                                     \
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(yj[2 * b])), acc[j]); \
+                corr[j] = _mm256_fmadd_ps(dx, _mm256_set1_ps(yj[2 * b + 1]), corr[j]);                    \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(128), corr[j])); \
+    }
+
+R8_EACH_T(DEF_X8Q8, x8q8_vnni, R8_VNNI, r8_dot_vnni)
+DEF_X8_ROWS(ck_rows_q8_0_x8_vnni, R8_VNNI, x8q8_vnni_1, x8q8_vnni_2, x8q8_vnni_3, x8q8_vnni_4)
+
 #endif
 
 // Plain C: packing needs no ISA (it runs once, at load).
@@ -186,6 +217,19 @@ void ck_q4_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst) {
             const blk_q4_0 *x = (const blk_q4_0 *)((const uint8_t *)src + (size_t)r * row_stride) + b;
             memcpy(o + 2 * r, &x->d, 2);
             for (int k = 0; k < 4; k++) memcpy(o + 16 + 32 * k + 4 * r, x->qs + 4 * k, 4);
+        }
+    }
+}
+
+void ck_q8_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst) {
+    uint8_t *out = dst;
+    for (int b = 0; b < nb; b++) {
+        uint8_t *o = out + (size_t)b * 272;
+        for (int r = 0; r < 8; r++) {
+            const blk_q8_0 *x = (const blk_q8_0 *)((const uint8_t *)src + (size_t)r * row_stride) + b;
+            memcpy(o + 2 * r, &x->d, 2);
+            for (int k = 0; k < 8; k++)
+                for (int i = 0; i < 4; i++) o[16 + 32 * k + 4 * r + i] = (uint8_t)((uint8_t)x->qs[4 * k + i] ^ 0x80);
         }
     }
 }

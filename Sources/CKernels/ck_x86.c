@@ -277,6 +277,8 @@ ck_rows_fn ck_rows_kernel_q4_0_x8(int isa) {
     return (isa & CK_ISA_AVX512VNNI) ? ck_rows_q4_0_x8_vnni : ck_rows_q4_0_x8_avx2;
 }
 
+ck_rows_fn ck_rows_kernel_q8_0_x8(int isa) { return (isa & CK_ISA_AVX512VNNI) ? ck_rows_q8_0_x8_vnni : 0; }
+
 static AVX2 uint64_t stream_read_avx2(const void *p, size_t bytes) {
     const __m256i *v = p;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
@@ -306,6 +308,7 @@ uint64_t ck_stream_read(const void *p, size_t bytes) {
 int ck_cpu_isa(void) { return CK_ISA_SCALAR; }
 ck_rows_fn ck_x86_kernel(int type, int isa) { (void)type; (void)isa; return 0; }
 ck_rows_fn ck_rows_kernel_q4_0_x8(int isa) { (void)isa; return 0; }
+ck_rows_fn ck_rows_kernel_q8_0_x8(int isa) { (void)isa; return 0; }
 uint64_t ck_stream_read(const void *p, size_t bytes) {
     const uint64_t *q = p;
     uint64_t s = 0;

@@ -11,7 +11,7 @@ public struct WeightMatrix: @unchecked Sendable {
     public let cols: Int
     public let data: UnsafeRawPointer
     public let rowStride: Int
-    /// Q4_0 rows repacked in groups of eight (`Packing`); the data is then no longer ggml's row layout.
+    /// Rows repacked in groups of eight (`Packing`); the data is then no longer ggml's row layout.
     public let packed: Bool
 
     public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, rowStride: Int? = nil, packed: Bool = false) throws(KernelError) {
@@ -33,20 +33,33 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 }
 
-/// Q4_0 matrices rewritten once into groups of eight rows (ggml's 8-row interleaved layout: per block the eight
-/// scales, then the quants of the eight rows interleaved four bytes at a time), which the Q4_0 kernel reads
-/// without transposing rows or gathering scales at every product. Results are bit-identical to the row layout.
+/// Q4_0 and Q8_0 matrices rewritten once into groups of eight rows (ggml's 8-row interleaved layout: per block
+/// the eight scales, then the quants of the eight rows interleaved four bytes at a time; Q8_0's stored as q + 128),
+/// which the kernels read without transposing rows or gathering scales at every product. Packed Q4_0 gives the
+/// bits of the row layout; packed Q8_0 sums in another order (within float rounding), the same for any batch.
 public enum Packing {
-    /// Whether `w` can be packed: Q4_0, whole groups of eight contiguous rows, and a packed kernel on this CPU.
+    /// The packed kernel for a type on this CPU, if any.
+    static func kernel(for type: GGMLType) -> ck_rows_fn? {
+        switch type {
+        case .q4_0: return ck_rows_kernel_q4_0_x8(ISA.active.bits)
+        case .q8_0: return ck_rows_kernel_q8_0_x8(ISA.active.bits)
+        default: return nil
+        }
+    }
+
+    /// Whether `w` can be packed: whole groups of eight contiguous rows of a type with a packed kernel here.
     public static func canPack(_ w: WeightMatrix) -> Bool {
-        !w.packed && w.type == .q4_0 && w.rows % 8 == 0 && w.rowStride == w.type.rowBytes(elements: w.cols)
-            && ck_rows_kernel_q4_0_x8(ISA.active.bits) != nil
+        !w.packed && w.rows % 8 == 0 && w.rowStride == w.type.rowBytes(elements: w.cols) && kernel(for: w.type) != nil
     }
 
     /// Packs the eight rows at `group` in place (through a scratch copy of `8 · rowStride` bytes).
-    public static func packGroup(_ group: UnsafeMutableRawPointer, rowStride: Int, cols: Int, scratch: UnsafeMutableRawPointer) {
+    public static func packGroup(_ group: UnsafeMutableRawPointer, type: GGMLType, rowStride: Int, cols: Int, scratch: UnsafeMutableRawPointer) {
         scratch.copyMemory(from: group, byteCount: 8 * rowStride)
-        ck_q4_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
+        if type == .q8_0 {
+            ck_q8_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
+        } else {
+            ck_q4_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
+        }
     }
 
     /// The same matrix, marked packed (after its groups were packed).
@@ -139,9 +152,9 @@ public enum MatMul {
         ck_rows_kernel(Int32(type.rawValue), ISA.active.bits)
     }
 
-    /// The kernel for a matrix: the packed Q4_0 kernel for packed data.
+    /// The kernel for a matrix: the packed kernel for packed data.
     static func kernel(for w: WeightMatrix) -> ck_rows_fn? {
-        w.packed ? ck_rows_kernel_q4_0_x8(ISA.active.bits) : kernel(for: w.type)
+        w.packed ? Packing.kernel(for: w.type) : kernel(for: w.type)
     }
 
     /// Whether a type has a fused quantized kernel (as opposed to dequantize-then-dot).

@@ -1,8 +1,8 @@
 import GGUF
 import Kernels
 
-/// A stage's Q4_0 matrices are repacked once, when the stage binds them, into the eight-row layout the Q4_0
-/// kernel reads fastest (`Packing`). The rewrite happens in this process's private copy of the mapped pages —
+/// A stage's Q4_0 and Q8_0 matrices are repacked once, when the stage binds them, into the eight-row layout the
+/// kernels read fastest (`Packing`). The rewrite happens in this process's private copy of the mapped pages —
 /// the file never changes and RSS does not grow, since a private copy replaces the page it copies — and only
 /// for what this process computes: a worker packs the experts it holds, nothing else of the stacked tensors.
 /// The mapping remembers what was packed, so two stages over one file never pack a group twice.
@@ -21,11 +21,11 @@ extension GGUFFile {
                 let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * w.rowStride, alignment: 64)
                 defer { scratch.deallocate() }
                 for g in stride(from: 0, to: r.count, by: 8) where done.insert(offset + g * w.rowStride).inserted {
-                    Packing.packGroup(p + g * w.rowStride, rowStride: w.rowStride, cols: w.cols, scratch: scratch)
+                    Packing.packGroup(p + g * w.rowStride, type: w.type, rowStride: w.rowStride, cols: w.cols, scratch: scratch)
                 }
             }
         } catch {
-            throw ModelError("cannot repack weights for the Q4_0 kernel: \(error)")
+            throw ModelError("cannot repack weights for the kernels: \(error)")
         }
         return Packing.view(w)
     }

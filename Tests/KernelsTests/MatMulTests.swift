@@ -130,37 +130,64 @@ extension MatMulTests {
 }
 
 extension MatMulTests {
+    /// Runs `body` with `w` as a plain matrix and as a packed copy; skipped when this CPU has no packed kernel.
+    func withPacked(_ w: [UInt8], type: GGMLType, rows: Int, cols: Int, _ body: (WeightMatrix, WeightMatrix, [UInt8]) throws -> Void) throws {
+        var packedBytes = w
+        try w.withUnsafeBytes { wp in
+            let plain = try WeightMatrix(type: type, rows: rows, cols: cols, data: wp.baseAddress!)
+            guard Packing.canPack(plain) else { return }
+            try packedBytes.withUnsafeMutableBytes { pp in
+                let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * plain.rowStride, alignment: 64)
+                defer { scratch.deallocate() }
+                for g in stride(from: 0, to: rows, by: 8) {
+                    Packing.packGroup(pp.baseAddress! + g * plain.rowStride, type: type, rowStride: plain.rowStride, cols: cols, scratch: scratch)
+                }
+                try body(plain, Packing.view(try WeightMatrix(type: type, rows: rows, cols: cols, data: pp.baseAddress!)), Array(pp))
+            }
+        }
+    }
+
     /// Q4_0 packed in groups of eight rows gives exactly the bits of the row layout, for any batch, alone or in
     /// a grouped call, and a packed slice of whole groups is the slice of the packed matrix.
     @Test func packedQ4_0IsBitIdentical() throws {
         var rng = SplitMix(state: 777)
         let rows = 24, cols = 320
         let w = randomWeights(type: .q4_0, rows: rows, cols: cols, rng: &rng)
-        var packedBytes = w
         let pool = ThreadPool(threads: 2)
-        try w.withUnsafeBytes { wp in
-            let plain = try WeightMatrix(type: .q4_0, rows: rows, cols: cols, data: wp.baseAddress!)
-            guard Packing.canPack(plain) else { return }  // no packed kernel on this CPU (scalar ISA)
-            try packedBytes.withUnsafeMutableBytes { pp in
-                let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * plain.rowStride, alignment: 64)
-                defer { scratch.deallocate() }
-                for g in stride(from: 0, to: rows, by: 8) {
-                    Packing.packGroup(pp.baseAddress! + g * plain.rowStride, rowStride: plain.rowStride, cols: cols, scratch: scratch)
-                }
-                let packed = Packing.view(try WeightMatrix(type: .q4_0, rows: rows, cols: cols, data: pp.baseAddress!))
-                #expect(Array(pp) != w, "packing changed nothing")
-                for batch in 1...7 {
-                    let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
-                    var a = [Float](repeating: 0, count: rows * batch), b = a
-                    try MatMul.multiply(plain, x, batch: batch, into: &a, pool: pool)
-                    try MatMul.multiply(packed, x, batch: batch, into: &b, pool: pool)
-                    #expect(a == b, "batch \(batch)")
-                    // A slice (two groups) inside a grouped call.
-                    let q = try QuantizedActivations(x, cols: cols, batch: batch, format: .q8_0)
-                    var c = [Float](repeating: 0, count: 16 * batch)
-                    try c.withUnsafeMutableBufferPointer { try MatMul.multiply([MatMul.Job(packed.rows(8..<24), q, into: $0.baseAddress!)], pool: pool) }
-                    for t in 0..<batch { #expect(Array(c[(t * 16)..<(t * 16 + 16)]) == Array(a[(t * rows + 8)..<(t * rows + 24)]), "slice, token \(t)") }
-                }
+        try withPacked(w, type: .q4_0, rows: rows, cols: cols) { plain, packed, bytes in
+            #expect(bytes != w, "packing changed nothing")
+            for batch in 1...7 {
+                let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+                var a = [Float](repeating: 0, count: rows * batch), b = a
+                try MatMul.multiply(plain, x, batch: batch, into: &a, pool: pool)
+                try MatMul.multiply(packed, x, batch: batch, into: &b, pool: pool)
+                #expect(a == b, "batch \(batch)")
+                // A slice (two groups) inside a grouped call.
+                let q = try QuantizedActivations(x, cols: cols, batch: batch, format: .q8_0)
+                var c = [Float](repeating: 0, count: 16 * batch)
+                try c.withUnsafeMutableBufferPointer { try MatMul.multiply([MatMul.Job(packed.rows(8..<24), q, into: $0.baseAddress!)], pool: pool) }
+                for t in 0..<batch { #expect(Array(c[(t * 16)..<(t * 16 + 16)]) == Array(a[(t * rows + 8)..<(t * rows + 24)]), "slice, token \(t)") }
+            }
+        }
+    }
+
+    /// Packed Q8_0 (VNNI only) matches the row layout within float rounding, and a token's result does not depend
+    /// on its batch.
+    @Test func packedQ8_0MatchesAndIsBatchInvariant() throws {
+        var rng = SplitMix(state: 4711)
+        let rows = 16, cols = 320, batch = 7
+        let w = randomWeights(type: .q8_0, rows: rows, cols: cols, rng: &rng)
+        let pool = ThreadPool(threads: 2)
+        let x = (0..<(batch * cols)).map { _ in Float.random(in: -1...1, using: &rng) }
+        try withPacked(w, type: .q8_0, rows: rows, cols: cols) { plain, packed, _ in
+            var a = [Float](repeating: 0, count: rows * batch), b = a
+            try MatMul.multiply(plain, x, batch: batch, into: &a, pool: pool)
+            try MatMul.multiply(packed, x, batch: batch, into: &b, pool: pool)
+            for i in a.indices { #expect(abs(a[i] - b[i]) <= 1e-4 * max(1, abs(a[i])), "[\(i)] \(a[i]) vs \(b[i])") }
+            for t in 0..<batch {
+                var one = [Float](repeating: 0, count: rows)
+                try x.withUnsafeBufferPointer { try MatMul.multiply(packed, $0.baseAddress! + t * cols, batch: 1, into: &one, pool: pool) }
+                #expect(one == Array(b[(t * rows)..<((t + 1) * rows)]), "token \(t)")
             }
         }
     }

@@ -37,10 +37,13 @@ typedef void (*ck_rows_fn)(int n, const void *w, size_t w_stride, int rows,
 
 /// The kernel for ggml type id `type` on `isa` (one of CK_ISA_*), or NULL when there is none.
 ck_rows_fn ck_rows_kernel(int type, int isa);
-/// Q4_0 over weights packed by `ck_q4_0_x8_pack` (groups of eight rows), or 0 when the ISA has no such kernel.
+/// Q4_0 / Q8_0 over weights packed by `ck_q4_0_x8_pack` / `ck_q8_0_x8_pack` (groups of eight rows), or 0 when the
+/// ISA has no such kernel.
 ck_rows_fn ck_rows_kernel_q4_0_x8(int isa);
-/// Packs eight Q4_0 rows (`row_stride` bytes apart, `nb` blocks each) into `dst` (8 · nb · 18 bytes).
+ck_rows_fn ck_rows_kernel_q8_0_x8(int isa);
+/// Packs eight rows (`row_stride` bytes apart, `nb` blocks each) into `dst` (the same number of bytes).
 void ck_q4_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst);
+void ck_q8_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst);
 
 /// For each 32-block of a Q8_0 row of n values: out[2b] = d, out[2b+1] = d·Σqs (2·n/32 floats).
 void ck_q8_0_aux(int n, const void *a, float *out);
