@@ -34,27 +34,30 @@ static inline int32_t r8_load32(const int8_t *p) {
 }
 
 
-// Nibbles of v[k] into lo[k] (values 4k..4k+3 of each lane's row) and hi[k] (values 16+4k..).
+// Nibbles of v[0..3] into u[0..7]: u[k], lane r = values 4k..4k+3 of row r (low nibbles are values 0..15,
+// high nibbles 16..31).
 #define R8_UNPACK                                                                                         \
-    __m256i lo[4], hi[4];                                                                                 \
+    __m256i u[8];                                                                                         \
     for (int k = 0; k < 4; k++) {                                                                         \
-        lo[k] = _mm256_and_si256(v[k], m4);                                                               \
-        hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);                                         \
+        u[k] = _mm256_and_si256(v[k], m4);                                                                \
+        u[k + 4] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);                                      \
     }
 
-// Block b for T tokens, given lo/hi and the eight rows' scales dx: exact integer sums, then one FMA per token.
+// Block b for T tokens, given u[0..7] (unsigned, lane r = values 4k..4k+3 of row r) and the eight rows' scales
+// dx: exact integer sums, then one FMA per token; corr collects dx · dy · Σy for the offset removed at the end.
 #define R8_TOKENS(T, DOT)                                                                                 \
     for (int j = 0; j < T; j++) {                                                                         \
         const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride) + b;                                    \
         __m256i s = _mm256_setzero_si256();                                                               \
-        for (int k = 0; k < 4; k++) {                                                                     \
-            s = DOT(s, lo[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));                               \
-            s = DOT(s, hi[k], _mm256_set1_epi32(r8_load32(y->qs + 16 + 4 * k)));                          \
-        }                                                                                                 \
+        for (int k = 0; k < 8; k++) s = DOT(s, u[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));       \
         const float *yj = ya + j * ya_stride;                                                             \
         acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(yj[2 * b])), acc[j]); \
         corr[j] = _mm256_fmadd_ps(dx, _mm256_set1_ps(yj[2 * b + 1]), corr[j]);                            \
     }
+
+// The T results, with the unsigned offset of the stored quants (8 for Q4_0's nibbles, 128 for packed Q8_0) removed.
+#define R8_FINISH(T, OFFSET)                                                                              \
+    for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(OFFSET), corr[j]));
 
 // res[j] (lane r) = row r · token j for T tokens; `x[r]` is row r's first block. The eight rows are one
 // contiguous stretch read in eight interleaved streams; each block prefetches the same place `pf` bytes ahead
@@ -82,7 +85,7 @@ static inline int32_t r8_load32(const int8_t *p) {
                 (short)x[3][b].d, (short)x[4][b].d, (short)x[5][b].d, (short)x[6][b].d, (short)x[7][b].d)); \
             R8_TOKENS(T, DOT)                                                                             \
         }                                                                                                 \
-        for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(8), corr[j])); \
+        R8_FINISH(T, 8)                                                                                   \
     }
 
 // The tokens in groups of up to four through K4..K1, called as K(nb, SRC, PF, tokens, …, res); the first `nr`
@@ -140,25 +143,29 @@ DEF_R8_ROWS(ck_rows_q4_0_r8_vnni, R8_VNNI, r8_vnni_1, r8_vnni_2, r8_vnni_3, r8_v
 // No transpose and no scale gathering at run time; the operations per (row, token) are the ones above, so the
 // results are bit-identical to the unpacked kernel's.
 
-#define DEF_X8(NAME, ATTR, DOT, T)                                                                        \
+// One packed kernel for both types: BYTES per block of eight rows, LOAD sets u[0..7] from the block at p.
+#define DEF_X8(NAME, ATTR, DOT, T, BYTES, LOAD, OFFSET)                                                   \
     static inline ATTR void NAME(int nb, const uint8_t *g, size_t pf, const uint8_t *a, size_t a_stride,  \
                                  const float *ya, size_t ya_stride, __m256 *res) {                        \
-        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                        \
         __m256 acc[T], corr[T];                                                                           \
         for (int j = 0; j < T; j++) acc[j] = corr[j] = _mm256_setzero_ps();                               \
         for (int b = 0; b < nb; b++) {                                                                    \
-            const uint8_t *p = g + (size_t)b * 144;                                                       \
-            _mm_prefetch((const char *)p + pf, _MM_HINT_T0);                                              \
-            _mm_prefetch((const char *)p + pf + 64, _MM_HINT_T0);                                         \
-            _mm_prefetch((const char *)p + pf + 128, _MM_HINT_T0);                                        \
+            const uint8_t *p = g + (size_t)b * BYTES;                                                     \
+            for (int l = 0; l < (BYTES + 63) / 64; l++) _mm_prefetch((const char *)p + pf + 64 * l, _MM_HINT_T0); \
             const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                       \
-            const __m256i v[4] = {_mm256_loadu_si256((const __m256i *)(p + 16)), _mm256_loadu_si256((const __m256i *)(p + 48)), \
-                                  _mm256_loadu_si256((const __m256i *)(p + 80)), _mm256_loadu_si256((const __m256i *)(p + 112))}; \
-            R8_UNPACK                                                                                     \
+            LOAD                                                                                          \
             R8_TOKENS(T, DOT)                                                                             \
         }                                                                                                 \
-        for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(8), corr[j])); \
+        R8_FINISH(T, OFFSET)                                                                              \
     }
+
+// Q4_0: four stored vectors of nibbles.
+#define X8_LOAD_Q4_0                                                                                      \
+    const __m256i m4 = _mm256_set1_epi8(0x0F);                                                            \
+    __m256i v[4];                                                                                         \
+    for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));            \
+    R8_UNPACK
+#define DEF_X8_Q4_0(NAME, ATTR, DOT, T) DEF_X8(NAME, ATTR, DOT, T, 144, X8_LOAD_Q4_0, 8)
 
 // `w` is the first of `rows` rows (both multiples of eight), packed; group g starts 8 · w_stride bytes after g − 1.
 #define DEF_X8_ROWS(NAME, ATTR, K1, K2, K3, K4)                                                           \
@@ -170,8 +177,8 @@ DEF_R8_ROWS(ck_rows_q4_0_r8_vnni, R8_VNNI, r8_vnni_1, r8_vnni_2, r8_vnni_3, r8_v
         }                                                                                                 \
     }
 
-R8_EACH_T(DEF_X8, x8_avx2, R8_AVX2, r8_dot_avx2)
-R8_EACH_T(DEF_X8, x8_vnni, R8_VNNI, r8_dot_vnni)
+R8_EACH_T(DEF_X8_Q4_0, x8_avx2, R8_AVX2, r8_dot_avx2)
+R8_EACH_T(DEF_X8_Q4_0, x8_vnni, R8_VNNI, r8_dot_vnni)
 
 DEF_X8_ROWS(ck_rows_q4_0_x8_avx2, R8_AVX2, x8_avx2_1, x8_avx2_2, x8_avx2_3, x8_avx2_4)
 DEF_X8_ROWS(ck_rows_q4_0_x8_vnni, R8_VNNI, x8_vnni_1, x8_vnni_2, x8_vnni_3, x8_vnni_4)
@@ -180,30 +187,12 @@ DEF_X8_ROWS(ck_rows_q4_0_x8_vnni, R8_VNNI, x8_vnni_1, x8_vnni_2, x8_vnni_3, x8_v
 // = bytes 4k..4k+3 of row r, each stored as q + 128 so that vpdpbusd (unsigned × signed) takes them directly;
 // 128 · dx · dy · Σy (the activation's Σy is precomputed) is removed at the end, as Q4_0 removes 8 · … . 272
 // bytes per block of eight rows. VNNI only: vpmaddubsw would saturate on 255 × 127 pairs.
-#define DEF_X8Q8(NAME, ATTR, DOT, T)                                                                      \
-    static inline ATTR void NAME(int nb, const uint8_t *g, size_t pf, const uint8_t *a, size_t a_stride,  \
-                                 const float *ya, size_t ya_stride, __m256 *res) {                        \
-        __m256 acc[T], corr[T];                                                                           \
-        for (int j = 0; j < T; j++) acc[j] = corr[j] = _mm256_setzero_ps();                               \
-        for (int b = 0; b < nb; b++) {                                                                    \
-            const uint8_t *p = g + (size_t)b * 272;                                                       \
-            for (int l = 0; l < 5; l++) _mm_prefetch((const char *)p + pf + 64 * l, _MM_HINT_T0);         \
-            const __m256 dx = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                       \
-            __m256i v[8];                                                                                 \
-            for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));    \
-            for (int j = 0; j < T; j++) {                                                                 \
-                const blk_q8_0 *y = (const blk_q8_0 *)(a + j * a_stride) + b;                            \
-                __m256i s = _mm256_setzero_si256();                                                       \
-                for (int k = 0; k < 8; k++) s = DOT(s, v[k], _mm256_set1_epi32(r8_load32(y->qs + 4 * k)));  \
-                const float *yj = ya + j * ya_stride;                                                     \
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dx, _mm256_set1_ps(yj[2 * b])), acc[j]); \
-                corr[j] = _mm256_fmadd_ps(dx, _mm256_set1_ps(yj[2 * b + 1]), corr[j]);                    \
-            }                                                                                             \
-        }                                                                                                 \
-        for (int j = 0; j < T; j++) res[j] = _mm256_sub_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(128), corr[j])); \
-    }
+#define X8_LOAD_Q8_0                                                                                      \
+    __m256i u[8];                                                                                         \
+    for (int k = 0; k < 8; k++) u[k] = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * k));
+#define DEF_X8_Q8_0(NAME, ATTR, DOT, T) DEF_X8(NAME, ATTR, DOT, T, 272, X8_LOAD_Q8_0, 128)
 
-R8_EACH_T(DEF_X8Q8, x8q8_vnni, R8_VNNI, r8_dot_vnni)
+R8_EACH_T(DEF_X8_Q8_0, x8q8_vnni, R8_VNNI, r8_dot_vnni)
 DEF_X8_ROWS(ck_rows_q8_0_x8_vnni, R8_VNNI, x8q8_vnni_1, x8q8_vnni_2, x8q8_vnni_3, x8q8_vnni_4)
 
 #endif
