@@ -102,21 +102,13 @@ struct GenerateCommand: ParsableCommand {
         g.maxTokens = UInt32(max(0, n))
         g.sampling = sampling.params.wire
         g.contextLength = UInt32(ctx ?? 0)
-        var pending: [UInt8] = []
+        var text = TextStream()
         do {
-            let t = try client.generate(g, timeout: timeout) { bytes in
-                pending += bytes
-                // Whole UTF-8 characters only, as `conclave run` prints them.
-                let cut = completeUTF8Prefix(pending)
-                if cut > 0 {
-                    writeStdout(Array(pending[..<cut]))
-                    pending.removeFirst(cut)
-                }
-            }
-            writeStdout(pending + [0x0A])
+            let t = try client.generate(g, timeout: timeout) { text.write($0) }
+            text.finish()
             printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s")
         } catch {
-            if !pending.isEmpty { writeStdout(pending) }
+            text.finish(newline: false)
             printError("error: \(error)")
             throw ExitCode(1)
         }

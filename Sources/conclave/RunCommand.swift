@@ -71,24 +71,40 @@ struct RunCommand: ParsableCommand {
         let engine = try model.load()
         let ids = engine.tokenizer.encode(prompt)
         let seq = engine.newSequence(capacity: ctx)
-        var pending: [UInt8] = []
+        var text = TextStream()
         do {
             let stats = try engine.generate(prompt: ids, maxTokens: n, params: sampling.params, in: seq) { _, bytes in
-                pending += bytes
-                // Print whole UTF-8 characters only, so a character split over two tokens is not mangled.
-                let cut = completeUTF8Prefix(pending)
-                if cut > 0 {
-                    writeStdout(Array(pending[..<cut]))
-                    pending.removeFirst(cut)
-                }
+                text.write(bytes)
                 return true
             }
-            writeStdout(pending + [0x0A])
+            text.finish()
             printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s")
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+/// Generated text to stdout as it streams, whole UTF-8 characters only (a character split over two tokens is not
+/// mangled); `finish` prints the rest and the final newline. `conclave run` and `conclave generate` share it, so
+/// they print the same bytes.
+struct TextStream {
+    private var pending: [UInt8] = []
+
+    mutating func write(_ bytes: [UInt8]) {
+        pending += bytes
+        let cut = completeUTF8Prefix(pending)
+        if cut > 0 {
+            writeStdout(Array(pending[..<cut]))
+            pending.removeFirst(cut)
+        }
+    }
+
+    /// The rest, with the newline that ends the text (without it when the text was cut short by an error).
+    mutating func finish(newline: Bool = true) {
+        writeStdout(pending + (newline ? [0x0A] : []))
+        pending.removeAll()
     }
 }
 
