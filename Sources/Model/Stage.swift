@@ -29,45 +29,39 @@ public final class Stage: @unchecked Sendable {
     public var isLast: Bool { layers.upperBound == config.layerCount }
 
     /// Binds the tensors of `layers` (and the embedding and head when the range touches either end).
-    /// `experts` defaults to the resident experts of those layers. `heldExperts` (layer → expert ids) says which
-    /// experts this process computes itself when others live elsewhere: only their slices of the stacked expert
-    /// tensors are faulted in, so the rest never count against this host's memory. Nil holds them all.
+    /// `experts` defaults to the resident experts of those layers. `heldExperts` says which experts this process
+    /// computes from the mapping itself when others live elsewhere (another worker, or the offload cache): only
+    /// their slices of the stacked expert tensors are packed and faulted in, so the rest never count against
+    /// this host's memory.
     public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, pool: ThreadPool, experts: ExpertProvider? = nil,
-                heldExperts: [Int: [Int]]? = nil) throws(ModelError) {
+                heldExperts: ExpertSet = .all) throws(ModelError) {
         guard layers.lowerBound >= 0, layers.upperBound <= config.layerCount, !layers.isEmpty else {
             throw ModelError("stage layers \(layers) are outside the model's 0..<\(config.layerCount)")
         }
         var binder = TensorBinder(file: file)
         var w: [Int: LayerWeights] = [:]
         for i in layers {
-            w[i] = try LayerWeights.bind(&binder, layer: i, config: config).packed(in: file, heldExperts: heldExperts.map { $0[i] ?? [] })
+            w[i] = try LayerWeights.bind(&binder, layer: i, config: config).packed(in: file, heldExperts: heldExperts.experts(inLayer: i, of: config.expertCount))
         }
         let needsGlobal = layers.lowerBound == 0 || layers.upperBound == config.layerCount
         global = needsGlobal ? try GlobalWeights.bind(&binder, config: config) : nil
         try binder.checkAllUsed(layers: layers, global: needsGlobal)
-        // Fault in exactly this stage's weights now, not during the first requests.
+        // Fault in exactly this stage's weights now, not during the first requests; experts only as held.
+        let layout = WeightLayout(file: file, config: config)
         var resident = 0
-        // The embedding is read by the first stage only, the head by the last (a tied head reads the embedding).
-        let tied = file.tensorInfo(named: TensorName.global(.output).description) == nil
         for name in binder.used {
-            guard let t = file.tensor(named: name) else { continue }
-            let role = TensorName(parsing: name)?.role
-            if heldExperts != nil, role?.category == .experts { continue }
-            if role == .tokenEmbedding, layers.lowerBound != 0, !(tied && layers.upperBound == config.layerCount) { continue }
-            if role == .output || role == .outputNorm, layers.upperBound != config.layerCount { continue }
+            guard let t = file.tensor(named: name), let holder = layout.holder(of: name), layout.stageNeeds(holder, layers: layers) else { continue }
+            if case .experts = holder { continue }
             file.mapping.prefault(offset: t.fileOffset, count: t.info.byteCount)
             resident += t.info.byteCount
         }
-        let expertWeights = w.compactMapValues(\.ffn.experts)
-        if let held = heldExperts {
-            resident += ResidentExperts.prefault(file: file, config: config, held: held)
-        }
+        resident += layout.prefault(heldExperts, layers: config.isMoE ? Array(layers) : [], in: file)
         self.config = config
         self.layers = layers
         self.weights = w
         self.pool = pool
         self.residentBytes = resident
-        self.experts = experts ?? ResidentExperts(weights: expertWeights, pool: pool, held: heldExperts)
+        self.experts = experts ?? ResidentExperts(weights: w.compactMapValues(\.ffn.experts), pool: pool, held: heldExperts)
     }
 
     /// Bytes of weights this stage faulted in (its share of the mapped file).
@@ -158,7 +152,7 @@ public final class Stage: @unchecked Sendable {
         switch w.ffn {
         case .moe(let router, _, let shared):
             let routes = try route(router, buf.normed, t)
-            try experts.apply(layer: l, input: buf.normed, rows: t, routes: routes, output: buf.moe)
+            try experts.apply(layer: l, input: buf.normed, rows: t, embedding: e, routes: routes, output: buf.moe)
             if let shared { try sharedExpert(shared, buf.normed, t, into: buf.moe) }
         case .dense(let gate, let up, let down):
             try swigluFFN(gate: gate, up: up, down: down, buf.normed, t, into: buf.moe)

@@ -32,11 +32,15 @@ extension GGUFFile {
 }
 
 extension ExpertWeights {
-    /// The experts `held` (nil: all) packed; the others are never computed by this process.
-    func packed(in file: GGUFFile, held: [Int]?) throws(ModelError) -> ExpertWeights {
-        let experts = held ?? Array(0..<(gate.rows / expertFF))
-        guard !experts.isEmpty, expertFF % 8 == 0, embd % 8 == 0,
-              Packing.canPack(gate), Packing.canPack(up), Packing.canPack(down) else { return self }
+    /// Whether this layer's experts are computed from the packed layout (the offload cache packs its slots
+    /// exactly when resident experts are packed, so both compute the same bits).
+    var packable: Bool {
+        expertFF % 8 == 0 && embd % 8 == 0 && Packing.canPack(gate) && Packing.canPack(up) && Packing.canPack(down)
+    }
+
+    /// The experts `held` packed; the others are never computed from this mapping by this process.
+    func packed(in file: GGUFFile, held experts: [Int]) throws(ModelError) -> ExpertWeights {
+        guard !experts.isEmpty, packable else { return self }
         var g = gate, u = up, d = down
         for e in experts {
             g = try file.packed(gate, rows: (e * expertFF)..<((e + 1) * expertFF))
@@ -48,8 +52,8 @@ extension ExpertWeights {
 }
 
 extension LayerWeights {
-    /// Attention and feed-forward matrices packed; of the routed experts only `heldExperts` (nil: all).
-    func packed(in file: GGUFFile, heldExperts: [Int]?) throws(ModelError) -> LayerWeights {
+    /// Attention and feed-forward matrices packed; of the routed experts only `heldExperts`.
+    func packed(in file: GGUFFile, heldExperts: [Int]) throws(ModelError) -> LayerWeights {
         let ffn: FeedForwardWeights
         switch self.ffn {
         case .moe(let router, let experts, let shared):

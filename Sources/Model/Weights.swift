@@ -66,12 +66,27 @@ public struct ExpertWeights: Sendable {
     public let expertFF: Int
     public let embd: Int
 
+    public var expertCount: Int { gate.rows / expertFF }
     public func gate(_ e: Int) -> WeightMatrix { gate.rows((e * expertFF)..<((e + 1) * expertFF)) }
     public func up(_ e: Int) -> WeightMatrix { up.rows((e * expertFF)..<((e + 1) * expertFF)) }
     public func down(_ e: Int) -> WeightMatrix { down.rows((e * embd)..<((e + 1) * embd)) }
+    public func matrices(_ e: Int) -> ExpertMatrices { ExpertMatrices(gate: gate(e), up: up(e), down: down(e)) }
 
-    /// Bytes of one expert's three matrices (what placement and the offload cache account for).
-    public var bytesPerExpert: Int { (gate.rowStride + up.rowStride) * expertFF + down.rowStride * embd }
+    static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> ExpertWeights {
+        let e = c.embeddingLength, f = c.expertFeedForward, n = c.expertCount
+        let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
+        let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
+        let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
+        return ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
+                             down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
+    }
+
+    /// The stacked expert tensors of one layer of a model file, unpacked views of the mapping.
+    public static func bind(file: GGUFFile, config: ModelConfig, layer: Int) throws(ModelError) -> ExpertWeights {
+        guard config.isMoE else { throw ModelError("layer \(layer) of \(file.path) has no routed experts") }
+        var binder = TensorBinder(file: file)
+        return try bind(&binder, layer: layer, config: config)
+    }
 }
 
 /// The shared expert of qwen2moe: a SwiGLU FFN every token goes through, scaled by sigmoid(gate · x).
@@ -120,12 +135,7 @@ public struct LayerWeights: Sendable {
         let ffn: FeedForwardWeights
         if c.isMoE {
             let router = try b.matrix(.block(i, .router), cols: e, rows: c.expertCount)
-            let f = c.expertFeedForward, n = c.expertCount
-            let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
-            let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
-            let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
-            let experts = ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
-                                        down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
+            let experts = try ExpertWeights.bind(&b, layer: i, config: c)
             var shared: SharedExpertWeights?
             if t.sharedExpert {
                 let sf = c.sharedExpertFeedForward

@@ -25,25 +25,20 @@ public struct ModelFootprint: Sendable, Equatable {
 
     /// From a model file, with a KV cache of `context` positions × `sequences` per layer.
     public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1) {
+        let layout = WeightLayout(file: file, config: config)
         var layer = [Int](repeating: 0, count: config.layerCount)
-        var expert = [Int](repeating: 0, count: config.layerCount)
         var embd = 0, head = 0
         for info in file.tensorInfos {
-            guard let n = TensorName(parsing: info.name) else { continue }
-            if let l = n.layer, l < config.layerCount {
-                if n.role.category == .experts {
-                    expert[l] += info.byteCount / max(1, config.expertCount)
-                } else {
-                    layer[l] += info.byteCount
-                }
-            } else if n.role == .tokenEmbedding {
-                embd += info.byteCount
-            } else {
-                head += info.byteCount
+            switch layout.holder(of: info.name) {
+            case .layer(let l): layer[l] += info.byteCount
+            case .embedding: embd += info.byteCount
+            case .head: head += info.byteCount
+            case .experts, nil: break
             }
         }
+        let expert = (0..<config.layerCount).map(layout.bytesPerExpert)
         // A tied head reads the embedding; the last stage then needs those bytes too.
-        if file.tensorInfo(named: TensorName.global(.output).description) == nil { head += embd }
+        if layout.tiedHead { head += embd }
         let kv = 2 * 2 * config.kvDim * context * sequences  // K and V, f16
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head)

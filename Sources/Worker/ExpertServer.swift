@@ -7,11 +7,14 @@ import Wire
 /// output as one F32 frame, in the order of its `rows`/`slots` lists. Bad calls get an Error reply and the
 /// server keeps serving.
 public final class ExpertServer: @unchecked Sendable {
-    let experts: ResidentExperts
+    let experts: ExpertProvider
     let embedding: Int
     public private(set) var callsServed = 0
+    /// Largest summation slot a call may name (no model routes a row to more experts than this).
+    static let maxSlots: UInt32 = 64
 
-    public init(experts: ResidentExperts, embedding: Int) {
+    /// Serves any provider: resident experts, or experts this worker pages from its disk.
+    public init(experts: ExpertProvider, embedding: Int) {
         self.experts = experts
         self.embedding = embedding
     }
@@ -48,6 +51,10 @@ public final class ExpertServer: @unchecked Sendable {
         for r in call.routes {
             guard Int(r.row) < rows, r.experts.count == r.weights.count, r.experts.count == r.slots.count else {
                 throw WireError(.malformed, "route for row \(r.row) is inconsistent")
+            }
+            // Slots size the results buffer: a peer may not name more than a route can have, nor one twice.
+            guard r.slots.allSatisfy({ $0 < Self.maxSlots }), Set(r.slots).count == r.slots.count else {
+                throw WireError(.malformed, "route for row \(r.row) names slots \(r.slots); each must be distinct and below \(Self.maxSlots)")
             }
             routes[Int(r.row)] = Route(experts: r.experts.map(Int.init), weights: r.weights, slots: r.slots.map(Int.init))
             k = max(k, (r.slots.map(Int.init).max() ?? -1) + 1)

@@ -133,44 +133,46 @@ public final class RemoteClient: @unchecked Sendable {
     }
 }
 
-/// An ExpertProvider that computes the experts it holds locally and asks other workers for the rest — one call
-/// per remote worker per layer, all sent before the local work starts — then sums every row's weighted outputs
-/// in route order, exactly as a single process does.
+/// An ExpertProvider that computes the experts it holds locally (resident or paged) and asks other workers for
+/// the rest — one call per remote worker per layer, all sent before the local work starts. It writes every
+/// (row, slot)'s weighted output like any provider, so `apply` sums them in route order exactly as one process.
 public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
-    let local: ResidentExperts
+    let local: ExpertProvider
     /// owner[layer][expert]: nil for a local expert, else the client of the worker holding it.
     let owner: [Int: [Int: RemoteClient]]
     let embedding: Int
 
-    public init(local: ResidentExperts, owner: [Int: [Int: RemoteClient]], embedding: Int) {
+    public init(local: ExpertProvider, owner: [Int: [Int: RemoteClient]], embedding: Int) {
         self.local = local
         self.owner = owner
         self.embedding = embedding
     }
 
-    public func apply(layer: Int, input x: UnsafePointer<Float>, rows: Int, routes: [Route], output: UnsafeMutablePointer<Float>) throws {
+    public func prefetch(layer: Int, experts: Set<Int>) {
+        let remote = owner[layer] ?? [:]
+        local.prefetch(layer: layer, experts: experts.filter { remote[$0] == nil })
+    }
+
+    public func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+                                into results: UnsafeMutablePointer<Float>) throws {
         let e = embedding
-        let k = routes.map { $0.experts.count }.max() ?? 0
+        let rows = routes.count
         let remote = owner[layer] ?? [:]
         // Split each row's route between local experts and each remote worker, keeping slots.
-        var localRoutes = [Route](repeating: Route(experts: [], weights: [], slots: []), count: rows)
+        var localRoutes = [Route](repeating: .emptyPart, count: rows)
         var byClient: [ObjectIdentifier: (RemoteClient, [Int: Route])] = [:]
         for (r, route) in routes.enumerated() {
             for i in 0..<route.experts.count {
                 let ex = route.experts[i], w = route.weights[i], s = route.slot(i)
                 if let c = remote[ex] {
                     var entry = byClient[ObjectIdentifier(c)] ?? (c, [:])
-                    var rr = entry.1[r] ?? Route(experts: [], weights: [], slots: [])
-                    rr.experts.append(ex); rr.weights.append(w); rr.slots!.append(s)
-                    entry.1[r] = rr
+                    entry.1[r, default: .emptyPart].append(ex, weight: w, slot: s)
                     byClient[ObjectIdentifier(c)] = entry
                 } else {
-                    localRoutes[r].experts.append(ex); localRoutes[r].weights.append(w); localRoutes[r].slots!.append(s)
+                    localRoutes[r].append(ex, weight: w, slot: s)
                 }
             }
         }
-        let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * e))
-        defer { results.deallocate() }
         // Remote calls go out first (each on its own thread), local experts are computed while they travel.
         let group = DispatchGroup()
         let failures = Mutex<[String]>([])
@@ -196,9 +198,15 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
             DispatchQueue.global().async(group: group) {
                 do {
                     let reply = try client.call(env, tensors: tensors)
-                    guard case .expertResult(let res) = reply.envelope.kind, reply.frames.count == 1,
+                    guard case .expertResult(let res) = reply.envelope.kind, reply.frames.count == 1, res.rows.count == res.slots.count,
                           reply.frames[0].count == res.rows.count * e * 4 else {
                         throw WireError(.malformed, "bad ExpertResult from \(client.transport.endpoint)")
+                    }
+                    // Every (row, slot) a peer names must be one we asked it for: nothing it sends writes elsewhere.
+                    for (row, slot) in zip(res.rows, res.slots) {
+                        guard Int(row) < rowList.count, rs[rowList[Int(row)]]!.slots!.contains(Int(slot)) else {
+                            throw WireError(.malformed, "ExpertResult from \(client.transport.endpoint) names row \(row) slot \(slot), which was not asked for")
+                        }
                     }
                     let dst = UnsafeMutablePointer<Float>(bitPattern: resultsAddress)!
                     reply.frames[0].withUnsafeBytes { buf in
@@ -218,6 +226,5 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
         }
         group.wait()
         if let f = failures.withLock({ $0.first }) { throw ModelError("expert call for layer \(layer) failed: \(f)") }
-        Route.accumulate(routes, results: results, slotsPerRow: k, embedding: e, into: output)
     }
 }

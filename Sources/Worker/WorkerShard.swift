@@ -31,11 +31,12 @@ final class WorkerShard: @unchecked Sendable {
     init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, connect: (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: threads)
-        var held: [Int: [Int]] = [:]
-        for set in assign.experts { held[Int(set.layer), default: []] += set.experts.map(Int.init) }
+        var heldLists: [Int: [Int]] = [:]
+        for set in assign.experts { heldLists[Int(set.layer), default: []] += set.experts.map(Int.init) }
+        let held = ExpertSet(heldLists)
         var resident = 0
         let local: ResidentExperts?
-        if held.isEmpty {
+        if held.listedLayers?.isEmpty ?? true {
             local = nil
         } else {
             let (r, bytes) = try ResidentExperts.load(file: file, config: config, held: held, pool: pool)
@@ -43,7 +44,7 @@ final class WorkerShard: @unchecked Sendable {
             resident += bytes
         }
         experts = local.map { ExpertServer(experts: $0, embedding: config.embeddingLength) }
-        expertCount = held.values.reduce(0) { $0 + $1.count }
+        expertCount = held.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
         layers = Int(assign.firstLayer)..<Int(assign.endLayer)
         if !layers.isEmpty {
             // Experts of our layers held elsewhere: one client per worker endpoint.
@@ -61,10 +62,10 @@ final class WorkerShard: @unchecked Sendable {
                     for e in set.experts { owner[Int(set.layer), default: [:]][Int(e)] = client }
                 }
             }
-            let provider = RemoteExperts(local: local ?? ResidentExperts(weights: [:], pool: pool, held: [:]), owner: owner,
+            let provider = RemoteExperts(local: local ?? ResidentExperts(weights: [:], pool: pool, held: .none), owner: owner,
                                          embedding: config.embeddingLength)
             self.clients = Array(clients.values)
-            let stage = try Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: [:])
+            let stage = try Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
         } else {

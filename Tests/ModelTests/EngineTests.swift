@@ -79,7 +79,7 @@ struct EngineTests {
             let offset = t.fileOffset + (expert ?? 0) * per
             return Data(bytes: file.mapping.base! + offset, count: per) == disk[offset..<(offset + per)]
         }
-        _ = try Stage(file: file, config: try ModelConfig(file: file), layers: 0..<4, pool: ThreadPool(threads: 1), heldExperts: [0: [1]])
+        _ = try Stage(file: file, config: try ModelConfig(file: file), layers: 0..<4, pool: ThreadPool(threads: 1), heldExperts: ExpertSet([0: [1]]))
         #expect(try !unchanged("blk.0.attn_q.weight"), "Q4_0 attention is packed")
         #expect(try unchanged("blk.0.ffn_gate_inp.weight"), "an F32 router is left as it is")
         #expect(try unchanged("token_embd.weight"), "the embedding (rows looked up, not multiplied) is left as it is")

@@ -1,0 +1,229 @@
+import Kernels
+
+/// One row's routing decision: which experts, with what weights, in the order the router ranked them.
+public struct Route: Sendable, Equatable {
+    public var experts: [Int]
+    public var weights: [Float]
+    /// Each expert's position in the row's full route (the summation order); nil means 0, 1, 2, …. A provider
+    /// handed part of a route (the experts it holds) keeps their original slots.
+    public var slots: [Int]?
+    public init(experts: [Int], weights: [Float], slots: [Int]? = nil) {
+        self.experts = experts
+        self.weights = weights
+        self.slots = slots
+    }
+    public func slot(_ i: Int) -> Int { slots?[i] ?? i }
+
+    /// An empty part of a route, to which a splitter appends the experts it hands one provider.
+    public static var emptyPart: Route { Route(experts: [], weights: [], slots: []) }
+
+    /// Appends expert `expert` with `weight` at summation slot `slot`.
+    public mutating func append(_ expert: Int, weight: Float, slot: Int) {
+        experts.append(expert)
+        weights.append(weight)
+        slots = (slots ?? Array(0..<(experts.count - 1))) + [slot]
+    }
+
+    /// Slots per row a results buffer needs for these routes (one past the largest slot).
+    public static func slotsPerRow(_ routes: [Route]) -> Int {
+        routes.map { r in (0..<r.experts.count).map { r.slot($0) + 1 }.max() ?? 0 }.max() ?? 0
+    }
+
+    /// Adds each row's weighted expert outputs (at `(row · slotsPerRow + slot) · embedding` in `results`) into
+    /// `output` in route order (slot 0, 1, …), as llama.cpp adds them. Every provider sums through here, which is
+    /// what keeps a distributed or offloaded run bit-identical to a single process.
+    public static func accumulate(_ routes: [Route], results: UnsafePointer<Float>, slotsPerRow k: Int, embedding e: Int,
+                                  into output: UnsafeMutablePointer<Float>) {
+        for (r, route) in routes.enumerated() {
+            let out = output + r * e
+            for s in (0..<route.experts.count).map(route.slot).sorted() {
+                let src = results + (r * k + s) * e
+                for c in 0..<e { out[c] += src[c] }
+            }
+        }
+    }
+}
+
+/// Which experts of which layers a process holds: every expert of every layer it binds, or an explicit list
+/// per layer (a worker's share under expert parallelism; layers not listed hold none).
+public struct ExpertSet: Sendable, Equatable, CustomStringConvertible {
+    enum Storage: Sendable, Equatable {
+        case all
+        case listed([Int: [Int]])
+    }
+    let storage: Storage
+
+    /// Every expert of every bound layer.
+    public static let all = ExpertSet(storage: .all)
+    /// No expert at all (a stage whose experts all live elsewhere).
+    public static let none = ExpertSet(storage: .listed([:]))
+
+    init(storage: Storage) { self.storage = storage }
+
+    /// `layers[l]` lists layer l's experts (any order, duplicates dropped); empty lists are dropped.
+    public init(_ layers: [Int: [Int]]) {
+        storage = .listed(layers.filter { !$0.value.isEmpty }.mapValues { Array(Set($0)).sorted() })
+    }
+
+    public var isAll: Bool { storage == .all }
+
+    /// Layers with at least one listed expert (nil for `all`).
+    public var listedLayers: [Int]? {
+        if case .listed(let m) = storage { return m.keys.sorted() }
+        return nil
+    }
+
+    /// Layer `layer`'s experts, ascending, given the model's `expertCount`.
+    public func experts(inLayer layer: Int, of expertCount: Int) -> [Int] {
+        switch storage {
+        case .all: return Array(0..<expertCount)
+        case .listed(let m): return m[layer] ?? []
+        }
+    }
+
+    public func contains(layer: Int, expert: Int) -> Bool {
+        switch storage {
+        case .all: return true
+        case .listed(let m): return m[layer]?.contains(expert) ?? false
+        }
+    }
+
+    /// Number of (layer, expert) pairs over `layers`.
+    public func count(layers: some Swift.Sequence<Int>, expertCount: Int) -> Int {
+        layers.reduce(0) { $0 + experts(inLayer: $1, of: expertCount).count }
+    }
+
+    /// Restricted to `layers`.
+    public func restricted(to layers: Range<Int>, expertCount: Int) -> ExpertSet {
+        ExpertSet(Dictionary(uniqueKeysWithValues: layers.map { ($0, experts(inLayer: $0, of: expertCount)) }))
+    }
+
+    public var description: String {
+        switch storage {
+        case .all: return "all experts"
+        case .listed(let m): return m.keys.sorted().map { "layer \($0): \(m[$0]!)" }.joined(separator: "; ")
+        }
+    }
+}
+
+/// Computes experts' outputs for the rows of a batch routed to experts of one layer.
+///
+/// The MoE block does not know where experts live: resident in this process, behind a memory-budgeted cache,
+/// or on another worker. Every provider implements the one slot-addressed computation — each (row, slot)'s
+/// weighted output, written where `Route.accumulate` reads it — and `apply` is derived from it once, so every
+/// provider sums in the same order and gives bit-identical results.
+public protocol ExpertProvider: AnyObject, Sendable {
+    /// w · FFN_e(x) for every (row, slot) of `routes`, written at `(row · slotsPerRow + slot) · embedding` of
+    /// `results`. Each vector is the same whatever else is in the batch (the kernels are batch-invariant), so
+    /// results computed by different providers sum to exactly what one process computes.
+    func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+                         into results: UnsafeMutablePointer<Float>) throws
+
+    /// A hint that `layer` will soon be computed for rows likely routed to `experts` (the next layer's router
+    /// run on this layer's hidden state): a provider that pages its experts starts reading the missing ones.
+    func prefetch(layer: Int, experts: Set<Int>)
+}
+
+extension ExpertProvider {
+    public func prefetch(layer: Int, experts: Set<Int>) {}
+
+    /// Σ_k w_k · FFN_{e_k}(x) added into `output` for each row, in route order.
+    public func apply(layer: Int, input x: UnsafePointer<Float>, rows: Int, embedding e: Int, routes: [Route],
+                      output: UnsafeMutablePointer<Float>) throws {
+        let k = Route.slotsPerRow(routes)
+        let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * e))
+        defer { results.deallocate() }
+        try weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)
+        Route.accumulate(routes, results: results, slotsPerRow: k, embedding: e, into: output)
+    }
+}
+
+/// One expert's three matrices, wherever their bytes are (the mapping, or a slot of the offload cache).
+public struct ExpertMatrices: Sendable {
+    public let gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+}
+
+/// The expert FFN computation every local provider runs: rows grouped by expert so that each expert's weights
+/// stream from memory once per batch, however many rows chose it.
+enum ExpertCompute {
+    /// The (row, slot) pairs routed to each expert, experts ascending; `check` vets each expert id first.
+    static func group(_ routes: [Route], check: (Int) throws -> Void) rethrows -> [(expert: Int, members: [(row: Int, slot: Int)])] {
+        var byExpert: [Int: [(row: Int, slot: Int)]] = [:]
+        for (r, route) in routes.enumerated() {
+            for (i, e) in route.experts.enumerated() {
+                try check(e)
+                byExpert[e, default: []].append((r, i))
+            }
+        }
+        return byExpert.keys.sorted().map { ($0, byExpert[$0]!) }
+    }
+
+    /// Computes `experts` (each with its matrices and the (row, index-in-route) pairs routed to it) and writes
+    /// every pair's weighted output into `results` as `ExpertProvider.weightedOutputs` specifies.
+    static func run(_ experts: [(matrices: ExpertMatrices, members: [(row: Int, slot: Int)])], input x: UnsafePointer<Float>,
+                    routes: [Route], slotsPerRow k: Int, embd: Int, ff: Int, pool: ThreadPool,
+                    into results: UnsafeMutablePointer<Float>) throws {
+        let total = experts.reduce(0) { $0 + $1.members.count }
+        guard total > 0 else { return }
+        // Per expert, its rows' inputs gathered, then gate, up, down results — one contiguous arena.
+        let xs = UnsafeMutablePointer<Float>.allocate(capacity: total * embd)
+        let gate = UnsafeMutablePointer<Float>.allocate(capacity: total * ff)
+        let up = UnsafeMutablePointer<Float>.allocate(capacity: total * ff)
+        let down = UnsafeMutablePointer<Float>.allocate(capacity: total * embd)
+        defer { xs.deallocate(); gate.deallocate(); up.deallocate(); down.deallocate() }
+        var offsets: [Int] = []
+        var o = 0
+        for (_, m) in experts {
+            offsets.append(o)
+            for (i, item) in m.enumerated() { (xs + (o + i) * embd).update(from: x + item.row * embd, count: embd) }
+            o += m.count
+        }
+        let fused = experts.allSatisfy { ex in
+            let w = ex.matrices
+            return w.gate.type == w.up.type && MatMul.hasKernel(w.gate.type) && MatMul.hasKernel(w.down.type)
+        }
+        if fused, let first = experts.first?.matrices,
+           let inFormat = ActivationQuant.vecDotType(for: first.gate.type), let midFormat = ActivationQuant.vecDotType(for: first.down.type),
+           experts.allSatisfy({ $0.matrices.gate.type == first.gate.type && $0.matrices.down.type == first.down.type }) {
+            // Phase 1: every expert's gate and up projections in one dispatch (inputs quantized once).
+            var jobs: [MatMul.Job] = []
+            for (i, ex) in experts.enumerated() {
+                let n = ex.members.count, off = offsets[i]
+                let a = try QuantizedActivations(xs + off * embd, cols: embd, batch: n, format: inFormat, pool: pool)
+                jobs.append(MatMul.Job(ex.matrices.gate, a, into: gate + off * ff))
+                jobs.append(MatMul.Job(ex.matrices.up, a, into: up + off * ff))
+            }
+            try MatMul.multiply(jobs, pool: pool)
+            Ops.swiglu(gate: gate, up: up, count: total * ff)
+            // Phase 2: every down projection in one dispatch.
+            jobs.removeAll()
+            for (i, ex) in experts.enumerated() {
+                let n = ex.members.count, off = offsets[i]
+                let a = try QuantizedActivations(gate + off * ff, cols: ff, batch: n, format: midFormat, pool: pool)
+                jobs.append(MatMul.Job(ex.matrices.down, a, into: down + off * embd))
+            }
+            try MatMul.multiply(jobs, pool: pool)
+        } else {
+            for (i, ex) in experts.enumerated() {
+                let n = ex.members.count, off = offsets[i], w = ex.matrices
+                try MatMul.multiply(w.gate, xs + off * embd, batch: n, into: gate + off * ff, pool: pool)
+                try MatMul.multiply(w.up, xs + off * embd, batch: n, into: up + off * ff, pool: pool)
+                Ops.swiglu(gate: gate + off * ff, up: up + off * ff, count: n * ff)
+                try MatMul.multiply(w.down, gate + off * ff, batch: n, into: down + off * embd, pool: pool)
+            }
+        }
+        for (i, ex) in experts.enumerated() {
+            for (j, item) in ex.members.enumerated() {
+                let route = routes[item.row]
+                let weight = route.weights[item.slot]
+                let dst = results + (item.row * k + route.slot(item.slot)) * embd, src = down + (offsets[i] + j) * embd
+                for c in 0..<embd { dst[c] = src[c] * weight }
+            }
+        }
+    }
+}
