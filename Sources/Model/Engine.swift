@@ -34,8 +34,10 @@ public final class Engine: @unchecked Sendable {
         try self.init(file: try GGUFFile(path: path), threads: threads, split: split)
     }
 
-    /// The same over a file already open (stages of several engines may share one mapping).
-    public init(file: GGUFFile, threads: Int, split: [Int] = []) throws {
+    /// The same over a file already open (stages of several engines may share one mapping). `experts`, when
+    /// given, makes the provider every stage computes its routed experts with (the offload cache under a
+    /// memory budget); the stages then fault in none of the expert tensors themselves.
+    public init(file: GGUFFile, threads: Int, split: [Int] = [], experts: ((ThreadPool) throws -> ExpertProvider)? = nil) throws {
         self.file = file
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
@@ -45,7 +47,10 @@ public final class Engine: @unchecked Sendable {
             throw ModelError("stage split \(split) must be increasing layer numbers inside 1..<\(config.layerCount)")
         }
         let (f, c, p) = (file, config, pool)
-        stages = try zip(bounds, bounds.dropFirst()).map { try Stage(file: f, config: c, layers: $0..<$1, pool: p) }
+        let provider = try experts?(pool)
+        stages = try zip(bounds, bounds.dropFirst()).map {
+            try Stage(file: f, config: c, layers: $0..<$1, pool: p, experts: provider, heldExperts: provider == nil ? .all : .none)
+        }
     }
 
     /// A fresh sequence with caches for `capacity` positions (default: the model's context length).

@@ -152,6 +152,7 @@ public final class Stage: @unchecked Sendable {
         switch w.ffn {
         case .moe(let router, _, let shared):
             let routes = try route(router, buf.normed, t)
+            try prefetchNext(after: l, hidden, t)
             try experts.apply(layer: l, input: buf.normed, rows: t, embedding: e, routes: routes, output: buf.moe)
             if let shared { try sharedExpert(shared, buf.normed, t, into: buf.moe) }
         case .dense(let gate, let up, let down):
@@ -192,6 +193,20 @@ public final class Stage: @unchecked Sendable {
         } else {
             try MatMul.multiply(m, x, batch: t, into: y, pool: pool)
         }
+    }
+
+    /// While layer l's experts compute, the next layer's router runs on this layer's hidden state (normed with
+    /// the next layer's FFN norm) and the experts it picks are read ahead: the hidden state changes little from
+    /// one layer to the next, so the guess is usually right, and a wrong one costs only a read. Decode batches
+    /// only — a stream (prefill) reads nearly every expert anyway.
+    func prefetchNext(after l: Int, _ hidden: UnsafePointer<Float>, _ t: Int) throws {
+        guard experts.pagesExperts, t <= 32, layers.contains(l + 1), case .moe(let router, _, _) = weights[l + 1]!.ffn else { return }
+        let e = config.embeddingLength
+        let normed = UnsafeMutablePointer<Float>.allocate(capacity: t * e)
+        defer { normed.deallocate() }
+        for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: weights[l + 1]!.ffnNorm, count: e, eps: config.rmsEpsilon, into: normed + r * e) }
+        let predicted = try route(router, normed, t)
+        experts.prefetch(layer: l + 1, experts: Set(predicted.flatMap(\.experts)))
     }
 
     /// Router: logits, then the architecture's gating rule.

@@ -148,6 +148,8 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
         self.embedding = embedding
     }
 
+    public var pagesExperts: Bool { local.pagesExperts }
+
     public func prefetch(layer: Int, experts: Set<Int>) {
         let remote = owner[layer] ?? [:]
         local.prefetch(layer: layer, experts: experts.filter { remote[$0] == nil })

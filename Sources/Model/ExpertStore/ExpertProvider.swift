@@ -122,10 +122,14 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// A hint that `layer` will soon be computed for rows likely routed to `experts` (the next layer's router
     /// run on this layer's hidden state): a provider that pages its experts starts reading the missing ones.
     func prefetch(layer: Int, experts: Set<Int>)
+
+    /// Whether some experts are read from disk on use (a stage then predicts the next layer's experts).
+    var pagesExperts: Bool { get }
 }
 
 extension ExpertProvider {
     public func prefetch(layer: Int, experts: Set<Int>) {}
+    public var pagesExperts: Bool { false }
 
     /// Σ_k w_k · FFN_{e_k}(x) added into `output` for each row, in route order.
     public func apply(layer: Int, input x: UnsafePointer<Float>, rows: Int, embedding e: Int, routes: [Route],
