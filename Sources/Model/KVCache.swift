@@ -27,7 +27,10 @@ public final class KVCache: @unchecked Sendable {
     }
 
     /// Bytes held (what the memory budget counts).
-    public var bytes: Int { 2 * 2 * layers.count * capacity * kvDim }
+    public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, kvDim: kvDim) }
+
+    /// Bytes of a cache of `capacity` positions over `layers` layers: K and V, f16.
+    public static func bytes(layers: Int, capacity: Int, kvDim: Int) -> Int { 2 * 2 * layers * capacity * kvDim }
 
     @inline(__always) func offset(_ layer: Int, _ pos: Int) -> Int {
         ((layer - layers.lowerBound) * capacity + pos) * kvDim

@@ -39,7 +39,7 @@ public struct ModelFootprint: Sendable, Equatable {
         let expert = (0..<config.layerCount).map(layout.bytesPerExpert)
         // A tied head reads the embedding; the last stage then needs those bytes too.
         if layout.tiedHead { head += embd }
-        let kv = 2 * 2 * config.kvDim * context * sequences  // K and V, f16
+        let kv = KVCache.bytes(layers: 1, capacity: context, kvDim: config.kvDim) * sequences
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head)
     }

@@ -10,6 +10,6 @@ struct Conclave: AsyncParsableCommand {
         clients; `run`, `perplexity` and `logits` in one process; `inspect`, `tokenize`, `quantize`, `synth`, `plan`
         and `bench` as tools.
         """,
-        subcommands: [WorkerCommand.self, ServeCommand.self, GenerateCommand.self, StatusCommand.self, RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
+        subcommands: [WorkerCommand.self, ServeCommand.self, GenerateCommand.self, StatusCommand.self, RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, TraceExpertsCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
     )
 }

@@ -3,8 +3,8 @@ import Glibc
 #endif
 
 /// Writes a line to standard error (progress, timings, errors), keeping stdout for the command's result.
-func printError(_ message: String) {
-    let line = message + "\n"
+func printError(_ message: String, terminator: String = "\n") {
+    let line = message + terminator
     line.utf8CString.withUnsafeBufferPointer { buf in
         var done = 0
         let total = buf.count - 1

@@ -66,9 +66,10 @@ struct RunCommand: ParsableCommand {
     @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
     @Option(help: "Context length (default: the model's).") var ctx: Int?
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var offload: OffloadOptions
 
     func run() throws {
-        let engine = try model.load()
+        let (engine, cache) = try offload.load(model, context: ctx)
         let ids = engine.tokenizer.encode(prompt)
         let seq = engine.newSequence(capacity: ctx)
         var text = TextStream()
@@ -79,6 +80,7 @@ struct RunCommand: ParsableCommand {
             }
             text.finish()
             printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s")
+            if let cache { printError(cache.snapshot.summary(tokens: stats.promptTokens + stats.generatedTokens)) }
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

@@ -101,3 +101,51 @@ struct OffloadTests {
         #expect(afterPrompt >= clean - 0.05, "decode hit rate \(afterPrompt) after a long prompt, \(clean) without it")
     }
 }
+
+/// The offline simulator: Belady's MIN is the ceiling, and the default policy beats LRU where frequency matters.
+struct CacheSimulatorTests {
+    static func trace(_ groups: [[Int]], layer: Int = 0) -> RoutingTrace {
+        RoutingTrace(events: groups.enumerated().map { RoutingTrace.Event(layer: layer, position: $0.offset, experts: $0.element) })
+    }
+
+    @Test func minIsTheCeilingForEveryPolicyAndSize() throws {
+        // A routing trace of the shipped model over the first tokens of the held-out text.
+        let tokens = try OffloadTests.tokens(600)
+        let t = try RoutingTrace.record(file: OffloadTests.file, threads: 2, tokens: tokens, chunk: 200)
+        #expect(t.events.count == tokens.count * OffloadTests.config.layerCount)
+        #expect(t.events.allSatisfy { $0.experts.count == OffloadTests.config.expertsUsed })
+        for capacity in [2, 4, 8, 12, 16, 24, 32] {
+            let min = CacheSimulator.optimal(t, capacity: capacity)
+            #expect(min.hits + min.misses == t.events.count * OffloadTests.config.expertsUsed)
+            for name in EvictionPolicies.names {
+                let r = CacheSimulator.run(t, capacity: capacity, policy: EvictionPolicies.make(name)!)
+                #expect(r.hits + r.misses == min.hits + min.misses)
+                #expect(min.hits >= r.hits, "\(name) at \(capacity): \(r.hits) hits, more than MIN's \(min.hits)")
+            }
+        }
+        // Everything fits: only the first use of each expert misses, whatever the policy.
+        let all = CacheSimulator.run(t, capacity: 32, policy: LRUPolicy())
+        #expect(all.misses == t.keys.count)
+    }
+
+    /// Two favourites, then a burst of three one-off experts, over and over, in a cache of four: LRU evicts the
+    /// favourites during every burst; decayed frequency keeps them.
+    @Test func defaultBeatsLRUOnACraftedTrace() {
+        var groups: [[Int]] = []
+        for i in 0..<100 { groups += [[0], [1], [10 + 3 * i], [11 + 3 * i], [12 + 3 * i]] }
+        let t = Self.trace(groups)
+        let lru = CacheSimulator.run(t, capacity: 4, policy: LRUPolicy())
+        let ours = CacheSimulator.run(t, capacity: 4, policy: EvictionPolicies.make(EvictionPolicies.defaultName)!)
+        let min = CacheSimulator.optimal(t, capacity: 4)
+        #expect(lru.hits == 0)
+        #expect(ours.hits >= 190, "default \(ours.hits) hits, LRU \(lru.hits)")
+        #expect(min.hits >= ours.hits)
+    }
+
+    @Test func minOnAKnownTrace() {
+        // Capacity 2, accesses 1 2 3 1 2: MIN evicts 3's victim wisely — hits on the second 1 and 2 only if kept.
+        let t = Self.trace([[1], [2], [3], [1], [2]])
+        #expect(CacheSimulator.optimal(t, capacity: 2) == CacheSimulator.Result(hits: 1, misses: 4))
+        #expect(CacheSimulator.run(t, capacity: 2, policy: LRUPolicy()) == CacheSimulator.Result(hits: 0, misses: 5))
+    }
+}

@@ -54,30 +54,48 @@ public final class LRUPolicy: EvictionPolicy {
     }
 }
 
-/// Frequency with exponential decay: each use adds 1 to an expert's score, and scores halve every `halfLife`
-/// ticks. MoE routers have persistent favourites per layer, which plain recency forgets after one unlucky
-/// stretch; the decay lets the favourites change with the text. Scores survive eviction (they are a few bytes
-/// per expert), so an expert that comes back keeps its history — that is what LRU cannot do.
+/// Frequency with exponential decay, on each layer's own clock: each use adds 1 to an expert's score, and
+/// scores halve every `halfLife` uses of the expert's layer (tokens, in decode). MoE routers have persistent
+/// favourites per layer, which plain recency forgets after one unlucky stretch; the decay lets the favourites
+/// change with the text. Counting time per layer matters: layers run in turn, so a global clock makes the
+/// experts of the layer that ran last look fresher than equally hot ones of the next layer. Among equal scores
+/// the expert whose layer comes round last is evicted (what Belady's optimum would do). Scores survive
+/// eviction (a few bytes per expert), so an expert that comes back keeps its history — LRU cannot.
 public final class DecayedFrequencyPolicy: EvictionPolicy {
     public let name = "lfu-decay"
     let lambda: Double
     var score: [ExpertKey: (value: Double, at: Int)] = [:]
+    /// Per layer: groups accessed so far, and the tick of the last one.
+    var clock: [Int: (count: Int, tick: Int)] = [:]
 
-    /// `halfLife` in ticks (one tick per layer access group; a few tokens' worth of layers by default).
-    public init(halfLife: Double = 256) { lambda = log(2) / halfLife }
+    /// `halfLife` in uses of the expert's layer.
+    public init(halfLife: Double = 16) { lambda = log(2) / halfLife }
 
-    func current(_ key: ExpertKey, _ now: Int) -> Double {
+    func current(_ key: ExpertKey) -> Double {
         guard let s = score[key] else { return 0 }
-        return s.value * exp(-lambda * Double(now - s.at))
+        return s.value * exp(-lambda * Double((clock[key.layer]?.count ?? 0) - s.at))
     }
 
     public func accessed(_ key: ExpertKey, now: Int) {
-        score[key] = (current(key, now) + 1, now)
+        var c = clock[key.layer] ?? (0, Int.min)
+        if c.tick != now { c = (c.count + 1, now) }
+        clock[key.layer] = c
+        score[key] = (current(key) + 1, c.count)
     }
 
     public func removed(_ key: ExpertKey) {}
 
     public func victim(among candidates: [ExpertKey], now: Int) -> ExpertKey {
-        candidates.min { (current($0, now), $0) < (current($1, now), $1) }!
+        candidates.max { (expectedNextUse($0), $1) < (expectedNextUse($1), $0) }!
+    }
+
+    /// When `key` is expected to be used next, in ticks: its layer comes round again one cycle (one tick per
+    /// layer) after it last ran, and then each cycle uses the expert with probability p, estimated from the
+    /// decayed score (in steady state score = p / (1 − d) for a per-use decay d). Evicting the latest expected
+    /// use is Belady's rule with the future replaced by this estimate.
+    func expectedNextUse(_ key: ExpertKey) -> Double {
+        let cycle = Double(max(1, clock.count))
+        let p = min(1, max(1e-9, current(key) * (1 - exp(-lambda))))
+        return Double(clock[key.layer]?.tick ?? 0) + cycle / p
     }
 }

@@ -65,6 +65,11 @@ public struct ExpertSet: Sendable, Equatable, CustomStringConvertible {
         storage = .listed(layers.filter { !$0.value.isEmpty }.mapValues { Array(Set($0)).sorted() })
     }
 
+    /// Every expert of `layers`, listed (what a process that holds them all loads).
+    public static func every(layers: Range<Int>, expertCount: Int) -> ExpertSet {
+        ExpertSet(Dictionary(uniqueKeysWithValues: layers.map { ($0, Array(0..<expertCount)) }))
+    }
+
     public var isAll: Bool { storage == .all }
 
     /// Layers with at least one listed expert (nil for `all`).

@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import GGUF
+import Kernels
 
 /// Reads experts' bytes from the model file with `pread`, never through the mapping, so that what the offload
 /// cache holds is exactly its slots (RSS is the truth) and the page cache does not silently hold the rest:
@@ -35,6 +37,9 @@ final class ExpertReader: @unchecked Sendable {
         if !direct { _ = posix_fadvise(fd, off_t(offset), off_t(count), Int32(POSIX_FADV_DONTNEED)) }
     }
 
+    /// Drops a range from the page cache (so the next read comes from the disk).
+    func drop(offset: Int, count: Int) { _ = posix_fadvise(fd, off_t(offset), off_t(count), Int32(POSIX_FADV_DONTNEED)) }
+
     private func readFully(_ f: Int32, offset: Int, count: Int, into dst: UnsafeMutableRawPointer) throws(ModelError) {
         var done = 0
         while done < count {
@@ -46,5 +51,39 @@ final class ExpertReader: @unchecked Sendable {
             }
             done += n
         }
+    }
+}
+
+/// The disk as the offload cache sees it.
+public enum ExpertDisk {
+    /// Read bandwidth, bytes per second, for the cache's access pattern: every expert of the model once, in a
+    /// shuffled order, through the same reader (the page cache dropped for those ranges first and after each read).
+    public static func readBandwidth(file: GGUFFile, config: ModelConfig) throws(ModelError) -> Double {
+        let layout = WeightLayout(file: file, config: config)
+        let reader = try ExpertReader(path: file.path)
+        var keys: [ExpertKey] = []
+        for l in 0..<config.layerCount where !layout.expertSlices[l].isEmpty {
+            for e in 0..<config.expertCount { keys.append(ExpertKey(layer: l, expert: e)) }
+        }
+        // A fixed shuffle: the same pattern every run.
+        var g: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for i in stride(from: keys.count - 1, to: 0, by: -1) {
+            g = g &* 6364136223846793005 &+ 1442695040888963407
+            keys.swapAt(i, Int((g >> 33) % UInt64(i + 1)))
+        }
+        let largest = keys.map { layout.bytesPerExpert(layer: $0.layer) }.max() ?? 0
+        guard largest > 0 else { throw ModelError("\(file.path) has no routed experts") }
+        for k in keys { for r in layout.expertRanges(layer: k.layer, expert: k.expert) { reader.drop(offset: r.offset, count: r.count) } }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: largest + ExpertReader.alignment, alignment: ExpertReader.alignment)
+        defer { buffer.deallocate() }
+        let t0 = KernelBench.now()
+        var bytes = 0
+        for k in keys {
+            for r in layout.expertRanges(layer: k.layer, expert: k.expert) {
+                try reader.read(offset: r.offset, count: r.count, into: buffer)
+                bytes += r.count
+            }
+        }
+        return Double(bytes) / max(1e-9, KernelBench.now() - t0)
     }
 }

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import GGUF
+import Kernels
+import Model
+import Placement
+
+/// `--memory` and `--policy` for commands that run a model in this process: under a budget smaller than the
+/// model, experts beyond it are paged from the file through the offload cache.
+struct OffloadOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Hard memory budget for weights, KV and scratch (e.g. 12MiB, 8GiB, bytes); experts that do not fit are read from the model file on use.",
+                               valueName: "BYTES"))
+    var memory: String?
+
+    @Option(help: "Expert cache eviction policy when offloading: \(EvictionPolicies.names.joined(separator: " | ")).")
+    var policy: String = EvictionPolicies.defaultName
+
+    func validate() throws {
+        if let memory, ClusterFile.parseBytes(memory) == nil { throw ValidationError("--memory '\(memory)' is not a size like 512MiB, 8GiB or a number of bytes") }
+        guard EvictionPolicies.make(policy) != nil else { throw ValidationError("--policy '\(policy)' is not one of \(EvictionPolicies.names.joined(separator: ", "))") }
+    }
+
+    var budget: Int? { memory.flatMap(ClusterFile.parseBytes) }
+
+    /// The engine under the budget (all experts resident when they fit), and the cache when one is used.
+    func load(_ model: ModelOptions, context: Int?) throws -> (Engine, BudgetedExperts?) {
+        do {
+            guard let budget else { return (try Engine(path: model.model, threads: model.threads), nil) }
+            let file = try GGUFFile(path: model.model)
+            let config = try ModelConfig(file: file)
+            let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: context ?? config.contextLength,
+                                        sequences: 1, budget: budget)
+            if plan.allResident { return (try Engine(file: file, threads: model.threads), nil) }
+            var cache: BudgetedExperts?
+            let engine = try Engine(file: file, threads: model.threads) { pool in
+                let c = try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
+                                            slots: plan.slots, policy: EvictionPolicies.make(policy)!, pool: pool)
+                cache = c
+                return c
+            }
+            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence)), scratch \(formatBytes(plan.scratchBytes)), slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(model.model), policy \(policy)")
+            return (engine, cache)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+extension BudgetedExperts.Counters {
+    /// One line for stderr: what the cache did over `tokens` tokens.
+    func summary(tokens: Int) -> String {
+        let t = Double(max(1, tokens))
+        return "experts: \(hits) hits, \(misses) misses (hit rate \(fixed(hitRate * 100, 1))%), read \(formatBytes(bytesRead)) at \(fixed(readGBps, 2)) GB/s, prefetch \(prefetchUsed) used of \(prefetchIssued) issued, stall \(fixed(stallSeconds * 1000 / t, 2)) ms/token"
+    }
+}
