@@ -38,7 +38,10 @@ public final class Coordinator: Service, @unchecked Sendable {
     public let file: GGUFFile
     public let config: ModelConfig
     public let tokenizer: Tokenizer
-    public let plan: Plan
+    /// Made from the cluster file at start, then again from each worker's own budget once all said Hello.
+    public private(set) var plan: Plan
+    let cluster: ClusterFile
+    let footprint: ModelFootprint
     public let contextLength: Int
     let options: Options
     let clients: Transport
@@ -55,7 +58,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
         contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
-        plan = try Planner.plan(ModelFootprint(file: file, config: config, context: contextLength), cluster: cluster)
+        footprint = ModelFootprint(file: file, config: config, context: contextLength)
+        plan = try Planner.plan(footprint, cluster: cluster)
+        self.cluster = cluster
         self.options = options
         self.clients = clients
         self.log = log
@@ -114,11 +119,12 @@ public final class Coordinator: Service, @unchecked Sendable {
         guard missing.isEmpty else {
             throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file")
         }
+        try replanWithReportedBudgets()
 
         var assigns: [(WorkerLink, UInt64)] = []
         for (i, link) in links.enumerated() {
             let a = assignment(for: i)
-            link.info.withLock { $0.layers = Int(a.firstLayer)..<Int(a.endLayer); $0.experts = a.experts.reduce(0) { $0 + $1.experts.count } }
+            link.info.withLock { $0.layers = Int(a.firstLayer)..<Int(a.endLayer); $0.experts = (a.experts + a.paged).reduce(0) { $0 + $1.experts.count } }
             let id = replies.register()
             var e = Envelope()
             e.requestID = id
@@ -135,10 +141,36 @@ public final class Coordinator: Service, @unchecked Sendable {
             }
             guard case .ready(let r) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
             link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
-            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident")
+            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequences" : ""))
+            if r.maxSequences > 0 { scheduler.maxSequences = min(scheduler.maxSequences, Int(r.maxSequences)) }
         }
         scheduler.start()
         log("serving \(modelName) on \(clients.endpoint)")
+    }
+
+    /// A worker's own `--memory` is the truth when it is below the cluster file's figure: the plan uses the
+    /// smaller of the two, so no worker is assigned more than it will hold.
+    func replanWithReportedBudgets() throws {
+        var smaller: [String] = []
+        let workers = links.map { link -> ClusterFile.Worker in
+            let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
+            let w = link.worker
+            guard reported > 0, reported < w.memory else { return w }
+            smaller.append("\(w.name) \(reported) bytes (cluster file: \(w.memory))")
+            return ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role)
+        }
+        guard !smaller.isEmpty else { return }
+        log("workers report smaller budgets than the cluster file: \(smaller.joined(separator: ", ")); planning with those")
+        do {
+            let p = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: workers))
+            guard p.stages.count == plan.stages.count else {
+                throw CoordinatorError("with the budgets the workers report, the model needs \(p.stages.count) pipeline stages instead of \(plan.stages.count); correct the cluster file's memory figures")
+            }
+            plan = p
+            log("plan: " + planSummary())
+        } catch let e as PlacementError {
+            throw CoordinatorError("with the budgets the workers report: \(e)")
+        }
     }
 
     /// What worker `i` holds and whom it talks to.
@@ -172,21 +204,28 @@ public final class Coordinator: Service, @unchecked Sendable {
                 a.remote.append(r)
             }
         }
+        a.experts = Self.wireSets(plan.experts(of: i, paged: false))
+        a.paged = Self.wireSets(plan.experts(of: i, paged: true))
+        a.slots = UInt32(plan.slots[i])
+        return a
+    }
+
+    static func wireSets(_ pairs: [(layer: Int, expert: Int)]) -> [Conclave_V1_ExpertSet] {
         var held: [Int: [UInt32]] = [:]
-        for (l, e) in plan.experts(of: i) { held[l, default: []].append(UInt32(e)) }
-        a.experts = held.keys.sorted().map { l in
+        for (l, e) in pairs { held[l, default: []].append(UInt32(e)) }
+        return held.keys.sorted().map { l in
             var set = Conclave_V1_ExpertSet()
             set.layer = UInt32(l)
             set.experts = held[l]!
             return set
         }
-        return a
     }
 
     func planSummary() -> String {
         plan.workers.enumerated().map { i, w in
             let layers = plan.stages.first { $0.worker == w.name }.map { "layers \($0.layers.lowerBound)..<\($0.layers.upperBound)" } ?? "no layers"
-            return "\(w.name): \(layers), \(plan.experts(of: i).count) experts"
+            let paged = plan.experts(of: i, paged: true).count
+            return "\(w.name): \(layers), \(plan.experts(of: i).count) experts" + (paged > 0 ? " (\(paged) paged through \(plan.slots[i]) slots)" : "")
         }.joined(separator: "; ")
     }
 

@@ -61,6 +61,9 @@ final class Scheduler: @unchecked Sendable {
     private let idLock = Mutex<UInt64>(1)
     private var thread: Thread?
 
+    /// Sequences generating at once: the fewest any stage worker's KV budget holds (set before `start`).
+    var maxSequences = Int.max
+
     init(coordinator: Coordinator, microBatches: Int, maxBatch: Int) {
         self.coordinator = coordinator
         self.maxBatch = max(1, maxBatch)
@@ -131,7 +134,13 @@ final class Scheduler: @unchecked Sendable {
         var active: [Request] = []
         var inFlight: [InFlight] = []
         while shared.withLock({ $0.running }) {
-            active += shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
+            // Admit only as many sequences as every stage has KV room for; the rest wait their turn in order.
+            let room = max(0, maxSequences - active.count)
+            active += shared.withLock { s -> [Request] in
+                let admitted = Array(s.incoming.prefix(room))
+                s.incoming.removeFirst(admitted.count)
+                return admitted
+            }
             while inFlight.count < microBatches, let step = compose(active) {
                 inFlight.append(step)
             }

@@ -63,7 +63,8 @@ public final class WorkerLink: @unchecked Sendable {
             w.firstLayer = UInt32(i.layers.lowerBound)
             w.endLayer = UInt32(i.layers.upperBound)
             w.experts = UInt32(i.experts)
-            w.memoryBudget = UInt64(worker.memory)
+            // The budget in force: the worker's own when smaller than the cluster file's (the plan used it).
+            w.memoryBudget = UInt64(min(worker.memory, Int(clamping: i.hello.map { $0.memoryBudget > 0 ? $0.memoryBudget : UInt64(worker.memory) } ?? UInt64(worker.memory))))
             w.residentBytes = max(i.residentBytes, i.heartbeat.residentBytes)
             w.rssBytes = i.heartbeat.rssBytes
             w.tokens = i.heartbeat.tokens
@@ -74,6 +75,7 @@ public final class WorkerLink: @unchecked Sendable {
             w.forwardedBytes = i.heartbeat.forwardedBytes
             w.forwardedRows = i.heartbeat.forwardedRows
             w.expertCallBytes = i.heartbeat.expertCallBytes
+            w.offload = i.heartbeat.offload
             return w
         }
     }

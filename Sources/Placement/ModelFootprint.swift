@@ -13,14 +13,27 @@ public struct ModelFootprint: Sendable, Equatable {
     public let expertBytes: [Int]
     public let embeddingBytes: Int
     public let headBytes: Int
+    /// Bytes of one offload cache slot (the largest expert, parts aligned for O_DIRECT).
+    public let slotBytes: Int
+    /// The fewest slots a worker that pages experts needs: one token's experts of a layer, twice (the layer
+    /// computing and the next one prefetched).
+    public let minSlots: Int
+    /// Working memory of a stage, and of a worker that computes experts, for one micro-batch.
+    public let stageScratchBytes: Int
+    public let expertScratchBytes: Int
 
-    public init(layerBytes: [Int], expertBytes: [Int], expertCount: Int, embeddingBytes: Int, headBytes: Int) {
+    public init(layerBytes: [Int], expertBytes: [Int], expertCount: Int, embeddingBytes: Int, headBytes: Int,
+                slotBytes: Int? = nil, minSlots: Int = 4, stageScratchBytes: Int = 0, expertScratchBytes: Int = 0) {
         self.layerCount = layerBytes.count
         self.layerBytes = layerBytes
         self.expertBytes = expertBytes
         self.expertCount = expertCount
         self.embeddingBytes = embeddingBytes
         self.headBytes = headBytes
+        self.slotBytes = slotBytes ?? (expertBytes.max() ?? 0)
+        self.minSlots = minSlots
+        self.stageScratchBytes = stageScratchBytes
+        self.expertScratchBytes = expertScratchBytes
     }
 
     /// From a model file, with a KV cache of `context` positions × `sequences` per layer.
@@ -41,7 +54,10 @@ public struct ModelFootprint: Sendable, Equatable {
         if layout.tiedHead { head += embd }
         let kv = KVCache.bytes(layers: 1, capacity: context, kvDim: config.kvDim) * sequences
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
-                  embeddingBytes: embd, headBytes: head)
+                  embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,
+                  minSlots: 2 * max(1, config.expertsUsed),
+                  stageScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, experts: false),
+                  expertScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, stage: false))
     }
 
     public var totalBytes: Int {

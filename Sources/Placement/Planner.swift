@@ -10,28 +10,45 @@ public struct Plan: Sendable, Equatable {
     public let stages: [Stage]
     /// experts[layer][expert] = index into `workers`.
     public let experts: [[Int]]
-    /// Bytes each worker will hold (weights + KV), by index into `workers`.
+    /// Bytes each worker will hold (weights + KV + offload slots), by index into `workers`.
     public let bytes: [Int]
+    /// paged[layer][expert]: the expert's worker reads it from its local GGUF on use instead of keeping it.
+    public let paged: [[Bool]]
+    /// Offload cache slots per worker (0: it pages nothing).
+    public let slots: [Int]
+
+    /// Whether any expert is paged (the cluster cannot hold the whole model in memory).
+    public var offloads: Bool { slots.contains { $0 > 0 } }
 
     public func stage(ofLayer l: Int) -> Stage? { stages.first { $0.layers.contains(l) } }
 
-    /// Experts a worker holds, as (layer, expert) pairs.
+    /// Experts a worker computes (resident or paged), as (layer, expert) pairs.
     public func experts(of worker: Int) -> [(layer: Int, expert: Int)] {
         experts.enumerated().flatMap { l, row in row.enumerated().filter { $0.element == worker }.map { (l, $0.offset) } }
+    }
+
+    /// The worker's experts it keeps in memory, or (`paged: true`) reads on use.
+    public func experts(of worker: Int, paged: Bool) -> [(layer: Int, expert: Int)] {
+        experts(of: worker).filter { self.paged[$0.layer][$0.expert] == paged }
     }
 }
 
 /// The planner: a pure function of the model's footprint and the cluster file.
 public enum Planner {
+    /// When the whole cluster's memory cannot hold the model, experts are paged: memory anywhere in the
+    /// cluster is used first (an expert another worker holds is computed there), and only what no worker can
+    /// hold is read from disk, by a worker that reserves cache slots for it. Refused only when even the
+    /// layers' fixed bytes (attention, norms, router, KV) and the minimum slots do not fit.
     public static func plan(_ model: ModelFootprint, cluster: ClusterFile) throws(PlacementError) -> Plan {
         let workers = cluster.workers
         let L = model.layerCount, E = model.expertCount
         var used = [Int](repeating: 0, count: workers.count)
-        let total = model.totalBytes
         let capacity = workers.reduce(0) { $0 + $1.memory }
-        guard total <= capacity else {
-            throw PlacementError("the model needs \(human(total)) (weights + KV) but the cluster's budgets add up to \(human(capacity)); add \(human(total - capacity)) of worker memory or use a smaller quantization")
-        }
+        // Scratch every worker needs for a micro-batch: stages theirs, every worker that may compute experts its own.
+        let stageCount = min(L, workers.filter { $0.role != .experts }.count)
+        let scratch = stageCount * model.stageScratchBytes + workers.filter { $0.role != .stage }.count * model.expertScratchBytes
+        let offload = model.totalBytes + scratch > capacity && E > 0
+        let reserve = model.minSlots * model.slotBytes
 
         // 1. Layers: contiguous ranges over the stage-capable workers, sized by their budgets.
         let stageWorkers = workers.indices.filter { workers[$0].role != .experts }
@@ -58,46 +75,86 @@ public enum Planner {
             start = end
         }
 
-        // The layers' fixed bytes (and embedding/head) must fit on their stage worker.
+        // The layers' fixed bytes (and embedding/head) must fit on their stage worker, with the minimum slots of
+        // an 'any' worker when the cluster must page.
+        var reserved = [Int](repeating: 0, count: workers.count)
         for (k, s) in stages.enumerated() {
             let w = usable[k]
             var need = s.layers.reduce(0) { $0 + model.layerBytes[$1] }
             if s.layers.lowerBound == 0 { need += model.embeddingBytes }
             if s.layers.upperBound == L { need += model.headBytes }
+            need += model.stageScratchBytes + (workers[w].role == .any ? model.expertScratchBytes : 0)
+            if offload, workers[w].role == .any, need + reserve <= workers[w].memory { reserved[w] = reserve }
             guard need <= workers[w].memory else {
                 throw PlacementError("worker '\(workers[w].name)' holds layers \(s.layers.lowerBound)..<\(s.layers.upperBound), which need \(human(need)) before any expert (attention, norms, routers, KV), but its budget is \(human(workers[w].memory))")
             }
             used[w] += need
         }
+        // An experts-only worker sets its scratch aside before its first expert.
+        for w in workers.indices where workers[w].role == .experts && workers[w].memory >= model.expertScratchBytes {
+            used[w] += model.expertScratchBytes
+        }
+        func free(_ w: Int) -> Int { workers[w].memory - used[w] - reserved[w] }
 
-        // 2. Experts: with their layer's stage worker while it has room, then on the expert-capable worker
-        // with the most free memory (ties: the earlier worker in the file).
+        // 2. Experts in memory: with their layer's stage worker while it has room, then on the expert-capable
+        // worker with the most free memory (ties: the earlier worker in the file).
         var experts = [[Int]](repeating: [Int](repeating: -1, count: E), count: L)
+        var paged = [[Bool]](repeating: [Bool](repeating: false, count: E), count: L)
+        var unplaced: [(layer: Int, expert: Int, owner: Int)] = []
         for (k, s) in stages.enumerated() {
             let owner = usable[k]
             for l in s.layers {
                 let size = model.expertBytes[l]
                 for e in 0..<E {
                     // A 'stage' worker holds layers only; an 'any' worker keeps its layers' experts while it has room.
-                    if workers[owner].role == .any, used[owner] + size <= workers[owner].memory {
+                    if workers[owner].role == .any, size <= free(owner) {
                         experts[l][e] = owner
                         used[owner] += size
                         continue
                     }
                     var best = -1
-                    for w in workers.indices where w != owner && workers[w].role != .stage && used[w] + size <= workers[w].memory {
-                        if best < 0 || workers[w].memory - used[w] > workers[best].memory - used[best] { best = w }
+                    for w in workers.indices where w != owner && workers[w].role != .stage && size <= free(w) {
+                        if best < 0 || free(w) > free(best) { best = w }
                     }
                     guard best >= 0 else {
-                        let free = workers.indices.filter { workers[$0].role != .stage }.map { workers[$0].memory - used[$0] }.max() ?? 0
-                        throw PlacementError("expert \(e) of layer \(l) (\(human(size))) fits on no worker: the most free memory left on an expert-capable worker is \(human(max(0, free))); add memory or workers with role 'any' or 'experts'")
+                        guard offload else {
+                            let most = workers.indices.filter { workers[$0].role != .stage }.map(free).max() ?? 0
+                            throw PlacementError("expert \(e) of layer \(l) (\(human(size))) fits on no worker: the most free memory left on an expert-capable worker is \(human(max(0, most))); add memory or workers with role 'any' or 'experts'")
+                        }
+                        unplaced.append((l, e, owner))
+                        continue
                     }
                     experts[l][e] = best
                     used[best] += size
                 }
             }
         }
-        return Plan(workers: workers, stages: stages, experts: experts, bytes: used)
+
+        // 3. What no memory holds is paged: by the layer's stage worker when it reserved slots, else by the
+        // expert-capable worker with the most room for slots.
+        for u in unplaced {
+            var pager = reserved[u.owner] > 0 ? u.owner : -1
+            if pager < 0 {
+                for w in workers.indices where workers[w].role != .stage && (reserved[w] > 0 || free(w) >= reserve) {
+                    if pager < 0 || free(w) + reserved[w] > free(pager) + reserved[pager] { pager = w }
+                }
+                if pager >= 0 && reserved[pager] == 0 { reserved[pager] = reserve }
+            }
+            guard pager >= 0, model.slotBytes > 0 else {
+                throw PlacementError("the cluster cannot hold the model even when paging experts: expert \(u.expert) of layer \(u.layer) needs a worker with room for \(model.minSlots) cache slots (\(human(reserve))) beside its layers; add memory or a worker with role 'any' or 'experts'")
+            }
+            experts[u.layer][u.expert] = pager
+            paged[u.layer][u.expert] = true
+        }
+        // Each pager turns its reservation and whatever memory is left into slots, no more than it pages.
+        var slots = [Int](repeating: 0, count: workers.count)
+        for w in workers.indices where reserved[w] > 0 {
+            let count = paged.indices.reduce(0) { l, layer in l + paged[layer].indices.filter { paged[layer][$0] && experts[layer][$0] == w }.count }
+            guard count > 0 else { continue }
+            slots[w] = min(count, (workers[w].memory - used[w]) / model.slotBytes)
+            used[w] += slots[w] * model.slotBytes
+        }
+        return Plan(workers: workers, stages: stages, experts: experts, bytes: used, paged: paged, slots: slots)
     }
 
     static func human(_ n: Int) -> String {

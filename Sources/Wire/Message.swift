@@ -93,6 +93,8 @@ public struct WireMessage: Sendable {
 public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
     public enum Code: Sendable, Equatable {
         case malformed, versionMismatch, tooLarge, modelMismatch, unknownWorker, contextExceeded, internalError
+        /// What was asked (an Assign, one more sequence) does not fit the worker's memory budget.
+        case overBudget
 
         var protoCode: Conclave_V1_Error.Code {
             switch self {
@@ -103,6 +105,7 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
             case .unknownWorker: return .unknownWorker
             case .contextExceeded: return .contextExceeded
             case .internalError: return .internal
+            case .overBudget: return .overBudget
             }
         }
     }

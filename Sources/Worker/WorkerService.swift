@@ -177,6 +177,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         hb.forwardedBytes = f.bytes
         hb.forwardedRows = f.rows
         hb.expertCallBytes = shard?.expertCallBytes ?? 0
+        if let cache = shard?.offload { hb.offload = Conclave_V1_OffloadCounters(cache) }
         var e = Envelope()
         e.heartbeat = hb
         reply(peer, WireMessage.make(e))
@@ -188,7 +189,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         do {
             let file = try modelFile(for: a, peer: peer)
             let t0 = KernelBench.now()
-            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, connect: connect)
+            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, connect: connect)
             let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
             log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
             shared.withLock { $0.shard = shard; $0.state = .ready }
@@ -196,6 +197,7 @@ public final class WorkerService: Service, @unchecked Sendable {
             e.requestID = id
             var r = Conclave_V1_Ready()
             r.residentBytes = UInt64(shard.residentBytes)
+            r.maxSequences = UInt32(clamping: shard.layers.isEmpty ? 0 : shard.maxSequences)
             e.ready = r
             reply(peer, WireMessage.make(e))
         } catch {
@@ -272,6 +274,23 @@ public final class WorkerService: Service, @unchecked Sendable {
             throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash it assigned")
         }
         return f
+    }
+}
+
+extension Conclave_V1_OffloadCounters {
+    /// The cache's counters as the heartbeat carries them.
+    init(_ cache: BudgetedExperts) {
+        self.init()
+        let c = cache.snapshot
+        slots = UInt32(cache.slotCount)
+        pagedExperts = UInt32(cache.pagedCount)
+        hits = UInt64(c.hits)
+        misses = UInt64(c.misses)
+        bytesRead = UInt64(c.bytesRead)
+        prefetchIssued = UInt64(c.prefetchIssued)
+        prefetchUsed = UInt64(c.prefetchUsed)
+        stallMs = c.stallSeconds * 1000
+        readSeconds = c.readSeconds
     }
 }
 

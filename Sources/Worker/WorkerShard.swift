@@ -28,24 +28,39 @@ final class WorkerShard: @unchecked Sendable {
     }
     private var sequences: [UInt64: SequenceState] = [:]
 
-    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, connect: (String) throws -> Transport) throws {
+    /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
+    /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not
+    /// fit is refused with the figures (the coordinator plans with the budget we report, so this is a safeguard).
+    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, connect: (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: threads)
-        var heldLists: [Int: [Int]] = [:]
-        for set in assign.experts { heldLists[Int(set.layer), default: []] += set.experts.map(Int.init) }
-        let held = ExpertSet(heldLists)
+        let held = ExpertSet(wire: assign.experts), paged = ExpertSet(wire: assign.paged)
+        layers = Int(assign.firstLayer)..<Int(assign.endLayer)
+        contextLength = assign.contextLength > 0 ? Int(assign.contextLength) : config.contextLength
+        guard layers.lowerBound >= 0, layers.upperBound <= config.layerCount, assign.slots <= 1 << 20 else {
+            throw WireError(.malformed, "Assign names layers \(layers) of a \(config.layerCount)-layer model and \(assign.slots) slots")
+        }
+        let budget = try WorkerBudget(file: file, config: config, layers: layers, resident: held, paged: paged, slots: Int(assign.slots),
+                                      context: contextLength, memory: memory)
+        maxSequences = budget.maxSequences
         var resident = 0
-        let local: ResidentExperts?
-        if held.listedLayers?.isEmpty ?? true {
-            local = nil
-        } else {
+        let local: ExpertProvider?
+        let none = { (s: ExpertSet) in s.listedLayers?.isEmpty ?? true }
+        if !none(paged) {
+            let cache = try BudgetedExperts(file: file, config: config, resident: held, paged: paged, slots: Int(assign.slots), pool: pool)
+            local = cache
+            offload = cache
+            resident += cache.heldBytes
+        } else if !none(held) {
             let (r, bytes) = try ResidentExperts.load(file: file, config: config, held: held, pool: pool)
             local = r
             resident += bytes
+        } else {
+            local = nil
         }
         experts = local.map { ExpertServer(experts: $0, embedding: config.embeddingLength) }
         expertCount = held.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
-        layers = Int(assign.firstLayer)..<Int(assign.endLayer)
+            + paged.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
         if !layers.isEmpty {
             // Experts of our layers held elsewhere: one client per worker endpoint.
             var clients: [String: RemoteClient] = [:]
@@ -76,8 +91,12 @@ final class WorkerShard: @unchecked Sendable {
         self.config = config
         self.pool = pool
         self.residentBytes = resident
-        self.contextLength = assign.contextLength > 0 ? Int(assign.contextLength) : config.contextLength
     }
+
+    /// The offload cache, when this worker pages experts.
+    private(set) var offload: BudgetedExperts?
+    /// Sequences whose KV fits the budget beside everything else.
+    let maxSequences: Int
 
     var sequenceCount: Int { sequences.count }
     private var clients: [RemoteClient] = []
@@ -121,6 +140,9 @@ final class WorkerShard: @unchecked Sendable {
             }
             var caches: [Int: KVCache] = [:]
             for r in input.rows {
+                if sequences[r.sequence] == nil, sequences.count >= maxSequences {
+                    throw WireError(.overBudget, "this worker's --memory holds KV caches for \(maxSequences) sequences of \(contextLength) positions, all in use; wait for one to finish, or give the worker more memory or a shorter context")
+                }
                 if r.position == 0 || sequences[r.sequence] == nil {
                     // Position 0 starts the sequence afresh (a reused id, or a replay).
                     sequences[r.sequence] = SequenceState(cache: KVCache(layers: layers, capacity: contextLength, kvDim: config.kvDim))
@@ -161,6 +183,39 @@ final class WorkerShard: @unchecked Sendable {
         next.sampleRows = input.sampleRows
         out.stageInput = next
         return .forward(WireMessage.make(out, tensors: n > 0 ? [(.f32, [n, e], hiddenData)] : []))
+    }
+}
+
+extension ExpertSet {
+    /// The sets of an Assign (per layer, its experts).
+    init(wire sets: [Conclave_V1_ExpertSet]) {
+        var lists: [Int: [Int]] = [:]
+        for set in sets { lists[Int(set.layer), default: []] += set.experts.map(Int.init) }
+        self.init(lists)
+    }
+}
+
+/// What an Assign costs a worker, checked against its `--memory` before anything loads.
+struct WorkerBudget {
+    let maxSequences: Int
+
+    init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, resident: ExpertSet, paged: ExpertSet, slots: Int, context: Int,
+         memory: Int) throws(WireError) {
+        let layout = WeightLayout(file: file, config: config)
+        let fixed = MemoryBudget.fixedBytes(file: file, layout: layout, layers: layers)
+        var expertBytes = 0
+        for l in 0..<config.layerCount { expertBytes += resident.experts(inLayer: l, of: config.expertCount).count * (config.isMoE ? layout.bytesPerExpert(layer: l) : 0) }
+        let slotBytes = slots * ((0..<config.layerCount).filter { !paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0)
+        let holdsExperts = !(resident.listedLayers?.isEmpty ?? true) || !(paged.listedLayers?.isEmpty ?? true)
+        let scratch = MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: 1, stage: !layers.isEmpty, experts: holdsExperts)
+        let kv = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
+        let base = fixed + expertBytes + slotBytes + scratch
+        let need = base + kv
+        func mib(_ n: Int) -> String { "\((Double(n) / 1048576 * 100).rounded() / 100) MiB" }
+        guard need <= memory else {
+            throw WireError(.overBudget, "the assignment needs \(mib(need)) (weights \(mib(fixed)), resident experts \(mib(expertBytes)), \(slots) cache slots \(mib(slotBytes)), scratch \(mib(scratch)), KV for one sequence \(mib(kv))) but --memory is \(mib(memory))")
+        }
+        maxSequences = kv > 0 ? (memory - base) / kv : 0
     }
 }
 

@@ -150,6 +150,15 @@ enum StatusReport {
                     ("p50_ms", .double(w.p50Ms)), ("p99_ms", .double(w.p99Ms)), ("heartbeat_age_s", .double(w.heartbeatAgeS)),
                     ("forwarded_bytes", .uint(w.forwardedBytes)), ("forwarded_rows", .uint(w.forwardedRows)),
                     ("expert_call_bytes", .uint(w.expertCallBytes)),
+                    ("offload", .object([
+                        ("slots", .int(Int(w.offload.slots))), ("paged_experts", .int(Int(w.offload.pagedExperts))),
+                        ("hits", .uint(w.offload.hits)), ("misses", .uint(w.offload.misses)),
+                        ("hit_rate", .double(w.offload.hits + w.offload.misses > 0 ? Double(w.offload.hits) / Double(w.offload.hits + w.offload.misses) : 0)),
+                        ("bytes_read", .uint(w.offload.bytesRead)),
+                        ("read_gbps", .double(w.offload.readSeconds > 0 ? Double(w.offload.bytesRead) / w.offload.readSeconds / 1e9 : 0)),
+                        ("prefetch_issued", .uint(w.offload.prefetchIssued)), ("prefetch_used", .uint(w.offload.prefetchUsed)),
+                        ("stall_ms", .double(w.offload.stallMs)),
+                    ])),
                 ])
             })),
             ("sequences", .int(Int(s.sequences))),
@@ -160,15 +169,22 @@ enum StatusReport {
         ])
     }
 
+    /// "-" without paging, else paged experts / slots, hit rate, bytes read, stall.
+    static func offloadCell(_ o: Conclave_V1_OffloadCounters) -> String {
+        guard o.slots > 0 else { return "-" }
+        let uses = o.hits + o.misses
+        return "\(o.pagedExperts) paged / \(o.slots) slots, hit \(uses > 0 ? fixed(Double(o.hits) / Double(uses) * 100, 1) : "-")%, read \(formatBytes(Int(o.bytesRead))), stall \(fixed(o.stallMs, 0)) ms"
+    }
+
     static func text(_ s: Conclave_V1_StatusReply) -> String {
         var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed; \(s.microBatches) micro-batches (peak \(s.peakInFlight) in flight)", ""]
         let rows = s.workers.map { w -> [String] in
             [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
              "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(w.rssBytes)),
              String(w.tokens), String(w.expertCalls), "\(fixed(w.p50Ms, 2)) / \(fixed(w.p99Ms, 2))",
-             w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s"]
+             w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(w.offload)]
         }
-        lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat"], rows: rows)
+        lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
         return lines.joined(separator: "\n")
     }
 }

@@ -37,7 +37,9 @@ enum PlanReport {
             ("experts", .array(p.experts.map { row in .array(row.map { .string(p.workers[$0].name) }) })),
             ("workers", .array(p.workers.enumerated().map { i, w in
                 .object([("name", .string(w.name)), ("endpoint", .string(w.endpoint)), ("role", .string(w.role.rawValue)),
-                         ("memory_budget", .int(w.memory)), ("planned_bytes", .int(p.bytes[i])), ("experts", .int(p.experts(of: i).count))])
+                         ("memory_budget", .int(w.memory)), ("planned_bytes", .int(p.bytes[i])), ("experts", .int(p.experts(of: i).count)),
+                         ("resident_experts", .int(p.experts(of: i, paged: false).count)), ("paged_experts", .int(p.experts(of: i, paged: true).count)),
+                         ("slots", .int(p.slots[i]))])
             })),
         ])
     }
@@ -46,10 +48,16 @@ enum PlanReport {
         var rows: [[String]] = []
         for (i, w) in p.workers.enumerated() {
             let layers = p.stages.first { $0.worker == w.name }.map { "\($0.layers.lowerBound)..<\($0.layers.upperBound)" } ?? "-"
-            rows.append([w.name, w.role.rawValue, w.endpoint, layers, String(p.experts(of: i).count),
+            let paged = p.experts(of: i, paged: true).count
+            rows.append([w.name, w.role.rawValue, w.endpoint, layers, String(p.experts(of: i).count) + (paged > 0 ? " (\(paged) paged, \(p.slots[i]) slots)" : ""),
                          "\(formatBytes(p.bytes[i])) / \(formatBytes(w.memory))"])
         }
-        var lines = ["model needs \(formatBytes(f.totalBytes)) (weights + KV); \(f.layerCount) layers × \(f.expertCount) experts", ""]
+        var lines = ["model needs \(formatBytes(f.totalBytes)) (weights + KV); \(f.layerCount) layers × \(f.expertCount) experts"]
+        if p.offloads {
+            let paged = p.paged.reduce(0) { $0 + $1.filter { $0 }.count }
+            lines.append("the cluster's memory holds \(f.layerCount * f.expertCount - paged) experts; \(paged) are paged from the workers' local GGUF through cache slots of \(formatBytes(f.slotBytes))")
+        }
+        lines.append("")
         lines += table(headers: ["worker", "role", "endpoint", "layers", "experts", "planned / budget"], rows: rows)
         return lines.joined(separator: "\n")
     }

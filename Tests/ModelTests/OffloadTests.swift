@@ -48,6 +48,7 @@ struct OffloadTests {
         let (engine, cache) = try Self.budgeted(slots: slots)
         let offloaded = try Self.logits(engine, tokens)
         #expect(offloaded == reference, "\(slots) slots of \(Self.totalExperts) experts: logits differ from fully resident")
+        cache.quiesce()
         let c = cache.snapshot
         #expect(c.misses > 0 && c.hits + c.misses > 0)
         // Every read is a miss or a prefetch, each one expert's bytes.

@@ -31,9 +31,16 @@ struct PlannerTests {
             #expect(row.count == f.expertCount)
             for w in row { #expect(w >= 0 && p.workers[w].role != .stage) }
         }
-        // Budgets respected, and the accounting adds up to the model.
+        // Budgets respected, and the accounting adds up to the model, scratch, and slots for what is paged.
         for (i, w) in p.workers.enumerated() { #expect(p.bytes[i] <= w.memory, "\(w.name)") }
-        #expect(p.bytes.reduce(0, +) == f.totalBytes)
+        let scratch = p.stages.count * f.stageScratchBytes + p.workers.filter { $0.role != .stage }.count * f.expertScratchBytes
+        let pagedBytes = zip(p.paged, f.expertBytes).reduce(0) { $0 + $1.0.filter { $0 }.count * $1.1 }
+        #expect(p.bytes.reduce(0, +) == f.totalBytes + scratch - pagedBytes + p.slots.reduce(0, +) * f.slotBytes)
+        // Paged experts live on workers with slots, at least the minimum, never more than they page.
+        for (i, slots) in p.slots.enumerated() {
+            let paged = p.experts(of: i, paged: true).count
+            #expect(paged == 0 ? slots == 0 : slots >= min(paged, f.minSlots) && slots <= paged, "\(p.workers[i].name)")
+        }
     }
 
     @Test func evenClusterSplitsLayersAndKeepsExpertsLocal() throws {
@@ -64,10 +71,18 @@ struct PlannerTests {
     @Test func impossibleFitsAreRefusedWithAReason() {
         let f = footprint()
         do {
-            _ = try Planner.plan(f, cluster: cluster([(1_000, .any), (1_000, .any)]))
+            // The layers' fixed bytes alone (700 per stage) exceed each worker.
+            _ = try Planner.plan(f, cluster: cluster([(600, .any), (600, .any)]))
             Issue.record("planned a model larger than the cluster")
         } catch {
-            #expect(error.description.contains("needs") && error.description.contains("add"))
+            #expect(error.description.contains("w0") && error.description.contains("before any expert"))
+        }
+        do {
+            // Layers fit, but no worker has room for the minimum slots (4 × 50) to page the experts.
+            _ = try Planner.plan(f, cluster: cluster([(750, .any), (750, .any)]))
+            Issue.record("planned paging without room for slots")
+        } catch {
+            #expect(error.description.contains("cache slots"), "\(error)")
         }
         // Enough memory in total, but a stage cannot hold its layers' fixed part.
         do {
@@ -76,6 +91,26 @@ struct PlannerTests {
         } catch {
             #expect(error.description.contains("w0") && error.description.contains("before any expert"))
         }
+    }
+
+    /// A model larger than the cluster's memory: memory anywhere holds what it can, the rest is paged by a
+    /// worker with slots; nothing is refused while the fixed parts and the minimum slots fit.
+    @Test func offloadPagesOnlyWhatNoMemoryHolds() throws {
+        let f = footprint()  // 8 layers × 8 experts × 50 + layers 800 + ends 600 = 4600
+        let p = try Planner.plan(f, cluster: cluster([(1_500, .any), (1_500, .any)]))
+        checkInvariants(p, f)
+        #expect(p.offloads)
+        let paged = p.paged.flatMap { $0 }.filter { $0 }.count
+        // Memory left after layers and minimum slots: 1500 − 700 − 200 each, so 12 experts resident per worker.
+        #expect(paged == 64 - 24, "\(paged) paged")
+        #expect(p.slots.allSatisfy { $0 >= f.minSlots })
+        // When it all fits, nothing is paged.
+        let roomy = try Planner.plan(f, cluster: cluster([(5_000, .any), (5_000, .any)]))
+        #expect(!roomy.offloads && roomy.paged.flatMap { $0 }.allSatisfy { !$0 })
+        // An experts worker with room is used before anything is paged.
+        let spill = try Planner.plan(f, cluster: cluster([(1_500, .any), (1_500, .any), (2_500, .experts)]))
+        checkInvariants(spill, f)
+        #expect(spill.paged.flatMap { $0 }.filter { $0 }.count < paged)
     }
 
     @Test func deterministic() throws {

@@ -91,7 +91,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
                 o += (r.bytesPerExpert + a - 1) / a * a
             }
             parts[l] = offsets
-            if !paged.experts(inLayer: l, of: config.expertCount).isEmpty { largest = max(largest, o) }
+            if !paged.experts(inLayer: l, of: config.expertCount).isEmpty { largest = max(largest, layout.slotBytes(layer: l)) }
         }
         layout.prefault(resident, layers: layers, in: file)
         slotBytes = max(a, largest)
@@ -122,6 +122,12 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
     }
 
     public var snapshot: Counters { monitor.locked { counters } }
+
+    /// Waits for every read started so far (prefetches nobody waited for included), so counters are final.
+    public func quiesce() { io.sync(flags: .barrier) {} }
+
+    /// Number of paged experts.
+    public var pagedCount: Int { weights.keys.reduce(0) { $0 + paged.experts(inLayer: $1, of: layout.expertCount).count } }
 
     public var policyName: String { policy.name }
 

@@ -23,32 +23,48 @@ public struct MemoryBudget: Sendable, Equatable {
     public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, context: Int, sequences: Int, ubatch: Int = 512,
                 budget: Int) throws(ModelError) {
         let layout = WeightLayout(file: file, config: config)
-        var fixed = 0
-        for info in file.tensorInfos {
-            guard let h = layout.holder(of: info.name), layout.stageNeeds(h, layers: layers) else { continue }
-            if case .experts = h { continue }
-            fixed += info.byteCount
-        }
+        let fixed = Self.fixedBytes(file: file, layout: layout, layers: layers)
         let perExpert = layers.map(layout.bytesPerExpert)
-        let a = ExpertReader.alignment
         self.budget = budget
         fixedBytes = fixed
         kvBytesPerSequence = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
         self.sequences = sequences
-        // One layer's working set for a micro-batch (Stage.Scratch, the expert arena, router logits, the
-        // activations quantized once) and the logits of the rows sampled.
-        let c = config, t = min(ubatch, context)
-        let perRow = 6 * c.embeddingLength + 3 * c.qDim + 2 * c.kvDim + c.expertsUsed * (2 * c.embeddingLength + 3 * c.expertFeedForward) + c.expertCount
-        scratchBytes = 4 * (t * perRow + c.vocabSize * max(1, sequences)) + 4 * context * c.headCount
+        scratchBytes = Self.scratchBytes(config: config, context: context, ubatch: ubatch, sequences: sequences)
         expertBytes = perExpert.reduce(0, +) * config.expertCount
         expertCount = layers.count * config.expertCount
-        slotBytes = layers.map { l in layout.expertSlices[l].reduce(0) { $0 + ($1.bytesPerExpert + a - 1) / a * a } }.max() ?? 0
+        slotBytes = layers.map(layout.slotBytes).max() ?? 0
         guard config.isMoE || budget >= fixed + kvBytesPerSequence * sequences + scratchBytes else {
             throw ModelError("--memory \(mib(budget)) is below the \(mib(fixed + kvBytesPerSequence * sequences + scratchBytes)) this model needs (weights \(mib(fixed)), KV \(mib(kvBytesPerSequence * sequences)), scratch \(mib(scratchBytes)))")
         }
         guard !config.isMoE || forExperts >= slotBytes else {
             throw ModelError("--memory \(mib(budget)) is too small: layers \(layers.lowerBound)..<\(layers.upperBound) need \(mib(fixed)) of weights, \(mib(kvBytesPerSequence)) of KV per sequence × \(sequences), \(mib(scratchBytes)) of scratch and at least one expert slot of \(mib(slotBytes)); give at least \(mib(fixed + kvBytesPerSequence * sequences + scratchBytes + slotBytes)), a shorter --ctx or fewer sequences")
         }
+    }
+
+    /// Bytes of the weights a stage running `layers` keeps, routed experts excepted.
+    public static func fixedBytes(file: GGUFFile, layout: WeightLayout, layers: Range<Int>) -> Int {
+        guard !layers.isEmpty else { return 0 }
+        var fixed = 0
+        for info in file.tensorInfos {
+            guard let h = layout.holder(of: info.name), layout.stageNeeds(h, layers: layers) else { continue }
+            if case .experts = h { continue }
+            fixed += info.byteCount
+        }
+        return fixed
+    }
+
+    /// Working memory for a micro-batch of up to `ubatch` rows: a stage's (Stage.Scratch, router logits,
+    /// activations quantized once, attention scores, the logits of the rows sampled) and an expert server's (the
+    /// expert arena: each row's inputs, gate, up and down results for every expert it is routed to).
+    public static func scratchBytes(config c: ModelConfig, context: Int, ubatch: Int, sequences: Int, stage: Bool = true, experts: Bool = true) -> Int {
+        let t = min(ubatch, context)
+        var bytes = 0
+        if stage {
+            let perRow = 6 * c.embeddingLength + 3 * c.qDim + 2 * c.kvDim + c.expertCount + c.expertsUsed * c.embeddingLength
+            bytes += 4 * (t * perRow + c.vocabSize * max(1, sequences) + context * c.headCount)
+        }
+        if experts && c.isMoE { bytes += 4 * t * c.expertsUsed * (2 * c.embeddingLength + 2 * c.expertFeedForward) }
+        return bytes
     }
 
     func mib(_ n: Int) -> String { "\((Double(n) / 1048576 * 100).rounded() / 100) MiB" }

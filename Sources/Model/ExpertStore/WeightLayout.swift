@@ -72,6 +72,13 @@ public struct WeightLayout: Sendable {
         expertSlices[layer].reduce(0) { $0 + $1.bytesPerExpert }
     }
 
+    /// Bytes of one offload cache slot for an expert of `layer`: its parts, each rounded up to the O_DIRECT
+    /// alignment (so each can be read straight into the slot).
+    public func slotBytes(layer: Int) -> Int {
+        let a = ExpertReader.alignment
+        return expertSlices[layer].reduce(0) { $0 + ($1.bytesPerExpert + a - 1) / a * a }
+    }
+
     /// The file ranges of one expert, gate then up then down.
     public func expertRanges(layer: Int, expert: Int) -> [(role: TensorRole, offset: Int, count: Int)] {
         expertSlices[layer].map { ($0.role, $0.fileOffset + expert * $0.bytesPerExpert, $0.bytesPerExpert) }

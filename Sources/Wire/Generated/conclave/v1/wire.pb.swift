@@ -344,6 +344,12 @@ public nonisolated struct Conclave_V1_Assign: Sendable {
 
   public var threads: UInt32 = 0
 
+  /// Experts this worker pages from its local GGUF through `slots` cache slots (expert offload); `experts`
+  /// above are the ones it keeps resident. The worker refuses an Assign that does not fit its budget.
+  public var paged: [Conclave_V1_ExpertSet] = []
+
+  public var slots: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -370,38 +376,108 @@ public nonisolated struct Conclave_V1_Ready: Sendable {
 
   public var residentBytes: UInt64 = 0
 
+  /// Sequences whose KV cache fits the worker's budget beside its weights and slots (0: no layers).
+  public var maxSequences: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Conclave_V1_Heartbeat: Sendable {
+/// What a worker's expert offload cache did since it loaded (all zero without one).
+public nonisolated struct Conclave_V1_OffloadCounters: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var rssBytes: UInt64 = 0
+  public var slots: UInt32 = 0
 
-  public var residentBytes: UInt64 = 0
+  public var pagedExperts: UInt32 = 0
 
-  public var tokens: UInt64 = 0
+  public var hits: UInt64 = 0
 
-  public var expertCalls: UInt64 = 0
+  public var misses: UInt64 = 0
 
-  public var p50Ms: Double = 0
+  public var bytesRead: UInt64 = 0
 
-  public var p99Ms: Double = 0
+  public var prefetchIssued: UInt64 = 0
 
-  /// Bytes and rows this worker sent to the next stage (activations), and bytes of expert calls it sent.
-  public var forwardedBytes: UInt64 = 0
+  public var prefetchUsed: UInt64 = 0
 
-  public var forwardedRows: UInt64 = 0
+  public var stallMs: Double = 0
 
-  public var expertCallBytes: UInt64 = 0
+  public var readSeconds: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+public nonisolated struct Conclave_V1_Heartbeat: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var rssBytes: UInt64 {
+    get {_storage._rssBytes}
+    set {_uniqueStorage()._rssBytes = newValue}
+  }
+
+  public var residentBytes: UInt64 {
+    get {_storage._residentBytes}
+    set {_uniqueStorage()._residentBytes = newValue}
+  }
+
+  public var tokens: UInt64 {
+    get {_storage._tokens}
+    set {_uniqueStorage()._tokens = newValue}
+  }
+
+  public var expertCalls: UInt64 {
+    get {_storage._expertCalls}
+    set {_uniqueStorage()._expertCalls = newValue}
+  }
+
+  public var p50Ms: Double {
+    get {_storage._p50Ms}
+    set {_uniqueStorage()._p50Ms = newValue}
+  }
+
+  public var p99Ms: Double {
+    get {_storage._p99Ms}
+    set {_uniqueStorage()._p99Ms = newValue}
+  }
+
+  /// Bytes and rows this worker sent to the next stage (activations), and bytes of expert calls it sent.
+  public var forwardedBytes: UInt64 {
+    get {_storage._forwardedBytes}
+    set {_uniqueStorage()._forwardedBytes = newValue}
+  }
+
+  public var forwardedRows: UInt64 {
+    get {_storage._forwardedRows}
+    set {_uniqueStorage()._forwardedRows = newValue}
+  }
+
+  public var expertCallBytes: UInt64 {
+    get {_storage._expertCallBytes}
+    set {_uniqueStorage()._expertCallBytes = newValue}
+  }
+
+  public var offload: Conclave_V1_OffloadCounters {
+    get {_storage._offload ?? Conclave_V1_OffloadCounters()}
+    set {_uniqueStorage()._offload = newValue}
+  }
+  /// Returns true if `offload` has been explicitly set.
+  public var hasOffload: Bool {_storage._offload != nil}
+  /// Clears the value of `offload`. Subsequent reads from it will return its default value.
+  public mutating func clearOffload() {_uniqueStorage()._offload = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Conclave_V1_BatchRow: Sendable {
@@ -707,6 +783,15 @@ public nonisolated struct Conclave_V1_WorkerStatus: @unchecked Sendable {
     set {_uniqueStorage()._expertCallBytes = newValue}
   }
 
+  public var offload: Conclave_V1_OffloadCounters {
+    get {_storage._offload ?? Conclave_V1_OffloadCounters()}
+    set {_uniqueStorage()._offload = newValue}
+  }
+  /// Returns true if `offload` has been explicitly set.
+  public var hasOffload: Bool {_storage._offload != nil}
+  /// Clears the value of `offload`. Subsequent reads from it will return its default value.
+  public mutating func clearOffload() {_uniqueStorage()._offload = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -764,6 +849,9 @@ public nonisolated struct Conclave_V1_Error: Sendable {
     case unknownWorker // = 5
     case contextExceeded // = 6
     case `internal` // = 7
+
+    /// the work asked for (an Assign, one more sequence) does not fit the worker's memory budget
+    case overBudget // = 8
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -780,6 +868,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case 5: self = .unknownWorker
       case 6: self = .contextExceeded
       case 7: self = .internal
+      case 8: self = .overBudget
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -794,6 +883,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case .unknownWorker: return 5
       case .contextExceeded: return 6
       case .internal: return 7
+      case .overBudget: return 8
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -808,6 +898,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       .unknownWorker,
       .contextExceeded,
       .internal,
+      .overBudget,
     ]
 
   }
@@ -1245,7 +1336,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1262,6 +1353,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       case 7: try { try decoder.decodeRepeatedMessageField(value: &self.remote) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.modelBytes) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.paged) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
       default: break
       }
     }
@@ -1295,6 +1388,12 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if self.threads != 0 {
       try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 9)
     }
+    if !self.paged.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.paged, fieldNumber: 10)
+    }
+    if self.slots != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1308,6 +1407,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.remote != rhs.remote {return false}
     if lhs.modelBytes != rhs.modelBytes {return false}
     if lhs.threads != rhs.threads {return false}
+    if lhs.paged != rhs.paged {return false}
+    if lhs.slots != rhs.slots {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1350,7 +1451,7 @@ nonisolated extension Conclave_V1_RemoteExperts: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0\u{3}max_sequences\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1359,6 +1460,7 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxSequences) }()
       default: break
       }
     }
@@ -1368,19 +1470,23 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.residentBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 1)
     }
+    if self.maxSequences != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxSequences, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Ready, rhs: Conclave_V1_Ready) -> Bool {
     if lhs.residentBytes != rhs.residentBytes {return false}
+    if lhs.maxSequences != rhs.maxSequences {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
-nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rss_bytes\0\u{3}resident_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0")
+nonisolated extension Conclave_V1_OffloadCounters: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".OffloadCounters"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}slots\0\u{3}paged_experts\0\u{1}hits\0\u{1}misses\0\u{3}bytes_read\0\u{3}prefetch_issued\0\u{3}prefetch_used\0\u{3}stall_ms\0\u{3}read_seconds\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1388,61 +1494,194 @@ nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.rssBytes) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.tokens) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.expertCalls) }()
-      case 5: try { try decoder.decodeSingularDoubleField(value: &self.p50Ms) }()
-      case 6: try { try decoder.decodeSingularDoubleField(value: &self.p99Ms) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.forwardedBytes) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.forwardedRows) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.expertCallBytes) }()
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.pagedExperts) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.hits) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.misses) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytesRead) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.prefetchIssued) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.prefetchUsed) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.stallMs) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self.readSeconds) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.rssBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.rssBytes, fieldNumber: 1)
+    if self.slots != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 1)
     }
-    if self.residentBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 2)
+    if self.pagedExperts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pagedExperts, fieldNumber: 2)
     }
-    if self.tokens != 0 {
-      try visitor.visitSingularUInt64Field(value: self.tokens, fieldNumber: 3)
+    if self.hits != 0 {
+      try visitor.visitSingularUInt64Field(value: self.hits, fieldNumber: 3)
     }
-    if self.expertCalls != 0 {
-      try visitor.visitSingularUInt64Field(value: self.expertCalls, fieldNumber: 4)
+    if self.misses != 0 {
+      try visitor.visitSingularUInt64Field(value: self.misses, fieldNumber: 4)
     }
-    if self.p50Ms.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.p50Ms, fieldNumber: 5)
+    if self.bytesRead != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesRead, fieldNumber: 5)
     }
-    if self.p99Ms.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.p99Ms, fieldNumber: 6)
+    if self.prefetchIssued != 0 {
+      try visitor.visitSingularUInt64Field(value: self.prefetchIssued, fieldNumber: 6)
     }
-    if self.forwardedBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.forwardedBytes, fieldNumber: 7)
+    if self.prefetchUsed != 0 {
+      try visitor.visitSingularUInt64Field(value: self.prefetchUsed, fieldNumber: 7)
     }
-    if self.forwardedRows != 0 {
-      try visitor.visitSingularUInt64Field(value: self.forwardedRows, fieldNumber: 8)
+    if self.stallMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.stallMs, fieldNumber: 8)
     }
-    if self.expertCallBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.expertCallBytes, fieldNumber: 9)
+    if self.readSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.readSeconds, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_OffloadCounters, rhs: Conclave_V1_OffloadCounters) -> Bool {
+    if lhs.slots != rhs.slots {return false}
+    if lhs.pagedExperts != rhs.pagedExperts {return false}
+    if lhs.hits != rhs.hits {return false}
+    if lhs.misses != rhs.misses {return false}
+    if lhs.bytesRead != rhs.bytesRead {return false}
+    if lhs.prefetchIssued != rhs.prefetchIssued {return false}
+    if lhs.prefetchUsed != rhs.prefetchUsed {return false}
+    if lhs.stallMs != rhs.stallMs {return false}
+    if lhs.readSeconds != rhs.readSeconds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rss_bytes\0\u{3}resident_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0\u{1}offload\0")
+
+  fileprivate class _StorageClass {
+    var _rssBytes: UInt64 = 0
+    var _residentBytes: UInt64 = 0
+    var _tokens: UInt64 = 0
+    var _expertCalls: UInt64 = 0
+    var _p50Ms: Double = 0
+    var _p99Ms: Double = 0
+    var _forwardedBytes: UInt64 = 0
+    var _forwardedRows: UInt64 = 0
+    var _expertCallBytes: UInt64 = 0
+    var _offload: Conclave_V1_OffloadCounters? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _rssBytes = source._rssBytes
+      _residentBytes = source._residentBytes
+      _tokens = source._tokens
+      _expertCalls = source._expertCalls
+      _p50Ms = source._p50Ms
+      _p99Ms = source._p99Ms
+      _forwardedBytes = source._forwardedBytes
+      _forwardedRows = source._forwardedRows
+      _expertCallBytes = source._expertCallBytes
+      _offload = source._offload
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._rssBytes) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._residentBytes) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._tokens) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCalls) }()
+        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._p50Ms) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._p99Ms) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedBytes) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedRows) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCallBytes) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._offload) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._rssBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rssBytes, fieldNumber: 1)
+      }
+      if _storage._residentBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._residentBytes, fieldNumber: 2)
+      }
+      if _storage._tokens != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._tokens, fieldNumber: 3)
+      }
+      if _storage._expertCalls != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._expertCalls, fieldNumber: 4)
+      }
+      if _storage._p50Ms.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._p50Ms, fieldNumber: 5)
+      }
+      if _storage._p99Ms.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._p99Ms, fieldNumber: 6)
+      }
+      if _storage._forwardedBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._forwardedBytes, fieldNumber: 7)
+      }
+      if _storage._forwardedRows != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._forwardedRows, fieldNumber: 8)
+      }
+      if _storage._expertCallBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._expertCallBytes, fieldNumber: 9)
+      }
+      try { if let v = _storage._offload {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Heartbeat, rhs: Conclave_V1_Heartbeat) -> Bool {
-    if lhs.rssBytes != rhs.rssBytes {return false}
-    if lhs.residentBytes != rhs.residentBytes {return false}
-    if lhs.tokens != rhs.tokens {return false}
-    if lhs.expertCalls != rhs.expertCalls {return false}
-    if lhs.p50Ms != rhs.p50Ms {return false}
-    if lhs.p99Ms != rhs.p99Ms {return false}
-    if lhs.forwardedBytes != rhs.forwardedBytes {return false}
-    if lhs.forwardedRows != rhs.forwardedRows {return false}
-    if lhs.expertCallBytes != rhs.expertCallBytes {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._rssBytes != rhs_storage._rssBytes {return false}
+        if _storage._residentBytes != rhs_storage._residentBytes {return false}
+        if _storage._tokens != rhs_storage._tokens {return false}
+        if _storage._expertCalls != rhs_storage._expertCalls {return false}
+        if _storage._p50Ms != rhs_storage._p50Ms {return false}
+        if _storage._p99Ms != rhs_storage._p99Ms {return false}
+        if _storage._forwardedBytes != rhs_storage._forwardedBytes {return false}
+        if _storage._forwardedRows != rhs_storage._forwardedRows {return false}
+        if _storage._expertCallBytes != rhs_storage._expertCallBytes {return false}
+        if _storage._offload != rhs_storage._offload {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1923,7 +2162,7 @@ nonisolated extension Conclave_V1_StatusQuery: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{3}rss_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}heartbeat_age_s\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{3}rss_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}heartbeat_age_s\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0\u{1}offload\0")
 
   fileprivate class _StorageClass {
     var _name: String = String()
@@ -1943,6 +2182,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
     var _forwardedBytes: UInt64 = 0
     var _forwardedRows: UInt64 = 0
     var _expertCallBytes: UInt64 = 0
+    var _offload: Conclave_V1_OffloadCounters? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1970,6 +2210,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
       _forwardedBytes = source._forwardedBytes
       _forwardedRows = source._forwardedRows
       _expertCallBytes = source._expertCallBytes
+      _offload = source._offload
     }
   }
 
@@ -2005,6 +2246,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
         case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedBytes) }()
         case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedRows) }()
         case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCallBytes) }()
+        case 18: try { try decoder.decodeSingularMessageField(value: &_storage._offload) }()
         default: break
         }
       }
@@ -2013,6 +2255,10 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
     try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
       if !_storage._name.isEmpty {
         try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
       }
@@ -2064,6 +2310,9 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
       if _storage._expertCallBytes != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._expertCallBytes, fieldNumber: 17)
       }
+      try { if let v = _storage._offload {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2090,6 +2339,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
         if _storage._forwardedBytes != rhs_storage._forwardedBytes {return false}
         if _storage._forwardedRows != rhs_storage._forwardedRows {return false}
         if _storage._expertCallBytes != rhs_storage._expertCallBytes {return false}
+        if _storage._offload != rhs_storage._offload {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2200,5 +2450,5 @@ nonisolated extension Conclave_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._M
 }
 
 nonisolated extension Conclave_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0\u{1}CODE_OVER_BUDGET\0")
 }

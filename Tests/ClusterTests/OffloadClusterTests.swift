@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Testing
+import TestSupport
+
+/// Workers whose `--memory` is below their share of the model page experts from their GGUF: generation is
+/// exactly what one process prints, the budget holds (peak RSS of the real processes), and the counters add up.
+@Suite(.serialized) struct OffloadClusterTests {
+    static let model = Fixtures.shippedModel
+    /// Each worker's budget: the two together hold about 19 of the 32 experts (see `conclave plan`).
+    static let budget = 12 << 20
+    /// Peak RSS allowed above the budget: the Swift runtime, libzmq, code and thread stacks, the tokenizer.
+    static let overhead = 64 << 20
+
+    /// Peak resident set size (VmHWM) of a process, from /proc.
+    static func peakRSS(_ pid: Int32) -> Int? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        return kb * 1024
+    }
+
+    @Test func workersBelowTheirShardPageExpertsAndMatchOneProcess() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let base = ProcessCluster.freePorts(3)
+        // The cluster file claims more than the workers have: the plan must use what they report.
+        let yaml = """
+        coordinator: tcp://127.0.0.1:\(base)
+        workers:
+          - name: a
+            endpoint: tcp://127.0.0.1:\(base + 1)
+            memory: 64MiB
+          - name: b
+            endpoint: tcp://127.0.0.1:\(base + 2)
+            memory: 64MiB
+        """
+        let file = c.dir.appendingPathComponent("cluster.yaml").path
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        for (i, n) in ["a", "b"].enumerated() {
+            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1", "--model", Self.model,
+                            "--memory", String(Self.budget)])
+        }
+        try c.start("coordinator", ["serve", "-m", Self.model, "--cluster", file, "--threads", "1", "--ctx", "256", "--join-timeout", "20"])
+        try c.waitFor("coordinator", "serving")
+        let log = try String(contentsOf: c.log("coordinator"), encoding: .utf8)
+        #expect(log.contains("smaller budgets"), "\(log)")
+        #expect(log.contains("paged through"), "\(log)")
+
+        let endpoint = "tcp://127.0.0.1:\(base)"
+        let args = ["-p", "Once upon a time", "-n", "48", "--temp", "0", "--repeat-penalty", "1.3", "--ctx", "256"]
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        #expect(rc1 == 0, "run failed: \(err1)")
+        let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+        #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        #expect(distributed == single, "offloaded cluster output differs from one process")
+
+        usleep(1_300_000)  // one heartbeat carries the counters
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let workers = try #require(json["workers"] as? [[String: Any]])
+        var pagers = 0
+        for w in workers {
+            #expect(w["memory_budget"] as? Int == Self.budget, "\(w)")
+            let o = try #require(w["offload"] as? [String: Any])
+            guard (o["slots"] as? Int ?? 0) > 0 else { continue }
+            pagers += 1
+            let hits = o["hits"] as? Int ?? 0, misses = o["misses"] as? Int ?? 0
+            #expect(misses > 0 && hits + misses > 0, "\(o)")
+            #expect((o["bytes_read"] as? Int ?? 0) >= misses * 100_000, "\(o)")
+            #expect((o["paged_experts"] as? Int ?? 0) > (o["slots"] as? Int ?? 0))
+        }
+        #expect(pagers >= 1, "no worker paged experts: \(out)")
+        // The budget holds: each worker's peak RSS stays within its budget plus the runtime's overhead.
+        for n in ["a", "b"] {
+            let pid = try #require(c.processes[n]?.processIdentifier)
+            let peak = try #require(Self.peakRSS(pid))
+            #expect(peak <= Self.budget + Self.overhead, "worker \(n) peaked at \(peak) bytes; budget \(Self.budget) + overhead \(Self.overhead)")
+            print("worker \(n): peak RSS \(peak) bytes (budget \(Self.budget))")
+        }
+    }
+}
