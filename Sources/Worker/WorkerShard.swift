@@ -197,6 +197,9 @@ extension ExpertSet {
 
 /// What an Assign costs a worker, checked against its `--memory` before anything loads.
 struct WorkerBudget {
+    /// Everything but KV: weights, resident experts, slots, scratch.
+    let baseBytes: Int
+    let kvBytesPerSequence: Int
     let maxSequences: Int
 
     init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, resident: ExpertSet, paged: ExpertSet, slots: Int, context: Int,
@@ -215,6 +218,8 @@ struct WorkerBudget {
         guard need <= memory else {
             throw WireError(.overBudget, "the assignment needs \(mib(need)) (weights \(mib(fixed)), resident experts \(mib(expertBytes)), \(slots) cache slots \(mib(slotBytes)), scratch \(mib(scratch)), KV for one sequence \(mib(kv))) but --memory is \(mib(memory))")
         }
+        baseBytes = base
+        kvBytesPerSequence = kv
         maxSequences = kv > 0 ? (memory - base) / kv : 0
     }
 }

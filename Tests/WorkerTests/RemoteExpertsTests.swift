@@ -40,7 +40,8 @@ struct RemoteExpertsTests {
         return out
     }
 
-    func check(server serverTransport: Transport, client clientTransport: Transport) async throws {
+    /// `pagedSlots`: the serving worker pages its experts through that many cache slots instead of holding them.
+    func check(server serverTransport: Transport, client clientTransport: Transport, pagedSlots: Int? = nil) async throws {
         let file = try GGUFFile(path: Fixtures.shippedModel)
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: 2)
@@ -50,7 +51,10 @@ struct RemoteExpertsTests {
         let reference = try await onThread { try self.run(refStage, config, tokens: tokens) }
 
         let serverStage = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: ThreadPool(threads: 1))
-        let served = ResidentExperts(weights: serverStage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1))
+        let served: ExpertProvider = try pagedSlots.map {
+            try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
+                                slots: $0, pool: ThreadPool(threads: 1))
+        } ?? ResidentExperts(weights: serverStage.weights.compactMapValues(\.ffn.experts), pool: ThreadPool(threads: 1))
         let server = ExpertServer(experts: served, embedding: config.embeddingLength)
         let serving = Task.detached { await server.serve(on: serverTransport) }
         defer { serving.cancel() }
@@ -65,6 +69,16 @@ struct RemoteExpertsTests {
 
         #expect(server.callsServed > 0)
         #expect(distributed == reference, "logits differ once experts are split across workers")
+    }
+
+    /// The remote worker pages its experts from disk through three slots: still the same bits.
+    @Test func pagedExpertsServedRemotely() async throws {
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://worker-2")
+        let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
+        try await check(server: router, client: dealer, pagedSlots: 3)
+        router.close()
+        dealer.close()
     }
 
     @Test func inMemoryTransport() async throws {

@@ -1,0 +1,79 @@
+import Foundation
+import GGUF
+import Model
+import Testing
+import TestSupport
+import Wire
+@testable import Worker
+
+/// A worker's `--memory` bounds what it loads and how many sequences it admits.
+struct WorkerBudgetTests {
+    static let file = try! GGUFFile(path: Fixtures.shippedModel)
+    static let config = try! ModelConfig(file: file)
+
+    /// The whole model on one worker, every expert resident, 256 positions of context.
+    static func assign() -> Conclave_V1_Assign {
+        var a = Conclave_V1_Assign()
+        a.firstLayer = 0
+        a.endLayer = UInt32(config.layerCount)
+        a.contextLength = 256
+        a.experts = (0..<config.layerCount).map { l in
+            var s = Conclave_V1_ExpertSet()
+            s.layer = UInt32(l)
+            s.experts = (0..<UInt32(config.expertCount)).map { $0 }
+            return s
+        }
+        return a
+    }
+
+    static func budget(_ memory: Int) throws -> WorkerBudget {
+        try WorkerBudget(file: file, config: config, layers: 0..<config.layerCount, resident: ExpertSet(wire: assign().experts),
+                         paged: .none, slots: 0, context: 256, memory: memory)
+    }
+
+    static func step(_ shard: WorkerShard, sequence: UInt64, positions: Range<Int>, release: [UInt64] = []) throws -> WorkerShard.StepOutput {
+        var input = Conclave_V1_StageInput()
+        input.rows = positions.map { p in
+            var r = Conclave_V1_BatchRow()
+            r.sequence = sequence
+            r.position = UInt32(p)
+            return r
+        }
+        input.tokens = positions.map { Int32(100 + $0) }
+        input.sampleRows = [UInt32(positions.count - 1)]
+        input.release = release
+        var e = Envelope()
+        e.stageInput = input
+        return try shard.step(WireMessage.make(e))
+    }
+
+    @Test func anAssignBeyondTheBudgetIsRefusedWithTheFigures() throws {
+        let base = try Self.budget(1 << 30).baseBytes
+        do {
+            _ = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: base, connect: { _ in throw WireError(.internalError, "no peers") })
+            Issue.record("loaded an assignment beyond --memory")
+        } catch let e as WireError {
+            #expect(e.code == .overBudget)
+            #expect(e.message.contains("KV for one sequence") && e.message.contains("--memory"), "\(e.message)")
+        }
+    }
+
+    @Test func sequencesBeyondTheKVBudgetAreRefusedUntilOneIsReleased() throws {
+        let b = try Self.budget(1 << 30)
+        let memory = b.baseBytes + b.kvBytesPerSequence + b.kvBytesPerSequence / 2
+        #expect(try Self.budget(memory).maxSequences == 1)
+        let shard = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
+        #expect(shard.maxSequences == 1)
+        guard case .tokens = try Self.step(shard, sequence: 1, positions: 0..<4) else { Issue.record("no tokens"); return }
+        do {
+            _ = try Self.step(shard, sequence: 2, positions: 0..<4)
+            Issue.record("admitted a second sequence beyond the KV budget")
+        } catch let e as WireError {
+            #expect(e.code == .overBudget && e.message.contains("1 sequences"), "\(e.message)")
+        }
+        // The first sequence goes on; once released, the second fits.
+        _ = try Self.step(shard, sequence: 1, positions: 4..<5, release: [1])
+        #expect(shard.sequenceCount == 0)
+        guard case .tokens = try Self.step(shard, sequence: 2, positions: 0..<4) else { Issue.record("no tokens"); return }
+    }
+}
