@@ -50,7 +50,16 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
     let partOffsets: [Int: [Int]]
     /// Per layer: whether slots are repacked after a read (exactly when resident experts of the layer are packed).
     let packSlots: [Int: Bool]
-    let io = DispatchQueue(label: "conclave.experts.io", attributes: .concurrent)
+    /// I/O queues, reads spread round-robin: serial queues each get a thread of their own (a concurrent queue's
+    /// width is the core count, which blocking reads would leave idle), so a layer's misses and the next layer's
+    /// prefetches are in flight together — a disk serves several requests at once faster than one at a time.
+    let io = (0..<8).map { DispatchQueue(label: "conclave.experts.io.\($0)") }
+    private var nextQueue = 0
+    /// The next I/O queue (under the monitor).
+    private func queue() -> DispatchQueue {
+        nextQueue = (nextQueue + 1) % io.count
+        return io[nextQueue]
+    }
 
     struct Slot {
         var key: ExpertKey?
@@ -88,7 +97,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             var offsets: [Int] = [], o = 0
             for r in layout.expertSlices[l] {
                 offsets.append(o)
-                o += (r.bytesPerExpert + a - 1) / a * a
+                o += ExpertReader.regionBytes(r.bytesPerExpert)
             }
             parts[l] = offsets
             if !paged.experts(inLayer: l, of: config.expertCount).isEmpty { largest = max(largest, layout.slotBytes(layer: l)) }
@@ -124,7 +133,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
     public var snapshot: Counters { monitor.locked { counters } }
 
     /// Waits for every read started so far (prefetches nobody waited for included), so counters are final.
-    public func quiesce() { io.sync(flags: .barrier) {} }
+    public func quiesce() { for q in io { q.sync {} } }
 
     /// Number of paged experts.
     public var pagedCount: Int { weights.keys.reduce(0) { $0 + paged.experts(inLayer: $1, of: layout.expertCount).count } }
@@ -159,7 +168,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             let done = DispatchGroup()
             let failure = Monitor.Box<ModelError?>(nil)
             for (key, slot) in reads {
-                io.async(group: done) { [self] in
+                monitor.locked { queue() }.async(group: done) { [self] in
                     do throws(ModelError) { try load(key, into: slot) } catch { monitor.locked { failure.value = error } }
                 }
             }
@@ -180,7 +189,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             monitor.locked { counters.stallSeconds += KernelBench.now() - t0 }
             let members = Dictionary(uniqueKeysWithValues: pending.map { ($0.expert, $0.members) })
             do {
-                try ExpertCompute.run(wave.map { (matrices(layer: layer, slot: $0.slot, w), members[$0.expert]!) }, input: x, routes: routes,
+                try ExpertCompute.run(wave.map { (matrices(layer: layer, expert: $0.expert, slot: $0.slot, w), members[$0.expert]!) }, input: x, routes: routes,
                                       slotsPerRow: k, embd: w.embd, ff: w.expertFF, pool: pool, into: results)
             } catch {
                 release(wave.map(\.slot), dropping: [])
@@ -208,7 +217,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             return reads
         }
         for (key, s) in reads {
-            io.async { [self] in
+            monitor.locked { queue() }.async { [self] in
                 do throws(ModelError) {
                     try load(key, into: s)
                 } catch {
@@ -308,9 +317,9 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         let t0 = KernelBench.now()
         let base = memory + s * slotBytes
         let offsets = partOffsets[key.layer]!
-        var bytes = 0
+        var bytes = 0, starts: [Int] = []
         for (i, r) in layout.expertRanges(layer: key.layer, expert: key.expert).enumerated() {
-            try reader.read(offset: r.offset, count: r.count, into: base + offsets[i])
+            starts.append(offsets[i] + (try reader.read(offset: r.offset, count: r.count, into: base + offsets[i])))
             bytes += r.count
         }
         let w = weights[key.layer]!
@@ -320,7 +329,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             for (i, m) in [w.gate, w.up, w.down].enumerated() {
                 let rows = i == 2 ? w.embd : w.expertFF
                 for g in stride(from: 0, to: rows, by: 8) {
-                    Packing.packGroup(base + offsets[i] + g * m.rowStride, type: m.type, rowStride: m.rowStride, cols: m.cols, scratch: scratch)
+                    Packing.packGroup(base + starts[i] + g * m.rowStride, type: m.type, rowStride: m.rowStride, cols: m.cols, scratch: scratch)
                 }
             }
         }
@@ -333,9 +342,11 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         }
     }
 
-    /// The matrices of the expert in slot `s`, in the layout resident experts of `layer` use.
-    private func matrices(layer: Int, slot s: Int, _ w: ExpertWeights) -> ExpertMatrices {
-        let base = UnsafeRawPointer(memory + s * slotBytes), o = partOffsets[layer]!
+    /// The matrices of `expert` in slot `s`, in the layout resident experts of `layer` use. Each part starts where
+    /// the read put it: its file offset's distance past an aligned block.
+    private func matrices(layer: Int, expert: Int, slot s: Int, _ w: ExpertWeights) -> ExpertMatrices {
+        let base = UnsafeRawPointer(memory + s * slotBytes)
+        let o = zip(partOffsets[layer]!, layout.expertRanges(layer: layer, expert: expert)).map { $0 + $1.offset % ExpertReader.alignment }
         func view(_ m: WeightMatrix, rows: Int, at offset: Int) -> WeightMatrix {
             try! WeightMatrix(type: m.type, rows: rows, cols: m.cols, data: base + offset, rowStride: m.rowStride, packed: packSlots[layer]!)
         }

@@ -72,11 +72,10 @@ public struct WeightLayout: Sendable {
         expertSlices[layer].reduce(0) { $0 + $1.bytesPerExpert }
     }
 
-    /// Bytes of one offload cache slot for an expert of `layer`: its parts, each rounded up to the O_DIRECT
-    /// alignment (so each can be read straight into the slot).
+    /// Bytes of one offload cache slot for an expert of `layer`: a region per part that whole O_DIRECT blocks
+    /// covering it fit in (`ExpertReader.regionBytes`), so each part is read straight into the slot.
     public func slotBytes(layer: Int) -> Int {
-        let a = ExpertReader.alignment
-        return expertSlices[layer].reduce(0) { $0 + ($1.bytesPerExpert + a - 1) / a * a }
+        expertSlices[layer].reduce(0) { $0 + ExpertReader.regionBytes($1.bytesPerExpert) }
     }
 
     /// The file ranges of one expert, gate then up then down.
