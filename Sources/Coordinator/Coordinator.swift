@@ -141,7 +141,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             }
             guard case .ready(let r) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
             link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
-            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequences" : ""))
+            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
             if r.maxSequences > 0 { scheduler.maxSequences = min(scheduler.maxSequences, Int(r.maxSequences)) }
         }
         scheduler.start()

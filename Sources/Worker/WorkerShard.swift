@@ -141,7 +141,7 @@ final class WorkerShard: @unchecked Sendable {
             var caches: [Int: KVCache] = [:]
             for r in input.rows {
                 if sequences[r.sequence] == nil, sequences.count >= maxSequences {
-                    throw WireError(.overBudget, "this worker's --memory holds KV caches for \(maxSequences) sequences of \(contextLength) positions, all in use; wait for one to finish, or give the worker more memory or a shorter context")
+                    throw WireError(.overBudget, "this worker's --memory holds KV caches for \(maxSequences) sequence\(maxSequences == 1 ? "" : "s") of \(contextLength) positions, all in use; wait for one to finish, or give the worker more memory or a shorter context")
                 }
                 if r.position == 0 || sequences[r.sequence] == nil {
                     // Position 0 starts the sequence afresh (a reused id, or a replay).

@@ -129,7 +129,7 @@ struct BenchOffload: ParsableCommand {
         var rows: [JSON] = []
         if !json {
             print("disk read \(fixed(disk / 1e9, 2)) GB/s (experts in shuffled order, page cache dropped); \(total) experts of \(formatBytes(WeightLayout(file: file, config: config).bytesPerExpert(layer: 0))); policy \(policy), \(model.threads) threads")
-            print("resident  decode tok/s  prefill tok/s  hit rate  read/token  stall ms/token  vs resident  limit tok/s  of limit")
+            print("resident  decode tok/s  prefill tok/s  hit rate  read/token  stall ms/token  vs resident  limit tok/s  of limit  prefetch precision / recall")
         }
         for p in parse(resident)! {
             let r = p >= 100 ? full : try run(percent: p)
@@ -141,11 +141,13 @@ struct BenchOffload: ParsableCommand {
                 ("hit_rate", .double(round4(p >= 100 ? 1 : c.hitRate))), ("bytes_read_per_token", .double(missed.rounded())),
                 ("stall_ms_per_token", .double(round4(c.stallSeconds * 1000 / g))), ("ratio_to_resident", .double(round4(r.decode / full.decode))),
                 ("disk_gbps", .double(round4(disk / 1e9))), ("limit_tok_s", .double(round4(limit))), ("fraction_of_limit", .double(round4(r.decode / limit))),
-                ("prefetch_issued", .int(c.prefetchIssued)), ("prefetch_used", .int(c.prefetchUsed)), ("policy", .string(policy)),
+                ("prefetch_issued", .int(c.prefetchIssued)), ("prefetch_used", .int(c.prefetchUsed)),
+                ("prefetch_precision", .double(round4(c.prefetchPrecision))), ("prefetch_recall", .double(round4(c.prefetchRecall))),
+                ("policy", .string(policy)),
             ]
             rows.append(.object(obj))
             if !json {
-                print("\(pad(fixed(p, 0) + "%", 8))  \(pad(fixed(r.decode, 1), 12))  \(pad(fixed(r.prefill, 1), 13))  \(pad(fixed((p >= 100 ? 1 : c.hitRate) * 100, 1) + "%", 8))  \(pad(formatBytes(Int(missed)), 10))  \(pad(fixed(c.stallSeconds * 1000 / g, 2), 14))  \(pad(fixed(r.decode / full.decode, 2) + "×", 11))  \(pad(fixed(limit, 1), 11))  \(fixed(r.decode / limit, 2))")
+                print("\(pad(fixed(p, 0) + "%", 8))  \(pad(fixed(r.decode, 1), 12))  \(pad(fixed(r.prefill, 1), 13))  \(pad(fixed((p >= 100 ? 1 : c.hitRate) * 100, 1) + "%", 8))  \(pad(formatBytes(Int(missed)), 10))  \(pad(fixed(c.stallSeconds * 1000 / g, 2), 14))  \(pad(fixed(r.decode / full.decode, 2) + "×", 11))  \(pad(fixed(limit, 1), 11))  \(pad(fixed(r.decode / limit, 2), 8))  \(fixed(c.prefetchPrecision, 2)) / \(fixed(c.prefetchRecall, 2))")
             }
         }
         if json { print(JSON.array(rows).render()) }

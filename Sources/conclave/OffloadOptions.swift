@@ -51,6 +51,6 @@ extension BudgetedExperts.Counters {
     /// One line for stderr: what the cache did over `tokens` tokens.
     func summary(tokens: Int) -> String {
         let t = Double(max(1, tokens))
-        return "experts: \(hits) hits, \(misses) misses (hit rate \(fixed(hitRate * 100, 1))%), read \(formatBytes(bytesRead)) at \(fixed(readGBps, 2)) GB/s, prefetch \(prefetchUsed) used of \(prefetchIssued) issued, stall \(fixed(stallSeconds * 1000 / t, 2)) ms/token"
+        return "experts: \(hits) hits, \(misses) misses (hit rate \(fixed(hitRate * 100, 1))%), read \(formatBytes(bytesRead)) at \(fixed(readGBps, 2)) GB/s, prefetch \(prefetchUsed) used of \(prefetchIssued) issued (precision \(fixed(prefetchPrecision, 2)), recall \(fixed(prefetchRecall, 2))), stall \(fixed(stallSeconds * 1000 / t, 2)) ms/token"
     }
 }

@@ -25,7 +25,7 @@ struct WorkerCommand: AsyncParsableCommand {
 
     @Option(help: "Endpoint to bind, e.g. tcp://0.0.0.0:7070.") var listen: String
     @Option(name: [.short, .long], help: "This host's copy of the model (optional).") var model: String?
-    @Option(help: "Memory budget for weights and KV, e.g. 12GiB (default: all physical memory).") var memory: String?
+    @Option(help: "Hard memory budget for weights, KV caches, expert cache slots and scratch, e.g. 12GiB (default: all physical memory). Reported to the coordinator, which plans with it; experts beyond it are paged from the model file.") var memory: String?
     @Option(help: "Name reported to the coordinator (default: the host name).") var name: String?
     @Option(help: "Threads for this worker's kernels (default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Where a fetched model is cached.") var cacheDir: String = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/conclave").path

@@ -69,7 +69,7 @@ struct WorkerBudgetTests {
             _ = try Self.step(shard, sequence: 2, positions: 0..<4)
             Issue.record("admitted a second sequence beyond the KV budget")
         } catch let e as WireError {
-            #expect(e.code == .overBudget && e.message.contains("1 sequences"), "\(e.message)")
+            #expect(e.code == .overBudget && e.message.contains("1 sequence of"), "\(e.message)")
         }
         // The first sequence goes on; once released, the second fits.
         _ = try Self.step(shard, sequence: 1, positions: 4..<5, release: [1])

@@ -30,6 +30,11 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         public init() {}
         public var hitRate: Double { hits + misses > 0 ? Double(hits) / Double(hits + misses) : 0 }
         public var readGBps: Double { readSeconds > 0 ? Double(bytesRead) / readSeconds / 1e9 : 0 }
+        /// Of the experts read ahead, the share that was used.
+        public var prefetchPrecision: Double { prefetchIssued > 0 ? Double(prefetchUsed) / Double(prefetchIssued) : 0 }
+        /// Of the uses that found their expert missing or only there thanks to a prefetch, the share the
+        /// prefetch covered.
+        public var prefetchRecall: Double { prefetchUsed + misses > 0 ? Double(prefetchUsed) / Double(prefetchUsed + misses) : 0 }
     }
 
     public let slotCount: Int
