@@ -81,6 +81,10 @@ struct RunCommand: ParsableCommand {
             text.finish()
             printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s")
             if let cache { printError(cache.snapshot.summary(tokens: stats.promptTokens + stats.generatedTokens)) }
+            if let budget = offload.budget {
+                let peak = peakRSS()
+                printError("memory: peak RSS \(formatBytes(peak)) (\(peak) bytes) for --memory \(formatBytes(budget)); the runtime's own share is the difference")
+            }
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

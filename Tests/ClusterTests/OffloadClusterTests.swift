@@ -22,6 +22,27 @@ import TestSupport
         return kb * 1024
     }
 
+    /// One process under `--memory`: the same text as without, and its own peak RSS (VmHWM) within the budget
+    /// plus the runtime's overhead.
+    @Test func oneProcessUnderABudget() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let args = ["run", "-m", Self.model, "--threads", "1", "-p", "Once upon a time", "-n", "48", "--temp", "0", "--repeat-penalty", "1.3", "--ctx", "256"]
+        let (rc1, resident, err1) = try c.run(args)
+        #expect(rc1 == 0, "\(err1)")
+        let budget = 18 << 20
+        let (rc2, paged, err2) = try c.run(args + ["--memory", String(budget)])
+        #expect(rc2 == 0, "\(err2)")
+        #expect(paged == resident, "offloaded text differs")
+        #expect(err2.contains("misses"), "\(err2)")
+        let peak = try #require(err2.split(separator: "\n").first { $0.hasPrefix("memory: peak RSS") }
+            .flatMap { $0.split(separator: "(").dropFirst().first?.split(separator: " ").first }.flatMap { Int($0) }, "\(err2)")
+        #expect(peak <= budget + Self.overhead, "peak RSS \(peak) bytes for a budget of \(budget)")
+        // Too small a budget is refused with the figures, not attempted.
+        let (rc3, _, err3) = try c.run(args + ["--memory", "4MiB"])
+        #expect(rc3 != 0 && err3.contains("too small") && err3.contains("give at least"), "\(err3)")
+    }
+
     @Test func workersBelowTheirShardPageExpertsAndMatchOneProcess() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
