@@ -150,3 +150,43 @@ struct CacheSimulatorTests {
         #expect(CacheSimulator.run(t, capacity: 2, policy: LRUPolicy()) == CacheSimulator.Result(hits: 0, misses: 5))
     }
 }
+
+/// A read that fails (the file was cut short under us) is an error naming the file, and the cache goes on
+/// serving the experts it can read.
+struct OffloadReadFailureTests {
+    @Test func aFailedReadIsAnErrorAndTheCacheKeepsServing() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("model.gguf").path
+        try FileManager.default.copyItem(atPath: Fixtures.shippedModel, toPath: path)
+        let file = try GGUFFile(path: path)
+        let config = try ModelConfig(file: file)
+        let layout = WeightLayout(file: file, config: config)
+        let cache = try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
+                                        slots: 2, pool: ThreadPool(threads: 1))
+        // Cut the file inside the last expert of the last layer's down projection.
+        let last = layout.expertRanges(layer: config.layerCount - 1, expert: config.expertCount - 1).last!
+        try FileHandle(forWritingTo: URL(fileURLWithPath: path)).truncate(atOffset: UInt64(last.offset + last.count / 2))
+        let e = config.embeddingLength
+        let x = [Float](repeating: 0.01, count: e)
+        var out = [Float](repeating: 0, count: e)
+        func call(layer: Int, expert: Int) throws {
+            try x.withUnsafeBufferPointer { xp in
+                try out.withUnsafeMutableBufferPointer { op in
+                    try cache.weightedOutputs(layer: layer, input: xp.baseAddress!, routes: [Route(experts: [expert], weights: [1])], slotsPerRow: 1, into: op.baseAddress!)
+                }
+            }
+        }
+        do {
+            try call(layer: config.layerCount - 1, expert: config.expertCount - 1)
+            Issue.record("read past the end of a truncated file without an error")
+        } catch let error as ModelError {
+            #expect(error.description.contains(path) && error.description.contains("ends early"), "\(error)")
+        }
+        try call(layer: 0, expert: 1)
+        #expect(out.contains { $0 != 0 })
+        try call(layer: 0, expert: 2)
+        try call(layer: 0, expert: 1)
+        #expect(cache.snapshot.hits >= 1)
+    }
+}

@@ -168,8 +168,10 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         var residentDone = mapped.isEmpty
         while !pending.isEmpty || !residentDone {
             // Pin what is cached, claim slots for misses, start their reads; compute the resident experts while
-            // the first reads travel.
+            // the first reads travel. The wave is released at the end of the pass, whatever happens in it.
             let (wave, reads) = pending.isEmpty ? ([], []) : acquire(layer: layer, pending.map(\.expert), streaming: streaming)
+            var failedReads: [ExpertKey] = []
+            defer { if !wave.isEmpty { release(wave.map(\.slot), dropping: failedReads) } }
             let done = DispatchGroup()
             let failure = Monitor.Box<ModelError?>(nil)
             for (key, slot) in reads {
@@ -185,22 +187,15 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
             guard !wave.isEmpty else { continue }
             let t0 = KernelBench.now()
             done.wait()
-            let failed = monitor.locked { failure.value }
-            if let failed {
-                release(wave.map(\.slot), dropping: reads.map(\.0))
+            if let failed = monitor.locked({ failure.value }) {
+                failedReads = reads.map(\.0)
                 throw failed
             }
-            waitReady(wave.map(\.slot))
+            try waitReady(layer: layer, wave)
             monitor.locked { counters.stallSeconds += KernelBench.now() - t0 }
             let members = Dictionary(uniqueKeysWithValues: pending.map { ($0.expert, $0.members) })
-            do {
-                try ExpertCompute.run(wave.map { (matrices(layer: layer, expert: $0.expert, slot: $0.slot, w), members[$0.expert]!) }, input: x, routes: routes,
-                                      slotsPerRow: k, embd: w.embd, ff: w.expertFF, pool: pool, into: results)
-            } catch {
-                release(wave.map(\.slot), dropping: [])
-                throw error
-            }
-            release(wave.map(\.slot), dropping: [])
+            try ExpertCompute.run(wave.map { (matrices(layer: layer, expert: $0.expert, slot: $0.slot, w), members[$0.expert]!) }, input: x, routes: routes,
+                                  slotsPerRow: k, embd: w.embd, ff: w.expertFF, pool: pool, into: results)
             let computed = Set(wave.map(\.expert))
             pending.removeAll { computed.contains($0.expert) }
         }
@@ -226,9 +221,15 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
                 do throws(ModelError) {
                     try load(key, into: s)
                 } catch {
-                    // The slot is given back; a later use reads the expert again and reports the error then.
+                    // The slot is given back (its pins stay: a caller waiting for it sees the key gone and fails);
+                    // a later use reads the expert again and reports the error then.
                     monitor.locked {
-                        if slots[s].key == key { slotOf[key] = nil; slots[s] = Slot() }
+                        if slots[s].key == key {
+                            slotOf[key] = nil
+                            policy.removed(key)
+                            slots[s] = Slot(pins: slots[s].pins)
+                            monitor.broadcast()
+                        }
                     }
                 }
             }
@@ -276,7 +277,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
     /// transient, so a long prompt cycles through a few slots instead of flushing the decode working set.
     private func victimSlot(streaming: Bool, excluding: Set<Int>) -> Int? {
         func free(_ s: Slot) -> Bool { s.pins == 0 && (s.key == nil || s.ready) }
-        if let s = slots.indices.first(where: { slots[$0].key == nil && !excluding.contains($0) }) { return s }
+        if let s = slots.indices.first(where: { slots[$0].key == nil && slots[$0].pins == 0 && !excluding.contains($0) }) { return s }
         let evictable = slots.indices.filter { free(slots[$0]) && !excluding.contains($0) }
         if let s = evictable.first(where: { slots[$0].transient }) { return s }
         if streaming {
@@ -308,10 +309,15 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         }
     }
 
-    /// Waits until every slot of `wave` holds its expert (a prefetch read may still be in flight).
-    private func waitReady(_ wave: [Int]) {
-        monitor.locked {
-            while !wave.allSatisfy({ slots[$0].ready }) { monitor.wait() }
+    /// Waits until every slot of `wave` holds its expert (a prefetch read may still be in flight); throws when
+    /// a prefetch read failed meanwhile.
+    private func waitReady(layer: Int, _ wave: [(expert: Int, slot: Int)]) throws(ModelError) {
+        try monitor.locked { () throws(ModelError) in
+            func holds(_ w: (expert: Int, slot: Int)) -> Bool { slots[w.slot].key == ExpertKey(layer: layer, expert: w.expert) }
+            while !wave.allSatisfy({ !holds($0) || slots[$0.slot].ready }) { monitor.wait() }
+            if let lost = wave.first(where: { !holds($0) }) {
+                throw ModelError("\(reader.path): reading expert \(lost.expert) of layer \(layer) ahead of use failed")
+            }
         }
     }
 
@@ -376,7 +382,7 @@ final class Monitor: @unchecked Sendable {
         pthread_cond_destroy(&cond)
         pthread_mutex_destroy(&mutex)
     }
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
+    func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         return try body()
