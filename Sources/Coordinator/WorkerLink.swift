@@ -64,7 +64,8 @@ public final class WorkerLink: @unchecked Sendable {
             w.endLayer = UInt32(i.layers.upperBound)
             w.experts = UInt32(i.experts)
             // The budget in force: the worker's own when smaller than the cluster file's (the plan used it).
-            w.memoryBudget = UInt64(min(worker.memory, Int(clamping: i.hello.map { $0.memoryBudget > 0 ? $0.memoryBudget : UInt64(worker.memory) } ?? UInt64(worker.memory))))
+            let reported = Int(clamping: i.hello?.memoryBudget ?? 0)
+            w.memoryBudget = UInt64(reported > 0 ? min(worker.memory, reported) : worker.memory)
             w.residentBytes = max(i.residentBytes, i.heartbeat.residentBytes)
             w.rssBytes = i.heartbeat.rssBytes
             w.tokens = i.heartbeat.tokens

@@ -45,13 +45,12 @@ final class WorkerShard: @unchecked Sendable {
         maxSequences = budget.maxSequences
         var resident = 0
         let local: ExpertProvider?
-        let none = { (s: ExpertSet) in s.listedLayers?.isEmpty ?? true }
-        if !none(paged) {
+        if !paged.isEmpty {
             let cache = try BudgetedExperts(file: file, config: config, resident: held, paged: paged, slots: Int(assign.slots), pool: pool)
             local = cache
             offload = cache
             resident += cache.heldBytes
-        } else if !none(held) {
+        } else if !held.isEmpty {
             let (r, bytes) = try ResidentExperts.load(file: file, config: config, held: held, pool: pool)
             local = r
             resident += bytes
@@ -209,7 +208,7 @@ struct WorkerBudget {
         var expertBytes = 0
         for l in 0..<config.layerCount { expertBytes += resident.experts(inLayer: l, of: config.expertCount).count * (config.isMoE ? layout.bytesPerExpert(layer: l) : 0) }
         let slotBytes = slots * ((0..<config.layerCount).filter { !paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0)
-        let holdsExperts = !(resident.listedLayers?.isEmpty ?? true) || !(paged.listedLayers?.isEmpty ?? true)
+        let holdsExperts = !resident.isEmpty || !paged.isEmpty
         let scratch = MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: 1, stage: !layers.isEmpty, experts: holdsExperts)
         let kv = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
         let base = fixed + expertBytes + slotBytes + scratch

@@ -72,6 +72,9 @@ public struct ExpertSet: Sendable, Equatable, CustomStringConvertible {
 
     public var isAll: Bool { storage == .all }
 
+    /// Whether the set lists no expert at all.
+    public var isEmpty: Bool { storage == .listed([:]) }
+
     /// Layers with at least one listed expert (nil for `all`).
     public var listedLayers: [Int]? {
         if case .listed(let m) = storage { return m.keys.sorted() }
