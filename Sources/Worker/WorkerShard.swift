@@ -213,7 +213,7 @@ struct WorkerBudget {
         let kv = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
         let base = fixed + expertBytes + slotBytes + scratch
         let need = base + kv
-        func mib(_ n: Int) -> String { "\((Double(n) / 1048576 * 100).rounded() / 100) MiB" }
+        let mib = MemoryBudget.mib
         guard need <= memory else {
             throw WireError(.overBudget, "the assignment needs \(mib(need)) (weights \(mib(fixed)), resident experts \(mib(expertBytes)), \(slots) cache slots \(mib(slotBytes)), scratch \(mib(scratch)), KV for one sequence \(mib(kv))) but --memory is \(mib(memory))")
         }

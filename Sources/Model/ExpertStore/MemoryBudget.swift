@@ -67,7 +67,9 @@ public struct MemoryBudget: Sendable, Equatable {
         return bytes
     }
 
-    func mib(_ n: Int) -> String { "\((Double(n) / 1048576 * 100).rounded() / 100) MiB" }
+    /// Bytes as MiB with two decimals, for budget messages.
+    public static func mib(_ n: Int) -> String { "\((Double(n) / 1048576 * 100).rounded() / 100) MiB" }
+    func mib(_ n: Int) -> String { Self.mib(n) }
 
     /// Bytes left for experts.
     public var forExperts: Int { budget - fixedBytes - kvBytesPerSequence * sequences - scratchBytes }
