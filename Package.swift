@@ -26,6 +26,10 @@ let package = Package(
         .target(name: "CKernels"),
         .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),
         .target(name: "Tokenizer", dependencies: ["GGUF"]),
+        // JSON with keys in order: `--json` output, HTTP bodies, chat template variables.
+        .target(name: "JSON"),
+        // Chat templates: a jinja2 subset rendering `tokenizer.chat_template` byte for byte as transformers does.
+        .target(name: "ChatTemplate", dependencies: ["JSON"]),
         .target(name: "Model", dependencies: ["GGUF", "Kernels", "Tokenizer"]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
@@ -40,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "CKernels", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
+                "GGUF", "CKernels", "JSON", "ChatTemplate", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -51,6 +55,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.

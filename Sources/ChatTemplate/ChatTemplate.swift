@@ -1,0 +1,63 @@
+@_exported import JSON
+
+/// A chat template (`tokenizer.chat_template` in a GGUF, or a file), parsed once and rendered per request as
+/// Hugging Face renders it with jinja2 (`trim_blocks`, `lstrip_blocks`, loop controls, the immutable sandbox):
+/// the prompt the model was trained on, byte for byte. A construct this renderer does not know is an error naming
+/// the line at parse time, never a prompt that is silently wrong.
+public struct ChatTemplate: @unchecked Sendable {  // immutable after init; the tree holds no shared state
+    public let source: String
+    let nodes: [Node]
+
+    /// The template llama-server falls back to for a model without one.
+    public static let chatml = """
+        {%- for message in messages -%}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}{%- endfor -%}\
+        {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}
+        """
+
+    public init(_ source: String) throws(TemplateError) {
+        self.source = source
+        var p = try TemplateParser(source)
+        nodes = try p.parse()
+    }
+
+    /// The time `strftime_now` formats: seconds since the epoch, in UTC or local time (as Python's `datetime.now()`).
+    public struct Clock: Sendable {
+        public var seconds: @Sendable () -> Int
+        public var utc: Bool
+        public init(seconds: @escaping @Sendable () -> Int, utc: Bool) {
+            self.seconds = seconds
+            self.utc = utc
+        }
+        public static let system = Clock(seconds: { Int(time(nil)) }, utc: false)
+    }
+
+    /// Renders with these variables (besides the globals `range`, `namespace`, `raise_exception`, `strftime_now`).
+    public func render(_ variables: [(String, JSONValue)], clock: Clock = .system) throws(TemplateError) -> String {
+        let root = Scope(parent: nil)
+        for (k, v) in variables { root.vars[k] = TemplateValue(v) }
+        let r = TemplateRenderer(builtins: TemplateBuiltins(clock: clock.seconds, utc: clock.utc))
+        var out = ""
+        _ = try r.render(nodes, root, &out)
+        return out
+    }
+
+    /// A conversation as llama-server and transformers pass it: `messages`, `add_generation_prompt`, `bos_token`,
+    /// `eos_token`, `tools` when there are any, then the caller's extra variables (`chat_template_kwargs`).
+    public func render(messages: [JSONValue], tools: [JSONValue]? = nil, addGenerationPrompt: Bool, bosToken: String, eosToken: String,
+                       extra: [(String, JSONValue)] = [], clock: Clock = .system) throws(TemplateError) -> String {
+        var vars: [(String, JSONValue)] = [
+            ("messages", .array(messages)), ("add_generation_prompt", .bool(addGenerationPrompt)),
+            ("bos_token", .string(bosToken)), ("eos_token", .string(eosToken)),
+        ]
+        if let tools { vars.append(("tools", .array(tools))) }
+        for (k, v) in extra {
+            vars.removeAll { $0.0 == k }
+            vars.append((k, v))
+        }
+        return try render(vars, clock: clock)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,72 @@
+import ChatTemplate
+import Foundation
+import TestSupport
+import XCTest
+
+/// Small templates probing one construct each (whitespace control, scoping, operators, filters, tests, errors),
+/// with what Python's jinja2 renders for them (scripts/dev/jinja-semantics.py wrote the fixture). Ours must give
+/// the same text, and fail where jinja2 fails — at parse time or render time, never with a wrong text.
+final class TemplateSemanticsTests: XCTestCase {
+    func testEveryProbeMatchesJinja2() throws {
+        let text = try String(contentsOfFile: Fixtures.path("chat-templates/semantics.jsonl"), encoding: .utf8)
+        var count = 0, errors = 0
+        for (i, line) in text.split(separator: "\n").enumerated() {
+            let o = try JSONValue.parse(String(line))
+            guard let source = o["template"]?.stringValue, case .object(let vars)? = o["vars"] else { return XCTFail("line \(i + 1) is malformed") }
+            let result: Result<String, TemplateError>
+            do { result = .success(try ChatTemplate(source).render(vars)) } catch { result = .failure(error) }
+            count += 1
+            if o["error"]?.boolValue == true {
+                errors += 1
+                if case .success(let got) = result { XCTFail("line \(i + 1) \(source.debugDescription): jinja2 fails (\(o["error_message"]?.stringValue ?? "")) but we rendered \(got.debugDescription)") }
+                if o["error_type"]?.stringValue == "TemplateError", case .failure(let e) = result {
+                    XCTAssertEqual(e, .refused(o["error_message"]?.stringValue ?? ""), "line \(i + 1): raise_exception is a refusal with its message")
+                }
+            } else {
+                switch result {
+                case .success(let got):
+                    XCTAssertEqual(got, o["expected"]?.stringValue, "line \(i + 1) \(source.debugDescription)")
+                case .failure(let e):
+                    XCTFail("line \(i + 1) \(source.debugDescription): \(e)")
+                }
+            }
+        }
+        XCTAssertEqual(count, 66)
+        XCTAssertEqual(errors, 14)
+    }
+
+    /// An unsupported construct or a syntax error names the template line, so the user knows what to fix.
+    func testErrorsNameTheLine() {
+        XCTAssertThrowsError(try ChatTemplate("line one\n{% if x %}\n{% include 'y' %}\n{% endif %}")) { e in
+            XCTAssertEqual(e as? TemplateError, .syntax("the template uses '{% include %}', which this renderer does not support", line: 3))
+        }
+        XCTAssertThrowsError(try ChatTemplate("a\nb\n{{ x | nosuch }}").render([("x", .int(1))])) { e in
+            XCTAssertEqual((e as? TemplateError)?.description, "chat template line 3: the template uses the filter 'nosuch', which this renderer does not support")
+        }
+        XCTAssertThrowsError(try ChatTemplate("{% for m in messages %}\n{{ m.a.b }}\n{% endfor %}").render([("messages", .array([.object([])]))])) { e in
+            guard case .render(_, let line)? = e as? TemplateError else { return XCTFail("\(e)") }
+            XCTAssertEqual(line, 2)
+        }
+        // A template that recurses without end stops with an error instead of exhausting the stack.
+        XCTAssertThrowsError(try ChatTemplate("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}").render([])) { e in
+            XCTAssertEqual((e as? TemplateError)?.description, "chat template line 1: macro 'f' recursed deeper than 64 calls")
+        }
+    }
+
+    /// The chatml fallback renders as llama-server's does for a model without a template.
+    func testChatMLFallback() throws {
+        let t = try ChatTemplate(ChatTemplate.chatml)
+        let text = try t.render(messages: [.object([("role", .string("system")), ("content", .string("S"))]),
+                                           .object([("role", .string("user")), ("content", .string("Hi"))])],
+                                addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
+        XCTAssertEqual(text, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    }
+
+    func testJSONKeepsOrderAndRoundTrips() throws {
+        let v = try JSONValue.parse(#"{"z": 1, "a": [1.5, -0, 2e3, true, null, "\u00e9\ud83d\ude42\n"], "m": {}}"#)
+        XCTAssertEqual(v.render(), #"{"z":1,"a":[1.5,0,2000,true,null,"é🙂\n"],"m":{}}"#)
+        for bad in ["", "{", "[1,]", "{\"a\" 1}", "01", "\"\\x\"", "[1] 2", String(repeating: "[", count: 200) + String(repeating: "]", count: 200)] {
+            XCTAssertThrowsError(try JSONValue.parse(bad), bad)
+        }
+    }
+}
