@@ -31,20 +31,23 @@ let package = Package(
         // Chat templates: a jinja2 subset rendering `tokenizer.chat_template` byte for byte as transformers does.
         .target(name: "ChatTemplate", dependencies: ["JSON"]),
         .target(name: "Model", dependencies: ["GGUF", "Kernels", "Tokenizer"]),
+        // Generation as a transport-free state machine (continuous batching over a StepExecutor: a cluster or
+        // this process's stages), with the policy that ends each sequence.
+        .target(name: "Generation", dependencies: ["Model", "Kernels", "Tokenizer"]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
         .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
-        .target(name: "Coordinator", dependencies: ["Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
+        .target(name: "Coordinator", dependencies: ["Generation", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "CKernels", "JSON", "ChatTemplate", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
+                "GGUF", "CKernels", "JSON", "ChatTemplate", "Generation", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -55,6 +58,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Model", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),

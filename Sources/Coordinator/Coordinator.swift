@@ -1,4 +1,5 @@
 import Foundation
+import Generation
 import Kernels
 import GGUF
 import Model
@@ -49,7 +50,9 @@ public final class Coordinator: Service, @unchecked Sendable {
     let replies = PendingReplies()
     let log: @Sendable (String) -> Void
     let sha: [UInt8]
-    private(set) var scheduler: Scheduler!
+    /// Generation over the cluster: the transport-free scheduler, driving the pipeline through `executor`.
+    public let scheduler: Scheduler
+    let executor: ClusterExecutor
     private var readers: [Task<Void, Never>] = []
 
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
@@ -72,7 +75,8 @@ public final class Coordinator: Service, @unchecked Sendable {
                 throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
             }
         }
-        scheduler = Scheduler(coordinator: self, microBatches: options.microBatches ?? plan.stages.count, maxBatch: options.maxBatch)
+        executor = ClusterExecutor(links: links, replies: replies, pipelineDepth: options.microBatches ?? plan.stages.count)
+        scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch, log: log)
         for link in links { readers.append(Task.detached { [weak self] in await self?.read(link) }) }
     }
 
@@ -144,6 +148,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
             if r.maxSequences > 0 { scheduler.maxSequences = min(scheduler.maxSequences, Int(r.maxSequences)) }
         }
+        executor.setFirstStage(plan.stages.first.flatMap { s in links.first { $0.worker.name == s.worker } })
         scheduler.start()
         log("serving \(modelName) on \(clients.endpoint)")
     }
@@ -260,9 +265,46 @@ public final class Coordinator: Service, @unchecked Sendable {
                 e.statusReply = status()
                 reply(frames.peer, WireMessage.make(e))
             case .generate(let g):
-                scheduler.submit(g, client: frames.peer, requestID: msg.envelope.requestID)
+                generate(g, client: frames.peer, requestID: msg.envelope.requestID)
             default:
                 reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "the coordinator takes Generate and StatusQuery from clients")))
+            }
+        }
+    }
+
+    /// A client's Generate: tokenized here, run by the scheduler, each event answered as a TokenOut (an Error
+    /// when it fails, with the failure's class as its code).
+    func generate(_ g: Conclave_V1_Generate, client: Data?, requestID: UInt64) {
+        let request = GenerationRequest(prompt: tokenizer.encode(g.prompt), maxTokens: Int(g.maxTokens), stop: g.stop,
+                                        sampling: g.hasSampling ? SamplingParams(g.sampling) : SamplingParams(),
+                                        contextLength: g.contextLength > 0 ? Int(g.contextLength) : nil)
+        let (sequence, events) = scheduler.submit(request)
+        Task.detached { [self] in
+            do {
+                for try await event in events {
+                    var out = Conclave_V1_TokenOut()
+                    out.sequences = [sequence]
+                    switch event {
+                    case .token(let t, let text):
+                        if let t { out.tokens = [t] }
+                        out.text = Data(text.utf8)
+                    case .finished(let reason, let u):
+                        out.done = true
+                        out.finishReason = reason.rawValue
+                        out.promptTokens = UInt32(u.promptTokens)
+                        out.generatedTokens = UInt32(u.completionTokens)
+                        out.prefillTokS = u.prefillTokensPerSecond
+                        out.decodeTokS = u.decodeTokensPerSecond
+                    }
+                    var e = Envelope()
+                    e.requestID = requestID
+                    e.tokenOut = out
+                    reply(client, WireMessage.make(e))
+                }
+            } catch let e as GenerationError {
+                reply(client, WireMessage.errorReply(to: requestID, WireError(generation: e)))
+            } catch {
+                reply(client, WireMessage.errorReply(to: requestID, WireError(.internalError, "generation ended: \(error)")))
             }
         }
     }
@@ -277,10 +319,10 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.model = modelName
         s.workers = links.map { $0.status() }
         let stats = scheduler.stats()
-        s.sequences = UInt32(stats.active)
+        s.sequences = UInt32(stats.running)
         s.tokensGenerated = stats.tokens
         s.requestsFailed = UInt32(stats.failed)
-        s.microBatches = UInt32(scheduler.microBatches)
+        s.microBatches = UInt32(executor.pipelineDepth)
         s.peakInFlight = UInt32(stats.peakInFlight)
         s.plan = planSummary()
         return s

@@ -95,32 +95,45 @@ public final class Engine: @unchecked Sendable {
     public struct GenerationStats: Sendable {
         public var promptTokens = 0, generatedTokens = 0
         public var prefillSeconds = 0.0, decodeSeconds = 0.0
+        public var finishReason: FinishReason?
         public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
         public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(generatedTokens) / decodeSeconds : 0 }
     }
 
-    /// Generates up to `maxTokens` after `prompt`, calling `onToken` with each token and its bytes; stops at
-    /// end of generation or when `onToken` returns false.
+    /// Generates after `prompt` until `policy` ends it, calling `onToken` with each generated token and the text it
+    /// releases (whole characters; text that may begin a stop string waits), and at the end with nil and any text
+    /// still held. Stops early when `onToken` returns false.
     @discardableResult
-    public func generate(prompt: [Int32], maxTokens: Int, params: SamplingParams, in seq: Sequence,
-                         onToken: (Int32, [UInt8]) -> Bool) throws -> GenerationStats {
+    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: Sequence,
+                         onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
         var stats = GenerationStats()
         var sampler = Sampler(params)
+        var progress = policy.start(tokenizer: tokenizer)
         let t0 = KernelBench.now()
         var logits = try evaluate(prompt, in: seq)
         stats.promptTokens = prompt.count
         stats.prefillSeconds = KernelBench.now() - t0
         let t1 = KernelBench.now()
-        for _ in 0..<maxTokens {
+        while true {
             let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: config.vocabSize, history: seq.tokens) }
-            if tokenizer.isEndOfGeneration(next) { break }
-            stats.generatedTokens += 1
-            if !onToken(next, tokenizer.piece(next)) { break }
-            if seq.length >= (seq.caches.first?.capacity ?? 0) { break }
+            let step = progress.accept(next, fed: seq.length)
+            if step.counted { stats.generatedTokens += 1 }
+            if step.counted || !step.text.isEmpty {
+                if !onToken(step.counted ? next : nil, step.text) { break }
+            }
+            if let f = step.finish { stats.finishReason = f; break }
             logits = try evaluate([next], in: seq)
         }
         stats.decodeSeconds = KernelBench.now() - t1
         return stats
+    }
+
+    /// Up to `maxTokens` tokens with no stop strings, within the sequence's cache.
+    @discardableResult
+    public func generate(prompt: [Int32], maxTokens: Int, params: SamplingParams, in seq: Sequence,
+                         onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
+        try generate(prompt: prompt, policy: GenerationPolicy(maxTokens: maxTokens, capacity: seq.caches.first?.capacity ?? 0),
+                     params: params, in: seq, onToken: onToken)
     }
 
     /// Perplexity as llama-perplexity computes it: chunks of `ctx` tokens, each evaluated from a fresh cache with

@@ -95,6 +95,8 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
         case malformed, versionMismatch, tooLarge, modelMismatch, unknownWorker, contextExceeded, internalError
         /// What was asked (an Assign, one more sequence) does not fit the worker's memory budget.
         case overBudget
+        /// The cluster cannot serve now (still joining, a worker down); the same request may succeed later.
+        case unavailable
 
         var protoCode: Conclave_V1_Error.Code {
             switch self {
@@ -106,6 +108,22 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
             case .contextExceeded: return .contextExceeded
             case .internalError: return .internal
             case .overBudget: return .overBudget
+            case .unavailable: return .unavailable
+            }
+        }
+
+        /// The code a peer's Error carries (an unknown one reads as internal).
+        public init(proto: Conclave_V1_Error.Code) {
+            switch proto {
+            case .malformed: self = .malformed
+            case .versionMismatch: self = .versionMismatch
+            case .tooLarge: self = .tooLarge
+            case .modelMismatch: self = .modelMismatch
+            case .unknownWorker: self = .unknownWorker
+            case .contextExceeded: self = .contextExceeded
+            case .overBudget: self = .overBudget
+            case .unavailable: self = .unavailable
+            default: self = .internalError
             }
         }
     }

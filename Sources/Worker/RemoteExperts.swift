@@ -10,6 +10,8 @@ public final class PendingReplies: Sendable {
         var reply: Result<WireMessage, WireError>?
         /// Also signalled on arrival: one thread can wait for whichever of several requests answers first.
         var notify: DispatchSemaphore?
+        /// Called with the reply instead of anyone waiting (the entry is gone once it has run).
+        var onReply: (@Sendable (Result<WireMessage, WireError>) -> Void)?
     }
     private let pending = Mutex<[UInt64: (DispatchSemaphore, Box)]>([:])
     private let nextID = Atomic<UInt64>(1)
@@ -27,20 +29,29 @@ public final class PendingReplies: Sendable {
     @discardableResult
     public func resolve(_ result: Result<WireMessage, WireError>, id: UInt64) -> Bool {
         // The entry stays until its waiter takes it: a reply may arrive before the caller starts waiting.
-        guard let (sem, notify) = pending.withLock({ p -> (DispatchSemaphore, DispatchSemaphore?)? in
+        guard let (sem, box) = pending.withLock({ p -> (DispatchSemaphore, Box)? in
             guard let (sem, box) = p[id], box.reply == nil else { return nil }
             box.reply = result
-            return (sem, box.notify)
+            if box.onReply != nil { p.removeValue(forKey: id) }
+            return (sem, box)
         }) else { return false }
+        if let f = box.onReply { f(result); return true }
         sem.signal()
-        notify?.signal()
+        box.notify?.signal()
         return true
+    }
+
+    /// A fresh request id whose reply goes to `onReply` (on the thread that resolves it; keep it short).
+    public func register(onReply: @escaping @Sendable (Result<WireMessage, WireError>) -> Void) -> UInt64 {
+        let id = register()
+        pending.withLock { $0[id]?.1.onReply = onReply }
+        return id
     }
 
     /// The decoded message as a reply: an Error envelope becomes a failure.
     public func resolve(_ m: WireMessage) -> Bool {
         if case .error(let e) = m.envelope.kind {
-            return resolve(.failure(WireError(.internalError, "remote error: \(e.message)")), id: m.envelope.requestID)
+            return resolve(.failure(WireError(WireError.Code(proto: e.code), "remote error: \(e.message)")), id: m.envelope.requestID)
         }
         return resolve(.success(m), id: m.envelope.requestID)
     }

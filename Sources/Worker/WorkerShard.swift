@@ -21,12 +21,8 @@ final class WorkerShard: @unchecked Sendable {
     /// Where this stage's output goes (empty on the last stage).
     let nextEndpoint: String?
 
-    struct SequenceState {
-        var cache: KVCache
-        var history: [Int32] = []
-        var sampler: Sampler?
-    }
-    private var sequences: [UInt64: SequenceState] = [:]
+    /// The stage's sequences (KV caches, histories, samplers); nil on an experts-only worker.
+    private let sequences: StageSequences?
 
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not
@@ -82,8 +78,10 @@ final class WorkerShard: @unchecked Sendable {
             let stage = try Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
+            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: budget.maxSequences)
         } else {
             stage = nil
+            sequences = nil
         }
         self.nextEndpoint = assign.nextStageEndpoint.isEmpty ? nil : assign.nextStageEndpoint
         self.file = file
@@ -97,7 +95,7 @@ final class WorkerShard: @unchecked Sendable {
     /// Sequences whose KV fits the budget beside everything else.
     let maxSequences: Int
 
-    var sequenceCount: Int { sequences.count }
+    var sequenceCount: Int { sequences?.count ?? 0 }
     private var clients: [RemoteClient] = []
     /// Bytes of the expert calls this stage sent to other workers.
     var expertCallBytes: UInt64 { clients.reduce(0) { $0 + $1.bytesSent } }
@@ -122,59 +120,34 @@ final class WorkerShard: @unchecked Sendable {
         var next = input
         var tokenOut = Conclave_V1_TokenOut()
         var hiddenData = Data()
-        if n > 0 {
-            let rows = input.rows.map { BatchRow(sequence: Int($0.sequence), position: Int($0.position)) }
-            for r in rows where r.position >= contextLength {
-                throw WireError(.contextExceeded, "sequence \(r.sequence) position \(r.position) is past the context length \(contextLength)")
-            }
+        if n > 0, let sequences {
             let hidden = UnsafeMutablePointer<Float>.allocate(capacity: n * e)
             defer { hidden.deallocate() }
-            if stage.isFirst {
-                do { try stage.embed(input.tokens, into: hidden) } catch { throw WireError(.malformed, "\(error)") }
-            } else {
+            if !stage.isFirst {
                 guard msg.frames.count == 1, msg.envelope.tensors[0].dtype == .f32, msg.envelope.tensors[0].shape == [UInt64(n), UInt64(e)] else {
                     throw WireError(.malformed, "a StageInput to layer \(layers.lowerBound) carries one F32 frame of [\(n), \(e)]")
                 }
                 msg.frames[0].withUnsafeBytes { hidden.update(from: $0.bindMemory(to: Float.self).baseAddress!, count: n * e) }
             }
-            var caches: [Int: KVCache] = [:]
-            for r in input.rows {
-                if sequences[r.sequence] == nil, sequences.count >= maxSequences {
-                    throw WireError(.overBudget, "this worker's --memory holds KV caches for \(maxSequences) sequence\(maxSequences == 1 ? "" : "s") of \(contextLength) positions, all in use; wait for one to finish, or give the worker more memory or a shorter context")
+            let sampled: [(sequence: UInt64, token: Int32)]
+            do {
+                sampled = try sequences.step(rows: input.rows.map { ($0.sequence, Int($0.position)) }, tokens: input.tokens, hidden: hidden,
+                                             sampleRows: input.sampleRows.map(Int.init), sampling: input.sampling.map(SamplingParams.init))
+            } catch let e as StageSequences.StepError {
+                switch e.kind {
+                case .full: throw WireError(.overBudget, "this worker's --memory: " + e.description)
+                case .contextExceeded: throw WireError(.contextExceeded, e.description)
+                case .malformed: throw WireError(.malformed, "StageInput: " + e.description)
                 }
-                if r.position == 0 || sequences[r.sequence] == nil {
-                    // Position 0 starts the sequence afresh (a reused id, or a replay).
-                    sequences[r.sequence] = SequenceState(cache: KVCache(layers: layers, capacity: contextLength, kvDim: config.kvDim))
-                }
-                caches[Int(r.sequence)] = sequences[r.sequence]!.cache
             }
-            try stage.forward(hidden, rows: rows, caches: caches)
-            for (r, t) in zip(input.rows, input.tokens) { sequences[r.sequence]!.history.append(t) }
-
             if stage.isLast {
-                let v = config.vocabSize
-                let sampleRows = input.sampleRows.map(Int.init)
-                guard sampleRows.allSatisfy({ $0 < n }) else { throw WireError(.malformed, "a sample row is outside the \(n) rows") }
-                var logits = [Float](repeating: 0, count: sampleRows.count * v)
-                try logits.withUnsafeMutableBufferPointer { try stage.logits(hidden, rows: sampleRows, into: $0.baseAddress!) }
-                for (i, row) in sampleRows.enumerated() {
-                    let seq = input.rows[row].sequence
-                    var state = sequences[seq]!
-                    if state.sampler == nil {
-                        state.sampler = Sampler(input.sampling.isEmpty ? .greedy : SamplingParams(input.sampling[i]))
-                    }
-                    var sampler = state.sampler!
-                    let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: state.history) }
-                    state.sampler = sampler
-                    sequences[seq] = state
-                    tokenOut.sequences.append(seq)
-                    tokenOut.tokens.append(token)
-                }
+                tokenOut.sequences = sampled.map(\.sequence)
+                tokenOut.tokens = sampled.map(\.token)
             } else {
                 hiddenData = Data(bytes: hidden, count: n * e * 4)
             }
         }
-        for id in input.release { sequences[id] = nil }
+        sequences?.release(input.release)
         if stage.isLast {
             out.tokenOut = tokenOut
             return .tokens(WireMessage.make(out))

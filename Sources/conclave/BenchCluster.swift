@@ -47,8 +47,8 @@ struct BenchCluster: ParsableCommand {
         let ids = engine.tokenizer.encode(prompt)
         _ = try engine.generate(prompt: ids, maxTokens: 4, params: params, in: engine.newSequence(capacity: 512)) { _, _ in true }
         var singleText: [UInt8] = []
-        let single = try engine.generate(prompt: ids, maxTokens: gen, params: params, in: engine.newSequence(capacity: gen + ids.count + 8)) { _, b in
-            singleText += b
+        let single = try engine.generate(prompt: ids, maxTokens: gen, params: params, in: engine.newSequence(capacity: gen + ids.count + 8)) { _, text in
+            singleText += Array(text.utf8)
             return true
         }
         printError("single process: \(fixed(single.decodeTokensPerSecond, 1)) tok/s decode (\(single.generatedTokens) tokens, \(model.threads) threads)")

@@ -94,6 +94,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Context length (default: the cluster's).") var ctx: Int?
     @OptionGroup var sampling: SamplingOptions
     @Option(help: "Seconds to wait for each token before giving up.") var timeout: Double = 60
+    @Option(help: "Stop before this text (repeat for several).") var stop: [String] = []
 
     func run() throws {
         let client = try CoordinatorClient(endpoint: coordinator)
@@ -102,11 +103,13 @@ struct GenerateCommand: ParsableCommand {
         g.maxTokens = UInt32(max(0, n))
         g.sampling = sampling.params.wire
         g.contextLength = UInt32(ctx ?? 0)
+        g.stop = stop
         var text = TextStream()
         do {
             let t = try client.generate(g, timeout: timeout) { text.write($0) }
             text.finish()
-            printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s")
+            printError("prompt \(t.promptTokens) tokens: \(fixed(t.prefillTokS, 1)) tok/s; generated \(t.generatedTokens): \(fixed(t.decodeTokS, 1)) tok/s"
+                       + (t.finishReason == "length" ? " (stopped at the length limit: -n tokens, or the context is full)" : ""))
         } catch {
             text.finish(newline: false)
             printError("error: \(error)")

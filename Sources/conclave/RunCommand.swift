@@ -65,6 +65,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: [.short, .long], help: "Prompt text.") var prompt: String = "The"
     @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
     @Option(help: "Context length (default: the model's).") var ctx: Int?
+    @Option(help: "Stop before this text (repeat for several).") var stop: [String] = []
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var offload: OffloadOptions
 
@@ -74,12 +75,14 @@ struct RunCommand: ParsableCommand {
         let seq = engine.newSequence(capacity: ctx)
         var text = TextStream()
         do {
-            let stats = try engine.generate(prompt: ids, maxTokens: n, params: sampling.params, in: seq) { _, bytes in
-                text.write(bytes)
+            let policy = GenerationPolicy(maxTokens: n, stop: stop, capacity: seq.caches.first?.capacity ?? 0)
+            let stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq) { _, piece in
+                text.write(Array(piece.utf8))
                 return true
             }
             text.finish()
-            printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s")
+            printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s"
+                       + (stats.finishReason == .length ? " (stopped at the length limit: -n tokens, or the context is full)" : ""))
             if let cache { printError(cache.snapshot.summary(tokens: stats.promptTokens + stats.generatedTokens)) }
             if let budget = offload.budget {
                 let peak = peakRSS()
@@ -112,22 +115,6 @@ struct TextStream {
         writeStdout(pending + (newline ? [0x0A] : []))
         pending.removeAll()
     }
-}
-
-/// Length of the longest prefix of `b` that ends on a UTF-8 character boundary.
-func completeUTF8Prefix(_ b: [UInt8]) -> Int {
-    var i = b.count
-    var back = 0
-    while i > 0 && back < 4 {
-        let c = b[i - 1]
-        if c & 0xC0 != 0x80 {
-            let need = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1
-            return back + 1 >= need ? b.count : i - 1
-        }
-        i -= 1
-        back += 1
-    }
-    return b.count
 }
 
 func writeStdout(_ bytes: [UInt8]) {

@@ -127,7 +127,7 @@ struct EngineTests {
         let prompt = engine.tokenizer.encode("The build system")
         func run(_ p: SamplingParams) throws -> [Int32] {
             var out: [Int32] = []
-            try engine.generate(prompt: prompt, maxTokens: 16, params: p, in: engine.newSequence(capacity: 64)) { t, _ in out.append(t); return true }
+            try engine.generate(prompt: prompt, maxTokens: 16, params: p, in: engine.newSequence(capacity: 64)) { t, _ in if let t { out.append(t) }; return true }
             return out
         }
         var p = SamplingParams()

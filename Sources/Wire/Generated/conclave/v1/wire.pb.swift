@@ -616,6 +616,9 @@ public nonisolated struct Conclave_V1_TokenOut: Sendable {
 
   public var decodeTokS: Double = 0
 
+  /// with done: "stop" (end of generation, a stop string) or "length" (max tokens, context full)
+  public var finishReason: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -642,6 +645,9 @@ public nonisolated struct Conclave_V1_Generate: Sendable {
 
   /// 0: the model's
   public var contextLength: UInt32 = 0
+
+  /// stop strings: generation ends before the first one the text contains
+  public var stop: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -852,6 +858,9 @@ public nonisolated struct Conclave_V1_Error: Sendable {
 
     /// the work asked for (an Assign, one more sequence) does not fit the worker's memory budget
     case overBudget // = 8
+
+    /// the cluster cannot serve now (not ready, a worker down); the request itself was fine
+    case unavailable // = 9
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -869,6 +878,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case 6: self = .contextExceeded
       case 7: self = .internal
       case 8: self = .overBudget
+      case 9: self = .unavailable
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -884,6 +894,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case .contextExceeded: return 6
       case .internal: return 7
       case .overBudget: return 8
+      case .unavailable: return 9
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -899,6 +910,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       .contextExceeded,
       .internal,
       .overBudget,
+      .unavailable,
     ]
 
   }
@@ -1949,7 +1961,7 @@ nonisolated extension Conclave_V1_ExpertResult: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TokenOut"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0\u{1}text\0\u{1}done\0\u{3}prompt_tokens\0\u{3}generated_tokens\0\u{3}prefill_tok_s\0\u{3}decode_tok_s\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0\u{1}text\0\u{1}done\0\u{3}prompt_tokens\0\u{3}generated_tokens\0\u{3}prefill_tok_s\0\u{3}decode_tok_s\0\u{3}finish_reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1966,6 +1978,7 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.generatedTokens) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.prefillTokS) }()
       case 9: try { try decoder.decodeSingularDoubleField(value: &self.decodeTokS) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.finishReason) }()
       default: break
       }
     }
@@ -1999,6 +2012,9 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if self.decodeTokS.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.decodeTokS, fieldNumber: 9)
     }
+    if !self.finishReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.finishReason, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2012,6 +2028,7 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.generatedTokens != rhs.generatedTokens {return false}
     if lhs.prefillTokS != rhs.prefillTokS {return false}
     if lhs.decodeTokS != rhs.decodeTokS {return false}
+    if lhs.finishReason != rhs.finishReason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2019,7 +2036,7 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_Generate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Generate"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prompt\0\u{3}max_tokens\0\u{1}sampling\0\u{3}context_length\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}prompt\0\u{3}max_tokens\0\u{1}sampling\0\u{3}context_length\0\u{1}stop\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2031,6 +2048,7 @@ nonisolated extension Conclave_V1_Generate: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxTokens) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._sampling) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.contextLength) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.stop) }()
       default: break
       }
     }
@@ -2053,6 +2071,9 @@ nonisolated extension Conclave_V1_Generate: SwiftProtobuf.Message, SwiftProtobuf
     if self.contextLength != 0 {
       try visitor.visitSingularUInt32Field(value: self.contextLength, fieldNumber: 4)
     }
+    if !self.stop.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.stop, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2061,6 +2082,7 @@ nonisolated extension Conclave_V1_Generate: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.maxTokens != rhs.maxTokens {return false}
     if lhs._sampling != rhs._sampling {return false}
     if lhs.contextLength != rhs.contextLength {return false}
+    if lhs.stop != rhs.stop {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2450,5 +2472,5 @@ nonisolated extension Conclave_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._M
 }
 
 nonisolated extension Conclave_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0\u{1}CODE_OVER_BUDGET\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0\u{1}CODE_OVER_BUDGET\0\u{1}CODE_UNAVAILABLE\0")
 }

@@ -1,0 +1,110 @@
+import Foundation
+import Generation
+import Model
+import Synchronization
+import Wire
+import Worker
+
+/// Steps over the cluster's pipeline: each becomes a StageInput to the first stage's worker, and the last stage's
+/// TokenOut comes back through the coordinator's reply table. The scheduler above it knows none of this.
+final class ClusterExecutor: StepExecutor, @unchecked Sendable {
+    let links: [WorkerLink]
+    let replies: PendingReplies
+    let pipelineDepth: Int
+    let stepTimeout: Double? = 120
+    /// The first stage's worker, known once the plan is final (at start).
+    private let first = Mutex<WorkerLink?>(nil)
+    /// Step id → the request id its StageInput carries.
+    private let requests = Mutex<[UInt64: UInt64]>([:])
+
+    init(links: [WorkerLink], replies: PendingReplies, pipelineDepth: Int) {
+        self.links = links
+        self.replies = replies
+        self.pipelineDepth = max(1, pipelineDepth)
+    }
+
+    func setFirstStage(_ link: WorkerLink?) { first.withLock { $0 = link } }
+
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: Int32], GenerationError>) -> Void) {
+        var input = Conclave_V1_StageInput()
+        for r in step.rows {
+            var row = Conclave_V1_BatchRow()
+            row.sequence = r.sequence
+            row.position = UInt32(r.position)
+            input.rows.append(row)
+            input.tokens.append(r.token)
+        }
+        input.sampleRows = step.sampleRows.map(UInt32.init)
+        input.sampling = step.sampling.map(\.wire)
+        let requestID = replies.register { [weak self] result in
+            _ = self?.requests.withLock { $0.removeValue(forKey: id) }
+            switch result {
+            case .success(let m):
+                guard case .tokenOut(let out) = m.envelope.kind, out.sequences.count == out.tokens.count else {
+                    return done(.failure(GenerationError(.internal, "the last stage answered a step with something else")))
+                }
+                var tokens: [UInt64: Int32] = [:]
+                for (s, t) in zip(out.sequences, out.tokens) { tokens[s] = t }
+                done(.success(tokens))
+            case .failure(let e):
+                done(.failure(GenerationError(wire: e, "generation failed: ")))
+            }
+        }
+        requests.withLock { $0[id] = requestID }
+        guard let link = first.withLock({ $0 }) else {
+            _ = replies.resolve(.failure(WireError(.unavailable, "the plan has no stages")), id: requestID)
+            return
+        }
+        var e = Envelope()
+        e.requestID = requestID
+        e.stageInput = input
+        link.send(WireMessage.make(e))
+    }
+
+    func cancel(_ id: UInt64) {
+        if let r = requests.withLock({ $0.removeValue(forKey: id) }) { replies.cancel(r) }
+    }
+
+    /// Fire and forget: the release travels the pipeline behind every step already sent, like a step.
+    func release(_ sequences: [UInt64]) {
+        guard let link = first.withLock({ $0 }) else { return }
+        var input = Conclave_V1_StageInput()
+        input.release = sequences
+        var e = Envelope()
+        e.stageInput = input
+        link.send(WireMessage.make(e))
+    }
+
+    /// While a worker of the cluster is down, nothing can be generated.
+    func unavailable() -> GenerationError? {
+        guard let down = links.first(where: { $0.state == .down }) else { return nil }
+        down.info.withLock { $0.state = .down }
+        let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
+        return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the cluster cannot generate until it is back (restart the worker and the coordinator)")
+    }
+}
+
+extension GenerationError {
+    /// A wire error as the generation layer classifies it: the request's fault, the cluster's state, or a bug.
+    init(wire e: WireError, _ prefix: String = "") {
+        let code: Code
+        switch e.code {
+        case .contextExceeded: code = .contextExceeded
+        case .overBudget, .unavailable, .unknownWorker: code = .unavailable
+        default: code = .internal
+        }
+        self.init(code, prefix + e.message)
+    }
+}
+
+extension WireError {
+    /// The generation layer's error on the wire, its class kept.
+    init(generation e: GenerationError) {
+        switch e.code {
+        case .invalidRequest: self.init(.malformed, e.message)
+        case .contextExceeded: self.init(.contextExceeded, e.message)
+        case .unavailable: self.init(.unavailable, e.message)
+        case .internal: self.init(.internalError, e.message)
+        }
+    }
+}

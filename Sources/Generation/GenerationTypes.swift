@@ -1,0 +1,90 @@
+import Model
+
+/// What a front door (the HTTP API, the ZeroMQ client API, `conclave run`) asks of the scheduler, in domain
+/// terms: tokens in, a stream of events out. No transport types cross this line.
+public struct GenerationRequest: Sendable {
+    public var prompt: [Int32]
+    public var maxTokens: Int
+    public var stop: [String]
+    public var sampling: SamplingParams
+    /// Positions this sequence may use; nil or larger than the served context: the served context.
+    public var contextLength: Int?
+
+    public init(prompt: [Int32], maxTokens: Int, stop: [String] = [], sampling: SamplingParams = SamplingParams(), contextLength: Int? = nil) {
+        self.prompt = prompt
+        self.maxTokens = maxTokens
+        self.stop = stop
+        self.sampling = sampling
+        self.contextLength = contextLength
+    }
+}
+
+public struct GenerationUsage: Sendable, Equatable {
+    public var promptTokens = 0
+    public var completionTokens = 0
+    /// From submission to the first token (queueing and prefill).
+    public var timeToFirstToken = 0.0
+    public var decodeSeconds = 0.0
+    public init() {}
+    public var prefillTokensPerSecond: Double { timeToFirstToken > 0 ? Double(promptTokens) / timeToFirstToken : 0 }
+    public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(0, completionTokens - 1)) / decodeSeconds : 0 }
+}
+
+public enum GenerationEvent: Sendable, Equatable {
+    /// A generated token (nil for text released at the end without a token) and the text it releases.
+    case token(Int32?, String)
+    case finished(FinishReason, GenerationUsage)
+}
+
+/// A failed generation, with the code every boundary maps: HTTP 400 / 503 / 500, the wire's Error codes.
+public struct GenerationError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Code: String, Sendable {
+        /// The request itself is wrong (bad parameters, a token outside the vocabulary): retrying will not help.
+        case invalidRequest = "invalid_request"
+        /// The prompt (and what is asked to generate) does not fit the context.
+        case contextExceeded = "context_length_exceeded"
+        /// The server cannot serve now (not ready, a worker down, shutting down): the same request may succeed later.
+        case unavailable
+        case `internal`
+    }
+    public let code: Code
+    public let message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+/// One row of a step: the token at `position` of `sequence`.
+public struct StepRow: Sendable, Equatable {
+    public var sequence: UInt64
+    public var position: Int
+    public var token: Int32
+}
+
+/// A micro-batch for the stages: rows of several sequences (prompt chunks and decode tokens), the rows whose
+/// next token is to be sampled, and the sampling of each (one per sample row when any sequence is new, else none:
+/// a sequence keeps the first it is given).
+public struct Step: Sendable, Equatable {
+    public var rows: [StepRow] = []
+    public var sampleRows: [Int] = []
+    public var sampling: [SamplingParams] = []
+}
+
+/// Whatever computes steps: a cluster's pipeline, or stages in this process. Several steps may be in flight at
+/// once (up to `pipelineDepth`); each one's `done` is called exactly once, from any thread, with the sampled token
+/// of every sequence that had a sample row — unless the step was cancelled first.
+public protocol StepExecutor: AnyObject, Sendable {
+    var pipelineDepth: Int { get }
+    /// How long a step may take before it counts as lost (nil: no limit).
+    var stepTimeout: Double? { get }
+    /// Starts `step` (ids are the scheduler's, unique per step).
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: Int32], GenerationError>) -> Void)
+    /// Forgets step `id`: its `done` may still run, and is ignored.
+    func cancel(_ id: UInt64)
+    /// Frees the sequences' caches (after every step already started).
+    func release(_ sequences: [UInt64])
+    /// Why nothing can be computed now (a worker is down); nil when steps can run.
+    func unavailable() -> GenerationError?
+}

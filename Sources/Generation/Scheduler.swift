@@ -1,0 +1,332 @@
+import Foundation
+import Kernels
+import Model
+import Synchronization
+import Tokenizer
+
+/// Continuous batching as a state machine over domain types: requests in (`submit`), events out (an async
+/// stream per request), `cancel` at any time. On a thread of its own it composes steps — a prefill chunk or one
+/// decode token for each sequence — keeps up to the executor's pipeline depth of them in flight, and applies each
+/// returned token through the request's `GenerationPolicy`. It knows nothing of sockets or HTTP: the executor is
+/// a cluster or stages in this process, the front door is the ZeroMQ client API or the HTTP API.
+public final class Scheduler: @unchecked Sendable {  // loop state is touched only by the loop thread
+    public let executor: StepExecutor
+    public let tokenizer: Tokenizer
+    /// The context each sequence gets unless it asks for less.
+    public let contextLength: Int
+    /// Most rows in one step (llama.cpp's n_ubatch; a longer prompt goes in chunks).
+    public let maxBatch: Int
+    let log: @Sendable (String) -> Void
+
+    final class Request: @unchecked Sendable {
+        let id: UInt64
+        let prompt: [Int32]
+        let capacity: Int
+        let sampling: SamplingParams
+        var progress: GenerationProgress
+        let continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation
+        var fed = 0  // tokens sent through the pipeline (the sequence's length)
+        var next: Int32?  // the sampled token to feed next
+        var samplerSent = false
+        /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
+        var awaiting = false
+        var done = false
+        let submitted = KernelBench.now()
+        var firstToken: Double?
+        init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, progress: GenerationProgress,
+             continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation) {
+            self.id = id
+            self.prompt = prompt
+            self.capacity = capacity
+            self.sampling = sampling
+            self.progress = progress
+            self.continuation = continuation
+        }
+    }
+
+    public struct Stats: Sendable, Equatable {
+        public var running = 0, queued = 0
+        public var tokens: UInt64 = 0
+        public var failed = 0, cancelled = 0, completed = 0
+        public var peakInFlight = 0
+    }
+
+    struct Shared {
+        var incoming: [Request] = []
+        var cancelled: Set<UInt64> = []
+        var completions: [(UInt64, Result<[UInt64: Int32], GenerationError>)] = []
+        var stats = Stats()
+        var running = false
+        var nextID: UInt64 = 1
+    }
+    private let shared = Mutex(Shared())
+    private let wake = DispatchSemaphore(value: 0)
+    private let stopped = DispatchSemaphore(value: 0)
+    private var thread: Thread?
+    private var nextStep: UInt64 = 0  // the loop thread's
+
+    /// Sequences generating at once (the KV room every stage has); the rest wait in order. Set before `start`.
+    public var maxSequences = Int.max
+
+    public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.contextLength = contextLength
+        self.maxBatch = max(1, maxBatch)
+        self.log = log
+    }
+
+    public func start() {
+        shared.withLock { $0.running = true }
+        let t = Thread { [self] in loop() }
+        t.name = "conclave.scheduler"
+        t.start()
+        thread = t
+    }
+
+    /// Ends the loop; waits (at most 2 s) until it has answered every unfinished request with an error.
+    public func stop() {
+        shared.withLock { $0.running = false }
+        wake.signal()
+        if thread != nil { _ = stopped.wait(timeout: .now() + 2) }
+    }
+
+    public var isRunning: Bool { shared.withLock { $0.running } }
+
+    public func stats() -> Stats { shared.withLock { $0.stats } }
+
+    /// Validates and queues a request. A bad one gets a stream that fails at once; dropping the stream (a client
+    /// that went away) cancels the request and frees its caches.
+    public func submit(_ r: GenerationRequest) -> (id: UInt64, events: AsyncThrowingStream<GenerationEvent, Error>) {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: GenerationEvent.self, throwing: Error.self)
+        let id = shared.withLock { s -> UInt64 in defer { s.nextID += 1 }; return s.nextID }
+        if let e = validate(r) {
+            shared.withLock { $0.stats.failed += 1 }
+            log("request \(id) refused: \(e.message)")
+            continuation.finish(throwing: e)
+            return (id, stream)
+        }
+        let capacity = min(r.contextLength ?? contextLength, contextLength)
+        let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity)
+        let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, progress: policy.start(tokenizer: tokenizer),
+                              continuation: continuation)
+        continuation.onTermination = { [weak self] reason in
+            if case .cancelled = reason { self?.cancel(id) }
+        }
+        shared.withLock { $0.incoming.append(request) }
+        wake.signal()
+        return (id, stream)
+    }
+
+    private func validate(_ r: GenerationRequest) -> GenerationError? {
+        let capacity = min(r.contextLength ?? contextLength, contextLength)
+        if r.prompt.isEmpty { return GenerationError(.invalidRequest, "the prompt is empty") }
+        if r.prompt.count > capacity {
+            return GenerationError(.contextExceeded, "the prompt has \(r.prompt.count) tokens but the context holds \(capacity); use a shorter prompt or a larger context")
+        }
+        if let bad = r.prompt.first(where: { $0 < 0 || Int($0) >= tokenizer.vocab.count }) {
+            return GenerationError(.invalidRequest, "token id \(bad) is outside the vocabulary of \(tokenizer.vocab.count)")
+        }
+        if r.maxTokens < 0 { return GenerationError(.invalidRequest, "max tokens must not be negative") }
+        guard isRunning else { return GenerationError(.unavailable, "the server is not serving yet (workers are still joining or loading), or is shutting down") }
+        return executor.unavailable()
+    }
+
+    /// Stops a request: its stream ends, its caches are freed (once a step holding it has returned).
+    public func cancel(_ id: UInt64) {
+        shared.withLock { $0.cancelled.insert(id) }
+        wake.signal()
+    }
+
+    // MARK: The loop
+
+    /// A step on its way through the executor.
+    struct InFlight {
+        let handle: UInt64
+        let entries: [(request: Request, sampleRow: Int?)]
+        let sent: Double
+    }
+
+    /// Keeps up to `pipelineDepth` steps in flight: whenever one returns, its sequences' next rows go out at once
+    /// while the others are still travelling, so with S stages and S steps every stage has work. A sequence is in
+    /// one step at a time while it decodes (its next token needs the last one), but a long prompt's chunks follow
+    /// each other down the pipeline: each stage takes its inputs in order, so a chunk finds the cache of the ones
+    /// before it.
+    private func loop() {
+        var active: [Request] = []
+        var waiting: [Request] = []
+        var inFlight: [InFlight] = []
+        let depth = max(1, executor.pipelineDepth)
+        while shared.withLock({ $0.running }) {
+            let (incoming, cancelled, completions) = shared.withLock { s in
+                defer { s.incoming.removeAll(); s.cancelled.removeAll(); s.completions.removeAll() }
+                return (s.incoming, s.cancelled, s.completions)
+            }
+            waiting += incoming
+            var finished: [UInt64] = []
+            if !cancelled.isEmpty {
+                for r in waiting where cancelled.contains(r.id) { end(r, cancelled: true) }
+                waiting.removeAll { $0.done }
+                for r in active where cancelled.contains(r.id) && !r.done {
+                    end(r, cancelled: true)
+                    // A step holding it returns later; its caches are freed then, after that step.
+                    if !r.awaiting { finished.append(r.id) }
+                }
+            }
+            for (handle, result) in completions {
+                guard let i = inFlight.firstIndex(where: { $0.handle == handle }) else { continue }
+                finished += complete(inFlight.remove(at: i), result)
+            }
+            if let timeout = executor.stepTimeout {
+                let now = KernelBench.now()
+                for f in inFlight where now - f.sent > timeout {
+                    executor.cancel(f.handle)
+                    inFlight.removeAll { $0.handle == f.handle }
+                    finished += complete(f, .failure(GenerationError(.unavailable, "a generation step got no answer within \(Int(timeout)) s")))
+                }
+            }
+            if let e = executor.unavailable(), !inFlight.isEmpty || !active.isEmpty {
+                // Nothing in the pipeline can finish: fail every step in flight and every running request.
+                for f in inFlight { executor.cancel(f.handle) }
+                inFlight.removeAll()
+                for r in active where !r.done { fail(r, e); finished.append(r.id) }
+            }
+            active.removeAll { $0.done && !$0.awaiting }
+            if !finished.isEmpty { executor.release(finished) }
+
+            // Admit only as many sequences as every stage has KV room for; the rest wait their turn in order.
+            let room = max(0, maxSequences - active.count)
+            active += waiting.prefix(room)
+            waiting.removeFirst(min(room, waiting.count))
+            while inFlight.count < depth, let step = compose(active) {
+                inFlight.append(step)
+            }
+            shared.withLock { s in
+                s.stats.running = active.count
+                s.stats.queued = waiting.count
+                s.stats.peakInFlight = max(s.stats.peakInFlight, inFlight.count)
+            }
+            _ = wake.wait(timeout: .now() + (inFlight.isEmpty ? 0.5 : 0.2))
+        }
+        // Stopped (SIGTERM): whatever is still running or queued gets an answer, not silence.
+        active += waiting + shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
+        for f in inFlight { executor.cancel(f.handle) }
+        let stopping = GenerationError(.unavailable, "the server is shutting down; the request was not finished")
+        for r in active where !r.done { fail(r, stopping) }
+        shared.withLock { $0.stats.running = 0; $0.stats.queued = 0 }
+        stopped.signal()
+    }
+
+    /// The next step from the requests that have rows to send, or nil when none has. Decoding sequences are spread
+    /// over the pipeline's steps (at most ⌈decoding / depth⌉ in one), prefill chunks fill the rest up to `maxBatch`.
+    private func compose(_ active: [Request]) -> InFlight? {
+        var step = Step()
+        var entries: [(request: Request, sampleRow: Int?)] = []
+        var budget = maxBatch
+        let depth = max(1, executor.pipelineDepth)
+        let decoding = active.filter { !$0.done && $0.fed >= $0.prompt.count }.count
+        var decodeSlots = max(1, (decoding + depth - 1) / depth)
+        var anyNewSampler = false
+        for r in active where budget > 0 && !r.done && !r.awaiting {
+            var tokens: [Int32]
+            if r.fed < r.prompt.count {
+                tokens = Array(r.prompt[r.fed..<min(r.prompt.count, r.fed + budget)])
+            } else if let t = r.next, decodeSlots > 0 {
+                tokens = [t]
+                r.next = nil
+                decodeSlots -= 1
+            } else {
+                continue
+            }
+            for (i, t) in tokens.enumerated() { step.rows.append(StepRow(sequence: r.id, position: r.fed + i, token: t)) }
+            var sampleRow: Int?
+            if r.fed + tokens.count == r.prompt.count || r.fed >= r.prompt.count {
+                // The prompt's last chunk or a decode row: the sequence waits for this step's token.
+                sampleRow = step.rows.count - 1
+                step.sampleRows.append(sampleRow!)
+                r.awaiting = true
+                if !r.samplerSent { anyNewSampler = true }
+            }
+            r.fed += tokens.count
+            budget -= tokens.count
+            entries.append((r, sampleRow))
+        }
+        guard !entries.isEmpty else { return nil }
+        if anyNewSampler {
+            step.sampling = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.sampling }
+            for (r, s) in entries where s != nil { r.samplerSent = true }
+        }
+        nextStep += 1
+        let handle = nextStep
+        executor.start(step, id: handle) { [weak self] result in
+            guard let self else { return }
+            self.shared.withLock { $0.completions.append((handle, result)) }
+            self.wake.signal()
+        }
+        return InFlight(handle: handle, entries: entries, sent: KernelBench.now())
+    }
+
+    /// Applies a returned step to its requests; returns the sequences that ended (to release on every stage).
+    private func complete(_ f: InFlight, _ outcome: Result<[UInt64: Int32], GenerationError>) -> [UInt64] {
+        var finished: [UInt64] = []
+        switch outcome {
+        case .failure(let e):
+            for (r, _) in f.entries {
+                r.awaiting = false
+                if !r.done { fail(r, e) }
+                finished.append(r.id)
+            }
+        case .success(let tokens):
+            for (r, sampleRow) in f.entries where sampleRow != nil {
+                r.awaiting = false
+                if r.done { finished.append(r.id); continue }  // cancelled while the step was out
+                if r.firstToken == nil { r.firstToken = KernelBench.now() }
+                guard let token = tokens[r.id] else {
+                    fail(r, GenerationError(.internal, "the last stage returned no token for sequence \(r.id)"))
+                    finished.append(r.id)
+                    continue
+                }
+                if !advance(r, token) { finished.append(r.id) }
+            }
+        }
+        return finished
+    }
+
+    /// Applies a sampled token through the request's policy; false when the request is complete.
+    private func advance(_ r: Request, _ token: Int32) -> Bool {
+        let step = r.progress.accept(token, fed: r.fed)
+        if step.counted { shared.withLock { $0.stats.tokens += 1 } }
+        if step.counted || !step.text.isEmpty {
+            r.continuation.yield(.token(step.counted ? token : nil, step.text))
+        }
+        if let reason = step.finish {
+            r.done = true
+            var u = GenerationUsage()
+            u.promptTokens = r.prompt.count
+            u.completionTokens = r.progress.generated
+            let now = KernelBench.now()
+            u.timeToFirstToken = (r.firstToken ?? now) - r.submitted
+            u.decodeSeconds = now - (r.firstToken ?? now)
+            shared.withLock { $0.stats.completed += 1 }  // before the stream ends, so a reader of stats sees it
+            r.continuation.yield(.finished(reason, u))
+            r.continuation.finish()
+            return false
+        }
+        r.next = token
+        return true
+    }
+
+    private func fail(_ r: Request, _ e: GenerationError) {
+        r.done = true
+        shared.withLock { $0.stats.failed += 1 }  // before the stream ends
+        log("request \(r.id) failed: \(e.message)")
+        r.continuation.finish(throwing: e)
+    }
+
+    private func end(_ r: Request, cancelled: Bool) {
+        r.done = true
+        shared.withLock { $0.stats.cancelled += 1 }
+        r.continuation.finish(throwing: CancellationError())
+    }
+}

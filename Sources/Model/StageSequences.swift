@@ -1,0 +1,83 @@
+/// The sequences one stage of this process is generating, and one step over them: a KV cache per sequence
+/// (created at position 0 or when first seen, at most `maxSequences` at once), the tokens each has seen (for the
+/// repetition penalty) and, on the last stage, each one's sampler. A worker's pipeline stage and the in-process
+/// executor of `conclave serve -m` both step through this, so they compute and sample the same way.
+public final class StageSequences: @unchecked Sendable {  // used from one thread at a time (the stage's queue)
+    public let stage: Stage
+    public let capacity: Int
+    public let maxSequences: Int
+
+    public struct StepError: Error, CustomStringConvertible, Sendable {
+        public enum Kind: Sendable { case full, contextExceeded, malformed }
+        public let kind: Kind
+        public let description: String
+    }
+
+    struct State {
+        var cache: KVCache
+        var history: [Int32] = []
+        var sampler: Sampler?
+    }
+    private var states: [UInt64: State] = [:]
+
+    public init(stage: Stage, capacity: Int, maxSequences: Int) {
+        self.stage = stage
+        self.capacity = capacity
+        self.maxSequences = maxSequences
+    }
+
+    public var count: Int { states.count }
+
+    /// Runs `rows` (sequence, position) through the stage. The first stage embeds `tokens` into `hidden`; others
+    /// take `hidden` as given; it holds the stage's output after. The last stage samples the rows `sampleRows` with
+    /// `sampling` (one entry per sample row; a sequence keeps the first it is given, greedy when none) and returns
+    /// (sequence, token) for each.
+    public func step(rows: [(sequence: UInt64, position: Int)], tokens: [Int32], hidden: UnsafeMutablePointer<Float>,
+                     sampleRows: [Int], sampling: [SamplingParams]) throws -> [(sequence: UInt64, token: Int32)] {
+        let n = rows.count
+        guard n > 0 else { return [] }
+        for r in rows where r.position >= capacity {
+            throw StepError(kind: .contextExceeded, description: "sequence \(r.sequence) position \(r.position) is past the context length \(capacity)")
+        }
+        guard sampleRows.allSatisfy({ $0 >= 0 && $0 < n }) else { throw StepError(kind: .malformed, description: "a sample row is outside the \(n) rows") }
+        guard sampling.isEmpty || sampling.count == sampleRows.count else {
+            throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")
+        }
+        if stage.isFirst {
+            do { try stage.embed(tokens, into: hidden) } catch { throw StepError(kind: .malformed, description: "\(error)") }
+        }
+        var caches: [Int: KVCache] = [:]
+        for r in rows {
+            if states[r.sequence] == nil, states.count >= maxSequences {
+                throw StepError(kind: .full, description: "the memory budget holds KV caches for \(maxSequences) sequence\(maxSequences == 1 ? "" : "s") of \(capacity) positions, all in use; wait for one to finish, or give more memory or a shorter context")
+            }
+            if r.position == 0 || states[r.sequence] == nil {
+                // Position 0 starts the sequence afresh (a reused id, or a replay).
+                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, kvDim: stage.config.kvDim))
+            }
+            caches[Int(r.sequence)] = states[r.sequence]!.cache
+        }
+        let batch = rows.map { BatchRow(sequence: Int($0.sequence), position: $0.position) }
+        try stage.forward(hidden, rows: batch, caches: caches)
+        for (r, t) in zip(rows, tokens) { states[r.sequence]!.history.append(t) }
+        guard stage.isLast, !sampleRows.isEmpty else { return [] }
+        let v = stage.config.vocabSize
+        var logits = [Float](repeating: 0, count: sampleRows.count * v)
+        try logits.withUnsafeMutableBufferPointer { try stage.logits(hidden, rows: sampleRows, into: $0.baseAddress!) }
+        var out: [(sequence: UInt64, token: Int32)] = []
+        for (i, row) in sampleRows.enumerated() {
+            let seq = rows[row].sequence
+            var state = states[seq]!
+            var sampler = state.sampler ?? Sampler(sampling.isEmpty ? .greedy : sampling[i])
+            let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: state.history) }
+            state.sampler = sampler
+            states[seq] = state
+            out.append((seq, token))
+        }
+        return out
+    }
+
+    public func release(_ ids: [UInt64]) {
+        for id in ids { states[id] = nil }
+    }
+}
