@@ -19,6 +19,11 @@ let package = Package(
         // Daemons as Services in a ServiceGroup: SIGTERM/SIGINT drain and exit cleanly.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // The OpenAI-compatible HTTP API (Sources/Serving).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // Metrics: the swift-metrics API where things are counted, one Prometheus registry for /metrics.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         .target(name: "GGUF"),
@@ -33,21 +38,28 @@ let package = Package(
         .target(name: "Model", dependencies: ["GGUF", "Kernels", "Tokenizer"]),
         // Generation as a transport-free state machine (continuous batching over a StepExecutor: a cluster or
         // this process's stages), with the policy that ends each sequence.
-        .target(name: "Generation", dependencies: ["Model", "Kernels", "Tokenizer"]),
+        .target(name: "Generation", dependencies: ["Model", "Kernels", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        // The one metrics registry (Prometheus exposition for GET /metrics).
+        .target(name: "Telemetry", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics"),
+                                                  .product(name: "Prometheus", package: "swift-prometheus")]),
+        // The front door for OpenAI clients: /v1/chat/completions, /v1/completions, SSE, /health, /metrics.
+        .target(name: "Serving", dependencies: ["Generation", "ChatTemplate", "JSON", "Model", "Tokenizer", "Telemetry",
+                                                .product(name: "CoreMetrics", package: "swift-metrics"),
+                                                .product(name: "Hummingbird", package: "hummingbird")]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
         .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
-        .target(name: "Coordinator", dependencies: ["Generation", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
+        .target(name: "Coordinator", dependencies: ["Generation", "JSON", "Telemetry", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "CKernels", "JSON", "ChatTemplate", "Generation", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
+                "GGUF", "CKernels", "JSON", "ChatTemplate", "Generation", "Serving", "Telemetry", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -59,6 +71,8 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "GenerationTests", dependencies: ["Generation", "Model", "Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
+                                                     .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),

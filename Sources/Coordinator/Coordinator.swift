@@ -53,6 +53,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     /// Generation over the cluster: the transport-free scheduler, driving the pipeline through `executor`.
     public let scheduler: Scheduler
     let executor: ClusterExecutor
+    /// Client requests whose events are still being answered.
+    private let answering = Mutex(0)
     private var readers: [Task<Void, Never>] = []
 
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
@@ -242,6 +244,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         } onGracefulShutdown: {
             self.log("shutting down")
             self.scheduler.stop()
+            // The scheduler has ended every stream; let their last answers reach the clients (2 s at most).
+            let deadline = KernelBench.now() + 2
+            while self.answering.withLock({ $0 }) > 0 && KernelBench.now() < deadline { usleep(5_000) }
             self.clients.close()
         }
         for l in links { l.transport.close() }
@@ -279,7 +284,9 @@ public final class Coordinator: Service, @unchecked Sendable {
                                         sampling: g.hasSampling ? SamplingParams(g.sampling) : SamplingParams(),
                                         contextLength: g.contextLength > 0 ? Int(g.contextLength) : nil)
         let (sequence, events) = scheduler.submit(request)
+        answering.withLock { $0 += 1 }
         Task.detached { [self] in
+            defer { answering.withLock { $0 -= 1 } }
             do {
                 for try await event in events {
                     var out = Conclave_V1_TokenOut()
@@ -312,6 +319,15 @@ public final class Coordinator: Service, @unchecked Sendable {
     func reply(_ peer: Data?, _ m: WireMessage) {
         guard let parts = try? m.encode() else { return }
         clients.send(Frames(peer: peer, parts: parts))
+    }
+
+    /// Why the cluster cannot serve now (for GET /health), or nil when every worker is ready.
+    public func healthProblem() -> String? {
+        guard scheduler.isRunning else { return "the cluster is starting: workers are joining or loading their shards" }
+        if let bad = links.first(where: { $0.state != .ready }) {
+            return "worker '\(bad.worker.name)' at \(bad.worker.endpoint) is \(bad.state.rawValue)"
+        }
+        return nil
     }
 
     public func status() -> Conclave_V1_StatusReply {

@@ -33,6 +33,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var done = false
         let submitted = KernelBench.now()
         var firstToken: Double?
+        var lastToken: Double?
         init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, progress: GenerationProgress,
              continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation) {
             self.id = id
@@ -67,6 +68,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     /// Sequences generating at once (the KV room every stage has); the rest wait in order. Set before `start`.
     public var maxSequences = Int.max
+    /// Where tokens, latencies and outcomes are counted (set before `start`).
+    public var metrics: SchedulerMetrics?
 
     public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -103,6 +106,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let id = shared.withLock { s -> UInt64 in defer { s.nextID += 1 }; return s.nextID }
         if let e = validate(r) {
             shared.withLock { $0.stats.failed += 1 }
+            metrics?.outcomes["error"]?.increment()
             log("request \(id) refused: \(e.message)")
             continuation.finish(throwing: e)
             return (id, stream)
@@ -207,6 +211,11 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 s.stats.queued = waiting.count
                 s.stats.peakInFlight = max(s.stats.peakInFlight, inFlight.count)
             }
+            if let m = metrics {
+                m.running.set(active.count)
+                m.queued.set(waiting.count)
+                m.kvCells.set(active.reduce(0) { $0 + $1.fed })
+            }
             _ = wake.wait(timeout: .now() + (inFlight.isEmpty ? 0.5 : 0.2))
         }
         // Stopped (SIGTERM): whatever is still running or queued gets an answer, not silence.
@@ -281,7 +290,15 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             for (r, sampleRow) in f.entries where sampleRow != nil {
                 r.awaiting = false
                 if r.done { finished.append(r.id); continue }  // cancelled while the step was out
-                if r.firstToken == nil { r.firstToken = KernelBench.now() }
+                let now = KernelBench.now()
+                if r.firstToken == nil {
+                    r.firstToken = now
+                    metrics?.seconds(metrics!.timeToFirstToken, now - r.submitted)
+                    metrics?.promptTokens.increment(by: r.prompt.count)
+                } else if let last = r.lastToken {
+                    metrics?.seconds(metrics!.interToken, now - last)
+                }
+                r.lastToken = now
                 guard let token = tokens[r.id] else {
                     fail(r, GenerationError(.internal, "the last stage returned no token for sequence \(r.id)"))
                     finished.append(r.id)
@@ -296,7 +313,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// Applies a sampled token through the request's policy; false when the request is complete.
     private func advance(_ r: Request, _ token: Int32) -> Bool {
         let step = r.progress.accept(token, fed: r.fed)
-        if step.counted { shared.withLock { $0.stats.tokens += 1 } }
+        if step.counted {
+            shared.withLock { $0.stats.tokens += 1 }
+            metrics?.generatedTokens.increment()
+        }
         if step.counted || !step.text.isEmpty {
             r.continuation.yield(.token(step.counted ? token : nil, step.text))
         }
@@ -309,6 +329,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             u.timeToFirstToken = (r.firstToken ?? now) - r.submitted
             u.decodeSeconds = now - (r.firstToken ?? now)
             shared.withLock { $0.stats.completed += 1 }  // before the stream ends, so a reader of stats sees it
+            metrics?.outcomes[reason.rawValue]?.increment()
+            metrics?.seconds(metrics!.requestDuration, now - r.submitted)
             r.continuation.yield(.finished(reason, u))
             r.continuation.finish()
             return false
@@ -320,6 +342,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     private func fail(_ r: Request, _ e: GenerationError) {
         r.done = true
         shared.withLock { $0.stats.failed += 1 }  // before the stream ends
+        metrics?.outcomes["error"]?.increment()
         log("request \(r.id) failed: \(e.message)")
         r.continuation.finish(throwing: e)
     }
@@ -327,6 +350,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     private func end(_ r: Request, cancelled: Bool) {
         r.done = true
         shared.withLock { $0.stats.cancelled += 1 }
+        metrics?.outcomes["cancelled"]?.increment()
         r.continuation.finish(throwing: CancellationError())
     }
 }

@@ -10,8 +10,11 @@ public struct SamplingParams: Sendable, Equatable {
     public var topP: Float = 0.95
     public var minP: Float = 0.05
     public var repeatPenalty: Float = 1.0
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition, frequency and presence penalties look at.
     public var repeatLastN: Int = 64
+    /// OpenAI's penalties as llama.cpp applies them: a token seen c times in the window loses c·frequency + presence.
+    public var frequencyPenalty: Float = 0
+    public var presencePenalty: Float = 0
     public var seed: UInt64 = 0
 
     public init() {}
@@ -46,10 +49,13 @@ public struct Sampler: Sendable {
 
     public mutating func sample(_ logits: UnsafePointer<Float>, count n: Int, history: [Int32]) -> Int32 {
         var l = Array(UnsafeBufferPointer(start: logits, count: n))
-        if params.repeatPenalty != 1 {
-            for t in Set(history.suffix(params.repeatLastN)) where t >= 0 && Int(t) < n {
+        if params.repeatPenalty != 1 || params.frequencyPenalty != 0 || params.presencePenalty != 0 {
+            var counts: [Int32: Int] = [:]
+            for t in history.suffix(params.repeatLastN) where t >= 0 && Int(t) < n { counts[t, default: 0] += 1 }
+            for (t, c) in counts {
                 let i = Int(t)
-                l[i] = l[i] > 0 ? l[i] / params.repeatPenalty : l[i] * params.repeatPenalty
+                if params.repeatPenalty != 1 { l[i] = l[i] > 0 ? l[i] / params.repeatPenalty : l[i] * params.repeatPenalty }
+                l[i] -= Float(c) * params.frequencyPenalty + params.presencePenalty
             }
         }
         if params.temperature <= 0 {

@@ -205,6 +205,9 @@ extension SamplingParams {
         minP = s.minP
         repeatPenalty = s.repeatPenalty
         seed = s.seed
+        frequencyPenalty = s.frequencyPenalty
+        presencePenalty = s.presencePenalty
+        if s.repeatLastN > 0 { repeatLastN = Int(min(s.repeatLastN, 1 << 20)) }
     }
 
     public var wire: Conclave_V1_Sampling {
@@ -215,6 +218,9 @@ extension SamplingParams {
         s.minP = minP
         s.repeatPenalty = repeatPenalty
         s.seed = seed
+        s.frequencyPenalty = frequencyPenalty
+        s.presencePenalty = presencePenalty
+        s.repeatLastN = UInt32(clamping: repeatLastN)
         return s
     }
 }

@@ -2,25 +2,37 @@
 import Glibc
 #endif
 import ArgumentParser
+import ChatTemplate
 import Coordinator
 import Foundation
+import Generation
 import GGUF
+import Hummingbird
 import Kernels
 import Logging
+import Model
 import Placement
+import Serving
+import Telemetry
+import Tokenizer
 import ServiceLifecycle
 import Wire
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Run the coordinator: place the model on the cluster's workers and serve generation and status.",
+        abstract: "Serve a model: an OpenAI-compatible HTTP API, from this process or across a cluster's workers.",
         discussion: """
-        With --cluster, connects to every worker in the cluster file (start them first with `conclave worker`),
-        assigns each its layers and experts, and listens on the file's coordinator endpoint for `conclave generate`
-        and `conclave status`. With --local N it starts N workers on 127.0.0.1 itself (N ≥ 3: the last one holds
-        experts only, so every MoE layer calls experts in another process) — the one-command demo. Runs until
-        SIGTERM or SIGINT.
+        With neither --cluster nor --local, serves the model from this one process (continuous batching of up to
+        --parallel sequences). With --cluster, connects to every worker in the cluster file (start them first with
+        `conclave worker`), assigns each its layers and experts, and also listens on the file's coordinator endpoint
+        for `conclave generate` and `conclave status`. With --local N it starts N workers on 127.0.0.1 itself (N ≥ 3:
+        the last one holds experts only, so every MoE layer calls experts in another process) — the demo.
+
+        HTTP (--http, default 127.0.0.1:8080): POST /v1/chat/completions and /v1/completions (OpenAI's shapes, SSE
+        with "stream": true), GET /v1/models, /health, /v1/cluster; llama-server's /tokenize, /detokenize,
+        /apply-template. Chat messages are rendered with the model's chat template (or --chat-template FILE; chatml
+        for a model without one). Runs until SIGTERM or SIGINT.
         """
     )
 
@@ -35,10 +47,98 @@ struct ServeCommand: AsyncParsableCommand {
     var microBatches: Int?
     @Option(help: "Most tokens in one step (llama.cpp's -ub); a longer prompt is fed in chunks that pipeline through the stages.")
     var ubatch = 512
+    @Option(help: "Serve the HTTP API at HOST:PORT (port 0: any free port, printed at start); 'off' for none.")
+    var http = "127.0.0.1:8080"
+    @Option(help: "Require 'Authorization: Bearer KEY' on every HTTP request but /health.") var apiKey: String?
+    @Option(help: "A Jinja chat template file to use instead of the model's tokenizer.chat_template.") var chatTemplate: String?
+    @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
+    var parallel = 4
 
     func validate() throws {
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
+        if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
+        if http != "off", Self.hostPort(http) == nil { throw ValidationError("--http takes HOST:PORT (e.g. 127.0.0.1:8080) or 'off', not '\(http)'") }
+    }
+
+    static func hostPort(_ s: String) -> (String, Int)? {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        let host = String(s[..<colon])
+        return (host.isEmpty ? "127.0.0.1" : host, port)
+    }
+
+    /// What the HTTP API says about the model: its name, context and chat template.
+    func servedModel(file: GGUFFile, tokenizer: Tokenizer, context: Int) throws -> ServedModel {
+        var source = file.string("tokenizer.chat_template")
+        var origin = "the model's tokenizer.chat_template"
+        if let chatTemplate {
+            do { source = try String(contentsOfFile: chatTemplate, encoding: .utf8) } catch {
+                throw CoordinatorError("cannot read --chat-template \(chatTemplate): \(error.localizedDescription)")
+            }
+            origin = chatTemplate
+        }
+        let id = file.string("general.name") ?? URL(fileURLWithPath: file.path).deletingPathExtension().lastPathComponent
+        let m = ServedModel(id: id, contextLength: context, tokenizer: tokenizer, templateSource: source, templateOrigin: origin)
+        if case .failure(let e) = m.template {
+            printError("warning: the chat template (\(origin)) cannot be used: \(e); /v1/chat/completions will answer 500 until you give --chat-template FILE")
+        }
+        return m
+    }
+
+    /// The HTTP front door as a service, or none with --http off.
+    func httpService(_ api: HTTPAPI) -> [any Service] {
+        guard http != "off", let (host, port) = Self.hostPort(http) else { return [] }
+        var logger = Logger(label: "conclave.http")
+        logger.logLevel = .warning
+        let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "conclave"),
+                              onServerRunning: { channel in
+                                  let p = channel.localAddress?.port ?? port
+                                  printError("[http] OpenAI-compatible API on http://\(host):\(p)/v1 (\(api.model.id), context \(api.model.contextLength))"
+                                             + (api.apiKey == nil ? "" : "; API key required"))
+                              }, logger: logger)
+        return [app]
+    }
+
+    /// `serve -m MODEL` alone: the model in this process behind the HTTP API.
+    func runInProcess() async throws {
+        let engine: Engine
+        let model: ServedModel
+        do {
+            engine = try Engine(path: self.model, threads: threads)
+            let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
+            model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        guard http != "off" else { throw ValidationError("serving from one process needs the HTTP API: give --http HOST:PORT") }
+        let executor = LocalExecutor(engine: engine, capacity: model.contextLength, maxSequences: parallel)
+        let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: model.contextLength, maxBatch: ubatch,
+                                  log: { printError("[serve] \($0)") })
+        scheduler.maxSequences = parallel
+        let metrics = MetricsRegistry()
+        scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+        scheduler.start()
+        printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
+        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)
+        let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
+                                 gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
+        try await run(group)
+    }
+
+    /// Runs the services; a failure (the HTTP port taken) ends the process with a message saying what to change.
+    func run(_ group: ServiceGroup) async throws {
+        do {
+            try await group.run()
+        } catch {
+            let text = "\(error)"
+            if text.contains("bind") || text.contains("Address already in use") {
+                printError("error: cannot serve HTTP on \(http): \(text); another process holds the port — choose another with --http HOST:PORT (or --http off)")
+            } else {
+                printError("error: \(text)")
+            }
+            throw ExitCode(1)
+        }
     }
 
     func run() async throws {
@@ -52,7 +152,7 @@ struct ServeCommand: AsyncParsableCommand {
             } else if let cluster {
                 clusterFile = try ClusterFile(path: cluster)
             } else {
-                throw ValidationError("give --cluster FILE or --local N")
+                return try await runInProcess()
             }
         } catch let e as ValidationError {
             throw e
@@ -62,6 +162,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         defer { LocalCluster.stop(children) }
         let coordinator: Coordinator
+        let metrics = MetricsRegistry()
         do {
             let socket = try ZMQSocket(.router, bind: true, endpoint: clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"))
             var options = Coordinator.Options(contextLength: ctx, workerThreads: threads)
@@ -71,6 +172,7 @@ struct ServeCommand: AsyncParsableCommand {
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket,
                                           connect: { try ZMQSocket(.dealer, bind: false, endpoint: $0, identity: "coordinator") },
                                           log: { printError("[coordinator] \($0)") })
+            coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
                 // Start-up blocks on replies: a thread of its own, not the cooperative pool.
                 Thread.detachNewThread {
@@ -81,8 +183,29 @@ struct ServeCommand: AsyncParsableCommand {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        let group = ServiceGroup(services: [coordinator], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
-        try await group.run()
+        let model: ServedModel
+        do {
+            model = try servedModel(file: coordinator.file, tokenizer: coordinator.tokenizer, context: coordinator.contextLength)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        let api = HTTPAPI(scheduler: coordinator.scheduler, model: model, apiKey: apiKey, metrics: metrics, health: { coordinator.healthProblem() },
+                          cluster: { coordinator.status().json }, beforeScrape: { coordinator.status().mirror(into: metrics) })
+        let group = ServiceGroup(services: [coordinator] + httpService(api), gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
+        try await run(group)
+    }
+}
+
+/// Keeps the in-process scheduler running until shutdown, then answers what is still running and stops it.
+struct SchedulerService: Service {
+    let scheduler: Scheduler
+    let onStop: @Sendable () -> Void
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        scheduler.stop()
+        onStop()
     }
 }
 

@@ -24,7 +24,7 @@ import Worker
             let source = fetch && n == "experts-1" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
             try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
         }
-        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"] + extra)
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"] + extra)
         do {
             try c.waitFor("coordinator", "serving")
         } catch {

@@ -52,7 +52,7 @@ enum NetNS {
         for (i, n) in ["stage-a", "stage-b", "experts-1"].enumerated() {
             try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1"], wrapper: host(i + 1))
         }
-        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20"], wrapper: host(0))
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
         try c.waitFor("coordinator", "serving")
         let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
         let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)

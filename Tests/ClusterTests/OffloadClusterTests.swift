@@ -64,7 +64,7 @@ import TestSupport
             try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1", "--model", Self.model,
                             "--memory", String(Self.budget)])
         }
-        try c.start("coordinator", ["serve", "-m", Self.model, "--cluster", file, "--threads", "1", "--ctx", "256", "--join-timeout", "20"])
+        try c.start("coordinator", ["serve", "-m", Self.model, "--cluster", file, "--threads", "1", "--ctx", "256", "--join-timeout", "20", "--http", "off"])
         try c.waitFor("coordinator", "serving")
         let log = try String(contentsOf: c.log("coordinator"), encoding: .utf8)
         #expect(log.contains("smaller budgets"), "\(log)")

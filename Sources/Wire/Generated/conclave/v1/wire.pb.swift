@@ -126,132 +126,147 @@ public nonisolated struct Conclave_V1_TensorInfo: Sendable {
   public init() {}
 }
 
-public nonisolated struct Conclave_V1_Envelope: Sendable {
+public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var protocolVersion: UInt32 = 0
+  public var protocolVersion: UInt32 {
+    get {_storage._protocolVersion}
+    set {_uniqueStorage()._protocolVersion = newValue}
+  }
 
   /// Chosen by the sender of a request, echoed by its reply.
-  public var requestID: UInt64 = 0
+  public var requestID: UInt64 {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
-  public var sequenceIds: [UInt64] = []
+  public var sequenceIds: [UInt64] {
+    get {_storage._sequenceIds}
+    set {_uniqueStorage()._sequenceIds = newValue}
+  }
 
-  public var tensors: [Conclave_V1_TensorInfo] = []
+  public var tensors: [Conclave_V1_TensorInfo] {
+    get {_storage._tensors}
+    set {_uniqueStorage()._tensors = newValue}
+  }
 
-  public var kind: Conclave_V1_Envelope.OneOf_Kind? = nil
+  public var kind: OneOf_Kind? {
+    get {return _storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
 
   public var hello: Conclave_V1_Hello {
     get {
-      if case .hello(let v)? = kind {return v}
+      if case .hello(let v)? = _storage._kind {return v}
       return Conclave_V1_Hello()
     }
-    set {kind = .hello(newValue)}
+    set {_uniqueStorage()._kind = .hello(newValue)}
   }
 
   public var assign: Conclave_V1_Assign {
     get {
-      if case .assign(let v)? = kind {return v}
+      if case .assign(let v)? = _storage._kind {return v}
       return Conclave_V1_Assign()
     }
-    set {kind = .assign(newValue)}
+    set {_uniqueStorage()._kind = .assign(newValue)}
   }
 
   public var ready: Conclave_V1_Ready {
     get {
-      if case .ready(let v)? = kind {return v}
+      if case .ready(let v)? = _storage._kind {return v}
       return Conclave_V1_Ready()
     }
-    set {kind = .ready(newValue)}
+    set {_uniqueStorage()._kind = .ready(newValue)}
   }
 
   public var heartbeat: Conclave_V1_Heartbeat {
     get {
-      if case .heartbeat(let v)? = kind {return v}
+      if case .heartbeat(let v)? = _storage._kind {return v}
       return Conclave_V1_Heartbeat()
     }
-    set {kind = .heartbeat(newValue)}
+    set {_uniqueStorage()._kind = .heartbeat(newValue)}
   }
 
   public var stageInput: Conclave_V1_StageInput {
     get {
-      if case .stageInput(let v)? = kind {return v}
+      if case .stageInput(let v)? = _storage._kind {return v}
       return Conclave_V1_StageInput()
     }
-    set {kind = .stageInput(newValue)}
+    set {_uniqueStorage()._kind = .stageInput(newValue)}
   }
 
   public var expertCall: Conclave_V1_ExpertCall {
     get {
-      if case .expertCall(let v)? = kind {return v}
+      if case .expertCall(let v)? = _storage._kind {return v}
       return Conclave_V1_ExpertCall()
     }
-    set {kind = .expertCall(newValue)}
+    set {_uniqueStorage()._kind = .expertCall(newValue)}
   }
 
   public var expertResult: Conclave_V1_ExpertResult {
     get {
-      if case .expertResult(let v)? = kind {return v}
+      if case .expertResult(let v)? = _storage._kind {return v}
       return Conclave_V1_ExpertResult()
     }
-    set {kind = .expertResult(newValue)}
+    set {_uniqueStorage()._kind = .expertResult(newValue)}
   }
 
   public var tokenOut: Conclave_V1_TokenOut {
     get {
-      if case .tokenOut(let v)? = kind {return v}
+      if case .tokenOut(let v)? = _storage._kind {return v}
       return Conclave_V1_TokenOut()
     }
-    set {kind = .tokenOut(newValue)}
+    set {_uniqueStorage()._kind = .tokenOut(newValue)}
   }
 
   public var statusQuery: Conclave_V1_StatusQuery {
     get {
-      if case .statusQuery(let v)? = kind {return v}
+      if case .statusQuery(let v)? = _storage._kind {return v}
       return Conclave_V1_StatusQuery()
     }
-    set {kind = .statusQuery(newValue)}
+    set {_uniqueStorage()._kind = .statusQuery(newValue)}
   }
 
   public var statusReply: Conclave_V1_StatusReply {
     get {
-      if case .statusReply(let v)? = kind {return v}
+      if case .statusReply(let v)? = _storage._kind {return v}
       return Conclave_V1_StatusReply()
     }
-    set {kind = .statusReply(newValue)}
+    set {_uniqueStorage()._kind = .statusReply(newValue)}
   }
 
   public var error: Conclave_V1_Error {
     get {
-      if case .error(let v)? = kind {return v}
+      if case .error(let v)? = _storage._kind {return v}
       return Conclave_V1_Error()
     }
-    set {kind = .error(newValue)}
+    set {_uniqueStorage()._kind = .error(newValue)}
   }
 
   public var generate: Conclave_V1_Generate {
     get {
-      if case .generate(let v)? = kind {return v}
+      if case .generate(let v)? = _storage._kind {return v}
       return Conclave_V1_Generate()
     }
-    set {kind = .generate(newValue)}
+    set {_uniqueStorage()._kind = .generate(newValue)}
   }
 
   public var fetchModel: Conclave_V1_FetchModel {
     get {
-      if case .fetchModel(let v)? = kind {return v}
+      if case .fetchModel(let v)? = _storage._kind {return v}
       return Conclave_V1_FetchModel()
     }
-    set {kind = .fetchModel(newValue)}
+    set {_uniqueStorage()._kind = .fetchModel(newValue)}
   }
 
   public var modelChunk: Conclave_V1_ModelChunk {
     get {
-      if case .modelChunk(let v)? = kind {return v}
+      if case .modelChunk(let v)? = _storage._kind {return v}
       return Conclave_V1_ModelChunk()
     }
-    set {kind = .modelChunk(newValue)}
+    set {_uniqueStorage()._kind = .modelChunk(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -275,6 +290,8 @@ public nonisolated struct Conclave_V1_Envelope: Sendable {
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// The coordinator connects to every worker's endpoint (from the cluster file) and opens with an empty Hello;
@@ -510,6 +527,13 @@ public nonisolated struct Conclave_V1_Sampling: Sendable {
   public var repeatPenalty: Float = 0
 
   public var seed: UInt64 = 0
+
+  public var frequencyPenalty: Float = 0
+
+  public var presencePenalty: Float = 0
+
+  /// 0: 64
+  public var repeatLastN: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -969,288 +993,332 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{2}\u{6}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0")
 
+  fileprivate class _StorageClass {
+    var _protocolVersion: UInt32 = 0
+    var _requestID: UInt64 = 0
+    var _sequenceIds: [UInt64] = []
+    var _tensors: [Conclave_V1_TensorInfo] = []
+    var _kind: Conclave_V1_Envelope.OneOf_Kind?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _protocolVersion = source._protocolVersion
+      _requestID = source._requestID
+      _sequenceIds = source._sequenceIds
+      _tensors = source._tensors
+      _kind = source._kind
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.protocolVersion) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.requestID) }()
-      case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.sequenceIds) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.tensors) }()
-      case 10: try {
-        var v: Conclave_V1_Hello?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .hello(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._protocolVersion) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestID) }()
+        case 3: try { try decoder.decodeRepeatedUInt64Field(value: &_storage._sequenceIds) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._tensors) }()
+        case 10: try {
+          var v: Conclave_V1_Hello?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .hello(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .hello(v)
+          }
+        }()
+        case 11: try {
+          var v: Conclave_V1_Assign?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .assign(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .assign(v)
+          }
+        }()
+        case 12: try {
+          var v: Conclave_V1_Ready?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .ready(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .ready(v)
+          }
+        }()
+        case 13: try {
+          var v: Conclave_V1_Heartbeat?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .heartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .heartbeat(v)
+          }
+        }()
+        case 14: try {
+          var v: Conclave_V1_StageInput?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .stageInput(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .stageInput(v)
+          }
+        }()
+        case 15: try {
+          var v: Conclave_V1_ExpertCall?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .expertCall(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .expertCall(v)
+          }
+        }()
+        case 16: try {
+          var v: Conclave_V1_ExpertResult?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .expertResult(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .expertResult(v)
+          }
+        }()
+        case 17: try {
+          var v: Conclave_V1_TokenOut?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .tokenOut(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .tokenOut(v)
+          }
+        }()
+        case 18: try {
+          var v: Conclave_V1_StatusQuery?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .statusQuery(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .statusQuery(v)
+          }
+        }()
+        case 19: try {
+          var v: Conclave_V1_StatusReply?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .statusReply(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .statusReply(v)
+          }
+        }()
+        case 20: try {
+          var v: Conclave_V1_Error?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .error(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .error(v)
+          }
+        }()
+        case 21: try {
+          var v: Conclave_V1_Generate?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .generate(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .generate(v)
+          }
+        }()
+        case 22: try {
+          var v: Conclave_V1_FetchModel?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .fetchModel(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .fetchModel(v)
+          }
+        }()
+        case 23: try {
+          var v: Conclave_V1_ModelChunk?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .modelChunk(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .modelChunk(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .hello(v)
-        }
-      }()
-      case 11: try {
-        var v: Conclave_V1_Assign?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .assign(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .assign(v)
-        }
-      }()
-      case 12: try {
-        var v: Conclave_V1_Ready?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .ready(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .ready(v)
-        }
-      }()
-      case 13: try {
-        var v: Conclave_V1_Heartbeat?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .heartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .heartbeat(v)
-        }
-      }()
-      case 14: try {
-        var v: Conclave_V1_StageInput?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .stageInput(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .stageInput(v)
-        }
-      }()
-      case 15: try {
-        var v: Conclave_V1_ExpertCall?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .expertCall(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .expertCall(v)
-        }
-      }()
-      case 16: try {
-        var v: Conclave_V1_ExpertResult?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .expertResult(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .expertResult(v)
-        }
-      }()
-      case 17: try {
-        var v: Conclave_V1_TokenOut?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .tokenOut(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .tokenOut(v)
-        }
-      }()
-      case 18: try {
-        var v: Conclave_V1_StatusQuery?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .statusQuery(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .statusQuery(v)
-        }
-      }()
-      case 19: try {
-        var v: Conclave_V1_StatusReply?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .statusReply(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .statusReply(v)
-        }
-      }()
-      case 20: try {
-        var v: Conclave_V1_Error?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .error(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .error(v)
-        }
-      }()
-      case 21: try {
-        var v: Conclave_V1_Generate?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .generate(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .generate(v)
-        }
-      }()
-      case 22: try {
-        var v: Conclave_V1_FetchModel?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .fetchModel(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .fetchModel(v)
-        }
-      }()
-      case 23: try {
-        var v: Conclave_V1_ModelChunk?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .modelChunk(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .modelChunk(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.protocolVersion != 0 {
-      try visitor.visitSingularUInt32Field(value: self.protocolVersion, fieldNumber: 1)
-    }
-    if self.requestID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.requestID, fieldNumber: 2)
-    }
-    if !self.sequenceIds.isEmpty {
-      try visitor.visitPackedUInt64Field(value: self.sequenceIds, fieldNumber: 3)
-    }
-    if !self.tensors.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.tensors, fieldNumber: 4)
-    }
-    switch self.kind {
-    case .hello?: try {
-      guard case .hello(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .assign?: try {
-      guard case .assign(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .ready?: try {
-      guard case .ready(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .heartbeat?: try {
-      guard case .heartbeat(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .stageInput?: try {
-      guard case .stageInput(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case .expertCall?: try {
-      guard case .expertCall(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
-    }()
-    case .expertResult?: try {
-      guard case .expertResult(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
-    }()
-    case .tokenOut?: try {
-      guard case .tokenOut(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
-    }()
-    case .statusQuery?: try {
-      guard case .statusQuery(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-    }()
-    case .statusReply?: try {
-      guard case .statusReply(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
-    }()
-    case .error?: try {
-      guard case .error(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-    }()
-    case .generate?: try {
-      guard case .generate(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-    }()
-    case .fetchModel?: try {
-      guard case .fetchModel(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-    }()
-    case .modelChunk?: try {
-      guard case .modelChunk(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._protocolVersion != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._protocolVersion, fieldNumber: 1)
+      }
+      if _storage._requestID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._requestID, fieldNumber: 2)
+      }
+      if !_storage._sequenceIds.isEmpty {
+        try visitor.visitPackedUInt64Field(value: _storage._sequenceIds, fieldNumber: 3)
+      }
+      if !_storage._tensors.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._tensors, fieldNumber: 4)
+      }
+      switch _storage._kind {
+      case .hello?: try {
+        guard case .hello(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .assign?: try {
+        guard case .assign(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .ready?: try {
+        guard case .ready(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .heartbeat?: try {
+        guard case .heartbeat(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+      }()
+      case .stageInput?: try {
+        guard case .stageInput(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case .expertCall?: try {
+        guard case .expertCall(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      }()
+      case .expertResult?: try {
+        guard case .expertResult(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      }()
+      case .tokenOut?: try {
+        guard case .tokenOut(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      }()
+      case .statusQuery?: try {
+        guard case .statusQuery(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
+      }()
+      case .statusReply?: try {
+        guard case .statusReply(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 19)
+      }()
+      case .error?: try {
+        guard case .error(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+      }()
+      case .generate?: try {
+        guard case .generate(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+      }()
+      case .fetchModel?: try {
+        guard case .fetchModel(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+      }()
+      case .modelChunk?: try {
+        guard case .modelChunk(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Envelope, rhs: Conclave_V1_Envelope) -> Bool {
-    if lhs.protocolVersion != rhs.protocolVersion {return false}
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.sequenceIds != rhs.sequenceIds {return false}
-    if lhs.tensors != rhs.tensors {return false}
-    if lhs.kind != rhs.kind {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._protocolVersion != rhs_storage._protocolVersion {return false}
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._sequenceIds != rhs_storage._sequenceIds {return false}
+        if _storage._tensors != rhs_storage._tensors {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1736,7 +1804,7 @@ nonisolated extension Conclave_V1_BatchRow: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Sampling"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_k\0\u{3}top_p\0\u{3}min_p\0\u{3}repeat_penalty\0\u{1}seed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_k\0\u{3}top_p\0\u{3}min_p\0\u{3}repeat_penalty\0\u{1}seed\0\u{3}frequency_penalty\0\u{3}presence_penalty\0\u{3}repeat_last_n\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1750,6 +1818,9 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularFloatField(value: &self.minP) }()
       case 5: try { try decoder.decodeSingularFloatField(value: &self.repeatPenalty) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.seed) }()
+      case 7: try { try decoder.decodeSingularFloatField(value: &self.frequencyPenalty) }()
+      case 8: try { try decoder.decodeSingularFloatField(value: &self.presencePenalty) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.repeatLastN) }()
       default: break
       }
     }
@@ -1774,6 +1845,15 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if self.seed != 0 {
       try visitor.visitSingularUInt64Field(value: self.seed, fieldNumber: 6)
     }
+    if self.frequencyPenalty.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.frequencyPenalty, fieldNumber: 7)
+    }
+    if self.presencePenalty.bitPattern != 0 {
+      try visitor.visitSingularFloatField(value: self.presencePenalty, fieldNumber: 8)
+    }
+    if self.repeatLastN != 0 {
+      try visitor.visitSingularUInt32Field(value: self.repeatLastN, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1784,6 +1864,9 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.minP != rhs.minP {return false}
     if lhs.repeatPenalty != rhs.repeatPenalty {return false}
     if lhs.seed != rhs.seed {return false}
+    if lhs.frequencyPenalty != rhs.frequencyPenalty {return false}
+    if lhs.presencePenalty != rhs.presencePenalty {return false}
+    if lhs.repeatLastN != rhs.repeatLastN {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

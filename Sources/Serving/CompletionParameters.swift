@@ -1,0 +1,104 @@
+import JSON
+import Model
+
+/// The sampling and stopping fields of a chat or text completion body, checked one by one: a wrong type or an
+/// out-of-range value is a 400 naming the field, never a silent default.
+public struct CompletionParameters: Sendable, Equatable {
+    public var maxTokens: Int?
+    public var stop: [String] = []
+    public var sampling = SamplingParams()
+    public var stream = false
+    public var includeUsage = false
+
+    /// Fields this server reads; anything else a client sends is ignored, as OpenAI's API and llama-server do.
+    public init(body: JSONValue, randomSeed: () -> UInt64) throws(APIError) {
+        let f = Fields(body)
+        let newer = try f.int("max_completion_tokens", 0...)
+        let older = try f.int("max_tokens", 0...)
+        maxTokens = newer ?? older
+        if let t = try f.number("temperature", 0...2) { sampling.temperature = Float(t) }
+        if let p = try f.number("top_p", 0...1) { sampling.topP = Float(p) }
+        if let k = try f.int("top_k", 0...) { sampling.topK = k }
+        if let m = try f.number("min_p", 0...1) { sampling.minP = Float(m) }
+        if let r = try f.number("repeat_penalty", 0.0...) {
+            guard r > 0 else { throw APIError.invalid("'repeat_penalty' must be greater than 0", param: "repeat_penalty") }
+            sampling.repeatPenalty = Float(r)
+        }
+        if let n = try f.int("repeat_last_n", 0...) { sampling.repeatLastN = n }
+        if let p = try f.number("frequency_penalty", -2...2) { sampling.frequencyPenalty = Float(p) }
+        if let p = try f.number("presence_penalty", -2...2) { sampling.presencePenalty = Float(p) }
+        if let s = try f.int("seed", Int.min...) {
+            sampling.seed = UInt64(bitPattern: Int64(s))
+        } else {
+            // Like OpenAI and llama-server: without a seed, every request samples differently.
+            sampling.seed = randomSeed()
+        }
+        switch body["stop"] {
+        case nil, .null?: break
+        case .string(let s)?: stop = [s]
+        case .array(let items)?:
+            guard items.count <= 16 else { throw APIError.invalid("'stop' takes at most 16 strings", param: "stop") }
+            stop = try items.map { v throws(APIError) in
+                guard let s = v.stringValue else { throw APIError.invalid("'stop' must be a string or a list of strings", param: "stop") }
+                return s
+            }
+        default:
+            throw APIError.invalid("'stop' must be a string or a list of strings", param: "stop")
+        }
+        stream = try f.bool("stream") ?? false
+        if let options = body["stream_options"], !options.isNull {
+            guard case .object = options else { throw APIError.invalid("'stream_options' must be an object", param: "stream_options") }
+            includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false
+        }
+        if let n = try f.int("n", 0...), n != 1 {
+            throw APIError.invalid("only n = 1 is supported (one choice per request); send several requests for several completions", param: "n")
+        }
+        if try f.bool("logprobs") == true || body["top_logprobs"].map({ !$0.isNull }) == true {
+            throw APIError.invalid("logprobs are not supported by this server yet", param: "logprobs")
+        }
+    }
+}
+
+/// Typed reads of an object's fields, each failing with the field's name.
+struct Fields {
+    let body: JSONValue
+    init(_ body: JSONValue) { self.body = body }
+
+    func present(_ key: String) -> JSONValue? {
+        guard let v = body[key], !v.isNull else { return nil }
+        return v
+    }
+
+    func number(_ key: String, _ range: ClosedRange<Double>) throws(APIError) -> Double? {
+        guard let v = present(key) else { return nil }
+        guard let d = v.numberValue, d.isFinite else { throw APIError.invalid("'\(key)' must be a number, not \(v.typeName)", param: key) }
+        guard range.contains(d) else { throw APIError.invalid("'\(key)' must be between \(range.lowerBound) and \(range.upperBound), not \(d)", param: key) }
+        return d
+    }
+
+    func number(_ key: String, _ range: PartialRangeFrom<Double>) throws(APIError) -> Double? {
+        guard let v = present(key) else { return nil }
+        guard let d = v.numberValue, d.isFinite else { throw APIError.invalid("'\(key)' must be a number, not \(v.typeName)", param: key) }
+        guard d >= range.lowerBound else { throw APIError.invalid("'\(key)' must be at least \(range.lowerBound), not \(d)", param: key) }
+        return d
+    }
+
+    func int(_ key: String, _ range: PartialRangeFrom<Int>) throws(APIError) -> Int? {
+        guard let v = present(key) else { return nil }
+        guard let i = v.intValue else { throw APIError.invalid("'\(key)' must be an integer, not \(v.typeName)", param: key) }
+        guard i >= range.lowerBound else { throw APIError.invalid("'\(key)' must be at least \(range.lowerBound), not \(i)", param: key) }
+        return i
+    }
+
+    func bool(_ key: String, path: String? = nil) throws(APIError) -> Bool? {
+        guard let v = present(key) else { return nil }
+        guard let b = v.boolValue else { throw APIError.invalid("'\(path ?? key)' must be true or false, not \(v.typeName)", param: path ?? key) }
+        return b
+    }
+
+    func string(_ key: String) throws(APIError) -> String? {
+        guard let v = present(key) else { return nil }
+        guard let s = v.stringValue else { throw APIError.invalid("'\(key)' must be a string, not \(v.typeName)", param: key) }
+        return s
+    }
+}

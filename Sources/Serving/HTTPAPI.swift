@@ -1,0 +1,336 @@
+import Foundation
+import CoreMetrics
+import Generation
+import HTTPTypes
+import Hummingbird
+import JSON
+import Model
+import NIOCore
+import Telemetry
+
+/// The OpenAI-compatible HTTP API over a scheduler (a cluster's or this process's): chat and text completions
+/// with SSE streaming, models, health, tokenize/detokenize/apply-template as llama-server has them, the cluster's
+/// status. Every failure is an OpenAI error body; the server keeps serving.
+public struct HTTPAPI: Sendable {
+    public let scheduler: Scheduler
+    public let model: ServedModel
+    /// nil when every worker is ready, else why the server cannot serve (GET /health answers 503 with it).
+    public let health: @Sendable () -> String?
+    /// The cluster's status as `conclave status --json` prints it (GET /v1/cluster); nil in one process.
+    public let cluster: @Sendable () -> JSONValue?
+    public let apiKey: String?
+    /// The registry GET /metrics exposes; `beforeScrape` mirrors other processes' figures into it first.
+    public let metrics: MetricsRegistry?
+    public let beforeScrape: @Sendable () -> Void
+    let ids = IDSource()
+    /// Largest request body read (a hostile client cannot make the server buffer more).
+    public static let maxBody = 16 << 20
+
+    public init(scheduler: Scheduler, model: ServedModel, apiKey: String? = nil, metrics: MetricsRegistry? = nil,
+                health: @escaping @Sendable () -> String? = { nil }, cluster: @escaping @Sendable () -> JSONValue? = { nil },
+                beforeScrape: @escaping @Sendable () -> Void = {}) {
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.beforeScrape = beforeScrape
+        self.model = model
+        self.apiKey = apiKey
+        self.health = health
+        self.cluster = cluster
+    }
+
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        if let metrics { router.add(middleware: RequestCounter(factory: metrics.factory)) }
+        if let apiKey { router.add(middleware: APIKeyMiddleware(key: apiKey)) }
+        let api = self
+        if let metrics {
+            router.get("/metrics") { _, _ in
+                api.beforeScrape()
+                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                                body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.exposition())))
+            }
+        }
+        router.get("/health") { _, _ in api.healthResponse() }
+        router.get("/v1/health") { _, _ in api.healthResponse() }
+        router.get("/v1/models") { _, _ in api.json(api.modelsBody()) }
+        router.get("/models") { _, _ in api.json(api.modelsBody()) }
+        router.get("/v1/cluster") { _, _ in
+            guard let c = api.cluster() else { return api.error(.invalid("this server runs the model in one process; there is no cluster to report", code: "no_cluster")) }
+            return api.json(c)
+        }
+        router.post("/v1/chat/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.chat(body) } }
+        router.post("/chat/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.chat(body) } }
+        router.post("/v1/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.completion(body) } }
+        router.post("/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.completion(body) } }
+        router.post("/apply-template") { req, _ in
+            await api.handle(req) { body throws(APIError) in api.json(.object([("prompt", .string(try api.model.render(chat: body)))])) }
+        }
+        router.post("/tokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.tokenize(body) } }
+        router.post("/detokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.detokenize(body) } }
+        return router
+    }
+
+    // MARK: Plumbing
+
+    func json(_ v: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: v.render())))
+    }
+
+    func error(_ e: APIError) -> Response { json(e.json, status: e.status) }
+
+    /// Reads and parses the body, runs `work`, and turns any failure into its OpenAI error body.
+    func handle(_ request: Request, _ work: (JSONValue) async throws(APIError) -> Response) async -> Response {
+        let bytes: ByteBuffer
+        do {
+            bytes = try await request.body.collect(upTo: Self.maxBody)
+        } catch {
+            return self.error(APIError(status: .contentTooLarge, message: "the request body is larger than \(Self.maxBody >> 20) MiB", type: "invalid_request_error"))
+        }
+        let body: JSONValue
+        do {
+            body = try JSONValue.parse(Array(bytes.readableBytesView))
+        } catch {
+            return self.error(.invalid("the body is not valid JSON: \(error)"))
+        }
+        guard case .object = body else { return self.error(.invalid("the body must be a JSON object")) }
+        do { return try await work(body) } catch { return self.error(error) }
+    }
+
+    func healthResponse() -> Response {
+        if let why = health() { return error(.unavailable(why)) }
+        if !scheduler.isRunning { return error(.unavailable("the server is starting or shutting down")) }
+        return json(.object([("status", .string("ok"))]))
+    }
+
+    func modelsBody() -> JSONValue {
+        .object([("object", .string("list")), ("data", .array([.object([
+            ("id", .string(model.id)), ("object", .string("model")), ("created", .int(model.created)), ("owned_by", .string("conclave")),
+            ("max_model_len", .int(model.contextLength)),
+            ("meta", .object([("n_ctx", .int(model.contextLength)), ("n_vocab", .int(model.tokenizer.vocab.count)),
+                              ("chat_template", .string(model.templateOrigin))])),
+        ])]))])
+    }
+
+    func checkModel(_ body: JSONValue) throws(APIError) {
+        guard let name = try Fields(body).string("model") else { return }
+        guard name == model.id || name.isEmpty else {
+            throw APIError.invalid("the model '\(name)' is not served here; this server serves '\(model.id)' (GET /v1/models)", param: "model", code: "model_not_found")
+        }
+    }
+
+    // MARK: Completions
+
+    enum Kind { case chat, text }
+
+    func chat(_ body: JSONValue) async throws(APIError) -> Response {
+        try checkModel(body)
+        let prompt = try model.render(chat: body)
+        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt), body: body)
+    }
+
+    func completion(_ body: JSONValue) async throws(APIError) -> Response {
+        try checkModel(body)
+        let tokens: [Int32]
+        switch body["prompt"] {
+        case .string(let s)?:
+            tokens = model.tokens(ofPrompt: s)
+        case .array(let items)? where !items.isEmpty:
+            if items.allSatisfy({ $0.intValue != nil }) {
+                tokens = items.map { Int32(clamping: $0.intValue!) }
+            } else if items.count == 1, let s = items[0].stringValue {
+                tokens = model.tokens(ofPrompt: s)
+            } else {
+                throw APIError.invalid("'prompt' must be a string, a list of token ids, or a list of one string (one prompt per request)", param: "prompt")
+            }
+        default:
+            throw APIError.invalid("'prompt' must be a string or a list of token ids", param: "prompt")
+        }
+        return try await run(kind: .text, tokens: tokens, body: body)
+    }
+
+    func run(kind: Kind, tokens: [Int32], body: JSONValue) async throws(APIError) -> Response {
+        let p = try CompletionParameters(body: body, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        guard !tokens.isEmpty else { throw APIError.invalid("the prompt is empty", param: kind == .chat ? "messages" : "prompt") }
+        if tokens.count >= model.contextLength {
+            throw APIError.invalid("the prompt has \(tokens.count) tokens but the context holds \(model.contextLength); shorten it or serve with a larger --ctx",
+                                   param: kind == .chat ? "messages" : "prompt", code: "context_length_exceeded")
+        }
+        if let why = health() { throw APIError.unavailable(why) }
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? (model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
+        let (sequence, events) = scheduler.submit(request)
+        let id = (kind == .chat ? "chatcmpl-" : "cmpl-") + ids.next()
+        let created = Int(Date().timeIntervalSince1970)
+        let head = ResponseHead(id: id, object: kind == .chat ? "chat.completion" : "text_completion", created: created, model: model.id, kind: kind)
+        if p.stream { return stream(head, events, sequence: sequence, includeUsage: p.includeUsage) }
+        var text = ""
+        do {
+            for try await e in events {
+                switch e {
+                case .token(_, let piece): text += piece
+                case .finished(let reason, let usage): return json(head.complete(text: text, finish: reason, usage: usage))
+                }
+            }
+            throw APIError.internal("the generation ended without finishing")
+        } catch let e as GenerationError {
+            throw APIError(e)
+        } catch let e as APIError {
+            throw e
+        } catch {
+            throw APIError.internal("the generation was cancelled")
+        }
+    }
+
+    /// Server-sent events as OpenAI sends them: a first chunk with the role, one per piece of text, a last one with
+    /// the finish reason, the usage chunk when asked, then `[DONE]`. A failure after the first byte is an `error`
+    /// event (the status line has gone); a client that goes away cancels the sequence at the next write.
+    func stream(_ head: ResponseHead, _ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, includeUsage: Bool) -> Response {
+        let scheduler = self.scheduler
+        let body = ResponseBody { writer in
+            func send(_ v: JSONValue) async throws { try await writer.write(ByteBuffer(string: "data: " + v.render() + "\n\n")) }
+            do {
+                if head.kind == .chat { try await send(head.chunk(delta: .object([("role", .string("assistant")), ("content", .string(""))]), includeUsage: includeUsage)) }
+                do {
+                    for try await e in events {
+                        switch e {
+                        case .token(_, let piece):
+                            guard !piece.isEmpty else { continue }
+                            try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece), includeUsage: includeUsage))
+                        case .finished(let reason, let usage):
+                            try await send(head.chunk(delta: head.kind == .chat ? .object([]) : .string(""), finish: reason, includeUsage: includeUsage))
+                            if includeUsage { try await send(head.usageChunk(usage)) }
+                        }
+                    }
+                } catch let e as GenerationError {
+                    try await send(APIError(e).json)
+                } catch is CancellationError {
+                    try await send(APIError.internal("the generation was cancelled").json)
+                }
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                try await writer.finish(nil)
+            } catch {
+                // The client went away (or the write failed): stop generating for it and free its caches now.
+                scheduler.cancel(sequence)
+                throw error
+            }
+        }
+        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+
+    // MARK: Tokens
+
+    func tokenize(_ body: JSONValue) throws(APIError) -> Response {
+        let f = Fields(body)
+        guard let content = try f.string("content") else { throw APIError.invalid("'content' must be a string", param: "content") }
+        let addSpecial = try f.bool("add_special") ?? false
+        let parseSpecial = try f.bool("parse_special") ?? true
+        let withPieces = try f.bool("with_pieces") ?? false
+        let ids = model.tokenizer.encode(content, addSpecial: addSpecial, parseSpecial: parseSpecial)
+        let tokens: [JSONValue] = ids.map { id in
+            guard withPieces else { return .int(Int(id)) }
+            let bytes = model.tokenizer.piece(id)
+            let piece: JSONValue = String(validating: bytes, as: UTF8.self).map(JSONValue.string) ?? .array(bytes.map { .int(Int($0)) })
+            return .object([("id", .int(Int(id))), ("piece", piece)])
+        }
+        return json(.object([("tokens", .array(tokens))]))
+    }
+
+    func detokenize(_ body: JSONValue) throws(APIError) -> Response {
+        guard case .array(let items)? = body["tokens"] else { throw APIError.invalid("'tokens' must be a list of token ids", param: "tokens") }
+        var bytes: [UInt8] = []
+        for v in items {
+            guard let i = v.intValue, i >= 0, i < model.tokenizer.vocab.count else {
+                throw APIError.invalid("'tokens' holds \(v.render()), which is not a token id of this model (0..<\(model.tokenizer.vocab.count))", param: "tokens")
+            }
+            bytes += model.tokenizer.piece(Int32(i))
+        }
+        return json(.object([("content", .string(String(decoding: bytes, as: UTF8.self)))]))
+    }
+}
+
+/// The fields every chunk and response of one completion share, and their shapes.
+struct ResponseHead: Sendable {
+    let id: String
+    let object: String
+    let created: Int
+    let model: String
+    let kind: HTTPAPI.Kind
+
+    func usage(_ u: GenerationUsage) -> JSONValue {
+        .object([("prompt_tokens", .int(u.promptTokens)), ("completion_tokens", .int(u.completionTokens)),
+                 ("total_tokens", .int(u.promptTokens + u.completionTokens))])
+    }
+
+    func complete(text: String, finish: FinishReason, usage u: GenerationUsage) -> JSONValue {
+        let choice: JSONValue = kind == .chat
+            ? .object([("index", .int(0)), ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
+                       ("logprobs", .null), ("finish_reason", .string(finish.rawValue))])
+            : .object([("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .string(finish.rawValue))])
+        return .object([("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
+                        ("choices", .array([choice])), ("usage", usage(u))])
+    }
+
+    func chunk(delta: JSONValue, finish: FinishReason? = nil, includeUsage: Bool) -> JSONValue {
+        let choice: JSONValue = kind == .chat
+            ? .object([("index", .int(0)), ("delta", delta), ("logprobs", .null), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
+            : .object([("index", .int(0)), ("text", delta), ("logprobs", .null), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
+        var fields: [(String, JSONValue)] = [("id", .string(id)), ("object", .string(kind == .chat ? "chat.completion.chunk" : "text_completion")),
+                                             ("created", .int(created)), ("model", .string(model)), ("choices", .array([choice]))]
+        if includeUsage { fields.append(("usage", .null)) }
+        return .object(fields)
+    }
+
+    func usageChunk(_ u: GenerationUsage) -> JSONValue {
+        .object([("id", .string(id)), ("object", .string(kind == .chat ? "chat.completion.chunk" : "text_completion")),
+                 ("created", .int(created)), ("model", .string(model)), ("choices", .array([])), ("usage", usage(u))])
+    }
+}
+
+/// Completion ids: unique per process, not guessable from one another.
+final class IDSource: Sendable {
+    func next() -> String {
+        (0..<24).map { _ in String("0123456789abcdefghijklmnopqrstuvwxyz".randomElement()!) }.joined()
+    }
+}
+
+/// `conclave_http_requests_total{endpoint, status}`: every request, by route (unknown paths as "other", so a
+/// scanner cannot grow the label set) and status code.
+struct RequestCounter<Context: RequestContext>: RouterMiddleware {
+    let factory: MetricsFactory
+    static var endpoints: Set<String> {
+        ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
+         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template"]
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        let endpoint = Self.endpoints.contains(path) ? path : "other"
+        do {
+            let response = try await next(request, context)
+            Counter(label: "conclave_http_requests_total", dimensions: [("endpoint", endpoint), ("status", String(response.status.code))], factory: factory).increment()
+            return response
+        } catch {
+            let status = (error as? HTTPResponseError)?.status.code ?? 500
+            Counter(label: "conclave_http_requests_total", dimensions: [("endpoint", endpoint), ("status", String(status))], factory: factory).increment()
+            throw error
+        }
+    }
+}
+
+/// `--api-key`: every request but the health check needs `Authorization: Bearer KEY`, compared in constant time.
+struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let key: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        if path == "/health" || path == "/v1/health" { return try await next(request, context) }
+        let given = Array((request.headers[.authorization] ?? "").utf8)
+        let want = Array("Bearer \(key)".utf8)
+        var diff = given.count ^ want.count
+        for i in 0..<want.count { diff |= Int(want[i] ^ (i < given.count ? given[i] : 0)) }
+        guard diff == 0 else {
+            return Response(status: .unauthorized, headers: [.contentType: "application/json", .wwwAuthenticate: "Bearer"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(string: APIError.unauthorized.json.render())))
+        }
+        return try await next(request, context)
+    }
+}

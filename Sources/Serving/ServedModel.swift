@@ -1,0 +1,103 @@
+import ChatTemplate
+import Foundation
+import JSON
+import Tokenizer
+
+/// What the HTTP API says about the model it serves and how it turns a conversation into tokens: its name,
+/// context, tokenizer and chat template (the GGUF's `tokenizer.chat_template`, a `--chat-template` file, or
+/// llama-server's chatml fallback).
+public struct ServedModel: Sendable {
+    public let id: String
+    public let contextLength: Int
+    public let tokenizer: Tokenizer
+    /// The template, or why it cannot be used (chat requests then fail with that reason; completions still work).
+    public let template: Result<ChatTemplate, TemplateError>
+    public let templateOrigin: String
+    public let created: Int
+    public let clock: ChatTemplate.Clock
+
+    public init(id: String, contextLength: Int, tokenizer: Tokenizer, templateSource: String?, templateOrigin: String,
+                clock: ChatTemplate.Clock = .system) {
+        self.id = id
+        self.contextLength = contextLength
+        self.tokenizer = tokenizer
+        self.templateOrigin = templateSource == nil ? "chatml (the model has no chat template)" : templateOrigin
+        do { template = .success(try ChatTemplate(templateSource ?? ChatTemplate.chatml)) } catch { template = .failure(error) }
+        created = Int(Date().timeIntervalSince1970)
+        self.clock = clock
+    }
+
+    func tokenText(_ id: Int32?) -> String {
+        guard let id, Int(id) < tokenizer.vocab.count else { return "" }
+        return String(decoding: tokenizer.vocab.tokens[Int(id)], as: UTF8.self)
+    }
+
+    /// The chat body's `messages` (and `tools`, `chat_template_kwargs`) rendered with the template.
+    public func render(chat body: JSONValue, addGenerationPrompt: Bool = true) throws(APIError) -> String {
+        guard case .array(let raw)? = body["messages"], !raw.isEmpty else {
+            throw APIError.invalid("'messages' must be a non-empty list of {\"role\", \"content\"} objects", param: "messages")
+        }
+        var messages: [JSONValue] = []
+        for (i, m) in raw.enumerated() {
+            guard case .object(var fields) = m, let role = m["role"]?.stringValue, !role.isEmpty else {
+                throw APIError.invalid("messages[\(i)] must be an object with a string 'role'", param: "messages")
+            }
+            _ = role
+            // Content as a list of parts: their text joined, as llama-server does for templates that take strings.
+            if let idx = fields.firstIndex(where: { $0.0 == "content" }) {
+                switch fields[idx].1 {
+                case .string, .null: break
+                case .array(let parts):
+                    var texts: [String] = []
+                    for p in parts {
+                        guard p["type"]?.stringValue == "text", let t = p["text"]?.stringValue else {
+                            throw APIError.invalid("messages[\(i)].content parts must be {\"type\": \"text\", \"text\": ...}; this server takes text only", param: "messages")
+                        }
+                        texts.append(t)
+                    }
+                    fields[idx].1 = .string(texts.joined(separator: "\n"))
+                default:
+                    throw APIError.invalid("messages[\(i)].content must be a string or a list of text parts", param: "messages")
+                }
+            } else if m["tool_calls"] == nil {
+                throw APIError.invalid("messages[\(i)] has no 'content'", param: "messages")
+            }
+            messages.append(.object(fields))
+        }
+        var tools: [JSONValue]?
+        if let t = body["tools"], !t.isNull {
+            guard case .array(let list) = t else { throw APIError.invalid("'tools' must be a list", param: "tools") }
+            if !list.isEmpty { tools = list }
+        }
+        var extra: [(String, JSONValue)] = []
+        if let k = body["chat_template_kwargs"], !k.isNull {
+            guard case .object(let pairs) = k else { throw APIError.invalid("'chat_template_kwargs' must be an object", param: "chat_template_kwargs") }
+            extra = pairs
+        }
+        let template: ChatTemplate
+        switch self.template {
+        case .success(let t): template = t
+        case .failure(let e):
+            throw APIError.internal("the chat template (\(templateOrigin)) cannot be used: \(e); give one with --chat-template FILE, or use /v1/completions")
+        }
+        do {
+            return try template.render(messages: messages, tools: tools, addGenerationPrompt: addGenerationPrompt,
+                                       bosToken: tokenText(tokenizer.vocab.bos), eosToken: tokenText(tokenizer.vocab.eos),
+                                       extra: extra, clock: clock)
+        } catch .refused(let m) {
+            throw APIError.invalid("the model's chat template refuses this conversation: \(m)", param: "messages")
+        } catch .render(let m, let line) {
+            throw APIError.invalid("the chat template could not render this conversation (template line \(line)): \(m)", param: "messages")
+        } catch {
+            throw APIError.internal("\(error)")
+        }
+    }
+
+    /// Tokens of a rendered prompt: special tokens in the text are parsed as such, and the BOS the tokenizer adds
+    /// is not doubled when the template already wrote one.
+    public func tokens(ofPrompt text: String) -> [Int32] {
+        var ids = tokenizer.encode(text, addSpecial: true, parseSpecial: true)
+        if let bos = tokenizer.vocab.bos, ids.count >= 2, ids[0] == bos, ids[1] == bos { ids.removeFirst() }
+        return ids
+    }
+}

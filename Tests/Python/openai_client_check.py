@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Drives a running `conclave serve` with the official openai client (and prometheus_client for /metrics when the
+server has it). Usage: openai_client_check.py BASE_URL [--concurrency 8]. Exits 1 naming the first failure."""
+import argparse, concurrent.futures, json, sys, time, urllib.request
+
+import openai
+
+ap = argparse.ArgumentParser()
+ap.add_argument("base")
+ap.add_argument("--concurrency", type=int, default=8)
+ap.add_argument("--wait", type=float, default=300, help="seconds to wait for /health")
+args = ap.parse_args()
+root = args.base.rstrip("/")
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# The server may still be loading: poll /health (bounded).
+deadline = time.time() + args.wait
+while True:
+    try:
+        with urllib.request.urlopen(root + "/health", timeout=10) as r:
+            if r.status == 200:
+                break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        fail(f"{root}/health did not answer 200 within {args.wait} s")
+    time.sleep(0.5)
+
+client = openai.OpenAI(base_url=root + "/v1", api_key="none", timeout=300, max_retries=0)
+
+models = client.models.list()
+ids = [m.id for m in models.data]
+if len(ids) != 1:
+    fail(f"models.list() gave {ids}")
+model = ids[0]
+
+messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about caches."}]
+full = client.chat.completions.create(model=model, messages=messages, max_tokens=16, seed=3, temperature=0.7)
+text = full.choices[0].message.content
+if full.choices[0].finish_reason not in ("stop", "length") or full.usage.completion_tokens < 1:
+    fail(f"chat.completions.create: {full}")
+
+streamed, finish, usage = "", None, None
+for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=16, seed=3, temperature=0.7, stream=True,
+                                            stream_options={"include_usage": True}):
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        streamed += c.delta.content or ""
+        finish = c.finish_reason or finish
+if streamed != text:
+    fail(f"streamed chat text {streamed!r} differs from the non-streamed {text!r} (same seed)")
+if finish != full.choices[0].finish_reason or usage is None or usage.completion_tokens != full.usage.completion_tokens:
+    fail(f"stream finish {finish} usage {usage} against {full.choices[0].finish_reason} {full.usage}")
+
+comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0)
+if comp.choices[0].finish_reason != "length" or comp.usage.completion_tokens != 8:
+    fail(f"completions.create: {comp}")
+
+try:
+    client.chat.completions.create(model=model, messages=[], max_tokens=4)
+    fail("an empty messages list was accepted")
+except openai.BadRequestError as e:
+    if "messages" not in str(e):
+        fail(f"the 400 does not name the field: {e}")
+
+
+def one_stream(i):
+    n, reason = 0, None
+    for chunk in client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Story number {i}"}],
+                                                max_tokens=12, seed=i, stream=True):
+        for c in chunk.choices:
+            if c.delta.content:
+                n += 1
+            reason = c.finish_reason or reason
+    return reason
+
+
+with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+    reasons = list(pool.map(one_stream, range(args.concurrency)))
+if any(r not in ("stop", "length") for r in reasons):
+    fail(f"concurrent streams ended with {reasons}")
+
+# /metrics, when the server exports it: it must parse, and the counters must have moved.
+try:
+    with urllib.request.urlopen(root + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+except urllib.error.HTTPError as e:
+    text = None if e.code == 404 else fail(f"/metrics answered {e.code}")
+if text is not None:
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    if not families:
+        fail("/metrics has no metric families")
+print(json.dumps({"ok": True, "model": model, "concurrent_streams": len(reasons)}))

@@ -1,0 +1,261 @@
+import Foundation
+import Generation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import JSON
+import Model
+import NIOCore
+import Serving
+import Telemetry
+import TestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The HTTP API over the shipped model in this process: the same text as `conclave run` for the same prompt,
+/// seed and settings, OpenAI's shapes for bodies, chunks and errors.
+@Suite(.serialized) struct HTTPAPITests {
+    static let engine = try! Engine(path: Fixtures.shippedModel, threads: 2)
+
+    final class Server: Sendable {
+        let executor: LocalExecutor
+        let scheduler: Scheduler
+        let api: HTTPAPI
+        let metrics = MetricsRegistry()
+        init(apiKey: String? = nil, context: Int = 256) {
+            executor = LocalExecutor(engine: HTTPAPITests.engine, capacity: context, maxSequences: 4)
+            scheduler = Scheduler(executor: executor, tokenizer: HTTPAPITests.engine.tokenizer, contextLength: context)
+            scheduler.maxSequences = 4
+            scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+            scheduler.start()
+            let model = ServedModel(id: "tiny", contextLength: context, tokenizer: HTTPAPITests.engine.tokenizer, templateSource: nil, templateOrigin: "")
+            api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)
+        }
+        deinit {
+            scheduler.stop()
+            executor.close()
+        }
+        var app: some ApplicationProtocol { Application(router: api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0))) }
+    }
+
+    static func post(_ client: some TestClientProtocol, _ path: String, _ body: String, headers: HTTPFields = [:]) async throws -> (HTTPResponse.Status, String) {
+        try await client.execute(uri: path, method: .post, headers: headers, body: ByteBuffer(string: body)) { r in
+            (r.status, String(buffer: r.body))
+        }
+    }
+
+    /// What `conclave run` gives for these tokens with this sampling.
+    static func alone(_ tokens: [Int32], maxTokens: Int, _ p: SamplingParams, stop: [String] = []) throws -> String {
+        var text = ""
+        try engine.generate(prompt: tokens, policy: GenerationPolicy(maxTokens: maxTokens, stop: stop, capacity: 256), params: p,
+                            in: engine.newSequence(capacity: 256)) { _, s in text += s; return true }
+        return text
+    }
+
+    /// The text of an SSE stream's chunks, its finish reason, the usage chunk, and whether it ended with [DONE].
+    static func parseSSE(_ body: String, chat: Bool) throws -> (text: String, finish: String?, usage: JSONValue?, done: Bool, chunks: Int) {
+        var text = "", finish: String?, usage: JSONValue?, done = false, chunks = 0
+        for event in body.components(separatedBy: "\n\n") where !event.isEmpty {
+            #expect(event.hasPrefix("data: "), "every event is one data line: \(event)")
+            let payload = String(event.dropFirst(6))
+            if payload == "[DONE]" { done = true; continue }
+            #expect(!done, "nothing after [DONE]")
+            let v = try JSONValue.parse(payload)
+            chunks += 1
+            #expect(v["object"]?.stringValue == (chat ? "chat.completion.chunk" : "text_completion"))
+            if let u = v["usage"], !u.isNull { usage = u }
+            guard let choice = v["choices"]?.arrayValue?.first else { continue }
+            text += (chat ? choice["delta"]?["content"]?.stringValue : choice["text"]?.stringValue) ?? ""
+            if let f = choice["finish_reason"]?.stringValue { finish = f }
+        }
+        return (text, finish, usage, done, chunks)
+    }
+
+    @Test func chatGivesWhatRunGivesStreamingOrNot() async throws {
+        let server = Server()
+        let model = server.api.model
+        let chat = #"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about caches"}], "max_tokens": 24, "seed": 5, "temperature": 0.9"#
+        let prompt = try model.render(chat: try JSONValue.parse(chat + "}"))
+        var p = SamplingParams()
+        p.seed = 5
+        p.temperature = 0.9
+        let want = try Self.alone(model.tokens(ofPrompt: prompt), maxTokens: 24, p)
+        try await server.app.test(.router) { client in
+            let (status, body) = try await Self.post(client, "/v1/chat/completions", chat + "}")
+            #expect(status == .ok)
+            let v = try JSONValue.parse(body)
+            #expect(v["object"]?.stringValue == "chat.completion")
+            let choice = v["choices"]?.arrayValue?.first
+            #expect(choice?["message"]?["role"]?.stringValue == "assistant")
+            #expect(choice?["message"]?["content"]?.stringValue == want)
+            #expect(choice?["finish_reason"]?.stringValue == "length")
+            #expect(v["usage"]?["completion_tokens"]?.intValue == 24)
+            #expect(v["usage"]?["prompt_tokens"]?.intValue == model.tokens(ofPrompt: prompt).count)
+
+            let (s2, sse) = try await Self.post(client, "/v1/chat/completions", chat + #", "stream": true, "stream_options": {"include_usage": true}}"#)
+            #expect(s2 == .ok)
+            let parsed = try Self.parseSSE(sse, chat: true)
+            #expect(parsed.text == want && parsed.finish == "length" && parsed.done)
+            #expect(parsed.usage?["total_tokens"]?.intValue == model.tokens(ofPrompt: prompt).count + 24)
+        }
+    }
+
+    @Test func completionsTakeTextOrTokensAndStopStrings() async throws {
+        let server = Server()
+        let tokens = server.api.model.tokens(ofPrompt: "Once upon a time")
+        let greedy = try Self.alone(tokens, maxTokens: 16, .greedy)
+        try await server.app.test(.router) { client in
+            let (_, body) = try await Self.post(client, "/v1/completions", #"{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}"#)
+            #expect(try JSONValue.parse(body)["choices"]?.arrayValue?.first?["text"]?.stringValue == greedy)
+            let ids = tokens.map(String.init).joined(separator: ",")
+            let (_, byIDs) = try await Self.post(client, "/v1/completions", #"{"prompt": [\#(ids)], "max_tokens": 16, "temperature": 0, "stream": true}"#)
+            #expect(try Self.parseSSE(byIDs, chat: false).text == greedy)
+            // A stop string that spans pieces: the text ends just before it, finish_reason stop.
+            let scalars = Array(greedy.unicodeScalars)
+            guard scalars.count >= 6 else { return }
+            let stop = String(String.UnicodeScalarView(scalars[3..<6]))
+            let cut = greedy.range(of: stop).map { String(greedy[..<$0.lowerBound]) } ?? greedy
+            let (_, stopped) = try await Self.post(client, "/v1/completions", #"{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0, "stop": \#(JSONValue.string(stop).render())}"#)
+            let choice = try JSONValue.parse(stopped)["choices"]?.arrayValue?.first
+            #expect(choice?["text"]?.stringValue == cut)
+            #expect(choice?["finish_reason"]?.stringValue == "stop")
+        }
+    }
+
+    @Test func badRequestsGetOpenAIErrorsAndServingGoesOn() async throws {
+        let server = Server(context: 64)
+        try await server.app.test(.router) { client in
+            let cases: [(String, String, String?)] = [
+                ("/v1/chat/completions", "{not json", nil),
+                ("/v1/chat/completions", #"{"messages": []}"#, "messages"),
+                ("/v1/chat/completions", #"{"messages": [{"content": "no role"}]}"#, "messages"),
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "temperature": 9}"#, "temperature"),
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#, "n"),
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}"#, "model"),
+                ("/v1/completions", #"{"prompt": "x", "max_tokens": -1}"#, "max_tokens"),
+                ("/v1/completions", #"{"prompt": "x", "stop": [1]}"#, "stop"),
+                ("/v1/completions", #"{"prompt": [999999]}"#, nil),
+                ("/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 100))"}"#, "prompt"),
+                ("/detokenize", #"{"tokens": [-1]}"#, "tokens"),
+            ]
+            for (path, body, param) in cases {
+                let (status, text) = try await Self.post(client, path, body)
+                #expect(status == .badRequest, "\(path) \(body.prefix(60)): \(text)")
+                let e = try JSONValue.parse(text)["error"]
+                #expect(e?["type"]?.stringValue == "invalid_request_error" && !(e?["message"]?.stringValue ?? "").isEmpty)
+                if let param { #expect(e?["param"]?.stringValue == param, "\(text)") }
+            }
+            let (_, long) = try await Self.post(client, "/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 100))"}"#)
+            #expect(try JSONValue.parse(long)["error"]?["code"]?.stringValue == "context_length_exceeded")
+            let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
+            #expect(ok == .ok)
+            // Asked for more than the context holds: it ends at the context's end with finish_reason length.
+            let (_, full) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1000, "temperature": 0}"#)
+            let v = try JSONValue.parse(full)
+            #expect(v["choices"]?.arrayValue?.first?["finish_reason"]?.stringValue == "length")
+            #expect(v["usage"]?["total_tokens"]?.intValue == 65)
+        }
+    }
+
+    @Test func modelsHealthTokensAndTemplate() async throws {
+        let server = Server()
+        try await server.app.test(.router) { client in
+            let models = try await client.execute(uri: "/v1/models", method: .get) { try JSONValue.parse(String(buffer: $0.body)) }
+            #expect(models["data"]?.arrayValue?.first?["id"]?.stringValue == "tiny")
+            #expect(models["data"]?.arrayValue?.first?["max_model_len"]?.intValue == 256)
+            let health = try await client.execute(uri: "/health", method: .get) { ($0.status, String(buffer: $0.body)) }
+            #expect(health.0 == .ok && health.1 == #"{"status":"ok"}"#)
+            let (_, tok) = try await Self.post(client, "/tokenize", #"{"content": "Hello world"}"#)
+            let ids = HTTPAPITests.engine.tokenizer.encode("Hello world", addSpecial: false, parseSpecial: true)
+            #expect(tok == #"{"tokens":["# + ids.map(String.init).joined(separator: ",") + "]}")
+            let (_, detok) = try await Self.post(client, "/detokenize", #"{"tokens": ["# + ids.map(String.init).joined(separator: ",") + "]}")
+            #expect(try JSONValue.parse(detok)["content"]?.stringValue == " Hello world")
+            let (_, tpl) = try await Self.post(client, "/apply-template", #"{"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}"#)
+            #expect(tpl == #"{"prompt":"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"}"#)
+        }
+    }
+
+    /// GET /metrics: the Prometheus text format, and the counters move with a request.
+    @Test func metricsCountRequestsAndTokens() async throws {
+        let server = Server()
+        try await server.app.test(.router) { client in
+            func scrape() async throws -> [String: Double] {
+                let text = try await client.execute(uri: "/metrics", method: .get) { r in
+                    #expect(r.headers[.contentType]?.hasPrefix("text/plain; version=0.0.4") == true)
+                    return String(buffer: r.body)
+                }
+                var samples: [String: Double] = [:]
+                for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+                    let parts = line.split(separator: " ")
+                    #expect(parts.count == 2, "a sample line is 'name{labels} value': \(line)")
+                    samples[String(parts[0])] = Double(parts[1])
+                }
+                return samples
+            }
+            _ = try await scrape()
+            let (_, body) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi there", "max_tokens": 5, "temperature": 0}"#)
+            let usage = try JSONValue.parse(body)["usage"]
+            let after = try await scrape()
+            #expect(after["conclave_generation_tokens_total"] == 5)
+            #expect(after["conclave_prompt_tokens_total"] == Double(usage?["prompt_tokens"]?.intValue ?? -1))
+            #expect(after[#"conclave_requests_finished_total{reason="length"}"#] == 1)
+            #expect(after[#"conclave_http_requests_total{endpoint="/v1/completions",status="200"}"#] == 1)
+            #expect(after[#"conclave_time_to_first_token_seconds_count"#] == 1)
+            #expect(after[#"conclave_inter_token_latency_seconds_count"#] == 4)
+            #expect(after[#"conclave_http_requests_total{endpoint="/metrics",status="200"}"#] == 1, "the first scrape is counted")
+        }
+    }
+
+    @Test func apiKeyIsRequiredButNotForHealth() async throws {
+        let server = Server(apiKey: "sekrit")
+        try await server.app.test(.router) { client in
+            let (none, body) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#)
+            #expect(try none == .unauthorized && JSONValue.parse(body)["error"]?["code"]?.stringValue == "invalid_api_key")
+            let (wrong, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "Bearer sekrix"])
+            #expect(wrong == .unauthorized)
+            let (right, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "Bearer sekrit"])
+            #expect(right == .ok)
+            let health = try await client.execute(uri: "/health", method: .get) { $0.status }
+            #expect(health == .ok)
+        }
+    }
+
+    /// A client that hangs up mid-stream: its sequence is cancelled and its caches freed while the server goes on.
+    @Test func disconnectMidStreamFreesTheSequence() async throws {
+        // Long enough that only the hang-up can end it early, however loaded the machine.
+        let server = Server(context: 4096)
+        try await server.app.test(.live) { client in
+            let port = client.port!
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            #expect(connected == 0)
+            let body = #"{"prompt": "The", "max_tokens": 4000, "temperature": 0, "stream": true}"#
+            let request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            _ = request.withCString { send(fd, $0, strlen($0), 0) }
+            // Read until a couple of chunks have arrived, then hang up.
+            var got = [UInt8](repeating: 0, count: 4096)
+            var seen = ""
+            while seen.components(separatedBy: "data: ").count < 4 {
+                let n = recv(fd, &got, got.count, 0)
+                guard n > 0 else { break }
+                seen += String(decoding: got[0..<n], as: UTF8.self)
+            }
+            close(fd)
+            var live = server.executor.liveSequences()
+            for _ in 0..<3000 where live > 0 || server.scheduler.stats().cancelled == 0 {
+                try await Task.sleep(nanoseconds: 20_000_000)
+                live = server.executor.liveSequences()
+            }
+            #expect(live == 0, "the hung-up sequence's caches are freed")
+            #expect(server.scheduler.stats().cancelled == 1 && server.scheduler.stats().tokens < 4000, "\(server.scheduler.stats())")
+            let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
+            #expect(ok == .ok)
+        }
+    }
+}
