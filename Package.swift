@@ -47,7 +47,9 @@ let package = Package(
                                                 .product(name: "CoreMetrics", package: "swift-metrics"),
                                                 .product(name: "Hummingbird", package: "hummingbird")]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
-        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // zmq.h is in /usr/include and the module map links libzmq; no pkgConfig, whose -isystem flags SwiftPM
+        // rejects with a warning on every build.
+        .systemLibrary(name: "CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
         .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),

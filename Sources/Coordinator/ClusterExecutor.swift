@@ -25,7 +25,7 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
 
     func setFirstStage(_ link: WorkerLink?) { first.withLock { $0 = link } }
 
-    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: Int32], GenerationError>) -> Void) {
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void) {
         var input = Conclave_V1_StageInput()
         for r in step.rows {
             var row = Conclave_V1_BatchRow()
@@ -36,15 +36,25 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         }
         input.sampleRows = step.sampleRows.map(UInt32.init)
         input.sampling = step.sampling.map(\.wire)
+        input.logprobs = step.logprobs.map { Int32(clamping: $0) }
         let requestID = replies.register { [weak self] result in
             _ = self?.requests.withLock { $0.removeValue(forKey: id) }
             switch result {
             case .success(let m):
-                guard case .tokenOut(let out) = m.envelope.kind, out.sequences.count == out.tokens.count else {
-                    return done(.failure(GenerationError(.internal, "the last stage answered a step with something else")))
+                guard case .tokenOut(let out) = m.envelope.kind, out.sequences.count == out.tokens.count,
+                      out.logprobs.isEmpty || out.logprobs.count == out.tokens.count, out.top.isEmpty || out.top.count == out.tokens.count,
+                      out.top.allSatisfy({ $0.tokens.count == $0.logprobs.count && $0.tokens.count <= SampledToken.maxTop }) else {
+                    return done(.failure(GenerationError(.internal, "the last stage answered a step with something else, or with mismatched lists")))
                 }
-                var tokens: [UInt64: Int32] = [:]
-                for (s, t) in zip(out.sequences, out.tokens) { tokens[s] = t }
+                var tokens: [UInt64: SampledToken] = [:]
+                for (i, (s, t)) in zip(out.sequences, out.tokens).enumerated() {
+                    var sampled = SampledToken(token: t)
+                    if !out.logprobs.isEmpty, !out.logprobs[i].isNaN {
+                        sampled.logprob = out.logprobs[i]
+                        if !out.top.isEmpty { sampled.top = zip(out.top[i].tokens, out.top[i].logprobs).map { TokenLogprob(token: $0, logprob: $1) } }
+                    }
+                    tokens[s] = sampled
+                }
                 done(.success(tokens))
             case .failure(let e):
                 done(.failure(GenerationError(wire: e, "generation failed: ")))

@@ -292,9 +292,16 @@ public final class Coordinator: Service, @unchecked Sendable {
                     var out = Conclave_V1_TokenOut()
                     out.sequences = [sequence]
                     switch event {
-                    case .token(let t, let text):
+                    case .token(let t, let text, let lp):
                         if let t { out.tokens = [t] }
                         out.text = Data(text.utf8)
+                        if let lp, let l = lp.logprob {
+                            out.logprobs = [l]
+                            var top = Conclave_V1_TopLogprobs()
+                            top.tokens = lp.top.map(\.token)
+                            top.logprobs = lp.top.map(\.logprob)
+                            out.top = [top]
+                        }
                     case .finished(let reason, let u):
                         out.done = true
                         out.finishReason = reason.rawValue

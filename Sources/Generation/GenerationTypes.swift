@@ -9,8 +9,12 @@ public struct GenerationRequest: Sendable {
     public var sampling: SamplingParams
     /// Positions this sequence may use; nil or larger than the served context: the served context.
     public var contextLength: Int?
+    /// nil: no log-probabilities; 0: each token's; N: also the N most likely alternatives (≤ 20).
+    public var logprobs: Int?
 
-    public init(prompt: [Int32], maxTokens: Int, stop: [String] = [], sampling: SamplingParams = SamplingParams(), contextLength: Int? = nil) {
+    public init(prompt: [Int32], maxTokens: Int, stop: [String] = [], sampling: SamplingParams = SamplingParams(), contextLength: Int? = nil,
+                logprobs: Int? = nil) {
+        self.logprobs = logprobs
         self.prompt = prompt
         self.maxTokens = maxTokens
         self.stop = stop
@@ -31,8 +35,9 @@ public struct GenerationUsage: Sendable, Equatable {
 }
 
 public enum GenerationEvent: Sendable, Equatable {
-    /// A generated token (nil for text released at the end without a token) and the text it releases.
-    case token(Int32?, String)
+    /// A generated token (nil for text released at the end without a token), the text it releases, and its
+    /// log-probabilities when the request asked for them.
+    case token(Int32?, String, SampledToken?)
     case finished(FinishReason, GenerationUsage)
 }
 
@@ -70,17 +75,20 @@ public struct Step: Sendable, Equatable {
     public var rows: [StepRow] = []
     public var sampleRows: [Int] = []
     public var sampling: [SamplingParams] = []
+    /// Empty, or one per sample row: -1 none, 0 the sampled token's log-probability, N also the top N.
+    public var logprobs: [Int] = []
 }
 
 /// Whatever computes steps: a cluster's pipeline, or stages in this process. Several steps may be in flight at
 /// once (up to `pipelineDepth`); each one's `done` is called exactly once, from any thread, with the sampled token
-/// of every sequence that had a sample row — unless the step was cancelled first.
+/// (and log-probabilities, when the step asked) of every sequence that had a sample row — unless the step was
+/// cancelled first.
 public protocol StepExecutor: AnyObject, Sendable {
     var pipelineDepth: Int { get }
     /// How long a step may take before it counts as lost (nil: no limit).
     var stepTimeout: Double? { get }
     /// Starts `step` (ids are the scheduler's, unique per step).
-    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: Int32], GenerationError>) -> Void)
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void)
     /// Forgets step `id`: its `done` may still run, and is ignored.
     func cancel(_ id: UInt64)
     /// Frees the sequences' caches (after every step already started).

@@ -23,6 +23,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let prompt: [Int32]
         let capacity: Int
         let sampling: SamplingParams
+        let logprobs: Int
         var progress: GenerationProgress
         let continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation
         var fed = 0  // tokens sent through the pipeline (the sequence's length)
@@ -34,9 +35,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let submitted = KernelBench.now()
         var firstToken: Double?
         var lastToken: Double?
-        init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, progress: GenerationProgress,
+        init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, logprobs: Int, progress: GenerationProgress,
              continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation) {
             self.id = id
+            self.logprobs = logprobs
             self.prompt = prompt
             self.capacity = capacity
             self.sampling = sampling
@@ -55,7 +57,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     struct Shared {
         var incoming: [Request] = []
         var cancelled: Set<UInt64> = []
-        var completions: [(UInt64, Result<[UInt64: Int32], GenerationError>)] = []
+        var completions: [(UInt64, Result<[UInt64: SampledToken], GenerationError>)] = []
         var stats = Stats()
         var running = false
         var nextID: UInt64 = 1
@@ -113,7 +115,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         }
         let capacity = min(r.contextLength ?? contextLength, contextLength)
         let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity)
-        let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, progress: policy.start(tokenizer: tokenizer),
+        let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, logprobs: r.logprobs ?? -1,
+                              progress: policy.start(tokenizer: tokenizer),
                               continuation: continuation)
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
@@ -133,6 +136,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             return GenerationError(.invalidRequest, "token id \(bad) is outside the vocabulary of \(tokenizer.vocab.count)")
         }
         if r.maxTokens < 0 { return GenerationError(.invalidRequest, "max tokens must not be negative") }
+        if let n = r.logprobs, n < 0 || n > SampledToken.maxTop {
+            return GenerationError(.invalidRequest, "top logprobs must be between 0 and \(SampledToken.maxTop), not \(n)")
+        }
         guard isRunning else { return GenerationError(.unavailable, "the server is not serving yet (workers are still joining or loading), or is shutting down") }
         return executor.unavailable()
     }
@@ -266,6 +272,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             step.sampling = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.sampling }
             for (r, s) in entries where s != nil { r.samplerSent = true }
         }
+        if entries.contains(where: { $0.sampleRow != nil && $0.request.logprobs >= 0 }) {
+            step.logprobs = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.logprobs }
+        }
         nextStep += 1
         let handle = nextStep
         executor.start(step, id: handle) { [weak self] result in
@@ -277,7 +286,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     }
 
     /// Applies a returned step to its requests; returns the sequences that ended (to release on every stage).
-    private func complete(_ f: InFlight, _ outcome: Result<[UInt64: Int32], GenerationError>) -> [UInt64] {
+    private func complete(_ f: InFlight, _ outcome: Result<[UInt64: SampledToken], GenerationError>) -> [UInt64] {
         var finished: [UInt64] = []
         switch outcome {
         case .failure(let e):
@@ -304,21 +313,21 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     finished.append(r.id)
                     continue
                 }
-                if !advance(r, token) { finished.append(r.id) }
+                if !advance(r, token.token, token.logprob == nil ? nil : token) { finished.append(r.id) }
             }
         }
         return finished
     }
 
     /// Applies a sampled token through the request's policy; false when the request is complete.
-    private func advance(_ r: Request, _ token: Int32) -> Bool {
+    private func advance(_ r: Request, _ token: Int32, _ logprobs: SampledToken?) -> Bool {
         let step = r.progress.accept(token, fed: r.fed)
         if step.counted {
             shared.withLock { $0.stats.tokens += 1 }
             metrics?.generatedTokens.increment()
         }
         if step.counted || !step.text.isEmpty {
-            r.continuation.yield(.token(step.counted ? token : nil, step.text))
+            r.continuation.yield(.token(step.counted ? token : nil, step.text, step.counted ? logprobs : nil))
         }
         if let reason = step.finish {
             r.done = true

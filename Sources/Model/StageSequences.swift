@@ -1,3 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Kernels
+
+/// A token's log-probability under the model (log-softmax of the raw logits, before any sampling setting).
+public struct TokenLogprob: Sendable, Equatable {
+    public var token: Int32
+    public var logprob: Float
+    public init(token: Int32, logprob: Float) {
+        self.token = token
+        self.logprob = logprob
+    }
+}
+
+/// What the last stage answers for a sample row: the token, and when asked its log-probability and the top
+/// alternatives (most likely first).
+public struct SampledToken: Sendable, Equatable {
+    public var token: Int32
+    public var logprob: Float?
+    public var top: [TokenLogprob]
+    public init(token: Int32, logprob: Float? = nil, top: [TokenLogprob] = []) {
+        self.token = token
+        self.logprob = logprob
+        self.top = top
+    }
+
+    /// Most alternatives a request may ask for (OpenAI's limit).
+    public static let maxTop = 20
+
+    /// `token` with its log-probability and the `top` most likely tokens of one row of logits.
+    public static func with(_ token: Int32, logits p: UnsafePointer<Float>, count v: Int, top: Int) -> SampledToken {
+        var m = -Float.infinity
+        for i in 0..<v where p[i] > m { m = p[i] }
+        var z = 0.0
+        for i in 0..<v { z += Double(expf(p[i] - m)) }
+        let lse = m + Float(log(z))
+        let k = min(max(0, top), SampledToken.maxTop, v)
+        let alternatives = k > 0 ? Ops.topK(p, count: v, k: k).map { TokenLogprob(token: Int32($0), logprob: p[$0] - lse) } : []
+        return SampledToken(token: token, logprob: p[Int(token)] - lse, top: alternatives)
+    }
+}
+
 /// The sequences one stage of this process is generating, and one step over them: a KV cache per sequence
 /// (created at position 0 or when first seen, at most `maxSequences` at once), the tokens each has seen (for the
 /// repetition penalty) and, on the last stage, each one's sampler. A worker's pipeline stage and the in-process
@@ -31,9 +74,10 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
     /// Runs `rows` (sequence, position) through the stage. The first stage embeds `tokens` into `hidden`; others
     /// take `hidden` as given; it holds the stage's output after. The last stage samples the rows `sampleRows` with
     /// `sampling` (one entry per sample row; a sequence keeps the first it is given, greedy when none) and returns
-    /// (sequence, token) for each.
+    /// (sequence, token) for each; `logprobs` (empty, or one per sample row: -1 none, 0 the token's, N also the
+    /// top N) adds log-probabilities.
     public func step(rows: [(sequence: UInt64, position: Int)], tokens: [Int32], hidden: UnsafeMutablePointer<Float>,
-                     sampleRows: [Int], sampling: [SamplingParams]) throws -> [(sequence: UInt64, token: Int32)] {
+                     sampleRows: [Int], sampling: [SamplingParams], logprobs: [Int] = []) throws -> [(sequence: UInt64, token: SampledToken)] {
         let n = rows.count
         guard n > 0 else { return [] }
         for r in rows where r.position >= capacity {
@@ -42,6 +86,9 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         guard sampleRows.allSatisfy({ $0 >= 0 && $0 < n }) else { throw StepError(kind: .malformed, description: "a sample row is outside the \(n) rows") }
         guard sampling.isEmpty || sampling.count == sampleRows.count else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")
+        }
+        guard logprobs.isEmpty || logprobs.count == sampleRows.count, logprobs.allSatisfy({ $0 <= SampledToken.maxTop }) else {
+            throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(logprobs.count) logprobs entries (each at most \(SampledToken.maxTop))")
         }
         if stage.isFirst {
             do { try stage.embed(tokens, into: hidden) } catch { throw StepError(kind: .malformed, description: "\(error)") }
@@ -64,7 +111,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         let v = stage.config.vocabSize
         var logits = [Float](repeating: 0, count: sampleRows.count * v)
         try logits.withUnsafeMutableBufferPointer { try stage.logits(hidden, rows: sampleRows, into: $0.baseAddress!) }
-        var out: [(sequence: UInt64, token: Int32)] = []
+        var out: [(sequence: UInt64, token: SampledToken)] = []
         for (i, row) in sampleRows.enumerated() {
             let seq = rows[row].sequence
             var state = states[seq]!
@@ -72,7 +119,9 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: state.history) }
             state.sampler = sampler
             states[seq] = state
-            out.append((seq, token))
+            let want = logprobs.isEmpty ? -1 : logprobs[i]
+            out.append((seq, want < 0 ? SampledToken(token: token)
+                            : logits.withUnsafeBufferPointer { SampledToken.with(token, logits: $0.baseAddress! + i * v, count: v, top: want) }))
         }
         return out
     }

@@ -9,9 +9,12 @@ public struct CompletionParameters: Sendable, Equatable {
     public var sampling = SamplingParams()
     public var stream = false
     public var includeUsage = false
+    /// nil: none; 0: each token's log-probability; N: also the N most likely alternatives.
+    public var logprobs: Int?
 
     /// Fields this server reads; anything else a client sends is ignored, as OpenAI's API and llama-server do.
-    public init(body: JSONValue, randomSeed: () -> UInt64) throws(APIError) {
+    /// `chat`: chat completions take `logprobs: true` + `top_logprobs: N`; text completions `logprobs: N`.
+    public init(body: JSONValue, chat: Bool = true, randomSeed: () -> UInt64) throws(APIError) {
         let f = Fields(body)
         let newer = try f.int("max_completion_tokens", 0...)
         let older = try f.int("max_tokens", 0...)
@@ -53,8 +56,17 @@ public struct CompletionParameters: Sendable, Equatable {
         if let n = try f.int("n", 0...), n != 1 {
             throw APIError.invalid("only n = 1 is supported (one choice per request); send several requests for several completions", param: "n")
         }
-        if try f.bool("logprobs") == true || body["top_logprobs"].map({ !$0.isNull }) == true {
-            throw APIError.invalid("logprobs are not supported by this server yet", param: "logprobs")
+        if chat {
+            let top = try f.int("top_logprobs", 0...)
+            if let top, top > SampledToken.maxTop { throw APIError.invalid("'top_logprobs' must be at most \(SampledToken.maxTop)", param: "top_logprobs") }
+            if try f.bool("logprobs") == true {
+                logprobs = top ?? 0
+            } else if top != nil {
+                throw APIError.invalid("'top_logprobs' needs 'logprobs': true", param: "top_logprobs")
+            }
+        } else if let n = try f.int("logprobs", 0...) {
+            guard n <= SampledToken.maxTop else { throw APIError.invalid("'logprobs' must be at most \(SampledToken.maxTop)", param: "logprobs") }
+            logprobs = n
         }
     }
 }

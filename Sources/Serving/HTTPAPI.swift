@@ -7,6 +7,7 @@ import JSON
 import Model
 import NIOCore
 import Telemetry
+import Tokenizer
 
 /// The OpenAI-compatible HTTP API over a scheduler (a cluster's or this process's): chat and text completions
 /// with SSE streaming, models, health, tokenize/detokenize/apply-template as llama-server has them, the cluster's
@@ -149,25 +150,31 @@ public struct HTTPAPI: Sendable {
     }
 
     func run(kind: Kind, tokens: [Int32], body: JSONValue) async throws(APIError) -> Response {
-        let p = try CompletionParameters(body: body, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        let p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
         guard !tokens.isEmpty else { throw APIError.invalid("the prompt is empty", param: kind == .chat ? "messages" : "prompt") }
         if tokens.count >= model.contextLength {
             throw APIError.invalid("the prompt has \(tokens.count) tokens but the context holds \(model.contextLength); shorten it or serve with a larger --ctx",
                                    param: kind == .chat ? "messages" : "prompt", code: "context_length_exceeded")
         }
         if let why = health() { throw APIError.unavailable(why) }
-        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? (model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? (model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
+                                        logprobs: p.logprobs)
         let (sequence, events) = scheduler.submit(request)
         let id = (kind == .chat ? "chatcmpl-" : "cmpl-") + ids.next()
         let created = Int(Date().timeIntervalSince1970)
-        let head = ResponseHead(id: id, object: kind == .chat ? "chat.completion" : "text_completion", created: created, model: model.id, kind: kind)
+        let head = ResponseHead(id: id, object: kind == .chat ? "chat.completion" : "text_completion", created: created, model: model.id, kind: kind,
+                                tokenizer: model.tokenizer)
         if p.stream { return stream(head, events, sequence: sequence, includeUsage: p.includeUsage) }
         var text = ""
+        var logprobs: [SampledToken] = []
         do {
             for try await e in events {
                 switch e {
-                case .token(_, let piece): text += piece
-                case .finished(let reason, let usage): return json(head.complete(text: text, finish: reason, usage: usage))
+                case .token(_, let piece, let lp):
+                    text += piece
+                    if let lp { logprobs.append(lp) }
+                case .finished(let reason, let usage):
+                    return json(head.complete(text: text, finish: reason, usage: usage, logprobs: p.logprobs == nil ? nil : logprobs))
                 }
             }
             throw APIError.internal("the generation ended without finishing")
@@ -192,9 +199,10 @@ public struct HTTPAPI: Sendable {
                 do {
                     for try await e in events {
                         switch e {
-                        case .token(_, let piece):
-                            guard !piece.isEmpty else { continue }
-                            try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece), includeUsage: includeUsage))
+                        case .token(_, let piece, let lp):
+                            guard !piece.isEmpty || lp != nil else { continue }
+                            try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece),
+                                                      logprobs: lp.map { [$0] }, includeUsage: includeUsage))
                         case .finished(let reason, let usage):
                             try await send(head.chunk(delta: head.kind == .chat ? .object([]) : .string(""), finish: reason, includeUsage: includeUsage))
                             if includeUsage { try await send(head.usageChunk(usage)) }
@@ -254,25 +262,58 @@ struct ResponseHead: Sendable {
     let created: Int
     let model: String
     let kind: HTTPAPI.Kind
+    let tokenizer: Tokenizer
+
+    func piece(_ t: Int32) -> (String, [UInt8]) {
+        let bytes = Int(t) < tokenizer.vocab.count ? tokenizer.piece(t) : []
+        return (String(decoding: bytes, as: UTF8.self), bytes)
+    }
+
+    /// OpenAI's log-probability object: chat's `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the text
+    /// completion's `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`.
+    func logprobsJSON(_ tokens: [SampledToken]?, textOffset: Int = 0) -> JSONValue {
+        guard let tokens else { return .null }
+        if kind == .chat {
+            func entry(_ t: Int32, _ lp: Float) -> [(String, JSONValue)] {
+                let (text, bytes) = piece(t)
+                return [("token", .string(text)), ("logprob", .double(Double(lp))), ("bytes", .array(bytes.map { .int(Int($0)) }))]
+            }
+            return .object([("content", .array(tokens.map { s in
+                .object(entry(s.token, s.logprob ?? 0) + [("top_logprobs", .array(s.top.map { .object(entry($0.token, $0.logprob)) }))])
+            }))])
+        }
+        var offsets: [JSONValue] = []
+        var at = textOffset
+        for s in tokens {
+            offsets.append(.int(at))
+            at += piece(s.token).0.unicodeScalars.count
+        }
+        return .object([
+            ("tokens", .array(tokens.map { .string(piece($0.token).0) })),
+            ("token_logprobs", .array(tokens.map { .double(Double($0.logprob ?? 0)) })),
+            ("top_logprobs", .array(tokens.map { s in .object(s.top.map { (piece($0.token).0, JSONValue.double(Double($0.logprob))) }) })),
+            ("text_offset", .array(offsets)),
+        ])
+    }
 
     func usage(_ u: GenerationUsage) -> JSONValue {
         .object([("prompt_tokens", .int(u.promptTokens)), ("completion_tokens", .int(u.completionTokens)),
                  ("total_tokens", .int(u.promptTokens + u.completionTokens))])
     }
 
-    func complete(text: String, finish: FinishReason, usage u: GenerationUsage) -> JSONValue {
+    func complete(text: String, finish: FinishReason, usage u: GenerationUsage, logprobs: [SampledToken]? = nil) -> JSONValue {
         let choice: JSONValue = kind == .chat
             ? .object([("index", .int(0)), ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
-                       ("logprobs", .null), ("finish_reason", .string(finish.rawValue))])
-            : .object([("index", .int(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .string(finish.rawValue))])
+                       ("logprobs", logprobsJSON(logprobs)), ("finish_reason", .string(finish.rawValue))])
+            : .object([("index", .int(0)), ("text", .string(text)), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", .string(finish.rawValue))])
         return .object([("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
                         ("choices", .array([choice])), ("usage", usage(u))])
     }
 
-    func chunk(delta: JSONValue, finish: FinishReason? = nil, includeUsage: Bool) -> JSONValue {
+    func chunk(delta: JSONValue, finish: FinishReason? = nil, logprobs: [SampledToken]? = nil, includeUsage: Bool) -> JSONValue {
         let choice: JSONValue = kind == .chat
-            ? .object([("index", .int(0)), ("delta", delta), ("logprobs", .null), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
-            : .object([("index", .int(0)), ("text", delta), ("logprobs", .null), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
+            ? .object([("index", .int(0)), ("delta", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
+            : .object([("index", .int(0)), ("text", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
         var fields: [(String, JSONValue)] = [("id", .string(id)), ("object", .string(kind == .chat ? "chat.completion.chunk" : "text_completion")),
                                              ("created", .int(created)), ("model", .string(model)), ("choices", .array([choice]))]
         if includeUsage { fields.append(("usage", .null)) }

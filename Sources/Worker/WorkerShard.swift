@@ -129,10 +129,11 @@ final class WorkerShard: @unchecked Sendable {
                 }
                 msg.frames[0].withUnsafeBytes { hidden.update(from: $0.bindMemory(to: Float.self).baseAddress!, count: n * e) }
             }
-            let sampled: [(sequence: UInt64, token: Int32)]
+            let sampled: [(sequence: UInt64, token: SampledToken)]
             do {
                 sampled = try sequences.step(rows: input.rows.map { ($0.sequence, Int($0.position)) }, tokens: input.tokens, hidden: hidden,
-                                             sampleRows: input.sampleRows.map(Int.init), sampling: input.sampling.map(SamplingParams.init))
+                                             sampleRows: input.sampleRows.map(Int.init), sampling: input.sampling.map(SamplingParams.init),
+                                             logprobs: input.logprobs.map(Int.init))
             } catch let e as StageSequences.StepError {
                 switch e.kind {
                 case .full: throw WireError(.overBudget, "this worker's --memory: " + e.description)
@@ -142,7 +143,16 @@ final class WorkerShard: @unchecked Sendable {
             }
             if stage.isLast {
                 tokenOut.sequences = sampled.map(\.sequence)
-                tokenOut.tokens = sampled.map(\.token)
+                tokenOut.tokens = sampled.map(\.token.token)
+                if sampled.contains(where: { $0.token.logprob != nil }) {
+                    tokenOut.logprobs = sampled.map { $0.token.logprob ?? .nan }
+                    tokenOut.top = sampled.map { s in
+                        var t = Conclave_V1_TopLogprobs()
+                        t.tokens = s.token.top.map(\.token)
+                        t.logprobs = s.token.top.map(\.logprob)
+                        return t
+                    }
+                }
             } else {
                 hiddenData = Data(bytes: hidden, count: n * e * 4)
             }

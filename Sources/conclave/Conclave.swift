@@ -1,4 +1,11 @@
 import ArgumentParser
+import Wire
+
+/// This build's version, and the wire protocol it speaks (workers and coordinators must agree on it).
+enum ConclaveVersion {
+    static let release = "0.11.0"
+    static var text: String { "conclave \(release) (wire protocol \(WireMessage.protocolVersion))" }
+}
 
 @main
 struct Conclave: AsyncParsableCommand {
@@ -10,6 +17,7 @@ struct Conclave: AsyncParsableCommand {
         clients; `run`, `perplexity` and `logits` in one process; `inspect`, `tokenize`, `quantize`, `synth`, `plan`
         and `bench` as tools.
         """,
+        version: ConclaveVersion.text,
         subcommands: [WorkerCommand.self, ServeCommand.self, GenerateCommand.self, StatusCommand.self, RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, TraceExpertsCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
     )
 }

@@ -78,7 +78,7 @@ enum GGUFFileOpener {
         var tokens: [Int32] = [], text = "", finish: FinishReason?, usage: GenerationUsage?
         for try await e in events {
             switch e {
-            case .token(let t, let s):
+            case .token(let t, let s, _):
                 if let t { tokens.append(t) }
                 text += s
             case .finished(let f, let u):

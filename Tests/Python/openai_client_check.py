@@ -58,6 +58,14 @@ if streamed != text:
 if finish != full.choices[0].finish_reason or usage is None or usage.completion_tokens != full.usage.completion_tokens:
     fail(f"stream finish {finish} usage {usage} against {full.choices[0].finish_reason} {full.usage}")
 
+# Log-probabilities (computed on the last stage, carried back over the wire in a cluster).
+lp = client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+entries = lp.choices[0].logprobs.content
+if len(entries) != lp.usage.completion_tokens or any(len(e.top_logprobs) != 2 or e.logprob > 0 for e in entries):
+    fail(f"logprobs: {lp.choices[0].logprobs}")
+if any(abs(e.top_logprobs[0].logprob - e.logprob) > 1e-4 for e in entries):
+    fail("greedy tokens are not the most likely ones of their top_logprobs")
+
 comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0)
 if comp.choices[0].finish_reason != "length" or comp.usage.completion_tokens != 8:
     fail(f"completions.create: {comp}")

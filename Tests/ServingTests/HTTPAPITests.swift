@@ -177,6 +177,40 @@ import Glibc
         }
     }
 
+    /// Log-probabilities are the model's (log-softmax of its logits), the sampled token's and the top N.
+    @Test func logprobsAreTheModels() async throws {
+        let server = Server()
+        let model = server.api.model
+        let chat = #"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0, "logprobs": true, "top_logprobs": 3}"#
+        let prompt = model.tokens(ofPrompt: try model.render(chat: try JSONValue.parse(chat)))
+        let logits = try Self.engine.evaluate(prompt, in: Self.engine.newSequence(capacity: 64))
+        let m = logits.max()!
+        let lse = m + Float(log(logits.reduce(0.0) { $0 + Double(expf($1 - m)) }))
+        let best = logits.indices.max { logits[$0] < logits[$1] }!
+        try await server.app.test(.router) { client in
+            let (status, body) = try await Self.post(client, "/v1/chat/completions", chat)
+            #expect(status == .ok, "\(body)")
+            let content = try #require(JSONValue.parse(body)["choices"]?.arrayValue?.first?["logprobs"]?["content"]?.arrayValue)
+            #expect(content.count == 4)
+            let first = content[0]
+            #expect(abs((first["logprob"]?.numberValue ?? 0) - Double(logits[best] - lse)) < 1e-4)
+            let top = first["top_logprobs"]?.arrayValue ?? []
+            #expect(top.count == 3)
+            #expect(top.first?["token"]?.stringValue == first["token"]?.stringValue, "greedy takes the most likely token")
+            #expect(zip(top, top.dropFirst()).allSatisfy { ($0["logprob"]?.numberValue ?? 0) >= ($1["logprob"]?.numberValue ?? 0) })
+            #expect(first["bytes"]?.arrayValue?.isEmpty == false)
+
+            let (_, sse) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 3, "temperature": 0, "logprobs": 2, "stream": true}"#)
+            var streamed: [JSONValue] = []
+            for event in sse.components(separatedBy: "\n\n") where event.hasPrefix("data: {") {
+                if let lp = try JSONValue.parse(String(event.dropFirst(6)))["choices"]?.arrayValue?.first?["logprobs"], !lp.isNull { streamed.append(lp) }
+            }
+            #expect(streamed.count == 3 && streamed.allSatisfy { $0["token_logprobs"]?.arrayValue?.count == 1 && $0["top_logprobs"]?.arrayValue?.first?.render().hasPrefix("{") == true })
+            let (bad, _) = try await Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#)
+            #expect(bad == .badRequest, "top_logprobs without logprobs")
+        }
+    }
+
     /// GET /metrics: the Prometheus text format, and the counters move with a request.
     @Test func metricsCountRequestsAndTokens() async throws {
         let server = Server()

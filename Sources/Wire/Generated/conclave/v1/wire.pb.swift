@@ -559,6 +559,24 @@ public nonisolated struct Conclave_V1_StageInput: Sendable {
   /// Sequences finished: every stage frees their KV cache (after this step's rows, if any).
   public var release: [UInt64] = []
 
+  /// Empty (no log-probabilities) or one per sample row: -1 none, 0 the sampled token's, N also the top N (≤ 20).
+  public var logprobs: [Int32] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The most likely tokens at one position and their log-probabilities, most likely first.
+public nonisolated struct Conclave_V1_TopLogprobs: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tokens: [Int32] = []
+
+  public var logprobs: [Float] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -642,6 +660,9 @@ public nonisolated struct Conclave_V1_TokenOut: Sendable {
 
   /// with done: "stop" (end of generation, a stop string) or "length" (max tokens, context full)
   public var finishReason: String = String()
+
+  /// When asked: logprobs[i] is tokens[i]'s log-probability (NaN: not asked for that sequence), top[i] the alternatives.
+  public var top: [Conclave_V1_TopLogprobs] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1874,7 +1895,7 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StageInput"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0\u{1}release\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0\u{1}release\0\u{1}logprobs\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1887,6 +1908,7 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.sampleRows) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.sampling) }()
       case 5: try { try decoder.decodeRepeatedUInt64Field(value: &self.release) }()
+      case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.logprobs) }()
       default: break
       }
     }
@@ -1908,6 +1930,9 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if !self.release.isEmpty {
       try visitor.visitPackedUInt64Field(value: self.release, fieldNumber: 5)
     }
+    if !self.logprobs.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.logprobs, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1917,6 +1942,42 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if lhs.sampleRows != rhs.sampleRows {return false}
     if lhs.sampling != rhs.sampling {return false}
     if lhs.release != rhs.release {return false}
+    if lhs.logprobs != rhs.logprobs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_TopLogprobs: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TopLogprobs"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tokens\0\u{1}logprobs\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedInt32Field(value: &self.tokens) }()
+      case 2: try { try decoder.decodeRepeatedFloatField(value: &self.logprobs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tokens.isEmpty {
+      try visitor.visitPackedInt32Field(value: self.tokens, fieldNumber: 1)
+    }
+    if !self.logprobs.isEmpty {
+      try visitor.visitPackedFloatField(value: self.logprobs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_TopLogprobs, rhs: Conclave_V1_TopLogprobs) -> Bool {
+    if lhs.tokens != rhs.tokens {return false}
+    if lhs.logprobs != rhs.logprobs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2044,7 +2105,7 @@ nonisolated extension Conclave_V1_ExpertResult: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TokenOut"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0\u{1}text\0\u{1}done\0\u{3}prompt_tokens\0\u{3}generated_tokens\0\u{3}prefill_tok_s\0\u{3}decode_tok_s\0\u{3}finish_reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequences\0\u{1}tokens\0\u{1}logprobs\0\u{1}text\0\u{1}done\0\u{3}prompt_tokens\0\u{3}generated_tokens\0\u{3}prefill_tok_s\0\u{3}decode_tok_s\0\u{3}finish_reason\0\u{1}top\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2062,6 +2123,7 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.prefillTokS) }()
       case 9: try { try decoder.decodeSingularDoubleField(value: &self.decodeTokS) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.finishReason) }()
+      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.top) }()
       default: break
       }
     }
@@ -2098,6 +2160,9 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if !self.finishReason.isEmpty {
       try visitor.visitSingularStringField(value: self.finishReason, fieldNumber: 10)
     }
+    if !self.top.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.top, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2112,6 +2177,7 @@ nonisolated extension Conclave_V1_TokenOut: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.prefillTokS != rhs.prefillTokS {return false}
     if lhs.decodeTokS != rhs.decodeTokS {return false}
     if lhs.finishReason != rhs.finishReason {return false}
+    if lhs.top != rhs.top {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
