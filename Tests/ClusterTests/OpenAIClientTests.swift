@@ -62,3 +62,22 @@ import Testing
         #expect(http.hasPrefix(#"{"model":"#) && status.hasPrefix(#"{"model":"#))
     }
 }
+
+/// `conclave bench serve` end to end (its figures are for the closing notes; here only that it measures what it
+/// says: every stream's tokens, in the JSON shape documented).
+@Suite struct BenchServeTests {
+    @Test func benchServeReportsEveryRound() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let (code, out, err) = try c.run(["bench", "serve", "--threads", "1", "--concurrency", "1,3", "--prompt", "16", "--gen", "5", "--json"], timeout: 300)
+        #expect(code == 0, "\(err)")
+        let rounds = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])
+        #expect(rounds.count == 2)
+        #expect(rounds.map { $0["concurrency"] as? Int } == [1, 3])
+        #expect(rounds.map { $0["tokens"] as? Int } == [5, 15], "every stream generated --gen tokens")
+        for r in rounds {
+            #expect((r["aggregate_tok_s"] as? Double ?? 0) > 0 && (r["ttft_p50_ms"] as? Double ?? 0) > 0)
+            #expect(r["server"] as? String == "conclave")
+        }
+    }
+}

@@ -1,0 +1,305 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Foundation
+import GGUF
+import JSON
+import Kernels
+import Synchronization
+import Tokenizer
+
+struct BenchServe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serving throughput through the HTTP API: N concurrent streaming clients, aggregate and per-stream tok/s, TTFT, inter-token latency.",
+        discussion: """
+        Starts `conclave serve` (one process, or --cluster / --local N) on a free 127.0.0.1 port, then for each
+        --concurrency level sends that many streaming /v1/completions requests at once (--prompt token ids each,
+        different per stream, --gen tokens, greedy) and times every SSE event. Aggregate tok/s = tokens generated
+        by all streams ÷ the wall time of the round; per-stream tok/s = a stream's tokens ÷ its time after the first
+        token. With --vs-llama-server PATH, the same rounds run against llama.cpp's llama-server on the same file
+        with the same threads (-t), slots (-np) and context, in the same sitting.
+        """
+    )
+
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Serve from this cluster file instead of one process.") var cluster: String?
+    @Option(help: "Serve from N local workers instead of one process.") var local: Int?
+    @Option(help: "Concurrent streams per round, comma-separated.") var concurrency = "1,4,8"
+    @Option(help: "Prompt tokens per request.") var prompt = 128
+    @Option(help: "Tokens generated per request.") var gen = 64
+    @Option(help: "Path to llama.cpp's llama-server, to measure it the same way.") var vsLlamaServer: String?
+    @Option(help: "Seconds to wait for a server to become healthy.") var startTimeout: Double = 300
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Round {
+        var server: String
+        var streams: Int
+        var aggregate = 0.0, perStream = 0.0
+        var ttft50 = 0.0, ttft99 = 0.0, itl50 = 0.0, itl99 = 0.0
+        var tokens = 0
+
+        var json: JSONValue {
+            .object([("server", .string(server)), ("concurrency", .int(streams)), ("aggregate_tok_s", .double(r3(aggregate))),
+                     ("per_stream_tok_s", .double(r3(perStream))), ("ttft_p50_ms", .double(r3(ttft50 * 1000))), ("ttft_p99_ms", .double(r3(ttft99 * 1000))),
+                     ("itl_p50_ms", .double(r3(itl50 * 1000))), ("itl_p99_ms", .double(r3(itl99 * 1000))), ("tokens", .int(tokens))])
+        }
+        func r3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
+    }
+
+    func run() throws {
+        let levels = concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !levels.isEmpty, levels.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--concurrency takes positive integers, e.g. 1,4,8") }
+        guard prompt >= 1, gen >= 1 else { throw ValidationError("--prompt and --gen need at least 1") }
+        let tokenizer: Tokenizer
+        do { tokenizer = try Tokenizer(file: try GGUFFile(path: model.model)) } catch { printError("error: \(error)"); throw ExitCode(1) }
+        let prompts = (0..<(levels.max() ?? 1)).map { Self.promptIDs(tokenizer, count: prompt, variant: $0) }
+        let ctx = prompt + gen + 16
+        let slots = levels.max() ?? 1
+        var rounds: [Round] = []
+
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        let port = Self.freePort()
+        var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(slots)]
+        if let cluster { args += ["--cluster", cluster] }
+        if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
+        rounds += try measure(name: "conclave", exe: exe, args: args, port: port, levels: levels, prompts: prompts)
+        if let path = vsLlamaServer {
+            let lport = Self.freePort()
+            // llama-server divides -c among its -np slots: give each slot the same context as ours.
+            let largs = ["-m", model.model, "--host", "127.0.0.1", "--port", String(lport), "-t", String(model.threads), "-tb", String(model.threads),
+                         "-np", String(slots), "-c", String(ctx * slots), "-b", "512", "-ub", "512"]
+            rounds += try measure(name: "llama-server", exe: path, args: largs, port: lport, levels: levels, prompts: prompts)
+        }
+        if json {
+            print(JSON.array(rounds.map(\.json)).render())
+            return
+        }
+        print("prompt \(prompt) tokens, \(gen) generated per stream, \(model.threads) threads")
+        let rows = rounds.map { r in
+            [r.server, String(r.streams), fixed(r.aggregate, 1), fixed(r.perStream, 1), "\(fixed(r.ttft50 * 1000, 1)) / \(fixed(r.ttft99 * 1000, 1))",
+             "\(fixed(r.itl50 * 1000, 2)) / \(fixed(r.itl99 * 1000, 2))", String(r.tokens)]
+        }
+        for line in table(headers: ["server", "streams", "aggregate tok/s", "per-stream tok/s", "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "tokens"], rows: rows) {
+            print(line)
+        }
+        for name in Set(rounds.map(\.server)).sorted() {
+            let mine = rounds.filter { $0.server == name }
+            if let one = mine.first(where: { $0.streams == 1 }), let most = mine.max(by: { $0.streams < $1.streams }), most.streams > 1, one.aggregate > 0 {
+                print("\(name): \(most.streams) streams give \(fixed(most.aggregate / one.aggregate, 2))× the aggregate of one")
+            }
+        }
+        if vsLlamaServer != nil {
+            for c in levels {
+                if let a = rounds.first(where: { $0.server == "conclave" && $0.streams == c }), let b = rounds.first(where: { $0.server == "llama-server" && $0.streams == c }), b.aggregate > 0 {
+                    print("\(c) streams: conclave / llama-server aggregate = \(fixed(a.aggregate / b.aggregate, 2))×")
+                }
+            }
+        }
+    }
+
+    /// Starts a server, waits for /health, runs every round, stops it.
+    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]]) throws -> [Round] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("bench-serve-\(name)-\(port).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        p.standardOutput = try FileHandle(forWritingTo: log)
+        p.standardError = try FileHandle(forWritingTo: log)
+        try p.run()
+        defer {
+            if p.isRunning { p.terminate() }
+            p.waitUntilExit()
+        }
+        printError("bench serve: starting \(name) on 127.0.0.1:\(port) (log \(log.path))")
+        let deadline = KernelBench.now() + startTimeout
+        while (try? HTTPClient.get(port: port, path: "/health")) != 200 {
+            guard p.isRunning, KernelBench.now() < deadline else {
+                printError("error: \(name) did not become healthy within \(Int(startTimeout)) s; its log:\n" + ((try? String(contentsOf: log, encoding: .utf8)) ?? ""))
+                throw ExitCode(1)
+            }
+            usleep(200_000)
+        }
+        // One short request first: the first request pays for faulting the weights in, on both servers.
+        _ = try? HTTPClient.stream(port: port, body: Self.body(prompts[0].prefix(8).map { $0 }, gen: 4))
+        var out: [Round] = []
+        for c in levels {
+            let results = Mutex<[HTTPClient.StreamResult]>([])
+            let t0 = KernelBench.now()
+            // A thread per stream (concurrentPerform would run only one per core at a time).
+            let group = DispatchGroup()
+            for i in 0..<c {
+                group.enter()
+                let body = Self.body(prompts[i], gen: gen)
+                Thread.detachNewThread {
+                    let r = (try? HTTPClient.stream(port: port, body: body)) ?? HTTPClient.StreamResult()
+                    results.withLock { $0.append(r) }
+                    group.leave()
+                }
+            }
+            group.wait()
+            let wall = KernelBench.now() - t0
+            let rs = results.withLock { $0 }
+            var round = Round(server: name, streams: c)
+            round.tokens = rs.reduce(0) { $0 + $1.tokens }
+            round.aggregate = wall > 0 ? Double(round.tokens) / wall : 0
+            let per = rs.compactMap { r -> Double? in
+                guard let first = r.events.first, let last = r.events.last, last > first, r.tokens > 1 else { return nil }
+                return Double(r.tokens - 1) / (last - first)
+            }
+            round.perStream = per.isEmpty ? 0 : per.reduce(0, +) / Double(per.count)
+            let ttft = rs.compactMap { r in r.events.first.map { $0 - r.sent } }.sorted()
+            let gaps = rs.flatMap { r in zip(r.events.dropFirst(), r.events).map { $0 - $1 } }.sorted()
+            (round.ttft50, round.ttft99) = (Self.quantile(ttft, 0.5), Self.quantile(ttft, 0.99))
+            (round.itl50, round.itl99) = (Self.quantile(gaps, 0.5), Self.quantile(gaps, 0.99))
+            if rs.contains(where: { $0.tokens == 0 }) { printError("warning: \(name): \(rs.filter { $0.tokens == 0 }.count) of \(c) streams produced nothing") }
+            printError("bench serve: \(name) × \(c): \(fixed(round.aggregate, 1)) tok/s aggregate")
+            out.append(round)
+        }
+        return out
+    }
+
+    static func body(_ ids: [Int32], gen: Int) -> String {
+        JSON.object([("prompt", .array(ids.map { .int(Int($0)) })), ("max_tokens", .int(gen)), ("temperature", .int(0)),
+                     ("stream", .bool(true)), ("stream_options", .object([("include_usage", .bool(true))])), ("ignore_eos", .bool(true))]).render()
+    }
+
+    /// `count` token ids of ordinary text, starting at a different place for each variant (no two streams share a
+    /// prompt, so no server can answer one from another's cache).
+    static func promptIDs(_ t: Tokenizer, count: Int, variant: Int) -> [Int32] {
+        let text = String(repeating: "The default sort order for directories found by a search path is the natural order of their names; ", count: 4 + count / 8)
+        let ids = t.encode(text, addSpecial: false)
+        let start = (variant * 7) % max(1, ids.count - count)
+        return (t.vocab.bos.map { [$0] } ?? []) + Array(ids[start..<min(ids.count, start + count - 1)])
+    }
+
+    static func quantile(_ sorted: [Double], _ q: Double) -> Double {
+        guard !sorted.isEmpty else { return 0 }
+        return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * q).rounded()))]
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client for 127.0.0.1: enough to time SSE events as they arrive (chunked bodies
+/// decoded), identically for every server measured.
+enum HTTPClient {
+    struct StreamResult {
+        var sent = 0.0
+        /// Arrival time of each event that carried generated text.
+        var events: [Double] = []
+        var tokens = 0
+    }
+
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    static func connect(port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { close(fd); throw Failure(description: "cannot connect to 127.0.0.1:\(port)") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var tv = timeval(tv_sec: 600, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    static func send(_ fd: Int32, _ text: String) throws {
+        let bytes = Array(text.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { throw Failure(description: "send failed") }
+            off += n
+        }
+    }
+
+    /// The status code of a GET.
+    static func get(port: Int, path: String) throws -> Int {
+        let fd = try connect(port: port)
+        defer { close(fd) }
+        try send(fd, "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        var buf = [UInt8](repeating: 0, count: 512)
+        let n = recv(fd, &buf, buf.count, 0)
+        guard n > 12 else { throw Failure(description: "no answer") }
+        return Int(String(decoding: buf[9..<12], as: UTF8.self)) ?? 0
+    }
+
+    /// POSTs a streaming completion and timestamps each text event.
+    static func stream(port: Int, body: String) throws -> StreamResult {
+        let fd = try connect(port: port)
+        defer { close(fd) }
+        var r = StreamResult()
+        r.sent = KernelBench.now()
+        try send(fd, "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        var raw: [UInt8] = []  // bytes received and not yet decoded
+        var body: [UInt8] = []  // decoded body not yet split into events
+        var headerDone = false, chunked = false
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var eventsText = 0
+        func take() {
+            if !headerDone {
+                guard let end = find(raw, [13, 10, 13, 10]) else { return }
+                let head = String(decoding: raw[..<end], as: UTF8.self).lowercased()
+                chunked = head.contains("transfer-encoding: chunked")
+                raw.removeFirst(end + 4)
+                headerDone = true
+            }
+            if chunked {
+                while let lineEnd = find(raw, [13, 10]) {
+                    let sizeText = String(decoding: raw[..<lineEnd], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
+                    guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { break }
+                    guard raw.count >= lineEnd + 2 + size + 2 else { break }
+                    body += raw[(lineEnd + 2)..<(lineEnd + 2 + size)]
+                    raw.removeFirst(lineEnd + 2 + size + 2)
+                }
+            } else {
+                body += raw
+                raw.removeAll()
+            }
+            let now = KernelBench.now()
+            while let end = find(body, [10, 10]) {
+                let event = String(decoding: body[..<end], as: UTF8.self)
+                body.removeFirst(end + 2)
+                guard event.hasPrefix("data: "), event != "data: [DONE]", let v = try? JSONValue.parse(String(event.dropFirst(6))) else { continue }
+                if let u = v["usage"], let n = u["completion_tokens"]?.intValue { r.tokens = n }
+                if let text = v["choices"]?.arrayValue?.first?["text"]?.stringValue, !text.isEmpty {
+                    r.events.append(now)
+                    eventsText += 1
+                }
+            }
+        }
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            raw += buf[0..<n]
+            take()
+            if body.isEmpty, raw.isEmpty, r.tokens > 0 { break }
+        }
+        if r.tokens == 0 { r.tokens = eventsText }
+        return r
+    }
+
+    static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
+        guard hay.count >= needle.count else { return nil }
+        for i in 0...(hay.count - needle.count) where hay[i] == needle[0] && Array(hay[i..<(i + needle.count)]) == needle { return i }
+        return nil
+    }
+}
