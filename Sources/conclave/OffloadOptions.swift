@@ -24,21 +24,26 @@ struct OffloadOptions: ParsableArguments {
 
     /// The engine under the budget (all experts resident when they fit), and the cache when one is used.
     func load(_ model: ModelOptions, context: Int?) throws -> (Engine, BudgetedExperts?) {
+        try load(path: model.model, threads: model.threads, context: context, sequences: 1)
+    }
+
+    /// The same for `sequences` sequences generating at once, each with KV for `context` positions.
+    func load(path: String, threads: Int, context: Int?, sequences: Int) throws -> (Engine, BudgetedExperts?) {
         do {
-            guard let budget else { return (try Engine(path: model.model, threads: model.threads), nil) }
-            let file = try GGUFFile(path: model.model)
+            guard let budget else { return (try Engine(path: path, threads: threads), nil) }
+            let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file)
-            let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: context ?? config.contextLength,
-                                        sequences: 1, budget: budget)
-            if plan.allResident { return (try Engine(file: file, threads: model.threads), nil) }
+            let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
+                                        sequences: sequences, budget: budget)
+            if plan.allResident { return (try Engine(file: file, threads: threads), nil) }
             var cache: BudgetedExperts?
-            let engine = try Engine(file: file, threads: model.threads) { pool in
+            let engine = try Engine(file: file, threads: threads) { pool in
                 let c = try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
                                             slots: plan.slots, policy: EvictionPolicies.make(policy)!, pool: pool)
                 cache = c
                 return c
             }
-            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence)), scratch \(formatBytes(plan.scratchBytes)), slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(model.model), policy \(policy)")
+            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence))\(sequences > 1 ? " × \(sequences) sequences" : ""), scratch \(formatBytes(plan.scratchBytes)), slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(path), policy \(policy)")
             return (engine, cache)
         } catch {
             printError("error: \(error)")

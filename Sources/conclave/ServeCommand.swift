@@ -53,11 +53,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "A Jinja chat template file to use instead of the model's tokenizer.chat_template.") var chatTemplate: String?
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
+    @OptionGroup var offload: OffloadOptions
 
     func validate() throws {
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
         if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
+        if offload.memory != nil, cluster != nil || local != nil {
+            throw ValidationError("--memory bounds a model served in this process; give each worker its budget with `conclave worker --memory` (or memory: in the cluster file)")
+        }
         if http != "off", Self.hostPort(http) == nil { throw ValidationError("--http takes HOST:PORT (e.g. 127.0.0.1:8080) or 'off', not '\(http)'") }
     }
 
@@ -102,9 +106,10 @@ struct ServeCommand: AsyncParsableCommand {
     /// `serve -m MODEL` alone: the model in this process behind the HTTP API.
     func runInProcess() async throws {
         let engine: Engine
+        let cache: BudgetedExperts?
         let model: ServedModel
         do {
-            engine = try Engine(path: self.model, threads: threads)
+            (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
         } catch {
@@ -120,7 +125,15 @@ struct ServeCommand: AsyncParsableCommand {
         scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
         scheduler.start()
         printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
-        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)
+        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics, beforeScrape: {
+            guard let c = cache?.snapshot else { return }
+            metrics.mirror("conclave_offload_hits_total", [], total: Double(c.hits))
+            metrics.mirror("conclave_offload_misses_total", [], total: Double(c.misses))
+            metrics.mirror("conclave_offload_read_bytes_total", [], total: Double(c.bytesRead))
+            metrics.mirror("conclave_offload_prefetch_issued_total", [], total: Double(c.prefetchIssued))
+            metrics.mirror("conclave_offload_prefetch_used_total", [], total: Double(c.prefetchUsed))
+            metrics.mirror("conclave_offload_stall_seconds_total", [], total: c.stallSeconds)
+        })
         let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
         try await run(group)

@@ -2,6 +2,10 @@
 import Glibc
 #endif
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Synchronization
 import Testing
 import TestSupport
 
@@ -41,6 +45,48 @@ import TestSupport
         // Too small a budget is refused with the figures, not attempted.
         let (rc3, _, err3) = try c.run(args + ["--memory", "4MiB"])
         #expect(rc3 != 0 && err3.contains("too small") && err3.contains("give at least"), "\(err3)")
+    }
+
+    /// POSTs JSON to 127.0.0.1 and returns the body (URLSession, waited on: this suite runs its processes synchronously).
+    static func post(_ url: String, _ body: String) throws -> String {
+        var req = URLRequest(url: URL(string: url)!)
+        req.httpMethod = "POST"
+        req.httpBody = Data(body.utf8)
+        req.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        req.timeoutInterval = 300
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<(Data?, Error?)>((nil, nil))
+        URLSession.shared.dataTask(with: req) { d, _, e in result.withLock { $0 = (d, e) }; done.signal() }.resume()
+        done.wait()
+        let (d, e) = result.withLock { $0 }
+        if let e { throw e }
+        return String(decoding: d ?? Data(), as: UTF8.self)
+    }
+
+    /// `serve -m --memory`: the HTTP API from one process whose experts are paged, the same text as `run`,
+    /// the cache's counters in /metrics, peak RSS within budget + overhead.
+    @Test func servingOneProcessUnderABudget() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let (rc, resident, err) = try c.run(["run", "-m", Self.model, "--threads", "1", "-p", "Once upon a time", "-n", "24", "--temp", "0",
+                                             "--repeat-penalty", "1.3", "--ctx", "256"])
+        #expect(rc == 0, "\(err)")
+        let port = ProcessCluster.freePorts(1)
+        let budget = 20 << 20
+        try c.start("serve", ["serve", "-m", Self.model, "--http", "127.0.0.1:\(port)", "--threads", "1", "--ctx", "256", "--parallel", "2",
+                              "--memory", String(budget)])
+        try c.waitFor("serve", "OpenAI-compatible API on", timeout: 120)
+        let log = try String(contentsOf: c.log("serve"), encoding: .utf8)
+        #expect(log.contains("offload:") && log.contains("× 2 sequences"), "\(log)")
+        let body = try Self.post("http://127.0.0.1:\(port)/v1/completions",
+                                 #"{"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "repeat_penalty": 1.3}"#)
+        let text = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]).flatMap { ($0["choices"] as? [[String: Any]])?.first?["text"] as? String }
+        #expect(text.map { $0 + "\n" } == resident, "\(body)")
+        let metrics = String(decoding: try Data(contentsOf: URL(string: "http://127.0.0.1:\(port)/metrics")!), as: UTF8.self)
+        let misses = metrics.split(separator: "\n").first { $0.hasPrefix("conclave_offload_misses_total ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        #expect((misses ?? 0) > 0, "\(metrics)")
+        let peak = try #require(Self.peakRSS(c.processes["serve"]!.processIdentifier))
+        #expect(peak <= budget + Self.overhead, "peak RSS \(peak) bytes for a budget of \(budget)")
     }
 
     @Test func workersBelowTheirShardPageExpertsAndMatchOneProcess() throws {
