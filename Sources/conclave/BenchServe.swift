@@ -110,7 +110,11 @@ struct BenchServe: ParsableCommand {
         p.standardError = try FileHandle(forWritingTo: log)
         try p.run()
         defer {
+            // SIGTERM, then SIGKILL after 5 s: a server that drains slowly must not hang the benchmark.
             if p.isRunning { p.terminate() }
+            let deadline = KernelBench.now() + 5
+            while p.isRunning && KernelBench.now() < deadline { usleep(20_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
         printError("bench serve: starting \(name) on 127.0.0.1:\(port) (log \(log.path))")
@@ -254,6 +258,7 @@ enum HTTPClient {
         var headerDone = false, chunked = false
         var buf = [UInt8](repeating: 0, count: 65536)
         var eventsText = 0
+        var finished = false  // [DONE] or the last chunk seen: a server may keep the connection open after
         func take() {
             if !headerDone {
                 guard let end = find(raw, [13, 10, 13, 10]) else { return }
@@ -266,6 +271,7 @@ enum HTTPClient {
                 while let lineEnd = find(raw, [13, 10]) {
                     let sizeText = String(decoding: raw[..<lineEnd], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
                     guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { break }
+                    if size == 0 { finished = true }
                     guard raw.count >= lineEnd + 2 + size + 2 else { break }
                     body += raw[(lineEnd + 2)..<(lineEnd + 2 + size)]
                     raw.removeFirst(lineEnd + 2 + size + 2)
@@ -276,11 +282,15 @@ enum HTTPClient {
             }
             let now = KernelBench.now()
             while let end = find(body, [10, 10]) {
-                let event = String(decoding: body[..<end], as: UTF8.self)
+                let event = Array(body[..<end])
                 body.removeFirst(end + 2)
-                guard event.hasPrefix("data: "), event != "data: [DONE]", let v = try? JSONValue.parse(String(event.dropFirst(6))) else { continue }
-                if let u = v["usage"], let n = u["completion_tokens"]?.intValue { r.tokens = n }
-                if let text = v["choices"]?.arrayValue?.first?["text"]?.stringValue, !text.isEmpty {
+                if event == Array("data: [DONE]".utf8) { finished = true; continue }
+                // Cheap on purpose (the client shares the cores with the server it measures): only the usage
+                // chunk is parsed; a text event is one whose "text" is not empty.
+                if find(event, Array(#""usage":{"#.utf8)) != nil,
+                   let v = try? JSONValue.parse(Array(event.dropFirst(6))), let n = v["usage"]?["completion_tokens"]?.intValue {
+                    r.tokens = n
+                } else if let at = find(event, Array(#""text":""#.utf8)), at + 8 < event.count, event[at + 8] != UInt8(ascii: "\"") {
                     r.events.append(now)
                     eventsText += 1
                 }
@@ -291,7 +301,7 @@ enum HTTPClient {
             if n <= 0 { break }
             raw += buf[0..<n]
             take()
-            if body.isEmpty, raw.isEmpty, r.tokens > 0 { break }
+            if finished { break }
         }
         if r.tokens == 0 { r.tokens = eventsText }
         return r

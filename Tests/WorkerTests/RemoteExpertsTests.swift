@@ -114,7 +114,7 @@ struct RemoteExpertsTests {
         var bad = Envelope()
         bad.expertCall = Conclave_V1_ExpertCall()
         let badCall = bad
-        let badResult = try await onThread { Result { try client.call(badCall, tensors: [], timeout: 5) } }
+        let badResult = try await onThread { Result { try client.call(badCall, tensors: [], timeout: 120) } }
         #expect((try? badResult.get()) == nil)  // no rows frame: an Error reply, not a hang
         dealer.send(Frames(parts: [Data([0xFF, 0x00])]))  // not even an envelope
         var good = Envelope()
@@ -129,7 +129,7 @@ struct RemoteExpertsTests {
         good.expertCall = call
         let x = Data(repeating: 0, count: config.embeddingLength * 4)
         let goodCall = good
-        let reply = try await onThread { try client.call(goodCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 5) }
+        let reply = try await onThread { try client.call(goodCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 120) }
         guard case .expertResult(let res) = reply.envelope.kind else { Issue.record("no ExpertResult"); return }
         #expect(res.rows == [0] && res.slots == [0])
         router.close()
