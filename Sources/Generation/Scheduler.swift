@@ -145,7 +145,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     /// Stops a request: its stream ends, its caches are freed (once a step holding it has returned).
     public func cancel(_ id: UInt64) {
-        shared.withLock { $0.cancelled.insert(id) }
+        _ = shared.withLock { $0.cancelled.insert(id) }
         wake.signal()
     }
 

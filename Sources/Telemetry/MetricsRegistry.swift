@@ -21,12 +21,19 @@ public final class MetricsRegistry: Sendable {
         factory = f
     }
 
+    static let mirroredHelp = "Reported by another process of the cluster (a worker's heartbeat) and mirrored at scrape time."
+
+    /// Our names carry their unit already (`_total`, `_bytes`, `_seconds`), so the descriptor adds none.
+    static func descriptor(_ name: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: mirroredHelp)
+    }
+
     /// The text exposition format (version 0.0.4), what Prometheus scrapes.
     public func exposition() -> String { registry.emitToString() }
 
     /// Sets a gauge to a value another process reported.
     public func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {
-        registry.makeGauge(name: name, labels: labels).set(value)
+        registry.makeGauge(descriptor: Self.descriptor(name), labels: labels).set(value)
     }
 
     /// Brings a counter up to a total another process reported: it moves by the difference since the last
@@ -38,7 +45,7 @@ public final class MetricsRegistry: Sendable {
             m[key] = total
             return total >= last ? total - last : total
         }
-        let c = registry.makeCounter(name: name, labels: labels)
+        let c = registry.makeCounter(descriptor: Self.descriptor(name), labels: labels)
         if delta > 0 { c.increment(by: delta) }
     }
 }
