@@ -106,7 +106,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     public func submit(_ r: GenerationRequest) -> (id: UInt64, events: AsyncThrowingStream<GenerationEvent, Error>) {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: GenerationEvent.self, throwing: Error.self)
         let id = shared.withLock { s -> UInt64 in defer { s.nextID += 1 }; return s.nextID }
-        if let e = validate(r) {
+        if let e = refusal(for: r) {
             shared.withLock { $0.stats.failed += 1 }
             metrics?.outcomes["error"]?.increment()
             log("request \(id) refused: \(e.message)")
@@ -126,7 +126,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         return (id, stream)
     }
 
-    private func validate(_ r: GenerationRequest) -> GenerationError? {
+    /// Why `submit` would refuse this request at once, or nil. A front door that must answer before it streams
+    /// (HTTP's status line) asks first.
+    public func refusal(for r: GenerationRequest) -> GenerationError? {
         let capacity = min(r.contextLength ?? contextLength, contextLength)
         if r.prompt.isEmpty { return GenerationError(.invalidRequest, "the prompt is empty") }
         if r.prompt.count > capacity {
@@ -176,10 +178,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             waiting += incoming
             var finished: [UInt64] = []
             if !cancelled.isEmpty {
-                for r in waiting where cancelled.contains(r.id) { end(r, cancelled: true) }
+                for r in waiting where cancelled.contains(r.id) { end(r) }
                 waiting.removeAll { $0.done }
                 for r in active where cancelled.contains(r.id) && !r.done {
-                    end(r, cancelled: true)
+                    end(r)
                     // A step holding it returns later; its caches are freed then, after that step.
                     if !r.awaiting { finished.append(r.id) }
                 }
@@ -356,7 +358,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         r.continuation.finish(throwing: e)
     }
 
-    private func end(_ r: Request, cancelled: Bool) {
+    private func end(_ r: Request) {
         r.done = true
         shared.withLock { $0.stats.cancelled += 1 }
         metrics?.outcomes["cancelled"]?.increment()

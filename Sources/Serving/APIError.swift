@@ -36,11 +36,11 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
         APIError(status: .internalServerError, message: message, type: "server_error", code: "internal_error")
     }
 
-    /// The generation layer's error classes, as HTTP answers them.
-    public init(_ e: GenerationError) {
+    /// The generation layer's error classes, as HTTP answers them (`param`: the field a request error is about).
+    public init(_ e: GenerationError, param: String? = nil) {
         switch e.code {
-        case .invalidRequest: self = .invalid(e.message)
-        case .contextExceeded: self = .invalid(e.message, param: "messages", code: "context_length_exceeded")
+        case .invalidRequest: self = .invalid(e.message, param: param)
+        case .contextExceeded: self = .invalid(e.message, param: param, code: "context_length_exceeded")
         case .unavailable: self = .unavailable(e.message)
         case .internal: self = .internal(e.message)
         }

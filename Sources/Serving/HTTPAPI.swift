@@ -151,14 +151,11 @@ public struct HTTPAPI: Sendable {
 
     func run(kind: Kind, tokens: [Int32], body: JSONValue) async throws(APIError) -> Response {
         let p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
-        guard !tokens.isEmpty else { throw APIError.invalid("the prompt is empty", param: kind == .chat ? "messages" : "prompt") }
-        if tokens.count >= model.contextLength {
-            throw APIError.invalid("the prompt has \(tokens.count) tokens but the context holds \(model.contextLength); shorten it or serve with a larger --ctx",
-                                   param: kind == .chat ? "messages" : "prompt", code: "context_length_exceeded")
-        }
         if let why = health() { throw APIError.unavailable(why) }
-        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? (model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
                                         logprobs: p.logprobs)
+        // The scheduler's own checks, asked before the status line goes out (a stream cannot turn into a 400).
+        if let e = scheduler.refusal(for: request) { throw APIError(e, param: kind == .chat ? "messages" : "prompt") }
         let (sequence, events) = scheduler.submit(request)
         let id = (kind == .chat ? "chatcmpl-" : "cmpl-") + ids.next()
         let created = Int(Date().timeIntervalSince1970)
