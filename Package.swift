@@ -52,7 +52,7 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
         .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // The worker's services: expert serving and calls to other workers' experts.
-        .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+        .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", "Telemetry", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
         .target(name: "Coordinator", dependencies: ["Generation", "JSON", "Telemetry", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
@@ -77,7 +77,7 @@ let package = Package(
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
-        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Wire", "Model", "GGUF", "Kernels", "TestSupport"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Coordinator", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "Worker", "Model"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "Model", "GGUF", "TestSupport"]),

@@ -6,6 +6,7 @@ import Model
 import Placement
 import ServiceLifecycle
 import Synchronization
+import Telemetry
 import Tokenizer
 import Wire
 import Worker
@@ -365,7 +366,12 @@ public final class Coordinator: Service, @unchecked Sendable {
             link.heard()
             switch msg.envelope.kind {
             case .heartbeat(let hb):
-                link.info.withLock { $0.heartbeat = hb }
+                do {
+                    let checked = try MetricSample.checked(hb.metrics, catalog: WorkerMetric.bySeries)
+                    link.info.withLock { $0.metrics = checked }
+                } catch {
+                    log("worker '\(link.worker.name)' sent a heartbeat with bad figures (kept the last good ones): \(error)")
+                }
             case .fetchModel(let f):
                 serveChunk(f, id: msg.envelope.requestID, to: link)
             default:

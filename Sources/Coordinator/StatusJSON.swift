@@ -1,4 +1,5 @@
 import JSON
+import Telemetry
 import Wire
 
 public extension Conclave_V1_StatusReply {
@@ -7,32 +8,43 @@ public extension Conclave_V1_StatusReply {
         let s = self
         return .object([
             ("model", .string(s.model)),
-            ("workers", .array(s.workers.map { w in
-                .object([
-                    ("name", .string(w.name)), ("endpoint", .string(w.endpoint)), ("state", .string(w.state)),
-                    ("layers", .array(w.endLayer > w.firstLayer ? [.int(Int(w.firstLayer)), .int(Int(w.endLayer))] : [])),
-                    ("experts", .int(Int(w.experts))), ("memory_budget", .uint(w.memoryBudget)),
-                    ("resident_bytes", .uint(w.residentBytes)), ("rss_bytes", .uint(w.rssBytes)),
-                    ("tokens", .uint(w.tokens)), ("expert_calls", .uint(w.expertCalls)),
-                    ("p50_ms", .double(w.p50Ms)), ("p99_ms", .double(w.p99Ms)), ("heartbeat_age_s", .double(w.heartbeatAgeS)),
-                    ("forwarded_bytes", .uint(w.forwardedBytes)), ("forwarded_rows", .uint(w.forwardedRows)),
-                    ("expert_call_bytes", .uint(w.expertCallBytes)),
-                    ("offload", .object([
-                        ("slots", .int(Int(w.offload.slots))), ("paged_experts", .int(Int(w.offload.pagedExperts))),
-                        ("hits", .uint(w.offload.hits)), ("misses", .uint(w.offload.misses)),
-                        ("hit_rate", .double(w.offload.hits + w.offload.misses > 0 ? Double(w.offload.hits) / Double(w.offload.hits + w.offload.misses) : 0)),
-                        ("bytes_read", .uint(w.offload.bytesRead)),
-                        ("read_gbps", .double(w.offload.readSeconds > 0 ? Double(w.offload.bytesRead) / w.offload.readSeconds / 1e9 : 0)),
-                        ("prefetch_issued", .uint(w.offload.prefetchIssued)), ("prefetch_used", .uint(w.offload.prefetchUsed)),
-                        ("stall_ms", .double(w.offload.stallMs)),
-                    ])),
-                ])
-            })),
+            ("workers", .array(s.workers.map(\.json))),
             ("sequences", .int(Int(s.sequences))),
             ("tokens_generated", .uint(s.tokensGenerated)),
             ("requests_failed", .int(Int(s.requestsFailed))),
             ("micro_batches", .int(Int(s.microBatches))), ("peak_in_flight", .int(Int(s.peakInFlight))),
             ("plan", .string(s.plan)),
         ])
+    }
+}
+
+public extension Conclave_V1_WorkerStatus {
+    /// The worker's samples (checked when its heartbeat came).
+    var samples: [MetricSample] { metrics.map { MetricSample(name: $0.name, labels: $0.labels.map { MetricLabel($0.name, $0.value) }, value: $0.value) } }
+
+    /// What the coordinator knows of the worker (state, shard, budget), then every catalog figure with a status
+    /// key, under that key (`offload.` keys in their own object), then the rates derived from them.
+    var json: JSONValue {
+        var top: [(String, JSONValue)] = [
+            ("name", .string(name)), ("endpoint", .string(endpoint)), ("state", .string(state)),
+            ("layers", .array(endLayer > firstLayer ? [.int(Int(firstLayer)), .int(Int(endLayer))] : [])),
+            ("experts", .int(Int(experts))), ("memory_budget", .uint(memoryBudget)),
+            ("resident_bytes", .uint(residentBytes)), ("heartbeat_age_s", .double(heartbeatAgeS)),
+        ]
+        var offload: [(String, JSONValue)] = []
+        let values = samples
+        for spec in WorkerMetric.all {
+            guard let key = spec.statusKey else { continue }
+            let v = values.value(spec) * spec.statusScale
+            let fractional = spec.statusScale != 1 || spec.name.hasSuffix("_seconds") || spec.name.hasSuffix("_seconds_total")
+            let value: JSONValue = fractional ? .double(v) : .int(Int(v))
+            if key.hasPrefix("offload.") { offload.append((String(key.dropFirst(8)), value)) } else { top.append((key, value)) }
+        }
+        let hits = values.value(WorkerMetric.offloadHits), uses = hits + values.value(WorkerMetric.offloadMisses)
+        let read = values.value(WorkerMetric.offloadReadBytes), readSeconds = values.value(WorkerMetric.offloadReadSeconds)
+        offload.append(("hit_rate", .double(uses > 0 ? hits / uses : 0)))
+        offload.append(("read_gbps", .double(readSeconds > 0 ? read / readSeconds / 1e9 : 0)))
+        top.append(("offload", .object(offload)))
+        return .object(top)
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Placement
 import Synchronization
+import Telemetry
 import Wire
 import Worker
 
@@ -17,7 +18,8 @@ public final class WorkerLink: @unchecked Sendable {
         var state: State = .joining
         var hello: Conclave_V1_Hello?
         var lastHeard: Double?
-        var heartbeat = Conclave_V1_Heartbeat()
+        /// The worker's figures from its last heartbeat, checked.
+        var metrics: [MetricSample] = []
         var layers: Range<Int> = 0..<0
         var experts = 0
         var residentBytes: UInt64 = 0
@@ -66,17 +68,9 @@ public final class WorkerLink: @unchecked Sendable {
             // The budget in force: the worker's own when smaller than the cluster file's (the plan used it).
             let reported = Int(clamping: i.hello?.memoryBudget ?? 0)
             w.memoryBudget = UInt64(reported > 0 ? min(worker.memory, reported) : worker.memory)
-            w.residentBytes = max(i.residentBytes, i.heartbeat.residentBytes)
-            w.rssBytes = i.heartbeat.rssBytes
-            w.tokens = i.heartbeat.tokens
-            w.expertCalls = i.heartbeat.expertCalls
-            w.p50Ms = i.heartbeat.p50Ms
-            w.p99Ms = i.heartbeat.p99Ms
+            w.residentBytes = max(i.residentBytes, UInt64(i.metrics.value(WorkerMetric.resident)))
             w.heartbeatAgeS = i.lastHeard.map { KernelBench.now() - $0 } ?? -1
-            w.forwardedBytes = i.heartbeat.forwardedBytes
-            w.forwardedRows = i.heartbeat.forwardedRows
-            w.expertCallBytes = i.heartbeat.expertCallBytes
-            w.offload = i.heartbeat.offload
+            w.metrics = i.metrics.map(Conclave_V1_MetricSample.init)
             return w
         }
     }

@@ -165,19 +165,9 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func sendHeartbeat() {
         let (peer, shard) = shared.withLock { ($0.coordinator, $0.shard) }
         guard let peer else { return }
-        let s = metrics.snapshot()
         var hb = Conclave_V1_Heartbeat()
-        hb.rssBytes = WorkerMetrics.rssBytes()
-        hb.residentBytes = UInt64(shard?.residentBytes ?? 0)
-        hb.tokens = s.tokens
-        hb.expertCalls = s.expertCalls
-        hb.p50Ms = s.p50
-        hb.p99Ms = s.p99
-        let f = metrics.forwarded
-        hb.forwardedBytes = f.bytes
-        hb.forwardedRows = f.rows
-        hb.expertCallBytes = shard?.expertCallBytes ?? 0
-        if let cache = shard?.offload { hb.offload = Conclave_V1_OffloadCounters(cache) }
+        hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
+                                     offload: shard?.offload).map(Conclave_V1_MetricSample.init)
         var e = Envelope()
         e.heartbeat = hb
         reply(peer, WireMessage.make(e))
@@ -274,23 +264,6 @@ public final class WorkerService: Service, @unchecked Sendable {
             throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash it assigned")
         }
         return f
-    }
-}
-
-extension Conclave_V1_OffloadCounters {
-    /// The cache's counters as the heartbeat carries them.
-    init(_ cache: BudgetedExperts) {
-        self.init()
-        let c = cache.snapshot
-        slots = UInt32(cache.slotCount)
-        pagedExperts = UInt32(cache.pagedCount)
-        hits = UInt64(c.hits)
-        misses = UInt64(c.misses)
-        bytesRead = UInt64(c.bytesRead)
-        prefetchIssued = UInt64(c.prefetchIssued)
-        prefetchUsed = UInt64(c.prefetchUsed)
-        stallMs = c.stallSeconds * 1000
-        readSeconds = c.readSeconds
     }
 }
 

@@ -4,6 +4,7 @@ import Kernels
 import Model
 import Placement
 import Synchronization
+import Telemetry
 import Wire
 import Worker
 
@@ -103,10 +104,12 @@ struct BenchCluster: ParsableCommand {
         var fwdBytes: UInt64 = 0, fwdRows: UInt64 = 0, expertBytes: UInt64 = 0, stageMs = 0.0
         for w in after.workers {
             let m = mid.workers.first { $0.name == w.name }!
-            fwdBytes += w.forwardedBytes - m.forwardedBytes
-            fwdRows += w.forwardedRows - m.forwardedRows
-            expertBytes += w.expertCallBytes - m.expertCallBytes
-            if stageNames.contains(w.name) { stageMs += w.p50Ms }
+            let (now, then) = (w.samples, m.samples)
+            func moved(_ spec: MetricSpec) -> UInt64 { UInt64(max(0, now.value(spec) - then.value(spec))) }
+            fwdBytes += moved(WorkerMetric.forwardedBytes)
+            fwdRows += moved(WorkerMetric.forwardedRows)
+            expertBytes += moved(WorkerMetric.expertCallBytes)
+            if stageNames.contains(w.name) { stageMs += now.value(WorkerMetric.stepP50) * 1000 }
         }
         let tokens = Double(max(1, out.generatedTokens))
         let stepMs = 1000 / max(1e-9, out.decodeTokS)

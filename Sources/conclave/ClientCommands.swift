@@ -2,6 +2,7 @@ import ArgumentParser
 import Coordinator
 import Foundation
 import Synchronization
+import Telemetry
 import Wire
 import Worker
 
@@ -142,19 +143,21 @@ struct StatusCommand: ParsableCommand {
 
 enum StatusReport {
     /// "-" without paging, else paged experts / slots, hit rate, bytes read, stall.
-    static func offloadCell(_ o: Conclave_V1_OffloadCounters) -> String {
-        guard o.slots > 0 else { return "-" }
-        let uses = o.hits + o.misses
-        return "\(o.pagedExperts) paged / \(o.slots) slots, hit \(uses > 0 ? fixed(Double(o.hits) / Double(uses) * 100, 1) : "-")%, read \(formatBytes(Int(o.bytesRead))), stall \(fixed(o.stallMs, 0)) ms"
+    static func offloadCell(_ m: [MetricSample]) -> String {
+        guard m.value(WorkerMetric.offloadSlots) > 0 else { return "-" }
+        let hits = m.value(WorkerMetric.offloadHits), uses = hits + m.value(WorkerMetric.offloadMisses)
+        return "\(Int(m.value(WorkerMetric.offloadPaged))) paged / \(Int(m.value(WorkerMetric.offloadSlots))) slots, hit \(uses > 0 ? fixed(hits / uses * 100, 1) : "-")%, read \(formatBytes(Int(m.value(WorkerMetric.offloadReadBytes)))), stall \(fixed(m.value(WorkerMetric.offloadStall) * 1000, 0)) ms"
     }
 
     static func text(_ s: Conclave_V1_StatusReply) -> String {
         var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed; \(s.microBatches) micro-batches (peak \(s.peakInFlight) in flight)", ""]
         let rows = s.workers.map { w -> [String] in
-            [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
-             "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(w.rssBytes)),
-             String(w.tokens), String(w.expertCalls), "\(fixed(w.p50Ms, 2)) / \(fixed(w.p99Ms, 2))",
-             w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(w.offload)]
+            let m = w.samples
+            return [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
+             "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(m.value(WorkerMetric.rss))),
+                    String(Int(m.value(WorkerMetric.tokens))), String(Int(m.value(WorkerMetric.expertCalls))),
+                    "\(fixed(m.value(WorkerMetric.stepP50) * 1000, 2)) / \(fixed(m.value(WorkerMetric.stepP99) * 1000, 2))",
+                    w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(m)]
         }
         lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
         return lines.joined(separator: "\n")

@@ -17,6 +17,7 @@ import Telemetry
 import Tokenizer
 import ServiceLifecycle
 import Wire
+import Worker
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -126,13 +127,7 @@ struct ServeCommand: AsyncParsableCommand {
         scheduler.start()
         printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
         let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics, beforeScrape: {
-            guard let c = cache?.snapshot else { return }
-            metrics.mirror("conclave_offload_hits_total", [], total: Double(c.hits))
-            metrics.mirror("conclave_offload_misses_total", [], total: Double(c.misses))
-            metrics.mirror("conclave_offload_read_bytes_total", [], total: Double(c.bytesRead))
-            metrics.mirror("conclave_offload_prefetch_issued_total", [], total: Double(c.prefetchIssued))
-            metrics.mirror("conclave_offload_prefetch_used_total", [], total: Double(c.prefetchUsed))
-            metrics.mirror("conclave_offload_stall_seconds_total", [], total: c.stallSeconds)
+            if let cache { metrics.record(offload: cache) }
         })
         let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))

@@ -401,100 +401,50 @@ public nonisolated struct Conclave_V1_Ready: Sendable {
   public init() {}
 }
 
-/// What a worker's expert offload cache did since it loaded (all zero without one).
-public nonisolated struct Conclave_V1_OffloadCounters: Sendable {
+/// One figure of a worker's metrics registry, as it counts it: a name from the metric catalog
+/// (Sources/Telemetry/MetricCatalog.swift), its labels and its value (a counter's total since the worker started, or
+/// a gauge's current value). Heartbeats carry every figure the worker has; the coordinator keeps those whose name
+/// is in its catalog, after checking each field.
+public nonisolated struct Conclave_V1_MetricLabel: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var slots: UInt32 = 0
+  public var name: String = String()
 
-  public var pagedExperts: UInt32 = 0
-
-  public var hits: UInt64 = 0
-
-  public var misses: UInt64 = 0
-
-  public var bytesRead: UInt64 = 0
-
-  public var prefetchIssued: UInt64 = 0
-
-  public var prefetchUsed: UInt64 = 0
-
-  public var stallMs: Double = 0
-
-  public var readSeconds: Double = 0
+  public var value: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Conclave_V1_Heartbeat: @unchecked Sendable {
+public nonisolated struct Conclave_V1_MetricSample: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var rssBytes: UInt64 {
-    get {_storage._rssBytes}
-    set {_uniqueStorage()._rssBytes = newValue}
-  }
+  public var name: String = String()
 
-  public var residentBytes: UInt64 {
-    get {_storage._residentBytes}
-    set {_uniqueStorage()._residentBytes = newValue}
-  }
+  public var labels: [Conclave_V1_MetricLabel] = []
 
-  public var tokens: UInt64 {
-    get {_storage._tokens}
-    set {_uniqueStorage()._tokens = newValue}
-  }
-
-  public var expertCalls: UInt64 {
-    get {_storage._expertCalls}
-    set {_uniqueStorage()._expertCalls = newValue}
-  }
-
-  public var p50Ms: Double {
-    get {_storage._p50Ms}
-    set {_uniqueStorage()._p50Ms = newValue}
-  }
-
-  public var p99Ms: Double {
-    get {_storage._p99Ms}
-    set {_uniqueStorage()._p99Ms = newValue}
-  }
-
-  /// Bytes and rows this worker sent to the next stage (activations), and bytes of expert calls it sent.
-  public var forwardedBytes: UInt64 {
-    get {_storage._forwardedBytes}
-    set {_uniqueStorage()._forwardedBytes = newValue}
-  }
-
-  public var forwardedRows: UInt64 {
-    get {_storage._forwardedRows}
-    set {_uniqueStorage()._forwardedRows = newValue}
-  }
-
-  public var expertCallBytes: UInt64 {
-    get {_storage._expertCallBytes}
-    set {_uniqueStorage()._expertCallBytes = newValue}
-  }
-
-  public var offload: Conclave_V1_OffloadCounters {
-    get {_storage._offload ?? Conclave_V1_OffloadCounters()}
-    set {_uniqueStorage()._offload = newValue}
-  }
-  /// Returns true if `offload` has been explicitly set.
-  public var hasOffload: Bool {_storage._offload != nil}
-  /// Clears the value of `offload`. Subsequent reads from it will return its default value.
-  public mutating func clearOffload() {_uniqueStorage()._offload = nil}
+  public var value: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+public nonisolated struct Conclave_V1_Heartbeat: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var metrics: [Conclave_V1_MetricSample] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Conclave_V1_BatchRow: Sendable {
@@ -743,111 +693,35 @@ public nonisolated struct Conclave_V1_StatusQuery: Sendable {
   public init() {}
 }
 
-public nonisolated struct Conclave_V1_WorkerStatus: @unchecked Sendable {
+public nonisolated struct Conclave_V1_WorkerStatus: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String {
-    get {_storage._name}
-    set {_uniqueStorage()._name = newValue}
-  }
+  public var name: String = String()
 
-  public var endpoint: String {
-    get {_storage._endpoint}
-    set {_uniqueStorage()._endpoint = newValue}
-  }
+  public var endpoint: String = String()
 
   /// joining, loading, ready, suspect, down
-  public var state: String {
-    get {_storage._state}
-    set {_uniqueStorage()._state = newValue}
-  }
+  public var state: String = String()
 
-  public var firstLayer: UInt32 {
-    get {_storage._firstLayer}
-    set {_uniqueStorage()._firstLayer = newValue}
-  }
+  public var firstLayer: UInt32 = 0
 
-  public var endLayer: UInt32 {
-    get {_storage._endLayer}
-    set {_uniqueStorage()._endLayer = newValue}
-  }
+  public var endLayer: UInt32 = 0
 
-  public var experts: UInt32 {
-    get {_storage._experts}
-    set {_uniqueStorage()._experts = newValue}
-  }
+  public var experts: UInt32 = 0
 
-  public var memoryBudget: UInt64 {
-    get {_storage._memoryBudget}
-    set {_uniqueStorage()._memoryBudget = newValue}
-  }
+  public var memoryBudget: UInt64 = 0
 
-  public var residentBytes: UInt64 {
-    get {_storage._residentBytes}
-    set {_uniqueStorage()._residentBytes = newValue}
-  }
+  public var residentBytes: UInt64 = 0
 
-  public var rssBytes: UInt64 {
-    get {_storage._rssBytes}
-    set {_uniqueStorage()._rssBytes = newValue}
-  }
+  public var heartbeatAgeS: Double = 0
 
-  public var tokens: UInt64 {
-    get {_storage._tokens}
-    set {_uniqueStorage()._tokens = newValue}
-  }
-
-  public var expertCalls: UInt64 {
-    get {_storage._expertCalls}
-    set {_uniqueStorage()._expertCalls = newValue}
-  }
-
-  public var p50Ms: Double {
-    get {_storage._p50Ms}
-    set {_uniqueStorage()._p50Ms = newValue}
-  }
-
-  public var p99Ms: Double {
-    get {_storage._p99Ms}
-    set {_uniqueStorage()._p99Ms = newValue}
-  }
-
-  public var heartbeatAgeS: Double {
-    get {_storage._heartbeatAgeS}
-    set {_uniqueStorage()._heartbeatAgeS = newValue}
-  }
-
-  public var forwardedBytes: UInt64 {
-    get {_storage._forwardedBytes}
-    set {_uniqueStorage()._forwardedBytes = newValue}
-  }
-
-  public var forwardedRows: UInt64 {
-    get {_storage._forwardedRows}
-    set {_uniqueStorage()._forwardedRows = newValue}
-  }
-
-  public var expertCallBytes: UInt64 {
-    get {_storage._expertCallBytes}
-    set {_uniqueStorage()._expertCallBytes = newValue}
-  }
-
-  public var offload: Conclave_V1_OffloadCounters {
-    get {_storage._offload ?? Conclave_V1_OffloadCounters()}
-    set {_uniqueStorage()._offload = newValue}
-  }
-  /// Returns true if `offload` has been explicitly set.
-  public var hasOffload: Bool {_storage._offload != nil}
-  /// Clears the value of `offload`. Subsequent reads from it will return its default value.
-  public mutating func clearOffload() {_uniqueStorage()._offload = nil}
+  public var metrics: [Conclave_V1_MetricSample] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
-
-  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Conclave_V1_StatusReply: Sendable {
@@ -1585,9 +1459,9 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
   }
 }
 
-nonisolated extension Conclave_V1_OffloadCounters: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".OffloadCounters"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}slots\0\u{3}paged_experts\0\u{1}hits\0\u{1}misses\0\u{3}bytes_read\0\u{3}prefetch_issued\0\u{3}prefetch_used\0\u{3}stall_ms\0\u{3}read_seconds\0")
+nonisolated extension Conclave_V1_MetricLabel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MetricLabel"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}value\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1595,61 +1469,66 @@ nonisolated extension Conclave_V1_OffloadCounters: SwiftProtobuf.Message, SwiftP
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
-      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.pagedExperts) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.hits) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.misses) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytesRead) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.prefetchIssued) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.prefetchUsed) }()
-      case 8: try { try decoder.decodeSingularDoubleField(value: &self.stallMs) }()
-      case 9: try { try decoder.decodeSingularDoubleField(value: &self.readSeconds) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.slots != 0 {
-      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 1)
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
-    if self.pagedExperts != 0 {
-      try visitor.visitSingularUInt32Field(value: self.pagedExperts, fieldNumber: 2)
-    }
-    if self.hits != 0 {
-      try visitor.visitSingularUInt64Field(value: self.hits, fieldNumber: 3)
-    }
-    if self.misses != 0 {
-      try visitor.visitSingularUInt64Field(value: self.misses, fieldNumber: 4)
-    }
-    if self.bytesRead != 0 {
-      try visitor.visitSingularUInt64Field(value: self.bytesRead, fieldNumber: 5)
-    }
-    if self.prefetchIssued != 0 {
-      try visitor.visitSingularUInt64Field(value: self.prefetchIssued, fieldNumber: 6)
-    }
-    if self.prefetchUsed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.prefetchUsed, fieldNumber: 7)
-    }
-    if self.stallMs.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.stallMs, fieldNumber: 8)
-    }
-    if self.readSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.readSeconds, fieldNumber: 9)
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Conclave_V1_OffloadCounters, rhs: Conclave_V1_OffloadCounters) -> Bool {
-    if lhs.slots != rhs.slots {return false}
-    if lhs.pagedExperts != rhs.pagedExperts {return false}
-    if lhs.hits != rhs.hits {return false}
-    if lhs.misses != rhs.misses {return false}
-    if lhs.bytesRead != rhs.bytesRead {return false}
-    if lhs.prefetchIssued != rhs.prefetchIssued {return false}
-    if lhs.prefetchUsed != rhs.prefetchUsed {return false}
-    if lhs.stallMs != rhs.stallMs {return false}
-    if lhs.readSeconds != rhs.readSeconds {return false}
+  public static func ==(lhs: Conclave_V1_MetricLabel, rhs: Conclave_V1_MetricLabel) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_MetricSample: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MetricSample"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}labels\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.labels) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.labels.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.labels, fieldNumber: 2)
+    }
+    if self.value.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.value, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_MetricSample, rhs: Conclave_V1_MetricSample) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.labels != rhs.labels {return false}
+    if lhs.value != rhs.value {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1657,132 +1536,29 @@ nonisolated extension Conclave_V1_OffloadCounters: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}rss_bytes\0\u{3}resident_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0\u{1}offload\0")
-
-  fileprivate class _StorageClass {
-    var _rssBytes: UInt64 = 0
-    var _residentBytes: UInt64 = 0
-    var _tokens: UInt64 = 0
-    var _expertCalls: UInt64 = 0
-    var _p50Ms: Double = 0
-    var _p99Ms: Double = 0
-    var _forwardedBytes: UInt64 = 0
-    var _forwardedRows: UInt64 = 0
-    var _expertCallBytes: UInt64 = 0
-    var _offload: Conclave_V1_OffloadCounters? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _rssBytes = source._rssBytes
-      _residentBytes = source._residentBytes
-      _tokens = source._tokens
-      _expertCalls = source._expertCalls
-      _p50Ms = source._p50Ms
-      _p99Ms = source._p99Ms
-      _forwardedBytes = source._forwardedBytes
-      _forwardedRows = source._forwardedRows
-      _expertCallBytes = source._expertCallBytes
-      _offload = source._offload
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{b}metrics\0\u{c}\u{1}\u{a}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._rssBytes) }()
-        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._residentBytes) }()
-        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._tokens) }()
-        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCalls) }()
-        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._p50Ms) }()
-        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._p99Ms) }()
-        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedBytes) }()
-        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedRows) }()
-        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCallBytes) }()
-        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._offload) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if _storage._rssBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._rssBytes, fieldNumber: 1)
-      }
-      if _storage._residentBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._residentBytes, fieldNumber: 2)
-      }
-      if _storage._tokens != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._tokens, fieldNumber: 3)
-      }
-      if _storage._expertCalls != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._expertCalls, fieldNumber: 4)
-      }
-      if _storage._p50Ms.bitPattern != 0 {
-        try visitor.visitSingularDoubleField(value: _storage._p50Ms, fieldNumber: 5)
-      }
-      if _storage._p99Ms.bitPattern != 0 {
-        try visitor.visitSingularDoubleField(value: _storage._p99Ms, fieldNumber: 6)
-      }
-      if _storage._forwardedBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._forwardedBytes, fieldNumber: 7)
-      }
-      if _storage._forwardedRows != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._forwardedRows, fieldNumber: 8)
-      }
-      if _storage._expertCallBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._expertCallBytes, fieldNumber: 9)
-      }
-      try { if let v = _storage._offload {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-      } }()
+    if !self.metrics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 11)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Heartbeat, rhs: Conclave_V1_Heartbeat) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._rssBytes != rhs_storage._rssBytes {return false}
-        if _storage._residentBytes != rhs_storage._residentBytes {return false}
-        if _storage._tokens != rhs_storage._tokens {return false}
-        if _storage._expertCalls != rhs_storage._expertCalls {return false}
-        if _storage._p50Ms != rhs_storage._p50Ms {return false}
-        if _storage._p99Ms != rhs_storage._p99Ms {return false}
-        if _storage._forwardedBytes != rhs_storage._forwardedBytes {return false}
-        if _storage._forwardedRows != rhs_storage._forwardedRows {return false}
-        if _storage._expertCallBytes != rhs_storage._expertCallBytes {return false}
-        if _storage._offload != rhs_storage._offload {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.metrics != rhs.metrics {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2333,188 +2109,74 @@ nonisolated extension Conclave_V1_StatusQuery: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{3}rss_bytes\0\u{1}tokens\0\u{3}expert_calls\0\u{3}p50_ms\0\u{3}p99_ms\0\u{3}heartbeat_age_s\0\u{3}forwarded_bytes\0\u{3}forwarded_rows\0\u{3}expert_call_bytes\0\u{1}offload\0")
-
-  fileprivate class _StorageClass {
-    var _name: String = String()
-    var _endpoint: String = String()
-    var _state: String = String()
-    var _firstLayer: UInt32 = 0
-    var _endLayer: UInt32 = 0
-    var _experts: UInt32 = 0
-    var _memoryBudget: UInt64 = 0
-    var _residentBytes: UInt64 = 0
-    var _rssBytes: UInt64 = 0
-    var _tokens: UInt64 = 0
-    var _expertCalls: UInt64 = 0
-    var _p50Ms: Double = 0
-    var _p99Ms: Double = 0
-    var _heartbeatAgeS: Double = 0
-    var _forwardedBytes: UInt64 = 0
-    var _forwardedRows: UInt64 = 0
-    var _expertCallBytes: UInt64 = 0
-    var _offload: Conclave_V1_OffloadCounters? = nil
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _name = source._name
-      _endpoint = source._endpoint
-      _state = source._state
-      _firstLayer = source._firstLayer
-      _endLayer = source._endLayer
-      _experts = source._experts
-      _memoryBudget = source._memoryBudget
-      _residentBytes = source._residentBytes
-      _rssBytes = source._rssBytes
-      _tokens = source._tokens
-      _expertCalls = source._expertCalls
-      _p50Ms = source._p50Ms
-      _p99Ms = source._p99Ms
-      _heartbeatAgeS = source._heartbeatAgeS
-      _forwardedBytes = source._forwardedBytes
-      _forwardedRows = source._forwardedRows
-      _expertCallBytes = source._expertCallBytes
-      _offload = source._offload
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{4}\u{6}heartbeat_age_s\0\u{2}\u{5}metrics\0\u{c}\u{9}\u{5}\u{c}\u{f}\u{4}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._endpoint) }()
-        case 3: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
-        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._firstLayer) }()
-        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._endLayer) }()
-        case 6: try { try decoder.decodeSingularUInt32Field(value: &_storage._experts) }()
-        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBudget) }()
-        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._residentBytes) }()
-        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._rssBytes) }()
-        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._tokens) }()
-        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCalls) }()
-        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._p50Ms) }()
-        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._p99Ms) }()
-        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._heartbeatAgeS) }()
-        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedBytes) }()
-        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._forwardedRows) }()
-        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._expertCallBytes) }()
-        case 18: try { try decoder.decodeSingularMessageField(value: &_storage._offload) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.firstLayer) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.endLayer) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.experts) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBudget) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      case 14: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatAgeS) }()
+      case 19: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._name.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
-      }
-      if !_storage._endpoint.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._endpoint, fieldNumber: 2)
-      }
-      if !_storage._state.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 3)
-      }
-      if _storage._firstLayer != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._firstLayer, fieldNumber: 4)
-      }
-      if _storage._endLayer != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._endLayer, fieldNumber: 5)
-      }
-      if _storage._experts != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._experts, fieldNumber: 6)
-      }
-      if _storage._memoryBudget != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._memoryBudget, fieldNumber: 7)
-      }
-      if _storage._residentBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._residentBytes, fieldNumber: 8)
-      }
-      if _storage._rssBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._rssBytes, fieldNumber: 9)
-      }
-      if _storage._tokens != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._tokens, fieldNumber: 10)
-      }
-      if _storage._expertCalls != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._expertCalls, fieldNumber: 11)
-      }
-      if _storage._p50Ms.bitPattern != 0 {
-        try visitor.visitSingularDoubleField(value: _storage._p50Ms, fieldNumber: 12)
-      }
-      if _storage._p99Ms.bitPattern != 0 {
-        try visitor.visitSingularDoubleField(value: _storage._p99Ms, fieldNumber: 13)
-      }
-      if _storage._heartbeatAgeS.bitPattern != 0 {
-        try visitor.visitSingularDoubleField(value: _storage._heartbeatAgeS, fieldNumber: 14)
-      }
-      if _storage._forwardedBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._forwardedBytes, fieldNumber: 15)
-      }
-      if _storage._forwardedRows != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._forwardedRows, fieldNumber: 16)
-      }
-      if _storage._expertCallBytes != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._expertCallBytes, fieldNumber: 17)
-      }
-      try { if let v = _storage._offload {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
-      } }()
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 3)
+    }
+    if self.firstLayer != 0 {
+      try visitor.visitSingularUInt32Field(value: self.firstLayer, fieldNumber: 4)
+    }
+    if self.endLayer != 0 {
+      try visitor.visitSingularUInt32Field(value: self.endLayer, fieldNumber: 5)
+    }
+    if self.experts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.experts, fieldNumber: 6)
+    }
+    if self.memoryBudget != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBudget, fieldNumber: 7)
+    }
+    if self.residentBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 8)
+    }
+    if self.heartbeatAgeS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.heartbeatAgeS, fieldNumber: 14)
+    }
+    if !self.metrics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 19)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_WorkerStatus, rhs: Conclave_V1_WorkerStatus) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._name != rhs_storage._name {return false}
-        if _storage._endpoint != rhs_storage._endpoint {return false}
-        if _storage._state != rhs_storage._state {return false}
-        if _storage._firstLayer != rhs_storage._firstLayer {return false}
-        if _storage._endLayer != rhs_storage._endLayer {return false}
-        if _storage._experts != rhs_storage._experts {return false}
-        if _storage._memoryBudget != rhs_storage._memoryBudget {return false}
-        if _storage._residentBytes != rhs_storage._residentBytes {return false}
-        if _storage._rssBytes != rhs_storage._rssBytes {return false}
-        if _storage._tokens != rhs_storage._tokens {return false}
-        if _storage._expertCalls != rhs_storage._expertCalls {return false}
-        if _storage._p50Ms != rhs_storage._p50Ms {return false}
-        if _storage._p99Ms != rhs_storage._p99Ms {return false}
-        if _storage._heartbeatAgeS != rhs_storage._heartbeatAgeS {return false}
-        if _storage._forwardedBytes != rhs_storage._forwardedBytes {return false}
-        if _storage._forwardedRows != rhs_storage._forwardedRows {return false}
-        if _storage._expertCallBytes != rhs_storage._expertCallBytes {return false}
-        if _storage._offload != rhs_storage._offload {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.name != rhs.name {return false}
+    if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.firstLayer != rhs.firstLayer {return false}
+    if lhs.endLayer != rhs.endLayer {return false}
+    if lhs.experts != rhs.experts {return false}
+    if lhs.memoryBudget != rhs.memoryBudget {return false}
+    if lhs.residentBytes != rhs.residentBytes {return false}
+    if lhs.heartbeatAgeS != rhs.heartbeatAgeS {return false}
+    if lhs.metrics != rhs.metrics {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
