@@ -24,9 +24,11 @@ let package = Package(
         // Metrics: the swift-metrics API where things are counted, one Prometheus registry for /metrics.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        // SHA-256 at hardware speed for model identity and fetch (already in the graph through Hummingbird's).
+        .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
     ],
     targets: [
-        .target(name: "GGUF"),
+        .target(name: "GGUF", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Hot dot products in C, one function per format × ISA, chosen at run time (no -march flags needed).
         .target(name: "CKernels"),
         .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),

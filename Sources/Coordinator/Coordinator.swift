@@ -56,6 +56,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     let executor: ClusterExecutor
     /// Client requests whose events are still being answered.
     private let answering = Mutex(0)
+    /// Model chunks for fetching workers are hashed here, several at once, off the links' read loops.
+    private let chunkQueue = DispatchQueue(label: "conclave.coordinator.fetch", attributes: .concurrent)
     private var readers: [Task<Void, Never>] = []
 
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
@@ -382,21 +384,10 @@ public final class Coordinator: Service, @unchecked Sendable {
         }
     }
 
-    /// A chunk of our model file for a worker that has none, with its SHA-256.
+    /// A chunk of our model file for a worker that has none. Hashed off the link's read loop, so that the
+    /// worker's pipelined requests are served while the next one is read.
     private func serveChunk(_ f: Conclave_V1_FetchModel, id: UInt64, to link: WorkerLink) {
-        let offset = Int(f.offset), length = Int(f.length)
-        guard offset >= 0, length > 0, length <= 64 << 20, offset + length <= file.fileSize else {
-            link.send(WireMessage.errorReply(to: id, WireError(.malformed, "model fetch \(offset)+\(length) is outside the \(file.fileSize)-byte file")))
-            return
-        }
-        let bytes = UnsafeRawBufferPointer(start: file.mapping.base! + offset, count: length)
-        var c = Conclave_V1_ModelChunk()
-        c.offset = UInt64(offset)
-        c.total = UInt64(file.fileSize)
-        c.sha256 = Data(SHA256.hash(bytes))
-        var e = Envelope()
-        e.requestID = id
-        e.modelChunk = c
-        link.send(WireMessage.make(e, tensors: [(.u8, [length], Data(bytes))]))
+        let file = self.file
+        chunkQueue.async { link.send(ModelFetch.chunk(f, id: id, of: file)) }
     }
 }

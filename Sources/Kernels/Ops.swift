@@ -93,6 +93,10 @@ public enum Ops {
     /// Indices of the `k` largest values, largest first; ties go to the lower index (a stable order).
     public static func topK(_ x: UnsafePointer<Float>, count n: Int, k: Int) -> [Int] {
         precondition(k <= n, "top-\(k) of \(n) values")
+        // A large k (a sampler keeping every token) sorts instead: insertion would be O(n·k).
+        if k > 64 {
+            return Array((0..<n).sorted { x[$0] > x[$1] || (x[$0] == x[$1] && $0 < $1) }.prefix(k))
+        }
         var best: [Int] = []
         best.reserveCapacity(k + 1)
         for i in 0..<n {

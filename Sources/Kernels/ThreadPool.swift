@@ -25,8 +25,16 @@ public final class ThreadPool: @unchecked Sendable {
         return 200_000
     }()
 
+    /// Most threads a pool may have: a few per core (more only thrash, and each costs a stack).
+    public static var maxThreads: Int { 4 * max(1, availableCores) + 64 }
+
+    /// What is wrong with a thread count a user gave, or nil.
+    public static func problem(threads: Int) -> String? {
+        (1...maxThreads).contains(threads) ? nil : "--threads \(threads) is outside 1...\(maxThreads) (this machine has \(availableCores) cores)"
+    }
+
     public init(threads: Int) {
-        size = max(1, threads)
+        size = min(max(1, threads), Self.maxThreads)
         shared = Shared()
         for index in 1..<size {
             let box = Unmanaged.passRetained(WorkerStart(shared: shared, index: index))

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
 import Kernels
 
 /// Keys and values of one sequence for a range of layers, stored as f16 and preallocated for the whole context.
@@ -9,6 +13,31 @@ public final class KVCache: @unchecked Sendable {
     private let values: UnsafeMutablePointer<UInt16>
     /// Positions filled so far (the same for every layer once a batch has gone through them all).
     public internal(set) var length = 0
+
+    /// Bytes of one sequence's cache (keys and values, f16); Int.max when the product overflows (a file may
+    /// claim any context length).
+    public static func bytes(layers: Int, capacity: Int, kvDim: Int) -> Int {
+        var n = 4  // 2 bytes each for a key and a value element
+        for f in [layers, capacity, kvDim] {
+            let (m, overflow) = n.multipliedReportingOverflow(by: max(0, f))
+            if overflow { return .max }
+            n = m
+        }
+        return n
+    }
+
+    /// Refuses a context whose caches (`sequences` of them, every layer of `config`) cannot fit in this machine's
+    /// memory — before anything is allocated: a file may claim any context length.
+    public static func checkFits(config: ModelConfig, capacity: Int, sequences: Int = 1,
+                                 memory: Int = Int(clamping: UInt64(sysconf(Int32(_SC_PHYS_PAGES))) &* UInt64(sysconf(Int32(_SC_PAGESIZE))))) throws(ModelError) {
+        guard capacity >= 1 else { throw ModelError("a context of \(capacity) positions holds nothing; give --ctx 1 or more") }
+        let one = bytes(layers: config.layerCount, capacity: capacity, kvDim: config.kvDim)
+        let (all, overflow) = one.multipliedReportingOverflow(by: max(1, sequences))
+        guard !overflow, all <= memory else {
+            let need = one == .max || overflow ? "more than 2^63 bytes" : String(format: "%.1f GiB", Double(all) / 1_073_741_824)
+            throw ModelError("a KV cache for \(capacity) positions\(sequences > 1 ? " × \(sequences) sequences" : "") needs \(need) but this machine has \(memory / 1_048_576) MiB; give a smaller --ctx (the model's own is \(config.contextLength))")
+        }
+    }
 
     public init(layers: Range<Int>, capacity: Int, kvDim: Int) {
         self.layers = layers
@@ -29,8 +58,6 @@ public final class KVCache: @unchecked Sendable {
     /// Bytes held (what the memory budget counts).
     public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, kvDim: kvDim) }
 
-    /// Bytes of a cache of `capacity` positions over `layers` layers: K and V, f16.
-    public static func bytes(layers: Int, capacity: Int, kvDim: Int) -> Int { 2 * 2 * layers * capacity * kvDim }
 
     @inline(__always) func offset(_ layer: Int, _ pos: Int) -> Int {
         ((layer - layers.lowerBound) * capacity + pos) * kvDim

@@ -19,6 +19,20 @@ public struct SamplingParams: Sendable, Equatable {
 
     public init() {}
 
+    /// What is wrong with these settings, naming the setting and its allowed range, or nil when they are usable.
+    /// Every door checks with this one function: the CLI, the scheduler (HTTP and ZeroMQ clients), a worker's
+    /// StageInput. (The HTTP API checks OpenAI's narrower ranges first, naming the JSON field.)
+    public var problem: String? {
+        func bad(_ name: String, _ v: Float, _ range: ClosedRange<Float>) -> String? {
+            v.isFinite && range.contains(v) ? nil : "\(name) \(v) is outside \(range.lowerBound)...\(range.upperBound)"
+        }
+        if topK < 0 { return "top-k \(topK) is negative (0 keeps every token)" }
+        if repeatLastN < 0 || repeatLastN > 1 << 20 { return "repeat-last-n \(repeatLastN) is outside 0...\(1 << 20)" }
+        return bad("temperature", temperature, 0...100) ?? bad("top-p", topP, 0...1) ?? bad("min-p", minP, 0...1)
+            ?? bad("repeat penalty", repeatPenalty, 0.01...100) ?? bad("frequency penalty", frequencyPenalty, -2...2)
+            ?? bad("presence penalty", presencePenalty, -2...2)
+    }
+
     /// Always the most likely token.
     public static var greedy: SamplingParams {
         var p = SamplingParams()

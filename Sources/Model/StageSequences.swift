@@ -83,6 +83,10 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         for r in rows where r.position >= capacity {
             throw StepError(kind: .contextExceeded, description: "sequence \(r.sequence) position \(r.position) is past the context length \(capacity)")
         }
+        // Sequence ids name dictionary keys as Int: an id past Int.max is no sequence anyone opened.
+        if let r = rows.first(where: { $0.sequence > UInt64(Int.max) }) {
+            throw StepError(kind: .malformed, description: "sequence id \(r.sequence) is out of range (at most \(Int.max))")
+        }
         guard sampleRows.allSatisfy({ $0 >= 0 && $0 < n }) else { throw StepError(kind: .malformed, description: "a sample row is outside the \(n) rows") }
         guard sampling.isEmpty || sampling.count == sampleRows.count else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")

@@ -10,6 +10,9 @@ public protocol Transport: AnyObject, Sendable {
     var messages: AsyncStream<Frames> { get }
     /// Queues a message; on a router, `frames.peer` names the destination. Never blocks.
     func send(_ frames: Frames)
+    /// Sends and says whether the message left: false when a router's peer is gone (its process ended or it
+    /// disconnected) or the queue to it is full. Waits for the send to be tried.
+    func sendReporting(_ frames: Frames) -> Bool
     func close()
 }
 
@@ -66,26 +69,32 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
         (messages, continuation) = AsyncStream.makeStream(of: Frames.self, bufferingPolicy: .unbounded)
     }
 
-    public func send(_ frames: Frames) {
-        guard !closed.load(ordering: .acquiring) else { return }
+    public func send(_ frames: Frames) { _ = sendReporting(frames) }
+
+    public func sendReporting(_ frames: Frames) -> Bool {
+        guard !closed.load(ordering: .acquiring) else { return false }
         switch kind {
         case .dealer:
-            guard let router = peerRouter else { return }
-            router.deliver(Frames(peer: identity, parts: frames.parts))
+            guard let router = peerRouter else { return false }
+            return router.deliver(Frames(peer: identity, parts: frames.parts))
         case .router:
-            guard let peer = frames.peer, let dealer = dealers.withLock({ $0[peer] }) else { return }
-            dealer.deliver(Frames(parts: frames.parts))
+            guard let peer = frames.peer, let dealer = dealers.withLock({ $0[peer] }) else { return false }
+            return dealer.deliver(Frames(parts: frames.parts))
         }
     }
 
-    func deliver(_ f: Frames) {
-        guard !closed.load(ordering: .acquiring), f.parts.reduce(0, { $0 + $1.count }) <= maxMessageSize else { return }
+    @discardableResult
+    func deliver(_ f: Frames) -> Bool {
+        guard !closed.load(ordering: .acquiring), f.parts.reduce(0, { $0 + $1.count }) <= maxMessageSize else { return false }
         continuation.yield(f)
+        return true
     }
 
     public func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         continuation.finish()
         network?.unregister(self)
+        // A dealer that closes is gone from its router, as a ZeroMQ peer whose connection ended.
+        if kind == .dealer, let router = peerRouter { router.dealers.withLock { if $0[identity] === self { $0[identity] = nil } } }
     }
 }

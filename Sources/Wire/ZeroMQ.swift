@@ -46,7 +46,8 @@ public final class ZMQSocket: @unchecked Sendable {
     public let messages: AsyncStream<Frames>
 
     private let continuation: AsyncStream<Frames>.Continuation
-    private let queue = Mutex<[Frames]>([])
+    /// Messages to send, each with what to tell a caller waiting for the outcome.
+    private let queue = Mutex<[(Frames, (@Sendable (Bool) -> Void)?)]>([])
     private let closed = Atomic<Bool>(false)
     private let wake: Int32
     private var thread = pthread_t()
@@ -88,8 +89,29 @@ public final class ZMQSocket: @unchecked Sendable {
     }
 
     /// Queues a message; the socket thread sends it. On a ROUTER, `frames.peer` names the destination.
-    public func send(_ frames: Frames) {
-        queue.withLock { $0.append(frames) }
+    public func send(_ frames: Frames) { enqueue(frames, nil) }
+
+    /// Sends and says whether the message left: false when a ROUTER's peer is gone (ROUTER_MANDATORY reports
+    /// EHOSTUNREACH once its connection closed), the queue to it is full, or the socket is closed.
+    public func sendReporting(_ frames: Frames) -> Bool {
+        let done = DispatchSemaphore(value: 0)
+        let result = Atomic<Bool>(false)
+        enqueue(frames) { ok in
+            result.store(ok, ordering: .releasing)
+            done.signal()
+        }
+        done.wait()
+        return result.load(ordering: .acquiring)
+    }
+
+    private func enqueue(_ frames: Frames, _ outcome: (@Sendable (Bool) -> Void)?) {
+        let accepted = queue.withLock { q -> Bool in
+            // Checked under the lock the socket thread drains with, so a message is either sent or refused here.
+            guard !closed.load(ordering: .acquiring) else { return false }
+            q.append((frames, outcome))
+            return true
+        }
+        guard accepted else { outcome?(false); return }
         var one: UInt64 = 1
         _ = write(wake, &one, 8)
     }
@@ -115,9 +137,14 @@ public final class ZMQSocket: @unchecked Sendable {
                 var v: UInt64 = 0
                 _ = read(wake, &v, 8)
             }
-            for f in queue.withLock({ q -> [Frames] in defer { q.removeAll() }; return q }) { transmit(f) }
+            for (f, outcome) in queue.withLock({ q in defer { q.removeAll() }; return q }) {
+                let ok = transmit(f)
+                outcome?(ok)
+            }
             receiveAll()
         }
+        // Whoever still waits hears that nothing was sent.
+        for (_, outcome) in queue.withLock({ q in defer { q.removeAll() }; return q }) { outcome?(false) }
         var linger: Int32 = 500
         zmq_setsockopt(socket, ZMQ_LINGER, &linger, 4)
         zmq_close(socket)
@@ -125,14 +152,15 @@ public final class ZMQSocket: @unchecked Sendable {
         continuation.finish()
     }
 
-    private func transmit(_ f: Frames) {
+    private func transmit(_ f: Frames) -> Bool {
         var parts = f.parts
         if kind == .router, let peer = f.peer { parts.insert(peer, at: 0) }
         for (i, p) in parts.enumerated() {
             let flags = i < parts.count - 1 ? ZMQ_SNDMORE : 0
             let rc = p.withUnsafeBytes { zmq_send(socket, $0.baseAddress, $0.count, flags | ZMQ_DONTWAIT) }
-            if rc < 0 { return }  // unknown peer (ROUTER_MANDATORY) or full queue: the message is dropped
+            if rc < 0 { return false }  // unknown peer (ROUTER_MANDATORY) or full queue: the message is dropped
         }
+        return true
     }
 
     /// Drains every complete message waiting on the socket.

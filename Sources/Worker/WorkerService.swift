@@ -130,15 +130,21 @@ public final class WorkerService: Service, @unchecked Sendable {
         let id = msg.envelope.requestID, peer = frames.peer
         switch msg.envelope.kind {
         case .hello:
-            shared.withLock { $0.coordinator = peer }
+            // Anyone may ask who we are; only an Assign makes a peer our coordinator.
             var e = Envelope()
             e.requestID = id
             e.hello = hello()
             reply(peer, WireMessage.make(e))
         case .assign(let a):
-            shared.withLock { $0.coordinator = peer; $0.state = .loading }
+            if let refusal = adopt(coordinator: peer) { return replyError(peer, id: id, refusal) }
             controlQueue.async { self.load(a, id: id, peer: peer) }
         case .stageInput:
+            // The first stage's input comes from the coordinator alone (it opens every sequence); later stages'
+            // from the stage before, which only CurveZMQ can tell apart from anyone else.
+            let (first, coordinator) = shared.withLock { ($0.shard.map { !$0.layers.isEmpty && $0.layers.lowerBound == 0 } ?? false, $0.coordinator) }
+            if first, peer != coordinator {
+                return replyError(peer, id: id, WireError(.malformed, "a StageInput to the first stage comes from the coordinator only"))
+            }
             stageQueue.async { self.runStep(msg, peer: peer) }
         case .expertCall:
             expertQueue.async { self.runExpertCall(msg, peer: peer) }
@@ -162,15 +168,34 @@ public final class WorkerService: Service, @unchecked Sendable {
         return h
     }
 
+    /// Makes `peer` this worker's coordinator, unless another coordinator assigned it and is still connected:
+    /// a stray or hostile peer cannot take a working worker away from its cluster. A restarted coordinator
+    /// takes over as soon as the old one's connection has closed (ROUTER_MANDATORY then refuses the probe).
+    private func adopt(coordinator peer: Data?) -> WireError? {
+        let (current, shard) = shared.withLock { ($0.coordinator, $0.shard) }
+        if let current, current != peer {
+            if router.sendReporting(Frames(peer: current, parts: (try? heartbeat(shard).encode()) ?? [])) {
+                return WireError(.unavailable, "this worker (\(options.name)) is assigned by another coordinator, which is still connected; stop that coordinator first")
+            }
+            log("the coordinator that assigned this worker is gone; a new one takes over")
+        }
+        shared.withLock { $0.coordinator = peer; $0.state = .loading }
+        return nil
+    }
+
     private func sendHeartbeat() {
         let (peer, shard) = shared.withLock { ($0.coordinator, $0.shard) }
         guard let peer else { return }
+        reply(peer, heartbeat(shard))
+    }
+
+    private func heartbeat(_ shard: WorkerShard?) -> WireMessage {
         var hb = Conclave_V1_Heartbeat()
         hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
                                      offload: shard?.offload).map(Conclave_V1_MetricSample.init)
         var e = Envelope()
         e.heartbeat = hb
-        reply(peer, WireMessage.make(e))
+        return WireMessage.make(e)
     }
 
     // MARK: Work (on the queues)
@@ -251,19 +276,8 @@ public final class WorkerService: Service, @unchecked Sendable {
             }
             return m.file
         }
-        let cached = URL(fileURLWithPath: options.cacheDirectory).appendingPathComponent("\(hex(want)).gguf").path
-        if FileManager.default.fileExists(atPath: cached), let f = try? GGUFFile(path: cached), f.metadataSHA256 == want {
-            log("using the cached model \(cached)")
-            return f
-        }
-        try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
-            .fetch(total: Int(a.modelBytes), to: cached)
-        let f = try GGUFFile(path: cached)
-        guard f.metadataSHA256 == want else {
-            try? FileManager.default.removeItem(atPath: cached)
-            throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash it assigned")
-        }
-        return f
+        return try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
+            .fetch(sha: want, total: Int(a.modelBytes), into: options.cacheDirectory)
     }
 }
 

@@ -30,9 +30,10 @@ struct OffloadOptions: ParsableArguments {
     /// The same for `sequences` sequences generating at once, each with KV for `context` positions.
     func load(path: String, threads: Int, context: Int?, sequences: Int) throws -> (Engine, BudgetedExperts?) {
         do {
-            guard let budget else { return (try Engine(path: path, threads: threads), nil) }
             let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file)
+            try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences)
+            guard let budget else { return (try Engine(file: file, threads: threads), nil) }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
                                         sequences: sequences, budget: budget)
             if plan.allResident { return (try Engine(file: file, threads: threads), nil) }

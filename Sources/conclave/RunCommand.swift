@@ -12,6 +12,10 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Threads (default: every core).")
     var threads: Int = ThreadPool.availableCores
 
+    func validate() throws {
+        if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+    }
+
     func load(split: [Int] = []) throws -> Engine {
         do {
             return try Engine(path: model, threads: threads, split: split)
@@ -43,6 +47,10 @@ struct SamplingOptions: ParsableArguments {
     // repeating one token (greedy `run` printed only newlines).
     @Option(name: .customLong("repeat-penalty"), help: "Penalty for tokens among the last 64 (1: none).") var repeatPenalty: Float = 1.1
     @Option(help: "Random seed; the same seed gives the same text.") var seed: UInt64 = 0
+
+    func validate() throws {
+        if let problem = params.problem { throw ValidationError(problem) }
+    }
 
     var params: SamplingParams {
         var p = SamplingParams()

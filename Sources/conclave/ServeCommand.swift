@@ -60,6 +60,7 @@ struct ServeCommand: AsyncParsableCommand {
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
         if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
+        if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
         if offload.memory != nil, cluster != nil || local != nil {
             throw ValidationError("--memory bounds a model served in this process; give each worker its budget with `conclave worker --memory` (or memory: in the cluster file)")
         }
@@ -164,6 +165,8 @@ struct ServeCommand: AsyncParsableCommand {
             }
         } catch let e as ValidationError {
             throw e
+        } catch let e as ExitCode {
+            throw e  // already said why
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

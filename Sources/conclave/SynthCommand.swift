@@ -33,6 +33,17 @@ struct SynthCommand: ParsableCommand {
     @Option(name: .short, help: "Output .gguf file.") var output: String
     @Option(help: "Threads (default: every core).") var threads: Int = ThreadPool.availableCores
 
+    func validate() throws {
+        if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+        // GGUF stores each as uint32.
+        for (name, v) in [("--layers", layers), ("--embd", embd), ("--heads", heads), ("--kv-heads", kvHeads), ("--head-dim", headDim),
+                          ("--experts", experts), ("--used", used), ("--expert-ff", expertFF), ("--shared-ff", sharedFF), ("--ctx", ctx)]
+        where v < 1 || v > Int(UInt32.max) {
+            throw ValidationError("\(name) \(v) is outside 1...\(UInt32.max)")
+        }
+        if used > experts { throw ValidationError("--used \(used) is more than --experts \(experts)") }
+    }
+
     func run() throws {
         guard let ft = FileType(name: type) else {
             throw ValidationError("unknown type '\(type)'; one of \(FileType.allCases.map(\.name).joined(separator: ", "))")

@@ -31,6 +31,10 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Where a fetched model is cached.") var cacheDir: String = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/conclave").path
     @Flag(help: .hidden) var exitWithParent = false
 
+    func validate() throws {
+        if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+    }
+
     func run() async throws {
         if exitWithParent { ck_exit_with_parent() }
         let budget: Int

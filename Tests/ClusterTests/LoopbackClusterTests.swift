@@ -14,14 +14,15 @@ import Worker
     static let model = Fixtures.shippedModel
 
     /// Starts the cluster; returns it with the coordinator endpoint.
-    /// With `fetch`, the experts worker has no model file and fetches it from the coordinator into a cache.
+    /// With `fetch`, the experts worker and the second stage have no model file and fetch it from the coordinator
+    /// into one cache at once, as two workers on one host do.
     static func startCluster(fetch: Bool = false, serve extra: [String] = []) throws -> (ProcessCluster, String) {
         let c = try ProcessCluster()
         let base = ProcessCluster.freePorts(4)
         let file = try c.writeClusterFile(base: base)
         let names = ["stage-a", "stage-b", "experts-1"]
         for (i, n) in names.enumerated() {
-            let source = fetch && n == "experts-1" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
+            let source = fetch && n != "stage-a" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
             try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
         }
         try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"] + extra)
@@ -37,10 +38,13 @@ import Worker
     @Test func distributedGenerationMatchesOneProcess() throws {
         let (c, endpoint) = try Self.startCluster(fetch: true)
         defer { c.stop() }
-        // The experts worker had no model: it fetched it in checksummed chunks and cached it under its hash.
-        try c.waitFor("experts-1", "fetching the model: 100%")
-        let cached = try FileManager.default.contentsOfDirectory(atPath: c.dir.appendingPathComponent("cache").path)
-        #expect(cached.count == 1 && cached[0].hasSuffix(".gguf"), "\(cached)")
+        // Two workers had no model: one fetched it in checksummed chunks into the shared cache, under its hash, while
+        // the other waited for that fetch and used its result.
+        let logs = try ["experts-1", "stage-b"].map { try String(contentsOf: c.log($0), encoding: .utf8) }
+        #expect(logs.filter { $0.contains("fetching the model: 100%") }.count == 1, "\(logs)")
+        #expect(logs.filter { $0.contains("using the model another worker fetched") || $0.contains("using the cached model") }.count == 1, "\(logs)")
+        let cached = try FileManager.default.contentsOfDirectory(atPath: c.dir.appendingPathComponent("cache").path).filter { $0.hasSuffix(".gguf") }
+        #expect(cached.count == 1, "\(cached)")
         #expect(FileManager.default.contents(atPath: c.dir.appendingPathComponent("cache/\(cached[0])").path) == FileManager.default.contents(atPath: Self.model))
         // Greedy with a repetition penalty (plain greedy emits only newlines on this model), then sampled.
         for options in [["--temp", "0", "--repeat-penalty", "1.3"], ["--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]] {
