@@ -138,6 +138,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             return GenerationError(.invalidRequest, "token id \(bad) is outside the vocabulary of \(tokenizer.vocab.count)")
         }
         if r.maxTokens < 0 { return GenerationError(.invalidRequest, "max tokens must not be negative") }
+        if let problem = r.sampling.problem { return GenerationError(.invalidRequest, problem) }
         if let n = r.logprobs, n < 0 || n > SampledToken.maxTop {
             return GenerationError(.invalidRequest, "top logprobs must be between 0 and \(SampledToken.maxTop), not \(n)")
         }

@@ -91,6 +91,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         guard sampling.isEmpty || sampling.count == sampleRows.count else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")
         }
+        if let problem = sampling.lazy.compactMap(\.problem).first { throw StepError(kind: .malformed, description: problem) }
         guard logprobs.isEmpty || logprobs.count == sampleRows.count, logprobs.allSatisfy({ $0 <= SampledToken.maxTop }) else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(logprobs.count) logprobs entries (each at most \(SampledToken.maxTop))")
         }

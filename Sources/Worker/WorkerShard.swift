@@ -223,7 +223,7 @@ extension SamplingParams {
     public var wire: Conclave_V1_Sampling {
         var s = Conclave_V1_Sampling()
         s.temperature = temperature
-        s.topK = UInt32(max(0, topK))
+        s.topK = UInt32(clamping: topK)  // beyond the vocabulary is every token
         s.topP = topP
         s.minP = minP
         s.repeatPenalty = repeatPenalty

@@ -98,11 +98,17 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Seconds to wait for each token before giving up.") var timeout: Double = 60
     @Option(help: "Stop before this text (repeat for several).") var stop: [String] = []
 
+    func validate() throws {
+        guard (0...Int(UInt32.max)).contains(n) else { throw ValidationError("-n \(n) is outside 0...\(UInt32.max) (the context ends generation anyway)") }
+        if let ctx, !(1...Int(UInt32.max)).contains(ctx) { throw ValidationError("--ctx \(ctx) is outside 1...\(UInt32.max)") }
+        guard timeout > 0, timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds") }
+    }
+
     func run() throws {
         let client = try CoordinatorClient(endpoint: coordinator)
         var g = Conclave_V1_Generate()
         g.prompt = prompt
-        g.maxTokens = UInt32(max(0, n))
+        g.maxTokens = UInt32(n)
         g.sampling = sampling.params.wire
         g.contextLength = UInt32(ctx ?? 0)
         g.stop = stop

@@ -130,6 +130,18 @@ enum GGUFFileOpener {
         await #expect(throws: GenerationError(.invalidRequest, "the prompt is empty")) {
             _ = try await collect(s.submit(GenerationRequest(prompt: [], maxTokens: 4)).events)
         }
+        // Sampling settings out of range (from any client) are refused, naming the setting.
+        for (edit, name) in [({ (p: inout SamplingParams) in p.topP = 2 }, "top-p"), ({ $0.temperature = .nan }, "temperature"),
+                             ({ $0.topK = -1 }, "top-k"), ({ $0.repeatPenalty = 0 }, "repeat penalty")] {
+            var p = SamplingParams()
+            edit(&p)
+            do {
+                _ = try await collect(s.submit(GenerationRequest(prompt: tk.encode("Hi"), maxTokens: 3, sampling: p)).events)
+                Issue.record("accepted a bad \(name)")
+            } catch let e as GenerationError {
+                #expect(e.code == .invalidRequest && e.message.hasPrefix(name), "\(e)")
+            }
+        }
         let ok = try await collect(s.submit(GenerationRequest(prompt: tk.encode("Hi"), maxTokens: 3, sampling: .greedy)).events)
         #expect(ok.finish == .length && ok.tokens.count == 3)
         // The context runs out before max tokens: finish reason length, at the context's end.
