@@ -12,8 +12,13 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
     let replies: PendingReplies
     let pipelineDepth: Int
     let stepTimeout: Double? = 120
-    /// The first stage's worker, known once the plan is final (at start).
+    /// The first stage's worker and the workers of the plan in force, set at each (re-)assignment.
     private let first = Mutex<WorkerLink?>(nil)
+    private let planned = Mutex<Set<String>>([])
+    /// The plan in force: every StageInput names it, and workers refuse input of another.
+    private let epochValue = Mutex<UInt64>(0)
+    /// Re-plans the cluster after a failure (the coordinator's); nil: failures stand.
+    var onRecover: (@Sendable (GenerationError, Int) -> GenerationError?)?
     /// Step id → the request id its StageInput carries.
     private let requests = Mutex<[UInt64: UInt64]>([:])
 
@@ -23,7 +28,15 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         self.pipelineDepth = max(1, pipelineDepth)
     }
 
-    func setFirstStage(_ link: WorkerLink?) { first.withLock { $0 = link } }
+    var epoch: UInt64 { epochValue.withLock { $0 } }
+
+    /// A new plan's number, for its Assigns.
+    func nextEpoch() -> UInt64 { epochValue.withLock { $0 += 1; return $0 } }
+
+    func setPlan(first link: WorkerLink?, workers: Set<String>) {
+        first.withLock { $0 = link }
+        planned.withLock { $0 = workers }
+    }
 
     func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void) {
         var input = Conclave_V1_StageInput()
@@ -67,6 +80,7 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         }
         var e = Envelope()
         e.requestID = requestID
+        e.epoch = epoch
         e.stageInput = input
         link.send(WireMessage.make(e))
     }
@@ -81,16 +95,23 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         var input = Conclave_V1_StageInput()
         input.release = sequences
         var e = Envelope()
+        e.epoch = epoch
         e.stageInput = input
         link.send(WireMessage.make(e))
     }
 
-    /// While a worker of the cluster is down, nothing can be generated.
+    /// While a worker of the plan is down, nothing can be generated (until a re-plan leaves it out).
     func unavailable() -> GenerationError? {
-        guard let down = links.first(where: { $0.state == .down }) else { return nil }
+        let names = planned.withLock { $0 }
+        guard let down = links.first(where: { names.contains($0.worker.name) && $0.state == .down }) else { return nil }
         down.info.withLock { $0.state = .down }
         let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
-        return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the cluster cannot generate until it is back (restart the worker and the coordinator)")
+        return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago)")
+    }
+
+    func recover(after cause: GenerationError, sequences: Int) -> GenerationError? {
+        guard let onRecover else { return cause }
+        return onRecover(cause, sequences)
     }
 }
 

@@ -58,6 +58,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     private let answering = Mutex(0)
     /// Model chunks for fetching workers are hashed here, several at once, off the links' read loops.
     private let chunkQueue = DispatchQueue(label: "conclave.coordinator.fetch", attributes: .concurrent)
+    /// Every re-plan after a failure, for status.
+    private let recoveries = Mutex<[Conclave_V1_Recovery]>([])
     private var readers: [Task<Void, Never>] = []
 
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
@@ -117,8 +119,9 @@ public final class Coordinator: Service, @unchecked Sendable {
                 if h.workerName != link.worker.name {
                     log("note: the worker at \(link.worker.endpoint) calls itself '\(h.workerName)'; the cluster file calls it '\(link.worker.name)'")
                 }
-                link.info.withLock { $0.hello = h; $0.state = .loading }
-                log("worker '\(link.worker.name)' joined: \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
+                let spare = link.worker.role == .spare
+                link.info.withLock { $0.hello = h; $0.state = spare ? .spare : .loading }
+                log("worker '\(link.worker.name)' joined\(spare ? " as a spare" : ""): \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
             } catch let e as CoordinatorError {
                 throw e
             } catch {
@@ -130,30 +133,11 @@ public final class Coordinator: Service, @unchecked Sendable {
         }
         try replanWithReportedBudgets()
 
-        var assigns: [(WorkerLink, UInt64)] = []
-        for (i, link) in links.enumerated() {
-            let a = assignment(for: i)
-            link.info.withLock { $0.layers = Int(a.firstLayer)..<Int(a.endLayer); $0.experts = (a.experts + a.paged).reduce(0) { $0 + $1.experts.count } }
-            let id = replies.register()
-            var e = Envelope()
-            e.requestID = id
-            e.assign = a
-            link.send(WireMessage.make(e))
-            assigns.append((link, id))
+        try assignPlan(timeout: options.loadTimeout)
+        executor.onRecover = { [weak self] cause, sequences in
+            guard let self else { return cause }
+            return self.recover(after: cause, sequences: sequences)
         }
-        for (link, id) in assigns {
-            let reply: WireMessage
-            do {
-                reply = try replies.wait(id, timeout: options.loadTimeout, from: link.worker.endpoint)
-            } catch {
-                throw CoordinatorError("worker '\(link.worker.name)' failed to load its shard: \(error)")
-            }
-            guard case .ready(let r) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
-            link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
-            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
-            if r.maxSequences > 0 { scheduler.maxSequences = min(scheduler.maxSequences, Int(r.maxSequences)) }
-        }
-        executor.setFirstStage(plan.stages.first.flatMap { s in links.first { $0.worker.name == s.worker } })
         scheduler.start()
         log("serving \(modelName) on \(clients.endpoint)")
     }
@@ -237,6 +221,113 @@ public final class Coordinator: Service, @unchecked Sendable {
             let paged = plan.experts(of: i, paged: true).count
             return "\(w.name): \(layers), \(plan.experts(of: i).count) experts" + (paged > 0 ? " (\(paged) paged through \(plan.slots[i]) slots)" : "")
         }.joined(separator: "; ")
+    }
+
+    /// Sends every worker of the plan its Assign under a new epoch and waits for each Ready; the first stage and
+    /// the sequences every stage has room for then come from this plan. A worker that goes down meanwhile, or
+    /// does not load within `timeout` seconds, fails it.
+    func assignPlan(timeout: Double) throws {
+        let epoch = executor.nextEpoch()
+        var assigns: [(WorkerLink, PendingReplies.Waiter)] = []
+        for (i, w) in plan.workers.enumerated() {
+            guard let link = links.first(where: { $0.worker.name == w.name }) else { continue }
+            let a = assignment(for: i)
+            link.info.withLock {
+                $0.layers = Int(a.firstLayer)..<Int(a.endLayer)
+                $0.experts = (a.experts + a.paged).reduce(0) { $0 + $1.experts.count }
+                $0.state = .loading
+            }
+            let waiter = replies.waiter()
+            var e = Envelope()
+            e.requestID = waiter.id
+            e.epoch = epoch
+            e.assign = a
+            link.send(WireMessage.make(e))
+            assigns.append((link, waiter))
+        }
+        // Workers the plan leaves out hold nothing of it.
+        for link in links where !plan.workers.contains(where: { $0.name == link.worker.name }) {
+            link.info.withLock { $0.layers = 0..<0; $0.experts = 0 }
+        }
+        var maxSequences = Int.max
+        for (link, waiter) in assigns {
+            let deadline = KernelBench.now() + timeout
+            var reply: WireMessage?
+            do {
+                while reply == nil {
+                    reply = try waiter.poll(timeout: 0.5)
+                    if reply == nil, link.state == .down || KernelBench.now() > deadline {
+                        throw CoordinatorError(link.state == .down ? "it stopped answering while loading" : "no Ready within \(Int(timeout)) s")
+                    }
+                }
+            } catch {
+                for (_, other) in assigns { replies.cancel(other.id) }
+                throw CoordinatorError("worker '\(link.worker.name)' failed to load its shard: \(error)")
+            }
+            guard case .ready(let r) = reply!.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
+            link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
+            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
+            if r.maxSequences > 0 { maxSequences = min(maxSequences, Int(r.maxSequences)) }
+        }
+        scheduler.maxSequences = maxSequences
+        executor.setPlan(first: plan.stages.first.flatMap { s in links.first { $0.worker.name == s.worker } },
+                         workers: Set(plan.workers.map(\.name)))
+    }
+
+    /// After a failure (a worker of the plan down, a step lost): plans again onto the workers that answer — those
+    /// still ready, the spares, and any down one that was restarted (it answers a Hello again) — and assigns
+    /// the new plan. Runs on the scheduler's thread, which replays every sequence after it. Returns why the
+    /// cluster cannot go on, or nil.
+    func recover(after cause: GenerationError, sequences: Int) -> GenerationError? {
+        let t0 = KernelBench.now()
+        var record = Conclave_V1_Recovery()
+        record.cause = cause.message
+        record.sequencesReplayed = UInt32(sequences)
+        defer {
+            record.seconds = KernelBench.now() - t0
+            record.epoch = executor.epoch
+            record.plan = planSummary()
+            recoveries.withLock { $0.append(record) }
+        }
+        log("re-planning: \(cause.message)")
+        // Ask everyone not known to be well who they are; a restarted worker answers.
+        let asked = links.filter { $0.state != .ready }.map { link -> (WorkerLink, UInt64) in
+            let id = replies.register()
+            var e = Envelope()
+            e.requestID = id
+            e.hello = Conclave_V1_Hello()
+            link.send(WireMessage.make(e))
+            return (link, id)
+        }
+        // A live worker answers within milliseconds; a second is plenty on a LAN.
+        let deadline = KernelBench.now() + 1
+        var answered: Set<String> = []
+        for (link, id) in asked {
+            guard let reply = try? replies.wait(id, timeout: max(0.05, deadline - KernelBench.now()), from: link.worker.endpoint),
+                  case .hello(let h) = reply.envelope.kind, !h.hasModel_p || [UInt8](h.modelMetadataSha256) == sha else { continue }
+            link.info.withLock { $0.hello = h; if $0.state == .down { $0.state = .joining } }
+            link.heard()
+            answered.insert(link.worker.name)
+        }
+        let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
+        let left = usable.map { link -> ClusterFile.Worker in
+            let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
+            let w = link.worker.role == .spare ? link.worker.with(role: .any) : link.worker
+            return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role) : w
+        }
+        let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
+        do {
+            plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left))
+            log("new plan without \(gone.joined(separator: ", ")): " + planSummary())
+            try assignPlan(timeout: options.loadTimeout)
+        } catch {
+            let e = GenerationError(.unavailable, "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)")
+            log(e.message)
+            return e
+        }
+        record.recovered = true
+        log("recovered in \(String(format: "%.2f", KernelBench.now() - t0)) s (plan \(executor.epoch)); replaying \(sequences) sequence\(sequences == 1 ? "" : "s")")
+        return nil
     }
 
     // MARK: Serving
@@ -334,7 +425,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     /// Why the cluster cannot serve now (for GET /health), or nil when every worker is ready.
     public func healthProblem() -> String? {
         guard scheduler.isRunning else { return "the cluster is starting: workers are joining or loading their shards" }
-        if let bad = links.first(where: { $0.state != .ready }) {
+        let planned = Set(plan.workers.map(\.name))
+        if let bad = links.first(where: { planned.contains($0.worker.name) && $0.state != .ready }) {
             return "worker '\(bad.worker.name)' at \(bad.worker.endpoint) is \(bad.state.rawValue)"
         }
         return nil
@@ -351,6 +443,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.microBatches = UInt32(executor.pipelineDepth)
         s.peakInFlight = UInt32(stats.peakInFlight)
         s.plan = planSummary()
+        s.epoch = executor.epoch
+        s.recoveries = recoveries.withLock { $0 }
         return s
     }
 

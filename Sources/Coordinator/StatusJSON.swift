@@ -14,6 +14,11 @@ public extension Conclave_V1_StatusReply {
             ("requests_failed", .int(Int(s.requestsFailed))),
             ("micro_batches", .int(Int(s.microBatches))), ("peak_in_flight", .int(Int(s.peakInFlight))),
             ("plan", .string(s.plan)),
+            ("epoch", .uint(s.epoch)),
+            ("recoveries", .array(s.recoveries.map { r in
+                .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
+                         ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan))])
+            })),
         ])
     }
 }

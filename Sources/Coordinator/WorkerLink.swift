@@ -12,7 +12,8 @@ public final class WorkerLink: @unchecked Sendable {
     public let worker: ClusterFile.Worker
     let transport: Transport
 
-    public enum State: String, Sendable { case joining, loading, ready, suspect, down }
+    /// `spare`: answered Hello and holds nothing until a re-plan needs it.
+    public enum State: String, Sendable { case joining, loading, ready, suspect, down, spare }
 
     struct Info {
         var state: State = .joining

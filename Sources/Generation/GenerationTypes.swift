@@ -95,4 +95,14 @@ public protocol StepExecutor: AnyObject, Sendable {
     func release(_ sequences: [UInt64])
     /// Why nothing can be computed now (a worker is down); nil when steps can run.
     func unavailable() -> GenerationError?
+    /// After `cause` (a worker down, a step lost), makes the executor able to run steps again — a cluster
+    /// re-plans onto the workers it has left and re-assigns them; every sequence's caches are gone after it, and
+    /// the scheduler replays the `sequences` it has. Blocks until done. Returns nil when steps can run again, or
+    /// why they cannot (the cluster can no longer hold the model).
+    func recover(after cause: GenerationError, sequences: Int) -> GenerationError?
+}
+
+public extension StepExecutor {
+    /// Without a way to recover, the cause stands.
+    func recover(after cause: GenerationError, sequences: Int) -> GenerationError? { cause }
 }

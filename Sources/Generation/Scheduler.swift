@@ -26,8 +26,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let logprobs: Int
         var progress: GenerationProgress
         let continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation
+        /// The prompt and every token sampled since that is still to be fed or was fed: what a replay rebuilds
+        /// the caches from.
+        var tokens: [Int32]
         var fed = 0  // tokens sent through the pipeline (the sequence's length)
-        var next: Int32?  // the sampled token to feed next
         var samplerSent = false
         /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
         var awaiting = false
@@ -44,6 +46,16 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             self.sampling = sampling
             self.progress = progress
             self.continuation = continuation
+            tokens = prompt
+        }
+
+        /// Its caches are gone (the cluster was re-planned): everything known is fed again from position 0, and
+        /// the step holding the last of it samples the next token — the same one, as sampling depends only on
+        /// the seed, the position and the history.
+        func rewind() {
+            fed = 0
+            awaiting = false
+            samplerSent = false
         }
     }
 
@@ -52,6 +64,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         public var tokens: UInt64 = 0
         public var failed = 0, cancelled = 0, completed = 0
         public var peakInFlight = 0
+        /// Times the executor recovered from a failure, and the sequences replayed after them.
+        public var recoveries = 0, replayed = 0
     }
 
     struct Shared {
@@ -67,6 +81,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     private let stopped = DispatchSemaphore(value: 0)
     private var thread: Thread?
     private var nextStep: UInt64 = 0  // the loop thread's
+    /// Recoveries since a step last produced a token (the loop thread's): a failure that recovery does not
+    /// cure ends the requests instead of looping.
+    private var fruitless = 0
+    static let maxFruitlessRecoveries = 3
 
     /// Sequences generating at once (the KV room every stage has); the rest wait in order. Set before `start`.
     public var maxSequences = Int.max
@@ -187,23 +205,42 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     if !r.awaiting { finished.append(r.id) }
                 }
             }
+            // A step the executor could not run (a worker restarted, or of a plan now gone: code unavailable), a
+            // step lost, or a part of the executor down calls for a recovery; other failures are their requests'.
+            var lost: GenerationError?
             for (handle, result) in completions {
                 guard let i = inFlight.firstIndex(where: { $0.handle == handle }) else { continue }
+                if case .failure(let e) = result, e.code == .unavailable {
+                    lost = lost ?? e
+                    continue
+                }
                 finished += complete(inFlight.remove(at: i), result)
             }
             if let timeout = executor.stepTimeout {
                 let now = KernelBench.now()
-                for f in inFlight where now - f.sent > timeout {
-                    executor.cancel(f.handle)
-                    inFlight.removeAll { $0.handle == f.handle }
-                    finished += complete(f, .failure(GenerationError(.unavailable, "a generation step got no answer within \(Int(timeout)) s")))
+                if inFlight.contains(where: { now - $0.sent > timeout }) {
+                    lost = lost ?? GenerationError(.unavailable, "a generation step got no answer within \(Int(timeout)) s")
                 }
             }
-            if let e = executor.unavailable(), !inFlight.isEmpty || !active.isEmpty {
-                // Nothing in the pipeline can finish: fail every step in flight and every running request.
+            if let e = lost ?? executor.unavailable(), !inFlight.isEmpty || active.contains(where: { !$0.done }) {
+                // Nothing in the pipeline can finish. The executor recovers if it can (re-plan, re-assign); every
+                // running sequence is then replayed and goes on, else each fails with the reason.
                 for f in inFlight { executor.cancel(f.handle) }
                 inFlight.removeAll()
-                for r in active where !r.done { fail(r, e); finished.append(r.id) }
+                let live = active.filter { !$0.done }
+                log("generation stopped: \(e.message); recovering \(live.count) sequence\(live.count == 1 ? "" : "s")")
+                fruitless += 1
+                if fruitless > Self.maxFruitlessRecoveries {
+                    let failure = GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)")
+                    for r in live { fail(r, failure); finished.append(r.id) }
+                } else if let failure = executor.recover(after: e, sequences: live.count) {
+                    for r in live { fail(r, failure); finished.append(r.id) }
+                } else {
+                    for r in live { r.rewind() }
+                    shared.withLock { $0.stats.recoveries += 1; $0.stats.replayed += live.count }
+                }
+                // Cancelled sequences that were waiting for a lost step have no caches left to free.
+                for r in active where r.done { r.awaiting = false }
             }
             active.removeAll { $0.done && !$0.awaiting }
             if !finished.isEmpty { executor.release(finished) }
@@ -247,20 +284,21 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var decodeSlots = max(1, (decoding + depth - 1) / depth)
         var anyNewSampler = false
         for r in active where budget > 0 && !r.done && !r.awaiting {
-            var tokens: [Int32]
-            if r.fed < r.prompt.count {
-                tokens = Array(r.prompt[r.fed..<min(r.prompt.count, r.fed + budget)])
-            } else if let t = r.next, decodeSlots > 0 {
-                tokens = [t]
-                r.next = nil
+            let pending = r.tokens.count - r.fed
+            guard pending > 0 else { continue }
+            let tokens: [Int32]
+            if r.fed >= r.prompt.count && pending == 1 {
+                guard decodeSlots > 0 else { continue }
+                tokens = [r.tokens[r.fed]]
                 decodeSlots -= 1
             } else {
-                continue
+                // A prompt, or a sequence replayed after a recovery, goes in chunks.
+                tokens = Array(r.tokens[r.fed..<min(r.tokens.count, r.fed + budget)])
             }
             for (i, t) in tokens.enumerated() { step.rows.append(StepRow(sequence: r.id, position: r.fed + i, token: t)) }
             var sampleRow: Int?
-            if r.fed + tokens.count == r.prompt.count || r.fed >= r.prompt.count {
-                // The prompt's last chunk or a decode row: the sequence waits for this step's token.
+            if r.fed + tokens.count == r.tokens.count {
+                // The last chunk of what is known, or a decode row: the sequence waits for this step's token.
                 sampleRow = step.rows.count - 1
                 step.sampleRows.append(sampleRow!)
                 r.awaiting = true
@@ -299,6 +337,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 finished.append(r.id)
             }
         case .success(let tokens):
+            if !tokens.isEmpty { fruitless = 0 }
             for (r, sampleRow) in f.entries where sampleRow != nil {
                 r.awaiting = false
                 if r.done { finished.append(r.id); continue }  // cancelled while the step was out
@@ -347,7 +386,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             r.continuation.finish()
             return false
         }
-        r.next = token
+        r.tokens.append(token)
         return true
     }
 

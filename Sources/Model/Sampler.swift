@@ -43,18 +43,20 @@ public struct SamplingParams: Sendable, Equatable {
 
 /// Turns logits into a token: repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw —
 /// the order of llama.cpp's default chain. Temperature ≤ 0 is greedy. Same seed, same logits → same tokens.
+///
+/// The draw is a function of (seed, position) alone, the position being the history's length: no state carries
+/// from one token to the next, so a sequence replayed onto new workers after a failure (or sampled by another
+/// process) draws exactly what the first run drew.
 public struct Sampler: Sendable {
     public let params: SamplingParams
-    private var state: UInt64
 
     public init(_ params: SamplingParams) {
         self.params = params
-        state = params.seed &+ 0x9E37_79B9_7F4A_7C15
     }
 
-    mutating func nextUniform() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
+    /// Element `position` of the seed's SplitMix64 stream.
+    func uniform(position: Int) -> Double {
+        var z = params.seed &+ 0x9E37_79B9_7F4A_7C15 &* UInt64(position + 2)
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         z ^= z >> 31
@@ -97,7 +99,7 @@ public struct Sampler: Sendable {
         }
         var final = cand.map { l[$0] / params.temperature }
         final.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
-        let u = nextUniform()
+        let u = uniform(position: history.count)
         var acc = 0.0
         for (i, p) in final.enumerated() {
             acc += Double(p)

@@ -11,13 +11,20 @@ public struct ClusterFile: Sendable, Equatable {
         case stage
         /// Experts only, for other workers' layers.
         case experts
+        /// Nothing until a worker fails: says Hello and waits; a re-plan after a failure may give it anything.
+        case spare
     }
+
+    /// The workers a plan uses now: every one but the spares.
+    public var active: ClusterFile { ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }) }
 
     public struct Worker: Sendable, Equatable {
         public let name: String
         public let endpoint: String
         public let memory: Int
         public let role: Role
+        /// The same worker in another role (a spare called in by a re-plan holds layers and experts).
+        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role) }
         public init(name: String, endpoint: String, memory: Int, role: Role = .any) {
             self.name = name
             self.endpoint = endpoint
@@ -68,14 +75,14 @@ public struct ClusterFile: Sendable, Equatable {
             }
             let roleName = w.role ?? "any"
             guard let role = Role(rawValue: roleName) else {
-                throw PlacementError("\(label) '\(name)': role '\(roleName)' is not one of any, stage, experts")
+                throw PlacementError("\(label) '\(name)': role '\(roleName)' is not one of any, stage, experts, spare")
             }
             guard !workers.contains(where: { $0.name == name }) else { throw PlacementError("\(label): the name '\(name)' is used twice") }
             guard !workers.contains(where: { $0.endpoint == endpoint }) else { throw PlacementError("\(label) '\(name)': endpoint \(endpoint) is used twice") }
             workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role))
         }
-        guard workers.contains(where: { $0.role != .experts }) else {
-            throw PlacementError("\(source): every worker has role 'experts'; at least one must hold layers")
+        guard workers.contains(where: { $0.role != .experts && $0.role != .spare }) else {
+            throw PlacementError("\(source): every worker has role 'experts' or 'spare'; at least one must hold layers (role 'any' or 'stage')")
         }
         self.coordinator = coordinator
         self.workers = workers

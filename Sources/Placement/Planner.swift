@@ -39,8 +39,9 @@ public enum Planner {
     /// cluster is used first (an expert another worker holds is computed there), and only what no worker can
     /// hold is read from disk, by a worker that reserves cache slots for it. Refused only when even the
     /// layers' fixed bytes (attention, norms, router, KV) and the minimum slots do not fit.
+    /// Spares hold nothing: they are left out (a re-plan after a failure passes them with a role of their own).
     public static func plan(_ model: ModelFootprint, cluster: ClusterFile) throws(PlacementError) -> Plan {
-        let workers = cluster.workers
+        let workers = cluster.active.workers
         let L = model.layerCount, E = model.expertCount
         var used = [Int](repeating: 0, count: workers.count)
         let capacity = workers.reduce(0) { $0 + $1.memory }

@@ -66,6 +66,12 @@ public final class PendingReplies: Sendable {
 
     func pendingEntry(_ id: UInt64) -> (DispatchSemaphore, Box)? { pending.withLock { $0[id] } }
 
+    /// Answers every request still waiting with `error` (the peer is gone; nobody should wait out a timeout).
+    public func failAll(_ error: WireError) {
+        let ids = pending.withLock { Array($0.keys) }
+        for id in ids { resolve(.failure(error), id: id) }
+    }
+
     /// Forgets a request (its late reply, if any, is dropped).
     public func cancel(_ id: UInt64) { pending.withLock { _ = $0.removeValue(forKey: id) } }
 
@@ -130,7 +136,11 @@ public final class RemoteClient: @unchecked Sendable {
 
     deinit { reader?.cancel() }
 
-    public func close() { transport.close() }
+    /// Closes the connection; calls waiting for it fail at once.
+    public func close() {
+        transport.close()
+        replies.failAll(WireError(.unavailable, "the connection to \(transport.endpoint) was closed (the cluster was re-planned)"))
+    }
 
     /// Sends and waits for the reply (or fails after `timeout` seconds: a request is never silently dropped).
     public func call(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> WireMessage {
@@ -238,6 +248,7 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
             try local.weightedOutputs(layer: layer, input: x, routes: localRoutes, slotsPerRow: k, into: results)
         }
         group.wait()
-        if let f = failures.withLock({ $0.first }) { throw ModelError("expert call for layer \(layer) failed: \(f)") }
+        // A peer that failed is the cluster's state, not this request's fault: the coordinator recovers from it.
+        if let f = failures.withLock({ $0.first }) { throw WireError(.unavailable, "expert call for layer \(layer) failed: \(f)") }
     }
 }

@@ -52,6 +52,8 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     struct Shared {
         var coordinator: Data?
+        /// The plan of our last Assign: stage input of another plan is refused.
+        var epoch: UInt64 = 0
         var state: State = .joining
         var shard: WorkerShard?
     }
@@ -137,13 +139,20 @@ public final class WorkerService: Service, @unchecked Sendable {
             reply(peer, WireMessage.make(e))
         case .assign(let a):
             if let refusal = adopt(coordinator: peer) { return replyError(peer, id: id, refusal) }
+            // A re-plan: input of the old plan is refused from now on, and the old shard's calls to other workers
+            // end at once, so its queue is free for the new plan's steps.
+            let old = shared.withLock { s -> WorkerShard? in s.epoch = msg.envelope.epoch; return s.shard }
+            old?.abandon()
             controlQueue.async { self.load(a, id: id, peer: peer) }
         case .stageInput:
             // The first stage's input comes from the coordinator alone (it opens every sequence); later stages'
             // from the stage before, which only CurveZMQ can tell apart from anyone else.
-            let (first, coordinator) = shared.withLock { ($0.shard.map { !$0.layers.isEmpty && $0.layers.lowerBound == 0 } ?? false, $0.coordinator) }
+            let (first, coordinator, epoch) = shared.withLock { ($0.shard.map { !$0.layers.isEmpty && $0.layers.lowerBound == 0 } ?? false, $0.coordinator, $0.epoch) }
             if first, peer != coordinator {
                 return replyError(peer, id: id, WireError(.malformed, "a StageInput to the first stage comes from the coordinator only"))
+            }
+            guard msg.envelope.epoch == epoch else {
+                return replyError(coordinator ?? peer, id: id, WireError(.unavailable, "a StageInput of plan \(msg.envelope.epoch) reached a worker of plan \(epoch) (a step from before a re-plan); dropped"))
             }
             stageQueue.async { self.runStep(msg, peer: peer) }
         case .expertCall:
@@ -225,7 +234,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         let (shard, coordinator) = shared.withLock { ($0.shard, $0.coordinator) }
         let id = msg.envelope.requestID
         // Failures go to the coordinator, which owns the request, whoever sent us the input.
-        guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.malformed, "stage input before this worker was assigned")) }
+        guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.unavailable, "stage input before this worker was assigned (it restarted, or its Assign is still loading)")) }
         let t0 = KernelBench.now()
         do {
             let rows = msg.envelope.stageInput.rows.count
@@ -256,7 +265,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         let shard = shared.withLock { $0.shard }
         let t0 = KernelBench.now()
         do {
-            guard let server = shard?.experts else { throw WireError(.malformed, "this worker holds no experts") }
+            guard let server = shard?.experts else { throw WireError(.unavailable, "this worker holds no experts (it restarted, or holds none in this plan)") }
             let r = try server.handle(msg)
             metrics.recordExpertCall(ms: (KernelBench.now() - t0) * 1000, countLatency: shard?.stage == nil)
             reply(peer, r)

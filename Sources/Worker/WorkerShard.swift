@@ -97,6 +97,9 @@ final class WorkerShard: @unchecked Sendable {
 
     var sequenceCount: Int { sequences?.count ?? 0 }
     private var clients: [RemoteClient] = []
+    /// Given up for a new assignment: calls to other workers end at once (one may be waiting on a worker that died).
+    func abandon() { for c in clients { c.close() } }
+
     /// Bytes of the expert calls this stage sent to other workers.
     var expertCallBytes: UInt64 { clients.reduce(0) { $0 + $1.bytesSent } }
 
@@ -117,6 +120,7 @@ final class WorkerShard: @unchecked Sendable {
         }
         var out = Envelope()
         out.requestID = msg.envelope.requestID
+        out.epoch = msg.envelope.epoch
         var next = input
         var tokenOut = Conclave_V1_TokenOut()
         var hiddenData = Data()

@@ -166,6 +166,12 @@ enum StatusReport {
                     w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(m)]
         }
         lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
+        if !s.recoveries.isEmpty {
+            lines += ["", "recoveries (plan \(s.epoch) in force):"]
+            lines += s.recoveries.map { r in
+                "  plan \(r.epoch): \(r.recovered ? "recovered" : "FAILED") in \(fixed(r.seconds, 2)) s, \(r.sequencesReplayed) sequences replayed; cause: \(r.cause)"
+            }
+        }
         return lines.joined(separator: "\n")
     }
 }

@@ -121,9 +121,10 @@ final class ProcessCluster: @unchecked Sendable {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    /// Two stages (layers only) and one worker that holds every expert, at ports after `base`.
-    func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1") throws -> String {
-        let yaml = """
+    /// Two stages (layers only) and one worker that holds every expert, at ports after `base`; `spares` more
+    /// workers with role spare after them.
+    func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1", spares: Int = 0) throws -> String {
+        var yaml = """
         coordinator: tcp://\(coordinatorHost):\(base)
         workers:
           - name: stage-a
@@ -139,6 +140,9 @@ final class ProcessCluster: @unchecked Sendable {
             memory: 64MiB
             role: experts
         """
+        for i in 0..<spares {
+            yaml += "\n  - name: spare-\(i + 1)\n    endpoint: tcp://\(host(3 + i)):\(base + 4 + i)\n    memory: 64MiB\n    role: spare"
+        }
         let path = dir.appendingPathComponent("cluster.yaml").path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path

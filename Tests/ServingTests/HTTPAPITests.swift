@@ -280,6 +280,10 @@ import Glibc
                 guard n > 0 else { break }
                 seen += String(decoding: got[0..<n], as: UTF8.self)
             }
+            // Hang up with a reset (linger 0), as a killed client does: the server's next write fails at once,
+            // however its writes are buffered.
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
             close(fd)
             var live = server.executor.liveSequences()
             for _ in 0..<3000 where live > 0 || server.scheduler.stats().cancelled == 0 {

@@ -51,7 +51,7 @@ import Wire
         try await expectError(try WireMessage.make(gen).encode(), .malformed, "a client message")
         var input = Envelope()
         input.stageInput = Conclave_V1_StageInput()
-        try await expectError(try WireMessage.make(input).encode(), .malformed, "stage input before assignment")
+        try await expectError(try WireMessage.make(input).encode(), .unavailable, "stage input before assignment")
 
         // Still serving: Hello is answered with this worker's identity and its model's metadata hash.
         let reply = try await exchange(dealer, good, iterator: &replies)

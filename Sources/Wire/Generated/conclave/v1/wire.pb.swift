@@ -152,6 +152,13 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._tensors = newValue}
   }
 
+  /// The plan this message belongs to: an Assign sets a worker's, every StageInput and TokenOut names it, and a
+  /// stage drops input of another plan (a step of the pipeline as it was before a re-plan).
+  public var epoch: UInt64 {
+    get {_storage._epoch}
+    set {_uniqueStorage()._epoch = newValue}
+  }
+
   public var kind: OneOf_Kind? {
     get {return _storage._kind}
     set {_uniqueStorage()._kind = newValue}
@@ -748,6 +755,35 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   /// most steps that were in the pipeline at once since start
   public var peakInFlight: UInt32 = 0
 
+  /// the plan in force
+  public var epoch: UInt64 = 0
+
+  public var recoveries: [Conclave_V1_Recovery] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A re-plan after a failure: the plan it made, what caused it, how long the cluster could not generate, how many
+/// sequences were replayed onto the new plan, and whether it succeeded.
+public nonisolated struct Conclave_V1_Recovery: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var epoch: UInt64 = 0
+
+  public var cause: String = String()
+
+  public var seconds: Double = 0
+
+  public var sequencesReplayed: UInt32 = 0
+
+  public var recovered: Bool = false
+
+  public var plan: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -886,13 +922,14 @@ nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{2}\u{6}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
     var _requestID: UInt64 = 0
     var _sequenceIds: [UInt64] = []
     var _tensors: [Conclave_V1_TensorInfo] = []
+    var _epoch: UInt64 = 0
     var _kind: Conclave_V1_Envelope.OneOf_Kind?
 
       // This property is used as the initial default value for new instances of the type.
@@ -908,6 +945,7 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       _requestID = source._requestID
       _sequenceIds = source._sequenceIds
       _tensors = source._tensors
+      _epoch = source._epoch
       _kind = source._kind
     }
   }
@@ -931,6 +969,7 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
         case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestID) }()
         case 3: try { try decoder.decodeRepeatedUInt64Field(value: &_storage._sequenceIds) }()
         case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._tensors) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._epoch) }()
         case 10: try {
           var v: Conclave_V1_Hello?
           var hadOneofValue = false
@@ -1137,6 +1176,9 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       if !_storage._tensors.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._tensors, fieldNumber: 4)
       }
+      if _storage._epoch != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._epoch, fieldNumber: 5)
+      }
       switch _storage._kind {
       case .hello?: try {
         guard case .hello(let v)? = _storage._kind else { preconditionFailure() }
@@ -1209,6 +1251,7 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
         if _storage._requestID != rhs_storage._requestID {return false}
         if _storage._sequenceIds != rhs_storage._sequenceIds {return false}
         if _storage._tensors != rhs_storage._tensors {return false}
+        if _storage._epoch != rhs_storage._epoch {return false}
         if _storage._kind != rhs_storage._kind {return false}
         return true
       }
@@ -2184,7 +2227,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0\u{1}epoch\0\u{1}recoveries\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2200,6 +2243,8 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.microBatches) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.peakInFlight) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.recoveries) }()
       default: break
       }
     }
@@ -2230,6 +2275,12 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if self.peakInFlight != 0 {
       try visitor.visitSingularUInt32Field(value: self.peakInFlight, fieldNumber: 8)
     }
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 9)
+    }
+    if !self.recoveries.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.recoveries, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2242,6 +2293,63 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if lhs.plan != rhs.plan {return false}
     if lhs.microBatches != rhs.microBatches {return false}
     if lhs.peakInFlight != rhs.peakInFlight {return false}
+    if lhs.epoch != rhs.epoch {return false}
+    if lhs.recoveries != rhs.recoveries {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Recovery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Recovery"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{1}cause\0\u{1}seconds\0\u{3}sequences_replayed\0\u{1}recovered\0\u{1}plan\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cause) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.sequencesReplayed) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.recovered) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 1)
+    }
+    if !self.cause.isEmpty {
+      try visitor.visitSingularStringField(value: self.cause, fieldNumber: 2)
+    }
+    if self.seconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.seconds, fieldNumber: 3)
+    }
+    if self.sequencesReplayed != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sequencesReplayed, fieldNumber: 4)
+    }
+    if self.recovered != false {
+      try visitor.visitSingularBoolField(value: self.recovered, fieldNumber: 5)
+    }
+    if !self.plan.isEmpty {
+      try visitor.visitSingularStringField(value: self.plan, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_Recovery, rhs: Conclave_V1_Recovery) -> Bool {
+    if lhs.epoch != rhs.epoch {return false}
+    if lhs.cause != rhs.cause {return false}
+    if lhs.seconds != rhs.seconds {return false}
+    if lhs.sequencesReplayed != rhs.sequencesReplayed {return false}
+    if lhs.recovered != rhs.recovered {return false}
+    if lhs.plan != rhs.plan {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
