@@ -97,36 +97,22 @@ public final class Coordinator: Service, @unchecked Sendable {
     /// did not answer or does not fit.
     public func start() throws {
         log("plan: " + planSummary())
-        var hellos: [(WorkerLink, UInt64)] = []
-        for link in links {
-            let id = replies.register()
-            var e = Envelope()
-            e.requestID = id
-            e.hello = Conclave_V1_Hello()
-            link.send(WireMessage.make(e))
-            hellos.append((link, id))
-        }
         log("waiting for \(links.count) workers: " + links.map { "\($0.worker.name) (\($0.worker.endpoint))" }.joined(separator: ", "))
-        let deadline = KernelBench.now() + options.joinTimeout
         var missing: [String] = []
-        for (link, id) in hellos {
-            do {
-                let reply = try replies.wait(id, timeout: max(0.01, deadline - KernelBench.now()), from: link.worker.endpoint)
-                guard case .hello(let h) = reply.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Hello with something else") }
-                if h.hasModel_p, [UInt8](h.modelMetadataSha256) != sha {
-                    throw CoordinatorError("worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(file.path)); give it the same file or none (it then fetches ours)")
-                }
-                if h.workerName != link.worker.name {
-                    log("note: the worker at \(link.worker.endpoint) calls itself '\(h.workerName)'; the cluster file calls it '\(link.worker.name)'")
-                }
-                let spare = link.worker.role == .spare
-                link.info.withLock { $0.hello = h; $0.state = spare ? .spare : .loading }
-                log("worker '\(link.worker.name)' joined\(spare ? " as a spare" : ""): \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
-            } catch let e as CoordinatorError {
-                throw e
-            } catch {
+        for (link, answer) in hello(links, timeout: options.joinTimeout) {
+            guard let h = answer else {
                 missing.append("\(link.worker.name) (\(link.worker.endpoint))")
+                continue
             }
+            if h.hasModel_p, [UInt8](h.modelMetadataSha256) != sha {
+                throw CoordinatorError("worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(file.path)); give it the same file or none (it then fetches ours)")
+            }
+            if h.workerName != link.worker.name {
+                log("note: the worker at \(link.worker.endpoint) calls itself '\(h.workerName)'; the cluster file calls it '\(link.worker.name)'")
+            }
+            let spare = link.worker.role == .spare
+            link.info.withLock { $0.hello = h; $0.state = spare ? .spare : .loading }
+            log("worker '\(link.worker.name)' joined\(spare ? " as a spare" : ""): \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
         }
         guard missing.isEmpty else {
             throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file")
@@ -142,17 +128,37 @@ public final class Coordinator: Service, @unchecked Sendable {
         log("serving \(modelName) on \(clients.endpoint)")
     }
 
+    /// Hello to each of `links` at once; each one's answer, or nil when none came within `timeout` seconds (or
+    /// it answered with something else).
+    func hello(_ links: [WorkerLink], timeout: Double) -> [(WorkerLink, Conclave_V1_Hello?)] {
+        let asked = links.map { link -> (WorkerLink, UInt64) in
+            let id = replies.register()
+            var e = Envelope()
+            e.requestID = id
+            e.hello = Conclave_V1_Hello()
+            link.send(WireMessage.make(e))
+            return (link, id)
+        }
+        let deadline = KernelBench.now() + timeout
+        return asked.map { link, id in
+            guard let reply = try? replies.wait(id, timeout: max(0.01, deadline - KernelBench.now()), from: link.worker.endpoint),
+                  case .hello(let h) = reply.envelope.kind else { return (link, nil) }
+            return (link, h)
+        }
+    }
+
+    /// The worker as the plan sees it: its own budget when it reported a smaller one than the cluster file's.
+    func budgeted(_ link: WorkerLink) -> ClusterFile.Worker {
+        let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
+        let w = link.worker
+        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role) : w
+    }
+
     /// A worker's own `--memory` is the truth when it is below the cluster file's figure: the plan uses the
     /// smaller of the two, so no worker is assigned more than it will hold.
     func replanWithReportedBudgets() throws {
-        var smaller: [String] = []
-        let workers = links.map { link -> ClusterFile.Worker in
-            let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
-            let w = link.worker
-            guard reported > 0, reported < w.memory else { return w }
-            smaller.append("\(w.name) \(reported) bytes (cluster file: \(w.memory))")
-            return ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role)
-        }
+        let workers = links.map(budgeted)
+        let smaller = zip(links, workers).filter { $0.0.worker.memory != $0.1.memory }.map { "\($0.1.name) \($0.1.memory) bytes (cluster file: \($0.0.worker.memory))" }
         guard !smaller.isEmpty else { return }
         log("workers report smaller budgets than the cluster file: \(smaller.joined(separator: ", ")); planning with those")
         do {
@@ -290,31 +296,17 @@ public final class Coordinator: Service, @unchecked Sendable {
             recoveries.withLock { $0.append(record) }
         }
         log("re-planning: \(cause.message)")
-        // Ask everyone not known to be well who they are; a restarted worker answers.
-        let asked = links.filter { $0.state != .ready }.map { link -> (WorkerLink, UInt64) in
-            let id = replies.register()
-            var e = Envelope()
-            e.requestID = id
-            e.hello = Conclave_V1_Hello()
-            link.send(WireMessage.make(e))
-            return (link, id)
-        }
-        // A live worker answers within milliseconds; a second is plenty on a LAN.
-        let deadline = KernelBench.now() + 1
+        // Ask everyone not known to be well who they are; a restarted worker answers (a live one within
+        // milliseconds: a second is plenty on a LAN).
         var answered: Set<String> = []
-        for (link, id) in asked {
-            guard let reply = try? replies.wait(id, timeout: max(0.05, deadline - KernelBench.now()), from: link.worker.endpoint),
-                  case .hello(let h) = reply.envelope.kind, !h.hasModel_p || [UInt8](h.modelMetadataSha256) == sha else { continue }
+        for (link, answer) in hello(links.filter { $0.state != .ready }, timeout: 1) {
+            guard let h = answer, !h.hasModel_p || [UInt8](h.modelMetadataSha256) == sha else { continue }
             link.info.withLock { $0.hello = h; if $0.state == .down { $0.state = .joining } }
             link.heard()
             answered.insert(link.worker.name)
         }
         let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
-        let left = usable.map { link -> ClusterFile.Worker in
-            let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
-            let w = link.worker.role == .spare ? link.worker.with(role: .any) : link.worker
-            return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role) : w
-        }
+        let left = usable.map { link in link.worker.role == .spare ? budgeted(link).with(role: .any) : budgeted(link) }
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
         do {
             plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left))
