@@ -94,11 +94,18 @@ public final class WorkerService: Service, @unchecked Sendable {
         }
     }
 
-    /// Finishes the work already queued, then closes the socket (which ends `serve`).
+    /// Finishes the work already queued, then closes the socket (which ends `serve`). Work still running after
+    /// 2 s is waiting on a peer (an experts worker that stopped first, as a whole cluster does on SIGTERM): its
+    /// calls are ended, so shutdown takes seconds, not an expert call's timeout.
     public func drain() {
         log("draining: finishing queued work")
-        stageQueue.sync {}
-        expertQueue.sync {}
+        let idle = DispatchGroup()
+        for q in [stageQueue, expertQueue] { q.async(group: idle) {} }
+        if idle.wait(timeout: .now() + 2) == .timedOut {
+            log("draining: work still waits on other workers after 2 s; ending its calls")
+            shared.withLock { $0.shard }?.abandon()
+            idle.wait()
+        }
         router.close()
     }
 

@@ -219,6 +219,22 @@ import Worker
         #expect(c.exitStatus("coordinator", within: 10) == 0, "\(c.logs())")
     }
 
+    /// SIGTERM to every process of a generating cluster at once (as `serve --local` on Ctrl-C): the experts worker
+    /// stops first, and the stages must not wait out an expert call's 30 s timeout to it.
+    @Test func terminatedClusterStopsPromptly() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let (p, _) = try Self.startLongGeneration(c, endpoint)
+        defer { if p.isRunning { p.terminate() } }
+        c.kill("experts-1", signal: SIGTERM)
+        let t0 = Date()
+        for n in ["stage-a", "stage-b", "coordinator"] { c.kill(n, signal: SIGTERM) }
+        let took = Date().timeIntervalSince(t0)
+        // Generous for a loaded machine; it was about 25 s before a draining stage ended its calls.
+        #expect(took < 15, "stopping took \(took) s")
+        print("cluster stopped in \(String(format: "%.2f", took)) s after SIGTERM")
+    }
+
     @Test func killedWorkerFailsTheRequestClearly() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
