@@ -67,7 +67,7 @@ struct BenchCluster: ParsableCommand {
         children.append(coordinator)
         let client = try CoordinatorClient(endpoint: clusterFile.coordinator)
         do {
-            try waitUntilReady(client, coordinator: coordinator)
+            try Self.waitUntilReady(client, coordinator: coordinator)
         } catch {
             if !coordinator.isRunning {
                 let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
@@ -168,7 +168,7 @@ struct BenchCluster: ParsableCommand {
     }
 
     /// Polls status until every worker is ready (the coordinator answers Generate only then).
-    func waitUntilReady(_ client: CoordinatorClient, coordinator: Process) throws {
+    static func waitUntilReady(_ client: CoordinatorClient, coordinator: Process) throws {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             guard coordinator.isRunning else { throw CoordinatorClient.Failure(description: "the coordinator exited") }

@@ -5,7 +5,7 @@ import Kernels
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure Conclave's speed on this machine.",
-        subcommands: [BenchKernels.self, BenchDecode.self, BenchCluster.self, BenchOffload.self, BenchServe.self]
+        subcommands: [BenchKernels.self, BenchDecode.self, BenchCluster.self, BenchOffload.self, BenchServe.self, BenchSoak.self]
     )
 }
 
