@@ -69,6 +69,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Fuzz harnesses (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer -DFUZZING); a plain build
+        // makes replay tools that run corpus files through the same function.
+        .executableTarget(name: "FuzzWire", dependencies: ["Worker", "Wire", "GGUF", "Model"]),
+        .executableTarget(name: "FuzzGGUF", dependencies: ["GGUF", "Model", "Tokenizer"]),
         // Locates Tests/Fixtures, the shipped model and (when present) ../shared for the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),

@@ -35,8 +35,10 @@ public struct Vocabulary: Sendable {
     public var count: Int { tokens.count }
 
     public init(file: GGUFFile) throws(TokenizerError) {
+        /// An array of strings the tokenizer cannot do without.
         func need(_ key: String) throws(TokenizerError) -> GGUFArray {
             guard let a = file.array(key) else { throw TokenizerError("\(file.path): missing '\(key)'; the file has no tokenizer") }
+            guard a.elementType == .string else { throw TokenizerError("\(file.path): '\(key)' is an array of \(a.elementType.name), not of strings") }
             return a
         }
         guard let name = file.string("tokenizer.ggml.model") else {
@@ -48,7 +50,6 @@ public struct Vocabulary: Sendable {
         model = m
         pre = file.string("tokenizer.ggml.pre") ?? "default"
         let t = try need("tokenizer.ggml.tokens")
-        guard t.elementType == .string else { throw TokenizerError("\(file.path): 'tokenizer.ggml.tokens' is not an array of strings") }
         tokens = (0..<t.count).map { t.stringBytes(at: $0) }
         if let s = file.array("tokenizer.ggml.scores"), s.count == t.count, let d = s.doubles {
             scores = d.map(Float.init)

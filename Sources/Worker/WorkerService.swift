@@ -127,7 +127,16 @@ public final class WorkerService: Service, @unchecked Sendable {
         reply(peer, WireMessage.errorReply(to: id, we))
     }
 
-    func dispatch(_ frames: Frames) {
+    /// Waits until the work queued so far (loads, steps, expert calls) is done: for harnesses that feed
+    /// `dispatch` directly (the wire fuzzer) and must not let queues grow.
+    public func quiesce() {
+        controlQueue.sync {}
+        stageQueue.sync {}
+        expertQueue.sync {}
+    }
+
+    /// Handles one message as the socket delivers it (public for the wire fuzzer, which feeds it directly).
+    public func dispatch(_ frames: Frames) {
         let msg: WireMessage
         do {
             msg = try WireMessage.decode(frames.parts, maxBytes: options.maxMessageBytes)

@@ -30,12 +30,18 @@ final class WorkerShard: @unchecked Sendable {
     init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, connect: (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: threads)
+        // Every field checked before it sizes or indexes anything (found by the wire fuzzer: first > end trapped).
+        guard assign.firstLayer <= assign.endLayer, Int(assign.endLayer) <= config.layerCount, assign.slots <= 1 << 20 else {
+            throw WireError(.malformed, "Assign names layers \(assign.firstLayer)..<\(assign.endLayer) of a \(config.layerCount)-layer model and \(assign.slots) slots")
+        }
+        for set in assign.experts + assign.paged + assign.remote.flatMap(\.experts) {
+            guard Int(set.layer) < config.layerCount, set.experts.allSatisfy({ Int($0) < config.expertCount }) else {
+                throw WireError(.malformed, "Assign names experts of layer \(set.layer) outside the model's \(config.layerCount) layers of \(config.expertCount) experts")
+            }
+        }
         let held = ExpertSet(wire: assign.experts), paged = ExpertSet(wire: assign.paged)
         layers = Int(assign.firstLayer)..<Int(assign.endLayer)
         contextLength = assign.contextLength > 0 ? Int(assign.contextLength) : config.contextLength
-        guard layers.lowerBound >= 0, layers.upperBound <= config.layerCount, assign.slots <= 1 << 20 else {
-            throw WireError(.malformed, "Assign names layers \(layers) of a \(config.layerCount)-layer model and \(assign.slots) slots")
-        }
         let budget = try WorkerBudget(file: file, config: config, layers: layers, resident: held, paged: paged, slots: Int(assign.slots),
                                       context: contextLength, memory: memory)
         maxSequences = budget.maxSequences

@@ -32,3 +32,23 @@ import TestSupport
         }
     }
 }
+
+/// The fuzz harnesses' seed corpora replay cleanly through the plain builds of the harnesses (the same
+/// functions libFuzzer drives in `scripts/fuzz`).
+@Suite struct FuzzReplayTests {
+    @Test(arguments: ["wire", "gguf"]) func seedsReplay(target: String) throws {
+        let binary = try #require(Fixtures.conclaveBinary.map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent(target == "wire" ? "FuzzWire" : "FuzzGGUF").path })
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = [Fixtures.path("fuzz/\(target)")]
+        p.environment = ["CONCLAVE_FUZZ_MODEL": Fixtures.shippedModel]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0)
+        let count = try FileManager.default.contentsOfDirectory(atPath: Fixtures.path("fuzz/\(target)")).count
+        #expect(text.contains("replayed \(count) inputs, no crash"), "\(text)")
+    }
+}

@@ -47,6 +47,27 @@ struct WorkerBudgetTests {
         return try shard.step(WireMessage.make(e))
     }
 
+    /// Found by the wire fuzzer: an Assign whose first layer is past its end trapped building the range.
+    @Test func anAssignWithOutOfRangeFieldsIsRefused() throws {
+        var edits: [(String, (inout Conclave_V1_Assign) -> Void)] = [
+            ("first > end", { $0.firstLayer = 3; $0.endLayer = 1 }),
+            ("end past the model", { $0.endLayer = 99 }),
+            ("a huge slot count", { $0.slots = UInt32.max }),
+        ]
+        edits.append(("an expert past the layer's", { a in a.experts[0].experts.append(999) }))
+        edits.append(("a layer past the model", { a in a.paged = [a.experts[0]]; a.paged[0].layer = 77 }))
+        for (what, edit) in edits {
+            var a = Self.assign()
+            edit(&a)
+            do {
+                _ = try WorkerShard(file: Self.file, assign: a, threads: 1, memory: 1 << 30, connect: { _ in throw WireError(.internalError, "no peers") })
+                Issue.record("loaded an Assign with \(what)")
+            } catch let e as WireError {
+                #expect(e.code == .malformed, "\(what): \(e.message)")
+            }
+        }
+    }
+
     @Test func anAssignBeyondTheBudgetIsRefusedWithTheFigures() throws {
         let base = try Self.budget(1 << 30).baseBytes
         do {
