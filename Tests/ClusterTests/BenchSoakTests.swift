@@ -4,7 +4,8 @@ import TestSupport
 
 /// `conclave bench soak` accounts for every request and reports each process's memory.
 @Suite struct BenchSoakTests {
-    @Test func everyRequestIsAccountedFor() throws {
+    @Test func everyRequestIsAccountedFor() async throws { try await onThread { [self] in try self.everyRequestIsAccountedForBlocking() } }
+    func everyRequestIsAccountedForBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let port = ProcessCluster.freePorts(3)

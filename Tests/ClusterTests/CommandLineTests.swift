@@ -5,7 +5,8 @@ import TestSupport
 /// Every option and every size a file claims is checked before use: out-of-range values get a message that
 /// names them and an exit code, never a crash (a Swift trap exits with SIGILL, 132 or 4) or a huge allocation.
 @Suite struct CommandLineTests {
-    @Test func outOfRangeOptionsAreClearErrors() throws {
+    @Test func outOfRangeOptionsAreClearErrors() async throws { try await onThread { [self] in try self.outOfRangeOptionsAreClearErrorsBlocking() } }
+    func outOfRangeOptionsAreClearErrorsBlocking() throws {
         let c = try ProcessCluster()
         let model = Fixtures.shippedModel
         let huge = c.dir.appendingPathComponent("huge-context.gguf").path

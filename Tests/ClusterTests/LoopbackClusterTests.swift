@@ -35,7 +35,8 @@ import Worker
         return (c, "tcp://127.0.0.1:\(base)")
     }
 
-    @Test func distributedGenerationMatchesOneProcess() throws {
+    @Test func distributedGenerationMatchesOneProcess() async throws { try await onThread { [self] in try self.distributedGenerationMatchesOneProcessBlocking() } }
+    func distributedGenerationMatchesOneProcessBlocking() throws {
         let (c, endpoint) = try Self.startCluster(fetch: true)
         defer { c.stop() }
         // Two workers had no model: one fetched it in checksummed chunks into the shared cache, under its hash, while
@@ -149,7 +150,8 @@ import Worker
 
     /// A prompt longer than a step (--ubatch 16) goes in chunks; the next chunk enters stage 0 while the last
     /// one is in stage 1, and the output is still what one process prints.
-    @Test func promptChunksPipelineAndMatchOneProcess() throws {
+    @Test func promptChunksPipelineAndMatchOneProcess() async throws { try await onThread { [self] in try self.promptChunksPipelineAndMatchOneProcessBlocking() } }
+    func promptChunksPipelineAndMatchOneProcessBlocking() throws {
         let (c, endpoint) = try Self.startCluster(serve: ["--ubatch", "16"])
         defer { c.stop() }
         let prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree and ran to get it, but a dog"
@@ -167,7 +169,8 @@ import Worker
         #expect(json["peak_in_flight"] as? Int == 2, "prompt chunks did not overlap in the pipeline: \(out)")
     }
 
-    @Test func promptLongerThanContextIsRefusedAndServingContinues() throws {
+    @Test func promptLongerThanContextIsRefusedAndServingContinues() async throws { try await onThread { [self] in try self.promptLongerThanContextIsRefusedAndServingContinuesBlocking() } }
+    func promptLongerThanContextIsRefusedAndServingContinuesBlocking() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
         let long = String(repeating: "word ", count: 300)
@@ -208,7 +211,8 @@ import Worker
 
     /// SIGTERM to the coordinator mid-generation: the running request is answered with an error (not left
     /// waiting), and the coordinator exits cleanly.
-    @Test func stoppedCoordinatorAnswersRunningRequests() throws {
+    @Test func stoppedCoordinatorAnswersRunningRequests() async throws { try await onThread { [self] in try self.stoppedCoordinatorAnswersRunningRequestsBlocking() } }
+    func stoppedCoordinatorAnswersRunningRequestsBlocking() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
         let (p, err) = try Self.startLongGeneration(c, endpoint)
@@ -221,7 +225,8 @@ import Worker
 
     /// SIGTERM to every process of a generating cluster at once (as `serve --local` on Ctrl-C): the experts worker
     /// stops first, and the stages must not wait out an expert call's 30 s timeout to it.
-    @Test func terminatedClusterStopsPromptly() throws {
+    @Test func terminatedClusterStopsPromptly() async throws { try await onThread { [self] in try self.terminatedClusterStopsPromptlyBlocking() } }
+    func terminatedClusterStopsPromptlyBlocking() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
         let (p, _) = try Self.startLongGeneration(c, endpoint)
@@ -235,7 +240,8 @@ import Worker
         print("cluster stopped in \(String(format: "%.2f", took)) s after SIGTERM")
     }
 
-    @Test func killedWorkerFailsTheRequestClearly() throws {
+    @Test func killedWorkerFailsTheRequestClearly() async throws { try await onThread { [self] in try self.killedWorkerFailsTheRequestClearlyBlocking() } }
+    func killedWorkerFailsTheRequestClearlyBlocking() throws {
         let (c, endpoint) = try Self.startCluster()
         defer { c.stop() }
         // A long generation in the background; the experts worker dies under it.

@@ -38,7 +38,8 @@ enum NetNS {
 /// namespace with its own 10.77.0.x address, joined by a bridge in a hub namespace): real TCP between hosts.
 @Suite(.serialized) struct NetworkNamespaceTests {
     @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
-    func clusterAcrossNamespacesMatchesOneProcess() throws {
+    func clusterAcrossNamespacesMatchesOneProcess() async throws { try await onThread { [self] in try self.clusterAcrossNamespacesMatchesOneProcessBlocking() } }
+    func clusterAcrossNamespacesMatchesOneProcessBlocking() throws {
         let prefix = "cvt\(getpid() % 10000)"
         let env = ["CONCLAVE_NETNS_PREFIX": prefix]
         _ = NetNS.sh(["bash", NetNS.script, "down", "3"], env: env)

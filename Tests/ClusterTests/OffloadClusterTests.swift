@@ -28,7 +28,8 @@ import TestSupport
 
     /// One process under `--memory`: the same text as without, and its own peak RSS (VmHWM) within the budget
     /// plus the runtime's overhead.
-    @Test func oneProcessUnderABudget() throws {
+    @Test func oneProcessUnderABudget() async throws { try await onThread { [self] in try self.oneProcessUnderABudgetBlocking() } }
+    func oneProcessUnderABudgetBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let args = ["run", "-m", Self.model, "--threads", "1", "-p", "Once upon a time", "-n", "48", "--temp", "0", "--repeat-penalty", "1.3", "--ctx", "256"]
@@ -65,7 +66,8 @@ import TestSupport
 
     /// `serve -m --memory`: the HTTP API from one process whose experts are paged, the same text as `run`,
     /// the cache's counters in /metrics, peak RSS within budget + overhead.
-    @Test func servingOneProcessUnderABudget() throws {
+    @Test func servingOneProcessUnderABudget() async throws { try await onThread { [self] in try self.servingOneProcessUnderABudgetBlocking() } }
+    func servingOneProcessUnderABudgetBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let (rc, resident, err) = try c.run(["run", "-m", Self.model, "--threads", "1", "-p", "Once upon a time", "-n", "24", "--temp", "0",
@@ -89,7 +91,8 @@ import TestSupport
         #expect(peak <= budget + Self.overhead, "peak RSS \(peak) bytes for a budget of \(budget)")
     }
 
-    @Test func workersBelowTheirShardPageExpertsAndMatchOneProcess() throws {
+    @Test func workersBelowTheirShardPageExpertsAndMatchOneProcess() async throws { try await onThread { [self] in try self.workersBelowTheirShardPageExpertsAndMatchOneProcessBlocking() } }
+    func workersBelowTheirShardPageExpertsAndMatchOneProcessBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let base = ProcessCluster.freePorts(3)

@@ -34,7 +34,8 @@ import Testing
         return stdout
     }
 
-    @Test func oneProcess() throws {
+    @Test func oneProcess() async throws { try await onThread { [self] in try self.oneProcessBlocking() } }
+    func oneProcessBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let port = ProcessCluster.freePorts(1)
@@ -44,7 +45,8 @@ import Testing
         #expect(out.contains(#""ok": true"#))
     }
 
-    @Test func localCluster() throws {
+    @Test func localCluster() async throws { try await onThread { [self] in try self.localClusterBlocking() } }
+    func localClusterBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let base = ProcessCluster.freePorts(5)
@@ -66,7 +68,8 @@ import Testing
 /// `conclave bench serve` end to end (its figures are for the closing notes; here only that it measures what it
 /// says: every stream's tokens, in the JSON shape documented).
 @Suite struct BenchServeTests {
-    @Test func benchServeReportsEveryRound() throws {
+    @Test func benchServeReportsEveryRound() async throws { try await onThread { [self] in try self.benchServeReportsEveryRoundBlocking() } }
+    func benchServeReportsEveryRoundBlocking() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let (code, out, err) = try c.run(["bench", "serve", "--threads", "1", "--concurrency", "1,3", "--prompt", "16", "--gen", "5", "--json"], timeout: 300)

@@ -13,16 +13,21 @@ import TestSupport
     static let model = Fixtures.shippedModel
     static let names = ["stage-a", "stage-b", "experts-1", "spare-1"]
 
-    @Test func killedWorkersAreReplacedAndRequestsCompleteIdentically() throws {
+    // On a thread of its own: it blocks for about 40 s, which must not starve other tests' async work.
+    @Test func killedWorkersAreReplacedAndRequestsCompleteIdentically() async throws {
+        try await onThread { try Self.killAndCompare() }
+    }
+
+    static func killAndCompare() throws {
         let c = try ProcessCluster()
         defer { c.stop() }
         let base = ProcessCluster.freePorts(5)
         let file = try c.writeClusterFile(base: base, spares: 1)
         func startWorker(_ i: Int) throws {
-            try c.start(Self.names[i], ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", Self.names[i], "--threads", "1", "--model", Self.model])
+            try c.start(names[i], ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", names[i], "--threads", "1", "--model", model])
         }
-        for i in Self.names.indices { try startWorker(i) }
-        try c.start("coordinator", ["serve", "-m", Self.model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"])
+        for i in names.indices { try startWorker(i) }
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"])
         try c.waitFor("coordinator", "serving")
         let endpoint = "tcp://127.0.0.1:\(base)"
         let settings = [["--temp", "0", "--repeat-penalty", "1.3"], ["--temp", "0.8", "--seed", "7"]]
@@ -50,7 +55,7 @@ import TestSupport
             p.standardError = try FileHandle(forWritingTo: err)
             try p.run()
             usleep(300_000)
-            c.kill(Self.names[victim])
+            c.kill(names[victim])
             try startWorker(victim)
             // Bounded: detection (3 s of silence), the re-plan and the rest of the generation take a few seconds.
             let deadline = Date().addingTimeInterval(120)
@@ -59,8 +64,8 @@ import TestSupport
             p.waitUntilExit()
             let text = try String(contentsOf: out, encoding: .utf8)
             let stderr = try String(contentsOf: err, encoding: .utf8)
-            #expect(p.terminationStatus == 0, "kill \(k) (\(Self.names[victim])): \(stderr)")
-            #expect(text == clean[s], "kill \(k) (\(Self.names[victim])) changed the text")
+            #expect(p.terminationStatus == 0, "kill \(k) (\(names[victim])): \(stderr)")
+            #expect(text == clean[s], "kill \(k) (\(names[victim])) changed the text")
             if p.terminationStatus == 0 && text == clean[s] { survived += 1 }
         }
         print("recovery: \(survived) of \(kills) kills survived with identical output")

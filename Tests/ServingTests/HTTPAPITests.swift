@@ -262,29 +262,33 @@ import Glibc
         let server = Server(context: 4096)
         try await server.app.test(.live) { client in
             let port = client.port!
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            #expect(connected == 0)
-            let body = #"{"prompt": "The", "max_tokens": 4000, "temperature": 0, "stream": true}"#
-            let request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
-            _ = request.withCString { send(fd, $0, strlen($0), 0) }
-            // Read until a couple of chunks have arrived, then hang up.
-            var got = [UInt8](repeating: 0, count: 4096)
-            var seen = ""
-            while seen.components(separatedBy: "data: ").count < 4 {
-                let n = recv(fd, &got, got.count, 0)
-                guard n > 0 else { break }
-                seen += String(decoding: got[0..<n], as: UTF8.self)
+            // The blocking client runs on a thread of its own, so the server's tasks are never waiting for a
+            // cooperative thread this test holds.
+            try await onThread {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                var addr = sockaddr_in()
+                addr.sin_family = sa_family_t(AF_INET)
+                addr.sin_port = in_port_t(UInt16(port).bigEndian)
+                addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+                let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                #expect(connected == 0)
+                let body = #"{"prompt": "The", "max_tokens": 4000, "temperature": 0, "stream": true}"#
+                let request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                _ = request.withCString { send(fd, $0, strlen($0), 0) }
+                // Read until a couple of chunks have arrived, then hang up.
+                var got = [UInt8](repeating: 0, count: 4096)
+                var seen = ""
+                while seen.components(separatedBy: "data: ").count < 4 {
+                    let n = recv(fd, &got, got.count, 0)
+                    guard n > 0 else { break }
+                    seen += String(decoding: got[0..<n], as: UTF8.self)
+                }
+                // Hang up with a reset (linger 0), as a killed client does: the server's next write fails at once,
+                // however its writes are buffered.
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                close(fd)
             }
-            // Hang up with a reset (linger 0), as a killed client does: the server's next write fails at once,
-            // however its writes are buffered.
-            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-            setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-            close(fd)
             var live = server.executor.liveSequences()
             for _ in 0..<3000 where live > 0 || server.scheduler.stats().cancelled == 0 {
                 try await Task.sleep(nanoseconds: 20_000_000)
