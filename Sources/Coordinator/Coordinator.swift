@@ -41,7 +41,12 @@ public final class Coordinator: Service, @unchecked Sendable {
     public let config: ModelConfig
     public let tokenizer: Tokenizer
     /// Made from the cluster file at start, then again from each worker's own budget once all said Hello.
-    public private(set) var plan: Plan
+    /// Read by status and health on their threads, replaced by a recovery on the scheduler's: behind a lock.
+    public private(set) var plan: Plan {
+        get { planState.withLock { $0 } }
+        set { planState.withLock { $0 = newValue } }
+    }
+    private let planState: Mutex<Plan>
     let cluster: ClusterFile
     let footprint: ModelFootprint
     public let contextLength: Int
@@ -69,7 +74,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         tokenizer = try Tokenizer(file: file)
         contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
         footprint = ModelFootprint(file: file, config: config, context: contextLength)
-        plan = try Planner.plan(footprint, cluster: cluster)
+        let initial = try Planner.plan(footprint, cluster: cluster)
+        planState = Mutex(initial)
         self.cluster = cluster
         self.options = options
         self.clients = clients
@@ -82,7 +88,7 @@ public final class Coordinator: Service, @unchecked Sendable {
                 throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
             }
         }
-        executor = ClusterExecutor(links: links, replies: replies, pipelineDepth: options.microBatches ?? plan.stages.count)
+        executor = ClusterExecutor(links: links, replies: replies, pipelineDepth: options.microBatches ?? initial.stages.count)
         scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch, log: log)
         for link in links { readers.append(Task.detached { [weak self] in await self?.read(link) }) }
     }
@@ -175,6 +181,7 @@ public final class Coordinator: Service, @unchecked Sendable {
 
     /// What worker `i` holds and whom it talks to.
     func assignment(for i: Int) -> Conclave_V1_Assign {
+        let plan = self.plan
         var a = Conclave_V1_Assign()
         a.modelMetadataSha256 = Data(sha)
         a.contextLength = UInt32(contextLength)
@@ -222,7 +229,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     }
 
     func planSummary() -> String {
-        plan.workers.enumerated().map { i, w in
+        let plan = self.plan
+        return plan.workers.enumerated().map { i, w in
             let layers = plan.stages.first { $0.worker == w.name }.map { "layers \($0.layers.lowerBound)..<\($0.layers.upperBound)" } ?? "no layers"
             let paged = plan.experts(of: i, paged: true).count
             return "\(w.name): \(layers), \(plan.experts(of: i).count) experts" + (paged > 0 ? " (\(paged) paged through \(plan.slots[i]) slots)" : "")
@@ -233,6 +241,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     /// the sequences every stage has room for then come from this plan. A worker that goes down meanwhile, or
     /// does not load within `timeout` seconds, fails it.
     func assignPlan(timeout: Double) throws {
+        let plan = self.plan
         let epoch = executor.nextEpoch()
         var assigns: [(WorkerLink, PendingReplies.Waiter)] = []
         for (i, w) in plan.workers.enumerated() {

@@ -57,7 +57,8 @@ public struct Vocabulary: Sendable {
             scores = [Float](repeating: 0, count: t.count)
         }
         if let ty = file.array("tokenizer.ggml.token_type"), ty.count == t.count, let v = ty.ints {
-            types = v.map { TokenType(rawValue: Int32($0)) ?? .normal }
+            // Any integer type may hold them; a value no token type has (found by the fuzzer: past Int32) is normal.
+            types = v.map { Int32(exactly: $0).flatMap(TokenType.init(rawValue:)) ?? .normal }
         } else {
             types = [TokenType](repeating: .normal, count: t.count)
         }

@@ -25,4 +25,19 @@ struct MalformedVocabTests {
             }
         }
     }
+
+    /// Token types past Int32 (found by the fuzzer) are read as normal tokens, not a trap.
+    @Test func tokenTypesOutOfRangeAreNormal() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("types.gguf").path
+        let w = GGUFWriter(path: path)
+        try w.set("general.architecture", .string("llama"))
+        try w.set("tokenizer.ggml.model", .string("llama"))
+        try w.set("tokenizer.ggml.tokens", .array(.strings(["<unk>", "a", "b"])))
+        try w.set("tokenizer.ggml.token_type", .array(GGUFArray(.int64, [.int64(2), .int64(1 << 40), .int64(-(1 << 40))])))
+        try w.write { _, _ in }
+        let t = try Tokenizer(file: GGUFFile(path: path))
+        #expect(t.vocab.count == 3)
+    }
 }
