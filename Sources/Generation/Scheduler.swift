@@ -230,11 +230,13 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 let live = active.filter { !$0.done }
                 log("generation stopped: \(e.message); recovering \(live.count) sequence\(live.count == 1 ? "" : "s")")
                 fruitless += 1
-                if fruitless > Self.maxFruitlessRecoveries {
-                    let failure = GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)")
+                let failure = fruitless > Self.maxFruitlessRecoveries
+                    ? GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)")
+                    : executor.recover(after: e, sequences: live.count)
+                if let failure {
                     for r in live { fail(r, failure); finished.append(r.id) }
-                } else if let failure = executor.recover(after: e, sequences: live.count) {
-                    for r in live { fail(r, failure); finished.append(r.id) }
+                    // The count guards these requests from looping; later ones (a worker may be back) try afresh.
+                    fruitless = 0
                 } else {
                     for r in live { r.rewind() }
                     shared.withLock { $0.stats.recoveries += 1; $0.stats.replayed += live.count }
