@@ -155,9 +155,14 @@ public final class WorkerService: Service, @unchecked Sendable {
             reply(peer, WireMessage.make(e))
         case .assign(let a):
             if let refusal = adopt(coordinator: peer) { return replyError(peer, id: id, refusal) }
-            // A re-plan: input of the old plan is refused from now on, and the old shard's calls to other workers
-            // end at once, so its queue is free for the new plan's steps.
-            let old = shared.withLock { s -> WorkerShard? in s.epoch = msg.envelope.epoch; return s.shard }
+            // A re-plan: input of the old plan is refused from now on, the old shard's calls to other workers end
+            // at once (its queue is free for the new plan's steps), and it is let go before the new one loads, so
+            // the two never sit in memory together past the budget.
+            let old = shared.withLock { s -> WorkerShard? in
+                defer { s.shard = nil }
+                s.epoch = msg.envelope.epoch
+                return s.shard
+            }
             old?.abandon()
             controlQueue.async { self.load(a, id: id, peer: peer) }
         case .stageInput:
