@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "Coordinator", dependencies: ["Generation", "JSON", "Telemetry", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
-        .target(name: "Placement", dependencies: ["GGUF", "Model", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Placement", dependencies: ["GGUF", "Model", "Wire", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "conclave",
             dependencies: [

@@ -52,6 +52,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     public let contextLength: Int
     let options: Options
     let clients: Transport
+    /// Makes our connections to workers; counts the peers our client endpoint refused.
+    let transports: TransportFactory
     public let links: [WorkerLink]
     let replies = PendingReplies()
     let log: @Sendable (String) -> Void
@@ -67,8 +69,9 @@ public final class Coordinator: Service, @unchecked Sendable {
     private let recoveries = Mutex<[Conclave_V1_Recovery]>([])
     private var readers: [Task<Void, Never>] = []
 
+    /// `clients`: our listener for `generate`, `status` (made by `transports`, as our connections to workers are).
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
-                connect: (String) throws -> Transport, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+                transports: TransportFactory, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         file = try GGUFFile(path: modelPath)
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
@@ -79,11 +82,12 @@ public final class Coordinator: Service, @unchecked Sendable {
         self.cluster = cluster
         self.options = options
         self.clients = clients
+        self.transports = transports
         self.log = log
         sha = file.metadataSHA256
         links = try cluster.workers.map { w in
             do {
-                return WorkerLink(worker: w, transport: try connect(w.endpoint))
+                return WorkerLink(worker: w, transport: try transports.connect(w.endpoint))
             } catch {
                 throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
             }
@@ -107,7 +111,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         var missing: [String] = []
         for (link, answer) in hello(links, timeout: options.joinTimeout) {
             guard let h = answer else {
-                missing.append("\(link.worker.name) (\(link.worker.endpoint))")
+                missing.append("\(link.worker.name) (\(link.worker.endpoint)\(link.transport.handshakeProblem.map { ": " + $0 } ?? ""))")
                 continue
             }
             if h.hasModel_p, [UInt8](h.modelMetadataSha256) != sha {
@@ -121,7 +125,8 @@ public final class Coordinator: Service, @unchecked Sendable {
             log("worker '\(link.worker.name)' joined\(spare ? " as a spare" : ""): \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch the model")")
         }
         guard missing.isEmpty else {
-            throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file")
+            throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file"
+                                   + (transports.authenticates ? "; with CurveZMQ, check that each worker runs with the key the cluster file gives it and with this coordinator's public key" : ""))
         }
         try replanWithReportedBudgets()
 
@@ -157,7 +162,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     func budgeted(_ link: WorkerLink) -> ClusterFile.Worker {
         let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
         let w = link.worker
-        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role) : w
+        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role, key: w.key) : w
     }
 
     /// A worker's own `--memory` is the truth when it is below the cluster file's figure: the plan uses the
@@ -190,6 +195,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         let w = plan.workers[i]
         if let k = plan.stages.firstIndex(where: { $0.worker == w.name }) {
             let s = plan.stages[k]
+            if k > 0 { a.previousStage = plan.stages[k - 1].worker }
             a.firstLayer = UInt32(s.layers.lowerBound)
             a.endLayer = UInt32(s.layers.upperBound)
             if k + 1 < plan.stages.count, let next = plan.workers.first(where: { $0.name == plan.stages[k + 1].worker }) {
@@ -214,6 +220,16 @@ public final class Coordinator: Service, @unchecked Sendable {
         a.experts = Self.wireSets(plan.experts(of: i, paged: false))
         a.paged = Self.wireSets(plan.experts(of: i, paged: true))
         a.slots = UInt32(plan.slots[i])
+        // With CurveZMQ the worker admits exactly the plan's workers, and knows each endpoint's key.
+        a.peers = plan.workers.compactMap { w in
+            w.key.map { key in
+                var p = Conclave_V1_Peer()
+                p.name = w.name
+                p.endpoint = w.endpoint
+                p.publicKey = key.z85
+                return p
+            }
+        }
         return a
     }
 
@@ -318,7 +334,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         let left = usable.map { link in link.worker.role == .spare ? budgeted(link).with(role: .any) : budgeted(link) }
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
         do {
-            plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left))
+            plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
             log("new plan without \(gone.joined(separator: ", ")): " + planSummary())
             try assignPlan(timeout: options.loadTimeout)
         } catch {
@@ -446,6 +462,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.plan = planSummary()
         s.epoch = executor.epoch
         s.recoveries = recoveries.withLock { $0 }
+        s.refusedPeers = UInt64(transports.refusedPeers)
+        s.security = transports.authenticates ? "curve" : "none"
         return s
     }
 

@@ -15,12 +15,19 @@ public extension Conclave_V1_StatusReply {
             ("micro_batches", .int(Int(s.microBatches))), ("peak_in_flight", .int(Int(s.peakInFlight))),
             ("plan", .string(s.plan)),
             ("epoch", .uint(s.epoch)),
+            ("security", .string(s.security.isEmpty ? "none" : s.security)),
+            ("refused_peers", .uint(s.totalRefusedPeers)),
             ("recoveries", .array(s.recoveries.map { r in
                 .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
                          ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan))])
             })),
         ])
     }
+}
+
+public extension Conclave_V1_StatusReply {
+    /// Connections refused by the coordinator's client endpoint and by every worker's.
+    var totalRefusedPeers: UInt64 { workers.reduce(refusedPeers) { $0 + UInt64($1.samples.value(WorkerMetric.refusedPeers)) } }
 }
 
 public extension Conclave_V1_WorkerStatus {

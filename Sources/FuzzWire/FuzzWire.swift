@@ -11,6 +11,15 @@ import Worker
 ///
 /// Built with `-sanitize=fuzzer -DFUZZING` by `scripts/fuzz wire SECONDS`; a plain build makes a replay tool that
 /// runs files (a corpus, a crash) through the same function.
+/// Connections refused: an Assign from the fuzzer may name any endpoint (the worker's own among them).
+struct NoPeers: TransportFactory {
+    var authenticates: Bool { false }
+    var refusedPeers: Int { 0 }
+    func listen(_ endpoint: String, maxMessageSize: Int) throws -> Transport { throw WireError(.unavailable, "no listeners while fuzzing") }
+    func connect(_ endpoint: String) throws -> Transport { throw WireError(.unavailable, "no peers while fuzzing (\(endpoint))") }
+    func trust(workers: [TrustedPeer]) {}
+}
+
 enum WireHarness {
     static let model: String = ProcessInfo.processInfo.environment["CONCLAVE_FUZZ_MODEL"] ?? "models/tiny-qwen3moe-4L-256d-8x2-Q4_0.gguf"
     static let network = InMemoryNetwork()
@@ -18,7 +27,7 @@ enum WireHarness {
         let router = try! network.router(at: "inproc://worker")
         let options = WorkerService.Options(name: "fuzz", endpoint: "inproc://worker", modelPath: model, memory: 1 << 30, threads: 1,
                                             cacheDirectory: FileManager.default.temporaryDirectory.appendingPathComponent("conclave-fuzz-cache").path)
-        let s = try! WorkerService(options: options, router: router, connect: { e in throw WireError(.unavailable, "no peers while fuzzing (\(e))") })
+        let s = try! WorkerService(options: options, router: router, transports: NoPeers())
         // The fuzzer's peer: replies arrive here and are dropped, so nothing accumulates.
         let peer = try! network.dealer(connectingTo: "inproc://worker", identity: "peer")
         Task.detached { for await _ in peer.messages {} }

@@ -1,4 +1,5 @@
 import Foundation
+import Wire
 import Yams
 
 /// A cluster file (DESIGN.md § Cluster file): where the coordinator listens and, per worker, its endpoint,
@@ -16,29 +17,54 @@ public struct ClusterFile: Sendable, Equatable {
     }
 
     /// The workers a plan uses now: every one but the spares.
-    public var active: ClusterFile { ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }) }
+    public var active: ClusterFile {
+        ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }, coordinatorKey: coordinatorKey, clientKeys: clientKeys)
+    }
 
     public struct Worker: Sendable, Equatable {
         public let name: String
         public let endpoint: String
         public let memory: Int
         public let role: Role
+        /// Its CurveZMQ public key (`key:`), when the cluster is authenticated.
+        public let key: CurveKey?
         /// The same worker in another role (a spare called in by a re-plan holds layers and experts).
-        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role) }
-        public init(name: String, endpoint: String, memory: Int, role: Role = .any) {
+        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key) }
+        public init(name: String, endpoint: String, memory: Int, role: Role = .any, key: CurveKey? = nil) {
             self.name = name
             self.endpoint = endpoint
             self.memory = memory
             self.role = role
+            self.key = key
         }
     }
 
     public let coordinator: String
     public let workers: [Worker]
+    /// CurveZMQ (DESIGN.md § Security): the coordinator's public key (`coordinator_key:`); with it every worker
+    /// has a `key:`, and `client_keys:` lists who may send Generate and StatusQuery. Nil: a plain cluster.
+    public let coordinatorKey: CurveKey?
+    public let clientKeys: [CurveKey]
 
-    public init(coordinator: String, workers: [Worker]) {
+    public init(coordinator: String, workers: [Worker], coordinatorKey: CurveKey? = nil, clientKeys: [CurveKey] = []) {
         self.coordinator = coordinator
         self.workers = workers
+        self.coordinatorKey = coordinatorKey
+        self.clientKeys = clientKeys
+    }
+
+    /// Whether peers authenticate with CurveZMQ.
+    public var authenticated: Bool { coordinatorKey != nil }
+
+    /// Every endpoint on this machine's loopback: a plain cluster is safe to run only then.
+    public var loopbackOnly: Bool { ([coordinator] + workers.map(\.endpoint)).allSatisfy(Self.isLoopback) }
+
+    /// tcp://127.x.x.x, tcp://localhost, tcp://[::1], ipc:// and inproc:// stay on this machine.
+    public static func isLoopback(_ endpoint: String) -> Bool {
+        if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
+        guard endpoint.hasPrefix("tcp://") else { return false }
+        let host = endpoint.dropFirst(6).prefix { $0 != ":" }
+        return host.hasPrefix("127.") || host == "localhost" || endpoint.dropFirst(6).hasPrefix("[::1]")
     }
 
     public init(path: String) throws(PlacementError) {
@@ -47,9 +73,11 @@ public struct ClusterFile: Sendable, Equatable {
     }
 
     private struct Raw: Decodable {
-        struct W: Decodable { let name: String?; let endpoint: String?; let memory: String?; let role: String? }
+        struct W: Decodable { let name: String?; let endpoint: String?; let memory: String?; let role: String?; let key: String? }
         let coordinator: String?
         let workers: [W]?
+        let coordinator_key: String?
+        let client_keys: [String]?
     }
 
     public init(yaml: String, source: String = "cluster file") throws(PlacementError) {
@@ -63,6 +91,17 @@ public struct ClusterFile: Sendable, Equatable {
             throw PlacementError("\(source): 'coordinator' must be an endpoint like tcp://10.0.0.1:7000")
         }
         guard let list = raw.workers, !list.isEmpty else { throw PlacementError("\(source): 'workers' lists no worker") }
+        // Key files named in the cluster file are found next to it.
+        let directory = source == "cluster file" ? nil : URL(fileURLWithPath: source).deletingLastPathComponent().path
+        func key(_ s: String, _ what: String) throws(PlacementError) -> CurveKey {
+            do { return try CurveKey(keyOrFile: s, relativeTo: directory) } catch { throw PlacementError("\(source): \(what): \(error.message)") }
+        }
+        let coordinatorKey = try raw.coordinator_key.map { (s: String) throws(PlacementError) in try key(s, "'coordinator_key'") }
+        var clientKeys: [CurveKey] = []
+        for (i, s) in (raw.client_keys ?? []).enumerated() { clientKeys.append(try key(s, "client_keys[\(i)]")) }
+        if coordinatorKey == nil, !clientKeys.isEmpty || list.contains(where: { $0.key != nil }) {
+            throw PlacementError("\(source): workers or clients have keys but 'coordinator_key' is missing; an authenticated cluster gives the coordinator's key too")
+        }
         var workers: [Worker] = []
         for (i, w) in list.enumerated() {
             let label = "\(source): workers[\(i)]"
@@ -78,14 +117,21 @@ public struct ClusterFile: Sendable, Equatable {
                 throw PlacementError("\(label) '\(name)': role '\(roleName)' is not one of any, stage, experts, spare")
             }
             guard !workers.contains(where: { $0.name == name }) else { throw PlacementError("\(label): the name '\(name)' is used twice") }
+            var workerKey: CurveKey?
+            if let k = w.key { workerKey = try key(k, "\(label) '\(name)': 'key'") }
+            if coordinatorKey != nil, workerKey == nil {
+                throw PlacementError("\(label) '\(name)': no 'key'; with 'coordinator_key' every worker gives its public key (`conclave keys generate -o DIR \(name)`)")
+            }
             guard !workers.contains(where: { $0.endpoint == endpoint }) else { throw PlacementError("\(label) '\(name)': endpoint \(endpoint) is used twice") }
-            workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role))
+            workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: workerKey))
         }
         guard workers.contains(where: { $0.role != .experts && $0.role != .spare }) else {
             throw PlacementError("\(source): every worker has role 'experts' or 'spare'; at least one must hold layers (role 'any' or 'stage')")
         }
         self.coordinator = coordinator
         self.workers = workers
+        self.coordinatorKey = coordinatorKey
+        self.clientKeys = clientKeys
     }
 
     static func isEndpoint(_ s: String) -> Bool {

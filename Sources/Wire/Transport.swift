@@ -14,6 +14,8 @@ public protocol Transport: AnyObject, Sendable {
     /// disconnected) or the queue to it is full. Waits for the send to be tried.
     func sendReporting(_ frames: Frames) -> Bool
     func close()
+    /// Why this end cannot talk to its peer, when the handshake says so (a refused key); nil otherwise.
+    var handshakeProblem: String? { get }
 }
 
 extension ZMQSocket: Transport {}
@@ -35,9 +37,11 @@ public final class InMemoryNetwork: Sendable {
         }
     }
 
-    public func dealer(connectingTo endpoint: String, identity: String) throws(ZMQError) -> InMemoryEndpoint {
+    /// A dealer; `role` stands for what a ZAP handler would have said of its key (nil: an unauthenticated peer).
+    public func dealer(connectingTo endpoint: String, identity: String, role: PeerRole? = nil) throws(ZMQError) -> InMemoryEndpoint {
         guard let router = routers.withLock({ $0[endpoint] }) else { throw ZMQError(message: "connect \(endpoint): nothing listens there") }
         let d = InMemoryEndpoint(kind: .dealer, endpoint: endpoint, identity: Data(identity.utf8), maxMessageSize: .max, network: self)
+        d.role = role
         d.peerRouter = router
         router.dealers.withLock { $0[Data(identity.utf8)] = d }
         return d
@@ -53,7 +57,9 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
     public let endpoint: String
     public let messages: AsyncStream<Frames>
     let identity: Data
+    fileprivate var role: PeerRole?
     let maxMessageSize: Int
+    public var handshakeProblem: String? { nil }
     private let continuation: AsyncStream<Frames>.Continuation
     fileprivate let dealers = Mutex<[Data: InMemoryEndpoint]>([:])
     fileprivate weak var peerRouter: InMemoryEndpoint?
@@ -76,7 +82,7 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
         switch kind {
         case .dealer:
             guard let router = peerRouter else { return false }
-            return router.deliver(Frames(peer: identity, parts: frames.parts))
+            return router.deliver(Frames(peer: identity, parts: frames.parts, role: role))
         case .router:
             guard let peer = frames.peer, let dealer = dealers.withLock({ $0[peer] }) else { return false }
             return dealer.deliver(Frames(parts: frames.parts))

@@ -18,14 +18,27 @@ public final class ZMQContext: @unchecked Sendable {
     public static let shared = ZMQContext()
 }
 
-/// A received or outgoing multipart message; `peer` is the ROUTER routing id (nil on a DEALER).
+/// A received or outgoing multipart message; `peer` is the ROUTER routing id (nil on a DEALER); `role` is who
+/// the sender authenticated as (CurveZMQ with a ZAP handler), nil on an unauthenticated socket.
 public struct Frames: Sendable {
     public var peer: Data?
     public var parts: [Data]
-    public init(peer: Data? = nil, parts: [Data]) {
+    public var role: PeerRole?
+    public init(peer: Data? = nil, parts: [Data], role: PeerRole? = nil) {
         self.peer = peer
         self.parts = parts
+        self.role = role
     }
+}
+
+/// How a socket authenticates (DESIGN.md § Security).
+public enum SocketSecurity: Sendable {
+    /// Plain ZeroMQ: anyone who reaches the port may talk (loopback, or `--insecure`).
+    case none
+    /// CurveZMQ server (a bound ROUTER): our key pair; `admission` says which client keys get in, as what.
+    case curveServer(CurveKeyPair, PeerAdmission)
+    /// CurveZMQ client (a DEALER): our key pair and the key the server must prove it holds.
+    case curveClient(CurveKeyPair, server: CurveKey)
 }
 
 public struct ZMQError: Error, CustomStringConvertible, Sendable {
@@ -53,12 +66,48 @@ public final class ZMQSocket: @unchecked Sendable {
     private var thread = pthread_t()
     // Owned by the socket thread once started; set up and torn down around it.
     private let socket: UnsafeMutableRawPointer
+    /// A PAIR receiving this socket's handshake events (nil on a plain server, which has nothing to check).
+    private let monitor: UnsafeMutableRawPointer?
+    private let security: SocketSecurity
+    private let problem = Mutex<String?>(nil)
+    private static let monitors = Atomic<Int>(0)
 
     /// Binds (ROUTER, or a DEALER given `bind: true`) or connects to `endpoint`.
     public init(_ kind: Kind, bind: Bool, endpoint: String, identity: String? = nil, maxMessageSize: Int = 256 << 20,
-                highWaterMark: Int32 = 10_000, context: ZMQContext = .shared) throws {
+                highWaterMark: Int32 = 10_000, security: SocketSecurity = .none, context: ZMQContext = .shared) throws {
         guard let s = zmq_socket(context.handle, kind == .router ? ZMQ_ROUTER : ZMQ_DEALER) else { throw ZMQError("zmq_socket") }
         func setInt32(_ opt: Int32, _ v: Int32) { var v = v; zmq_setsockopt(s, opt, &v, 4) }
+        func setKey(_ opt: Int32, _ z85: String) -> Bool { z85.withCString { zmq_setsockopt(s, opt, $0, 40) } == 0 }
+        switch security {
+        case .none: break
+        case .curveServer(let pair, let admission):
+            // The handler must answer before the first handshake: without one libzmq admits every key.
+            let zap: ZAPHandler
+            do { zap = try ZAPHandler.running(in: context) } catch { zmq_close(s); throw error }
+            zap.register(admission)
+            setInt32(ZMQ_CURVE_SERVER, 1)
+            _ = admission.domain.withCString { zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, $0, strlen($0)) }
+            guard setKey(ZMQ_CURVE_SECRETKEY, pair.secretZ85) else { zmq_close(s); throw ZMQError("CurveZMQ server key") }
+        case .curveClient(let pair, let server):
+            guard setKey(ZMQ_CURVE_SERVERKEY, server.z85), setKey(ZMQ_CURVE_PUBLICKEY, pair.publicKey.z85),
+                  setKey(ZMQ_CURVE_SECRETKEY, pair.secretZ85) else { zmq_close(s); throw ZMQError("CurveZMQ client keys") }
+        }
+        self.security = security
+        // Handshake outcomes: a server counts peers that fail before its ZAP handler is asked (no CurveZMQ at
+        // all); a client learns that the server refused it, instead of waiting for replies that never come.
+        var watch: UnsafeMutableRawPointer?
+        if case .curveServer = security, kind == .router { watch = s } else if !bind { watch = s }
+        if let w = watch {
+            let address = "inproc://conclave.monitor.\(getpid()).\(Self.monitors.add(1, ordering: .relaxed).newValue)"
+            let events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
+            if zmq_socket_monitor(w, address, events) == 0, let pair = zmq_socket(context.handle, ZMQ_PAIR), zmq_connect(pair, address) == 0 {
+                monitor = pair
+            } else {
+                monitor = nil
+            }
+        } else {
+            monitor = nil
+        }
         setInt32(ZMQ_LINGER, 0)
         setInt32(ZMQ_SNDHWM, highWaterMark)
         setInt32(ZMQ_RCVHWM, highWaterMark)
@@ -69,6 +118,7 @@ public final class ZMQSocket: @unchecked Sendable {
         let rc = bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)
         guard rc == 0 else {
             let e = ZMQError(bind ? "bind \(endpoint)" : "connect \(endpoint)")
+            if let monitor { zmq_close(monitor) }
             zmq_close(s)
             throw e
         }
@@ -87,6 +137,10 @@ public final class ZMQSocket: @unchecked Sendable {
             return nil
         }, box)
     }
+
+    /// Why the last handshake failed, until one succeeds (a DEALER): the server refused our key, or speaks
+    /// another mechanism. Nil while nothing is known to be wrong.
+    public var handshakeProblem: String? { problem.withLock { $0 } }
 
     /// Queues a message; the socket thread sends it. On a ROUTER, `frames.peer` names the destination.
     public func send(_ frames: Frames) { enqueue(frames, nil) }
@@ -130,9 +184,11 @@ public final class ZMQSocket: @unchecked Sendable {
     private func run() {
         var items = [zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0),
                      zmq_pollitem_t(socket: nil, fd: wake, events: Int16(ZMQ_POLLIN), revents: 0)]
+        if let monitor { items.append(zmq_pollitem_t(socket: monitor, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)) }
         while !closed.load(ordering: .acquiring) {
-            let n = zmq_poll(&items, 2, 1000)
+            let n = zmq_poll(&items, Int32(items.count), 1000)
             if n < 0 && zmq_errno() != EINTR { break }
+            if items.count > 2, items[2].revents != 0 { readEvents() }
             if items[1].revents != 0 {
                 var v: UInt64 = 0
                 _ = read(wake, &v, 8)
@@ -147,6 +203,12 @@ public final class ZMQSocket: @unchecked Sendable {
         for (_, outcome) in queue.withLock({ q in defer { q.removeAll() }; return q }) { outcome?(false) }
         var linger: Int32 = 500
         zmq_setsockopt(socket, ZMQ_LINGER, &linger, 4)
+        if let monitor {
+            zmq_socket_monitor(socket, nil, 0)
+            var zero: Int32 = 0
+            zmq_setsockopt(monitor, ZMQ_LINGER, &zero, 4)
+            zmq_close(monitor)
+        }
         zmq_close(socket)
         Glibc.close(wake)
         continuation.finish()
@@ -165,9 +227,12 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// Drains every complete message waiting on the socket.
     private func receiveAll() {
+        let authenticated: Bool
+        if case .curveServer = security { authenticated = true } else { authenticated = false }
         while true {
             var parts: [Data] = []
             var more: Int32 = 1
+            var role: PeerRole?
             repeat {
                 var msg = zmq_msg_t()
                 zmq_msg_init(&msg)
@@ -176,16 +241,68 @@ public final class ZMQSocket: @unchecked Sendable {
                     zmq_msg_close(&msg)
                     return
                 }
+                // The routing-id frame a ROUTER makes up carries no properties; the peer's own frames do.
+                if authenticated, role == nil, let user = zmq_msg_gets(&msg, "User-Id") { role = PeerRole(userID: String(cString: user)) }
                 parts.append(Data(bytes: zmq_msg_data(&msg), count: zmq_msg_size(&msg)))
                 more = zmq_msg_more(&msg)
                 zmq_msg_close(&msg)
             } while more != 0
             if kind == .router {
                 let peer = parts.removeFirst()
-                continuation.yield(Frames(peer: peer, parts: parts))
+                continuation.yield(Frames(peer: peer, parts: parts, role: role))
             } else {
                 continuation.yield(Frames(parts: parts))
             }
         }
     }
+
+    /// Handshake events from the monitor: [event (u16) + value (u32)], [address].
+    private func readEvents() {
+        while let monitor {
+            guard let frames = receiveMultipart(monitor, wait: false) else { return }
+            guard let head = frames.first, head.count >= 6 else { continue }
+            let event = Int32(head[head.startIndex]) | Int32(head[head.startIndex + 1]) << 8
+            let value = head.dropFirst(2).prefix(4).enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
+            let address = frames.count > 1 ? String(decoding: frames[1], as: UTF8.self) : endpoint
+            handshake(event: event, value: value, address: address)
+        }
+    }
+
+    private func handshake(event: Int32, value: UInt32, address: String) {
+        switch security {
+        case .curveServer(_, let admission):
+            // A refused key was counted by the ZAP handler, which knew the key; these failed before it was asked.
+            if event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL {
+                admission.refuse("a peer of \(address) failed the CurveZMQ handshake (protocol error 0x\(String(value, radix: 16))): it does not speak CurveZMQ, or was given another key for this endpoint")
+            }
+        case .curveClient, .none:
+            let what: String?
+            switch event {
+            case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: what = nil
+            case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: what = "\(endpoint) refused this process's CurveZMQ key (status \(value)): it is not among the keys listed there"
+            default:
+                if case .none = security {
+                    what = "the handshake with \(endpoint) failed (protocol error 0x\(String(value, radix: 16))): it requires CurveZMQ; give the keys (--key-dir)"
+                } else {
+                    what = "the CurveZMQ handshake with \(endpoint) failed (protocol error 0x\(String(value, radix: 16))): it does not speak CurveZMQ, or its key is not the one given"
+                }
+            }
+            problem.withLock { $0 = what }
+        }
+    }
+}
+
+/// One whole multipart message from `socket` (nil when none is waiting, with `wait` false, or on an error).
+func receiveMultipart(_ socket: UnsafeMutableRawPointer, wait: Bool) -> [Data]? {
+    var frames: [Data] = []
+    var more: Int32 = 1
+    repeat {
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        defer { zmq_msg_close(&msg) }
+        guard zmq_msg_recv(&msg, socket, frames.isEmpty && !wait ? ZMQ_DONTWAIT : 0) >= 0 else { return nil }
+        frames.append(Data(bytes: zmq_msg_data(&msg), count: zmq_msg_size(&msg)))
+        more = zmq_msg_more(&msg)
+    } while more != 0
+    return frames
 }

@@ -43,7 +43,7 @@ public final class WorkerMetrics: Sendable {
 
     /// Every figure now: the counters as counted, and the gauges read at this moment (memory, latency
     /// quantiles, the figures the shard and its offload cache keep themselves).
-    public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?) -> [MetricSample] {
+    public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0) -> [MetricSample] {
         let sorted = latencies.withLock { $0.ring }.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000 }
         registry.handle(WorkerMetric.stepP50).set(pct(0.5))
@@ -51,6 +51,7 @@ public final class WorkerMetrics: Sendable {
         registry.handle(WorkerMetric.rss).set(Double(Self.rssBytes()))
         registry.handle(WorkerMetric.resident).set(Double(resident))
         registry.handle(WorkerMetric.expertCallBytes).advance(toTotal: Double(expertCallBytes))
+        registry.handle(WorkerMetric.refusedPeers).advance(toTotal: Double(refusedPeers))
         if let offload { registry.record(offload: offload) }
         return registry.samples()
     }

@@ -112,45 +112,96 @@ extension PendingReplies {
 
 /// Request/response over a DEALER-side transport, usable from synchronous code (a stage's layer loop): a task
 /// reads replies and hands each to the waiter with the same request id.
+///
+/// The connection is made at the first call, not when the shard loads: by then every worker of the plan has
+/// its Assign and, under CurveZMQ, admits us. It is made again when a handshake was refused (a peer restarted
+/// and not yet assigned): libzmq does not retry a refused handshake, and nothing sent on that socket arrives.
 public final class RemoteClient: @unchecked Sendable {
-    let transport: Transport
+    public let endpoint: String
+    private let connect: @Sendable () throws -> Transport
+    private struct Link {
+        var transport: Transport?
+        var reader: Task<Void, Never>?
+        var closed = false
+    }
+    private let link = Mutex(Link())
     private let replies = PendingReplies()
-    private var reader: Task<Void, Never>?
     private let sent = Atomic<UInt64>(0)
     /// Bytes of every request sent (all frames).
     public var bytesSent: UInt64 { sent.load(ordering: .relaxed) }
 
-    public init(transport: Transport) {
-        self.transport = transport
-        let replies = self.replies
-        reader = Task.detached {
-            for await frames in transport.messages {
-                do throws(WireError) {
-                    _ = replies.resolve(try WireMessage.decode(frames.parts))
-                } catch {
-                    // A reply we cannot read: its id is unknown, so its caller times out with a clear error.
+    public init(endpoint: String, connect: @escaping @Sendable () throws -> Transport) {
+        self.endpoint = endpoint
+        self.connect = connect
+    }
+
+    /// A client of a transport already made.
+    public convenience init(transport: Transport) {
+        self.init(endpoint: transport.endpoint, connect: { transport })
+    }
+
+    deinit { link.withLock { $0.reader?.cancel() } }
+
+    /// The live connection: the one made before, unless its handshake failed; else a new one.
+    private func transport() throws -> Transport {
+        try link.withLock { l throws -> Transport in
+            guard !l.closed else { throw WireError(.unavailable, "the connection to \(endpoint) was closed (the cluster was re-planned)") }
+            if let t = l.transport, t.handshakeProblem == nil { return t }
+            l.transport?.close()
+            l.reader?.cancel()
+            let t = try connect()
+            let replies = self.replies
+            l.reader = Task.detached {
+                for await frames in t.messages {
+                    do throws(WireError) {
+                        _ = replies.resolve(try WireMessage.decode(frames.parts))
+                    } catch {
+                        // A reply we cannot read: its id is unknown, so its caller times out with a clear error.
+                    }
                 }
             }
+            l.transport = t
+            return t
         }
     }
 
-    deinit { reader?.cancel() }
-
     /// Closes the connection; calls waiting for it fail at once.
     public func close() {
-        transport.close()
-        replies.failAll(WireError(.unavailable, "the connection to \(transport.endpoint) was closed (the cluster was re-planned)"))
+        let t = link.withLock { l -> Transport? in
+            l.closed = true
+            l.reader?.cancel()
+            return l.transport
+        }
+        t?.close()
+        replies.failAll(WireError(.unavailable, "the connection to \(endpoint) was closed (the cluster was re-planned)"))
     }
 
     /// Sends and waits for the reply (or fails after `timeout` seconds: a request is never silently dropped).
+    /// A request sent on a connection whose handshake is then refused never left: it is sent again on a new one.
     public func call(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> WireMessage {
         var e = envelope
-        let id = replies.register()
-        e.requestID = id
+        let waiter = replies.waiter()
+        e.requestID = waiter.id
         let parts = try WireMessage.make(e, tensors: tensors).encode()
+        let deadline = Date().addingTimeInterval(timeout)
+        var t = try transport()
         sent.add(UInt64(parts.reduce(0) { $0 + $1.count }), ordering: .relaxed)
-        transport.send(Frames(parts: parts))
-        return try replies.wait(id, timeout: timeout, from: transport.endpoint)
+        t.send(Frames(parts: parts))
+        var refused: String?
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else {
+                replies.cancel(waiter.id)
+                throw WireError(.internalError, "no reply from \(endpoint) within \(timeout) s" + (refused.map { " (\($0))" } ?? ""))
+            }
+            if let reply = try waiter.poll(timeout: min(0.25, left)) { return reply }
+            if let problem = t.handshakeProblem {
+                refused = problem
+                Thread.sleep(forTimeInterval: min(0.25, max(0, deadline.timeIntervalSinceNow)))
+                t = try transport()
+                t.send(Frames(parts: parts))
+            }
+        }
     }
 }
 
@@ -223,12 +274,12 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
                     let reply = try client.call(env, tensors: tensors)
                     guard case .expertResult(let res) = reply.envelope.kind, reply.frames.count == 1, res.rows.count == res.slots.count,
                           reply.frames[0].count == res.rows.count * e * 4 else {
-                        throw WireError(.malformed, "bad ExpertResult from \(client.transport.endpoint)")
+                        throw WireError(.malformed, "bad ExpertResult from \(client.endpoint)")
                     }
                     // Every (row, slot) a peer names must be one we asked it for: nothing it sends writes elsewhere.
                     for (row, slot) in zip(res.rows, res.slots) {
                         guard Int(row) < rowList.count, rs[rowList[Int(row)]]!.slots!.contains(Int(slot)) else {
-                            throw WireError(.malformed, "ExpertResult from \(client.transport.endpoint) names row \(row) slot \(slot), which was not asked for")
+                            throw WireError(.malformed, "ExpertResult from \(client.endpoint) names row \(row) slot \(slot), which was not asked for")
                         }
                     }
                     let dst = UnsafeMutablePointer<Float>(bitPattern: resultsAddress)!

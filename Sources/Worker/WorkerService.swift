@@ -41,7 +41,7 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     let options: Options
     let router: Transport
-    let connect: @Sendable (String) throws -> Transport
+    let transports: TransportFactory
     let log: @Sendable (String) -> Void
     public let metrics = WorkerMetrics()
 
@@ -54,6 +54,9 @@ public final class WorkerService: Service, @unchecked Sendable {
         var coordinator: Data?
         /// The plan of our last Assign: stage input of another plan is refused.
         var epoch: UInt64 = 0
+        /// The worker whose stage feeds ours in that plan (nil: none, or not told): with authenticated peers,
+        /// the one peer whose StageInput we take.
+        var previousStage: String?
         var state: State = .joining
         var shard: WorkerShard?
     }
@@ -61,11 +64,13 @@ public final class WorkerService: Service, @unchecked Sendable {
     /// The model this worker has (its own file, or one it fetched earlier), with its metadata hash.
     private let ownModel: (file: GGUFFile, sha: [UInt8])?
 
-    public init(options: Options, router: Transport, connect: @escaping @Sendable (String) throws -> Transport,
+    /// `router` is our listener (made by `transports`, or the in-memory twin's); `transports` makes our
+    /// connections to other workers and says whether peers are authenticated.
+    public init(options: Options, router: Transport, transports: TransportFactory,
                 log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.options = options
         self.router = router
-        self.connect = connect
+        self.transports = transports
         self.log = log
         if let path = options.modelPath {
             let f = try GGUFFile(path: path)
@@ -146,6 +151,7 @@ public final class WorkerService: Service, @unchecked Sendable {
             return
         }
         let id = msg.envelope.requestID, peer = frames.peer
+        if let refusal = refusal(msg.envelope, from: frames.role) { return replyError(peer, id: id, refusal) }
         switch msg.envelope.kind {
         case .hello:
             // Anyone may ask who we are; only an Assign makes a peer our coordinator.
@@ -155,12 +161,15 @@ public final class WorkerService: Service, @unchecked Sendable {
             reply(peer, WireMessage.make(e))
         case .assign(let a):
             if let refusal = adopt(coordinator: peer) { return replyError(peer, id: id, refusal) }
+            let peers = a.peers.compactMap { p in (try? CurveKey(z85: p.publicKey)).map { TrustedPeer(name: p.name, endpoint: p.endpoint, key: $0) } }
+            transports.trust(workers: peers)
             // A re-plan: input of the old plan is refused from now on, the old shard's calls to other workers end
             // at once (its queue is free for the new plan's steps), and it is let go before the new one loads, so
             // the two never sit in memory together past the budget.
             let old = shared.withLock { s -> WorkerShard? in
                 defer { s.shard = nil }
                 s.epoch = msg.envelope.epoch
+                s.previousStage = a.previousStage.isEmpty ? nil : a.previousStage
                 return s.shard
             }
             old?.abandon()
@@ -182,6 +191,24 @@ public final class WorkerService: Service, @unchecked Sendable {
             if !replies.resolve(msg) { log("dropped a reply nobody waits for (request \(id))") }
         default:
             replyError(peer, id: id, WireError(.malformed, "a worker does not take \(kindName(msg.envelope))"))
+        }
+    }
+
+    /// What an authenticated peer's role does not allow (nil: allowed, or peers are not authenticated). The ZAP
+    /// handler admitted only the coordinator and the plan's workers; among them only the coordinator may
+    /// Assign or send model chunks, only the stage before ours may feed our stage, and clients get nothing.
+    func refusal(_ e: Envelope, from role: PeerRole?) -> WireError? {
+        guard transports.authenticates else { return nil }
+        guard let role else { return WireError(.malformed, "an unauthenticated message reached an authenticated endpoint") }
+        let previous = shared.withLock { $0.previousStage }
+        switch (e.kind, role) {
+        case (.hello, .coordinator), (.hello, .worker): return nil
+        case (.assign, .coordinator), (.modelChunk, .coordinator), (.error, .coordinator): return nil
+        case (.stageInput, .coordinator): return nil
+        case (.stageInput, .worker(let name)):
+            return name == previous ? nil : WireError(.malformed, "a StageInput from worker '\(name)', which does not feed this stage in the plan in force")
+        case (.expertCall, .worker), (.expertCall, .coordinator): return nil
+        default: return WireError(.malformed, "\(role) may not send \(kindName(e)) to a worker")
         }
     }
 
@@ -222,7 +249,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func heartbeat(_ shard: WorkerShard?) -> WireMessage {
         var hb = Conclave_V1_Heartbeat()
         hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
-                                     offload: shard?.offload).map(Conclave_V1_MetricSample.init)
+                                     offload: shard?.offload, refusedPeers: transports.refusedPeers).map(Conclave_V1_MetricSample.init)
         var e = Envelope()
         e.heartbeat = hb
         return WireMessage.make(e)
@@ -234,7 +261,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         do {
             let file = try modelFile(for: a, peer: peer)
             let t0 = KernelBench.now()
-            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, connect: connect)
+            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, connect: { [transports] in try transports.connect($0) })
             let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
             log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
             shared.withLock { $0.shard = shard; $0.state = .ready }
@@ -276,8 +303,10 @@ public final class WorkerService: Service, @unchecked Sendable {
     private var next: (String, Transport)?
     private func nextStage(_ shard: WorkerShard) throws -> Transport {
         guard let endpoint = shard.nextEndpoint, !endpoint.isEmpty else { throw WireError(.internalError, "this stage has no next stage") }
-        if let (e, t) = next, e == endpoint { return t }
-        let t = try connect(endpoint)
+        // Made again when its handshake was refused (the next stage restarted and was not yet assigned).
+        if let (e, t) = next, e == endpoint, t.handshakeProblem == nil { return t }
+        next?.1.close()
+        let t = try transports.connect(endpoint)
         next = (endpoint, t)
         return t
     }

@@ -27,7 +27,7 @@ final class WorkerShard: @unchecked Sendable {
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not
     /// fit is refused with the figures (the coordinator plans with the budget we report, so this is a safeguard).
-    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, connect: (String) throws -> Transport) throws {
+    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, connect: @escaping @Sendable (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: threads)
         // Every field checked before it sizes or indexes anything (found by the wire fuzzer: first > end trapped).
@@ -71,7 +71,8 @@ final class WorkerShard: @unchecked Sendable {
                 if let c = clients[remote.endpoint] {
                     client = c
                 } else {
-                    client = RemoteClient(transport: try connect(remote.endpoint))
+                    let endpoint = remote.endpoint
+                    client = RemoteClient(endpoint: endpoint, connect: { try connect(endpoint) })
                     clients[remote.endpoint] = client
                 }
                 for set in remote.experts {

@@ -16,8 +16,8 @@ final class CoordinatorClient: @unchecked Sendable {
     private let inbox = Inbox()
     private var reader: Task<Void, Never>?
 
-    init(endpoint: String) throws {
-        socket = try ZMQSocket(.dealer, bind: false, endpoint: endpoint)
+    init(endpoint: String, security: SocketSecurity = .none) throws {
+        socket = try ZMQSocket(.dealer, bind: false, endpoint: endpoint, security: security)
         let (s, inbox) = (socket, inbox)
         reader = Task.detached {
             for await f in s.messages {
@@ -35,10 +35,17 @@ final class CoordinatorClient: @unchecked Sendable {
 
     func send(_ e: Envelope) throws { socket.send(Frames(parts: try WireMessage.make(e).encode())) }
 
-    /// The next message, or nil after `timeout` seconds of silence.
-    func next(timeout: Double) -> WireMessage? {
-        guard inbox.arrived.wait(timeout: .now() + timeout) == .success else { return nil }
-        return inbox.messages.withLock { $0.removeFirst() }
+    /// The next message, or nil after `timeout` seconds of silence. Throws at once when the handshake failed
+    /// (the coordinator refused our key, or wants CurveZMQ): no answer would ever come.
+    func next(timeout: Double) throws -> WireMessage? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if inbox.arrived.wait(timeout: .now() + min(0.25, max(0, deadline.timeIntervalSinceNow))) == .success {
+                return inbox.messages.withLock { $0.removeFirst() }
+            }
+            if let problem = socket.handshakeProblem { throw Failure(description: problem) }
+            if deadline.timeIntervalSinceNow <= 0 { return nil }
+        }
     }
 
     struct Failure: Error, CustomStringConvertible { let description: String }
@@ -53,7 +60,7 @@ final class CoordinatorClient: @unchecked Sendable {
         e.generate = g
         try send(e)
         while true {
-            guard let m = next(timeout: timeout) else {
+            guard let m = try next(timeout: timeout) else {
                 throw Failure(description: "no answer from the coordinator at \(socket.endpoint) within \(Int(timeout)) s")
             }
             guard m.envelope.requestID == e.requestID else { continue }
@@ -76,7 +83,7 @@ final class CoordinatorClient: @unchecked Sendable {
         e.statusQuery = Conclave_V1_StatusQuery()
         try send(e)
         let deadline = Date().addingTimeInterval(timeout)
-        while let m = next(timeout: max(0, deadline.timeIntervalSinceNow)) {
+        while let m = try next(timeout: max(0, deadline.timeIntervalSinceNow)) {
             if case .statusReply(let s) = m.envelope.kind { return s }
         }
         return nil
@@ -97,6 +104,7 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @Option(help: "Seconds to wait for each token before giving up.") var timeout: Double = 60
     @Option(help: "Stop before this text (repeat for several).") var stop: [String] = []
+    @OptionGroup var keys: ClientKeyOptions
 
     func validate() throws {
         guard (0...Int(UInt32.max)).contains(n) else { throw ValidationError("-n \(n) is outside 0...\(UInt32.max) (the context ends generation anyway)") }
@@ -105,7 +113,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator)
+        let client = try CoordinatorClient(endpoint: coordinator, security: keys.security())
         var g = Conclave_V1_Generate()
         g.prompt = prompt
         g.maxTokens = UInt32(n)
@@ -136,10 +144,16 @@ struct StatusCommand: ParsableCommand {
     @Option(help: "The coordinator's endpoint.") var coordinator: String = "tcp://127.0.0.1:7000"
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "Seconds to wait for the answer.") var timeout: Double = 3
+    @OptionGroup var keys: ClientKeyOptions
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator)
-        guard let s = try client.status(timeout: timeout) else {
+        let client = try CoordinatorClient(endpoint: coordinator, security: keys.security())
+        let answer: Conclave_V1_StatusReply?
+        do { answer = try client.status(timeout: timeout) } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        guard let s = answer else {
             printError("error: no status from the coordinator at \(coordinator) within \(fixed(timeout, 0)) s (is `conclave serve` running there?)")
             throw ExitCode(1)
         }
@@ -166,6 +180,9 @@ enum StatusReport {
                     w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(m)]
         }
         lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
+        let refused = s.totalRefusedPeers
+        lines += ["", s.security == "curve" ? "CurveZMQ: peers authenticated; \(refused) connection\(refused == 1 ? "" : "s") refused (coordinator \(s.refusedPeers), workers \(refused - s.refusedPeers))"
+                                            : "no CurveZMQ: any process that reaches these endpoints may talk to them"]
         if !s.recoveries.isEmpty {
             lines += ["", "recoveries (plan \(s.epoch) in force):"]
             lines += s.recoveries.map { r in
@@ -173,5 +190,25 @@ enum StatusReport {
             }
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// `--key-dir` of the client commands: CurveZMQ as the client the cluster file lists.
+struct ClientKeyOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Connect with CurveZMQ using the keys in this directory: this client's pair (client.key_secret; else coordinator.key_secret) and the coordinator's public key (coordinator.key).", valueName: "dir"))
+    var keyDir: String?
+
+    func security() throws -> SocketSecurity {
+        guard let keyDir else { return .none }
+        do {
+            // The operator on the coordinator's host may use the coordinator's own key, which it admits too.
+            let fallback = !FileManager.default.fileExists(atPath: CurveCertificate.secretPath(keyDir, "client"))
+                && FileManager.default.fileExists(atPath: CurveCertificate.secretPath(keyDir, "coordinator"))
+            let pair = try CurveCertificate.pair(keyDir, fallback ? "coordinator" : "client")
+            let server = try CurveCertificate.read(CurveCertificate.publicPath(keyDir, "coordinator")).publicKey
+            return .curveClient(pair, server: server)
+        } catch {
+            throw ValidationError("--key-dir \(keyDir): \(error)")
+        }
     }
 }

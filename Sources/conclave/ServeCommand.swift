@@ -55,8 +55,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
     @OptionGroup var offload: OffloadOptions
+    @Option(help: ArgumentHelp("CurveZMQ keys: with --cluster, the coordinator's pair is DIR/coordinator.key_secret (the cluster file lists everyone's public keys); with --local --curve, where fresh keys for the local cluster and a client pair (client.key_secret, coordinator.key) are written.", valueName: "dir"))
+    var keyDir: String?
+    @Flag(help: "With --local: authenticate the local cluster with fresh CurveZMQ keys (see --key-dir).") var curve = false
+    @Flag(help: "Run a cluster file without keys whose endpoints are reachable from other hosts (anyone who reaches them can use the cluster).")
+    var insecure = false
 
     func validate() throws {
+        if curve, local == nil { throw ValidationError("--curve makes keys for a --local cluster; a cluster file lists its keys (coordinator_key, key:, client_keys)") }
+        if insecure, curve { throw ValidationError("--insecure and --curve contradict each other") }
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
         if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
@@ -71,6 +78,37 @@ struct ServeCommand: AsyncParsableCommand {
         guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }
         let host = String(s[..<colon])
         return (host.isEmpty ? "127.0.0.1" : host, port)
+    }
+
+    /// Where `--local --curve` writes its keys: --key-dir, else a fresh directory of this process.
+    var localKeyDirectory: String { keyDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("conclave-keys-\(getpid())").path }
+
+    /// The coordinator's CurveZMQ settings: its key pair from --key-dir, the clients the cluster file lists (and
+    /// its own key, for the operator on its host), every worker's key by endpoint. Nil for a plain cluster,
+    /// which may run beyond loopback only with --insecure.
+    func coordinatorCurve(_ file: ClusterFile) throws -> ZeroMQTransports.Curve? {
+        guard let key = file.coordinatorKey else {
+            if !file.loopbackOnly {
+                guard insecure else {
+                    throw CoordinatorError("the cluster file lists no keys and its endpoints are reachable from other hosts: anyone who reaches them could assign the workers or read the activations. List CurveZMQ keys in it (`conclave keys generate -o DIR coordinator WORKER… client`, then coordinator_key, key: per worker, client_keys) and give --key-dir DIR, or pass --insecure on a network you trust")
+                }
+                printError("[coordinator] WARNING: --insecure: no CurveZMQ; any process that reaches the cluster's endpoints can assign its workers, feed them and read their activations")
+            }
+            return nil
+        }
+        guard !insecure else { throw CoordinatorError("--insecure with a cluster file that lists keys: remove the keys from the file to run without CurveZMQ") }
+        guard let keyDir = curve ? localKeyDirectory : keyDir else {
+            throw CoordinatorError("the cluster file lists CurveZMQ keys: give --key-dir DIR with the coordinator's coordinator.key_secret")
+        }
+        let pair = try CurveCertificate.pair(keyDir, "coordinator")
+        guard pair.publicKey == key else {
+            throw CoordinatorError("\(CurveCertificate.secretPath(keyDir, "coordinator")) holds key \(pair.publicKey.z85), but the cluster file's coordinator_key is \(key.z85)")
+        }
+        var admitted: [CurveKey: PeerRole] = [key: .client]
+        for k in file.clientKeys { admitted[k] = .client }
+        var servers: [String: CurveKey] = [:]
+        for w in file.workers { if let k = w.key { servers[w.endpoint] = k } }
+        return ZeroMQTransports.Curve(keys: pair, admitted: admitted, servers: servers)
     }
 
     /// What the HTTP API says about the model: its name, context and chat template.
@@ -151,13 +189,17 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let clusterFile: ClusterFile
+        var clusterFile: ClusterFile
         var children: [Process] = []
         do {
             if let local {
                 guard local >= 1 else { throw ValidationError("--local needs at least one worker") }
                 clusterFile = LocalCluster.file(workers: local, port: port)
-                children = try LocalCluster.start(clusterFile, model: model, threads: threads)
+                if curve {
+                    clusterFile = try LocalCluster.withKeys(clusterFile, in: localKeyDirectory)
+                    printError("[serve] CurveZMQ keys for the local cluster in \(localKeyDirectory); clients connect with `conclave generate --key-dir \(localKeyDirectory)`")
+                }
+                children = try LocalCluster.start(clusterFile, model: model, threads: threads, keyDir: curve ? localKeyDirectory : nil)
             } else if let cluster {
                 clusterFile = try ClusterFile(path: cluster)
             } else {
@@ -175,13 +217,13 @@ struct ServeCommand: AsyncParsableCommand {
         let coordinator: Coordinator
         let metrics = MetricsRegistry()
         do {
-            let socket = try ZMQSocket(.router, bind: true, endpoint: clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"))
+            let transports = ZeroMQTransports(identity: "coordinator", curve: try coordinatorCurve(clusterFile), log: { printError("[coordinator] \($0)") })
+            let socket = try transports.listen(clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"), maxMessageSize: 256 << 20)
             var options = Coordinator.Options(contextLength: ctx, workerThreads: threads)
             options.joinTimeout = joinTimeout
             options.microBatches = microBatches
             options.maxBatch = ubatch
-            coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket,
-                                          connect: { try ZMQSocket(.dealer, bind: false, endpoint: $0, identity: "coordinator") },
+            coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
                                           log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
@@ -230,8 +272,21 @@ enum LocalCluster {
         return ClusterFile(coordinator: "tcp://127.0.0.1:\(port)", workers: ws)
     }
 
-    /// Starts `conclave worker` for every worker of `cluster` whose endpoint is on this machine.
-    static func start(_ cluster: ClusterFile, model: String?, threads: Int) throws -> [Process] {
+    /// The same cluster with fresh CurveZMQ keys for the coordinator, each worker and a client, written to `dir`.
+    static func withKeys(_ file: ClusterFile, in dir: String) throws -> ClusterFile {
+        func make(_ name: String) throws -> CurveKey {
+            let pair = try CurveKeyPair.generate()
+            try CurveCertificate.write(pair, name: name, into: dir, overwrite: true)
+            return pair.publicKey
+        }
+        let coordinator = try make("coordinator"), client = try make("client")
+        let workers = try file.workers.map { w in ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: w.memory, role: w.role, key: try make(w.name)) }
+        return ClusterFile(coordinator: file.coordinator, workers: workers, coordinatorKey: coordinator, clientKeys: [client])
+    }
+
+    /// Starts `conclave worker` for every worker of `cluster` whose endpoint is on this machine; with `keyDir`,
+    /// each with its key pair there.
+    static func start(_ cluster: ClusterFile, model: String?, threads: Int, keyDir: String? = nil) throws -> [Process] {
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var started: [Process] = []
         for w in cluster.workers {
@@ -239,6 +294,7 @@ enum LocalCluster {
             p.executableURL = exe
             var args = ["worker", "--listen", w.endpoint, "--name", w.name, "--memory", String(w.memory), "--threads", String(threads), "--exit-with-parent"]
             if let model { args += ["--model", model] }
+            if let keyDir { args += ["--key-dir", keyDir] }
             p.arguments = args
             // Workers sharing this machine's cores: idle pools park sooner than the default (see ThreadPool) — soon
             // enough not to take the cores of the stage that computes next, late enough to stay awake through

@@ -29,10 +29,33 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Name reported to the coordinator (default: the host name).") var name: String?
     @Option(help: "Threads for this worker's kernels (default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Where a fetched model is cached.") var cacheDir: String = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/conclave").path
+    @Option(help: ArgumentHelp("CurveZMQ: this worker's key pair is DIR/NAME.key_secret (NAME: --name) and the coordinator's public key DIR/coordinator.key (`conclave keys generate`). Only the coordinator and the workers of its plan are then admitted.", valueName: "dir"))
+    var keyDir: String?
+    @Option(help: ArgumentHelp("The coordinator's public key (40 Z85 characters, or a .key file), instead of DIR/coordinator.key.", valueName: "key"))
+    var coordinatorKey: String?
+    @Flag(help: "Listen on a non-loopback address without CurveZMQ: anyone who reaches the port can use this worker.") var insecure = false
     @Flag(help: .hidden) var exitWithParent = false
 
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+        if coordinatorKey != nil, keyDir == nil { throw ValidationError("--coordinator-key needs --key-dir (this worker's own key pair)") }
+        if keyDir != nil, insecure { throw ValidationError("--insecure and --key-dir contradict each other: with keys the worker authenticates its peers") }
+        if keyDir == nil, !insecure, !ClusterFile.isLoopback(listen) {
+            throw ValidationError("""
+                --listen \(listen) is reachable from other hosts, and without CurveZMQ anyone who reaches it can use this worker. \
+                Give --key-dir DIR (make keys with `conclave keys generate -o DIR coordinator \(name ?? "NAME")`), \
+                or --insecure on a network you trust
+                """)
+        }
+    }
+
+    /// CurveZMQ settings from --key-dir, or nil for plain sockets.
+    func curve(name: String) throws -> ZeroMQTransports.Curve? {
+        guard let keyDir else { return nil }
+        let pair = try CurveCertificate.pair(keyDir, name)
+        let coordinator = try coordinatorKey.map { try CurveKey(keyOrFile: $0) }
+            ?? CurveCertificate.read(CurveCertificate.publicPath(keyDir, "coordinator")).publicKey
+        return ZeroMQTransports.Curve(keys: pair, admitted: [coordinator: .coordinator])
     }
 
     func run() async throws {
@@ -45,9 +68,17 @@ struct WorkerCommand: AsyncParsableCommand {
             budget = Int(ProcessInfo.processInfo.physicalMemory)
         }
         let label = name ?? ProcessInfo.processInfo.hostName
-        let socket: ZMQSocket
+        let transports: ZeroMQTransports
         do {
-            socket = try ZMQSocket(.router, bind: true, endpoint: listen, maxMessageSize: (256 << 20) + (1 << 20))
+            transports = ZeroMQTransports(curve: try curve(name: label), log: { printError("[\(label)] \($0)") })
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        if insecure { printError("[\(label)] WARNING: --insecure: no CurveZMQ; any process that reaches \(listen) can assign this worker, feed it and read its activations") }
+        let socket: Transport
+        do {
+            socket = try transports.listen(listen, maxMessageSize: (256 << 20) + (1 << 20))
         } catch {
             printError("error: cannot listen on \(listen): \(error)")
             throw ExitCode(1)
@@ -56,13 +87,13 @@ struct WorkerCommand: AsyncParsableCommand {
         do {
             service = try WorkerService(
                 options: .init(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir),
-                router: socket, connect: { try ZMQSocket(.dealer, bind: false, endpoint: $0) },
+                router: socket, transports: transports,
                 log: { printError("[\(label)] \($0)") })
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        printError("[\(label)] listening on \(socket.endpoint)\(model.map { " with \($0)" } ?? " (no model file: it will be fetched from the coordinator)")")
+        printError("[\(label)] listening on \(socket.endpoint)\(transports.authenticates ? " (CurveZMQ)" : "")\(model.map { " with \($0)" } ?? " (no model file: it will be fetched from the coordinator)")")
         let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.worker"))
         try await group.run()
         printError("[\(label)] stopped")

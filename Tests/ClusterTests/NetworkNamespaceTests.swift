@@ -49,19 +49,20 @@ enum NetNS {
         defer { c.stop() }
         let model = Fixtures.shippedModel
         let host = { (i: Int) in ["ip", "netns", "exec", "\(prefix)-h\(i)"] }
-        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10")
+        // Real hosts on a network: authenticated with CurveZMQ, as a deployment is.
+        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10", keys: true)
         for (i, n) in ["stage-a", "stage-b", "experts-1"].enumerated() {
-            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1"], wrapper: host(i + 1))
+            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1", "--key-dir", c.keyDir], wrapper: host(i + 1))
         }
-        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--key-dir", c.keyDir, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
         try c.waitFor("coordinator", "serving")
         let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
         let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
-        let (rc2, distributed, err) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070"] + args, wrapper: host(0))
+        let (rc2, distributed, err) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
         #expect(rc1 == 0)
         #expect(rc2 == 0, "\(err)\n\(c.logs())")
         #expect(distributed == single)
-        let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json"], wrapper: host(0))
+        let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
         #expect(rc3 == 0)
         #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
     }

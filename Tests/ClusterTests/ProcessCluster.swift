@@ -123,25 +123,25 @@ final class ProcessCluster: @unchecked Sendable {
 
     /// Two stages (layers only) and one worker that holds every expert, at ports after `base`; `spares` more
     /// workers with role spare after them.
-    func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1", spares: Int = 0) throws -> String {
-        var yaml = """
-        coordinator: tcp://\(coordinatorHost):\(base)
-        workers:
-          - name: stage-a
-            endpoint: tcp://\(host(0)):\(base + 1)
-            memory: 64MiB
-            role: stage
-          - name: stage-b
-            endpoint: tcp://\(host(1)):\(base + 2)
-            memory: 64MiB
-            role: stage
-          - name: experts-1
-            endpoint: tcp://\(host(2)):\(base + 3)
-            memory: 64MiB
-            role: experts
-        """
-        for i in 0..<spares {
-            yaml += "\n  - name: spare-\(i + 1)\n    endpoint: tcp://\(host(3 + i)):\(base + 4 + i)\n    memory: 64MiB\n    role: spare"
+    /// Where `writeClusterFile(keys: true)` put the key pairs (NAME.key, NAME.key_secret).
+    var keyDir: String { dir.appendingPathComponent("keys").path }
+
+    /// With `keys`, CurveZMQ pairs for the coordinator, every worker and a client are made with `conclave keys
+    /// generate` into `keyDir`, and the file names their public key files (paths relative to the file).
+    func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1", spares: Int = 0,
+                          keys: Bool = false) throws -> String {
+        var workers: [(String, String)] = [("stage-a", "stage"), ("stage-b", "stage"), ("experts-1", "experts")]
+        for i in 0..<spares { workers.append(("spare-\(i + 1)", "spare")) }
+        if keys {
+            let (rc, _, err) = try run(["keys", "generate", "-o", keyDir, "coordinator", "client"] + workers.map(\.0))
+            guard rc == 0 else { throw Failure(description: "keys generate failed: \(err)") }
+        }
+        var yaml = "coordinator: tcp://\(coordinatorHost):\(base)\n"
+        if keys { yaml += "coordinator_key: keys/coordinator.key\nclient_keys: [keys/client.key]\n" }
+        yaml += "workers:\n"
+        for (i, (name, role)) in workers.enumerated() {
+            yaml += "  - name: \(name)\n    endpoint: tcp://\(host(i)):\(base + 1 + i)\n    memory: 64MiB\n    role: \(role)\n"
+            if keys { yaml += "    key: keys/\(name).key\n" }
         }
         let path = dir.appendingPathComponent("cluster.yaml").path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)

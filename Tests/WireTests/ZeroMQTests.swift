@@ -4,7 +4,7 @@ import Testing
 
 /// Real sockets on loopback (an ephemeral port, so tests never collide).
 struct ZeroMQTests {
-    func next(_ s: ZMQSocket, within seconds: Double = 5) async throws -> Frames {
+    func next(_ s: Transport, within seconds: Double = 5) async throws -> Frames {
         try await withThrowingTaskGroup(of: Frames?.self) { group in
             group.addTask { for await f in s.messages { return f }; return nil }
             group.addTask { try await Task.sleep(for: .seconds(seconds)); return nil }

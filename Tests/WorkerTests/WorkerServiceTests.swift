@@ -19,7 +19,7 @@ import Wire
         var options = WorkerService.Options(name: "w", endpoint: router.endpoint, modelPath: Fixtures.shippedModel, memory: 1 << 30,
                                             threads: 1, cacheDirectory: Fixtures.temporaryDirectory().path)
         options.maxMessageBytes = 64 << 10
-        let service = try WorkerService(options: options, router: router, connect: { try ZMQSocket(.dealer, bind: false, endpoint: $0) })
+        let service = try WorkerService(options: options, router: router, transports: ZeroMQTransports())
         let serving = Task.detached { await service.serve() }
         defer { router.close(); serving.cancel() }
         let dealer = try ZMQSocket(.dealer, bind: false, endpoint: router.endpoint)

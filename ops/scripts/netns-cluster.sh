@@ -6,7 +6,7 @@
 #                                      host i gets 10.77.0.(10+i)/24. Nothing is added to the root namespace.
 #   netns-cluster.sh start N MODEL     start `conclave worker` in h1 … hN on tcp://10.77.0.(10+i):7070
 #                                      (logs and pids in /tmp/PREFIX-*); writes /tmp/PREFIX-cluster.yaml
-#   netns-cluster.sh exec I CMD …      run CMD inside host I (e.g. exec 0 conclave serve …)
+#   netns-cluster.sh exec I CMD …      run CMD inside host I (e.g. exec 0 conclave serve … --insecure: test hosts, no keys)
 #   netns-cluster.sh down N            stop the workers and delete every namespace (idempotent)
 #
 # PREFIX is $CONCLAVE_NETNS_PREFIX (default "cv"); CONCLAVE_BIN names the conclave binary (default
@@ -50,7 +50,7 @@ start() {
     done
   } > "/tmp/$P-cluster.yaml"
   for i in $(seq 1 "$n"); do
-    ip netns exec "$P-h$i" "$BIN" worker --listen "tcp://$(addr "$i"):7070" --model "$model" --name "host-$i" \
+    ip netns exec "$P-h$i" "$BIN" worker --listen "tcp://$(addr "$i"):7070" --model "$model" --name "host-$i" --insecure \
       >"/tmp/$P-h$i.log" 2>&1 &
     echo $! > "/tmp/$P-h$i.pid"
   done

@@ -374,6 +374,31 @@ public nonisolated struct Conclave_V1_Assign: Sendable {
 
   public var slots: UInt32 = 0
 
+  /// With CurveZMQ: every worker of the plan with its public key, so this worker admits them (as role
+  /// "worker:NAME") and can prove whom it connects to; empty on a plain cluster.
+  public var peers: [Conclave_V1_Peer] = []
+
+  /// The worker whose stage feeds ours (empty for the first stage): with CurveZMQ, the only peer whose
+  /// StageInput we take.
+  public var previousStage: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Conclave_V1_Peer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var endpoint: String = String()
+
+  /// Z85, 40 characters
+  public var publicKey: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -759,6 +784,12 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   public var epoch: UInt64 = 0
 
   public var recoveries: [Conclave_V1_Recovery] = []
+
+  /// handshakes the coordinator's client endpoint refused (CurveZMQ: an unlisted key, or none)
+  public var refusedPeers: UInt64 = 0
+
+  /// "curve" or "none"
+  public var security: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1354,7 +1385,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1373,6 +1404,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.paged) }()
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
+      case 12: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.previousStage) }()
       default: break
       }
     }
@@ -1412,6 +1445,12 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if self.slots != 0 {
       try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 11)
     }
+    if !self.peers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.peers, fieldNumber: 12)
+    }
+    if !self.previousStage.isEmpty {
+      try visitor.visitSingularStringField(value: self.previousStage, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1427,6 +1466,48 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.threads != rhs.threads {return false}
     if lhs.paged != rhs.paged {return false}
     if lhs.slots != rhs.slots {return false}
+    if lhs.peers != rhs.peers {return false}
+    if lhs.previousStage != rhs.previousStage {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Peer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Peer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{3}public_key\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.endpoint) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.publicKey) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.endpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.endpoint, fieldNumber: 2)
+    }
+    if !self.publicKey.isEmpty {
+      try visitor.visitSingularStringField(value: self.publicKey, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_Peer, rhs: Conclave_V1_Peer) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.endpoint != rhs.endpoint {return false}
+    if lhs.publicKey != rhs.publicKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2227,7 +2308,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0\u{1}epoch\0\u{1}recoveries\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0\u{1}epoch\0\u{1}recoveries\0\u{3}refused_peers\0\u{1}security\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2245,6 +2326,8 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.peakInFlight) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.recoveries) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.refusedPeers) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.security) }()
       default: break
       }
     }
@@ -2281,6 +2364,12 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if !self.recoveries.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.recoveries, fieldNumber: 10)
     }
+    if self.refusedPeers != 0 {
+      try visitor.visitSingularUInt64Field(value: self.refusedPeers, fieldNumber: 11)
+    }
+    if !self.security.isEmpty {
+      try visitor.visitSingularStringField(value: self.security, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2295,6 +2384,8 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if lhs.peakInFlight != rhs.peakInFlight {return false}
     if lhs.epoch != rhs.epoch {return false}
     if lhs.recoveries != rhs.recoveries {return false}
+    if lhs.refusedPeers != rhs.refusedPeers {return false}
+    if lhs.security != rhs.security {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
