@@ -124,6 +124,11 @@ struct CacheSimulatorTests {
                 #expect(min.hits >= r.hits, "\(name) at \(capacity): \(r.hits) hits, more than MIN's \(min.hits)")
             }
         }
+        // Half the experts cached: the default keeps more of what decode uses than LRU (on the whole held-out
+        // text it is 5.2 points ahead; on these 600 tokens about 2).
+        let lru = CacheSimulator.run(t, capacity: 16, policy: LRUPolicy())
+        let ours = CacheSimulator.run(t, capacity: 16, policy: EvictionPolicies.make(EvictionPolicies.defaultName)!)
+        #expect(ours.hits > lru.hits, "default \(ours.hitRate), LRU \(lru.hitRate) at 16 of 32")
         // Everything fits: only the first use of each expert misses, whatever the policy.
         let all = CacheSimulator.run(t, capacity: 32, policy: LRUPolicy())
         #expect(all.misses == t.keys.count)
@@ -188,5 +193,24 @@ struct OffloadReadFailureTests {
         try call(layer: 0, expert: 2)
         try call(layer: 0, expert: 1)
         #expect(cache.snapshot.hits >= 1)
+    }
+}
+
+/// The default policy's two-state estimates: an expert used at every turn of its layer outlives one used once,
+/// and one that was just used by a sticky layer outlives one that was idle.
+struct MarkovPolicyTests {
+    @Test func stickyAndFrequentExpertsAreKept() {
+        let p = MarkovPolicy()
+        let a = ExpertKey(layer: 0, expert: 0), b = ExpertKey(layer: 0, expert: 1), c = ExpertKey(layer: 0, expert: 2)
+        // a at every turn, b at every fourth, c once at the start.
+        for now in 0..<200 {
+            p.accessed(a, now: now)
+            if now % 4 == 0 { p.accessed(b, now: now) }
+            if now == 0 { p.accessed(c, now: now) }
+        }
+        #expect(p.victim(among: [a, b, c], now: 200) == c)
+        #expect(p.victim(among: [a, b], now: 200) == b)
+        // Never seen: nothing says it will be used, so it goes first.
+        #expect(p.victim(among: [a, ExpertKey(layer: 0, expert: 7)], now: 200) == ExpertKey(layer: 0, expert: 7))
     }
 }
