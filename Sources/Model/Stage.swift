@@ -87,6 +87,9 @@ public final class Stage: @unchecked Sendable {
                 throw ModelError("position \(row.position) is past the context length \(c.capacity)")
             }
         }
+        // The first layer's experts are read ahead from the hidden state as it arrives (the token's embedding, or
+        // the previous stage's output): its attention is the time the reads get.
+        if let first = layers.first { try prefetch(layer: first, from: hidden, rows.count) }
         for l in layers { try layer(l, hidden, rows: rows, caches: caches) }
         for row in rows { caches[row.sequence]!.length = max(caches[row.sequence]!.length, row.position + 1) }
     }
@@ -152,7 +155,7 @@ public final class Stage: @unchecked Sendable {
         switch w.ffn {
         case .moe(let router, _, let shared):
             let routes = try route(router, buf.normed, t)
-            try prefetchNext(after: l, hidden, t)
+            try prefetch(layer: l + 1, from: hidden, t)
             try experts.apply(layer: l, input: buf.normed, rows: t, embedding: e, routes: routes, output: buf.moe)
             if let shared { try sharedExpert(shared, buf.normed, t, into: buf.moe) }
         case .dense(let gate, let up, let down):
@@ -195,20 +198,25 @@ public final class Stage: @unchecked Sendable {
         }
     }
 
-    /// While layer l's experts compute, the next layer's router runs on this layer's hidden state (normed with
-    /// the next layer's FFN norm) and the experts it picks are read ahead: the hidden state changes little from
-    /// one layer to the next, so the guess is usually right, and a wrong one costs only a read. Decode batches
-    /// only — a stream (prefill) reads nearly every expert anyway.
-    func prefetchNext(after l: Int, _ hidden: UnsafePointer<Float>, _ t: Int) throws {
-        guard experts.pagesExperts, t <= 32, layers.contains(l + 1), case .moe(let router, _, _) = weights[l + 1]!.ffn else { return }
+    /// Layer m's router runs early on a hidden state it has not seen yet — layer m−1's, while layer m−1's experts
+    /// compute, or the stage's input before layer m's attention — normed with layer m's FFN norm, and the experts
+    /// it picks are read ahead: the hidden state changes little from one layer to the next, so the guess is
+    /// usually right, and a wrong one costs only a read. Decode batches only — a stream (prefill) reads nearly
+    /// every expert anyway.
+    func prefetch(layer m: Int, from hidden: UnsafePointer<Float>, _ t: Int) throws {
+        guard experts.pagesExperts, t <= 32, layers.contains(m), case .moe(let router, _, _) = weights[m]!.ffn else { return }
         let e = config.embeddingLength
         let normed = UnsafeMutablePointer<Float>.allocate(capacity: t * e)
         defer { normed.deallocate() }
-        for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: weights[l + 1]!.ffnNorm, count: e, eps: config.rmsEpsilon, into: normed + r * e) }
-        // Exactly the router's k: reading twice as many raised recall from 0.41–0.49 to 0.49–0.54 but doubled the
-        // bytes read and lowered decode speed (bench offload, 50% resident).
+        for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: weights[m]!.ffnNorm, count: e, eps: config.rmsEpsilon, into: normed + r * e) }
+        // Exactly the router's k after a layer: reading twice as many raised recall from 0.41–0.49 to 0.49–0.54
+        // but doubled the bytes read and lowered decode speed (bench offload, 50% resident). For the stage's
+        // first layer only each row's top expert: the guess from before attention is worse and has less time —
+        // its top k raised recall from 0.49 to 0.65 but cost 10% of decode speed in wasted reads; its top one
+        // gives 0.60 at the same speed.
         let predicted = try route(router, normed, t)
-        experts.prefetch(layer: l + 1, experts: Set(predicted.flatMap(\.experts)))
+        let take = m == layers.first ? 1 : config.expertsUsed
+        experts.prefetch(layer: m, experts: Set(predicted.flatMap { $0.experts.prefix(take) }))
     }
 
     /// Router: logits, then the architecture's gating rule.
