@@ -134,6 +134,20 @@ public struct ClusterFile: Sendable, Equatable {
         self.clientKeys = clientKeys
     }
 
+    /// The file as YAML that `init(yaml:)` reads back to an equal value (keys inline, memory in bytes): how a
+    /// command that makes a cluster (`bench cluster --curve`) hands it to the processes it starts.
+    public var yaml: String {
+        var out = "coordinator: \(coordinator)\n"
+        if let coordinatorKey { out += "coordinator_key: \"\(coordinatorKey.z85)\"\n" }
+        if !clientKeys.isEmpty { out += "client_keys: [\(clientKeys.map { "\"\($0.z85)\"" }.joined(separator: ", "))]\n" }
+        out += "workers:\n"
+        for w in workers {
+            out += "  - name: \"\(w.name)\"\n    endpoint: \(w.endpoint)\n    memory: \"\(w.memory)\"\n    role: \(w.role.rawValue)\n"
+            if let key = w.key { out += "    key: \"\(key.z85)\"\n" }
+        }
+        return out
+    }
+
     static func isEndpoint(_ s: String) -> Bool {
         guard s.hasPrefix("tcp://"), let colon = s.lastIndex(of: ":"), colon > s.index(s.startIndex, offsetBy: 6) else { return false }
         return UInt16(s[s.index(after: colon)...]) != nil

@@ -28,10 +28,12 @@ struct BenchCluster: ParsableCommand {
     @Option(help: "Then this many sequences at once (different prompts), for the aggregate throughput of the pipeline; 1: skip.")
     var sequences = 4
     @Option(help: "Micro-batches the coordinator keeps in flight (default: one per stage).") var microBatches: Int?
+    @Flag(help: "Authenticate the cluster with fresh CurveZMQ keys (in a temporary directory): run once with and once without to measure the overhead.")
+    var curve = false
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        let clusterFile: ClusterFile
+        var clusterFile: ClusterFile
         do { clusterFile = try ClusterFile(path: cluster) } catch { printError("error: \(error)"); throw ExitCode(1) }
         for w in clusterFile.workers + [.init(name: "coordinator", endpoint: clusterFile.coordinator, memory: 0)] {
             guard w.endpoint.hasPrefix("tcp://127.0.0.1:") || w.endpoint.hasPrefix("tcp://localhost:") else {
@@ -54,18 +56,30 @@ struct BenchCluster: ParsableCommand {
         }
         printError("single process: \(fixed(single.decodeTokensPerSecond, 1)) tok/s decode (\(single.generatedTokens) tokens, \(model.threads) threads)")
 
-        // 2. The cluster: workers and a coordinator as child processes.
-        var children = try LocalCluster.start(clusterFile, model: model.model, threads: model.threads)
+        // 2. The cluster: workers and a coordinator as child processes (with --curve, the same cluster with
+        // fresh keys for everyone, written with the keys to a directory of this run).
+        var clusterPath = cluster, keyDir: String?, security = SocketSecurity.none
+        if curve {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-bench-keys-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            clusterFile = try LocalCluster.withKeys(clusterFile, in: dir)
+            clusterPath = dir + "/cluster.yaml"
+            try clusterFile.yaml.write(toFile: clusterPath, atomically: true, encoding: .utf8)
+            security = .curveClient(try CurveCertificate.pair(dir, "client"), server: clusterFile.coordinatorKey!)
+            keyDir = dir
+        }
+        defer { if let keyDir { try? FileManager.default.removeItem(atPath: keyDir) } }
+        var children = try LocalCluster.start(clusterFile, model: model.model, threads: model.threads, keyDir: keyDir)
         defer { LocalCluster.stop(children) }
         let coordinator = Process()
         coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        coordinator.arguments = ["serve", "-m", model.model, "--cluster", cluster, "--threads", String(model.threads)]
-            + (microBatches.map { ["--micro-batches", String($0)] } ?? [])
+        coordinator.arguments = ["serve", "-m", model.model, "--cluster", clusterPath, "--threads", String(model.threads)]
+            + (microBatches.map { ["--micro-batches", String($0)] } ?? []) + (keyDir.map { ["--key-dir", $0] } ?? [])
         let errors = Pipe()
         coordinator.standardError = errors
         try coordinator.run()
         children.append(coordinator)
-        let client = try CoordinatorClient(endpoint: clusterFile.coordinator)
+        let client = try CoordinatorClient(endpoint: clusterFile.coordinator, security: security)
         do {
             try Self.waitUntilReady(client, coordinator: coordinator)
         } catch {
@@ -96,7 +110,7 @@ struct BenchCluster: ParsableCommand {
         Thread.sleep(forTimeInterval: 1.2)  // one heartbeat, so the counters include the run
         let after = try status(client)
 
-        let concurrent = sequences > 1 ? try aggregate(endpoint: clusterFile.coordinator, params: params) : nil
+        let concurrent = sequences > 1 ? try aggregate(endpoint: clusterFile.coordinator, security: security, params: params) : nil
         let final = try status(client)
 
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
@@ -124,12 +138,12 @@ struct BenchCluster: ParsableCommand {
                 ("ratio", .double(round3(ratio))), ("threads", .int(model.threads)), ("stages", .int(stageNames.count)), ("hops", .int(hops)),
                 ("per_hop_latency_ms", .double(round3(hopMs))), ("wire_bytes_per_token_per_hop", .double(round3(bytesPerHop))),
                 ("hidden_bytes", .int(hidden)), ("expert_call_bytes_per_token", .double(round3(Double(expertBytes) / tokens))),
-                ("identical_text", .bool(text == singleText)),
+                ("identical_text", .bool(text == singleText)), ("curve", .bool(curve)),
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
                 ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
             ]).render())
         } else {
-            print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads")
+            print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
             if let concurrent {
                 print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)")
             }
@@ -139,13 +153,13 @@ struct BenchCluster: ParsableCommand {
 
     /// `sequences` generations of `gen` tokens at once, each from its own client; generated tokens per second of
     /// wall time from the first request to the last answer.
-    func aggregate(endpoint: String, params: SamplingParams) throws -> Double {
+    func aggregate(endpoint: String, security: SocketSecurity, params: SamplingParams) throws -> Double {
         let prompts = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a red ball", "In the forest", "The sun was hot"]
         let total = Mutex(0), failure = Mutex<String?>(nil)
         let t0 = KernelBench.now()
         DispatchQueue.concurrentPerform(iterations: sequences) { i in
             do {
-                let client = try CoordinatorClient(endpoint: endpoint)
+                let client = try CoordinatorClient(endpoint: endpoint, security: security)
                 var g = Conclave_V1_Generate()
                 g.prompt = prompts[i % prompts.count]
                 g.maxTokens = UInt32(gen)

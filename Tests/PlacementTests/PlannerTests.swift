@@ -158,6 +158,11 @@ struct ClusterFileTests {
         #expect(ClusterFile.isLoopback("tcp://127.0.0.1:7000") && ClusterFile.isLoopback("tcp://localhost:7") && ClusterFile.isLoopback("ipc:///tmp/x"))
         #expect(!ClusterFile.isLoopback("tcp://0.0.0.0:7070") && !ClusterFile.isLoopback("tcp://10.77.0.11:7070"))
         #expect(try ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/local.yaml").path).loopbackOnly)
+        // What a command writes for the processes it starts reads back the same, keys and all.
+        #expect(try ClusterFile(yaml: f.yaml) == f)
+        let spare = ClusterFile(coordinator: "tcp://127.0.0.1:7000", workers: [.init(name: "a b", endpoint: "tcp://127.0.0.1:7001", memory: 123_456_789, role: .stage),
+                                                                              .init(name: "s", endpoint: "tcp://127.0.0.1:7002", memory: 1 << 30, role: .spare)])
+        #expect(try ClusterFile(yaml: spare.yaml) == spare)
     }
 
     @Test func parsesTheShippedFiles() throws {
