@@ -255,8 +255,10 @@ public final class Coordinator: Service, @unchecked Sendable {
 
     /// Sends every worker of the plan its Assign under a new epoch and waits for each Ready; the first stage and
     /// the sequences every stage has room for then come from this plan. A worker that goes down meanwhile, or
-    /// does not load within `timeout` seconds, fails it.
-    func assignPlan(timeout: Double) throws {
+    /// does not load within `timeout` seconds, fails it. Returns the workers that loaded weights (the others
+    /// held this plan's shard already).
+    @discardableResult
+    func assignPlan(timeout: Double) throws -> [String] {
         let plan = self.plan
         let epoch = executor.nextEpoch()
         var assigns: [(WorkerLink, PendingReplies.Waiter)] = []
@@ -281,6 +283,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             link.info.withLock { $0.layers = 0..<0; $0.experts = 0 }
         }
         var maxSequences = Int.max
+        var reloaded: [String] = []
         for (link, waiter) in assigns {
             let deadline = KernelBench.now() + timeout
             var reply: WireMessage?
@@ -297,12 +300,14 @@ public final class Coordinator: Service, @unchecked Sendable {
             }
             guard case .ready(let r) = reply!.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }
             link.info.withLock { $0.state = .ready; $0.residentBytes = r.residentBytes }
-            log("worker '\(link.worker.name)' ready: \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
+            if !r.keptWeights { reloaded.append(link.worker.name) }
+            log("worker '\(link.worker.name)' ready\(r.keptWeights ? " (kept its weights)" : ""): \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
             if r.maxSequences > 0 { maxSequences = min(maxSequences, Int(r.maxSequences)) }
         }
         scheduler.maxSequences = maxSequences
         executor.setPlan(first: plan.stages.first.flatMap { s in links.first { $0.worker.name == s.worker } },
                          workers: Set(plan.workers.map(\.name)))
+        return reloaded
     }
 
     /// After a failure (a worker of the plan down, a step lost): plans again onto the workers that answer — those
@@ -334,9 +339,17 @@ public final class Coordinator: Service, @unchecked Sendable {
         let left = usable.map { link in link.worker.role == .spare ? budgeted(link).with(role: .any) : budgeted(link) }
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
         do {
-            plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
-            log("new plan without \(gone.joined(separator: ", ")): " + planSummary())
-            try assignPlan(timeout: options.loadTimeout)
+            // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
+            // shard loads. Otherwise a plan from scratch over what is left.
+            if let same = plan.keeping(on: left) {
+                let moved = zip(plan.workers, same.workers).filter { $0.name != $1.name }.map { "\($0.name) → \($1.name)" }
+                plan = same
+                log("same placement\(moved.isEmpty ? "" : ", " + moved.joined(separator: ", ")): " + planSummary())
+            } else {
+                plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                log("new plan without \(gone.joined(separator: ", ")): " + planSummary())
+            }
+            record.reloaded = try assignPlan(timeout: options.loadTimeout)
         } catch {
             let e = GenerationError(.unavailable, "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)")
             log(e.message)

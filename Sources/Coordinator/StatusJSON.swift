@@ -19,7 +19,8 @@ public extension Conclave_V1_StatusReply {
             ("refused_peers", .uint(s.totalRefusedPeers)),
             ("recoveries", .array(s.recoveries.map { r in
                 .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
-                         ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan))])
+                         ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan)),
+                         ("reloaded", .array(r.reloaded.map { .string($0) }))])
             })),
         ])
     }

@@ -67,6 +67,23 @@ public final class Stage: @unchecked Sendable {
     /// Bytes of weights this stage faulted in (its share of the mapped file).
     public let residentBytes: Int
 
+    private init(config: ModelConfig, layers: Range<Int>, weights: [Int: LayerWeights], global: GlobalWeights?, experts: ExpertProvider,
+                 pool: ThreadPool, residentBytes: Int) {
+        self.config = config
+        self.layers = layers
+        self.weights = weights
+        self.global = global
+        self.experts = experts
+        self.pool = pool
+        self.residentBytes = residentBytes
+    }
+
+    /// The same layers, weights and all (nothing bound, packed or faulted again), computing their routed experts
+    /// with `experts`: a worker whose layers survive a re-plan keeps them while the experts' owners change.
+    public func with(experts: ExpertProvider) -> Stage {
+        Stage(config: config, layers: layers, weights: weights, global: global, experts: experts, pool: pool, residentBytes: residentBytes)
+    }
+
     /// Token embeddings (first stage only): rows of `token_embd`, dequantized.
     public func embed(_ tokens: [Int32], into hidden: UnsafeMutablePointer<Float>) throws {
         guard let g = global, isFirst else { throw ModelError("this stage does not hold the token embedding") }

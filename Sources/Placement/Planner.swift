@@ -165,3 +165,33 @@ public enum Planner {
         return u == 0 ? "\(n) B" : "\((v * 100).rounded() / 100) \(units[u])"
     }
 }
+
+extension Plan {
+    /// This placement on the workers still `available` (each with its current budget; a spare with the role it
+    /// would take): every worker of the plan that is available keeps its shard, and each one that is gone is
+    /// replaced by an available worker outside the plan that can hold exactly its shard (the smallest budget
+    /// that fits, its role allowing layers or experts as the shard needs). After a failure this moves only the
+    /// lost worker's shard — to a spare, or back to the same worker restarted — where planning afresh would
+    /// re-balance, and reload, everyone. Nil when some shard has no taker (then plan anew).
+    public func keeping(on available: [ClusterFile.Worker]) -> Plan? {
+        var taken = Set<String>()
+        var workers: [ClusterFile.Worker] = []
+        for (i, w) in self.workers.enumerated() {
+            let hasLayers = stages.contains { $0.worker == w.name }
+            let hasExperts = experts.contains { $0.contains(i) }
+            func fits(_ c: ClusterFile.Worker) -> Bool {
+                c.memory >= bytes[i] && !taken.contains(c.name)
+                    && !(hasLayers && (c.role == .experts || c.role == .spare)) && !(hasExperts && (c.role == .stage || c.role == .spare))
+            }
+            let same = available.first { $0.name == w.name }
+            let outside = available.filter { c in !self.workers.contains { $0.name == c.name } }
+            guard let taker = same.flatMap({ fits($0) ? $0 : nil }) ?? outside.filter(fits).min(by: { ($0.memory, $0.name) < ($1.memory, $1.name) }) else {
+                return nil
+            }
+            taken.insert(taker.name)
+            workers.append(taker)
+        }
+        let renamed = stages.map { s in Stage(worker: workers[self.workers.firstIndex { $0.name == s.worker }!].name, layers: s.layers) }
+        return Plan(workers: workers, stages: renamed, experts: experts, bytes: bytes, paged: paged, slots: slots)
+    }
+}

@@ -173,7 +173,7 @@ public final class WorkerService: Service, @unchecked Sendable {
                 return s.shard
             }
             old?.abandon()
-            controlQueue.async { self.load(a, id: id, peer: peer) }
+            controlQueue.async { self.load(a, id: id, peer: peer, previous: old) }
         case .stageInput:
             // The first stage's input comes from the coordinator alone (it opens every sequence); later stages'
             // from the stage before, which only CurveZMQ can tell apart from anyone else.
@@ -257,19 +257,23 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     // MARK: Work (on the queues)
 
-    private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?) {
+    /// Loads the Assign's shard; what `previous` (the shard of the plan before) holds is kept when the new plan
+    /// gives this worker the same weights.
+    private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?, previous: WorkerShard?) {
         do {
             let file = try modelFile(for: a, peer: peer)
             let t0 = KernelBench.now()
-            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, connect: { [transports] in try transports.connect($0) })
+            let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, previous: previous,
+                                        connect: { [transports] in try transports.connect($0) })
             let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
-            log("loaded \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
+            log("\(shard.keptWeights ? "kept" : "loaded") \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
             shared.withLock { $0.shard = shard; $0.state = .ready }
             var e = Envelope()
             e.requestID = id
             var r = Conclave_V1_Ready()
             r.residentBytes = UInt64(shard.residentBytes)
             r.maxSequences = UInt32(clamping: shard.layers.isEmpty ? 0 : shard.maxSequences)
+            r.keptWeights = shard.keptWeights
             e.ready = r
             reply(peer, WireMessage.make(e))
         } catch {

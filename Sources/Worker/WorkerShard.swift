@@ -27,9 +27,12 @@ final class WorkerShard: @unchecked Sendable {
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not
     /// fit is refused with the figures (the coordinator plans with the budget we report, so this is a safeguard).
-    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, connect: @escaping @Sendable (String) throws -> Transport) throws {
+    /// With `previous` holding the same weights (file, layers, resident and paged experts, slots) — a re-plan
+    /// that changed only who holds the other experts, the next stage or the epoch — those are kept as they are
+    /// (the offload cache warm), and only the routing to other workers and the sequences are made anew.
+    init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, previous: WorkerShard? = nil,
+         connect: @escaping @Sendable (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
-        let pool = ThreadPool(threads: threads)
         // Every field checked before it sizes or indexes anything (found by the wire fuzzer: first > end trapped).
         guard assign.firstLayer <= assign.endLayer, Int(assign.endLayer) <= config.layerCount, assign.slots <= 1 << 20 else {
             throw WireError(.malformed, "Assign names layers \(assign.firstLayer)..<\(assign.endLayer) of a \(config.layerCount)-layer model and \(assign.slots) slots")
@@ -45,9 +48,18 @@ final class WorkerShard: @unchecked Sendable {
         let budget = try WorkerBudget(file: file, config: config, layers: layers, resident: held, paged: paged, slots: Int(assign.slots),
                                       context: contextLength, memory: memory)
         maxSequences = budget.maxSequences
+        let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads)
+        self.holding = holding
+        let kept = previous.flatMap { $0.holding == holding ? $0 : nil }
+        keptWeights = kept != nil
+        let pool = kept?.pool ?? ThreadPool(threads: threads)
         var resident = 0
         let local: ExpertProvider?
-        if !paged.isEmpty {
+        if let kept {
+            local = kept.local
+            offload = kept.offload
+            resident = kept.residentBytes - (kept.stage?.residentBytes ?? 0)
+        } else if !paged.isEmpty {
             let cache = try BudgetedExperts(file: file, config: config, resident: held, paged: paged, slots: Int(assign.slots), pool: pool)
             local = cache
             offload = cache
@@ -59,7 +71,8 @@ final class WorkerShard: @unchecked Sendable {
         } else {
             local = nil
         }
-        experts = local.map { ExpertServer(experts: $0, embedding: config.embeddingLength) }
+        self.local = local
+        experts = kept?.experts ?? local.map { ExpertServer(experts: $0, embedding: config.embeddingLength) }
         expertCount = held.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
             + paged.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
         if !layers.isEmpty {
@@ -82,7 +95,8 @@ final class WorkerShard: @unchecked Sendable {
             let provider = RemoteExperts(local: local ?? ResidentExperts(weights: [:], pool: pool, held: .none), owner: owner,
                                          embedding: config.embeddingLength)
             self.clients = Array(clients.values)
-            let stage = try Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
+            let stage = try kept?.stage?.with(experts: provider)
+                ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
             sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: budget.maxSequences)
@@ -99,6 +113,19 @@ final class WorkerShard: @unchecked Sendable {
 
     /// The offload cache, when this worker pages experts.
     private(set) var offload: BudgetedExperts?
+    /// The experts this worker computes itself (resident or paged), nil when none.
+    private let local: ExpertProvider?
+
+    /// What decides the weights a shard loads: equal for two Assigns means the second loads nothing.
+    struct Holding: Equatable {
+        let path: String
+        let layers: Range<Int>
+        let held, paged: ExpertSet
+        let slots, threads: Int
+    }
+    let holding: Holding
+    /// Made from a previous shard's weights (nothing loaded).
+    let keptWeights: Bool
     /// Sequences whose KV fits the budget beside everything else.
     let maxSequences: Int
 

@@ -186,7 +186,9 @@ enum StatusReport {
         if !s.recoveries.isEmpty {
             lines += ["", "recoveries (plan \(s.epoch) in force):"]
             lines += s.recoveries.map { r in
-                "  plan \(r.epoch): \(r.recovered ? "recovered" : "FAILED") in \(fixed(r.seconds, 2)) s, \(r.sequencesReplayed) sequences replayed; cause: \(r.cause)"
+                "  plan \(r.epoch): \(r.recovered ? "recovered" : "FAILED") in \(fixed(r.seconds, 2)) s, \(r.sequencesReplayed) sequences replayed"
+                    + (r.recovered ? "; loaded weights: \(r.reloaded.isEmpty ? "none (every worker kept its shard)" : r.reloaded.joined(separator: ", "))" : "")
+                    + "; cause: \(r.cause)"
             }
         }
         return lines.joined(separator: "\n")

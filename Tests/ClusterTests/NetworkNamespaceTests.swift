@@ -66,4 +66,46 @@ enum NetNS {
         #expect(rc3 == 0)
         #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
     }
+
+    /// Real hosts die too: kill -9 a stage worker mid-generation (the spare, on a host of its own, takes its
+    /// layers), then the experts worker (no spare left: the cluster plans anew over the three hosts that answer);
+    /// each request completes over TCP between namespaces with exactly the text of one process.
+    @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
+    func killedHostsAreReplacedAcrossNamespaces() async throws { try await onThread { [self] in try self.killedHostsAreReplacedBlocking() } }
+    func killedHostsAreReplacedBlocking() throws {
+        let prefix = "cvk\(getpid() % 10000)"
+        let env = ["CONCLAVE_NETNS_PREFIX": prefix]
+        _ = NetNS.sh(["bash", NetNS.script, "down", "4"], env: env)
+        try #require(NetNS.sh(["bash", NetNS.script, "up", "4"], env: env) == 0, "netns-cluster.sh up failed")
+        defer { _ = NetNS.sh(["bash", NetNS.script, "down", "4"], env: env) }
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let model = Fixtures.shippedModel
+        let host = { (i: Int) in ["ip", "netns", "exec", "\(prefix)-h\(i)"] }
+        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10", spares: 1, keys: true)
+        let names = ["stage-a", "stage-b", "experts-1", "spare-1"]
+        for (i, n) in names.enumerated() {
+            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1", "--key-dir", c.keyDir], wrapper: host(i + 1))
+        }
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--key-dir", c.keyDir, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
+        try c.waitFor("coordinator", "serving")
+        let args = ["-p", "Once upon a time", "-n", "300", "--ctx", "512", "--temp", "0.8", "--seed", "11"]
+        let (rc, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+        #expect(rc == 0)
+        for victim in ["stage-b", "experts-1"] {
+            let gen = try c.spawn(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
+            usleep(300_000)
+            c.kill(victim)
+            let (rc, text, err) = try gen.finish(timeout: 120)
+            #expect(rc == 0, "after killing \(victim): \(err)\n\(c.logs())")
+            #expect(text == single, "killing \(victim) changed the text")
+        }
+        let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
+        #expect(rc3 == 0)
+        let status = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let recoveries = try #require(status["recoveries"] as? [[String: Any]])
+        #expect(recoveries.count == 2 && recoveries.allSatisfy { $0["recovered"] as? Bool == true }, "\(recoveries)")
+        // The first re-plan moved only the dead stage's shard, to the spare.
+        #expect(recoveries.first?["reloaded"] as? [String] == ["spare-1"], "\(recoveries)")
+    }
 }

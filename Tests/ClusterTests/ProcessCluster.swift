@@ -56,8 +56,21 @@ final class ProcessCluster: @unchecked Sendable {
         processes[name] = p
     }
 
-    /// Runs `conclave args…` to completion (killed after `timeout` s): (exit code, stdout, stderr).
-    func run(_ args: [String], wrapper: [String] = [], timeout: Double = 120) throws -> (Int32, String, String) {
+    /// A client run in the background: `finish` waits for it (bounded) and gives (exit code, stdout, stderr).
+    struct Background {
+        let process: Process
+        let out, err: URL
+        func finish(timeout: Double = 120) throws -> (Int32, String, String) {
+            let deadline = Date().addingTimeInterval(timeout)
+            while process.isRunning && Date() < deadline { usleep(50_000) }
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            return (process.terminationStatus, try String(contentsOf: out, encoding: .utf8), try String(contentsOf: err, encoding: .utf8))
+        }
+    }
+
+    /// Starts `conclave args…` with its output in files of its own.
+    func spawn(_ args: [String], wrapper: [String] = []) throws -> Background {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: wrapper.isEmpty ? binary : "/usr/bin/env")
         p.arguments = wrapper.isEmpty ? args : wrapper + [binary] + args
@@ -68,6 +81,13 @@ final class ProcessCluster: @unchecked Sendable {
         p.standardError = try FileHandle(forWritingTo: err)
         p.standardInput = FileHandle.nullDevice
         try p.run()
+        return Background(process: p, out: out, err: err)
+    }
+
+    /// Runs `conclave args…` to completion (killed after `timeout` s): (exit code, stdout, stderr).
+    func run(_ args: [String], wrapper: [String] = [], timeout: Double = 120) throws -> (Int32, String, String) {
+        let b = try spawn(args, wrapper: wrapper)
+        let (p, out, err) = (b.process, b.out, b.err)
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(20_000) }
         if p.isRunning {

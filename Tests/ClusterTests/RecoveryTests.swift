@@ -45,28 +45,15 @@ import TestSupport
         for k in 0..<kills {
             let s = k % settings.count
             let victim = [1, 2, 0, 3][k % 4]
-            let out = c.dir.appendingPathComponent("gen-\(k).out"), err = c.dir.appendingPathComponent("gen-\(k).err")
-            _ = FileManager.default.createFile(atPath: out.path, contents: nil)
-            _ = FileManager.default.createFile(atPath: err.path, contents: nil)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: c.binary)
-            p.arguments = ["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "300", "--ctx", "512"] + settings[s]
-            p.standardOutput = try FileHandle(forWritingTo: out)
-            p.standardError = try FileHandle(forWritingTo: err)
-            try p.run()
+            let gen = try c.spawn(["generate", "--coordinator", endpoint, "-p", "Once upon a time", "-n", "300", "--ctx", "512"] + settings[s])
             usleep(300_000)
             c.kill(names[victim])
             try startWorker(victim)
             // Bounded: detection (3 s of silence), the re-plan and the rest of the generation take a few seconds.
-            let deadline = Date().addingTimeInterval(120)
-            while p.isRunning && Date() < deadline { usleep(50_000) }
-            if p.isRunning { p.terminate() }
-            p.waitUntilExit()
-            let text = try String(contentsOf: out, encoding: .utf8)
-            let stderr = try String(contentsOf: err, encoding: .utf8)
-            #expect(p.terminationStatus == 0, "kill \(k) (\(names[victim])): \(stderr)")
+            let (rc, text, stderr) = try gen.finish(timeout: 120)
+            #expect(rc == 0, "kill \(k) (\(names[victim])): \(stderr)")
             #expect(text == clean[s], "kill \(k) (\(names[victim])) changed the text")
-            if p.terminationStatus == 0 && text == clean[s] { survived += 1 }
+            if rc == 0 && text == clean[s] { survived += 1 }
         }
         print("recovery: \(survived) of \(kills) kills survived with identical output")
         // Status lists the recoveries, each with its cause and time.
@@ -82,5 +69,10 @@ import TestSupport
             #expect(!(r["cause"] as? String ?? "").isEmpty, "\(r)")
         }
         print("recovery times (s): " + recoveries.map { String(format: "%.2f", $0["seconds"] as? Double ?? -1) }.joined(separator: " "))
+        // Only what moved is loaded: the lost worker's shard, by the spare or by the worker restarted; the
+        // others keep theirs.
+        let reloads = recoveries.map { $0["reloaded"] as? [String] ?? names }
+        #expect(reloads.allSatisfy { $0.count == 1 }, "workers that loaded weights per re-plan: \(reloads)")
+        print("loaded weights per re-plan: " + reloads.map { $0.joined(separator: "+") }.joined(separator: " "))
     }
 }

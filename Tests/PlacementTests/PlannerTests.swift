@@ -61,6 +61,28 @@ struct PlannerTests {
         #expect(p.stages.allSatisfy { $0.worker != "w2" })
     }
 
+    /// After a failure the placement is kept: each lost worker's shard goes whole to a worker outside the plan
+    /// that can hold it (or back to the same worker, restarted), and nothing else moves; without a taker, nil.
+    @Test func keepingMovesOnlyTheLostShard() throws {
+        let f = footprint()
+        let c = cluster([(1_500, .stage), (1_500, .stage), (5_000, .experts)])
+        let p = try Planner.plan(f, cluster: c)
+        let (a, b, x) = (c.workers[0], c.workers[1], c.workers[2])
+        func spare(_ name: String, _ memory: Int) -> ClusterFile.Worker { .init(name: name, endpoint: "tcp://127.0.0.1:7200", memory: memory, role: .any) }
+        // All back (a restart keeps its name): the same plan.
+        #expect(p.keeping(on: [a, b, x]) == p)
+        // The second stage lost: the spare with room takes exactly its layers; the small one is passed over.
+        let q = try #require(p.keeping(on: [a, x, spare("small", 100), spare("big", 1_500)]))
+        checkInvariants(q, f)
+        #expect(q.workers.map(\.name) == ["w0", "big", "w2"])
+        #expect(q.stages.map(\.layers) == p.stages.map(\.layers) && q.stages.map(\.worker) == ["w0", "big"])
+        #expect(q.experts == p.experts && q.bytes == p.bytes)
+        // The experts worker lost and no worker outside can hold its experts: plan anew.
+        #expect(p.keeping(on: [a, b, spare("small", 100)]) == nil)
+        // A stage-only worker cannot take an experts shard.
+        #expect(p.keeping(on: [a, b, .init(name: "s", endpoint: "tcp://127.0.0.1:7300", memory: 10_000, role: .stage)]) == nil)
+    }
+
     @Test func stageRoleHoldsNoExperts() throws {
         let f = footprint(layers: 4)
         let p = try Planner.plan(f, cluster: cluster([(2_000, .stage), (3_000, .experts)]))

@@ -428,6 +428,9 @@ public nonisolated struct Conclave_V1_Ready: Sendable {
   /// Sequences whose KV cache fits the worker's budget beside its weights and slots (0: no layers).
   public var maxSequences: UInt32 = 0
 
+  /// The worker held this shard's weights already (a re-plan that kept its layers and experts): nothing loaded.
+  public var keptWeights: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -814,6 +817,9 @@ public nonisolated struct Conclave_V1_Recovery: Sendable {
   public var recovered: Bool = false
 
   public var plan: String = String()
+
+  /// Workers that loaded weights for the new plan; the others kept what they held.
+  public var reloaded: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1550,7 +1556,7 @@ nonisolated extension Conclave_V1_RemoteExperts: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0\u{3}max_sequences\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0\u{3}max_sequences\0\u{3}kept_weights\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1560,6 +1566,7 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxSequences) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.keptWeights) }()
       default: break
       }
     }
@@ -1572,12 +1579,16 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.maxSequences != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxSequences, fieldNumber: 2)
     }
+    if self.keptWeights != false {
+      try visitor.visitSingularBoolField(value: self.keptWeights, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Ready, rhs: Conclave_V1_Ready) -> Bool {
     if lhs.residentBytes != rhs.residentBytes {return false}
     if lhs.maxSequences != rhs.maxSequences {return false}
+    if lhs.keptWeights != rhs.keptWeights {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2393,7 +2404,7 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_Recovery: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Recovery"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{1}cause\0\u{1}seconds\0\u{3}sequences_replayed\0\u{1}recovered\0\u{1}plan\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{1}cause\0\u{1}seconds\0\u{3}sequences_replayed\0\u{1}recovered\0\u{1}plan\0\u{1}reloaded\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2407,6 +2418,7 @@ nonisolated extension Conclave_V1_Recovery: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.sequencesReplayed) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.recovered) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.reloaded) }()
       default: break
       }
     }
@@ -2431,6 +2443,9 @@ nonisolated extension Conclave_V1_Recovery: SwiftProtobuf.Message, SwiftProtobuf
     if !self.plan.isEmpty {
       try visitor.visitSingularStringField(value: self.plan, fieldNumber: 6)
     }
+    if !self.reloaded.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.reloaded, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2441,6 +2456,7 @@ nonisolated extension Conclave_V1_Recovery: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.sequencesReplayed != rhs.sequencesReplayed {return false}
     if lhs.recovered != rhs.recovered {return false}
     if lhs.plan != rhs.plan {return false}
+    if lhs.reloaded != rhs.reloaded {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
