@@ -39,32 +39,43 @@ enum NetNS {
 @Suite(.serialized) struct NetworkNamespaceTests {
     @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
     func clusterAcrossNamespacesMatchesOneProcess() async throws { try await onThread { [self] in try self.clusterAcrossNamespacesMatchesOneProcessBlocking() } }
-    func clusterAcrossNamespacesMatchesOneProcessBlocking() throws {
-        let prefix = "cvt\(getpid() % 10000)"
+    /// Hosts h0 (the coordinator) … hN (stage-a, stage-b, experts-1, then `spares` spares), a cluster of them
+    /// authenticated with CurveZMQ as a deployment is, serving; `body` gets the cluster and each host's
+    /// `ip netns exec` prefix. Everything is torn down after.
+    static func withHosts(_ tag: String, spares: Int = 0, _ body: (ProcessCluster, (Int) -> [String]) throws -> Void) throws {
+        let n = 3 + spares
+        let prefix = "\(tag)\(getpid() % 10000)"
         let env = ["CONCLAVE_NETNS_PREFIX": prefix]
-        _ = NetNS.sh(["bash", NetNS.script, "down", "3"], env: env)
-        try #require(NetNS.sh(["bash", NetNS.script, "up", "3"], env: env) == 0, "netns-cluster.sh up failed")
-        defer { _ = NetNS.sh(["bash", NetNS.script, "down", "3"], env: env) }
+        _ = NetNS.sh(["bash", NetNS.script, "down", "\(n)"], env: env)
+        try #require(NetNS.sh(["bash", NetNS.script, "up", "\(n)"], env: env) == 0, "netns-cluster.sh up failed")
+        defer { _ = NetNS.sh(["bash", NetNS.script, "down", "\(n)"], env: env) }
         let c = try ProcessCluster()
         defer { c.stop() }
         let model = Fixtures.shippedModel
         let host = { (i: Int) in ["ip", "netns", "exec", "\(prefix)-h\(i)"] }
-        // Real hosts on a network: authenticated with CurveZMQ, as a deployment is.
-        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10", keys: true)
-        for (i, n) in ["stage-a", "stage-b", "experts-1"].enumerated() {
-            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1", "--key-dir", c.keyDir], wrapper: host(i + 1))
+        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10", spares: spares, keys: true)
+        let names = ["stage-a", "stage-b", "experts-1"] + (0..<spares).map { "spare-\($0 + 1)" }
+        for (i, name) in names.enumerated() {
+            try c.start(name, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", name, "--threads", "1", "--key-dir", c.keyDir], wrapper: host(i + 1))
         }
         try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--key-dir", c.keyDir, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
         try c.waitFor("coordinator", "serving")
-        let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
-        let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
-        let (rc2, distributed, err) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
-        #expect(rc1 == 0)
-        #expect(rc2 == 0, "\(err)\n\(c.logs())")
-        #expect(distributed == single)
-        let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
-        #expect(rc3 == 0)
-        #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
+        try body(c, host)
+    }
+
+    func clusterAcrossNamespacesMatchesOneProcessBlocking() throws {
+        try Self.withHosts("cvt") { c, host in
+            let model = Fixtures.shippedModel
+            let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0", "--repeat-penalty", "1.3"]
+            let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+            let (rc2, distributed, err) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
+            #expect(rc1 == 0)
+            #expect(rc2 == 0, "\(err)\n\(c.logs())")
+            #expect(distributed == single)
+            let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
+            #expect(rc3 == 0)
+            #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
+        }
     }
 
     /// Real hosts die too: kill -9 a stage worker mid-generation (the spare, on a host of its own, takes its
@@ -73,32 +84,18 @@ enum NetNS {
     @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
     func killedHostsAreReplacedAcrossNamespaces() async throws { try await onThread { [self] in try self.killedHostsAreReplacedBlocking() } }
     func killedHostsAreReplacedBlocking() throws {
-        let prefix = "cvk\(getpid() % 10000)"
-        let env = ["CONCLAVE_NETNS_PREFIX": prefix]
-        _ = NetNS.sh(["bash", NetNS.script, "down", "4"], env: env)
-        try #require(NetNS.sh(["bash", NetNS.script, "up", "4"], env: env) == 0, "netns-cluster.sh up failed")
-        defer { _ = NetNS.sh(["bash", NetNS.script, "down", "4"], env: env) }
-        let c = try ProcessCluster()
-        defer { c.stop() }
-        let model = Fixtures.shippedModel
-        let host = { (i: Int) in ["ip", "netns", "exec", "\(prefix)-h\(i)"] }
-        let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.10", spares: 1, keys: true)
-        let names = ["stage-a", "stage-b", "experts-1", "spare-1"]
-        for (i, n) in names.enumerated() {
-            try c.start(n, ["worker", "--listen", "tcp://10.77.0.\(11 + i):\(7071 + i)", "--model", model, "--name", n, "--threads", "1", "--key-dir", c.keyDir], wrapper: host(i + 1))
-        }
-        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--key-dir", c.keyDir, "--threads", "1", "--join-timeout", "20", "--http", "off"], wrapper: host(0))
-        try c.waitFor("coordinator", "serving")
-        let args = ["-p", "Once upon a time", "-n", "300", "--ctx", "512", "--temp", "0.8", "--seed", "11"]
-        let (rc, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
-        #expect(rc == 0)
-        for victim in ["stage-b", "experts-1"] {
-            let gen = try c.spawn(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
-            usleep(300_000)
-            c.kill(victim)
-            let (rc, text, err) = try gen.finish(timeout: 120)
-            #expect(rc == 0, "after killing \(victim): \(err)\n\(c.logs())")
-            #expect(text == single, "killing \(victim) changed the text")
+        try Self.withHosts("cvk", spares: 1) { c, host in
+            let model = Fixtures.shippedModel
+            let args = ["-p", "Once upon a time", "-n", "300", "--ctx", "512", "--temp", "0.8", "--seed", "11"]
+            let (rc, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+            #expect(rc == 0)
+            for victim in ["stage-b", "experts-1"] {
+                let gen = try c.spawn(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
+                usleep(300_000)
+                c.kill(victim)
+                let (rc, text, err) = try gen.finish(timeout: 120)
+                #expect(rc == 0, "after killing \(victim): \(err)\n\(c.logs())")
+                #expect(text == single, "killing \(victim) changed the text")
         }
         let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
         #expect(rc3 == 0)
@@ -107,5 +104,6 @@ enum NetNS {
         #expect(recoveries.count == 2 && recoveries.allSatisfy { $0["recovered"] as? Bool == true }, "\(recoveries)")
         // The first re-plan moved only the dead stage's shard, to the spare.
         #expect(recoveries.first?["reloaded"] as? [String] == ["spare-1"], "\(recoveries)")
+        }
     }
 }
