@@ -240,7 +240,7 @@ DEF_Q8_0_T4(dot4t_q8_0_avx2, AVX2, dot_us_avx2)
 DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
 
 /// Tokens in groups of four through the batched kernel, the rest one at a time.
-#define DEF_ROWS_T4(NAME, ATTR, WT, DOT1, DOT4)                                                           \
+#define DEF_ROWS_T4(NAME, ATTR, WT, AT, DOT1, DOT4)                                                           \
     static ATTR void NAME(CK_ROWS_SIGNATURE) {                                                            \
         for (int r = 0; r < rows; r++) {                                                                  \
             const WT *wr = (const WT *)((const uint8_t *)w + (size_t)r * w_stride);                       \
@@ -249,14 +249,69 @@ DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
                 DOT4(n, wr, (const uint8_t *)a + (size_t)t * a_stride, a_stride, aux + (size_t)t * aux_stride, \
                      aux_stride, y + (size_t)t * y_stride + r, y_stride);                                 \
             for (; t < batch; t++)                                                                        \
-                y[(size_t)t * y_stride + r] = DOT1(n, wr, (const blk_q8_0 *)((const uint8_t *)a + (size_t)t * a_stride), \
+                y[(size_t)t * y_stride + r] = DOT1(n, wr, (const AT *)((const uint8_t *)a + (size_t)t * a_stride), \
                                                     aux + (size_t)t * aux_stride);                        \
         }                                                                                                 \
     }
-DEF_ROWS_T4(rows_q8_0_avx2, AVX2, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
-DEF_ROWS_T4(rows_q8_0_vnni, VNNI, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
+DEF_ROWS_T4(rows_q8_0_avx2, AVX2, blk_q8_0, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
+DEF_ROWS_T4(rows_q8_0_vnni, VNNI, blk_q8_0, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
 DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
-DEF_ROWS(rows_q6_K_avx2, AVX2, dot_q6_K_avx2(n, (const blk_q6_K *)wr, (const blk_q8_K *)ar))
+
+/// Q6_K for four tokens per pass: each block's 6-bit values are unpacked and its scales widened once, then
+/// multiplied with each token's Q8_K. The integer sums are exact, and each token's float accumulation runs
+/// block by block as in `dot_q6_K_avx2`, so every token gets the one-token kernel's bits. (The output head of
+/// llama.cpp's quantizations is Q6_K: with several sequences decoding, unpacking once per weight row instead of
+/// once per token is most of a decode step's work.)
+static AVX2 void dot4t_q6_K_avx2(int n, const blk_q6_K *x, const uint8_t *a, size_t a_stride, const float *aux,
+                                 size_t aux_stride, float *out, size_t out_stride) {
+    (void)aux;
+    (void)aux_stride;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < n / 256; b++) {
+        const char *pf = (const char *)(x + b) + CK_PREFETCH;
+        _mm_prefetch(pf, _MM_HINT_NTA);
+        _mm_prefetch(pf + 64, _MM_HINT_NTA);
+        _mm_prefetch(pf + 128, _MM_HINT_NTA);
+        _mm_prefetch(pf + 192, _MM_HINT_NTA);
+        __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i scw[2];
+        widen_scales(_mm_loadu_si128((const __m128i *)x[b].scales), 1, scw);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i q[4], sc[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+            for (int k = 0; k < 4; k++) sc[k] = pair_scales(scw[h], 2 * k);
+            for (int j = 0; j < 4; j++) {
+                const int8_t *q8 = ((const blk_q8_K *)(a + (size_t)j * a_stride))[b].qs + 128 * h;
+                for (int k = 0; k < 4; k++) {
+                    const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
+                    sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(p, sc[k]));
+                }
+            }
+        }
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[b].scales));
+        const float dx = h2f(x[b].d);
+        for (int j = 0; j < 4; j++) {
+            const blk_q8_K *y = (const blk_q8_K *)(a + (size_t)j * a_stride);
+            const __m256i bsum = _mm256_loadu_si256((const __m256i *)y[b].bsums);
+            const __m256i s = _mm256_sub_epi32(sumi[j], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsum), 5));
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dx * y[b].d), _mm256_cvtepi32_ps(s), acc[j]);
+        }
+    }
+    for (int j = 0; j < 4; j++) out[j * out_stride] = hsum8(acc[j]);
+}
+static inline AVX2 float dot1_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K *y, const float *aux) {
+    (void)aux;
+    return dot_q6_K_avx2(n, x, y);
+}
+DEF_ROWS_T4(rows_q6_K_avx2, AVX2, blk_q6_K, blk_q8_K, dot1_q6_K_avx2, dot4t_q6_K_avx2)
 
 ck_rows_fn ck_x86_kernel(int type, int isa) {
     const int vnni = (isa & CK_ISA_AVX512VNNI) != 0, avx2 = (isa & CK_ISA_AVX2) != 0;
