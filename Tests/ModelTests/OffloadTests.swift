@@ -94,10 +94,12 @@ struct OffloadTests {
             for t in tokens[1..<48] { _ = try engine.evaluate([t], in: seq) }
             if withPrompt { _ = try engine.evaluate(Array(tokens[100..<400]), in: engine.newSequence(capacity: 512)) }
             let before = cache.snapshot
-            for t in tokens[48..<56] { _ = try engine.evaluate([t], in: seq) }
+            for t in tokens[48..<88] { _ = try engine.evaluate([t], in: seq) }
             let after = cache.snapshot
             return Double(after.hits - before.hits) / Double(after.hits + after.misses - before.hits - before.misses)
         }
+        // Forty decode tokens (320 expert uses): prefetch reads finish when they finish, which moves a use or two
+        // between hit and miss from run to run; a flushed cache would lose far more than the margin.
         let clean = try decodeHits(withPrompt: false), afterPrompt = try decodeHits(withPrompt: true)
         #expect(afterPrompt >= clean - 0.05, "decode hit rate \(afterPrompt) after a long prompt, \(clean) without it")
     }
