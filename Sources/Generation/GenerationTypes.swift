@@ -11,10 +11,13 @@ public struct GenerationRequest: Sendable {
     public var contextLength: Int?
     /// nil: no log-probabilities; 0: each token's; N: also the N most likely alternatives (≤ 20).
     public var logprobs: Int?
+    /// End-of-generation tokens do not end it (see `GenerationPolicy.ignoreEOS`).
+    public var ignoreEOS: Bool
 
     public init(prompt: [Int32], maxTokens: Int, stop: [String] = [], sampling: SamplingParams = SamplingParams(), contextLength: Int? = nil,
-                logprobs: Int? = nil) {
+                logprobs: Int? = nil, ignoreEOS: Bool = false) {
         self.logprobs = logprobs
+        self.ignoreEOS = ignoreEOS
         self.prompt = prompt
         self.maxTokens = maxTokens
         self.stop = stop

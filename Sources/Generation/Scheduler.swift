@@ -132,7 +132,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             return (id, stream)
         }
         let capacity = min(r.contextLength ?? contextLength, contextLength)
-        let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity)
+        let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity, ignoreEOS: r.ignoreEOS)
         let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, logprobs: r.logprobs ?? -1,
                               progress: policy.start(tokenizer: tokenizer),
                               continuation: continuation)

@@ -15,11 +15,15 @@ public struct GenerationPolicy: Sendable, Equatable {
     public var stop: [String]
     /// Positions the sequence's cache holds.
     public var capacity: Int
+    /// End-of-generation tokens are ordinary tokens (llama-server's `ignore_eos`): the generation runs to
+    /// max tokens or the context's end — how benchmarks get the length they ask for.
+    public var ignoreEOS: Bool
 
-    public init(maxTokens: Int, stop: [String] = [], capacity: Int) {
+    public init(maxTokens: Int, stop: [String] = [], capacity: Int, ignoreEOS: Bool = false) {
         self.maxTokens = maxTokens
         self.stop = stop.filter { !$0.isEmpty }
         self.capacity = capacity
+        self.ignoreEOS = ignoreEOS
     }
 
     public func start(tokenizer: Tokenizer) -> GenerationProgress { GenerationProgress(policy: self, tokenizer: tokenizer) }
@@ -56,7 +60,7 @@ public struct GenerationProgress: Sendable {
         if generated >= policy.maxTokens {
             return end(.length, counted: false)
         }
-        if tokenizer.isEndOfGeneration(token) {
+        if !policy.ignoreEOS, tokenizer.isEndOfGeneration(token) {
             return end(.stop, counted: false)
         }
         generated += 1

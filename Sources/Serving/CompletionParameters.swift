@@ -11,6 +11,8 @@ public struct CompletionParameters: Sendable, Equatable {
     public var includeUsage = false
     /// nil: none; 0: each token's log-probability; N: also the N most likely alternatives.
     public var logprobs: Int?
+    /// llama-server's `ignore_eos`: generate to `max_tokens` (or the context's end) through end-of-generation tokens.
+    public var ignoreEOS = false
 
     /// Fields this server reads; anything else a client sends is ignored, as OpenAI's API and llama-server do.
     /// `chat`: chat completions take `logprobs: true` + `top_logprobs: N`; text completions `logprobs: N`.
@@ -49,6 +51,7 @@ public struct CompletionParameters: Sendable, Equatable {
             throw APIError.invalid("'stop' must be a string or a list of strings", param: "stop")
         }
         stream = try f.bool("stream") ?? false
+        ignoreEOS = try f.bool("ignore_eos") ?? false
         if let options = body["stream_options"], !options.isNull {
             guard case .object = options else { throw APIError.invalid("'stream_options' must be an object", param: "stream_options") }
             includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false

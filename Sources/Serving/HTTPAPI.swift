@@ -153,7 +153,7 @@ public struct HTTPAPI: Sendable {
         let p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
-                                        logprobs: p.logprobs)
+                                        logprobs: p.logprobs, ignoreEOS: p.ignoreEOS)
         // The scheduler's own checks, asked before the status line goes out (a stream cannot turn into a 400).
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: kind == .chat ? "messages" : "prompt") }
         let (sequence, events) = scheduler.submit(request)

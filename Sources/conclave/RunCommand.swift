@@ -76,6 +76,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
     @Option(help: "Context length (default: the model's).") var ctx: Int?
     @Option(help: "Stop before this text (repeat for several).") var stop: [String] = []
+    @Flag(name: .customLong("ignore-eos"), help: "Generate -n tokens even past end-of-generation tokens (as llama.cpp's --ignore-eos).") var ignoreEOS = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var offload: OffloadOptions
 
@@ -85,7 +86,7 @@ struct RunCommand: ParsableCommand {
         let seq = engine.newSequence(capacity: ctx)
         var text = TextStream()
         do {
-            let policy = GenerationPolicy(maxTokens: n, stop: stop, capacity: seq.caches.first?.capacity ?? 0)
+            let policy = GenerationPolicy(maxTokens: n, stop: stop, capacity: seq.caches.first?.capacity ?? 0, ignoreEOS: ignoreEOS)
             let stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq) { _, piece in
                 text.write(Array(piece.utf8))
                 return true

@@ -46,6 +46,18 @@ import Tokenizer
         #expect(end.finish == .stop && !end.counted && all + end.text == text)
     }
 
+    /// With ignoreEOS an end-of-generation token is one more token (llama-server's ignore_eos): only max tokens
+    /// or the context's end stop the generation.
+    @Test func ignoreEOSRunsToMaxTokens() throws {
+        let eos = try #require(Self.tokenizer.vocab.eos ?? Self.tokenizer.vocab.eot)
+        var plain = GenerationPolicy(maxTokens: 3, capacity: 100).start(tokenizer: Self.tokenizer)
+        #expect(plain.accept(eos, fed: 1).finish == .stop)
+        var p = GenerationPolicy(maxTokens: 3, capacity: 100, ignoreEOS: true).start(tokenizer: Self.tokenizer)
+        let steps = (0..<3).map { p.accept(eos, fed: 1 + $0) }
+        #expect(steps.prefix(2).allSatisfy { $0.counted && $0.finish == nil })
+        #expect(steps[2].counted && steps[2].finish == .length && p.generated == 3)
+    }
+
     @Test func maxTokensAndContextEndWithLength() {
         let text = "one two three four five six"
         let r = feed(text, GenerationPolicy(maxTokens: 3, capacity: 100))

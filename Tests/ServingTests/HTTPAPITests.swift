@@ -136,6 +136,7 @@ import Glibc
                 ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}"#, "model"),
                 ("/v1/completions", #"{"prompt": "x", "max_tokens": -1}"#, "max_tokens"),
                 ("/v1/completions", #"{"prompt": "x", "stop": [1]}"#, "stop"),
+                ("/v1/completions", #"{"prompt": "x", "ignore_eos": "yes"}"#, "ignore_eos"),
                 ("/v1/completions", #"{"prompt": [999999]}"#, nil),
                 ("/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 100))"}"#, "prompt"),
                 ("/detokenize", #"{"tokens": [-1]}"#, "tokens"),
@@ -156,6 +157,10 @@ import Glibc
             let v = try JSONValue.parse(full)
             #expect(v["choices"]?.arrayValue?.first?["finish_reason"]?.stringValue == "length")
             #expect(v["usage"]?["total_tokens"]?.intValue == 65)
+            // ignore_eos (llama-server's): exactly max_tokens, whatever the model would have ended with.
+            let (_, all) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 40, "temperature": 1, "seed": 3, "ignore_eos": true}"#)
+            let w = try JSONValue.parse(all)
+            #expect(w["usage"]?["completion_tokens"]?.intValue == 40 && w["choices"]?.arrayValue?.first?["finish_reason"]?.stringValue == "length", "\(all)")
         }
     }
 
