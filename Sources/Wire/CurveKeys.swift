@@ -45,7 +45,7 @@ public struct CurveKeyPair: Sendable, Equatable {
     public static func generate() throws(KeyError) -> CurveKeyPair {
         var pub = [CChar](repeating: 0, count: 41), sec = [CChar](repeating: 0, count: 41)
         guard zmq_curve_keypair(&pub, &sec) == 0 else { throw KeyError("libzmq cannot make CurveZMQ keys (built without libsodium?)") }
-        return CurveKeyPair(publicKey: try CurveKey(z85: String(cString: pub)), secretZ85: String(cString: sec))
+        return CurveKeyPair(publicKey: try CurveKey(z85: String(nulTerminated: pub)), secretZ85: String(nulTerminated: sec))
     }
 
     /// The pair whose secret key is `secret` (the public key derived from it, so the two always match).
@@ -54,7 +54,7 @@ public struct CurveKeyPair: Sendable, Equatable {
         _ = try CurveKey(z85: s)  // the same shape as a public key
         var pub = [CChar](repeating: 0, count: 41)
         guard zmq_curve_public(&pub, s) == 0 else { throw KeyError("cannot derive a public key from this secret key") }
-        publicKey = try CurveKey(z85: String(cString: pub))
+        publicKey = try CurveKey(z85: String(nulTerminated: pub))
         secretZ85 = s
     }
 
@@ -149,4 +149,11 @@ public struct KeyError: Error, CustomStringConvertible, Sendable, Equatable {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+}
+
+extension String {
+    /// The text of a NUL-terminated C buffer that libzmq filled (Z85 keys).
+    init(nulTerminated buffer: [CChar]) {
+        self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

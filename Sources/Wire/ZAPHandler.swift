@@ -144,9 +144,9 @@ final class ZAPHandler: @unchecked Sendable {
             return ("400", "CurveZMQ required", "")
         }
         var text = [CChar](repeating: 0, count: 41)
-        let key = f[6].withUnsafeBytes { zmq_z85_encode(&text, $0.bindMemory(to: UInt8.self).baseAddress, 32) }.flatMap { _ in try? CurveKey(z85: String(cString: text)) }
+        let key = f[6].withUnsafeBytes { zmq_z85_encode(&text, $0.bindMemory(to: UInt8.self).baseAddress, 32) }.flatMap { _ in try? CurveKey(z85: String(nulTerminated: text)) }
         guard let key, let role = admission.role(of: key) else {
-            admission.refuse("key \(String(cString: text)) from \(address) is not listed")
+            admission.refuse("key \(String(nulTerminated: text)) from \(address) is not listed")
             return ("400", "key not admitted", "")
         }
         return ("200", "OK", role.userID)
