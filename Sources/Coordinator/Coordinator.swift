@@ -341,10 +341,10 @@ public final class Coordinator: Service, @unchecked Sendable {
         do {
             // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
             // shard loads. Otherwise a plan from scratch over what is left.
-            if let same = plan.keeping(on: left) {
-                let moved = zip(plan.workers, same.workers).filter { $0.name != $1.name }.map { "\($0.name) → \($1.name)" }
+            if let same = plan.keeping(on: left, expertBytes: footprint.expertBytes) {
+                let moved = plan.workers.map(\.name).filter { n in !same.workers.contains { $0.name == n } }
                 plan = same
-                log("same placement\(moved.isEmpty ? "" : ", " + moved.joined(separator: ", ")): " + planSummary())
+                log("keeping the placement\(moved.isEmpty ? "" : " (the shards of \(moved.joined(separator: ", ")) taken over)"): " + planSummary())
             } else {
                 plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
                 log("new plan without \(gone.joined(separator: ", ")): " + planSummary())

@@ -172,10 +172,12 @@ extension Plan {
     /// replaced by an available worker outside the plan that can hold exactly its shard (the smallest budget
     /// that fits, its role allowing layers or experts as the shard needs). After a failure this moves only the
     /// lost worker's shard — to a spare, or back to the same worker restarted — where planning afresh would
-    /// re-balance, and reload, everyone. Nil when some shard has no taker (then plan anew).
-    public func keeping(on available: [ClusterFile.Worker]) -> Plan? {
+    /// re-balance, and reload, everyone. A lost worker that held only experts (none paged) and has no taker
+    /// has its experts spread, given `expertBytes` (per layer), over the plan's other expert holders with room:
+    /// each to the one with the most memory left. Nil when some shard has no taker (then plan anew).
+    public func keeping(on available: [ClusterFile.Worker], expertBytes: [Int]? = nil) -> Plan? {
         var taken = Set<String>()
-        var workers: [ClusterFile.Worker] = []
+        var takers: [ClusterFile.Worker?] = []
         for (i, w) in self.workers.enumerated() {
             let hasLayers = stages.contains { $0.worker == w.name }
             let hasExperts = experts.contains { $0.contains(i) }
@@ -185,13 +187,34 @@ extension Plan {
             }
             let same = available.first { $0.name == w.name }
             let outside = available.filter { c in !self.workers.contains { $0.name == c.name } }
-            guard let taker = same.flatMap({ fits($0) ? $0 : nil }) ?? outside.filter(fits).min(by: { ($0.memory, $0.name) < ($1.memory, $1.name) }) else {
+            if let taker = same.flatMap({ fits($0) ? $0 : nil }) ?? outside.filter(fits).min(by: { ($0.memory, $0.name) < ($1.memory, $1.name) }) {
+                taken.insert(taker.name)
+                takers.append(taker)
+            } else if !hasLayers, expertBytes != nil, !paged.enumerated().contains(where: { l, row in row.indices.contains { experts[l][$0] == i && row[$0] } }) {
+                takers.append(nil)  // spread below
+            } else {
                 return nil
             }
-            taken.insert(taker.name)
-            workers.append(taker)
         }
-        let renamed = stages.map { s in Stage(worker: workers[self.workers.firstIndex { $0.name == s.worker }!].name, layers: s.layers) }
-        return Plan(workers: workers, stages: renamed, experts: experts, bytes: bytes, paged: paged, slots: slots)
+        // Old index → new index; the spread workers leave the plan.
+        var index: [Int?] = []
+        var workers: [ClusterFile.Worker] = []
+        for t in takers { index.append(t.map { _ in workers.count }); if let t { workers.append(t) } }
+        var newBytes = zip(self.bytes, takers).compactMap { $1 == nil ? nil : $0 }
+        let slots = zip(self.slots, takers).compactMap { $1 == nil ? nil : $0 }
+        let holders = workers.indices.filter { n in workers[n].role != .stage && self.experts.contains { $0.contains { index[$0] == n } } }
+        var newExperts = self.experts
+        for l in newExperts.indices {
+            for e in newExperts[l].indices {
+                if let n = index[newExperts[l][e]] { newExperts[l][e] = n; continue }
+                let size = expertBytes![l]
+                guard let to = holders.filter({ workers[$0].memory - newBytes[$0] >= size })
+                    .max(by: { (workers[$0].memory - newBytes[$0], workers[$1].name) < (workers[$1].memory - newBytes[$1], workers[$0].name) }) else { return nil }
+                newExperts[l][e] = to
+                newBytes[to] += size
+            }
+        }
+        let renamed = stages.map { s in Stage(worker: workers[index[self.workers.firstIndex { $0.name == s.worker }!]!].name, layers: s.layers) }
+        return Plan(workers: workers, stages: renamed, experts: newExperts, bytes: newBytes, paged: paged, slots: slots)
     }
 }

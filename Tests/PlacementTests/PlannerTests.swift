@@ -79,6 +79,20 @@ struct PlannerTests {
         #expect(q.experts == p.experts && q.bytes == p.bytes)
         // The experts worker lost and no worker outside can hold its experts: plan anew.
         #expect(p.keeping(on: [a, b, spare("small", 100)]) == nil)
+        // The experts worker lost and nobody outside can take its whole shard: given the experts' sizes, they
+        // spread over the expert holders with room (here the two others, restarted with more memory), and
+        // nothing else moves.
+        let c2 = cluster([(1_500, .any), (1_500, .any), (5_000, .experts)])
+        let p2 = try Planner.plan(f, cluster: c2)
+        #expect(p2.experts(of: 2).count > 0)
+        let bigger = c2.workers.prefix(2).map { ClusterFile.Worker(name: $0.name, endpoint: $0.endpoint, memory: 10_000, role: $0.role) }
+        let s2 = try #require(p2.keeping(on: bigger, expertBytes: f.expertBytes), "bytes \(p2.bytes)")
+        checkInvariants(s2, f)
+        #expect(s2.workers.map(\.name) == ["w0", "w1"] && s2.stages == p2.stages)
+        for l in 0..<8 { for e in 0..<8 where p2.experts[l][e] != 2 { #expect(s2.experts[l][e] == p2.experts[l][e]) } }
+        // Without the sizes, or without room, plan anew.
+        #expect(p2.keeping(on: bigger) == nil)
+        #expect(p2.keeping(on: Array(c2.workers.prefix(2)), expertBytes: f.expertBytes) == nil)
         // A stage-only worker cannot take an experts shard.
         #expect(p.keeping(on: [a, b, .init(name: "s", endpoint: "tcp://127.0.0.1:7300", memory: 10_000, role: .stage)]) == nil)
     }
