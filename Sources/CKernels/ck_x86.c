@@ -157,29 +157,40 @@ static inline AVX2 float dot_q4_K_avx2(int n, const blk_q4_K *x, const blk_q8_K 
 
 // ---- Q6_K × Q8_K: 6-bit unsigned values (q + 32) times y, then 32·Σ sc·bsum removed (one vpmaddwd).
 
-static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K *y) {
+/// A block a prefetch distance ahead, as every kernel here prefetches its weights.
+static inline AVX2 void prefetch_q6_K(const blk_q6_K *x) {
+    const char *pf = (const char *)x + CK_PREFETCH;
+    _mm_prefetch(pf, _MM_HINT_NTA);
+    _mm_prefetch(pf + 64, _MM_HINT_NTA);
+    _mm_prefetch(pf + 128, _MM_HINT_NTA);
+    _mm_prefetch(pf + 192, _MM_HINT_NTA);
+}
+
+/// Half h of a Q6_K block: its 128 six-bit values (q + 32, so 0..63) as bytes, in four vectors of 32 in the order
+/// of the Q8_K values they multiply.
+static inline AVX2 void unpack_q6_K_half(const blk_q6_K *x, int h, __m256i q[4]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
+    const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+}
+
+static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K *y) {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < n / 256; b++) {
-        const char *pf = (const char *)(x + b) + CK_PREFETCH;
-        _mm_prefetch(pf, _MM_HINT_NTA);
-        _mm_prefetch(pf + 64, _MM_HINT_NTA);
-        _mm_prefetch(pf + 128, _MM_HINT_NTA);
-        _mm_prefetch(pf + 192, _MM_HINT_NTA);
+        prefetch_q6_K(x + b);
         __m256i sumi = _mm256_setzero_si256();
         __m256i scw[2];
         widen_scales(_mm_loadu_si128((const __m128i *)x[b].scales), 1, scw);
         for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
             const int8_t *q8 = y[b].qs + 128 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+            unpack_q6_K_half(x + b, h, q);
             for (int k = 0; k < 4; k++) {
                 const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(scw[h], 2 * k)));
@@ -266,27 +277,15 @@ static AVX2 void dot4t_q6_K_avx2(int n, const blk_q6_K *x, const uint8_t *a, siz
                                  size_t aux_stride, float *out, size_t out_stride) {
     (void)aux;
     (void)aux_stride;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < n / 256; b++) {
-        const char *pf = (const char *)(x + b) + CK_PREFETCH;
-        _mm_prefetch(pf, _MM_HINT_NTA);
-        _mm_prefetch(pf + 64, _MM_HINT_NTA);
-        _mm_prefetch(pf + 128, _MM_HINT_NTA);
-        _mm_prefetch(pf + 192, _MM_HINT_NTA);
+        prefetch_q6_K(x + b);
         __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
         __m256i scw[2];
         widen_scales(_mm_loadu_si128((const __m128i *)x[b].scales), 1, scw);
         for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4], sc[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+            unpack_q6_K_half(x + b, h, q);
             for (int k = 0; k < 4; k++) sc[k] = pair_scales(scw[h], 2 * k);
             for (int j = 0; j < 4; j++) {
                 const int8_t *q8 = ((const blk_q8_K *)(a + (size_t)j * a_stride))[b].qs + 128 * h;
