@@ -59,6 +59,10 @@ public final class WorkerService: Service, @unchecked Sendable {
         var previousStage: String?
         var state: State = .joining
         var shard: WorkerShard?
+        /// The model this worker fetched last, kept mapped: a later Assign of the same model (a re-plan) reuses
+        /// its pages, so experts and matrices packed before are not packed or faulted in again — only what moved
+        /// to this worker loads.
+        var fetched: (file: GGUFFile, sha: [UInt8])?
     }
     private let shared = Mutex(Shared())
     /// The model this worker has (its own file, or one it fetched earlier), with its metadata hash.
@@ -218,7 +222,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         h.listenEndpoint = options.endpoint
         h.memoryBudget = UInt64(options.memory)
         h.cores = UInt32(ProcessInfo.processInfo.activeProcessorCount)
-        if let m = ownModel {
+        if let m = ownModel ?? shared.withLock({ $0.fetched }) {
             h.hasModel_p = true
             h.modelMetadataSha256 = Data(m.sha)
         }
@@ -339,8 +343,11 @@ public final class WorkerService: Service, @unchecked Sendable {
             }
             return m.file
         }
-        return try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
+        if let f = shared.withLock({ $0.fetched }), f.sha == want { return f.file }
+        let file = try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
             .fetch(sha: want, total: Int(a.modelBytes), into: options.cacheDirectory)
+        shared.withLock { $0.fetched = (file, want) }
+        return file
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Synchronization
 import Testing
 import TestSupport
 import Wire
@@ -72,5 +73,49 @@ import Wire
         let million = [UInt8](repeating: 0x61, count: 1_000_000)
         for i in stride(from: 0, to: million.count, by: 777) { million[i..<min(million.count, i + 777)].withUnsafeBytes { s.update($0) } }
         #expect(hex(s.finalize()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+    }
+}
+
+extension WorkerServiceTests {
+    /// A worker with no model of its own keeps the copy it fetched mapped: a second Assign of the same model (a
+    /// re-plan giving it more experts) reuses those pages instead of opening the cached file anew, so what it had
+    /// packed and faulted in stays, and only the experts that moved to it load. Hello then says it has the model.
+    @Test func aFetchedModelStaysMappedAcrossAssigns() async throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let cache = Fixtures.temporaryDirectory().path
+        // The model already fetched into the cache (as a previous fetch leaves it).
+        let cached = URL(fileURLWithPath: cache).appendingPathComponent(hex(file.metadataSHA256) + ".gguf").path
+        try FileManager.default.copyItem(atPath: Fixtures.shippedModel, toPath: cached)
+        let router = try ZMQSocket(.router, bind: true, endpoint: "tcp://127.0.0.1:*")
+        let options = WorkerService.Options(name: "w", endpoint: router.endpoint, modelPath: nil, memory: 1 << 30,
+                                            threads: 1, cacheDirectory: cache)
+        let lines = Mutex<[String]>([])
+        let service = try WorkerService(options: options, router: router, transports: ZeroMQTransports(),
+                                        log: { line in lines.withLock { $0.append(line) } })
+        let serving = Task.detached { await service.serve() }
+        defer { router.close(); serving.cancel() }
+        let coordinator = try UntrustedPeerTests.Peer(router.endpoint)
+
+        var assign = WorkerBudgetTests.assign()
+        assign.modelMetadataSha256 = Data(file.metadataSHA256)
+        assign.modelBytes = UInt64(file.fileSize)
+        // First the experts of half the layers, then of all of them (a lost worker's experts spread to this one).
+        let all = assign.experts
+        assign.experts = Array(all.prefix(all.count / 2))
+        guard case .ready(let first) = try await coordinator.exchange(UntrustedPeerTests.message(1) { $0.assign = assign }).envelope.kind else {
+            Issue.record("no Ready for the first Assign"); return
+        }
+        assign.experts = all
+        guard case .ready(let second) = try await coordinator.exchange(UntrustedPeerTests.message(2) { $0.assign = assign }).envelope.kind else {
+            Issue.record("no Ready for the second Assign"); return
+        }
+        #expect(second.residentBytes > first.residentBytes)
+        let opened = lines.withLock { $0.filter { $0.contains("using the cached model") } }
+        #expect(opened.count == 1, "the cached model was opened \(opened.count) times: \(lines.withLock { $0 })")
+        guard case .hello(let h) = try await coordinator.exchange(UntrustedPeerTests.message(3) { $0.hello = Conclave_V1_Hello() }).envelope.kind else {
+            Issue.record("no Hello reply"); return
+        }
+        #expect(h.hasModel_p)
+        #expect([UInt8](h.modelMetadataSha256) == file.metadataSHA256)
     }
 }
