@@ -70,6 +70,8 @@ public final class ZMQSocket: @unchecked Sendable {
     private let monitor: UnsafeMutableRawPointer?
     private let security: SocketSecurity
     private let problem = Mutex<String?>(nil)
+    /// Set by `receive(with:)`: messages go to it on the socket thread instead of to `messages`.
+    private let receiver = Mutex<(@Sendable (Frames) -> Void)?>(nil)
     private static let monitors = Atomic<Int>(0)
 
     /// Binds (ROUTER, or a DEALER given `bind: true`) or connects to `endpoint`.
@@ -148,6 +150,11 @@ public final class ZMQSocket: @unchecked Sendable {
     /// Sends and says whether the message left: false when a ROUTER's peer is gone (ROUTER_MANDATORY reports
     /// EHOSTUNREACH once its connection closed), the queue to it is full, or the socket is closed.
     public func sendReporting(_ frames: Frames) -> Bool {
+        // From a receiver on our own thread: waiting for the thread would wait for ourselves.
+        if pthread_equal(pthread_self(), thread) != 0 {
+            guard !closed.load(ordering: .acquiring) else { return false }
+            return transmit(frames)
+        }
         let done = DispatchSemaphore(value: 0)
         let result = Atomic<Bool>(false)
         enqueue(frames) { ok in
@@ -180,6 +187,8 @@ public final class ZMQSocket: @unchecked Sendable {
     }
 
     deinit { close() }
+
+    public func receive(with receiver: @escaping @Sendable (Frames) -> Void) { self.receiver.withLock { $0 = receiver } }
 
     private func run() {
         var items = [zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0),
@@ -247,12 +256,9 @@ public final class ZMQSocket: @unchecked Sendable {
                 more = zmq_msg_more(&msg)
                 zmq_msg_close(&msg)
             } while more != 0
-            if kind == .router {
-                let peer = parts.removeFirst()
-                continuation.yield(Frames(peer: peer, parts: parts, role: role))
-            } else {
-                continuation.yield(Frames(parts: parts))
-            }
+            var frames = Frames(parts: parts)
+            if kind == .router { frames = Frames(peer: parts.first, parts: Array(parts.dropFirst()), role: role) }
+            if let r = receiver.withLock({ $0 }) { r(frames) } else { continuation.yield(frames) }
         }
     }
 

@@ -31,6 +31,7 @@ public final class WorkerMetrics: Sendable {
 
     public func recordExpertCall(ms: Double, countLatency: Bool) {
         registry.handle(WorkerMetric.expertCalls).increment()
+        registry.handle(WorkerMetric.expertServeSeconds).increment(by: ms / 1000)
         if countLatency { push(ms) }
     }
 
@@ -43,7 +44,8 @@ public final class WorkerMetrics: Sendable {
 
     /// Every figure now: the counters as counted, and the gauges read at this moment (memory, latency
     /// quantiles, the figures the shard and its offload cache keep themselves).
-    public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0) -> [MetricSample] {
+    public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0,
+                        remote: RemoteExperts.Timing.Totals? = nil) -> [MetricSample] {
         let sorted = latencies.withLock { $0.ring }.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000 }
         registry.handle(WorkerMetric.stepP50).set(pct(0.5))
@@ -53,6 +55,11 @@ public final class WorkerMetrics: Sendable {
         registry.handle(WorkerMetric.expertCallBytes).advance(toTotal: Double(expertCallBytes))
         registry.handle(WorkerMetric.refusedPeers).advance(toTotal: Double(refusedPeers))
         if let offload { registry.record(offload: offload) }
+        if let remote {
+            registry.handle(WorkerMetric.remoteLayers).advance(toTotal: Double(remote.layers))
+            registry.handle(WorkerMetric.remoteLocalSeconds).advance(toTotal: remote.localSeconds)
+            registry.handle(WorkerMetric.remoteWaitSeconds).advance(toTotal: remote.waitSeconds)
+        }
         return registry.samples()
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Model
 import Synchronization
 import Wire
+import Kernels
 
 /// Requests waiting for their replies, matched by request id; a synchronous caller blocks on its own semaphore
 /// (on a dedicated thread, never the cooperative pool) while the transport's reader resolves it.
@@ -12,6 +13,8 @@ public final class PendingReplies: Sendable {
         var notify: DispatchSemaphore?
         /// Called with the reply instead of anyone waiting (the entry is gone once it has run).
         var onReply: (@Sendable (Result<WireMessage, WireError>) -> Void)?
+        /// Set with `reply`, for a waiter that spins before it sleeps.
+        let arrived = Atomic<Bool>(false)
     }
     private let pending = Mutex<[UInt64: (DispatchSemaphore, Box)]>([:])
     private let nextID = Atomic<UInt64>(1)
@@ -32,6 +35,7 @@ public final class PendingReplies: Sendable {
         guard let (sem, box) = pending.withLock({ p -> (DispatchSemaphore, Box)? in
             guard let (sem, box) = p[id], box.reply == nil else { return nil }
             box.reply = result
+            box.arrived.store(true, ordering: .releasing)
             if box.onReply != nil { p.removeValue(forKey: id) }
             return (sem, box)
         }) else { return false }
@@ -93,10 +97,27 @@ extension PendingReplies {
         public let id: UInt64
         let sem: DispatchSemaphore
         let box: Box
-        /// The reply, or nil when `timeout` passes first (the request stays registered).
-        public func poll(timeout: Double) throws(WireError) -> WireMessage? {
+        /// The reply, or nil when `timeout` passes first (the request stays registered). With `spin`, the
+        /// caller first polls for that many seconds, yielding the CPU between looks, before it sleeps: a reply
+        /// expected within a millisecond is then seen without a wake-up (on a virtual machine, waking a halted
+        /// CPU costs tens of microseconds, and an expert-parallel token waits for one reply per layer).
+        public func poll(timeout: Double, spin: Double = 0) throws(WireError) -> WireMessage? {
+            if spin > 0 {
+                let end = Waiter.now() + min(spin, timeout)
+                while !box.arrived.load(ordering: .acquiring) && Waiter.now() < end { sched_yield() }
+            }
+            if box.arrived.load(ordering: .acquiring) {
+                guard let reply = owner.take(id, box) else { return nil }
+                return try reply.get()
+            }
             guard sem.wait(timeout: .now() + timeout) == .success, let reply = owner.take(id, box) else { return nil }
             return try reply.get()
+        }
+
+        static func now() -> Double {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
         }
         let owner: PendingReplies
     }
@@ -121,7 +142,6 @@ public final class RemoteClient: @unchecked Sendable {
     private let connect: @Sendable () throws -> Transport
     private struct Link {
         var transport: Transport?
-        var reader: Task<Void, Never>?
         var closed = false
     }
     private let link = Mutex(Link())
@@ -140,24 +160,20 @@ public final class RemoteClient: @unchecked Sendable {
         self.init(endpoint: transport.endpoint, connect: { transport })
     }
 
-    deinit { link.withLock { $0.reader?.cancel() } }
-
-    /// The live connection: the one made before, unless its handshake failed; else a new one.
+    /// The live connection: the one made before, unless its handshake failed; else a new one. Replies are
+    /// resolved on the socket's thread as they arrive, never through a task.
     private func transport() throws -> Transport {
         try link.withLock { l throws -> Transport in
             guard !l.closed else { throw WireError(.unavailable, "the connection to \(endpoint) was closed (the cluster was re-planned)") }
             if let t = l.transport, t.handshakeProblem == nil { return t }
             l.transport?.close()
-            l.reader?.cancel()
             let t = try connect()
             let replies = self.replies
-            l.reader = Task.detached {
-                for await frames in t.messages {
-                    do throws(WireError) {
-                        _ = replies.resolve(try WireMessage.decode(frames.parts))
-                    } catch {
-                        // A reply we cannot read: its id is unknown, so its caller times out with a clear error.
-                    }
+            t.receive { frames in
+                do throws(WireError) {
+                    _ = replies.resolve(try WireMessage.decode(frames.parts))
+                } catch {
+                    // A reply we cannot read: its id is unknown, so its caller times out with a clear error.
                 }
             }
             l.transport = t
@@ -169,39 +185,63 @@ public final class RemoteClient: @unchecked Sendable {
     public func close() {
         let t = link.withLock { l -> Transport? in
             l.closed = true
-            l.reader?.cancel()
             return l.transport
         }
         t?.close()
         replies.failAll(WireError(.unavailable, "the connection to \(endpoint) was closed (the cluster was re-planned)"))
     }
 
-    /// Sends and waits for the reply (or fails after `timeout` seconds: a request is never silently dropped).
-    /// A request sent on a connection whose handshake is then refused never left: it is sent again on a new one.
-    public func call(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> WireMessage {
+    /// A request sent and not yet answered (`finish` waits for it).
+    public struct Call: @unchecked Sendable {
+        let waiter: PendingReplies.Waiter
+        let parts: [Data]
+        let deadline: Date
+        let timeout: Double
+        var transport: Transport
+    }
+
+    /// Sends a request without waiting: the caller does other work, then `finish`es it.
+    public func start(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> Call {
         var e = envelope
         let waiter = replies.waiter()
         e.requestID = waiter.id
         let parts = try WireMessage.make(e, tensors: tensors).encode()
-        let deadline = Date().addingTimeInterval(timeout)
-        var t = try transport()
+        let t = try transport()
         sent.add(UInt64(parts.reduce(0) { $0 + $1.count }), ordering: .relaxed)
         t.send(Frames(parts: parts))
+        return Call(waiter: waiter, parts: parts, deadline: Date().addingTimeInterval(timeout), timeout: timeout, transport: t)
+    }
+
+    /// Waits for a started request's reply (or fails after its timeout: a request is never silently dropped),
+    /// first spinning for `spin` seconds (see `PendingReplies.Waiter.poll`). A request sent on a connection whose
+    /// handshake is then refused never left: it is sent again on a new one.
+    public func finish(_ call: Call, spin: Double = 0) throws -> WireMessage {
+        var call = call
         var refused: String?
+        var spin = spin
         while true {
-            let left = deadline.timeIntervalSinceNow
+            let left = call.deadline.timeIntervalSinceNow
             guard left > 0 else {
-                replies.cancel(waiter.id)
-                throw WireError(.internalError, "no reply from \(endpoint) within \(timeout) s" + (refused.map { " (\($0))" } ?? ""))
+                replies.cancel(call.waiter.id)
+                throw WireError(.internalError, "no reply from \(endpoint) within \(call.timeout) s" + (refused.map { " (\($0))" } ?? ""))
             }
-            if let reply = try waiter.poll(timeout: min(0.25, left)) { return reply }
-            if let problem = t.handshakeProblem {
+            if let reply = try call.waiter.poll(timeout: min(0.25, left), spin: spin) { return reply }
+            spin = 0
+            if let problem = call.transport.handshakeProblem {
                 refused = problem
-                Thread.sleep(forTimeInterval: min(0.25, max(0, deadline.timeIntervalSinceNow)))
-                t = try transport()
-                t.send(Frames(parts: parts))
+                Thread.sleep(forTimeInterval: min(0.25, max(0, call.deadline.timeIntervalSinceNow)))
+                call.transport = try transport()
+                call.transport.send(Frames(parts: call.parts))
             }
         }
+    }
+
+    /// Forgets a started request that will not be finished (its late reply is dropped).
+    public func forget(_ id: UInt64) { replies.cancel(id) }
+
+    /// Sends and waits for the reply.
+    public func call(_ envelope: Envelope, tensors: [(Conclave_V1_DType, [Int], Data)], timeout: Double = 30) throws -> WireMessage {
+        try finish(try start(envelope, tensors: tensors, timeout: timeout))
     }
 }
 
@@ -209,6 +249,30 @@ public final class RemoteClient: @unchecked Sendable {
 /// the rest — one call per remote worker per layer, all sent before the local work starts. It writes every
 /// (row, slot)'s weighted output like any provider, so `apply` sums them in route order exactly as one process.
 public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
+    /// How long a layer waits for its replies by polling before it sleeps (see `PendingReplies.Waiter.poll`):
+    /// longer than a layer's remote compute and round trip, so a reply is normally seen without a wake-up.
+    static let spin = 0.002
+
+    /// Where an expert-parallel layer's time goes, summed over the layers that called other workers: the local
+    /// experts computed while the calls were out, then the wait for the replies. With the servers' own compute
+    /// time (`expert_serve_seconds`), the rest of the wait is the wire and its hops.
+    public final class Timing: Sendable {
+        public struct Totals: Sendable {
+            public var layers: UInt64 = 0
+            public var localSeconds = 0.0
+            public var waitSeconds = 0.0
+        }
+        private let totals = Mutex(Totals())
+        func add(local: Double, wait: Double) {
+            totals.withLock { t in
+                t.layers += 1
+                t.localSeconds += local
+                t.waitSeconds += wait
+            }
+        }
+        public var snapshot: Totals { totals.withLock { $0 } }
+    }
+    public let timing = Timing()
     let local: ExpertProvider
     /// owner[layer][expert]: nil for a local expert, else the client of the worker holding it.
     let owner: [Int: [Int: RemoteClient]]
@@ -247,9 +311,10 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
                 }
             }
         }
-        // Remote calls go out first (each on its own thread), local experts are computed while they travel.
-        let group = DispatchGroup()
-        let failures = Mutex<[String]>([])
+        // Remote calls go out first, from this thread (a hop to another thread costs more than the send), and
+        // local experts are computed while they travel; then each reply is waited for, spinning briefly.
+        var calls: [(RemoteClient, [Int], [Int: Route], RemoteClient.Call)] = []
+        var failure: String?
         for (_, (client, rs)) in byClient {
             let rowList = rs.keys.sorted()
             var call = Conclave_V1_ExpertCall()
@@ -266,40 +331,47 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
             }
             var envelope = Envelope()
             envelope.expertCall = call
-            let env = envelope
-            let tensors: [(Conclave_V1_DType, [Int], Data)] = [(.f32, [rowList.count, e], data)]
-            let resultsAddress = UInt(bitPattern: results)
-            DispatchQueue.global().async(group: group) {
-                do {
-                    let reply = try client.call(env, tensors: tensors)
-                    guard case .expertResult(let res) = reply.envelope.kind, reply.frames.count == 1, res.rows.count == res.slots.count,
-                          reply.frames[0].count == res.rows.count * e * 4 else {
-                        throw WireError(.malformed, "bad ExpertResult from \(client.endpoint)")
-                    }
-                    // Every (row, slot) a peer names must be one we asked it for: nothing it sends writes elsewhere.
-                    for (row, slot) in zip(res.rows, res.slots) {
-                        guard Int(row) < rowList.count, rs[rowList[Int(row)]]!.slots!.contains(Int(slot)) else {
-                            throw WireError(.malformed, "ExpertResult from \(client.endpoint) names row \(row) slot \(slot), which was not asked for")
-                        }
-                    }
-                    let dst = UnsafeMutablePointer<Float>(bitPattern: resultsAddress)!
-                    reply.frames[0].withUnsafeBytes { buf in
-                        let f = buf.bindMemory(to: Float.self)
-                        for (j, (row, slot)) in zip(res.rows, res.slots).enumerated() {
-                            let r = rowList[Int(row)]
-                            (dst + (r * k + Int(slot)) * e).update(from: f.baseAddress! + j * e, count: e)
-                        }
-                    }
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                }
+            do {
+                calls.append((client, rowList, rs, try client.start(envelope, tensors: [(.f32, [rowList.count, e], data)])))
+            } catch {
+                failure = failure ?? "\(error)"
             }
         }
+        let tSent = KernelBench.now()
+        // Calls not finished below (local experts failed) are forgotten, so their late replies find no waiter.
+        var unfinished = Set(calls.map { $0.3.waiter.id })
+        defer { for id in unfinished { calls.first { $0.3.waiter.id == id }?.0.forget(id) } }
         if localRoutes.contains(where: { !$0.experts.isEmpty }) {
             try local.weightedOutputs(layer: layer, input: x, routes: localRoutes, slotsPerRow: k, into: results)
         }
-        group.wait()
+        let tLocal = KernelBench.now()
+        for (client, rowList, rs, pending) in calls {
+            do {
+                unfinished.remove(pending.waiter.id)
+                let reply = try client.finish(pending, spin: Self.spin)
+                guard case .expertResult(let res) = reply.envelope.kind, reply.frames.count == 1, res.rows.count == res.slots.count,
+                      reply.frames[0].count == res.rows.count * e * 4 else {
+                    throw WireError(.malformed, "bad ExpertResult from \(client.endpoint)")
+                }
+                // Every (row, slot) a peer names must be one we asked it for: nothing it sends writes elsewhere.
+                for (row, slot) in zip(res.rows, res.slots) {
+                    guard Int(row) < rowList.count, rs[rowList[Int(row)]]!.slots!.contains(Int(slot)) else {
+                        throw WireError(.malformed, "ExpertResult from \(client.endpoint) names row \(row) slot \(slot), which was not asked for")
+                    }
+                }
+                reply.frames[0].withUnsafeBytes { buf in
+                    let f = buf.bindMemory(to: Float.self)
+                    for (j, (row, slot)) in zip(res.rows, res.slots).enumerated() {
+                        let r = rowList[Int(row)]
+                        (results + (r * k + Int(slot)) * e).update(from: f.baseAddress! + j * e, count: e)
+                    }
+                }
+            } catch {
+                failure = failure ?? "\(error)"
+            }
+        }
+        if !calls.isEmpty { timing.add(local: tLocal - tSent, wait: KernelBench.now() - tLocal) }
         // A peer that failed is the cluster's state, not this request's fault: the coordinator recovers from it.
-        if let f = failures.withLock({ $0.first }) { throw WireError(.unavailable, "expert call for layer \(layer) failed: \(f)") }
+        if let f = failure { throw WireError(.unavailable, "expert call for layer \(layer) failed: \(f)") }
     }
 }

@@ -46,7 +46,9 @@ public final class WorkerService: Service, @unchecked Sendable {
     public let metrics = WorkerMetrics()
 
     private let stageQueue = DispatchQueue(label: "conclave.worker.stage")
-    private let expertQueue = DispatchQueue(label: "conclave.worker.experts")
+    /// Expert calls, on a thread that polls between calls: they come one per layer, a few hundred microseconds
+    /// apart, and a sleeping worker answers each one late (see `PollingQueue`).
+    private let expertQueue = PollingQueue(label: "conclave.worker.experts")
     private let controlQueue = DispatchQueue(label: "conclave.worker.control")
     private let replies = PendingReplies()
 
@@ -109,17 +111,23 @@ public final class WorkerService: Service, @unchecked Sendable {
     public func drain() {
         log("draining: finishing queued work")
         let idle = DispatchGroup()
-        for q in [stageQueue, expertQueue] { q.async(group: idle) {} }
+        stageQueue.async(group: idle) {}
+        idle.enter()
+        expertQueue.async { idle.leave() }
         if idle.wait(timeout: .now() + 2) == .timedOut {
             log("draining: work still waits on other workers after 2 s; ending its calls")
             shared.withLock { $0.shard }?.abandon()
             idle.wait()
         }
         router.close()
+        expertQueue.stop()
     }
 
-    /// Handles messages until the router closes.
+    /// Messages are dispatched on the socket's own thread as they arrive (a hop to a task would cost an expert
+    /// call tens of microseconds each way); `dispatch` only checks, answers at once or queues the work.
     public func serve() async {
+        router.receive { [weak self] frames in self?.dispatch(frames) }
+        // Whatever arrived before the receiver was set waits here; after that the stream only ends.
         for await frames in router.messages { dispatch(frames) }
     }
 
@@ -141,7 +149,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     public func quiesce() {
         controlQueue.sync {}
         stageQueue.sync {}
-        expertQueue.sync {}
+        expertQueue.sync()
     }
 
     /// Handles one message as the socket delivers it (public for the wire fuzzer, which feeds it directly).
@@ -253,7 +261,8 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func heartbeat(_ shard: WorkerShard?) -> WireMessage {
         var hb = Conclave_V1_Heartbeat()
         hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
-                                     offload: shard?.offload, refusedPeers: transports.refusedPeers).map(Conclave_V1_MetricSample.init)
+                                     offload: shard?.offload, refusedPeers: transports.refusedPeers,
+                                     remote: shard?.remoteTiming).map(Conclave_V1_MetricSample.init)
         var e = Envelope()
         e.heartbeat = hb
         return WireMessage.make(e)

@@ -95,6 +95,7 @@ final class WorkerShard: @unchecked Sendable {
             let provider = RemoteExperts(local: local ?? ResidentExperts(weights: [:], pool: pool, held: .none), owner: owner,
                                          embedding: config.embeddingLength)
             self.clients = Array(clients.values)
+            remote = provider
             let stage = try kept?.stage?.with(experts: provider)
                 ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
@@ -136,6 +137,9 @@ final class WorkerShard: @unchecked Sendable {
 
     /// Bytes of the expert calls this stage sent to other workers.
     var expertCallBytes: UInt64 { clients.reduce(0) { $0 + $1.bytesSent } }
+    /// Where this stage's expert-parallel layers spent their time (nil on an experts-only worker).
+    var remoteTiming: RemoteExperts.Timing.Totals? { remote?.timing.snapshot }
+    private var remote: RemoteExperts?
 
     enum StepOutput {
         case forward(WireMessage)  // to the next stage

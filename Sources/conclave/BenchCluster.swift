@@ -116,6 +116,7 @@ struct BenchCluster: ParsableCommand {
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
         let hops = max(0, stageNames.count - 1)
         var fwdBytes: UInt64 = 0, fwdRows: UInt64 = 0, expertBytes: UInt64 = 0, stageMs = 0.0
+        var remoteLayers = 0.0, localS = 0.0, waitS = 0.0, serveS = 0.0, served = 0.0
         for w in after.workers {
             let m = mid.workers.first { $0.name == w.name }!
             let (now, then) = (w.samples, m.samples)
@@ -123,6 +124,12 @@ struct BenchCluster: ParsableCommand {
             fwdBytes += moved(WorkerMetric.forwardedBytes)
             fwdRows += moved(WorkerMetric.forwardedRows)
             expertBytes += moved(WorkerMetric.expertCallBytes)
+            func movedD(_ spec: MetricSpec) -> Double { max(0, now.value(spec) - then.value(spec)) }
+            remoteLayers += movedD(WorkerMetric.remoteLayers)
+            localS += movedD(WorkerMetric.remoteLocalSeconds)
+            waitS += movedD(WorkerMetric.remoteWaitSeconds)
+            serveS += movedD(WorkerMetric.expertServeSeconds)
+            served += movedD(WorkerMetric.expertCalls)
             if stageNames.contains(w.name) { stageMs += now.value(WorkerMetric.stepP50) * 1000 }
         }
         let tokens = Double(max(1, out.generatedTokens))
@@ -131,6 +138,12 @@ struct BenchCluster: ParsableCommand {
         let bytesPerHop = fwdRows > 0 ? Double(fwdBytes) / Double(fwdRows) : 0
         let hidden = engine.config.embeddingLength * 4
         let ratio = out.decodeTokS / max(1e-9, single.decodeTokensPerSecond)
+        // An expert-parallel layer: local experts while the calls are out, then the wait; the servers' compute
+        // per call; what is left of local + wait is the wire and its hops (when the remote side is the longer).
+        let perLayer = { (x: Double) in remoteLayers > 0 ? x / remoteLayers * 1000 : 0 }
+        let localMs = perLayer(localS), waitMs = perLayer(waitS)
+        let serveMs = served > 0 ? serveS / served * 1000 : 0
+        let wireMs = remoteLayers > 0 ? max(0, localMs + waitMs - serveMs) : 0
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
         if json {
             print(JSON.object([
@@ -141,11 +154,17 @@ struct BenchCluster: ParsableCommand {
                 ("identical_text", .bool(text == singleText)), ("curve", .bool(curve)),
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
                 ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
+                ("remote_layers_per_token", .double(round3(remoteLayers / tokens))), ("local_ms_per_layer", .double(round3(localMs))),
+                ("wait_ms_per_layer", .double(round3(waitMs))), ("serve_ms_per_call", .double(round3(serveMs))),
+                ("wire_ms_per_layer", .double(round3(wireMs))),
             ]).render())
         } else {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
             if let concurrent {
                 print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)")
+            }
+            if remoteLayers > 0 {
+                print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
             }
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token")
         }
