@@ -162,7 +162,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     func budgeted(_ link: WorkerLink) -> ClusterFile.Worker {
         let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
         let w = link.worker
-        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role, key: w.key) : w
+        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role, key: w.key, speed: w.speed) : w
     }
 
     /// A worker's own `--memory` is the truth when it is below the cluster file's figure: the plan uses the

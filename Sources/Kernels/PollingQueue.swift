@@ -72,34 +72,23 @@ public final class PollingQueue: @unchecked Sendable {
     }
 }
 
-/// A counting semaphore over a pthread mutex and condition (Kernels does not import Dispatch).
+/// A counting semaphore (Kernels does not import Dispatch).
 final class DispatchSemaphoreLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
+    private let monitor = Monitor()
     private var count = 0
 
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
-
     func signal() {
-        pthread_mutex_lock(&mutex)
-        count += 1
-        pthread_cond_signal(&cond)
-        pthread_mutex_unlock(&mutex)
+        monitor.locked {
+            count += 1
+            monitor.broadcast()
+        }
     }
 
     func wait() {
-        pthread_mutex_lock(&mutex)
-        while count == 0 { pthread_cond_wait(&cond, &mutex) }
-        count -= 1
-        pthread_mutex_unlock(&mutex)
+        monitor.locked {
+            while count == 0 { monitor.wait() }
+            count -= 1
+        }
     }
 }
 

@@ -28,14 +28,18 @@ public struct ClusterFile: Sendable, Equatable {
         public let role: Role
         /// Its CurveZMQ public key (`key:`), when the cluster is authenticated.
         public let key: CurveKey?
+        /// How fast it computes experts relative to the others (`speed:`, default 1): the planner splits an
+        /// expert-parallel layer's experts in proportion.
+        public let speed: Double
         /// The same worker in another role (a spare called in by a re-plan holds layers and experts).
-        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key) }
-        public init(name: String, endpoint: String, memory: Int, role: Role = .any, key: CurveKey? = nil) {
+        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed) }
+        public init(name: String, endpoint: String, memory: Int, role: Role = .any, key: CurveKey? = nil, speed: Double = 1) {
             self.name = name
             self.endpoint = endpoint
             self.memory = memory
             self.role = role
             self.key = key
+            self.speed = speed
         }
     }
 
@@ -73,7 +77,7 @@ public struct ClusterFile: Sendable, Equatable {
     }
 
     private struct Raw: Decodable {
-        struct W: Decodable { let name: String?; let endpoint: String?; let memory: String?; let role: String?; let key: String? }
+        struct W: Decodable { let name: String?; let endpoint: String?; let memory: String?; let role: String?; let key: String?; let speed: Double? }
         let coordinator: String?
         let workers: [W]?
         let coordinator_key: String?
@@ -123,7 +127,9 @@ public struct ClusterFile: Sendable, Equatable {
                 throw PlacementError("\(label) '\(name)': no 'key'; with 'coordinator_key' every worker gives its public key (`conclave keys generate -o DIR \(name)`)")
             }
             guard !workers.contains(where: { $0.endpoint == endpoint }) else { throw PlacementError("\(label) '\(name)': endpoint \(endpoint) is used twice") }
-            workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: workerKey))
+            let speed = w.speed ?? 1
+            guard speed.isFinite, speed > 0, speed <= 1000 else { throw PlacementError("\(label) '\(name)': 'speed' must be a number above 0 (a relative expert speed; 1 by default)") }
+            workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: workerKey, speed: speed))
         }
         guard workers.contains(where: { $0.role != .experts && $0.role != .spare }) else {
             throw PlacementError("\(source): every worker has role 'experts' or 'spare'; at least one must hold layers (role 'any' or 'stage')")
@@ -144,6 +150,7 @@ public struct ClusterFile: Sendable, Equatable {
         for w in workers {
             out += "  - name: \"\(w.name)\"\n    endpoint: \(w.endpoint)\n    memory: \"\(w.memory)\"\n    role: \(w.role.rawValue)\n"
             if let key = w.key { out += "    key: \"\(key.z85)\"\n" }
+            if w.speed != 1 { out += "    speed: \(w.speed)\n" }
         }
         return out
     }

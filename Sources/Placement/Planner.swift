@@ -97,27 +97,57 @@ public enum Planner {
         }
         func free(_ w: Int) -> Int { workers[w].memory - used[w] - reserved[w] }
 
-        // 2. Experts in memory: with their layer's stage worker while it has room, then on the expert-capable
-        // worker with the most free memory (ties: the earlier worker in the file).
+        // 2. Experts in memory. A layer whose stage worker may hold experts ('any') while experts-only workers
+        // exist is split between them in proportion to their `speed` (equal by default): its experts
+        // then compute on all of them at once, which is what makes one stream decode faster on several hosts
+        // (expert parallelism). Each one's share is spread evenly over the split layers its memory must cover,
+        // so no layer is left wholly local or wholly remote. Any other layer keeps its experts with its stage
+        // worker while it has room. What is left goes to the expert-capable worker with the most free memory
+        // (ties: the earlier worker in the file).
         var experts = [[Int]](repeating: [Int](repeating: -1, count: E), count: L)
         var paged = [[Bool]](repeating: [Bool](repeating: false, count: E), count: L)
         var unplaced: [(layer: Int, expert: Int, owner: Int)] = []
+        let helpers = workers.indices.filter { workers[$0].role == .experts }
+        func speed(_ w: Int) -> Double { workers[w].speed }
+        // Split layers still to place, per worker that takes part in them.
+        var splitLayersLeft = [Int](repeating: 0, count: workers.count)
+        if !helpers.isEmpty, E > 0 {
+            for (k, s) in stages.enumerated() where workers[usable[k]].role == .any {
+                splitLayersLeft[usable[k]] += s.layers.count
+                for h in helpers { splitLayersLeft[h] += s.layers.count }
+            }
+        }
         for (k, s) in stages.enumerated() {
             let owner = usable[k]
+            let group = !helpers.isEmpty && workers[owner].role == .any ? [owner] + helpers : []
             for l in s.layers {
                 let size = model.expertBytes[l]
+                // Targets of a split layer: the speed share, no more than the memory left for this many layers.
+                var target = [Int: Int]()
+                if !group.isEmpty {
+                    let total = group.reduce(0.0) { $0 + speed($1) }
+                    for w in group {
+                        let share = Int((Double(E) * speed(w) / total).rounded())
+                        let room = size > 0 ? max(0, free(w)) / size / max(1, splitLayersLeft[w]) : E
+                        target[w] = min(share, room)
+                        splitLayersLeft[w] -= 1
+                    }
+                }
+                var given = [Int: Int]()
                 for e in 0..<E {
-                    // A 'stage' worker holds layers only; an 'any' worker keeps its layers' experts while it has room.
-                    if workers[owner].role == .any, size <= free(owner) {
-                        experts[l][e] = owner
-                        used[owner] += size
-                        continue
+                    // A split layer: the group member furthest below its target, with room.
+                    var pick = -1
+                    for w in group where size <= free(w) && given[w, default: 0] < target[w, default: 0] {
+                        if pick < 0 || target[w]! - given[w, default: 0] > target[pick]! - given[pick, default: 0] { pick = w }
                     }
-                    var best = -1
-                    for w in workers.indices where w != owner && workers[w].role != .stage && size <= free(w) {
-                        if best < 0 || free(w) > free(best) { best = w }
+                    // A layer that is not split: its stage worker while it has room ('stage' workers hold layers only).
+                    if pick < 0, group.isEmpty, workers[owner].role == .any, size <= free(owner) { pick = owner }
+                    if pick < 0 {
+                        for w in workers.indices where (w != owner || !group.isEmpty) && workers[w].role != .stage && size <= free(w) {
+                            if pick < 0 || free(w) > free(pick) { pick = w }
+                        }
                     }
-                    guard best >= 0 else {
+                    guard pick >= 0 else {
                         guard offload else {
                             let most = workers.indices.filter { workers[$0].role != .stage }.map(free).max() ?? 0
                             throw PlacementError("expert \(e) of layer \(l) (\(human(size))) fits on no worker: the most free memory left on an expert-capable worker is \(human(max(0, most))); add memory or workers with role 'any' or 'experts'")
@@ -125,8 +155,9 @@ public enum Planner {
                         unplaced.append((l, e, owner))
                         continue
                     }
-                    experts[l][e] = best
-                    used[best] += size
+                    experts[l][e] = pick
+                    given[pick, default: 0] += 1
+                    used[pick] += size
                 }
             }
         }

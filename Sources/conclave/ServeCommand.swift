@@ -280,7 +280,7 @@ enum LocalCluster {
             return pair.publicKey
         }
         let coordinator = try make("coordinator"), client = try make("client")
-        let workers = try file.workers.map { w in ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: w.memory, role: w.role, key: try make(w.name)) }
+        let workers = try file.workers.map { w in ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: w.memory, role: w.role, key: try make(w.name), speed: w.speed) }
         return ClusterFile(coordinator: file.coordinator, workers: workers, coordinatorKey: coordinator, clientKeys: [client])
     }
 

@@ -11,9 +11,9 @@ struct PlannerTests {
                        expertCount: experts, embeddingBytes: embd, headBytes: head)
     }
 
-    func cluster(_ ws: [(Int, ClusterFile.Role)]) -> ClusterFile {
+    func cluster(_ ws: [(Int, ClusterFile.Role)], speeds: [Double] = []) -> ClusterFile {
         ClusterFile(coordinator: "tcp://127.0.0.1:7000", workers: ws.enumerated().map { i, w in
-            .init(name: "w\(i)", endpoint: "tcp://127.0.0.1:\(7100 + i)", memory: w.0, role: w.1)
+            .init(name: "w\(i)", endpoint: "tcp://127.0.0.1:\(7100 + i)", memory: w.0, role: w.1, speed: i < speeds.count ? speeds[i] : 1)
         })
     }
 
@@ -95,6 +95,33 @@ struct PlannerTests {
         #expect(p2.keeping(on: Array(c2.workers.prefix(2)), expertBytes: f.expertBytes) == nil)
         // A stage-only worker cannot take an experts shard.
         #expect(p.keeping(on: [a, b, .init(name: "s", endpoint: "tcp://127.0.0.1:7300", memory: 10_000, role: .stage)]) == nil)
+    }
+
+    /// A stage worker that may hold experts beside experts-only workers splits every one of its layers with
+    /// them by speed (expert parallelism), its memory spread evenly over its layers, never over a budget.
+    @Test func expertParallelLayersAreSplitBySpeed() throws {
+        let f = footprint()
+        let even = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)]))
+        checkInvariants(even, f)
+        for l in 0..<8 { #expect(even.experts[l].filter { $0 == 0 }.count == 4, "layer \(l): \(even.experts[l])") }
+        // Interleaved, not the first half of the experts on one worker.
+        #expect(even.experts[0] == [0, 1, 0, 1, 0, 1, 0, 1])
+        // A worker three times as fast gets three times the experts.
+        let fast = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)], speeds: [1, 3]))
+        checkInvariants(fast, f)
+        for l in 0..<8 { #expect(fast.experts[l].filter { $0 == 1 }.count == 6) }
+        // Two experts workers: a third each (8 experts: 3, 3, 2 in some order).
+        let three = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts), (10_000, .experts)]))
+        checkInvariants(three, f)
+        for l in 0..<8 { #expect(Set((0..<3).map { w in three.experts[l].filter { $0 == w }.count }) == [2, 3]) }
+        // A stage worker with room for only some of its share: what it holds is spread over its layers evenly.
+        // 1 900 = 1 400 of layers and ends + 500 for experts: ten experts of 50 over eight layers.
+        let tight = try Planner.plan(f, cluster: cluster([(1_900, .any), (10_000, .experts)]))
+        checkInvariants(tight, f)
+        let local = (0..<8).map { l in tight.experts[l].filter { $0 == 0 }.count }
+        #expect(local.max()! - local.min()! <= 1 && local.reduce(0, +) >= 8, "\(local)")
+        // Deterministic.
+        #expect(try Planner.plan(f, cluster: cluster([(1_900, .any), (10_000, .experts)])) == tight)
     }
 
     @Test func stageRoleHoldsNoExperts() throws {
@@ -221,6 +248,12 @@ struct ClusterFileTests {
         #expect(ClusterFile.parseBytes("12 parsecs") == nil)
     }
 
+    @Test func speedIsReadAndWrittenBack() throws {
+        let c = try ClusterFile(yaml: "coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    speed: 1.5\n  - name: b\n    endpoint: tcp://127.0.0.1:2\n    memory: 1GiB\n    role: experts")
+        #expect(c.workers.map(\.speed) == [1.5, 1])
+        #expect(try ClusterFile(yaml: c.yaml) == c)
+    }
+
     @Test func badFilesGetReadableErrors() {
         let cases: [(String, String)] = [
             ("workers: []", "coordinator"),
@@ -231,6 +264,8 @@ struct ClusterFileTests {
             ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n  - name: a\n    endpoint: tcp://127.0.0.1:2\n    memory: 1GiB", "used twice"),
             ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    role: experts", "at least one must hold layers"),
             ("coordinator: [unclosed", "not a valid cluster file"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    speed: 0", "'speed'"),
+            ("coordinator: tcp://127.0.0.1:7000\nworkers:\n  - name: a\n    endpoint: tcp://127.0.0.1:1\n    memory: 1GiB\n    speed: fast", "not a valid cluster file"),
         ]
         for (yaml, phrase) in cases {
             do {

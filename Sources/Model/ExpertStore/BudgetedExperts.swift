@@ -365,30 +365,3 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
                               down: view(w.down, rows: w.embd, at: o[2]))
     }
 }
-
-/// A mutex with a condition variable (pthread), for state that threads wait on.
-final class Monitor: @unchecked Sendable {
-    final class Box<T>: @unchecked Sendable {
-        var value: T
-        init(_ value: T) { self.value = value }
-    }
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
-    func locked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
-    }
-    /// Inside `locked` only.
-    func wait() { pthread_cond_wait(&cond, &mutex) }
-    /// Inside `locked` only.
-    func broadcast() { pthread_cond_broadcast(&cond) }
-}
