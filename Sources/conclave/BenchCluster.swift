@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import Kernels
 import Model
 import Placement
@@ -144,6 +145,8 @@ struct BenchCluster: ParsableCommand {
         let localMs = perLayer(localS), waitMs = perLayer(waitS)
         let serveMs = served > 0 ? serveS / served * 1000 : 0
         let wireMs = remoteLayers > 0 ? max(0, localMs + waitMs - serveMs) : 0
+        let limit = try Self.limit(model: model.model, cluster: clusterFile, singleTokS: single.decodeTokensPerSecond,
+                                   wireSecondsPerToken: remoteLayers / tokens * wireMs / 1000)
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
         if json {
             print(JSON.object([
@@ -157,6 +160,8 @@ struct BenchCluster: ParsableCommand {
                 ("remote_layers_per_token", .double(round3(remoteLayers / tokens))), ("local_ms_per_layer", .double(round3(localMs))),
                 ("wait_ms_per_layer", .double(round3(waitMs))), ("serve_ms_per_call", .double(round3(serveMs))),
                 ("wire_ms_per_layer", .double(round3(wireMs))),
+                ("limit_bytes_tok_s", .double(round3(limit.bytes))), ("limit_tok_s", .double(round3(limit.withWire))),
+                ("fraction_of_limit", .double(round3(out.decodeTokS / max(1e-9, limit.withWire)))),
             ]).render())
         } else {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
@@ -166,6 +171,7 @@ struct BenchCluster: ParsableCommand {
             if remoteLayers > 0 {
                 print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
             }
+            print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token")
         }
     }
@@ -194,6 +200,28 @@ struct BenchCluster: ParsableCommand {
     }
 
     func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
+
+    /// The decode speed the cluster's plan allows when a token is bound by the bytes it reads, at the speed one
+    /// process read them (`singleTokS`): the layers' other weights and the head are read by their stage, one
+    /// after another; a layer's experts by their holders at once, so the layer waits for the one holding the
+    /// largest share (random routing: shares of the experts). Then the wire's own time per token on top.
+    static func limit(model: String, cluster: ClusterFile, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, why: String) {
+        let file = try GGUFFile(path: model)
+        let config = try ModelConfig(file: file)
+        let f = ModelFootprint(file: file, config: config, context: 0)
+        let plan = try Planner.plan(ModelFootprint(file: file, config: config, context: 512), cluster: cluster)
+        let used = Double(max(1, config.expertsUsed))
+        let other = Double(f.layerBytes.reduce(0, +) + f.headBytes)
+        let experts = (0..<f.layerCount).reduce(0.0) { $0 + used * Double(f.expertBytes[$1]) }
+        let busiest = (0..<f.layerCount).reduce(0.0) { sum, l in
+            let counts = Dictionary(grouping: plan.experts[l], by: { $0 }).mapValues(\.count)
+            return sum + used * Double(f.expertBytes[l]) * Double(counts.values.max() ?? 0) / Double(max(1, f.expertCount))
+        }
+        let bytesTokS = singleTokS * (other + experts) / max(1, other + busiest)
+        let withWire = 1 / (1 / max(1e-9, bytesTokS) + wireSecondsPerToken)
+        let mb = { (x: Double) in fixed(x / 1e6, 1) }
+        return (bytesTokS, withWire, "\(mb(other)) MB of attention and head, then \(mb(busiest)) of the \(mb(experts)) MB of experts on the busiest holder")
+    }
 
     func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {
         guard let s = try client.status(timeout: 5) else { throw CoordinatorClient.Failure(description: "no status from the coordinator") }

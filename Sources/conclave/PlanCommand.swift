@@ -7,7 +7,7 @@ struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
         abstract: "Show where a model's layers and experts would live on a cluster (a dry run; nothing is loaded).",
-        discussion: "Each worker gets a contiguous range of layers sized to its budget; experts stay with their layer while it has room and otherwise go to the expert-capable worker with the most free memory."
+        discussion: "Each worker gets a contiguous range of layers sized to its budget. A layer whose worker has role any, in a cluster with experts workers, has its experts split with them by their speed (expert parallelism); other layers keep their experts while their worker has room; the rest go to the expert-capable worker with the most free memory."
     )
 
     @Option(name: [.short, .long], help: "Path to a .gguf model.") var model: String = defaultModelPath

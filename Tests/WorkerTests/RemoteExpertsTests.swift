@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 import GGUF
@@ -132,6 +133,74 @@ struct RemoteExpertsTests {
         let reply = try await onThread { try client.call(goodCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 120) }
         guard case .expertResult(let res) = reply.envelope.kind else { Issue.record("no ExpertResult"); return }
         #expect(res.rows == [0] && res.slots == [0])
+        router.close()
+        dealer.close()
+    }
+
+    /// The local provider of the overlap test: says when its computation starts and ends.
+    final class Watched: ExpertProvider, @unchecked Sendable {
+        let inner: ExpertProvider
+        let started = DispatchSemaphore(value: 0)
+        let events = Mutex<[String]>([])
+        init(_ inner: ExpertProvider) { self.inner = inner }
+        func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+                             into results: UnsafeMutablePointer<Float>) throws {
+            events.withLock { $0.append("local started") }
+            started.signal()
+            try inner.weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)
+            events.withLock { $0.append("local done") }
+        }
+    }
+
+    /// Local experts compute while the remote call travels: the remote worker has the call before the local
+    /// experts are done, and it answers only once they have started (a slow remote) — a layer that sent its
+    /// calls after its local work, or waited for them before it, fails one of the two.
+    @Test func localExpertsComputeWhileTheRemoteCallIsOut() async throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let config = try ModelConfig(file: file)
+        let stage = try Stage(file: file, config: config, layers: 0..<1, pool: ThreadPool(threads: 1))
+        let weights = stage.weights.compactMapValues(\.ffn.experts)
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://slow")
+        let dealer = try net.dealer(connectingTo: "mem://slow", identity: "stage")
+        let local = Watched(ResidentExperts(weights: weights, pool: ThreadPool(threads: 1)))
+        let server = ExpertServer(experts: ResidentExperts(weights: weights, pool: ThreadPool(threads: 1)), embedding: config.embeddingLength)
+        // The slow remote: on its own thread, it waits (at most a minute) for the local experts to start.
+        let sawLocalStart = Mutex<Bool?>(nil)
+        router.receive { frames in
+            local.events.withLock { $0.append("remote has the call") }
+            Thread {
+                sawLocalStart.withLock { $0 = local.started.wait(timeout: .now() + 60) == .success }
+                guard let msg = try? WireMessage.decode(frames.parts), let reply = try? server.handle(msg), let parts = try? reply.encode() else { return }
+                router.send(Frames(peer: frames.peer, parts: parts))
+            }.start()
+        }
+        let client = RemoteClient(transport: dealer)
+        let e = config.embeddingLength
+        let provider = RemoteExperts(local: local, owner: [0: [1: client]], embedding: e)
+        // One row routed to expert 0 (here) and expert 1 (there).
+        let routes = [Route(experts: [0, 1], weights: [0.5, 0.5], slots: [0, 1])]
+        let x = (0..<e).map { Float($0 % 7) / 7 }
+        let outputs = try await onThread { () throws -> [Float] in
+            var out = [Float](repeating: 0, count: 2 * e)
+            try x.withUnsafeBufferPointer { xp in
+                try out.withUnsafeMutableBufferPointer { try provider.weightedOutputs(layer: 0, input: xp.baseAddress!, routes: routes, slotsPerRow: 2, into: $0.baseAddress!) }
+            }
+            return out
+        }
+        let order = local.events.withLock { $0 }
+        #expect(sawLocalStart.withLock { $0 } == true, "the remote answered before the local experts started (they waited for it): \(order)")
+        let got = try #require(order.firstIndex(of: "remote has the call")), done = try #require(order.firstIndex(of: "local done"))
+        #expect(got < done, "the call left only after the local experts were done: \(order)")
+        // And the remote slot holds what the remote computed (the same as computing it here).
+        var alone = [Float](repeating: 0, count: 2 * e)
+        try x.withUnsafeBufferPointer { xp in
+            try alone.withUnsafeMutableBufferPointer {
+                try ResidentExperts(weights: weights, pool: ThreadPool(threads: 1)).weightedOutputs(layer: 0, input: xp.baseAddress!, routes: routes, slotsPerRow: 2, into: $0.baseAddress!)
+            }
+        }
+        #expect(outputs == alone)
+        #expect(provider.timing.snapshot.layers == 1)
         router.close()
         dealer.close()
     }
