@@ -210,17 +210,11 @@ struct BenchCluster: ParsableCommand {
         let config = try ModelConfig(file: file)
         let f = ModelFootprint(file: file, config: config, context: 0)
         let plan = try Planner.plan(ModelFootprint(file: file, config: config, context: 512), cluster: cluster)
-        let used = Double(max(1, config.expertsUsed))
-        let other = Double(f.layerBytes.reduce(0, +) + f.headBytes)
-        let experts = (0..<f.layerCount).reduce(0.0) { $0 + used * Double(f.expertBytes[$1]) }
-        let busiest = (0..<f.layerCount).reduce(0.0) { sum, l in
-            let counts = Dictionary(grouping: plan.experts[l], by: { $0 }).mapValues(\.count)
-            return sum + used * Double(f.expertBytes[l]) * Double(counts.values.max() ?? 0) / Double(max(1, f.expertCount))
-        }
-        let bytesTokS = singleTokS * (other + experts) / max(1, other + busiest)
+        let estimate = DecodeEstimate(plan: plan, weights: f, expertsUsed: config.expertsUsed)
+        let bytesTokS = singleTokS * estimate.speedup
         let withWire = 1 / (1 / max(1e-9, bytesTokS) + wireSecondsPerToken)
         let mb = { (x: Double) in fixed(x / 1e6, 1) }
-        return (bytesTokS, withWire, "\(mb(other)) MB of attention and head, then \(mb(busiest)) of the \(mb(experts)) MB of experts on the busiest holder")
+        return (bytesTokS, withWire, "\(mb(estimate.stageBytes)) MB of attention and head, then \(mb(estimate.busiestExpertBytes)) of the \(mb(estimate.expertBytes)) MB of experts on the busiest holder")
     }
 
     func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {

@@ -124,6 +124,19 @@ struct PlannerTests {
         #expect(try Planner.plan(f, cluster: cluster([(1_900, .any), (10_000, .experts)])) == tight)
     }
 
+    /// The decode bound a plan allows: stages read their layers in turn, each layer waits for its busiest holder.
+    @Test func decodeEstimateOfASplitPlan() throws {
+        let f = footprint()  // 8 layers of 100, experts of 50, head 300
+        let p = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)]))
+        let e = DecodeEstimate(plan: p, weights: f, expertsUsed: 2)
+        #expect(e.stageBytes == 1_100 && e.expertBytes == 800 && e.busiestExpertBytes == 400)
+        #expect(e.bytesPerWorker == [1_500, 400])
+        #expect(abs(e.speedup - 1_900.0 / 1_500) < 1e-12)
+        // One host holding everything: no speedup.
+        let one = try Planner.plan(f, cluster: cluster([(10_000, .any)]))
+        #expect(DecodeEstimate(plan: one, weights: f, expertsUsed: 2).speedup == 1)
+    }
+
     @Test func stageRoleHoldsNoExperts() throws {
         let f = footprint(layers: 4)
         let p = try Planner.plan(f, cluster: cluster([(2_000, .stage), (3_000, .experts)]))

@@ -1,0 +1,43 @@
+/// What a plan allows one decoding stream when a token is bound by the bytes it reads (decode on CPUs is):
+/// each stage reads its layers' attention, norms and router and, last, the head, one stage after another; a
+/// layer's experts are read by their holders at once, so the layer waits for the holder with the largest share
+/// (routing taken as uniform: a holder's share of a layer's experts is its share of that layer's reads). Wire
+/// time comes on top; `conclave bench cluster` measures it.
+public struct DecodeEstimate: Sendable, Equatable {
+    /// Bytes of weights a token reads, per worker of the plan.
+    public let bytesPerWorker: [Double]
+    /// Bytes of the layers' other weights and the head (read in turn by the stages).
+    public let stageBytes: Double
+    /// Bytes of the routed experts a token reads, all of them, and the sum over layers of the busiest holder's.
+    public let expertBytes: Double
+    public let busiestExpertBytes: Double
+
+    /// One host's time over the plan's, at the same bandwidth: (stage + experts) ÷ (stage + busiest).
+    public var speedup: Double { (stageBytes + expertBytes) / max(1, stageBytes + busiestExpertBytes) }
+
+    /// `weights`: the footprint without KV (context 0), so that only weights count; `expertsUsed`: experts per token.
+    public init(plan: Plan, weights f: ModelFootprint, expertsUsed: Int) {
+        let used = Double(max(1, expertsUsed))
+        var perWorker = [Double](repeating: 0, count: plan.workers.count)
+        var stage = 0.0, experts = 0.0, busiest = 0.0
+        for s in plan.stages {
+            guard let w = plan.workers.firstIndex(where: { $0.name == s.worker }) else { continue }
+            var b = s.layers.reduce(0.0) { $0 + Double(f.layerBytes[$1]) }
+            if s.layers.upperBound == f.layerCount { b += Double(f.headBytes) }
+            perWorker[w] += b
+            stage += b
+        }
+        for l in 0..<min(f.layerCount, plan.experts.count) where f.expertCount > 0 {
+            let layer = used * Double(f.expertBytes[l])
+            experts += layer
+            var counts = [Int](repeating: 0, count: plan.workers.count)
+            for w in plan.experts[l] where w >= 0 { counts[w] += 1 }
+            for (w, c) in counts.enumerated() { perWorker[w] += layer * Double(c) / Double(f.expertCount) }
+            busiest += layer * Double(counts.max() ?? 0) / Double(f.expertCount)
+        }
+        bytesPerWorker = perWorker
+        stageBytes = stage
+        expertBytes = experts
+        busiestExpertBytes = busiest
+    }
+}
