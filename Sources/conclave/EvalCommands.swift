@@ -1,4 +1,6 @@
 import ArgumentParser
+import Tokenizer
+import GGUF
 import Foundation
 import Kernels
 import Model
@@ -17,13 +19,16 @@ struct TokenizeCommand: ParsableCommand {
     }
 
     func run() throws {
-        let engine = try model.load()
+        // Only the vocabulary is needed: any GGUF with one works (llama.cpp's vocabulary-only files, any
+        // architecture), and no weights are mapped in or checked.
+        let tokenizer: Tokenizer
+        do { tokenizer = try Tokenizer(file: try GGUFFile(path: model.model)) } catch { printError("error: \(error)"); throw ExitCode(1) }
         let bytes = try readInput(prompt: prompt, file: file)
-        let ids = engine.tokenizer.encode(bytes: bytes, addSpecial: !noBOS)
+        let ids = tokenizer.encode(bytes: bytes, addSpecial: !noBOS)
         if json {
             print(JSON.object([("ids", .array(ids.map { .int(Int($0)) }))]).render())
         } else {
-            for id in ids { print("\(id) \(String(decoding: engine.tokenizer.piece(id, special: true), as: UTF8.self).debugDescription)") }
+            for id in ids { print("\(id) \(String(decoding: tokenizer.piece(id, special: true), as: UTF8.self).debugDescription)") }
         }
     }
 }

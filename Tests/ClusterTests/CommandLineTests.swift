@@ -34,6 +34,28 @@ import TestSupport
     }
 }
 
+extension CommandLineTests {
+    /// `tokenize` needs only the vocabulary: llama.cpp's vocabulary-only files of architectures Conclave does
+    /// not run (falcon, mpt, refact) tokenize llama.cpp's test texts exactly, through the command line.
+    @Test(arguments: ["falcon", "mpt", "refact"]) func tokenizeTakesAVocabularyOnlyFile(vocab: String) async throws {
+        try await onThread {
+            let c = try ProcessCluster()
+            let file = Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")
+            let texts = try String(contentsOfFile: file + ".inp", encoding: .utf8).components(separatedBy: "\n__ggml_vocab_test__\n")
+            let ids = try String(contentsOfFile: file + ".out", encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            // A handful of the cases (each a process): plain words, spaces, digits, emoji and code.
+            for i in [1, 5, 12, 20, 33, 45] {
+                let input = c.dir.appendingPathComponent("case-\(i).txt")
+                try Data(texts[i].utf8).write(to: input)
+                let (rc, out, err) = try c.run(["tokenize", "-m", file, "-f", input.path, "--no-bos", "--json"])
+                #expect(rc == 0, "\(vocab) case \(i): \(err)")
+                let want = "{\"ids\":[" + ids[i].split(separator: " ").joined(separator: ",") + "]}"
+                #expect(out.trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: " ", with: "") == want, "\(vocab) case \(i): \(texts[i].debugDescription)")
+            }
+        }
+    }
+}
+
 /// The fuzz harnesses' seed corpora replay cleanly through the plain builds of the harnesses (the same
 /// functions libFuzzer drives in `scripts/fuzz`).
 @Suite struct FuzzReplayTests {

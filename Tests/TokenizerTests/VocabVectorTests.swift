@@ -18,7 +18,7 @@ struct VocabVectorTests {
         return Array(zip(texts, ids))
     }
 
-    @Test(arguments: ["llama-spm", "gpt-2", "llama-bpe", "qwen2"])
+    @Test(arguments: ["llama-spm", "gpt-2", "llama-bpe", "qwen2", "falcon", "mpt", "refact"])
     func vectors(vocab: String) throws {
         let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")))
         let cases = try Self.cases(vocab)
