@@ -20,7 +20,7 @@ public final class PollingQueue: @unchecked Sendable {
     public let pollFor: Double
     private var thread = pthread_t()
 
-    public init(label: String, pollFor: Double = 0.005) {
+    public init(pollFor: Double = 0.005) {
         self.pollFor = pollFor
         let box = Unmanaged.passRetained(self).toOpaque()
         pthread_create(&thread, nil, { arg in
@@ -28,7 +28,6 @@ public final class PollingQueue: @unchecked Sendable {
             me.loop()
             return nil
         }, box)
-        _ = label
     }
 
     /// Queues `job`; jobs run one at a time, in order.
@@ -60,8 +59,8 @@ public final class PollingQueue: @unchecked Sendable {
             if stopping && jobs.isEmpty { return }
             if !jobs.isEmpty { queued.subtract(jobs.count, ordering: .relaxed); continue }
             // Dry: poll for a while, then sleep until a job (or stop) arrives.
-            let end = monotonicNow() + pollFor
-            while queued.load(ordering: .acquiring) == 0 && monotonicNow() < end { sched_yield() }
+            let end = KernelBench.now() + pollFor
+            while queued.load(ordering: .acquiring) == 0 && KernelBench.now() < end { sched_yield() }
             if queued.load(ordering: .acquiring) == 0 {
                 sleeping.store(true, ordering: .sequentiallyConsistent)
                 // A job queued between the look and the flag has seen no sleeper: look once more.
@@ -90,10 +89,4 @@ final class DispatchSemaphoreLike: @unchecked Sendable {
             count -= 1
         }
     }
-}
-
-func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

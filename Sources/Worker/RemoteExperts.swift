@@ -103,8 +103,8 @@ extension PendingReplies {
         /// CPU costs tens of microseconds, and an expert-parallel token waits for one reply per layer).
         public func poll(timeout: Double, spin: Double = 0) throws(WireError) -> WireMessage? {
             if spin > 0 {
-                let end = Waiter.now() + min(spin, timeout)
-                while !box.arrived.load(ordering: .acquiring) && Waiter.now() < end { sched_yield() }
+                let end = KernelBench.now() + min(spin, timeout)
+                while !box.arrived.load(ordering: .acquiring) && KernelBench.now() < end { sched_yield() }
             }
             if box.arrived.load(ordering: .acquiring) {
                 guard let reply = owner.take(id, box) else { return nil }
@@ -112,12 +112,6 @@ extension PendingReplies {
             }
             guard sem.wait(timeout: .now() + timeout) == .success, let reply = owner.take(id, box) else { return nil }
             return try reply.get()
-        }
-
-        static func now() -> Double {
-            var ts = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &ts)
-            return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
         }
         let owner: PendingReplies
     }

@@ -48,7 +48,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     private let stageQueue = DispatchQueue(label: "conclave.worker.stage")
     /// Expert calls, on a thread that polls between calls: they come one per layer, a few hundred microseconds
     /// apart, and a sleeping worker answers each one late (see `PollingQueue`).
-    private let expertQueue = PollingQueue(label: "conclave.worker.experts")
+    private let expertQueue = PollingQueue()
     private let controlQueue = DispatchQueue(label: "conclave.worker.control")
     private let replies = PendingReplies()
 
