@@ -139,6 +139,31 @@ public final class QuantizedActivations: @unchecked Sendable {
         if let failure { throw failure }
     }
 
+    /// Rows already quantized to `format` (`rows[i]` of `source`, each `sourceStride` bytes apart), as an expert
+    /// call carries them: the bytes are copied as they are, so a product over them is bit for bit the one over
+    /// the floats they were quantized from.
+    public init(gathering rows: [Int], from source: UnsafeRawPointer, sourceStride: Int, cols: Int, format: GGMLType) throws(KernelError) {
+        guard let rb = format.rowBytes(elements: cols), sourceStride >= rb else {
+            throw KernelError("\(cols) activations is not a whole number of \(format.name) blocks")
+        }
+        self.format = format
+        self.cols = cols
+        batch = rows.count
+        rowStride = (rb + 63) & ~63
+        data = .allocate(byteCount: max(1, rowStride * batch), alignment: 64)
+        auxStride = format == .q8_0 ? 2 * cols / 32 : 0
+        aux = format == .q8_0 ? .allocate(capacity: max(1, auxStride * batch)) : nil
+        for (t, r) in rows.enumerated() {
+            (data + t * rowStride).copyMemory(from: source + r * sourceStride, byteCount: rb)
+            if let aux { ck_q8_0_aux(Int32(cols), data + t * rowStride, aux + t * auxStride) }
+        }
+    }
+
+    /// Row `t`'s bytes (`format.rowBytes(cols)` of them).
+    public func row(_ t: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: data + t * rowStride, count: format.rowBytes(elements: cols)!)
+    }
+
     deinit {
         data.deallocate()
         aux?.deallocate()

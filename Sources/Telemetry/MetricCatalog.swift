@@ -63,6 +63,7 @@ public enum WorkerMetric {
     public static let expertCallBytes = MetricSpec(.counter, "conclave_worker_expert_call_bytes_total", help: "Bytes of expert calls this worker sent to other workers.", status: "expert_call_bytes")
     public static let expertServeSeconds = MetricSpec(.counter, "conclave_worker_expert_serve_seconds_total", help: "Time computing the expert calls this worker served.", status: "expert_serve_seconds")
     public static let remoteLayers = MetricSpec(.counter, "conclave_worker_remote_layers_total", help: "MoE layers of this worker's stage that called other workers' experts.", status: "remote_layers")
+    public static let remoteCalls = MetricSpec(.counter, "conclave_worker_remote_calls_total", help: "Expert calls this worker's stage sent to other workers (one per remote worker per layer).", status: "remote_calls")
     public static let remoteLocalSeconds = MetricSpec(.counter, "conclave_worker_remote_local_seconds_total", help: "In those layers, time computing this worker's own experts while the calls were out.", status: "remote_local_seconds")
     public static let remoteWaitSeconds = MetricSpec(.counter, "conclave_worker_remote_wait_seconds_total", help: "In those layers, time waiting for other workers' replies after the local experts were done.", status: "remote_wait_seconds")
     public static let rss = MetricSpec(.gauge, "conclave_worker_rss_bytes", help: "Resident set size of the worker process.", status: "rss_bytes")
@@ -89,7 +90,7 @@ public enum WorkerMetric {
     /// Every entry, in the order status shows them.
     public static let all: [MetricSpec] = [
         tokens, expertCalls, forwardedBytes, forwardedRows, expertCallBytes,
-        expertServeSeconds, remoteLayers, remoteLocalSeconds, remoteWaitSeconds, rss, resident, stepP50, stepP99, refusedPeers,
+        expertServeSeconds, remoteLayers, remoteCalls, remoteLocalSeconds, remoteWaitSeconds, rss, resident, stepP50, stepP99, refusedPeers,
         offloadSlots, offloadPaged, offloadHits, offloadMisses, offloadReadBytes, offloadReadSeconds,
         offloadPrefetchIssued, offloadPrefetchUsed, offloadPrefetchWasted, offloadStall,
     ]

@@ -15,14 +15,33 @@ public struct WireMessage: Sendable {
 
     public static let protocolVersion = UInt32(Conclave_V1_ProtocolVersion.current.rawValue)
 
-    /// Bytes per element of a frame's dtype.
-    static func elementSize(_ t: Conclave_V1_DType) -> Int? {
+    /// A dtype's block: values per block along the last dimension and its bytes (1 value per block for plain
+    /// types).
+    static func block(_ t: Conclave_V1_DType) -> (values: Int, bytes: Int)? {
         switch t {
-        case .f32, .i32: return 4
-        case .f16: return 2
-        case .u8: return 1
+        case .f32, .i32: return (1, 4)
+        case .f16: return (1, 2)
+        case .u8: return (1, 1)
+        case .q80: return (32, 34)
+        case .q8K: return (256, 292)
         default: return nil
         }
+    }
+
+    /// The bytes a frame of `dtype` and `shape` holds; nil when the shape overflows or its last dimension is
+    /// not whole blocks.
+    public static func frameBytes(_ dtype: Conclave_V1_DType, shape: [UInt64]) -> Int? {
+        guard let (values, bytes) = block(dtype) else { return nil }
+        guard values == 1 || (shape.last.map { $0 % UInt64(values) == 0 } ?? false) else { return nil }
+        var elements: UInt64 = 1
+        for d in shape {
+            let (p, o) = elements.multipliedReportingOverflow(by: d)
+            guard !o else { return nil }
+            elements = p
+        }
+        let blocks = elements / UInt64(values)
+        guard blocks <= UInt64(Int.max / bytes) else { return nil }
+        return Int(blocks) * bytes
     }
 
     /// Frame 0 = serialized envelope, frames 1..n = tensors (their infos are set from `tensors`).
@@ -64,15 +83,11 @@ public struct WireMessage: Sendable {
             throw WireError(.malformed, "envelope describes \(e.tensors.count) tensors but \(frames.count) frames follow")
         }
         for (i, (info, frame)) in zip(e.tensors, frames).enumerated() {
-            guard let size = elementSize(info.dtype) else { throw WireError(.malformed, "tensor \(i) has no dtype") }
-            var elements: UInt64 = 1
-            for d in info.shape {
-                let (p, o) = elements.multipliedReportingOverflow(by: d)
-                guard !o else { throw WireError(.malformed, "tensor \(i) shape \(info.shape) overflows") }
-                elements = p
-            }
-            guard elements <= UInt64(Int.max / size), Int(elements) * size == frame.count else {
-                throw WireError(.malformed, "tensor \(i): shape \(info.shape) of \(info.dtype) needs \(elements) × \(size) bytes, frame has \(frame.count)")
+            guard block(info.dtype) != nil else { throw WireError(.malformed, "tensor \(i) has no dtype") }
+            guard let size = frameBytes(info.dtype, shape: info.shape), size == frame.count else {
+                throw WireError(.malformed, "tensor \(i): shape \(info.shape) of \(info.dtype) needs "
+                                + (frameBytes(info.dtype, shape: info.shape).map { "\($0) bytes" } ?? "whole blocks and no overflow")
+                                + ", frame has \(frame.count)")
             }
         }
         return WireMessage(e, frames: frames)

@@ -2,10 +2,10 @@ import Foundation
 import Model
 import Wire
 
-/// Serves expert calls for the experts this worker holds: an ExpertCall carries the rows (one F32 frame,
-/// [rows, embedding]) and their routes restricted to our experts; the reply carries each (row, slot)'s weighted
-/// output as one F32 frame, in the order of its `rows`/`slots` lists. Bad calls get an Error reply and the
-/// server keeps serving.
+/// Serves expert calls for the experts this worker holds: an ExpertCall carries the rows (one frame of
+/// [rows, embedding], F32 or quantized as the experts' kernels take them) and their routes restricted to our
+/// experts; the reply carries each (row, slot)'s weighted output as one F32 frame, in the order of its
+/// `rows`/`slots` lists. Bad calls get an Error reply and the server keeps serving.
 public final class ExpertServer: @unchecked Sendable {
     let experts: ExpertProvider
     let embedding: Int
@@ -41,11 +41,15 @@ public final class ExpertServer: @unchecked Sendable {
             throw WireError(.malformed, "expected an ExpertCall")
         }
         let e = embedding
-        guard msg.frames.count == 1, msg.envelope.tensors[0].shape.count == 2, Int(msg.envelope.tensors[0].shape[1]) == e,
-              msg.envelope.tensors[0].dtype == .f32 else {
-            throw WireError(.malformed, "an ExpertCall carries one F32 frame of [rows, \(e)]")
+        guard msg.frames.count == 1, msg.envelope.tensors[0].shape.count == 2, Int(msg.envelope.tensors[0].shape[1]) == e else {
+            throw WireError(.malformed, "an ExpertCall carries one frame of [rows, \(e)]")
+        }
+        let dtype = msg.envelope.tensors[0].dtype
+        guard dtype == .f32 || dtype.activationFormat != nil else {
+            throw WireError(.malformed, "an ExpertCall's rows are F32, Q8_0 or Q8_K, not \(dtype)")
         }
         let rows = Int(msg.envelope.tensors[0].shape[0])
+        guard rows > 0 else { throw WireError(.malformed, "an ExpertCall without rows") }
         var routes = [Route](repeating: Route(experts: [], weights: []), count: rows)
         var k = 0
         for r in call.routes {
@@ -59,11 +63,14 @@ public final class ExpertServer: @unchecked Sendable {
             routes[Int(r.row)] = Route(experts: r.experts.map(Int.init), weights: r.weights, slots: r.slots.map(Int.init))
             k = max(k, (r.slots.map(Int.init).max() ?? -1) + 1)
         }
-        let x = msg.frames[0].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         var results = [Float](repeating: 0, count: max(1, rows * k * e))
-        try x.withUnsafeBufferPointer { xp in
+        // The frame's length was checked against its dtype and shape when the message was decoded.
+        let x = msg.frames[0]
+        try x.withUnsafeBytes { xp in
+            let input: ExpertInput = dtype.activationFormat.map { .quantized(xp.baseAddress!, format: $0, rowBytes: xp.count / max(1, rows)) }
+                ?? .floats(xp.bindMemory(to: Float.self).baseAddress!)
             try results.withUnsafeMutableBufferPointer { rp in
-                try experts.weightedOutputs(layer: Int(call.layer), input: xp.baseAddress!, routes: routes, slotsPerRow: k, into: rp.baseAddress!)
+                try experts.weightedOutputs(layer: Int(call.layer), input: input, routes: routes, slotsPerRow: k, into: rp.baseAddress!)
             }
         }
         var out = Conclave_V1_ExpertResult()

@@ -57,6 +57,7 @@ public final class WorkerMetrics: Sendable {
         if let offload { registry.record(offload: offload) }
         if let remote {
             registry.handle(WorkerMetric.remoteLayers).advance(toTotal: Double(remote.layers))
+            registry.handle(WorkerMetric.remoteCalls).advance(toTotal: Double(remote.calls))
             registry.handle(WorkerMetric.remoteLocalSeconds).advance(toTotal: remote.localSeconds)
             registry.handle(WorkerMetric.remoteWaitSeconds).advance(toTotal: remote.waitSeconds)
         }

@@ -3,6 +3,7 @@ import Model
 import Synchronization
 import Wire
 import Kernels
+import GGUF
 
 /// Requests waiting for their replies, matched by request id; a synchronous caller blocks on its own semaphore
 /// (on a dedicated thread, never the cooperative pool) while the transport's reader resolves it.
@@ -253,13 +254,16 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
     public final class Timing: Sendable {
         public struct Totals: Sendable {
             public var layers: UInt64 = 0
+            /// Calls sent (one per remote worker per layer).
+            public var calls: UInt64 = 0
             public var localSeconds = 0.0
             public var waitSeconds = 0.0
         }
         private let totals = Mutex(Totals())
-        func add(local: Double, wait: Double) {
+        func add(calls: Int, local: Double, wait: Double) {
             totals.withLock { t in
                 t.layers += 1
+                t.calls += UInt64(calls)
                 t.localSeconds += local
                 t.waitSeconds += wait
             }
@@ -271,11 +275,15 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
     /// owner[layer][expert]: nil for a local expert, else the client of the worker holding it.
     let owner: [Int: [Int: RemoteClient]]
     let embedding: Int
+    /// Per layer, the format its rows travel in (see `WeightLayout.expertInputFormat`); a layer not listed
+    /// sends floats.
+    let inputFormats: [Int: GGMLType]
 
-    public init(local: ExpertProvider, owner: [Int: [Int: RemoteClient]], embedding: Int) {
+    public init(local: ExpertProvider, owner: [Int: [Int: RemoteClient]], embedding: Int, inputFormats: [Int: GGMLType] = [:]) {
         self.local = local
         self.owner = owner
         self.embedding = embedding
+        self.inputFormats = inputFormats
     }
 
     public var pagesExperts: Bool { local.pagesExperts }
@@ -285,7 +293,7 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
         local.prefetch(layer: layer, experts: experts.filter { remote[$0] == nil })
     }
 
-    public func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+    public func weightedOutputs(layer: Int, input x: ExpertInput, routes: [Route], slotsPerRow k: Int,
                                 into results: UnsafeMutablePointer<Float>) throws {
         let e = embedding
         let rows = routes.count
@@ -309,13 +317,12 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
         // local experts are computed while they travel; then each reply is waited for, spinning briefly.
         var calls: [(RemoteClient, [Int], [Int: Route], RemoteClient.Call)] = []
         var failure: String?
+        let rowsOut = try byClient.isEmpty ? nil : WireRows(x, rows: rows, embedding: e, format: inputFormats[layer])
         for (_, (client, rs)) in byClient {
             let rowList = rs.keys.sorted()
             var call = Conclave_V1_ExpertCall()
             call.layer = UInt32(layer)
-            var data = Data(capacity: rowList.count * e * 4)
             for (i, r) in rowList.enumerated() {
-                data.append(UnsafeBufferPointer(start: x + r * e, count: e))
                 var route = Conclave_V1_Route()
                 route.row = UInt32(i)
                 route.experts = rs[r]!.experts.map(UInt32.init)
@@ -326,7 +333,7 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
             var envelope = Envelope()
             envelope.expertCall = call
             do {
-                calls.append((client, rowList, rs, try client.start(envelope, tensors: [(.f32, [rowList.count, e], data)])))
+                calls.append((client, rowList, rs, try client.start(envelope, tensors: [rowsOut!.tensor(rowList)])))
             } catch {
                 failure = failure ?? "\(error)"
             }
@@ -364,8 +371,81 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
                 failure = failure ?? "\(error)"
             }
         }
-        if !calls.isEmpty { timing.add(local: tLocal - tSent, wait: KernelBench.now() - tLocal) }
+        if !calls.isEmpty { timing.add(calls: calls.count, local: tLocal - tSent, wait: KernelBench.now() - tLocal) }
         // A peer that failed is the cluster's state, not this request's fault: the coordinator recovers from it.
         if let f = failure { throw WireError(.unavailable, "expert call for layer \(layer) failed: \(f)") }
+    }
+}
+
+/// A layer's rows as an expert call carries them: quantized once to the format the callee's kernels take (the
+/// bytes it would make from the floats itself), or the floats when the layer's experts take no such format.
+struct WireRows {
+    let dtype: Conclave_V1_DType
+    let rowBytes: Int
+    let embedding: Int
+    let base: UnsafeRawPointer
+    /// Keeps the quantized rows alive while calls are built.
+    let owner: QuantizedActivations?
+
+    init(_ input: ExpertInput, rows: Int, embedding e: Int, format: GGMLType?) throws {
+        embedding = e
+        switch input {
+        case .floats(let x):
+            if let format, let dtype = Conclave_V1_DType(activations: format) {
+                let q = try QuantizedActivations(x, cols: e, batch: rows, format: format)
+                self.dtype = dtype
+                rowBytes = format.rowBytes(elements: e)!
+                owner = q
+                base = q.row(0).baseAddress!
+            } else {
+                dtype = .f32
+                rowBytes = 4 * e
+                owner = nil
+                base = UnsafeRawPointer(x)
+            }
+        case .quantized(let q, let format, let stride):
+            guard let dtype = Conclave_V1_DType(activations: format) else {
+                throw WireError(.internalError, "rows in \(format.name) cannot travel in an expert call")
+            }
+            self.dtype = dtype
+            rowBytes = stride
+            owner = nil
+            base = q
+        }
+    }
+
+    /// Bytes of one row as it travels.
+    var wireRowBytes: Int { dtype == .f32 ? 4 * embedding : WireMessage.frameBytes(dtype, shape: [1, UInt64(embedding)])! }
+
+    /// The frame of rows `rowList`, in that order.
+    func tensor(_ rowList: [Int]) -> (Conclave_V1_DType, [Int], Data) {
+        let n = wireRowBytes
+        var data = Data(capacity: rowList.count * n)
+        for r in rowList {
+            // A QuantizedActivations row is padded to a cache line; only its blocks travel.
+            let start = owner.map { UnsafeRawPointer($0.row(r).baseAddress!) } ?? base + r * rowBytes
+            data.append(start.assumingMemoryBound(to: UInt8.self), count: n)
+        }
+        return (dtype, [rowList.count, embedding], data)
+    }
+}
+
+extension Conclave_V1_DType {
+    /// The wire dtype of rows quantized to `format`; nil for a format that does not travel.
+    init?(activations format: GGMLType) {
+        switch format {
+        case .q8_0: self = .q80
+        case .q8_K: self = .q8K
+        default: return nil
+        }
+    }
+
+    /// The activation format of a quantized dtype; nil for plain ones.
+    var activationFormat: GGMLType? {
+        switch self {
+        case .q80: return .q8_0
+        case .q8K: return .q8_K
+        default: return nil
+        }
     }
 }

@@ -92,8 +92,10 @@ final class WorkerShard: @unchecked Sendable {
                     for e in set.experts { owner[Int(set.layer), default: [:]][Int(e)] = client }
                 }
             }
+            let layout = WeightLayout(file: file, config: config)
+            let formats = Dictionary(uniqueKeysWithValues: owner.keys.compactMap { l in layout.expertInputFormat(layer: l).map { (l, $0) } })
             let provider = RemoteExperts(local: local ?? ResidentExperts(weights: [:], pool: pool, held: .none), owner: owner,
-                                         embedding: config.embeddingLength)
+                                         embedding: config.embeddingLength, inputFormats: formats)
             self.clients = Array(clients.values)
             remote = provider
             let stage = try kept?.stage?.with(experts: provider)

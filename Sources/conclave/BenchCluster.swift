@@ -117,7 +117,7 @@ struct BenchCluster: ParsableCommand {
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
         let hops = max(0, stageNames.count - 1)
         var fwdBytes: UInt64 = 0, fwdRows: UInt64 = 0, expertBytes: UInt64 = 0, stageMs = 0.0
-        var remoteLayers = 0.0, localS = 0.0, waitS = 0.0, serveS = 0.0, served = 0.0
+        var remoteLayers = 0.0, remoteCalls = 0.0, localS = 0.0, waitS = 0.0, serveS = 0.0, served = 0.0
         for w in after.workers {
             let m = mid.workers.first { $0.name == w.name }!
             let (now, then) = (w.samples, m.samples)
@@ -127,6 +127,7 @@ struct BenchCluster: ParsableCommand {
             expertBytes += moved(WorkerMetric.expertCallBytes)
             func movedD(_ spec: MetricSpec) -> Double { max(0, now.value(spec) - then.value(spec)) }
             remoteLayers += movedD(WorkerMetric.remoteLayers)
+            remoteCalls += movedD(WorkerMetric.remoteCalls)
             localS += movedD(WorkerMetric.remoteLocalSeconds)
             waitS += movedD(WorkerMetric.remoteWaitSeconds)
             serveS += movedD(WorkerMetric.expertServeSeconds)
@@ -138,6 +139,10 @@ struct BenchCluster: ParsableCommand {
         let hopMs = max(0, stepMs - stageMs) / Double(stageNames.count + 1)
         let bytesPerHop = fwdRows > 0 ? Double(fwdBytes) / Double(fwdRows) : 0
         let hidden = engine.config.embeddingLength * 4
+        // One call per remote worker per layer: its bytes against a hidden row's size in Q8_0 (the prompt's
+        // multi-row calls are counted too, a few of the run's hundreds).
+        let bytesPerCall = remoteCalls > 0 ? Double(expertBytes) / remoteCalls : 0
+        let q8Row = engine.config.embeddingLength / 32 * 34
         let ratio = out.decodeTokS / max(1e-9, single.decodeTokensPerSecond)
         // An expert-parallel layer: local experts while the calls are out, then the wait; the servers' compute
         // per call; what is left of local + wait is the wire and its hops (when the remote side is the longer).
@@ -154,6 +159,8 @@ struct BenchCluster: ParsableCommand {
                 ("ratio", .double(round3(ratio))), ("threads", .int(model.threads)), ("stages", .int(stageNames.count)), ("hops", .int(hops)),
                 ("per_hop_latency_ms", .double(round3(hopMs))), ("wire_bytes_per_token_per_hop", .double(round3(bytesPerHop))),
                 ("hidden_bytes", .int(hidden)), ("expert_call_bytes_per_token", .double(round3(Double(expertBytes) / tokens))),
+                ("expert_call_bytes_per_call", .double(round3(bytesPerCall))), ("q8_0_row_bytes", .int(q8Row)),
+                ("expert_calls_per_token", .double(round3(remoteCalls / tokens))),
                 ("identical_text", .bool(text == singleText)), ("curve", .bool(curve)),
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
                 ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
@@ -172,7 +179,7 @@ struct BenchCluster: ParsableCommand {
                 print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
             }
             print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
-            print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token")
+            print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token, \(fixed(bytesPerCall, 1)) per call (per layer per remote worker; a Q8_0 row is \(q8Row))")
         }
     }
 

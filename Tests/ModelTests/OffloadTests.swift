@@ -180,7 +180,7 @@ struct OffloadReadFailureTests {
         func call(layer: Int, expert: Int) throws {
             try x.withUnsafeBufferPointer { xp in
                 try out.withUnsafeMutableBufferPointer { op in
-                    try cache.weightedOutputs(layer: layer, input: xp.baseAddress!, routes: [Route(experts: [expert], weights: [1])], slotsPerRow: 1, into: op.baseAddress!)
+                    try cache.weightedOutputs(layer: layer, input: .floats(xp.baseAddress!), routes: [Route(experts: [expert], weights: [1])], slotsPerRow: 1, into: op.baseAddress!)
                 }
             }
         }

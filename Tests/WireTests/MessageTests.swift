@@ -65,6 +65,21 @@ struct MessageTests {
         var noKind = Envelope()
         noKind.protocolVersion = WireMessage.protocolVersion
         expect([try noKind.serializedData()], .malformed)
+        // Quantized rows: whole blocks along the last dimension, each block its exact bytes.
+        expect(try WireMessage.make(hello(), tensors: [(.q80, [1, 100], Data(count: 100))]).encode(), .malformed)
+        expect(try WireMessage.make(hello(), tensors: [(.q80, [2, 64], Data(count: 4 * 34 - 1))]).encode(), .malformed)
+        expect(try WireMessage.make(hello(), tensors: [(.q8K, [1, 256], Data(count: 256))]).encode(), .malformed)
+        expect(try WireMessage.make(hello(), tensors: [(.q80, [UInt64.max >> 1, 64].map(Int.init), Data(count: 34))]).encode(), .malformed)
+    }
+
+    /// Q8_0 rows are 34 bytes per 32 values and Q8_K rows 292 per 256, as ggml lays them out.
+    @Test func quantizedFramesHaveTheirBlockSizes() throws {
+        #expect(WireMessage.frameBytes(.q80, shape: [2, 2048]) == 2 * 64 * 34)
+        #expect(WireMessage.frameBytes(.q8K, shape: [3, 512]) == 3 * 2 * 292)
+        #expect(WireMessage.frameBytes(.f32, shape: [2, 5]) == 40)
+        #expect(WireMessage.frameBytes(.q80, shape: [1, 33]) == nil)
+        let parts = try WireMessage.make(hello(), tensors: [(.q80, [2, 64], Data(count: 4 * 34))]).encode()
+        #expect(try WireMessage.decode(parts).frames[0].count == 136)
     }
 
     @Test func errorReplyCarriesCodeAndMessage() throws {

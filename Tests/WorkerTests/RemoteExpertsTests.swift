@@ -42,8 +42,12 @@ struct RemoteExpertsTests {
     }
 
     /// `pagedSlots`: the serving worker pages its experts through that many cache slots instead of holding them.
-    func check(server serverTransport: Transport, client clientTransport: Transport, pagedSlots: Int? = nil) async throws {
-        let file = try GGUFFile(path: Fixtures.shippedModel)
+    /// `quantized`: rows travel in the format the experts' kernels take (as a worker sends them), else as floats.
+    /// Returns the bytes the calls carried.
+    @discardableResult
+    func check(server serverTransport: Transport, client clientTransport: Transport, pagedSlots: Int? = nil,
+               model: String = Fixtures.shippedModel, quantized: Bool = true) async throws -> UInt64 {
+        let file = try GGUFFile(path: model)
         let config = try ModelConfig(file: file)
         let pool = ThreadPool(threads: 2)
         let tokens: [Int32] = [1, 450, 4744, 1873, 338, 263, 1243, 310, 278, 2167, 304, 8352, 29889, 13, 3492, 526]
@@ -63,13 +67,17 @@ struct RemoteExpertsTests {
         let client = RemoteClient(transport: clientTransport)
         var owner: [Int: [Int: RemoteClient]] = [:]
         for l in 0..<config.layerCount { for e in stride(from: 1, to: config.expertCount, by: 2) { owner[l, default: [:]][e] = client } }
+        let layout = WeightLayout(file: file, config: config)
+        let formats = quantized ? Dictionary(uniqueKeysWithValues: (0..<config.layerCount).compactMap { l in layout.expertInputFormat(layer: l).map { (l, $0) } }) : [:]
         let localWeights = serverStage.weights.compactMapValues(\.ffn.experts)
-        let provider = RemoteExperts(local: ResidentExperts(weights: localWeights, pool: pool), owner: owner, embedding: config.embeddingLength)
+        let provider = RemoteExperts(local: ResidentExperts(weights: localWeights, pool: pool), owner: owner, embedding: config.embeddingLength,
+                                     inputFormats: formats)
         let split = try Stage(file: file, config: config, layers: 0..<config.layerCount, pool: pool, experts: provider)
         let distributed = try await onThread { try self.run(split, config, tokens: tokens) }
 
         #expect(server.callsServed > 0)
         #expect(distributed == reference, "logits differ once experts are split across workers")
+        return client.bytesSent
     }
 
     /// The remote worker pages its experts from disk through three slots: still the same bits.
@@ -78,6 +86,45 @@ struct RemoteExpertsTests {
         let router = try net.router(at: "mem://worker-2")
         let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
         try await check(server: router, client: dealer, pagedSlots: 3)
+        router.close()
+        dealer.close()
+    }
+
+    /// Rows travel as Q8_0 blocks (the Q4_0 experts' input format), the same bits come out, and the calls carry
+    /// under a third of the bytes the floats took (34 bytes per 32 values instead of 128, plus the routes).
+    @Test func quantizedRowsAreBitIdenticalAndSmaller() async throws {
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let layout = WeightLayout(file: file, config: try ModelConfig(file: file))
+        #expect(layout.expertInputFormat(layer: 0) == .q8_0)
+        var bytes: [Bool: UInt64] = [:]
+        for quantized in [false, true] {
+            let net = InMemoryNetwork()
+            let router = try net.router(at: "mem://worker-2")
+            let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
+            bytes[quantized] = try await check(server: router, client: dealer, quantized: quantized)
+            router.close()
+            dealer.close()
+        }
+        let q = try #require(bytes[true]), f = try #require(bytes[false])
+        #expect(Double(q) < 0.4 * Double(f), "quantized calls carried \(q) bytes, float calls \(f)")
+    }
+
+    /// K-quant experts take Q8_K rows (256 values in 292 bytes with their sums): a Q4_K_M model written here
+    /// splits bit-identically too.
+    @Test func kQuantExpertsTakeQ8KRows() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var shape = ModelSynthesizer.Shape()
+        shape.layers = 2
+        let path = dir.appendingPathComponent("q4k.gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q4_K_M, seed: 3, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+            .write(to: path, pool: ThreadPool(threads: 2))
+        let file = try GGUFFile(path: path)
+        #expect(WeightLayout(file: file, config: try ModelConfig(file: file)).expertInputFormat(layer: 1) == .q8_K)
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://worker-2")
+        let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
+        try await check(server: router, client: dealer, model: path)
         router.close()
         dealer.close()
     }
@@ -143,7 +190,7 @@ struct RemoteExpertsTests {
         let started = DispatchSemaphore(value: 0)
         let events = Mutex<[String]>([])
         init(_ inner: ExpertProvider) { self.inner = inner }
-        func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+        func weightedOutputs(layer: Int, input x: ExpertInput, routes: [Route], slotsPerRow k: Int,
                              into results: UnsafeMutablePointer<Float>) throws {
             events.withLock { $0.append("local started") }
             started.signal()
@@ -184,7 +231,7 @@ struct RemoteExpertsTests {
         let outputs = try await onThread { () throws -> [Float] in
             var out = [Float](repeating: 0, count: 2 * e)
             try x.withUnsafeBufferPointer { xp in
-                try out.withUnsafeMutableBufferPointer { try provider.weightedOutputs(layer: 0, input: xp.baseAddress!, routes: routes, slotsPerRow: 2, into: $0.baseAddress!) }
+                try out.withUnsafeMutableBufferPointer { try provider.weightedOutputs(layer: 0, input: .floats(xp.baseAddress!), routes: routes, slotsPerRow: 2, into: $0.baseAddress!) }
             }
             return out
         }
@@ -196,7 +243,7 @@ struct RemoteExpertsTests {
         var alone = [Float](repeating: 0, count: 2 * e)
         try x.withUnsafeBufferPointer { xp in
             try alone.withUnsafeMutableBufferPointer {
-                try ResidentExperts(weights: weights, pool: ThreadPool(threads: 1)).weightedOutputs(layer: 0, input: xp.baseAddress!, routes: routes, slotsPerRow: 2, into: $0.baseAddress!)
+                try ResidentExperts(weights: weights, pool: ThreadPool(threads: 1)).weightedOutputs(layer: 0, input: .floats(xp.baseAddress!), routes: routes, slotsPerRow: 2, into: $0.baseAddress!)
             }
         }
         #expect(outputs == alone)

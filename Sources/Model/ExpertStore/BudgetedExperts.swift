@@ -149,7 +149,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
 
     // MARK: Computing
 
-    public func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+    public func weightedOutputs(layer: Int, input x: ExpertInput, routes: [Route], slotsPerRow k: Int,
                                 into results: UnsafeMutablePointer<Float>) throws {
         guard let w = weights[layer] else { throw ModelError("layer \(layer) has no experts here") }
         let groups = try ExpertCompute.group(routes) { e in

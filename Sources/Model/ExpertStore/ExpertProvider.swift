@@ -1,3 +1,4 @@
+import GGUF
 import Kernels
 
 /// One row's routing decision: which experts, with what weights, in the order the router ranked them.
@@ -114,6 +115,33 @@ public struct ExpertSet: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// The rows a provider computes experts for: floats as a stage holds them, or rows already quantized to the
+/// activation format the layer's gate and up kernels consume, as an expert call carries them — the bytes the
+/// local kernel would make from those floats, so the outputs are bit-identical and the call is 3.8× smaller.
+public enum ExpertInput: @unchecked Sendable {
+    case floats(UnsafePointer<Float>)
+    /// Rows of `format` blocks, `rowBytes` apart.
+    case quantized(UnsafeRawPointer, format: GGMLType, rowBytes: Int)
+
+    /// The format experts with these weight types take their input in, when it may be quantized before it
+    /// travels: their gate and up projections run as one fused pass over activations quantized once (see
+    /// `ExpertCompute.run`), and the format can be read back to floats where a host lacks that kernel. Nil:
+    /// the floats travel.
+    public static func quantizedFormat(gate: GGMLType, up: GGMLType, down: GGMLType) -> GGMLType? {
+        guard gate == up, MatMul.hasKernel(gate), MatMul.hasKernel(down), let f = ActivationQuant.vecDotType(for: gate),
+              f == .q8_0 || f == .q8_K else { return nil }
+        return f
+    }
+
+    /// Row `r` as floats into `dst` (`embedding` of them).
+    func floats(row r: Int, embedding e: Int, into dst: UnsafeMutablePointer<Float>) throws(KernelError) {
+        switch self {
+        case .floats(let x): dst.update(from: x + r * e, count: e)
+        case .quantized(let q, let format, let rowBytes): try Dequantize.row(format, q + r * rowBytes, dst, count: e)
+        }
+    }
+}
+
 /// Computes experts' outputs for the rows of a batch routed to experts of one layer.
 ///
 /// The MoE block does not know where experts live: resident in this process, behind a memory-budgeted cache,
@@ -124,7 +152,7 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// w · FFN_e(x) for every (row, slot) of `routes`, written at `(row · slotsPerRow + slot) · embedding` of
     /// `results`. Each vector is the same whatever else is in the batch (the kernels are batch-invariant), so
     /// results computed by different providers sum to exactly what one process computes.
-    func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+    func weightedOutputs(layer: Int, input: ExpertInput, routes: [Route], slotsPerRow k: Int,
                          into results: UnsafeMutablePointer<Float>) throws
 
     /// A hint that `layer` will soon be computed for rows likely routed to `experts` (the next layer's router
@@ -145,7 +173,7 @@ extension ExpertProvider {
         let k = Route.slotsPerRow(routes)
         let results = UnsafeMutablePointer<Float>.allocate(capacity: max(1, rows * k * e))
         defer { results.deallocate() }
-        try weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)
+        try weightedOutputs(layer: layer, input: .floats(x), routes: routes, slotsPerRow: k, into: results)
         Route.accumulate(routes, results: results, slotsPerRow: k, embedding: e, into: output)
     }
 }
@@ -177,22 +205,19 @@ enum ExpertCompute {
 
     /// Computes `experts` (each with its matrices and the (row, index-in-route) pairs routed to it) and writes
     /// every pair's weighted output into `results` as `ExpertProvider.weightedOutputs` specifies.
-    static func run(_ experts: [(matrices: ExpertMatrices, members: [(row: Int, slot: Int)])], input x: UnsafePointer<Float>,
+    static func run(_ experts: [(matrices: ExpertMatrices, members: [(row: Int, slot: Int)])], input: ExpertInput,
                     routes: [Route], slotsPerRow k: Int, embd: Int, ff: Int, pool: ThreadPool,
                     into results: UnsafeMutablePointer<Float>) throws {
         let total = experts.reduce(0) { $0 + $1.members.count }
         guard total > 0 else { return }
-        // Per expert, its rows' inputs gathered, then gate, up, down results — one contiguous arena.
-        let xs = UnsafeMutablePointer<Float>.allocate(capacity: total * embd)
         let gate = UnsafeMutablePointer<Float>.allocate(capacity: total * ff)
         let up = UnsafeMutablePointer<Float>.allocate(capacity: total * ff)
         let down = UnsafeMutablePointer<Float>.allocate(capacity: total * embd)
-        defer { xs.deallocate(); gate.deallocate(); up.deallocate(); down.deallocate() }
+        defer { gate.deallocate(); up.deallocate(); down.deallocate() }
         var offsets: [Int] = []
         var o = 0
         for (_, m) in experts {
             offsets.append(o)
-            for (i, item) in m.enumerated() { (xs + (o + i) * embd).update(from: x + item.row * embd, count: embd) }
             o += m.count
         }
         let fused = experts.allSatisfy { ex in
@@ -202,11 +227,22 @@ enum ExpertCompute {
         if fused, let first = experts.first?.matrices,
            let inFormat = ActivationQuant.vecDotType(for: first.gate.type), let midFormat = ActivationQuant.vecDotType(for: first.down.type),
            experts.allSatisfy({ $0.matrices.gate.type == first.gate.type && $0.matrices.down.type == first.down.type }) {
-            // Phase 1: every expert's gate and up projections in one dispatch (inputs quantized once).
+            // Phase 1: every expert's gate and up projections in one dispatch (inputs quantized once — or
+            // already quantized in this very format, by the worker that sent them).
             var jobs: [MatMul.Job] = []
+            let gathered: (Int) throws -> QuantizedActivations
+            if case .quantized(let q, let format, let rowBytes) = input, format == inFormat {
+                gathered = { i in try QuantizedActivations(gathering: experts[i].members.map(\.row), from: q, sourceStride: rowBytes, cols: embd, format: format) }
+            } else {
+                let xs = try Self.gather(experts, input: input, total: total, embd: embd)
+                defer { xs.deallocate() }
+                let quantized = try experts.indices.map { i in
+                    try QuantizedActivations(xs + offsets[i] * embd, cols: embd, batch: experts[i].members.count, format: inFormat, pool: pool)
+                }
+                gathered = { quantized[$0] }
+            }
             for (i, ex) in experts.enumerated() {
-                let n = ex.members.count, off = offsets[i]
-                let a = try QuantizedActivations(xs + off * embd, cols: embd, batch: n, format: inFormat, pool: pool)
+                let a = try gathered(i), off = offsets[i]
                 jobs.append(MatMul.Job(ex.matrices.gate, a, into: gate + off * ff))
                 jobs.append(MatMul.Job(ex.matrices.up, a, into: up + off * ff))
             }
@@ -221,6 +257,8 @@ enum ExpertCompute {
             }
             try MatMul.multiply(jobs, pool: pool)
         } else {
+            let xs = try Self.gather(experts, input: input, total: total, embd: embd)
+            defer { xs.deallocate() }
             for (i, ex) in experts.enumerated() {
                 let n = ex.members.count, off = offsets[i], w = ex.matrices
                 try MatMul.multiply(w.gate, xs + off * embd, batch: n, into: gate + off * ff, pool: pool)
@@ -237,5 +275,24 @@ enum ExpertCompute {
                 for c in 0..<embd { dst[c] = src[c] * weight }
             }
         }
+    }
+
+    /// Per expert, its rows' inputs as floats, one after another (the caller deallocates).
+    static func gather(_ experts: [(matrices: ExpertMatrices, members: [(row: Int, slot: Int)])], input: ExpertInput,
+                       total: Int, embd: Int) throws -> UnsafeMutablePointer<Float> {
+        let xs = UnsafeMutablePointer<Float>.allocate(capacity: total * embd)
+        var o = 0
+        do {
+            for (_, m) in experts {
+                for item in m {
+                    try input.floats(row: item.row, embedding: embd, into: xs + o * embd)
+                    o += 1
+                }
+            }
+        } catch {
+            xs.deallocate()
+            throw error
+        }
+        return xs
     }
 }

@@ -24,7 +24,7 @@ public final class ResidentExperts: ExpertProvider, @unchecked Sendable {
         return (ResidentExperts(weights: w, pool: pool, held: held), bytes)
     }
 
-    public func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+    public func weightedOutputs(layer: Int, input x: ExpertInput, routes: [Route], slotsPerRow k: Int,
                                 into results: UnsafeMutablePointer<Float>) throws {
         guard let w = weights[layer] else { throw ModelError("layer \(layer) has no resident experts here") }
         let groups = try ExpertCompute.group(routes) { e in

@@ -59,7 +59,7 @@ final class RecordingExperts: ExpertProvider, @unchecked Sendable {
     let inner: ExpertProvider
     var calls: [(layer: Int, routes: [Route])] = []
     init(inner: ExpertProvider) { self.inner = inner }
-    func weightedOutputs(layer: Int, input x: UnsafePointer<Float>, routes: [Route], slotsPerRow k: Int,
+    func weightedOutputs(layer: Int, input x: ExpertInput, routes: [Route], slotsPerRow k: Int,
                          into results: UnsafeMutablePointer<Float>) throws {
         calls.append((layer, routes))
         try inner.weightedOutputs(layer: layer, input: x, routes: routes, slotsPerRow: k, into: results)

@@ -21,6 +21,7 @@ public struct WeightLayout: Sendable {
         public let role: TensorRole
         public let fileOffset: Int
         public let bytesPerExpert: Int
+        public let type: GGMLType
     }
 
     public let expertCount: Int
@@ -39,11 +40,19 @@ public struct WeightLayout: Sendable {
             for l in 0..<config.layerCount {
                 for role in [TensorRole.expertGate, .expertUp, .expertDown] {
                     guard let t = file.tensor(named: TensorName.block(l, role).description) else { continue }
-                    slices[l].append(ExpertSlice(role: role, fileOffset: t.fileOffset, bytesPerExpert: t.info.byteCount / max(1, config.expertCount)))
+                    slices[l].append(ExpertSlice(role: role, fileOffset: t.fileOffset, bytesPerExpert: t.info.byteCount / max(1, config.expertCount), type: t.info.type))
                 }
             }
         }
         expertSlices = slices
+    }
+
+    /// The format layer `layer`'s experts take their rows in on the wire (see `ExpertInput.quantizedFormat`);
+    /// nil: floats.
+    public func expertInputFormat(layer: Int) -> GGMLType? {
+        let types = Dictionary(expertSlices[layer].map { ($0.role, $0.type) }, uniquingKeysWith: { a, _ in a })
+        guard let g = types[.expertGate], let u = types[.expertUp], let d = types[.expertDown] else { return nil }
+        return ExpertInput.quantizedFormat(gate: g, up: u, down: d)
     }
 
     /// Who holds a tensor; nil for a name outside Conclave's table or a layer the model does not have.

@@ -72,6 +72,11 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
   case f16 // = 2
   case i32 // = 3
   case u8 // = 4
+
+  /// Activations quantized as ggml's kernels consume them (blocks along the last dimension): Q8_0 is
+  /// {f16 d; i8 q[32]} per 32 values, Q8_K {f32 d; i8 q[256]; i16 bsums[16]} per 256.
+  case q80 // = 5
+  case q8K // = 6
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -85,6 +90,8 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     case 2: self = .f16
     case 3: self = .i32
     case 4: self = .u8
+    case 5: self = .q80
+    case 6: self = .q8K
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -96,6 +103,8 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     case .f16: return 2
     case .i32: return 3
     case .u8: return 4
+    case .q80: return 5
+    case .q8K: return 6
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -107,6 +116,8 @@ public nonisolated enum Conclave_V1_DType: SwiftProtobuf.Enum, Swift.CaseIterabl
     .f16,
     .i32,
     .u8,
+    .q80,
+    .q8K,
   ]
 
 }
@@ -567,7 +578,8 @@ public nonisolated struct Conclave_V1_TopLogprobs: Sendable {
   public init() {}
 }
 
-/// Rows (frame 1, F32 [rows, embedding]) and their routes for the experts of one layer the callee holds.
+/// Rows (frame 1, [rows, embedding]) and their routes for the experts of one layer the callee holds. The rows are
+/// F32, or Q8_0/Q8_K when the layer's expert kernels take that format (the bytes the callee would make itself).
 public nonisolated struct Conclave_V1_ExpertCall: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -919,7 +931,7 @@ nonisolated extension Conclave_V1_ProtocolVersion: SwiftProtobuf._ProtoNameProvi
 }
 
 nonisolated extension Conclave_V1_DType: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}DTYPE_F32\0\u{1}DTYPE_F16\0\u{1}DTYPE_I32\0\u{1}DTYPE_U8\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}DTYPE_F32\0\u{1}DTYPE_F16\0\u{1}DTYPE_I32\0\u{1}DTYPE_U8\0\u{1}DTYPE_Q8_0\0\u{1}DTYPE_Q8_K\0")
 }
 
 nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
