@@ -128,6 +128,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             throw CoordinatorError("these workers did not answer within \(Int(options.joinTimeout)) s: \(missing.joined(separator: ", ")). Start each with `conclave worker --listen ENDPOINT`, or check the endpoints in the cluster file"
                                    + (transports.authenticates ? "; with CurveZMQ, check that each worker runs with the key the cluster file gives it and with this coordinator's public key" : ""))
         }
+        measureRoundTrips()
         try replanWithReportedBudgets()
 
         try assignPlan(timeout: options.loadTimeout)
@@ -158,28 +159,60 @@ public final class Coordinator: Service, @unchecked Sendable {
         }
     }
 
-    /// The worker as the plan sees it: its own budget when it reported a smaller one than the cluster file's.
+    /// The worker as the plan sees it: its own budget when it reported a smaller one than the cluster file's,
+    /// its measured read rate and round trip.
     func budgeted(_ link: WorkerLink) -> ClusterFile.Worker {
-        let reported = Int(clamping: link.info.withLock { $0.hello?.memoryBudget ?? 0 })
-        let w = link.worker
-        return reported > 0 && reported < w.memory ? ClusterFile.Worker(name: w.name, endpoint: w.endpoint, memory: reported, role: w.role, key: w.key, speed: w.speed) : w
+        let (hello, roundTrip) = link.info.withLock { ($0.hello, $0.roundTrip) }
+        let reported = Int(clamping: hello?.memoryBudget ?? 0)
+        var w = reported > 0 && reported < link.worker.memory ? link.worker.with(memory: reported) : link.worker
+        if let rate = hello?.readBytesPerSecond, rate.isFinite, rate > 0 { w.readRate = rate }
+        w.roundTrip = roundTrip
+        return w
+    }
+
+    /// Times a few Hellos to each worker that joined, one after another, and keeps the shortest: an expert call
+    /// to that worker costs about this on top of its compute, which the planner weighs against its rate.
+    func measureRoundTrips(probes: Int = 5) {
+        for link in links where link.info.withLock({ $0.hello != nil }) {
+            var best = Double.infinity
+            for _ in 0..<probes {
+                let id = replies.register()
+                var e = Envelope()
+                e.requestID = id
+                e.hello = Conclave_V1_Hello()
+                let t0 = KernelBench.now()
+                link.send(WireMessage.make(e))
+                guard (try? replies.wait(id, timeout: 10, from: link.worker.endpoint)) != nil else { break }
+                best = min(best, KernelBench.now() - t0)
+            }
+            if best.isFinite { link.info.withLock { $0.roundTrip = best } }
+        }
     }
 
     /// A worker's own `--memory` is the truth when it is below the cluster file's figure: the plan uses the
-    /// smaller of the two, so no worker is assigned more than it will hold.
+    /// smaller of the two, so no worker is assigned more than it will hold. The workers' measured rates and
+    /// round trips re-balance expert-parallel layers.
     func replanWithReportedBudgets() throws {
         let workers = links.map(budgeted)
         let smaller = zip(links, workers).filter { $0.0.worker.memory != $0.1.memory }.map { "\($0.1.name) \($0.1.memory) bytes (cluster file: \($0.0.worker.memory))" }
-        guard !smaller.isEmpty else { return }
-        log("workers report smaller budgets than the cluster file: \(smaller.joined(separator: ", ")); planning with those")
+        let measured = workers.contains { $0.readRate != nil || $0.roundTrip != nil }
+        guard !smaller.isEmpty || measured else { return }
+        if !smaller.isEmpty { log("workers report smaller budgets than the cluster file: \(smaller.joined(separator: ", ")); planning with those") }
+        if measured {
+            log("measured: " + workers.map { w in
+                "\(w.name) \(w.readRate.map { String(format: "%.1f GB/s", $0 / 1e9) } ?? "rate unknown"), round trip \(w.roundTrip.map { String(format: "%.3f ms", $0 * 1000) } ?? "unknown")"
+            }.joined(separator: "; "))
+        }
         do {
             let p = try Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: workers))
             guard p.stages.count == plan.stages.count else {
+                guard !smaller.isEmpty else { return }  // measurements alone never change the pipeline's shape
                 throw CoordinatorError("with the budgets the workers report, the model needs \(p.stages.count) pipeline stages instead of \(plan.stages.count); correct the cluster file's memory figures")
             }
             plan = p
             log("plan: " + planSummary())
         } catch let e as PlacementError {
+            guard !smaller.isEmpty else { return }
             throw CoordinatorError("with the budgets the workers report: \(e)")
         }
     }

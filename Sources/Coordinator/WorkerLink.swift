@@ -18,6 +18,8 @@ public final class WorkerLink: @unchecked Sendable {
     struct Info {
         var state: State = .joining
         var hello: Conclave_V1_Hello?
+        /// The shortest Hello round trip measured at join (what an expert call to it costs on top of compute).
+        var roundTrip: Double?
         var lastHeard: Double?
         /// The worker's figures from its last heartbeat, checked.
         var metrics: [MetricSample] = []
@@ -72,6 +74,8 @@ public final class WorkerLink: @unchecked Sendable {
             w.residentBytes = max(i.residentBytes, UInt64(i.metrics.value(WorkerMetric.resident)))
             w.heartbeatAgeS = i.lastHeard.map { KernelBench.now() - $0 } ?? -1
             w.metrics = i.metrics.map(Conclave_V1_MetricSample.init)
+            w.readBytesPerSecond = i.hello?.readBytesPerSecond ?? 0
+            w.roundTripS = i.roundTrip ?? 0
             return w
         }
     }

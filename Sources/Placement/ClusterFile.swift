@@ -28,11 +28,32 @@ public struct ClusterFile: Sendable, Equatable {
         public let role: Role
         /// Its CurveZMQ public key (`key:`), when the cluster is authenticated.
         public let key: CurveKey?
-        /// How fast it computes experts relative to the others (`speed:`, default 1): the planner splits an
-        /// expert-parallel layer's experts in proportion.
+        /// A factor on how fast it reads expert weights (`speed:`, default 1): on its measured rate when the
+        /// coordinator has one, else on the nominal rate (`conclave plan`).
         public let speed: Double
+        /// Bytes of expert weights it reads per second, as the worker measured at start (not in the file).
+        public var readRate: Double?
+        /// Seconds of an expert call's round trip to it, as the coordinator measured (not in the file).
+        public var roundTrip: Double?
+        /// The rate the planner assumes for a worker nobody measured.
+        public static let nominalReadRate = 10e9
+        /// Its rate for planning: measured (or nominal) times `speed`.
+        public var effectiveReadRate: Double { (readRate ?? Self.nominalReadRate) * speed }
+
         /// The same worker in another role (a spare called in by a re-plan holds layers and experts).
-        public func with(role: Role) -> Worker { Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed) }
+        public func with(role: Role) -> Worker {
+            var w = Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed)
+            w.readRate = readRate
+            w.roundTrip = roundTrip
+            return w
+        }
+        /// The same worker with another budget (what it reported, when below the file's).
+        public func with(memory: Int) -> Worker {
+            var w = Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed)
+            w.readRate = readRate
+            w.roundTrip = roundTrip
+            return w
+        }
         public init(name: String, endpoint: String, memory: Int, role: Role = .any, key: CurveKey? = nil, speed: Double = 1) {
             self.name = name
             self.endpoint = endpoint

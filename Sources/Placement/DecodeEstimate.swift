@@ -11,6 +11,17 @@ public struct DecodeEstimate: Sendable, Equatable {
     /// Bytes of the routed experts a token reads, all of them, and the sum over layers of the busiest holder's.
     public let expertBytes: Double
     public let busiestExpertBytes: Double
+    /// Expected seconds per token per worker at its rate (`effectiveReadRate`): its reads, plus a round trip
+    /// for each layer whose experts it computes for another worker's stage.
+    public let secondsPerWorker: [Double]
+    /// Expected seconds per token under the plan: the stages' reads in turn, and per layer the slowest of its
+    /// expert holders (the stage's own at its rate, the others after their round trip).
+    public let seconds: Double
+    /// Seconds per token of one host that holds everything, at the rate of the first stage's worker.
+    public let oneHostSeconds: Double
+
+    /// The expected one-stream speedup over one host with rates and round trips (what `speedup` ignores).
+    public var expectedSpeedup: Double { oneHostSeconds / max(1e-12, seconds) }
 
     /// One host's time over the plan's, at the same bandwidth: (stage + experts) ÷ (stage + busiest).
     public var speedup: Double { (stageBytes + expertBytes) / max(1, stageBytes + busiestExpertBytes) }
@@ -18,13 +29,19 @@ public struct DecodeEstimate: Sendable, Equatable {
     /// `weights`: the footprint without KV (context 0), so that only weights count; `expertsUsed`: experts per token.
     public init(plan: Plan, weights f: ModelFootprint, expertsUsed: Int) {
         let used = Double(max(1, expertsUsed))
+        let rate = plan.workers.map(\.effectiveReadRate)
         var perWorker = [Double](repeating: 0, count: plan.workers.count)
-        var stage = 0.0, experts = 0.0, busiest = 0.0
+        var time = [Double](repeating: 0, count: plan.workers.count)
+        var stage = 0.0, experts = 0.0, busiest = 0.0, total = 0.0
+        var stageOf = [Int](repeating: -1, count: f.layerCount)
         for s in plan.stages {
             guard let w = plan.workers.firstIndex(where: { $0.name == s.worker }) else { continue }
             var b = s.layers.reduce(0.0) { $0 + Double(f.layerBytes[$1]) }
             if s.layers.upperBound == f.layerCount { b += Double(f.headBytes) }
+            for l in s.layers where l < f.layerCount { stageOf[l] = w }
             perWorker[w] += b
+            time[w] += b / rate[w]
+            total += b / rate[w]
             stage += b
         }
         for l in 0..<min(f.layerCount, plan.experts.count) where f.expertCount > 0 {
@@ -32,12 +49,24 @@ public struct DecodeEstimate: Sendable, Equatable {
             experts += layer
             var counts = [Int](repeating: 0, count: plan.workers.count)
             for w in plan.experts[l] where w >= 0 { counts[w] += 1 }
-            for (w, c) in counts.enumerated() { perWorker[w] += layer * Double(c) / Double(f.expertCount) }
+            var slowest = 0.0
+            for (w, c) in counts.enumerated() where c > 0 {
+                let bytes = layer * Double(c) / Double(f.expertCount)
+                perWorker[w] += bytes
+                let t = bytes / rate[w] + (w == stageOf[l] ? 0 : plan.workers[w].roundTrip ?? 0)
+                time[w] += t
+                slowest = max(slowest, t)
+            }
+            total += slowest
             busiest += layer * Double(counts.max() ?? 0) / Double(f.expertCount)
         }
         bytesPerWorker = perWorker
         stageBytes = stage
         expertBytes = experts
         busiestExpertBytes = busiest
+        secondsPerWorker = time
+        seconds = total
+        let first = plan.stages.first.flatMap { s in plan.workers.firstIndex { $0.name == s.worker } } ?? 0
+        oneHostSeconds = plan.workers.isEmpty ? 0 : (stage + experts) / rate[first]
     }
 }

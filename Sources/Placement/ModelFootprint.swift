@@ -21,9 +21,11 @@ public struct ModelFootprint: Sendable, Equatable {
     /// Working memory of a stage, and of a worker that computes experts, for one micro-batch.
     public let stageScratchBytes: Int
     public let expertScratchBytes: Int
+    /// Experts a token is routed to per layer.
+    public let expertsUsed: Int
 
     public init(layerBytes: [Int], expertBytes: [Int], expertCount: Int, embeddingBytes: Int, headBytes: Int,
-                slotBytes: Int? = nil, minSlots: Int = 4, stageScratchBytes: Int = 0, expertScratchBytes: Int = 0) {
+                slotBytes: Int? = nil, minSlots: Int = 4, stageScratchBytes: Int = 0, expertScratchBytes: Int = 0, expertsUsed: Int? = nil) {
         self.layerCount = layerBytes.count
         self.layerBytes = layerBytes
         self.expertBytes = expertBytes
@@ -34,6 +36,7 @@ public struct ModelFootprint: Sendable, Equatable {
         self.minSlots = minSlots
         self.stageScratchBytes = stageScratchBytes
         self.expertScratchBytes = expertScratchBytes
+        self.expertsUsed = expertsUsed ?? max(1, minSlots / 2)
     }
 
     /// From a model file, with a KV cache of `context` positions × `sequences` per layer.
@@ -59,7 +62,8 @@ public struct ModelFootprint: Sendable, Equatable {
                   embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,
                   minSlots: 2 * max(1, config.expertsUsed),
                   stageScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, experts: false),
-                  expertScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, stage: false))
+                  expertScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, stage: false),
+                  expertsUsed: max(1, config.expertsUsed))
     }
 
     public var totalBytes: Int {

@@ -98,7 +98,8 @@ public enum Planner {
         func free(_ w: Int) -> Int { workers[w].memory - used[w] - reserved[w] }
 
         // 2. Experts in memory. A layer whose stage worker may hold experts ('any') while experts-only workers
-        // exist is split between them in proportion to their `speed` (equal by default): its experts
+        // exist is split between them by their rates and round trips (`split`; equal shares when nobody
+        // measured them): its experts
         // then compute on all of them at once, which is what makes one stream decode faster on several hosts
         // (expert parallelism). Each one's share is spread evenly over the split layers its memory must cover,
         // so no layer is left wholly local or wholly remote. Any other layer keeps its experts with its stage
@@ -108,7 +109,6 @@ public enum Planner {
         var paged = [[Bool]](repeating: [Bool](repeating: false, count: E), count: L)
         var unplaced: [(layer: Int, expert: Int, owner: Int)] = []
         let helpers = workers.indices.filter { workers[$0].role == .experts }
-        func speed(_ w: Int) -> Double { workers[w].speed }
         // Split layers still to place, per worker that takes part in them.
         var splitLayersLeft = [Int](repeating: 0, count: workers.count)
         if !helpers.isEmpty, E > 0 {
@@ -122,16 +122,16 @@ public enum Planner {
             let group = !helpers.isEmpty && workers[owner].role == .any ? [owner] + helpers : []
             for l in s.layers {
                 let size = model.expertBytes[l]
-                // Targets of a split layer: the speed share, no more than the memory left for this many layers.
+                // Targets of a split layer: even expected time per token, no more than the memory left for this many layers.
                 var target = [Int: Int]()
                 if !group.isEmpty {
-                    let total = group.reduce(0.0) { $0 + speed($1) }
-                    for w in group {
-                        let share = Int((Double(E) * speed(w) / total).rounded())
-                        let room = size > 0 ? max(0, free(w)) / size / max(1, splitLayersLeft[w]) : E
-                        target[w] = min(share, room)
-                        splitLayersLeft[w] -= 1
-                    }
+                    let room = Dictionary(uniqueKeysWithValues: group.map { w in
+                        (w, size > 0 ? max(0, free(w)) / size / max(1, splitLayersLeft[w]) : E)
+                    })
+                    target = Self.split(experts: E, among: group, owner: owner, room: room, secondsPerExpert: { w in
+                        Double(model.expertsUsed) / Double(E) * Double(size) / workers[w].effectiveReadRate
+                    }, roundTrip: { w in w == owner ? 0 : workers[w].roundTrip ?? 0 })
+                    for w in group { splitLayersLeft[w] -= 1 }
                 }
                 var given = [Int: Int]()
                 for e in 0..<E {
@@ -187,6 +187,27 @@ public enum Planner {
             used[w] += slots[w] * model.slotBytes
         }
         return Plan(workers: workers, stages: stages, experts: experts, bytes: used, paged: paged, slots: slots)
+    }
+
+    /// How many of a split layer's `experts` each member of `among` takes so that a token's expected time in the
+    /// layer is even: a member's time is its round trip (none for the `owner`, which runs the layer) plus its
+    /// experts' share of the token's reads at its rate (`secondsPerExpert`, per expert held). Experts go one at a
+    /// time to the member that would finish first with it (optimal for equal experts on members of different
+    /// speeds), never beyond a member's `room`. Without round trips this is the split in proportion to rates;
+    /// with them, the owner takes more, as a remote expert costs the call as well.
+    static func split(experts E: Int, among group: [Int], owner: Int, room: [Int: Int],
+                      secondsPerExpert: (Int) -> Double, roundTrip: (Int) -> Double) -> [Int: Int] {
+        var n = Dictionary(uniqueKeysWithValues: group.map { ($0, 0) })
+        for _ in 0..<E {
+            var best = -1, bestTime = Double.infinity
+            for w in group where n[w]! < room[w, default: 0] {
+                let t = roundTrip(w) + Double(n[w]! + 1) * secondsPerExpert(w)
+                if t < bestTime - 1e-15 { best = w; bestTime = t }
+            }
+            guard best >= 0 else { break }
+            n[best]! += 1
+        }
+        return n
     }
 
     static func human(_ n: Int) -> String {

@@ -27,6 +27,8 @@ public final class WorkerService: Service, @unchecked Sendable {
         /// Largest message decoded; a larger one gets a `tooLarge` Error reply. (The socket's ZMQ_MAXMSGSIZE sits a
         /// little above this, so that what is far larger is cut off by libzmq before it is even buffered.)
         public var maxMessageBytes = 256 << 20
+        /// Bytes of weights this host streams per second (measured at start; Hello reports it, nil: unmeasured).
+        public var readRate: Double?
         public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
             self.name = name
             self.endpoint = endpoint
@@ -230,6 +232,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         h.listenEndpoint = options.endpoint
         h.memoryBudget = UInt64(options.memory)
         h.cores = UInt32(ProcessInfo.processInfo.activeProcessorCount)
+        h.readBytesPerSecond = options.readRate ?? 0
         if let m = ownModel ?? shared.withLock({ $0.fetched }) {
             h.hasModel_p = true
             h.modelMetadataSha256 = Data(m.sha)

@@ -150,7 +150,17 @@ struct BenchCluster: ParsableCommand {
         let localMs = perLayer(localS), waitMs = perLayer(waitS)
         let serveMs = served > 0 ? serveS / served * 1000 : 0
         let wireMs = remoteLayers > 0 ? max(0, localMs + waitMs - serveMs) : 0
-        let limit = try Self.limit(model: model.model, cluster: clusterFile, singleTokS: single.decodeTokensPerSecond,
+        // The plan the coordinator made: the file's workers with the rates and round trips it measured.
+        let measured = ClusterFile(coordinator: clusterFile.coordinator, workers: clusterFile.workers.map { w in
+            var w = w
+            if let s = after.workers.first(where: { $0.name == w.name }) {
+                w = w.with(memory: min(w.memory, Int(clamping: s.memoryBudget)))
+                if s.readBytesPerSecond > 0 { w.readRate = s.readBytesPerSecond }
+                if s.roundTripS > 0 { w.roundTrip = s.roundTripS }
+            }
+            return w
+        })
+        let limit = try Self.limit(model: model.model, cluster: measured, singleTokS: single.decodeTokensPerSecond,
                                    wireSecondsPerToken: remoteLayers / tokens * wireMs / 1000)
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
         if json {
@@ -169,6 +179,9 @@ struct BenchCluster: ParsableCommand {
                 ("wire_ms_per_layer", .double(round3(wireMs))),
                 ("limit_bytes_tok_s", .double(round3(limit.bytes))), ("limit_tok_s", .double(round3(limit.withWire))),
                 ("fraction_of_limit", .double(round3(out.decodeTokS / max(1e-9, limit.withWire)))),
+                ("plan_expected_speedup", .double(round3(limit.expected))),
+                ("workers", .array(after.workers.map { w in .object([("name", .string(w.name)), ("experts", .int(Int(w.experts))),
+                    ("read_gbps", .double(round3(w.readBytesPerSecond / 1e9))), ("round_trip_ms", .double(round3(w.roundTripS * 1000)))]) })),
             ]).render())
         } else {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
@@ -178,6 +191,8 @@ struct BenchCluster: ParsableCommand {
             if remoteLayers > 0 {
                 print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
             }
+            print("plan: " + after.workers.map { "\($0.name) \($0.experts) experts (\(fixed($0.readBytesPerSecond / 1e9, 1)) GB/s, round trip \(fixed($0.roundTripS * 1000, 3)) ms)" }.joined(separator: ", ")
+                  + "; it expects \(fixed(limit.expected, 2))× one host")
             print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token, \(fixed(bytesPerCall, 1)) per call (per layer per remote worker; a Q8_0 row is \(q8Row))")
         }
@@ -212,7 +227,7 @@ struct BenchCluster: ParsableCommand {
     /// process read them (`singleTokS`): the layers' other weights and the head are read by their stage, one
     /// after another; a layer's experts by their holders at once, so the layer waits for the one holding the
     /// largest share (random routing: shares of the experts). Then the wire's own time per token on top.
-    static func limit(model: String, cluster: ClusterFile, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, why: String) {
+    static func limit(model: String, cluster: ClusterFile, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, expected: Double, why: String) {
         let file = try GGUFFile(path: model)
         let config = try ModelConfig(file: file)
         let f = ModelFootprint(file: file, config: config, context: 0)
@@ -221,7 +236,7 @@ struct BenchCluster: ParsableCommand {
         let bytesTokS = singleTokS * estimate.speedup
         let withWire = 1 / (1 / max(1e-9, bytesTokS) + wireSecondsPerToken)
         let mb = { (x: Double) in fixed(x / 1e6, 1) }
-        return (bytesTokS, withWire, "\(mb(estimate.stageBytes)) MB of attention and head, then \(mb(estimate.busiestExpertBytes)) of the \(mb(estimate.expertBytes)) MB of experts on the busiest holder")
+        return (bytesTokS, withWire, estimate.expectedSpeedup, "\(mb(estimate.stageBytes)) MB of attention and head, then \(mb(estimate.busiestExpertBytes)) of the \(mb(estimate.expertBytes)) MB of experts on the busiest holder")
     }
 
     func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {

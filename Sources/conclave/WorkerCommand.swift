@@ -83,10 +83,18 @@ struct WorkerCommand: AsyncParsableCommand {
             printError("error: cannot listen on \(listen): \(error)")
             throw ExitCode(1)
         }
+        // How fast this host streams quantized weights (about 0.1 s): the coordinator splits expert-parallel
+        // layers so that each worker's share takes the same time.
+        var options = WorkerService.Options(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir)
+        if let rate = try? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: threads),
+                                              totalBytes: 32 << 20, minSeconds: 0.05) {
+            options.readRate = rate.gbps * 1e9
+            printError("[\(label)] reads Q4_0 weights at \(String(format: "%.1f", rate.gbps)) GB/s with \(threads) threads")
+        }
         let service: WorkerService
         do {
             service = try WorkerService(
-                options: .init(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir),
+                options: options,
                 router: socket, transports: transports,
                 log: { printError("[\(label)] \($0)") })
         } catch {

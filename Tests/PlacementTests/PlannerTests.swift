@@ -124,6 +124,48 @@ struct PlannerTests {
         #expect(try Planner.plan(f, cluster: cluster([(1_900, .any), (10_000, .experts)])) == tight)
     }
 
+    /// With measured rates and round trips, a split layer's experts are shared so that a token's expected time
+    /// is even: a remote expert costs the call too, so the stage worker keeps more; a slow helper takes fewer;
+    /// never beyond memory; the same inputs give the same plan.
+    @Test func expertParallelLayersAreBalancedForTime() throws {
+        // 8 experts of 50 bytes, 2 used per token: one expert held costs 2/8 · 50 / rate seconds per token.
+        let f = ModelFootprint(layerBytes: Array(repeating: 100, count: 8), expertBytes: Array(repeating: 50, count: 8),
+                               expertCount: 8, embeddingBytes: 300, headBytes: 300, expertsUsed: 2)
+        func measured(rates: [Double], trips: [Double?], memory: [Int] = [10_000, 10_000]) -> ClusterFile {
+            var c = cluster([(memory[0], .any), (memory[1], .experts)])
+            c = ClusterFile(coordinator: c.coordinator, workers: c.workers.enumerated().map { i, w in
+                var w = w
+                w.readRate = rates[i]
+                w.roundTrip = trips[i]
+                return w
+            })
+            return c
+        }
+        func owned(_ p: Plan) -> [Int] { (0..<8).map { l in p.experts[l].filter { $0 == 0 }.count } }
+        // No round trip, equal rates: half each, as by speed.
+        #expect(owned(try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, nil]))) == Array(repeating: 4, count: 8))
+        // A round trip worth 3.6 experts' time (12.5 per expert at rate 1): the helper's share costs the trip as
+        // well, so the stage worker takes 6 (6 · 12.5 = 75 against 45 + 2 · 12.5 = 70; 5 local would leave 82.5).
+        let trip = try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, 45]))
+        checkInvariants(trip, f)
+        #expect(owned(trip) == Array(repeating: 6, count: 8))
+        // A round trip longer than all the layer's experts take: the stage worker keeps them all.
+        #expect(owned(try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, 1_000]))) == Array(repeating: 8, count: 8))
+        // A helper three times as fast and no trip: it takes 6 of 8.
+        #expect(owned(try Planner.plan(f, cluster: measured(rates: [1, 3], trips: [nil, nil]))) == Array(repeating: 2, count: 8))
+        // The stage worker's memory caps its share whatever the balance asks (1 900 - 1 400 = ten experts).
+        let tight = try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, 1_000], memory: [1_900, 10_000]))
+        checkInvariants(tight, f)
+        #expect(owned(tight).reduce(0, +) <= 10)
+        #expect(try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, 45])) == trip)
+        // The estimate: stages 1 100 at rate 1, then per layer the slower of 6/8 · 100 here and 45 + 2/8 · 100
+        // there: 1 100 + 8 · 75 against one host's 1 900. (Halves would take 1 100 + 8 · 95: 1.02×.)
+        let e = DecodeEstimate(plan: trip, weights: f, expertsUsed: 2)
+        let expected: [Double] = [1_700, 560]
+        #expect(e.secondsPerWorker == expected)
+        #expect(abs(e.expectedSpeedup - 1_900.0 / 1_700) < 1e-9)
+    }
+
     /// The decode bound a plan allows: stages read their layers in turn, each layer waits for its busiest holder.
     @Test func decodeEstimateOfASplitPlan() throws {
         let f = footprint()  // 8 layers of 100, experts of 50, head 300

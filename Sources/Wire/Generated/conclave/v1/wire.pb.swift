@@ -332,6 +332,10 @@ public nonisolated struct Conclave_V1_Hello: Sendable {
   /// SHA-256 of the model file's header, metadata and tensor table (empty when it has no model).
   public var modelMetadataSha256: Data = Data()
 
+  /// Bytes of Q4_0 weights the worker streams per second through a matrix-vector product, measured once at
+  /// start with its threads (0: not measured); the planner splits expert-parallel layers by it.
+  public var readBytesPerSecond: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -765,6 +769,12 @@ public nonisolated struct Conclave_V1_WorkerStatus: Sendable {
   public var heartbeatAgeS: Double = 0
 
   public var metrics: [Conclave_V1_MetricSample] = []
+
+  /// What the plan assumed of it: the read rate it measured at start (Hello) and the round trip the coordinator
+  /// measured to it, in seconds (0: not measured).
+  public var readBytesPerSecond: Double = 0
+
+  public var roundTripS: Double = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1313,7 +1323,7 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_name\0\u{3}listen_endpoint\0\u{3}memory_budget\0\u{1}cores\0\u{3}has_model\0\u{3}model_metadata_sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_name\0\u{3}listen_endpoint\0\u{3}memory_budget\0\u{1}cores\0\u{3}has_model\0\u{3}model_metadata_sha256\0\u{3}read_bytes_per_second\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1327,6 +1337,7 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.cores) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.hasModel_p) }()
       case 6: try { try decoder.decodeSingularBytesField(value: &self.modelMetadataSha256) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.readBytesPerSecond) }()
       default: break
       }
     }
@@ -1351,6 +1362,9 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if !self.modelMetadataSha256.isEmpty {
       try visitor.visitSingularBytesField(value: self.modelMetadataSha256, fieldNumber: 6)
     }
+    if self.readBytesPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.readBytesPerSecond, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1361,6 +1375,7 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.cores != rhs.cores {return false}
     if lhs.hasModel_p != rhs.hasModel_p {return false}
     if lhs.modelMetadataSha256 != rhs.modelMetadataSha256 {return false}
+    if lhs.readBytesPerSecond != rhs.readBytesPerSecond {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2256,7 +2271,7 @@ nonisolated extension Conclave_V1_StatusQuery: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{4}\u{6}heartbeat_age_s\0\u{2}\u{5}metrics\0\u{c}\u{9}\u{5}\u{c}\u{f}\u{4}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{4}\u{6}heartbeat_age_s\0\u{2}\u{5}metrics\0\u{3}read_bytes_per_second\0\u{3}round_trip_s\0\u{c}\u{9}\u{5}\u{c}\u{f}\u{4}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2274,6 +2289,8 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
       case 14: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatAgeS) }()
       case 19: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      case 20: try { try decoder.decodeSingularDoubleField(value: &self.readBytesPerSecond) }()
+      case 21: try { try decoder.decodeSingularDoubleField(value: &self.roundTripS) }()
       default: break
       }
     }
@@ -2310,6 +2327,12 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
     if !self.metrics.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 19)
     }
+    if self.readBytesPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.readBytesPerSecond, fieldNumber: 20)
+    }
+    if self.roundTripS.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.roundTripS, fieldNumber: 21)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2324,6 +2347,8 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.residentBytes != rhs.residentBytes {return false}
     if lhs.heartbeatAgeS != rhs.heartbeatAgeS {return false}
     if lhs.metrics != rhs.metrics {return false}
+    if lhs.readBytesPerSecond != rhs.readBytesPerSecond {return false}
+    if lhs.roundTripS != rhs.roundTripS {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
