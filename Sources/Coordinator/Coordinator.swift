@@ -165,7 +165,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         let (hello, roundTrip) = link.info.withLock { ($0.hello, $0.roundTrip) }
         let reported = Int(clamping: hello?.memoryBudget ?? 0)
         var w = reported > 0 && reported < link.worker.memory ? link.worker.with(memory: reported) : link.worker
-        if let rate = hello?.readBytesPerSecond, rate.isFinite, rate > 0 { w.readRate = rate }
+        // Workers that share one host share its memory bus, and they measured at the same moment, each slowing
+        // the others: their rates say nothing about each other, so a loopback cluster splits by `speed:` alone.
+        if !cluster.loopbackOnly, let rate = hello?.readBytesPerSecond, rate.isFinite, rate > 0 { w.readRate = rate }
         w.roundTrip = roundTrip
         return w
     }

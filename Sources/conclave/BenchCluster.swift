@@ -31,7 +31,25 @@ struct BenchCluster: ParsableCommand {
     @Option(help: "Micro-batches the coordinator keeps in flight (default: one per stage).") var microBatches: Int?
     @Flag(help: "Authenticate the cluster with fresh CurveZMQ keys (in a temporary directory): run once with and once without to measure the overhead.")
     var curve = false
+    @Option(help: "Placements to measure, comma-separated, each with the cluster file's workers (endpoints, memory, speed): file (as the file says), pipeline (every worker a stage, experts with their layers), expert (the first worker runs every layer, the others hold experts), both (half the workers stages, the rest experts; needs 3 or more), all (the last three).")
+    var modes = "file"
     @Flag(help: "Print JSON.") var json = false
+
+    enum Mode: String, CaseIterable { case file, pipeline, expert, both }
+
+    /// The cluster file's workers in the roles a mode gives them; nil when the mode needs more workers.
+    static func cluster(_ f: ClusterFile, mode: Mode) -> ClusterFile? {
+        let n = f.active.workers.count
+        func roles(_ role: (Int) -> ClusterFile.Role) -> ClusterFile {
+            ClusterFile(coordinator: f.coordinator, workers: f.active.workers.enumerated().map { i, w in w.with(role: role(i)) })
+        }
+        switch mode {
+        case .file: return f
+        case .pipeline: return n >= 2 ? roles { _ in .any } : nil
+        case .expert: return n >= 2 ? roles { $0 == 0 ? .any : .experts } : nil
+        case .both: return n >= 3 ? roles { $0 < (n + 1) / 2 ? .any : .experts } : nil
+        }
+    }
 
     func run() throws {
         var clusterFile: ClusterFile
@@ -57,9 +75,42 @@ struct BenchCluster: ParsableCommand {
         }
         printError("single process: \(fixed(single.decodeTokensPerSecond, 1)) tok/s decode (\(single.generatedTokens) tokens, \(model.threads) threads)")
 
+        var chosen: [Mode] = []
+        for m in modes.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            if m == "all" { chosen += [.pipeline, .expert, .both]; continue }
+            guard let mode = Mode(rawValue: m) else {
+                printError("error: unknown mode '\(m)' in --modes; use file, pipeline, expert, both or all")
+                throw ExitCode(1)
+            }
+            chosen.append(mode)
+        }
+        var reports: [JSON] = []
+        for mode in chosen {
+            guard let file = Self.cluster(clusterFile, mode: mode) else {
+                printError("mode \(mode.rawValue): skipped, the cluster file has too few workers (\(clusterFile.active.workers.count))")
+                continue
+            }
+            if !json && chosen.count > 1 { print("== \(mode.rawValue) ==") }
+            let report = try measure(file, mode: mode, engine: engine, single: single, singleText: singleText, params: params, prompt: prompt)
+            reports.append(.object([("mode", .string(mode.rawValue))] + report))
+        }
+        if json { print((reports.count == 1 ? reports[0] : JSON.object([("modes", .array(reports))])).render()) }
+    }
+
+    /// Starts `clusterFile`'s workers and a coordinator, generates through them and reports (JSON fields; the
+    /// text form is printed here).
+    func measure(_ clusterFile: ClusterFile, mode: Mode, engine: Engine, single: Engine.GenerationStats, singleText: [UInt8],
+                 params: SamplingParams, prompt: String) throws -> [(String, JSON)] {
+        var clusterFile = clusterFile
+
         // 2. The cluster: workers and a coordinator as child processes (with --curve, the same cluster with
         // fresh keys for everyone, written with the keys to a directory of this run).
         var clusterPath = cluster, keyDir: String?, security = SocketSecurity.none
+        if mode != .file {
+            clusterPath = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-bench-\(mode.rawValue)-\(getpid()).yaml").path
+            try clusterFile.yaml.write(toFile: clusterPath, atomically: true, encoding: .utf8)
+        }
+        defer { if mode != .file { try? FileManager.default.removeItem(atPath: clusterPath) } }
         if curve {
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-bench-keys-\(getpid())").path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -155,7 +206,8 @@ struct BenchCluster: ParsableCommand {
             var w = w
             if let s = after.workers.first(where: { $0.name == w.name }) {
                 w = w.with(memory: min(w.memory, Int(clamping: s.memoryBudget)))
-                if s.readBytesPerSecond > 0 { w.readRate = s.readBytesPerSecond }
+                // Rates measured on one host are not used for the plan (see Coordinator.budgeted); round trips are.
+                if s.readBytesPerSecond > 0 && !clusterFile.loopbackOnly { w.readRate = s.readBytesPerSecond }
                 if s.roundTripS > 0 { w.roundTrip = s.roundTripS }
             }
             return w
@@ -163,8 +215,7 @@ struct BenchCluster: ParsableCommand {
         let limit = try Self.limit(model: model.model, cluster: measured, singleTokS: single.decodeTokensPerSecond,
                                    wireSecondsPerToken: remoteLayers / tokens * wireMs / 1000)
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
-        if json {
-            print(JSON.object([
+        let fields: [(String, JSON)] = [
                 ("single_decode_tok_s", .double(round3(single.decodeTokensPerSecond))), ("distributed_decode_tok_s", .double(round3(out.decodeTokS))),
                 ("ratio", .double(round3(ratio))), ("threads", .int(model.threads)), ("stages", .int(stageNames.count)), ("hops", .int(hops)),
                 ("per_hop_latency_ms", .double(round3(hopMs))), ("wire_bytes_per_token_per_hop", .double(round3(bytesPerHop))),
@@ -182,8 +233,8 @@ struct BenchCluster: ParsableCommand {
                 ("plan_expected_speedup", .double(round3(limit.expected))),
                 ("workers", .array(after.workers.map { w in .object([("name", .string(w.name)), ("experts", .int(Int(w.experts))),
                     ("read_gbps", .double(round3(w.readBytesPerSecond / 1e9))), ("round_trip_ms", .double(round3(w.roundTripS * 1000)))]) })),
-            ]).render())
-        } else {
+            ]
+        if !json {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
             if let concurrent {
                 print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)")
@@ -196,6 +247,7 @@ struct BenchCluster: ParsableCommand {
             print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token, \(fixed(bytesPerCall, 1)) per call (per layer per remote worker; a Q8_0 row is \(q8Row))")
         }
+        return fields
     }
 
     /// `sequences` generations of `gen` tokens at once, each from its own client; generated tokens per second of

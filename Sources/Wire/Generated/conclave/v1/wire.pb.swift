@@ -770,8 +770,8 @@ public nonisolated struct Conclave_V1_WorkerStatus: Sendable {
 
   public var metrics: [Conclave_V1_MetricSample] = []
 
-  /// What the plan assumed of it: the read rate it measured at start (Hello) and the round trip the coordinator
-  /// measured to it, in seconds (0: not measured).
+  /// The read rate it measured at start (Hello; the plan uses it unless every endpoint is on one host) and the
+  /// round trip the coordinator measured to it, in seconds (0: not measured).
   public var readBytesPerSecond: Double = 0
 
   public var roundTripS: Double = 0
