@@ -31,6 +31,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         /// Most rows in one step (llama.cpp's n_ubatch): a longer prompt goes in chunks of this many tokens,
         /// which follow each other down the pipeline.
         public var maxBatch = 512
+        /// How often a token chooses each expert per layer (a routing trace's `expertUse`): the plan spreads the
+        /// hot experts over a split layer's workers and pages the cold ones first. Nil: uniform.
+        public var expertUse: [[Double]]?
         public init(contextLength: Int? = nil, workerThreads: Int) {
             self.contextLength = contextLength
             self.workerThreads = workerThreads
@@ -76,7 +79,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
         contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
-        footprint = ModelFootprint(file: file, config: config, context: contextLength)
+        var footprint = ModelFootprint(file: file, config: config, context: contextLength)
+        footprint.expertUse = options.expertUse
+        self.footprint = footprint
         let initial = try Planner.plan(footprint, cluster: cluster)
         planState = Mutex(initial)
         self.cluster = cluster

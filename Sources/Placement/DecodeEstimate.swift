@@ -1,8 +1,8 @@
 /// What a plan allows one decoding stream when a token is bound by the bytes it reads (decode on CPUs is):
 /// each stage reads its layers' attention, norms and router and, last, the head, one stage after another; a
 /// layer's experts are read by their holders at once, so the layer waits for the holder with the largest share
-/// (routing taken as uniform: a holder's share of a layer's experts is its share of that layer's reads). Wire
-/// time comes on top; `conclave bench cluster` measures it.
+/// (a holder's share of a layer's reads is how often tokens choose its experts: `ModelFootprint.use`, uniform
+/// without a routing trace). Wire time comes on top; `conclave bench cluster` measures it.
 public struct DecodeEstimate: Sendable, Equatable {
     /// Bytes of weights a token reads, per worker of the plan.
     public let bytesPerWorker: [Double]
@@ -26,9 +26,9 @@ public struct DecodeEstimate: Sendable, Equatable {
     /// One host's time over the plan's, at the same bandwidth: (stage + experts) ÷ (stage + busiest).
     public var speedup: Double { (stageBytes + expertBytes) / max(1, stageBytes + busiestExpertBytes) }
 
-    /// `weights`: the footprint without KV (context 0), so that only weights count; `expertsUsed`: experts per token.
-    public init(plan: Plan, weights f: ModelFootprint, expertsUsed: Int) {
-        let used = Double(max(1, expertsUsed))
+    /// `weights`: the footprint without KV (context 0), so that only weights count, with the routing trace's
+    /// expert use if there is one.
+    public init(plan: Plan, weights f: ModelFootprint) {
         let rate = plan.workers.map(\.effectiveReadRate)
         var perWorker = [Double](repeating: 0, count: plan.workers.count)
         var time = [Double](repeating: 0, count: plan.workers.count)
@@ -45,20 +45,19 @@ public struct DecodeEstimate: Sendable, Equatable {
             stage += b
         }
         for l in 0..<min(f.layerCount, plan.experts.count) where f.expertCount > 0 {
-            let layer = used * Double(f.expertBytes[l])
-            experts += layer
-            var counts = [Int](repeating: 0, count: plan.workers.count)
-            for w in plan.experts[l] where w >= 0 { counts[w] += 1 }
+            let size = Double(f.expertBytes[l])
+            var share = [Double](repeating: 0, count: plan.workers.count)
+            for (e, w) in plan.experts[l].enumerated() where w >= 0 { share[w] += f.use(layer: l, expert: e) * size }
+            experts += share.reduce(0, +)
             var slowest = 0.0
-            for (w, c) in counts.enumerated() where c > 0 {
-                let bytes = layer * Double(c) / Double(f.expertCount)
+            for (w, bytes) in share.enumerated() where plan.experts[l].contains(w) {
                 perWorker[w] += bytes
                 let t = bytes / rate[w] + (w == stageOf[l] ? 0 : plan.workers[w].roundTrip ?? 0)
                 time[w] += t
                 slowest = max(slowest, t)
             }
             total += slowest
-            busiest += layer * Double(counts.max() ?? 0) / Double(f.expertCount)
+            busiest += share.max() ?? 0
         }
         bytesPerWorker = perWorker
         stageBytes = stage

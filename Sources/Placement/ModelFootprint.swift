@@ -23,6 +23,16 @@ public struct ModelFootprint: Sendable, Equatable {
     public let expertScratchBytes: Int
     /// Experts a token is routed to per layer.
     public let expertsUsed: Int
+    /// How often a token chooses each expert, per layer (`RoutingTrace.expertUse`, from `conclave trace-experts`):
+    /// the planner spreads the hot experts over a split layer's workers and pages the cold ones first. Nil, or a
+    /// layer's empty row: every expert equally (`expertsUsed ÷ expertCount`).
+    public var expertUse: [[Double]]?
+
+    /// How often a token chooses expert `e` of layer `l`.
+    public func use(layer l: Int, expert e: Int) -> Double {
+        if let use = expertUse, l < use.count, use[l].count == expertCount { return use[l][e] }
+        return Double(expertsUsed) / Double(max(1, expertCount))
+    }
 
     public init(layerBytes: [Int], expertBytes: [Int], expertCount: Int, embeddingBytes: Int, headBytes: Int,
                 slotBytes: Int? = nil, minSlots: Int = 4, stageScratchBytes: Int = 0, expertScratchBytes: Int = 0, expertsUsed: Int? = nil) {

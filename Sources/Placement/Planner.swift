@@ -50,6 +50,7 @@ public enum Planner {
         let scratch = stageCount * model.stageScratchBytes + workers.filter { $0.role != .stage }.count * model.expertScratchBytes
         let offload = model.totalBytes + scratch > capacity && E > 0
         let reserve = model.minSlots * model.slotBytes
+        let use = (0..<L).map { l in (0..<E).map { model.use(layer: l, expert: $0) } }
 
         // 1. Layers: contiguous ranges over the stage-capable workers, sized by their budgets.
         let stageWorkers = workers.indices.filter { workers[$0].role != .experts }
@@ -122,24 +123,21 @@ public enum Planner {
             let group = !helpers.isEmpty && workers[owner].role == .any ? [owner] + helpers : []
             for l in s.layers {
                 let size = model.expertBytes[l]
-                // Targets of a split layer: even expected time per token, no more than the memory left for this many layers.
-                var target = [Int: Int]()
+                // A split layer: each expert's member, for even expected time per token, within the memory left for
+                // this many layers.
+                var member = [Int](repeating: -1, count: E)
                 if !group.isEmpty {
                     let room = Dictionary(uniqueKeysWithValues: group.map { w in
                         (w, size > 0 ? max(0, free(w)) / size / max(1, splitLayersLeft[w]) : E)
                     })
-                    target = Self.split(experts: E, among: group, owner: owner, room: room, secondsPerExpert: { w in
-                        Double(model.expertsUsed) / Double(E) * Double(size) / workers[w].effectiveReadRate
+                    member = Self.split(use: use[l], among: group, room: room, secondsPerUse: { w in
+                        Double(size) / workers[w].effectiveReadRate
                     }, roundTrip: { w in w == owner ? 0 : workers[w].roundTrip ?? 0 })
                     for w in group { splitLayersLeft[w] -= 1 }
                 }
-                var given = [Int: Int]()
-                for e in 0..<E {
-                    // A split layer: the group member furthest below its target, with room.
-                    var pick = -1
-                    for w in group where size <= free(w) && given[w, default: 0] < target[w, default: 0] {
-                        if pick < 0 || target[w]! - given[w, default: 0] > target[pick]! - given[pick, default: 0] { pick = w }
-                    }
+                // The most used experts first: they get the memory, the least used are paged when it runs out.
+                for e in (0..<E).sorted(by: { (-use[l][$0], $0) < (-use[l][$1], $1) }) {
+                    var pick = member[e] >= 0 && size <= free(member[e]) ? member[e] : -1
                     // A layer that is not split: its stage worker while it has room ('stage' workers hold layers only).
                     if pick < 0, group.isEmpty, workers[owner].role == .any, size <= free(owner) { pick = owner }
                     if pick < 0 {
@@ -156,7 +154,6 @@ public enum Planner {
                         continue
                     }
                     experts[l][e] = pick
-                    given[pick, default: 0] += 1
                     used[pick] += size
                 }
             }
@@ -189,25 +186,30 @@ public enum Planner {
         return Plan(workers: workers, stages: stages, experts: experts, bytes: used, paged: paged, slots: slots)
     }
 
-    /// How many of a split layer's `experts` each member of `among` takes so that a token's expected time in the
-    /// layer is even: a member's time is its round trip (none for the `owner`, which runs the layer) plus its
-    /// experts' share of the token's reads at its rate (`secondsPerExpert`, per expert held). Experts go one at a
-    /// time to the member that would finish first with it (optimal for equal experts on members of different
-    /// speeds), never beyond a member's `room`. Without round trips this is the split in proportion to rates;
-    /// with them, the owner takes more, as a remote expert costs the call as well.
-    static func split(experts E: Int, among group: [Int], owner: Int, room: [Int: Int],
-                      secondsPerExpert: (Int) -> Double, roundTrip: (Int) -> Double) -> [Int: Int] {
-        var n = Dictionary(uniqueKeysWithValues: group.map { ($0, 0) })
-        for _ in 0..<E {
+    /// Which member of `among` computes each of a split layer's experts so that a token's expected time in the
+    /// layer is even: a member's time is its round trip (none for the layer's own worker) plus, for each expert it
+    /// holds, how often a token uses it (`use`) times the seconds to read it at its rate (`secondsPerUse`). The
+    /// most used experts go first, each to the member that would finish first with it (longest processing time
+    /// first), never beyond a member's `room` (-1: nobody had room). With uniform use and no round trips this is
+    /// the split in proportion to rates; with round trips the owner keeps more, as a remote expert costs the call
+    /// as well; with a routing trace the hot experts are spread and the cold ones fill in.
+    static func split(use: [Double], among group: [Int], room: [Int: Int],
+                      secondsPerUse: (Int) -> Double, roundTrip: (Int) -> Double) -> [Int] {
+        var count = Dictionary(uniqueKeysWithValues: group.map { ($0, 0) })
+        var time = Dictionary(uniqueKeysWithValues: group.map { ($0, roundTrip($0)) })
+        var member = [Int](repeating: -1, count: use.count)
+        for e in use.indices.sorted(by: { (-use[$0], $0) < (-use[$1], $1) }) {
             var best = -1, bestTime = Double.infinity
-            for w in group where n[w]! < room[w, default: 0] {
-                let t = roundTrip(w) + Double(n[w]! + 1) * secondsPerExpert(w)
+            for w in group where count[w]! < room[w, default: 0] {
+                let t = time[w]! + use[e] * secondsPerUse(w)
                 if t < bestTime - 1e-15 { best = w; bestTime = t }
             }
-            guard best >= 0 else { break }
-            n[best]! += 1
+            guard best >= 0 else { continue }
+            member[e] = best
+            count[best]! += 1
+            time[best] = bestTime
         }
-        return n
+        return member
     }
 
     static func human(_ n: Int) -> String {

@@ -33,6 +33,8 @@ struct BenchCluster: ParsableCommand {
     var curve = false
     @Option(help: "Placements to measure, comma-separated, each with the cluster file's workers (endpoints, memory, speed): file (as the file says), pipeline (every worker a stage, experts with their layers), expert (the first worker runs every layer, the others hold experts), both (half the workers stages, the rest experts; needs 3 or more), all (the last three).")
     var modes = "file"
+    @Option(help: "A routing trace (from `conclave trace-experts`) the coordinator plans with and the expected speedup counts (default: uniform routing).")
+    var trace: String?
     @Flag(help: "Print JSON.") var json = false
 
     enum Mode: String, CaseIterable { case file, pipeline, expert, both }
@@ -127,6 +129,7 @@ struct BenchCluster: ParsableCommand {
         coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         coordinator.arguments = ["serve", "-m", model.model, "--cluster", clusterPath, "--threads", String(model.threads)]
             + (microBatches.map { ["--micro-batches", String($0)] } ?? []) + (keyDir.map { ["--key-dir", $0] } ?? [])
+            + (trace.map { ["--trace", $0] } ?? [])
         let errors = Pipe()
         coordinator.standardError = errors
         try coordinator.run()
@@ -212,7 +215,7 @@ struct BenchCluster: ParsableCommand {
             }
             return w
         })
-        let limit = try Self.limit(model: model.model, cluster: measured, singleTokS: single.decodeTokensPerSecond,
+        let limit = try Self.limit(model: model.model, cluster: measured, trace: trace, singleTokS: single.decodeTokensPerSecond,
                                    wireSecondsPerToken: remoteLayers / tokens * wireMs / 1000)
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
         let fields: [(String, JSON)] = [
@@ -279,12 +282,16 @@ struct BenchCluster: ParsableCommand {
     /// process read them (`singleTokS`): the layers' other weights and the head are read by their stage, one
     /// after another; a layer's experts by their holders at once, so the layer waits for the one holding the
     /// largest share (random routing: shares of the experts). Then the wire's own time per token on top.
-    static func limit(model: String, cluster: ClusterFile, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, expected: Double, why: String) {
+    static func limit(model: String, cluster: ClusterFile, trace: String?, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, expected: Double, why: String) {
         let file = try GGUFFile(path: model)
         let config = try ModelConfig(file: file)
-        let f = ModelFootprint(file: file, config: config, context: 0)
-        let plan = try Planner.plan(ModelFootprint(file: file, config: config, context: 512), cluster: cluster)
-        let estimate = DecodeEstimate(plan: plan, weights: f, expertsUsed: config.expertsUsed)
+        let use = try trace.map { try RoutingTraceFile.read($0).expertUse(layers: config.layerCount, experts: config.expertCount) }
+        var f = ModelFootprint(file: file, config: config, context: 0)
+        f.expertUse = use
+        var planned = ModelFootprint(file: file, config: config, context: 512)
+        planned.expertUse = use
+        let plan = try Planner.plan(planned, cluster: cluster)
+        let estimate = DecodeEstimate(plan: plan, weights: f)
         let bytesTokS = singleTokS * estimate.speedup
         let withWire = 1 / (1 / max(1e-9, bytesTokS) + wireSecondsPerToken)
         let mb = { (x: Double) in fixed(x / 1e6, 1) }

@@ -17,13 +17,19 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Sequences served at once (KV caches per layer).") var sequences = 1
     @Option(help: "Bytes of weights each worker reads per second, in GB/s, times its 'speed:' (default: this host, measured in about 0.1 s with one thread; a coordinator uses what each worker measured).") var readRateGbps: Double?
     @Option(help: "An expert call's round trip in milliseconds (a coordinator measures each worker's; 0.25 is loopback on a small VM, a LAN is often 0.05-0.2).") var roundTripMs = 0.25
+    @Option(help: "A routing trace (from `conclave trace-experts`): split layers spread their most used experts first, the least used are paged first, and the expected times count how often each expert is chosen (default: uniform routing).")
+    var trace: String?
     @Flag(help: "Print the plan as JSON.") var json = false
 
     func run() throws {
         let file = try openGGUF(model)
         do {
             let config = try ModelConfig(file: file)
-            let footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences)
+            let use = try trace.map { try RoutingTraceFile.read($0).expertUse(layers: config.layerCount, experts: config.expertCount) }
+            var footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences)
+            footprint.expertUse = use
+            var weights = ModelFootprint(file: file, config: config, context: 0)
+            weights.expertUse = use
             guard roundTripMs >= 0, roundTripMs.isFinite, (readRateGbps ?? 1) > 0 else {
                 throw ValidationError("--round-trip-ms must be 0 or more and --read-rate-gbps above 0")
             }
@@ -37,7 +43,7 @@ struct PlanCommand: ParsableCommand {
                 return w
             }
             let plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: clusterFile.coordinator, workers: measured, coordinatorKey: clusterFile.coordinatorKey, clientKeys: clusterFile.clientKeys))
-            let estimate = DecodeEstimate(plan: plan, weights: ModelFootprint(file: file, config: config, context: 0), expertsUsed: config.expertsUsed)
+            let estimate = DecodeEstimate(plan: plan, weights: weights)
             print(json ? PlanReport.json(plan, estimate: estimate).render(indent: 2) : PlanReport.text(plan, footprint: footprint, estimate: estimate))
         } catch {
             printError("error: \(error)")
@@ -79,6 +85,7 @@ enum PlanReport {
             let paged = p.paged.reduce(0) { $0 + $1.filter { $0 }.count }
             lines.append("the cluster's memory holds \(f.layerCount * f.expertCount - paged) experts; \(paged) are paged from the workers' local GGUF through cache slots of \(formatBytes(f.slotBytes))")
         }
+        if f.expertUse != nil { lines.append("routing from the trace: split layers spread their most used experts first; the least used are paged first") }
         lines.append("")
         lines += table(headers: ["worker", "role", "endpoint", "layers", "experts", "planned / budget", "reads / token", "time / token"], rows: rows)
         lines.append("")

@@ -55,6 +55,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
     @OptionGroup var offload: OffloadOptions
+    @Option(help: "A routing trace (from `conclave trace-experts`) to plan with: a layer split over workers spreads its most used experts first, and when the cluster must page, the least used experts are the ones paged.")
+    var trace: String?
     @Option(help: ArgumentHelp("CurveZMQ keys: with --cluster, the coordinator's pair is DIR/coordinator.key_secret (the cluster file lists everyone's public keys); with --local --curve, where fresh keys for the local cluster and a client pair (client.key_secret, coordinator.key) are written.", valueName: "dir"))
     var keyDir: String?
     @Flag(help: "With --local: authenticate the local cluster with fresh CurveZMQ keys (see --key-dir).") var curve = false
@@ -223,6 +225,10 @@ struct ServeCommand: AsyncParsableCommand {
             options.joinTimeout = joinTimeout
             options.microBatches = microBatches
             options.maxBatch = ubatch
+            if let trace {
+                let config = try ModelConfig(file: GGUFFile(path: model))
+                options.expertUse = try RoutingTraceFile.read(trace).expertUse(layers: config.layerCount, experts: config.expertCount)
+            }
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
                                           log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)

@@ -12,7 +12,8 @@ struct TraceExpertsCommand: ParsableCommand {
         Writes one JSON object a line, {"layer": L, "position": P, "experts": [E, …]} (experts in the router's
         order), positions ascending and layers ascending within one. The text runs in chunks of --chunk tokens,
         each from an empty cache as perplexity runs it. `conclave bench offload --trace FILE` replays the trace
-        against each eviction policy and Belady's optimum.
+        against each eviction policy and Belady's optimum; `conclave plan|serve|bench cluster --trace FILE` plan
+        with it (hot experts spread over a split layer's workers, cold ones paged first).
         """
     )
 

@@ -111,6 +111,17 @@ struct CacheSimulatorTests {
         RoutingTrace(events: groups.enumerated().map { RoutingTrace.Event(layer: layer, position: $0.offset, experts: $0.element) })
     }
 
+    /// A trace's expert use: picks ÷ positions per layer, empty for layers it does not cover; refused when it
+    /// names what the model lacks.
+    @Test func expertUseIsPicksPerPosition() throws {
+        let t = RoutingTrace(events: [.init(layer: 0, position: 0, experts: [0, 1]), .init(layer: 0, position: 1, experts: [0, 2]),
+                                      .init(layer: 2, position: 0, experts: [3, 1])])
+        let use = try t.expertUse(layers: 3, experts: 4)
+        #expect(use == [[1, 0.5, 0.5, 0], [], [0, 1, 0, 1]])
+        #expect(throws: ModelError.self) { try t.expertUse(layers: 2, experts: 4) }
+        #expect(throws: ModelError.self) { try t.expertUse(layers: 3, experts: 3) }
+    }
+
     @Test func minIsTheCeilingForEveryPolicyAndSize() throws {
         // A routing trace of the shipped model over the first tokens of the held-out text.
         let tokens = try OffloadTests.tokens(600)

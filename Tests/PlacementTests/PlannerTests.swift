@@ -160,23 +160,54 @@ struct PlannerTests {
         #expect(try Planner.plan(f, cluster: measured(rates: [1, 1], trips: [nil, 45])) == trip)
         // The estimate: stages 1 100 at rate 1, then per layer the slower of 6/8 · 100 here and 45 + 2/8 · 100
         // there: 1 100 + 8 · 75 against one host's 1 900. (Halves would take 1 100 + 8 · 95: 1.02×.)
-        let e = DecodeEstimate(plan: trip, weights: f, expertsUsed: 2)
+        let e = DecodeEstimate(plan: trip, weights: f)
         let expected: [Double] = [1_700, 560]
         #expect(e.secondsPerWorker == expected)
         #expect(abs(e.expectedSpeedup - 1_900.0 / 1_700) < 1e-9)
+    }
+
+    /// Given how often each expert is chosen (a routing trace), a split layer's hot experts are spread so the
+    /// expected time is even (not the expert count), the estimate counts the skew, and when the cluster must
+    /// page it pages the least used experts.
+    @Test func routingTraceWeightsTheSplitAndThePaging() throws {
+        // Two used per token: expert 0 by every token, expert 1 by 60%, the rest rarely.
+        let skew: [Double] = [1.0, 0.6, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]
+        var f = footprint()
+        f.expertUse = Array(repeating: skew, count: 8)
+        let traced = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)]))
+        checkInvariants(traced, f)
+        // Longest first to whoever finishes first: the stage worker takes expert 0 (1.0), the helper the other seven (1.0).
+        for l in 0..<8 { #expect(traced.experts[l] == [0, 1, 1, 1, 1, 1, 1, 1], "layer \(l): \(traced.experts[l])") }
+        let uniform = try Planner.plan(footprint(), cluster: cluster([(10_000, .any), (10_000, .experts)]))
+        #expect(uniform.experts[0] == [0, 1, 0, 1, 0, 1, 0, 1])
+        // Under the skewed routing the busiest holder reads 1.0 · 50 per layer with the traced plan, 1.2 · 50
+        // (experts 0, 2, 4, 6) with the uniform one.
+        #expect(abs(DecodeEstimate(plan: traced, weights: f).busiestExpertBytes - 400) < 1e-9)
+        #expect(abs(DecodeEstimate(plan: uniform, weights: f).busiestExpertBytes - 480) < 1e-9)
+        #expect(abs(DecodeEstimate(plan: uniform, weights: f).expertBytes - 800) < 1e-9)
+        // Paging: one worker with room for six experts beside its layers and four slots. Layer 0 gets the memory
+        // first; with the trace reversed, experts 0-3 are the least used (0.05 each; ties by index), so 2 and 3 are paged.
+        var cold = footprint()
+        cold.expertUse = Array(repeating: Array(skew.reversed()), count: 8)
+        let paging = try Planner.plan(cold, cluster: cluster([(1_900, .any)]))
+        #expect(paging.offloads)
+        #expect(paging.paged[0] == [false, false, true, true, false, false, false, false], "\(paging.paged[0])")
+        #expect(try Planner.plan(footprint(), cluster: cluster([(1_900, .any)])).paged[0] == [false, false, false, false, false, false, true, true])
+        // Deterministic.
+        #expect(try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)])) == traced)
     }
 
     /// The decode bound a plan allows: stages read their layers in turn, each layer waits for its busiest holder.
     @Test func decodeEstimateOfASplitPlan() throws {
         let f = footprint()  // 8 layers of 100, experts of 50, head 300
         let p = try Planner.plan(f, cluster: cluster([(10_000, .any), (10_000, .experts)]))
-        let e = DecodeEstimate(plan: p, weights: f, expertsUsed: 2)
+        let e = DecodeEstimate(plan: p, weights: f)
         #expect(e.stageBytes == 1_100 && e.expertBytes == 800 && e.busiestExpertBytes == 400)
         #expect(e.bytesPerWorker == [1_500, 400])
         #expect(abs(e.speedup - 1_900.0 / 1_500) < 1e-12)
         // One host holding everything: no speedup.
         let one = try Planner.plan(f, cluster: cluster([(10_000, .any)]))
-        #expect(DecodeEstimate(plan: one, weights: f, expertsUsed: 2).speedup == 1)
+        #expect(DecodeEstimate(plan: one, weights: f).speedup == 1)
     }
 
     @Test func stageRoleHoldsNoExperts() throws {

@@ -24,6 +24,23 @@ public struct RoutingTrace: Sendable, Equatable {
     /// Distinct (layer, expert) pairs the trace uses.
     public var keys: Set<ExpertKey> { Set(events.flatMap { e in e.experts.map { ExpertKey(layer: e.layer, expert: $0) } }) }
 
+    /// How often a token chooses each expert, per layer: its picks ÷ the positions traced in that layer (a row
+    /// sums to the experts used per token). A layer the trace does not cover has an empty row. Throws when the
+    /// trace names a layer or expert the model does not have (a trace of another model).
+    public func expertUse(layers: Int, experts: Int) throws -> [[Double]] {
+        var picks = [[Double]](repeating: [], count: layers)
+        var positions = [Int](repeating: 0, count: layers)
+        for e in events {
+            guard e.layer < layers, e.experts.allSatisfy({ $0 < experts }) else {
+                throw ModelError("the routing trace names layer \(e.layer) experts \(e.experts), but the model has \(layers) layers of \(experts) experts: was it traced on another model?")
+            }
+            if picks[e.layer].isEmpty { picks[e.layer] = [Double](repeating: 0, count: experts) }
+            for x in e.experts { picks[e.layer][x] += 1 }
+            positions[e.layer] += 1
+        }
+        return zip(picks, positions).map { row, n in row.map { $0 / Double(max(1, n)) } }
+    }
+
     /// Runs `tokens` through the model in chunks of `chunk` (each chunk a fresh sequence, as perplexity does)
     /// and records every row's route. Routing is batch-invariant, so this is what token-by-token decode chooses.
     public static func record(file: GGUFFile, threads: Int, tokens: [Int32], chunk: Int,
