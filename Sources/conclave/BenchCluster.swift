@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Generation
 import GGUF
 import Kernels
 import Model
@@ -19,7 +20,9 @@ struct BenchCluster: ParsableCommand {
         and a coordinator, and generates the same tokens through them. Only one stage computes at a time when one
         sequence decodes, so each step uses --threads threads either way. Reports both speeds, their ratio, the
         activation bytes per token per hop and expert-call bytes per token (counted by the workers), and the
-        per-hop latency: (step time − the stages' own step times) / (stages + 1) hops.
+        per-hop latency: (step time − the stages' own step times) / (stages + 1) hops. With --sequences N > 1,
+        N generations at once through the cluster and, for the one-host figure, the same N batched in this process
+        by the scheduler `conclave serve` uses without a cluster.
         """
     )
 
@@ -76,6 +79,8 @@ struct BenchCluster: ParsableCommand {
             return true
         }
         printError("single process: \(fixed(single.decodeTokensPerSecond, 1)) tok/s decode (\(single.generatedTokens) tokens, \(model.threads) threads)")
+        let singleAggregate = sequences > 1 ? try oneProcessAggregate(engine: engine, params: params) : nil
+        if let singleAggregate { printError("single process, \(sequences) sequences at once: \(fixed(singleAggregate, 1)) tok/s in all") }
 
         var chosen: [Mode] = []
         for m in modes.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
@@ -93,7 +98,7 @@ struct BenchCluster: ParsableCommand {
                 continue
             }
             if !json && chosen.count > 1 { print("== \(mode.rawValue) ==") }
-            let report = try measure(file, mode: mode, engine: engine, single: single, singleText: singleText, params: params, prompt: prompt)
+            let report = try measure(file, mode: mode, engine: engine, single: single, singleAggregate: singleAggregate, singleText: singleText, params: params, prompt: prompt)
             reports.append(.object([("mode", .string(mode.rawValue))] + report))
         }
         if json { print((reports.count == 1 ? reports[0] : JSON.object([("modes", .array(reports))])).render()) }
@@ -101,7 +106,7 @@ struct BenchCluster: ParsableCommand {
 
     /// Starts `clusterFile`'s workers and a coordinator, generates through them and reports (JSON fields; the
     /// text form is printed here).
-    func measure(_ clusterFile: ClusterFile, mode: Mode, engine: Engine, single: Engine.GenerationStats, singleText: [UInt8],
+    func measure(_ clusterFile: ClusterFile, mode: Mode, engine: Engine, single: Engine.GenerationStats, singleAggregate: Double?, singleText: [UInt8],
                  params: SamplingParams, prompt: String) throws -> [(String, JSON)] {
         var clusterFile = clusterFile
 
@@ -227,6 +232,7 @@ struct BenchCluster: ParsableCommand {
                 ("expert_calls_per_token", .double(round3(remoteCalls / tokens))),
                 ("identical_text", .bool(text == singleText)), ("curve", .bool(curve)),
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
+                ("single_aggregate_tok_s", .double(round3(singleAggregate ?? 0))),
                 ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
                 ("remote_layers_per_token", .double(round3(remoteLayers / tokens))), ("local_ms_per_layer", .double(round3(localMs))),
                 ("wait_ms_per_layer", .double(round3(waitMs))), ("serve_ms_per_call", .double(round3(serveMs))),
@@ -240,7 +246,8 @@ struct BenchCluster: ParsableCommand {
         if !json {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
             if let concurrent {
-                print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)")
+                print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)"
+                      + (singleAggregate.map { "; one process \(fixed($0, 1)) tok/s (\(fixed(concurrent / max(1e-9, $0), 2))×)" } ?? ""))
             }
             if remoteLayers > 0 {
                 print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
@@ -256,7 +263,7 @@ struct BenchCluster: ParsableCommand {
     /// `sequences` generations of `gen` tokens at once, each from its own client; generated tokens per second of
     /// wall time from the first request to the last answer.
     func aggregate(endpoint: String, security: SocketSecurity, params: SamplingParams) throws -> Double {
-        let prompts = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a red ball", "In the forest", "The sun was hot"]
+        let prompts = Self.prompts
         let total = Mutex(0), failure = Mutex<String?>(nil)
         let t0 = KernelBench.now()
         DispatchQueue.concurrentPerform(iterations: sequences) { i in
@@ -274,6 +281,38 @@ struct BenchCluster: ParsableCommand {
         }
         if let f = failure.withLock({ $0 }) { throw CoordinatorClient.Failure(description: "a concurrent generation failed: \(f)") }
         return Double(total.withLock { $0 }) / (KernelBench.now() - t0)
+    }
+
+    static let prompts = ["Once upon a time", "The little dog", "One day, a girl named Lily", "Tom had a red ball", "In the forest", "The sun was hot"]
+
+    /// The same `sequences` generations in this process, batched by the scheduler `conclave serve` uses without
+    /// a cluster (one step decodes every live sequence): the one-host figure the cluster's aggregate is held to.
+    func oneProcessAggregate(engine: Engine, params: SamplingParams) throws -> Double {
+        let executor = LocalExecutor(engine: engine, capacity: 512, maxSequences: sequences)
+        let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: 512)
+        scheduler.maxSequences = sequences
+        scheduler.start()
+        defer { scheduler.stop(); executor.close() }
+        final class Tally: Sendable { let tokens = Mutex(0), failure = Mutex<String?>(nil) }
+        let tally = Tally()
+        let t0 = KernelBench.now()
+        let streams = (0..<sequences).map { i in
+            scheduler.submit(GenerationRequest(prompt: engine.tokenizer.encode(Self.prompts[i % Self.prompts.count]), maxTokens: gen, sampling: params)).events
+        }
+        let done = DispatchSemaphore(value: 0)
+        for events in streams {
+            Task.detached {
+                do {
+                    for try await e in events { if case .token(.some, _, _) = e { tally.tokens.withLock { $0 += 1 } } }
+                } catch {
+                    tally.failure.withLock { $0 = "\(error)" }
+                }
+                done.signal()
+            }
+        }
+        for _ in streams { done.wait() }
+        if let f = tally.failure.withLock({ $0 }) { throw ModelError("a concurrent generation in one process failed: \(f)") }
+        return Double(tally.tokens.withLock { $0 }) / (KernelBench.now() - t0)
     }
 
     func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }

@@ -24,6 +24,8 @@ import TestSupport
         for m in modes {
             #expect(m["identical_text"] as? Bool == true, "\(m)")
             #expect((m["distributed_decode_tok_s"] as? Double ?? 0) > 0 && (m["aggregate_tok_s"] as? Double ?? 0) > 0, "\(m)")
+            // The one-process aggregate of the same sequences (batched by the in-process scheduler), measured once.
+            #expect((m["single_aggregate_tok_s"] as? Double ?? 0) > 0 && m["single_aggregate_tok_s"] as? Double == modes[0]["single_aggregate_tok_s"] as? Double, "\(m)")
         }
         // Three stages; one stage beside two experts workers; two stages beside one.
         #expect(modes.map { $0["stages"] as? Int } == [3, 1, 2])
