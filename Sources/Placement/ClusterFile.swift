@@ -41,15 +41,10 @@ public struct ClusterFile: Sendable, Equatable {
         public var effectiveReadRate: Double { (readRate ?? Self.nominalReadRate) * speed }
 
         /// The same worker in another role (a spare called in by a re-plan holds layers and experts).
-        public func with(role: Role) -> Worker {
-            var w = Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed)
-            w.readRate = readRate
-            w.roundTrip = roundTrip
-            return w
-        }
-        /// The same worker with another budget (what it reported, when below the file's).
-        public func with(memory: Int) -> Worker {
-            var w = Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: key, speed: speed)
+        public func with(role: Role) -> Worker { with(memory: memory, role: role) }
+        /// The same worker with another budget (what it reported, when below the file's), its measurements kept.
+        public func with(memory: Int, role: Role? = nil) -> Worker {
+            var w = Worker(name: name, endpoint: endpoint, memory: memory, role: role ?? self.role, key: key, speed: speed)
             w.readRate = readRate
             w.roundTrip = roundTrip
             return w

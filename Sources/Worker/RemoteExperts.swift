@@ -381,36 +381,29 @@ public final class RemoteExperts: ExpertProvider, @unchecked Sendable {
 /// bytes it would make from the floats itself), or the floats when the layer's experts take no such format.
 struct WireRows {
     let dtype: Conclave_V1_DType
-    let rowBytes: Int
     let embedding: Int
-    let base: UnsafeRawPointer
-    /// Keeps the quantized rows alive while calls are built.
-    let owner: QuantizedActivations?
+    /// Where the rows are: quantized here (kept alive while calls are built; each row padded to a cache line),
+    /// or the caller's, `stride` bytes apart.
+    enum Source { case owned(QuantizedActivations), caller(UnsafeRawPointer, stride: Int) }
+    let source: Source
 
     init(_ input: ExpertInput, rows: Int, embedding e: Int, format: GGMLType?) throws {
         embedding = e
         switch input {
         case .floats(let x):
             if let format, let dtype = Conclave_V1_DType(activations: format) {
-                let q = try QuantizedActivations(x, cols: e, batch: rows, format: format)
                 self.dtype = dtype
-                rowBytes = format.rowBytes(elements: e)!
-                owner = q
-                base = q.row(0).baseAddress!
+                source = .owned(try QuantizedActivations(x, cols: e, batch: rows, format: format))
             } else {
                 dtype = .f32
-                rowBytes = 4 * e
-                owner = nil
-                base = UnsafeRawPointer(x)
+                source = .caller(UnsafeRawPointer(x), stride: 4 * e)
             }
         case .quantized(let q, let format, let stride):
             guard let dtype = Conclave_V1_DType(activations: format) else {
                 throw WireError(.internalError, "rows in \(format.name) cannot travel in an expert call")
             }
             self.dtype = dtype
-            rowBytes = stride
-            owner = nil
-            base = q
+            source = .caller(q, stride: stride)
         }
     }
 
@@ -422,8 +415,12 @@ struct WireRows {
         let n = wireRowBytes
         var data = Data(capacity: rowList.count * n)
         for r in rowList {
-            // A QuantizedActivations row is padded to a cache line; only its blocks travel.
-            let start = owner.map { UnsafeRawPointer($0.row(r).baseAddress!) } ?? base + r * rowBytes
+            // Only a row's blocks travel, not its padding.
+            let start: UnsafeRawPointer
+            switch source {
+            case .owned(let q): start = UnsafeRawPointer(q.row(r).baseAddress!)
+            case .caller(let p, let stride): start = p + r * stride
+            }
             data.append(start.assumingMemoryBound(to: UInt8.self), count: n)
         }
         return (dtype, [rowList.count, embedding], data)
