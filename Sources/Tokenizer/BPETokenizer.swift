@@ -6,10 +6,13 @@ struct BPETokenizer: @unchecked Sendable {
     let regexes: [Regex<AnyRegexOutput>]
     /// llama3-style vocabularies take a word that is itself a token whole, without merging.
     let ignoreMerges: Bool
+    /// Words are spelled in GPT-2's byte alphabet (byte-level BPE); false for raw UTF-8 symbols with `<0xXX>`
+    /// byte tokens for what no symbol covers (gemma4).
+    let byteEncode: Bool
 
     /// Pre-tokenizer expressions by `tokenizer.ggml.pre` (llama-vocab.cpp). Each applies to the pieces the
     /// previous one left, keeping unmatched text as pieces too.
-    static let preTokenizers: [String: (patterns: [String], ignoreMerges: Bool)] = {
+    static let preTokenizers: [String: (patterns: [String], ignoreMerges: Bool, byteEncode: Bool)] = {
         let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"#
         let llama3 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let qwen2 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
@@ -23,19 +26,33 @@ struct BPETokenizer: @unchecked Sendable {
         let deepseekV3 = [#"\p{N}{1,3}"#, "[一-龥぀-ゟ゠-ヿ]+",
                           ##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##]
         let falcon = [#"[\p{P}\$\+<=>\^~\|`]+"#, gpt2, "[0-9][0-9][0-9]"]
-        var table: [String: (patterns: [String], ignoreMerges: Bool)] = [
-            "deepseek-llm": (deepseekLLM, false),
-            "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false),
-            "qwen35": ([qwen35], false),
-            "deepseek-coder": (deepseekCoder, false),
-            "deepseek-v3": (deepseekV3, false),
-            "falcon": (falcon, false),
+        // o200k (gpt-oss, llama4): tiktoken's cased-word classes (\p{Lu}… and \p{Ll}…) as llama.cpp runs them,
+        // which std::regex cannot: a "cased" run is letters other than a-z, then letters other than A-Z (so
+        // every non-ASCII letter counts as both, and combining marks are not letters here).
+        let contraction = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+        let upper = "(?:(?=\\p{L})[^a-z])", lower = "(?:(?=\\p{L})[^A-Z])"
+        let o200k = #"[^\r\n\p{L}\p{N}]?"# + upper + "*" + lower + "+" + contraction + "?|"
+            + #"[^\r\n\p{L}\p{N}]?"# + upper + "+" + lower + "*" + contraction + "?|"
+            + #"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let tekken = #"[^\r\n\p{L}\p{N}]?"# + upper + "*" + lower + "+|" + #"[^\r\n\p{L}\p{N}]?"# + upper + "+" + lower + "*|"
+            + #"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        var table: [String: (patterns: [String], ignoreMerges: Bool, byteEncode: Bool)] = [
+            "deepseek-llm": (deepseekLLM, false, true),
+            "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false, true),
+            "qwen35": ([qwen35], false, true),
+            "deepseek-coder": (deepseekCoder, false, true),
+            "deepseek-v3": (deepseekV3, false, true),
+            "falcon": (falcon, false, true),
+            "tekken": ([tekken], true, true),
+            // Spaces are ▁ already (Vocabulary.escapesWhitespace); only newline runs are split off.
+            "gemma4": ([#"[^\n]+|[\n]+"#], false, false),
         ]
         // Families that share one expression (llama-vocab.cpp's grouped cases).
-        for name in ["gpt-2", "phi-2", "jina-es", "jina-de", "mpt", "olmo", "jais"] { table[name] = ([gpt2], false) }
-        for name in ["llama3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"] { table[name] = ([llama3], true) }
-        for name in ["qwen2", "deepseek-r1-qwen", "megrez"] { table[name] = ([qwen2], false) }
-        for name in ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone"] { table[name] = ([#"\p{N}"#, gpt2], false) }
+        for name in ["gpt-2", "phi-2", "jina-es", "jina-de", "mpt", "olmo", "jais"] { table[name] = ([gpt2], false, true) }
+        for name in ["llama3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"] { table[name] = ([llama3], true, true) }
+        for name in ["qwen2", "deepseek-r1-qwen", "megrez"] { table[name] = ([qwen2], false, true) }
+        for name in ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone"] { table[name] = ([#"\p{N}"#, gpt2], false, true) }
+        for name in ["gpt-4o", "llama4", "minimax-m2"] { table[name] = ([o200k], false, true) }
         return table
     }()
 
@@ -53,7 +70,12 @@ struct BPETokenizer: @unchecked Sendable {
             throw TokenizerError("pre-tokenizer '\(key)': \(error)")
         }
         ignoreMerges = pre.ignoreMerges
+        byteEncode = pre.byteEncode
+        wholeNewlines = key == "gemma4"
     }
+
+    /// gemma4 takes a run of newlines that is itself a token whole (llama.cpp's fix for it).
+    let wholeNewlines: Bool
 
     /// Writes every non-ASCII character of a pattern as `\u{…}`. Swift checks a class range's bounds by
     /// canonical equivalence, under which `ώ` (U+1F7D) equals `ώ` (U+03CE), so a range such as `Ὗ-ώ` is
@@ -128,8 +150,8 @@ struct BPETokenizer: @unchecked Sendable {
     func encode(_ text: [UInt8], into out: inout [Int32]) {
         let s = String(decoding: text, as: UTF8.self)
         for word in words(s) {
-            let encoded = Array(word.utf8).flatMap { Self.byteToUnicode[Int($0)] }
-            if ignoreMerges, let id = vocab.id(of: encoded) {
+            let encoded = byteEncode ? Array(word.utf8).flatMap { Self.byteToUnicode[Int($0)] } : Array(word.utf8)
+            if ignoreMerges || (wholeNewlines && encoded.allSatisfy { $0 == 0x0A }), let id = vocab.id(of: encoded) {
                 out.append(id)
                 continue
             }
@@ -173,7 +195,11 @@ struct BPETokenizer: @unchecked Sendable {
             if let id = vocab.id(of: piece) {
                 out.append(id)
             } else {
-                for byte in piece { if let id = vocab.id(of: [byte]) { out.append(id) } }
+                // Bytes no token covers: their byte-level letters, or `<0xXX>` tokens where symbols are raw UTF-8.
+                for byte in piece {
+                    let spelled = byteEncode ? [byte] : Array("<0x\(byte < 16 ? "0" : "")\(String(byte, radix: 16, uppercase: true))>".utf8)
+                    if let id = vocab.id(of: spelled) { out.append(id) }
+                }
             }
             i = next[i]
         }

@@ -39,7 +39,7 @@ public struct Tokenizer: Sendable {
                 prevSpecial = true
             case .text(let raw):
                 if let bpe {
-                    bpe.encode(raw, into: &out)
+                    bpe.encode(vocab.escapesWhitespace ? escapeWhitespace(raw) : raw, into: &out)
                 } else {
                     var t: [UInt8] = (vocab.addSpacePrefix && prevSpecial) ? [0x20] : []
                     t += raw
@@ -105,7 +105,7 @@ public struct Tokenizer: Sendable {
             if t.count == 6, let v = UInt8(String(decoding: t[3..<5], as: UTF8.self), radix: 16) { return [v] }
             return t
         default:
-            if bpe != nil { return BPETokenizer.decode(vocab.tokens[i]) }
+            if let bpe, bpe.byteEncode { return BPETokenizer.decode(vocab.tokens[i]) }
             var out: [UInt8] = []
             var j = 0
             let t = vocab.tokens[i]

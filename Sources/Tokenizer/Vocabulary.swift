@@ -15,6 +15,9 @@ public struct Vocabulary: Sendable {
     public let model: Model
     /// Pre-tokenizer name for BPE (`tokenizer.ggml.pre`).
     public let pre: String
+    /// Spaces are written ▁ before tokenizing (SentencePiece, and the BPE of `tokenizer.ggml.model = gemma4`,
+    /// whose tokens are raw UTF-8 rather than GPT-2's byte alphabet).
+    public let escapesWhitespace: Bool
     /// Token texts as raw bytes (SPM uses ▁ for spaces; byte-level BPE uses the GPT-2 byte-to-unicode map).
     public let tokens: [[UInt8]]
     public let scores: [Float]
@@ -44,11 +47,14 @@ public struct Vocabulary: Sendable {
         guard let name = file.string("tokenizer.ggml.model") else {
             throw TokenizerError("\(file.path): missing 'tokenizer.ggml.model'; the file has no tokenizer")
         }
-        guard let m = Model(rawValue: name) else {
-            throw TokenizerError("\(file.path): tokenizer model '\(name)' is not supported (supported: llama, gpt2)")
+        // gemma4 is llama.cpp's "SPM-style BPE": merges over raw UTF-8 with ▁ for spaces, pre-tokenizer
+        // 'gemma4' whatever the file says.
+        guard let m = name == "gemma4" ? .bpe : Model(rawValue: name) else {
+            throw TokenizerError("\(file.path): tokenizer model '\(name)' is not supported (supported: llama, gpt2, gemma4)")
         }
         model = m
-        pre = file.string("tokenizer.ggml.pre") ?? "default"
+        pre = name == "gemma4" ? "gemma4" : file.string("tokenizer.ggml.pre") ?? "default"
+        escapesWhitespace = m == .spm || name == "gemma4"
         let t = try need("tokenizer.ggml.tokens")
         tokens = (0..<t.count).map { t.stringBytes(at: $0) }
         if let s = file.array("tokenizer.ggml.scores"), s.count == t.count, let d = s.doubles {

@@ -36,8 +36,8 @@ import TestSupport
 
 extension CommandLineTests {
     /// `tokenize` needs only the vocabulary: llama.cpp's vocabulary-only files of architectures Conclave does
-    /// not run (falcon, mpt, refact) tokenize llama.cpp's test texts exactly, through the command line.
-    @Test(arguments: ["falcon", "mpt", "refact"]) func tokenizeTakesAVocabularyOnlyFile(vocab: String) async throws {
+    /// not run (falcon, mpt, refact, gemma-4) tokenize llama.cpp's test texts exactly, through the command line.
+    @Test(arguments: ["falcon", "mpt", "refact", "gemma-4"]) func tokenizeTakesAVocabularyOnlyFile(vocab: String) async throws {
         try await onThread {
             let c = try ProcessCluster()
             let file = Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")

@@ -18,7 +18,7 @@ struct VocabVectorTests {
         return Array(zip(texts, ids))
     }
 
-    @Test(arguments: ["llama-spm", "gpt-2", "llama-bpe", "qwen2", "falcon", "mpt", "refact"])
+    @Test(arguments: ["llama-spm", "gpt-2", "llama-bpe", "qwen2", "falcon", "mpt", "refact", "gemma-4"])
     func vectors(vocab: String) throws {
         let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")))
         let cases = try Self.cases(vocab)
@@ -48,7 +48,7 @@ struct VocabVectorTests {
 
 extension VocabVectorTests {
     @Test func bpeRoundTrip() throws {
-        for vocab in ["gpt-2", "llama-bpe", "qwen2"] {
+        for vocab in ["gpt-2", "llama-bpe", "qwen2", "gemma-4"] {
             let tok = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-\(vocab).gguf")))
             let text = "Hello world, ½ of 🦙 llamas\n\tare here 3333 it's"
             #expect(tok.decode(tok.encode(text, addSpecial: false)) == text, "\(vocab)")
