@@ -69,3 +69,44 @@ struct PreTokenizerTests {
         }
     }
 }
+
+/// The o200k (gpt-oss) and deepseek-v3 pre-tokenizers against llama.cpp: GPT-2's vocabulary relabelled with
+/// that `tokenizer.ggml.pre` (llama.cpp then splits with that family's expressions and merges with GPT-2's
+/// ranks), on texts with contractions, numbers, code, CJK, emoji, marks and odd whitespace. The expected ids
+/// are `llama-ref tokenize` on the same relabelled file (pretokenizer-cases.json).
+struct PreTokenizerReferenceTests {
+    struct Cases: Decodable {
+        let texts: [String]
+        let gpt4o: [[Int32]]
+        let deepseekV3: [[Int32]]
+        enum CodingKeys: String, CodingKey { case texts, gpt4o = "gpt-4o", deepseekV3 = "deepseek-v3" }
+    }
+
+    /// GPT-2's vocabulary with `tokenizer.ggml.pre` = `pre`, written next to the test.
+    static func relabelled(_ pre: String) throws -> Tokenizer {
+        let source = try GGUFFile(path: Fixtures.path("vocab/ggml-vocab-gpt-2.gguf"))
+        let path = Fixtures.temporaryDirectory().appendingPathComponent("vocab-\(pre).gguf").path
+        let w = GGUFWriter(path: path)
+        for (key, value) in source.metadata where key != "general.alignment" {
+            try w.set(key, key == "tokenizer.ggml.pre" ? .string(pre) : value)
+        }
+        try w.write { _, _ in }
+        return try Tokenizer(file: GGUFFile(path: path))
+    }
+
+    @Test func matchLlamaCpp() throws {
+        let data = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("vocab/pretokenizer-cases.json")))
+        let cases = try JSONDecoder().decode(Cases.self, from: data)
+        #expect(cases.texts.count == 18)
+        for (pre, want) in [("gpt-4o", cases.gpt4o), ("deepseek-v3", cases.deepseekV3)] {
+            let tok = try Self.relabelled(pre)
+            #expect(tok.vocab.pre == pre)
+            for (text, ids) in zip(cases.texts, want) {
+                #expect(tok.encode(text, addSpecial: false) == ids, "\(pre): \(text.debugDescription)")
+            }
+        }
+        // The two really split differently (camel-cased words GPT-2 holds whole: " YouTube", " iPhone"), so a
+        // pre-tokenizer ignored would be noticed.
+        #expect(cases.gpt4o != cases.deepseekV3)
+    }
+}
