@@ -28,18 +28,23 @@ public struct ArchitectureTraits: Sendable {
     public let normalizeExpertWeights: Bool
     /// A shared expert every token goes through, scaled by sigmoid(w·x) (qwen2moe).
     public let sharedExpert: Bool
+    /// Layers may be dense (no `expert_count`): llama, whose MoE form is Mixtral's.
+    public var allowsDense = false
+    /// Without `expert_feed_forward_length`, an expert's width is `feed_forward_length` ÷ experts used
+    /// (qwen2moe's converter wrote the total); otherwise it is `feed_forward_length` itself.
+    public var feedForwardIsPerToken = false
 
     /// The registered architectures. Adding one is adding a row here (and its tensors to `TensorNames`).
     public static let registry: [String: ArchitectureTraits] = [
         "qwen3moe": ArchitectureTraits(name: "qwen3moe", ropeMode: .neox, qkNorm: .perHead, attentionBias: false,
                                        gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false),
         "qwen2moe": ArchitectureTraits(name: "qwen2moe", ropeMode: .neox, qkNorm: .none, attentionBias: true,
-                                       gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: true),
+                                       gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: true, feedForwardIsPerToken: true),
         "olmoe": ArchitectureTraits(name: "olmoe", ropeMode: .neox, qkNorm: .whole, attentionBias: false,
                                     gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: false),
         // llama: dense when expert_count is 0, Mixtral-style MoE otherwise.
         "llama": ArchitectureTraits(name: "llama", ropeMode: .normal, qkNorm: .none, attentionBias: false,
-                                    gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false),
+                                    gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false, allowsDense: true),
     ]
 }
 
@@ -79,50 +84,50 @@ public struct ModelConfig: Sendable {
             let known = ArchitectureTraits.registry.keys.sorted().joined(separator: ", ")
             throw ModelError("\(file.path): architecture '\(arch)' is not supported (supported: \(known))")
         }
-        func key(_ k: String) -> String { "\(arch).\(k)" }
-        func int(_ k: String, default d: Int? = nil, min lo: Int = 1) throws(ModelError) -> Int {
+        func key(_ k: ModelKey) -> String { k.name(arch) }
+        func int(_ k: ModelKey, default d: Int? = nil, min lo: Int = 1) throws(ModelError) -> Int {
             guard let v = file.int(key(k)) ?? d else { throw ModelError("\(file.path): missing '\(key(k))'") }
             guard v >= lo else { throw ModelError("\(file.path): '\(key(k))' = \(v) must be at least \(lo)") }
             return v
         }
-        func float(_ k: String, default d: Double) throws(ModelError) -> Float {
+        func float(_ k: ModelKey, default d: Double) throws(ModelError) -> Float {
             let v = file.double(key(k)) ?? d
             guard v.isFinite, v > 0 else { throw ModelError("\(file.path): '\(key(k))' = \(v) must be a positive number") }
             return Float(v)
         }
         self.traits = traits
-        layerCount = try int("block_count")
-        embeddingLength = try int("embedding_length")
-        headCount = try int("attention.head_count")
-        headCountKV = try int("attention.head_count_kv", default: headCount)
+        layerCount = try int(.blockCount)
+        embeddingLength = try int(.embeddingLength)
+        headCount = try int(.headCount)
+        headCountKV = try int(.headCountKV, default: headCount)
         guard headCount % headCountKV == 0 else {
-            throw ModelError("\(file.path): '\(key("attention.head_count"))' = \(headCount) is not a multiple of '\(key("attention.head_count_kv"))' = \(headCountKV)")
+            throw ModelError("\(file.path): '\(key(.headCount))' = \(headCount) is not a multiple of '\(key(.headCountKV))' = \(headCountKV)")
         }
-        headDim = try int("attention.key_length", default: embeddingLength / headCount)
-        valueDim = try int("attention.value_length", default: headDim)
+        headDim = try int(.keyLength, default: embeddingLength / headCount)
+        valueDim = try int(.valueLength, default: headDim)
         guard valueDim == headDim else { throw ModelError("\(file.path): key and value head sizes differ (\(headDim) vs \(valueDim)); not supported") }
-        expertCount = try int("expert_count", default: 0, min: 0)
-        expertsUsed = try int("expert_used_count", default: 0, min: 0)
+        expertCount = try int(.expertCount, default: 0, min: 0)
+        expertsUsed = try int(.expertUsedCount, default: 0, min: 0)
         guard expertsUsed <= expertCount, expertCount == 0 || expertsUsed > 0 else {
-            throw ModelError("\(file.path): '\(key("expert_used_count"))' = \(expertsUsed) must be between 1 and '\(key("expert_count"))' = \(expertCount)")
+            throw ModelError("\(file.path): '\(key(.expertUsedCount))' = \(expertsUsed) must be between 1 and '\(key(.expertCount))' = \(expertCount)")
         }
-        feedForward = try int("feed_forward_length", default: 0, min: 0)
-        let expertFFDefault = expertsUsed > 0 && feedForward > 0 ? feedForward / (arch == "qwen2moe" ? expertsUsed : 1) : nil
-        expertFeedForward = expertCount > 0 ? try int("expert_feed_forward_length", default: expertFFDefault) : 0
-        sharedExpertFeedForward = traits.sharedExpert ? try int("expert_shared_feed_forward_length", default: feedForward) : 0
-        contextLength = try int("context_length")
-        ropeFreqBase = try float("rope.freq_base", default: 10000)
-        let scale = try float("rope.scaling.factor", default: 1)
+        feedForward = try int(.feedForwardLength, default: 0, min: 0)
+        let expertFFDefault = expertsUsed > 0 && feedForward > 0 ? feedForward / (traits.feedForwardIsPerToken ? expertsUsed : 1) : nil
+        expertFeedForward = expertCount > 0 ? try int(.expertFeedForwardLength, default: expertFFDefault) : 0
+        sharedExpertFeedForward = traits.sharedExpert ? try int(.expertSharedFeedForwardLength, default: feedForward) : 0
+        contextLength = try int(.contextLength)
+        ropeFreqBase = try float(.ropeFreqBase, default: 10000)
+        let scale = try float(.ropeScalingFactor, default: 1)
         ropeFreqScale = 1 / scale
-        ropeDims = try int("rope.dimension_count", default: headDim)
+        ropeDims = try int(.ropeDimensionCount, default: headDim)
         guard ropeDims <= headDim, ropeDims % 2 == 0 else {
-            throw ModelError("\(file.path): '\(key("rope.dimension_count"))' = \(ropeDims) must be even and at most the head size \(headDim)")
+            throw ModelError("\(file.path): '\(key(.ropeDimensionCount))' = \(ropeDims) must be even and at most the head size \(headDim)")
         }
-        rmsEpsilon = try float("attention.layer_norm_rms_epsilon", default: 1e-5)
-        vocabSize = try int("vocab_size", default: file.array("tokenizer.ggml.tokens")?.count)
-        guard expertCount > 0 || arch == "llama" else {
-            throw ModelError("\(file.path): '\(key("expert_count"))' is missing or 0; \(arch) models need experts")
+        rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
+        vocabSize = try int(.vocabSize, default: file.array("tokenizer.ggml.tokens")?.count)
+        guard expertCount > 0 || traits.allowsDense else {
+            throw ModelError("\(file.path): '\(key(.expertCount))' is missing or 0; \(arch) models need experts")
         }
-        guard expertCount > 0 || feedForward > 0 else { throw ModelError("\(file.path): '\(key("feed_forward_length"))' is missing") }
+        guard expertCount > 0 || feedForward > 0 else { throw ModelError("\(file.path): '\(key(.feedForwardLength))' is missing") }
     }
 }

@@ -38,34 +38,23 @@ public struct ModelSynthesizer {
         self.vocabulary = vocabulary
     }
 
-    /// Tensor names, shapes (ggml order) and whether each is a norm/router kept in F32.
-    /// Tensor names and shapes (ggml order) of the architecture, as llama.cpp's loader expects them.
-    func tensors() -> [(TensorName, [Int])] {
+    /// Tensor names and shapes (ggml order) of the architecture, as llama.cpp's loader expects them: the
+    /// blocks' own tables (`LayerWeights.tensors`), which the binder checks a file against.
+    func tensors() throws -> [(TensorName, [Int])] {
         let s = shape, vocab = vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000
-        let q = s.heads * s.headDim, kv = s.kvHeads * s.headDim
-        var out: [(TensorName, [Int])] = [(.global(.tokenEmbedding), [s.embd, vocab])]
-        for i in 0..<s.layers {
-            out += [(.block(i, .attnNorm), [s.embd]), (.block(i, .attnQ), [s.embd, q]), (.block(i, .attnK), [s.embd, kv]),
-                    (.block(i, .attnV), [s.embd, kv]), (.block(i, .attnOutput), [q, s.embd])]
-            switch s.architecture {
-            case "qwen3moe": out += [(.block(i, .attnQNorm), [s.headDim]), (.block(i, .attnKNorm), [s.headDim])]
-            case "olmoe": out += [(.block(i, .attnQNorm), [q]), (.block(i, .attnKNorm), [kv])]
-            case "qwen2moe": out += [(.block(i, .attnQ, "bias"), [q]), (.block(i, .attnK, "bias"), [kv]), (.block(i, .attnV, "bias"), [kv])]
-            default: break
-            }
-            out += [(.block(i, .ffnNorm), [s.embd]), (.block(i, .router), [s.embd, s.experts]),
-                    (.block(i, .expertGate), [s.embd, s.expertFF, s.experts]), (.block(i, .expertUp), [s.embd, s.expertFF, s.experts]),
-                    (.block(i, .expertDown), [s.expertFF, s.embd, s.experts])]
-            if s.architecture == "qwen2moe" {
-                out += [(.block(i, .sharedExpertRouter), [s.embd]), (.block(i, .sharedGate), [s.embd, s.sharedFF]),
-                        (.block(i, .sharedUp), [s.embd, s.sharedFF]), (.block(i, .sharedDown), [s.sharedFF, s.embd])]
-            }
+        guard let traits = ArchitectureTraits.registry[s.architecture] else {
+            throw ModelError("synth writes \(Self.architectures.joined(separator: ", ")); '\(s.architecture)' is not supported")
         }
+        let d = LayerDimensions(embedding: s.embd, headDim: s.headDim, heads: s.heads, kvHeads: s.kvHeads, experts: s.experts,
+                                expertFeedForward: s.expertFF, sharedFeedForward: traits.sharedExpert ? s.sharedFF : 0, denseFeedForward: s.expertFF)
+        var out: [(TensorName, [Int])] = [(.global(.tokenEmbedding), [s.embd, vocab])]
+        for i in 0..<s.layers { out += LayerWeights.tensors(layer: i, d, traits).map { ($0.name, $0.shape) } }
         out += [(.global(.outputNorm), [s.embd]), (.global(.output), [s.embd, vocab])]
         return out
     }
 
-    public static let architectures = ["qwen3moe", "qwen2moe", "olmoe", "llama"]
+    /// Every registered architecture.
+    public static let architectures = ArchitectureTraits.registry.keys.sorted()
 
     public func write(to path: String, pool: ThreadPool, progress: (Int, Int, String) -> Void = { _, _, _ in }) throws -> Int {
         let s = shape, a = s.architecture
@@ -73,7 +62,7 @@ public struct ModelSynthesizer {
             throw ModelError("synth writes \(Self.architectures.joined(separator: ", ")); '\(a)' is not supported")
         }
         guard s.used <= s.experts, s.heads % s.kvHeads == 0 else { throw ModelError("--used must be ≤ --experts and --heads a multiple of --kv-heads") }
-        let list = tensors()
+        let list = try tensors()
         let infos = list.map { GGUFTensorInfo(name: $0.0.description, type: .f32, shape: $0.1, offset: 0, byteCount: 0) }
         let recipe = QuantizationRecipe(fileType: fileType, expertCount: s.experts, gqa: s.heads / s.kvHeads,
                                         layerCount: s.layers, tiedEmbeddings: false, attentionVCount: s.layers)
@@ -84,17 +73,17 @@ public struct ModelSynthesizer {
         try w.set("general.name", .string("conclave-synth-\(a)-\(s.layers)L-\(s.embd)d-\(s.experts)x\(s.used)"))
         try w.set("general.file_type", .uint32(UInt32(fileType.rawValue)))
         try w.set("general.quantization_version", .uint32(2))
-        let keys: [(String, GGUFValue)] = [
-            ("context_length", .uint32(UInt32(s.context))), ("embedding_length", .uint32(UInt32(s.embd))),
-            ("block_count", .uint32(UInt32(s.layers))), ("feed_forward_length", .uint32(UInt32(s.expertFF))),
-            ("attention.head_count", .uint32(UInt32(s.heads))), ("attention.head_count_kv", .uint32(UInt32(s.kvHeads))),
-            ("attention.key_length", .uint32(UInt32(s.headDim))), ("attention.value_length", .uint32(UInt32(s.headDim))),
-            ("attention.layer_norm_rms_epsilon", .float32(s.rmsEps)), ("rope.freq_base", .float32(s.ropeBase)),
-            ("expert_count", .uint32(UInt32(s.experts))), ("expert_used_count", .uint32(UInt32(s.used))),
-            ("expert_feed_forward_length", .uint32(UInt32(s.expertFF))), ("rope.dimension_count", .uint32(UInt32(s.headDim))),
-            ("vocab_size", .uint32(UInt32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000))),
-        ] + (a == "qwen2moe" ? [("expert_shared_feed_forward_length", .uint32(UInt32(s.sharedFF)))] : [])
-        for (k, v) in keys { try w.set("\(a).\(k)", v) }
+        let keys: [(ModelKey, GGUFValue)] = [
+            (.contextLength, .uint32(UInt32(s.context))), (.embeddingLength, .uint32(UInt32(s.embd))),
+            (.blockCount, .uint32(UInt32(s.layers))), (.feedForwardLength, .uint32(UInt32(s.expertFF))),
+            (.headCount, .uint32(UInt32(s.heads))), (.headCountKV, .uint32(UInt32(s.kvHeads))),
+            (.keyLength, .uint32(UInt32(s.headDim))), (.valueLength, .uint32(UInt32(s.headDim))),
+            (.rmsEpsilon, .float32(s.rmsEps)), (.ropeFreqBase, .float32(s.ropeBase)),
+            (.expertCount, .uint32(UInt32(s.experts))), (.expertUsedCount, .uint32(UInt32(s.used))),
+            (.expertFeedForwardLength, .uint32(UInt32(s.expertFF))), (.ropeDimensionCount, .uint32(UInt32(s.headDim))),
+            (.vocabSize, .uint32(UInt32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000))),
+        ] + (ArchitectureTraits.registry[a]?.sharedExpert == true ? [(.expertSharedFeedForwardLength, .uint32(UInt32(s.sharedFF)))] : [])
+        for (k, v) in keys { try w.set(k.name(a), v) }
         for (k, v) in vocabulary.metadata where k.hasPrefix("tokenizer.") { try w.set(k, v) }
         for (info, type) in zip(infos, types) { try w.addTensor(name: info.name, type: type, shape: info.shape) }
 

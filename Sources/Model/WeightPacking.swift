@@ -54,18 +54,6 @@ extension ExpertWeights {
 extension LayerWeights {
     /// Attention and feed-forward matrices packed; of the routed experts only `heldExperts`.
     func packed(in file: GGUFFile, heldExperts: [Int]) throws(ModelError) -> LayerWeights {
-        let ffn: FeedForwardWeights
-        switch self.ffn {
-        case .moe(let router, let experts, let shared):
-            var s: SharedExpertWeights?
-            if let sh = shared {
-                s = SharedExpertWeights(gateInput: sh.gateInput, gate: try file.packed(sh.gate), up: try file.packed(sh.up), down: try file.packed(sh.down))
-            }
-            ffn = .moe(router: router, experts: try experts.packed(in: file, held: heldExperts), shared: s)
-        case .dense(let gate, let up, let down):
-            ffn = .dense(gate: try file.packed(gate), up: try file.packed(up), down: try file.packed(down))
-        }
-        return LayerWeights(attnNorm: attnNorm, q: try file.packed(q), k: try file.packed(k), v: try file.packed(v), o: try file.packed(o),
-                            qBias: qBias, kBias: kBias, vBias: vBias, qNorm: qNorm, kNorm: kNorm, ffnNorm: ffnNorm, ffn: ffn)
+        LayerWeights(attention: try attention.packed(in: file), feedForward: try feedForward.packed(in: file, heldExperts: heldExperts))
     }
 }

@@ -73,12 +73,9 @@ public struct ExpertWeights: Sendable {
     public func matrices(_ e: Int) -> ExpertMatrices { ExpertMatrices(gate: gate(e), up: up(e), down: down(e)) }
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> ExpertWeights {
-        let e = c.embeddingLength, f = c.expertFeedForward, n = c.expertCount
-        let gt = try b.tensor(.block(i, .expertGate), shape: [e, f, n])
-        let ut = try b.tensor(.block(i, .expertUp), shape: [e, f, n])
-        let dt = try b.tensor(.block(i, .expertDown), shape: [f, e, n])
-        return ExpertWeights(gate: try b.matrix(gt, cols: e, rows: f * n), up: try b.matrix(ut, cols: e, rows: f * n),
-                             down: try b.matrix(dt, cols: f, rows: e * n), expertFF: f, embd: e)
+        let spec = FeedForwardBlock.tensors(layer: i, c.dimensions, c.traits)
+        return ExpertWeights(gate: try b.matrix(.block(i, .expertGate), in: spec), up: try b.matrix(.block(i, .expertUp), in: spec),
+                             down: try b.matrix(.block(i, .expertDown), in: spec), expertFF: c.expertFeedForward, embd: c.embeddingLength)
     }
 
     /// The stacked expert tensors of one layer of a model file, unpacked views of the mapping.
@@ -106,52 +103,19 @@ public enum FeedForwardWeights: Sendable {
     }
 }
 
-/// Weights of one transformer layer.
+/// Weights of one transformer layer: its attention block and its feed-forward block.
 public struct LayerWeights: Sendable {
-    public let attnNorm: [Float]
-    public let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix
-    public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
-    public let qNorm: [Float]?, kNorm: [Float]?
-    public let ffnNorm: [Float]
-    public let ffn: FeedForwardWeights
+    public let attention: AttentionBlock
+    public let feedForward: FeedForwardBlock
+    public var ffn: FeedForwardWeights { feedForward.weights }
+
+    /// The tensors of layer `i`, as the blocks declare them (what the binder checks and `conclave synth` writes).
+    public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
+        AttentionBlock.tensors(layer: i, d, t) + FeedForwardBlock.tensors(layer: i, d, t)
+    }
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> LayerWeights {
-        let e = c.embeddingLength, t = c.traits
-        let attnNorm = try b.vector(.block(i, .attnNorm), count: e)
-        let q = try b.matrix(.block(i, .attnQ), cols: e, rows: c.qDim)
-        let k = try b.matrix(.block(i, .attnK), cols: e, rows: c.kvDim)
-        let v = try b.matrix(.block(i, .attnV), cols: e, rows: c.kvDim)
-        let o = try b.matrix(.block(i, .attnOutput), cols: c.qDim, rows: e)
-        let qb = t.attentionBias ? try b.vector(.block(i, .attnQ, "bias"), count: c.qDim) : nil
-        let kb = t.attentionBias ? try b.vector(.block(i, .attnK, "bias"), count: c.kvDim) : nil
-        let vb = t.attentionBias ? try b.vector(.block(i, .attnV, "bias"), count: c.kvDim) : nil
-        let (qn, kn): ([Float]?, [Float]?)
-        switch t.qkNorm {
-        case .none: (qn, kn) = (nil, nil)
-        case .perHead: (qn, kn) = (try b.vector(.block(i, .attnQNorm), count: c.headDim), try b.vector(.block(i, .attnKNorm), count: c.headDim))
-        case .whole: (qn, kn) = (try b.vector(.block(i, .attnQNorm), count: c.qDim), try b.vector(.block(i, .attnKNorm), count: c.kvDim))
-        }
-        let ffnNorm = try b.vector(.block(i, .ffnNorm), count: e)
-        let ffn: FeedForwardWeights
-        if c.isMoE {
-            let router = try b.matrix(.block(i, .router), cols: e, rows: c.expertCount)
-            let experts = try ExpertWeights.bind(&b, layer: i, config: c)
-            var shared: SharedExpertWeights?
-            if t.sharedExpert {
-                let sf = c.sharedExpertFeedForward
-                shared = SharedExpertWeights(gateInput: try b.vector(.block(i, .sharedExpertRouter), count: e),
-                                             gate: try b.matrix(.block(i, .sharedGate), cols: e, rows: sf),
-                                             up: try b.matrix(.block(i, .sharedUp), cols: e, rows: sf),
-                                             down: try b.matrix(.block(i, .sharedDown), cols: sf, rows: e))
-            }
-            ffn = .moe(router: router, experts: experts, shared: shared)
-        } else {
-            ffn = .dense(gate: try b.matrix(.block(i, .ffnGate), cols: e, rows: c.feedForward),
-                         up: try b.matrix(.block(i, .ffnUp), cols: e, rows: c.feedForward),
-                         down: try b.matrix(.block(i, .ffnDown), cols: c.feedForward, rows: e))
-        }
-        return LayerWeights(attnNorm: attnNorm, q: q, k: k, v: v, o: o, qBias: qb, kBias: kb, vBias: vb,
-                            qNorm: qn, kNorm: kn, ffnNorm: ffnNorm, ffn: ffn)
+        LayerWeights(attention: try AttentionBlock.bind(&b, layer: i, config: c), feedForward: try FeedForwardBlock.bind(&b, layer: i, config: c))
     }
 }
 

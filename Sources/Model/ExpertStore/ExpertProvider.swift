@@ -1,50 +1,6 @@
 import GGUF
 import Kernels
 
-/// One row's routing decision: which experts, with what weights, in the order the router ranked them.
-public struct Route: Sendable, Equatable {
-    public var experts: [Int]
-    public var weights: [Float]
-    /// Each expert's position in the row's full route (the summation order); nil means 0, 1, 2, …. A provider
-    /// handed part of a route (the experts it holds) keeps their original slots.
-    public var slots: [Int]?
-    public init(experts: [Int], weights: [Float], slots: [Int]? = nil) {
-        self.experts = experts
-        self.weights = weights
-        self.slots = slots
-    }
-    public func slot(_ i: Int) -> Int { slots?[i] ?? i }
-
-    /// An empty part of a route, to which a splitter appends the experts it hands one provider.
-    public static var emptyPart: Route { Route(experts: [], weights: [], slots: []) }
-
-    /// Appends expert `expert` with `weight` at summation slot `slot`.
-    public mutating func append(_ expert: Int, weight: Float, slot: Int) {
-        experts.append(expert)
-        weights.append(weight)
-        slots = (slots ?? Array(0..<(experts.count - 1))) + [slot]
-    }
-
-    /// Slots per row a results buffer needs for these routes (one past the largest slot).
-    public static func slotsPerRow(_ routes: [Route]) -> Int {
-        routes.map { r in (0..<r.experts.count).map { r.slot($0) + 1 }.max() ?? 0 }.max() ?? 0
-    }
-
-    /// Adds each row's weighted expert outputs (at `(row · slotsPerRow + slot) · embedding` in `results`) into
-    /// `output` in route order (slot 0, 1, …), as llama.cpp adds them. Every provider sums through here, which is
-    /// what keeps a distributed or offloaded run bit-identical to a single process.
-    public static func accumulate(_ routes: [Route], results: UnsafePointer<Float>, slotsPerRow k: Int, embedding e: Int,
-                                  into output: UnsafeMutablePointer<Float>) {
-        for (r, route) in routes.enumerated() {
-            let out = output + r * e
-            for s in (0..<route.experts.count).map(route.slot).sorted() {
-                let src = results + (r * k + s) * e
-                for c in 0..<e { out[c] += src[c] }
-            }
-        }
-    }
-}
-
 /// Which experts of which layers a process holds: every expert of every layer it binds, or an explicit list
 /// per layer (a worker's share under expert parallelism; layers not listed hold none).
 public struct ExpertSet: Sendable, Equatable, CustomStringConvertible {

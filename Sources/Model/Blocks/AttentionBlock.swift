@@ -1,0 +1,145 @@
+import GGUF
+import Kernels
+
+/// The attention half of a layer: RMS norm, the Q/K/V projections (with the architecture's biases and Q/K
+/// norms), RoPE, the sequence's KV cache (`KVCache`: K and V of `kvDim` per position per layer), causal
+/// attention over it and the output projection, added to the residual. What differs between architectures is
+/// read from `ArchitectureTraits`; its tensors are the table `tensors(layer:_:_:)`, which the binder and
+/// `conclave synth` both read.
+public struct AttentionBlock: Sendable {
+    public let norm: [Float]
+    public let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix
+    public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+    public let qNorm: [Float]?, kNorm: [Float]?
+
+    /// The tensors of layer `i`'s attention.
+    public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
+        var out = [TensorSpec(.block(i, .attnNorm), [d.embedding]), TensorSpec(.block(i, .attnQ), [d.embedding, d.qDim]),
+                   TensorSpec(.block(i, .attnK), [d.embedding, d.kvDim]), TensorSpec(.block(i, .attnV), [d.embedding, d.kvDim]),
+                   TensorSpec(.block(i, .attnOutput), [d.qDim, d.embedding])]
+        switch t.qkNorm {
+        case .none: break
+        case .perHead: out += [TensorSpec(.block(i, .attnQNorm), [d.headDim]), TensorSpec(.block(i, .attnKNorm), [d.headDim])]
+        case .whole: out += [TensorSpec(.block(i, .attnQNorm), [d.qDim]), TensorSpec(.block(i, .attnKNorm), [d.kvDim])]
+        }
+        if t.attentionBias {
+            out += [TensorSpec(.block(i, .attnQ, "bias"), [d.qDim]), TensorSpec(.block(i, .attnK, "bias"), [d.kvDim]),
+                    TensorSpec(.block(i, .attnV, "bias"), [d.kvDim])]
+        }
+        return out
+    }
+
+    static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> AttentionBlock {
+        let spec = tensors(layer: i, c.dimensions, c.traits)
+        func optional(_ role: TensorRole, _ suffix: String = "weight") throws(ModelError) -> [Float]? {
+            let name = TensorName.block(i, role, suffix)
+            return spec.contains { $0.name == name } ? try b.vector(name, in: spec) : nil
+        }
+        return AttentionBlock(norm: try b.vector(.block(i, .attnNorm), in: spec),
+                              q: try b.matrix(.block(i, .attnQ), in: spec), k: try b.matrix(.block(i, .attnK), in: spec),
+                              v: try b.matrix(.block(i, .attnV), in: spec), o: try b.matrix(.block(i, .attnOutput), in: spec),
+                              qBias: try optional(.attnQ, "bias"), kBias: try optional(.attnK, "bias"),
+                              vBias: try optional(.attnV, "bias"), qNorm: try optional(.attnQNorm), kNorm: try optional(.attnKNorm))
+    }
+
+    /// The matrices repacked for this host's kernels.
+    func packed(in file: GGUFFile) throws(ModelError) -> AttentionBlock {
+        AttentionBlock(norm: norm, q: try file.packed(q), k: try file.packed(k), v: try file.packed(v), o: try file.packed(o),
+                       qBias: qBias, kBias: kBias, vBias: vBias, qNorm: qNorm, kNorm: kNorm)
+    }
+
+    /// hidden += O · attention(norm(hidden)) for the batch's rows, storing their K and V in their caches.
+    func forward(layer l: Int, _ hidden: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache],
+                 config c: ModelConfig, pool: ThreadPool) throws {
+        let t = rows.count, e = c.embeddingLength
+        let buf = Scratch(t: t, c: c)
+        defer { buf.free() }
+        for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: norm, count: e, eps: c.rmsEpsilon, into: buf.normed + r * e) }
+        let a = try QuantizedActivations(buf.normed, cols: e, batch: t, format: ActivationQuant.vecDotType(for: q.type) ?? .f32, pool: pool)
+        if [q, k, v].allSatisfy({ a.format == ActivationQuant.vecDotType(for: $0.type) && MatMul.hasKernel($0.type) }) {
+            // Q, K and V in one dispatch: one wake-up and one barrier instead of three.
+            try MatMul.multiply([MatMul.Job(q, a, into: buf.q), MatMul.Job(k, a, into: buf.k), MatMul.Job(v, a, into: buf.v)], pool: pool)
+        } else {
+            try project(q, buf.normed, a, into: buf.q, t, pool)
+            try project(k, buf.normed, a, into: buf.k, t, pool)
+            try project(v, buf.normed, a, into: buf.v, t, pool)
+        }
+        for r in 0..<t {
+            if let b = qBias { for i in 0..<c.qDim { buf.q[r * c.qDim + i] += b[i] } }
+            if let b = kBias { for i in 0..<c.kvDim { buf.k[r * c.kvDim + i] += b[i] } }
+            if let b = vBias { for i in 0..<c.kvDim { buf.v[r * c.kvDim + i] += b[i] } }
+            if let qn = qNorm, let kn = kNorm {
+                switch c.traits.qkNorm {
+                case .perHead:
+                    for h in 0..<c.headCount { let p = buf.q + r * c.qDim + h * c.headDim; Ops.rmsNorm(p, weight: qn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
+                    for h in 0..<c.headCountKV { let p = buf.k + r * c.kvDim + h * c.headDim; Ops.rmsNorm(p, weight: kn, count: c.headDim, eps: c.rmsEpsilon, into: p) }
+                case .whole:
+                    Ops.rmsNorm(buf.q + r * c.qDim, weight: qn, count: c.qDim, eps: c.rmsEpsilon, into: buf.q + r * c.qDim)
+                    Ops.rmsNorm(buf.k + r * c.kvDim, weight: kn, count: c.kvDim, eps: c.rmsEpsilon, into: buf.k + r * c.kvDim)
+                case .none: break
+                }
+            }
+            let angles = Ops.ropeAngles(position: rows[r].position, dims: c.ropeDims, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale)
+            Ops.rope(buf.q + r * c.qDim, heads: c.headCount, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
+            Ops.rope(buf.k + r * c.kvDim, heads: c.headCountKV, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
+            caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.k + r * c.kvDim, v: buf.v + r * c.kvDim)
+        }
+        attend(l, buf, rows: rows, caches: caches, config: c, pool: pool)
+        try MatMul.multiply(o, buf.attn, batch: t, into: buf.normed, pool: pool)
+        for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
+    }
+
+    private func project(_ m: WeightMatrix, _ x: UnsafePointer<Float>, _ a: QuantizedActivations, into y: UnsafeMutablePointer<Float>,
+                         _ t: Int, _ pool: ThreadPool) throws {
+        if a.format == ActivationQuant.vecDotType(for: m.type), MatMul.hasKernel(m.type) {
+            try MatMul.multiply(m, a, into: y, pool: pool)
+        } else {
+            try MatMul.multiply(m, x, batch: t, into: y, pool: pool)
+        }
+    }
+
+    /// Causal attention of each row over its sequence's cached positions 0...position, heads in parallel.
+    private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
+        let group = c.headCount / c.headCountKV
+        let scale = 1 / Float(c.headDim).squareRoot()
+        let work = rows.count * c.headCount
+        pool.parallelFor(work) { range in
+            var scores = [Float](repeating: 0, count: 0)
+            let qh = UnsafeMutablePointer<Float>.allocate(capacity: c.headDim)
+            let q16 = UnsafeMutablePointer<UInt16>.allocate(capacity: c.headDim)
+            defer { qh.deallocate(); q16.deallocate() }
+            for item in range {
+                let r = item / c.headCount, h = item % c.headCount
+                let row = rows[r], cache = caches[row.sequence]!
+                let n = row.position + 1
+                if scores.count < n { scores = [Float](repeating: 0, count: n) }
+                // ggml multiplies K (f16) by Q converted to f16: round Q the same way.
+                Ops.toF16(buf.q + r * c.qDim + h * c.headDim, q16, count: c.headDim)
+                Ops.fromF16(q16, qh, count: c.headDim)
+                let kvOff = (h / group) * c.headDim
+                scores.withUnsafeMutableBufferPointer { s in
+                    for j in 0..<n { s[j] = Ops.dotF16(qh, cache.key(l, j) + kvOff, count: c.headDim) * scale }
+                    Ops.softmax(s.baseAddress!, count: n)
+                    let out = buf.attn + r * c.qDim + h * c.headDim
+                    out.initialize(repeating: 0, count: c.headDim)
+                    for j in 0..<n { Ops.axpyF16(s[j], cache.value(l, j) + kvOff, out, count: c.headDim) }
+                }
+            }
+        }
+    }
+
+    /// Working memory for a batch.
+    final class Scratch {
+        let normed, q, k, v, attn: UnsafeMutablePointer<Float>
+        init(t: Int, c: ModelConfig) {
+            normed = .allocate(capacity: t * max(c.embeddingLength, c.qDim))
+            q = .allocate(capacity: t * c.qDim)
+            k = .allocate(capacity: t * c.kvDim)
+            v = .allocate(capacity: t * c.kvDim)
+            attn = .allocate(capacity: t * c.qDim)
+        }
+        func free() {
+            for p in [normed, q, k, v, attn] { p.deallocate() }
+        }
+    }
+}

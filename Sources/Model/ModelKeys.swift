@@ -1,0 +1,26 @@
+import GGUF
+
+/// The one table of per-architecture GGUF keys (llama.cpp's LLM_KV_NAMES): `{architecture}.{key}`. The config
+/// reads them and `conclave synth` writes them from here, so a key is spelled once.
+public enum ModelKey: String, Sendable, CaseIterable {
+    case contextLength = "context_length"
+    case embeddingLength = "embedding_length"
+    case blockCount = "block_count"
+    case feedForwardLength = "feed_forward_length"
+    case headCount = "attention.head_count"
+    case headCountKV = "attention.head_count_kv"
+    case keyLength = "attention.key_length"
+    case valueLength = "attention.value_length"
+    case rmsEpsilon = "attention.layer_norm_rms_epsilon"
+    case ropeFreqBase = "rope.freq_base"
+    case ropeScalingFactor = "rope.scaling.factor"
+    case ropeDimensionCount = "rope.dimension_count"
+    case expertCount = "expert_count"
+    case expertUsedCount = "expert_used_count"
+    case expertFeedForwardLength = "expert_feed_forward_length"
+    case expertSharedFeedForwardLength = "expert_shared_feed_forward_length"
+    case vocabSize = "vocab_size"
+
+    /// The key as a file spells it for `architecture`.
+    public func name(_ architecture: String) -> String { "\(architecture).\(rawValue)" }
+}
