@@ -29,18 +29,52 @@ public enum Ops {
         public var sin: [Float]
     }
 
-    /// ggml's `rope_cache_init` without YaRN: θ_i = p · base^(−2i/dims) · freqScale, accumulated by repeated
-    /// multiplication exactly as ggml does (so angles match to the last bit, not just approximately).
+    /// YaRN context extension as ggml's rope computes it: per pair a mix of the interpolated and the original
+    /// angle (ramped between the correction dimensions) and a magnitude scale on cos and sin.
+    public struct Yarn: Sendable, Equatable {
+        public let extFactor: Float
+        public let attnFactor: Float
+        /// ggml_rope_yarn_corr_dims: the pair indices where the ramp starts and ends.
+        public let low: Float, high: Float
+
+        public init(extFactor: Float, attnFactor: Float, dims: Int, originalContext: Int, freqBase: Float, betaFast: Float, betaSlow: Float) {
+            self.extFactor = extFactor
+            self.attnFactor = attnFactor
+            func corrDim(_ rotations: Float) -> Float {
+                Float(dims) * logf(Float(originalContext) / (rotations * 2 * Float.pi)) / (2 * logf(freqBase))
+            }
+            low = max(0, floorf(corrDim(betaFast)))
+            high = min(Float(dims - 1), ceilf(corrDim(betaSlow)))
+        }
+    }
+
+    /// ggml's `rope_cache_init`: θ_i = p · base^(−2i/dims), accumulated by repeated multiplication, divided by the
+    /// pair's frequency factor, scaled by freqScale — and with YaRN mixed with the unscaled angle and the result's
+    /// magnitude scaled, as `rope_yarn` does.
     public static func ropeAngles(position p: Int, dims: Int, freqBase: Float, freqScale: Float = 1,
-                                  freqFactors: UnsafePointer<Float>? = nil) -> RopeAngles {
+                                  freqFactors: UnsafePointer<Float>? = nil, yarn: Yarn? = nil) -> RopeAngles {
         let thetaScale = powf(freqBase, -2 / Float(dims))
         var theta = Float(p)
         var c = [Float](repeating: 0, count: dims / 2), s = [Float](repeating: 0, count: dims / 2)
         for i in 0..<(dims / 2) {
             let ff = freqFactors?[i] ?? 1
-            let t = freqScale * (theta / ff)
-            c[i] = cosf(t)
-            s[i] = sinf(t)
+            let extrapolated = theta / ff
+            var t = freqScale * extrapolated
+            if let y = yarn {
+                var mscale = y.attnFactor
+                if y.extFactor != 0 {
+                    // rope_yarn_ramp(low, high, i0) with i0 = 2i: i0 / 2 is the pair index.
+                    let ramp = 1 - min(1, max(0, (Float(i) - y.low) / max(0.001, y.high - y.low)))
+                    let mix = ramp * y.extFactor
+                    t = t * (1 - mix) + extrapolated * mix
+                    mscale *= 1 + 0.1 * logf(1 / freqScale)
+                }
+                c[i] = cosf(t) * mscale
+                s[i] = sinf(t) * mscale
+            } else {
+                c[i] = cosf(t)
+                s[i] = sinf(t)
+            }
             theta *= thetaScale
         }
         return RopeAngles(cos: c, sin: s)
@@ -69,16 +103,20 @@ public enum Ops {
     }
 
     /// In-place softmax of `n` values (max subtracted first; the sum in double as ggml).
-    public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+    /// With a `sink`, a logit that joins the max and the denominator but has no output of its own (ggml's
+    /// soft_max_ext with sinks: added to the sum after the row's own terms).
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int, sink: Float? = nil) {
         guard n > 0 else { return }
         var m = -Float.infinity
         for i in 0..<n { m = max(m, x[i]) }
+        if let sink { m = max(m, sink) }
         var sum = 0.0
         for i in 0..<n {
             let e = expf(x[i] - m)
             x[i] = e
             sum += Double(e)
         }
+        if let sink { sum += Double(expf(sink - m)) }
         let inv = Float(1 / sum)
         for i in 0..<n { x[i] *= inv }
     }
@@ -88,6 +126,15 @@ public enum Ops {
     /// SwiGLU: gate[i] ← silu(gate[i]) · up[i].
     public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count n: Int) {
         for i in 0..<n { gate[i] = silu(gate[i]) * up[i] }
+    }
+
+    /// gpt-oss's clamped SwiGLU (ggml_swiglu_oai): x = min(gate, limit), y = clamp(up, ±limit),
+    /// gate ← x · σ(αx) · (y + 1).
+    public static func swigluOAI(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count n: Int, alpha: Float, limit: Float) {
+        for i in 0..<n {
+            let x = min(gate[i], limit), y = max(min(up[i], limit), -limit)
+            gate[i] = x / (1 + expf(alpha * -x)) * (y + 1)
+        }
     }
 
     /// Indices of the `k` largest values, largest first; ties go to the lower index (a stable order).

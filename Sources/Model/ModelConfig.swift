@@ -7,6 +7,8 @@ public struct ArchitectureTraits: Sendable {
     public enum Gating: Sendable {
         /// softmax over all experts, keep the top k (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX).
         case softmaxThenTopK
+        /// the top k of the logits, their weights a softmax over those k (LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT, gpt-oss).
+        case topKThenSoftmax
     }
 
     /// RMS normalisation of Q and K before RoPE.
@@ -30,6 +32,20 @@ public struct ArchitectureTraits: Sendable {
     public let sharedExpert: Bool
     /// Layers may be dense (no `expert_count`): llama, whose MoE form is Mixtral's.
     public var allowsDense = false
+    /// The attention output projection carries a bias (gpt-oss).
+    public var attentionOutputBias = false
+    /// A learned logit per head that joins each softmax's denominator and attends to nothing (gpt-oss's sinks).
+    public var attentionSinks = false
+    /// Every `slidingWindowPattern`-th layer attends to everything, the others only to the last
+    /// `attention.sliding_window` positions (llama.cpp's set_swa_pattern; 0: no sliding window).
+    public var slidingWindowPattern = 0
+    /// The feed-forward block's input norm (gpt-oss calls it post_attention_norm).
+    public var ffnNormRole: TensorRole = .ffnNorm
+    /// The router and the experts' projections carry biases (gpt-oss).
+    public var routerBias = false
+    public var expertBias = false
+    /// What joins an expert's gate and up projections.
+    public var expertActivation: ExpertActivation = .swiglu
     /// Without `expert_feed_forward_length`, an expert's width is `feed_forward_length` ÷ experts used
     /// (qwen2moe's converter wrote the total); otherwise it is `feed_forward_length` itself.
     public var feedForwardIsPerToken = false
@@ -45,6 +61,11 @@ public struct ArchitectureTraits: Sendable {
         // llama: dense when expert_count is 0, Mixtral-style MoE otherwise.
         "llama": ArchitectureTraits(name: "llama", ropeMode: .normal, qkNorm: .none, attentionBias: false,
                                     gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false, allowsDense: true),
+        // OpenAI's gpt-oss (llama.cpp's LLM_ARCH_OPENAI_MOE).
+        "gpt-oss": ArchitectureTraits(name: "gpt-oss", ropeMode: .neox, qkNorm: .none, attentionBias: true,
+                                      gating: .topKThenSoftmax, normalizeExpertWeights: false, sharedExpert: false,
+                                      attentionOutputBias: true, attentionSinks: true, slidingWindowPattern: 2, ffnNormRole: .postAttentionNorm,
+                                      routerBias: true, expertBias: true, expertActivation: .swigluOAI(alpha: 1.702, limit: 7)),
     ]
 }
 
@@ -70,6 +91,16 @@ public struct ModelConfig: Sendable {
     public let ropeDims: Int
     public let rmsEpsilon: Float
     public let vocabSize: Int
+    /// Positions a sliding-window layer attends to (its own and the ones before), 0 when no layer slides.
+    public let slidingWindow: Int
+    /// YaRN context extension (`rope.scaling.type` = yarn), nil for plain or linear RoPE.
+    public let yarn: Ops.Yarn?
+
+    /// Whether layer `l` attends only to the last `slidingWindow` positions.
+    public func slides(layer l: Int) -> Bool {
+        let n = traits.slidingWindowPattern
+        return n > 0 && slidingWindow > 0 && l % n < n - 1
+    }
 
     public var architecture: String { traits.name }
     public var qDim: Int { headCount * headDim }
@@ -124,6 +155,18 @@ public struct ModelConfig: Sendable {
             throw ModelError("\(file.path): '\(key(.ropeDimensionCount))' = \(ropeDims) must be even and at most the head size \(headDim)")
         }
         rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
+        slidingWindow = traits.slidingWindowPattern > 0 ? try int(.slidingWindow) : 0
+        if let type = file.string(key(.ropeScalingType)), type != "none", type != "linear" {
+            guard type == "yarn" else { throw ModelError("\(file.path): '\(key(.ropeScalingType))' = \(type) is not supported (none, linear, yarn)") }
+            let original = try int(.ropeScalingOriginalContext)
+            // llama.cpp's defaults: extrapolation mix 1, attention factor 1, β fast 32 and slow 1.
+            let ext = Float(file.double(key(.ropeScalingYarnExtFactor)) ?? 1)
+            let attn = Float(file.double(key(.ropeScalingYarnAttnFactor)) ?? 1)
+            yarn = Ops.Yarn(extFactor: ext, attnFactor: attn, dims: ropeDims, originalContext: original, freqBase: ropeFreqBase,
+                            betaFast: Float(file.double(key(.ropeScalingYarnBetaFast)) ?? 32), betaSlow: Float(file.double(key(.ropeScalingYarnBetaSlow)) ?? 1))
+        } else {
+            yarn = nil
+        }
         vocabSize = try int(.vocabSize, default: file.array("tokenizer.ggml.tokens")?.count)
         guard expertCount > 0 || traits.allowsDense else {
             throw ModelError("\(file.path): '\(key(.expertCount))' is missing or 0; \(arch) models need experts")

@@ -20,6 +20,13 @@ public enum ModelKey: String, Sendable, CaseIterable {
     case expertFeedForwardLength = "expert_feed_forward_length"
     case expertSharedFeedForwardLength = "expert_shared_feed_forward_length"
     case vocabSize = "vocab_size"
+    case slidingWindow = "attention.sliding_window"
+    case ropeScalingType = "rope.scaling.type"
+    case ropeScalingOriginalContext = "rope.scaling.original_context_length"
+    case ropeScalingYarnExtFactor = "rope.scaling.yarn_ext_factor"
+    case ropeScalingYarnAttnFactor = "rope.scaling.yarn_attn_factor"
+    case ropeScalingYarnBetaFast = "rope.scaling.yarn_beta_fast"
+    case ropeScalingYarnBetaSlow = "rope.scaling.yarn_beta_slow"
 
     /// The key as a file spells it for `architecture`.
     public func name(_ architecture: String) -> String { "\(architecture).\(rawValue)" }

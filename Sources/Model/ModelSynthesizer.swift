@@ -22,6 +22,10 @@ public struct ModelSynthesizer {
         public var context = 4096
         public var ropeBase: Float = 1_000_000
         public var rmsEps: Float = 1e-6
+        /// Positions a sliding-window layer attends to (architectures whose traits slide).
+        public var slidingWindow = 128
+        /// YaRN rope scaling: (factor, original context), nil for none.
+        public var yarn: (factor: Float, originalContext: Int)?
         public init() {}
     }
 
@@ -83,6 +87,9 @@ public struct ModelSynthesizer {
             (.expertFeedForwardLength, .uint32(UInt32(s.expertFF))), (.ropeDimensionCount, .uint32(UInt32(s.headDim))),
             (.vocabSize, .uint32(UInt32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000))),
         ] + (ArchitectureTraits.registry[a]?.sharedExpert == true ? [(.expertSharedFeedForwardLength, .uint32(UInt32(s.sharedFF)))] : [])
+          + ((ArchitectureTraits.registry[a]?.slidingWindowPattern ?? 0) > 0 ? [(.slidingWindow, .uint32(UInt32(s.slidingWindow)))] : [])
+          + (s.yarn.map { [(.ropeScalingType, .string("yarn")), (.ropeScalingFactor, .float32($0.factor)),
+                           (.ropeScalingOriginalContext, .uint32(UInt32($0.originalContext)))] } ?? [])
         for (k, v) in keys { try w.set(k.name(a), v) }
         for (k, v) in vocabulary.metadata where k.hasPrefix("tokenizer.") { try w.set(k, v) }
         for (info, type) in zip(infos, types) { try w.addTensor(name: info.name, type: type, shape: info.shape) }
@@ -105,6 +112,7 @@ public struct ModelSynthesizer {
         switch name.role.category {
         case .norm: (mean, std) = (1, 0.05)
         case _ where name.suffix == "bias": (mean, std) = (0, 0.1)
+        case _ where name.role == .attnSinks: (mean, std) = (0, 1)
         case .head: (mean, std) = (0, 4 / Float(cols).squareRoot())  // peaked logits
         case .embedding: (mean, std) = (0, 1)
         case .router: (mean, std) = (0, 2 / Float(cols).squareRoot())

@@ -47,7 +47,7 @@ extension ExpertWeights {
             u = try file.packed(up, rows: (e * expertFF)..<((e + 1) * expertFF))
             d = try file.packed(down, rows: (e * embd)..<((e + 1) * embd))
         }
-        return ExpertWeights(gate: g, up: u, down: d, expertFF: expertFF, embd: embd)
+        return with(gate: g, up: u, down: d)
     }
 }
 

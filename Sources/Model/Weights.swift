@@ -65,17 +65,52 @@ public struct ExpertWeights: Sendable {
     public let down: WeightMatrix  // (expertCount · embd) rows × expertFF
     public let expertFF: Int
     public let embd: Int
+    /// Every expert's biases, stacked as the tensors store them (gpt-oss): gate and up expertCount × expertFF,
+    /// down expertCount × embd. Small, so read into memory whatever holds the matrices.
+    public var biases: (gate: [Float], up: [Float], down: [Float])?
+    public var activation: ExpertActivation = .swiglu
+
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, expertFF: Int, embd: Int) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+        self.expertFF = expertFF
+        self.embd = embd
+    }
 
     public var expertCount: Int { gate.rows / expertFF }
     public func gate(_ e: Int) -> WeightMatrix { gate.rows((e * expertFF)..<((e + 1) * expertFF)) }
     public func up(_ e: Int) -> WeightMatrix { up.rows((e * expertFF)..<((e + 1) * expertFF)) }
     public func down(_ e: Int) -> WeightMatrix { down.rows((e * embd)..<((e + 1) * embd)) }
-    public func matrices(_ e: Int) -> ExpertMatrices { ExpertMatrices(gate: gate(e), up: up(e), down: down(e)) }
+    public func matrices(_ e: Int) -> ExpertMatrices { matrices(e, gate: gate(e), up: up(e), down: down(e)) }
+
+    /// Expert `e`'s matrices given where their bytes are, with its biases and the activation.
+    public func matrices(_ e: Int, gate g: WeightMatrix, up u: WeightMatrix, down d: WeightMatrix) -> ExpertMatrices {
+        let f = expertFF
+        let bias = biases.map { b in
+            ExpertBias(gate: b.gate[(e * f)..<((e + 1) * f)], up: b.up[(e * f)..<((e + 1) * f)], down: b.down[(e * embd)..<((e + 1) * embd)])
+        }
+        return ExpertMatrices(gate: g, up: u, down: d, bias: bias, activation: activation)
+    }
+
+    /// The same experts with their matrices elsewhere (packed), biases and activation kept.
+    func with(gate g: WeightMatrix, up u: WeightMatrix, down d: WeightMatrix) -> ExpertWeights {
+        var w = ExpertWeights(gate: g, up: u, down: d, expertFF: expertFF, embd: embd)
+        w.biases = biases
+        w.activation = activation
+        return w
+    }
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> ExpertWeights {
         let spec = FeedForwardBlock.tensors(layer: i, c.dimensions, c.traits)
-        return ExpertWeights(gate: try b.matrix(.block(i, .expertGate), in: spec), up: try b.matrix(.block(i, .expertUp), in: spec),
-                             down: try b.matrix(.block(i, .expertDown), in: spec), expertFF: c.expertFeedForward, embd: c.embeddingLength)
+        var w = ExpertWeights(gate: try b.matrix(.block(i, .expertGate), in: spec), up: try b.matrix(.block(i, .expertUp), in: spec),
+                              down: try b.matrix(.block(i, .expertDown), in: spec), expertFF: c.expertFeedForward, embd: c.embeddingLength)
+        if c.traits.expertBias {
+            w.biases = (try b.vector(.block(i, .expertGate, "bias"), in: spec), try b.vector(.block(i, .expertUp, "bias"), in: spec),
+                        try b.vector(.block(i, .expertDown, "bias"), in: spec))
+        }
+        w.activation = c.traits.expertActivation
+        return w
     }
 
     /// The stacked expert tensors of one layer of a model file, unpacked views of the mapping.

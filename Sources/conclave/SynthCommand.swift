@@ -15,7 +15,7 @@ struct SynthCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Architecture: qwen3moe, qwen2moe, olmoe, llama (Mixtral-style).") var arch = "qwen3moe"
+    @Option(help: "Architecture: qwen3moe, qwen2moe, olmoe, llama (Mixtral-style), gpt-oss.") var arch = "qwen3moe"
     @Option(help: "Transformer layers.") var layers = 4
     @Option(help: "Embedding width.") var embd = 256
     @Option(help: "Query heads.") var heads = 8
@@ -26,6 +26,10 @@ struct SynthCommand: ParsableCommand {
     @Option(name: .customLong("expert-ff"), help: "Expert feed-forward width.") var expertFF = 256
     @Option(name: .customLong("shared-ff"), help: "Shared expert width (qwen2moe).") var sharedFF = 512
     @Option(help: "Context length.") var ctx = 4096
+    @Option(name: .customLong("sliding-window"), help: "Positions a sliding-window layer attends to (gpt-oss: every other layer).") var slidingWindow = 128
+    @Option(name: .customLong("rope-base"), help: "RoPE frequency base.") var ropeBase: Float = 1_000_000
+    @Option(name: .customLong("yarn-factor"), help: "Write YaRN rope scaling with this factor (with --yarn-original-ctx); 0: none.") var yarnFactor: Float = 0
+    @Option(name: .customLong("yarn-original-ctx"), help: "YaRN's original context length.") var yarnOriginalCtx = 4096
     @Option(help: "llama.cpp file type (F16, Q8_0, Q4_0, Q4_K_M, …).") var type = "Q4_0"
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(name: .customLong("vocab-from"), help: "GGUF whose tokenizer to copy (default: the shipped model).")
@@ -37,11 +41,13 @@ struct SynthCommand: ParsableCommand {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
         // GGUF stores each as uint32.
         for (name, v) in [("--layers", layers), ("--embd", embd), ("--heads", heads), ("--kv-heads", kvHeads), ("--head-dim", headDim),
-                          ("--experts", experts), ("--used", used), ("--expert-ff", expertFF), ("--shared-ff", sharedFF), ("--ctx", ctx)]
+                          ("--experts", experts), ("--used", used), ("--expert-ff", expertFF), ("--shared-ff", sharedFF), ("--ctx", ctx),
+                          ("--sliding-window", slidingWindow), ("--yarn-original-ctx", yarnOriginalCtx)]
         where v < 1 || v > Int(UInt32.max) {
             throw ValidationError("\(name) \(v) is outside 1...\(UInt32.max)")
         }
         if used > experts { throw ValidationError("--used \(used) is more than --experts \(experts)") }
+        if !(yarnFactor == 0 || yarnFactor >= 1) || !(ropeBase > 1) { throw ValidationError("--yarn-factor must be 0 or at least 1, --rope-base above 1") }
     }
 
     func run() throws {
@@ -60,6 +66,9 @@ struct SynthCommand: ParsableCommand {
         s.expertFF = expertFF
         s.sharedFF = sharedFF
         s.context = ctx
+        s.slidingWindow = slidingWindow
+        s.ropeBase = ropeBase
+        s.yarn = yarnFactor > 0 ? (yarnFactor, yarnOriginalCtx) : nil
         let vocab = try openGGUF(vocabFrom)
         let start = KernelBench.now()
         do {

@@ -11,6 +11,9 @@ public struct AttentionBlock: Sendable {
     public let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix
     public let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
     public let qNorm: [Float]?, kNorm: [Float]?
+    /// The output projection's bias and each head's sink logit (gpt-oss).
+    public var oBias: [Float]?
+    public var sinks: [Float]?
 
     /// The tensors of layer `i`'s attention.
     public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
@@ -26,6 +29,8 @@ public struct AttentionBlock: Sendable {
             out += [TensorSpec(.block(i, .attnQ, "bias"), [d.qDim]), TensorSpec(.block(i, .attnK, "bias"), [d.kvDim]),
                     TensorSpec(.block(i, .attnV, "bias"), [d.kvDim])]
         }
+        if t.attentionOutputBias { out.append(TensorSpec(.block(i, .attnOutput, "bias"), [d.embedding])) }
+        if t.attentionSinks { out.append(TensorSpec(.block(i, .attnSinks), [d.heads])) }
         return out
     }
 
@@ -35,17 +40,23 @@ public struct AttentionBlock: Sendable {
             let name = TensorName.block(i, role, suffix)
             return spec.contains { $0.name == name } ? try b.vector(name, in: spec) : nil
         }
-        return AttentionBlock(norm: try b.vector(.block(i, .attnNorm), in: spec),
+        var block = AttentionBlock(norm: try b.vector(.block(i, .attnNorm), in: spec),
                               q: try b.matrix(.block(i, .attnQ), in: spec), k: try b.matrix(.block(i, .attnK), in: spec),
                               v: try b.matrix(.block(i, .attnV), in: spec), o: try b.matrix(.block(i, .attnOutput), in: spec),
                               qBias: try optional(.attnQ, "bias"), kBias: try optional(.attnK, "bias"),
                               vBias: try optional(.attnV, "bias"), qNorm: try optional(.attnQNorm), kNorm: try optional(.attnKNorm))
+        block.oBias = try optional(.attnOutput, "bias")
+        block.sinks = try optional(.attnSinks)
+        return block
     }
 
     /// The matrices repacked for this host's kernels.
     func packed(in file: GGUFFile) throws(ModelError) -> AttentionBlock {
-        AttentionBlock(norm: norm, q: try file.packed(q), k: try file.packed(k), v: try file.packed(v), o: try file.packed(o),
-                       qBias: qBias, kBias: kBias, vBias: vBias, qNorm: qNorm, kNorm: kNorm)
+        var block = AttentionBlock(norm: norm, q: try file.packed(q), k: try file.packed(k), v: try file.packed(v), o: try file.packed(o),
+                                   qBias: qBias, kBias: kBias, vBias: vBias, qNorm: qNorm, kNorm: kNorm)
+        block.oBias = oBias
+        block.sinks = sinks
+        return block
     }
 
     /// hidden += O · attention(norm(hidden)) for the batch's rows, storing their K and V in their caches.
@@ -79,13 +90,14 @@ public struct AttentionBlock: Sendable {
                 case .none: break
                 }
             }
-            let angles = Ops.ropeAngles(position: rows[r].position, dims: c.ropeDims, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale)
+            let angles = Ops.ropeAngles(position: rows[r].position, dims: c.ropeDims, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale, yarn: c.yarn)
             Ops.rope(buf.q + r * c.qDim, heads: c.headCount, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
             Ops.rope(buf.k + r * c.kvDim, heads: c.headCountKV, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
             caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.k + r * c.kvDim, v: buf.v + r * c.kvDim)
         }
         attend(l, buf, rows: rows, caches: caches, config: c, pool: pool)
         try MatMul.multiply(o, buf.attn, batch: t, into: buf.normed, pool: pool)
+        if let b = oBias { for r in 0..<t { for i in 0..<e { buf.normed[r * e + i] += b[i] } } }
         for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
     }
 
@@ -98,10 +110,13 @@ public struct AttentionBlock: Sendable {
         }
     }
 
-    /// Causal attention of each row over its sequence's cached positions 0...position, heads in parallel.
+    /// Causal attention of each row over its sequence's cached positions 0...position (in a sliding-window layer
+    /// only the last `slidingWindow` of them: llama.cpp masks p − j ≥ window), heads in parallel; a head's sink,
+    /// if any, joins its softmax.
     private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
         let group = c.headCount / c.headCountKV
         let scale = 1 / Float(c.headDim).squareRoot()
+        let window = c.slides(layer: l) ? c.slidingWindow : Int.max
         let work = rows.count * c.headCount
         pool.parallelFor(work) { range in
             var scores = [Float](repeating: 0, count: 0)
@@ -111,18 +126,18 @@ public struct AttentionBlock: Sendable {
             for item in range {
                 let r = item / c.headCount, h = item % c.headCount
                 let row = rows[r], cache = caches[row.sequence]!
-                let n = row.position + 1
+                let first = max(0, row.position + 1 - window), n = row.position + 1 - first
                 if scores.count < n { scores = [Float](repeating: 0, count: n) }
                 // ggml multiplies K (f16) by Q converted to f16: round Q the same way.
                 Ops.toF16(buf.q + r * c.qDim + h * c.headDim, q16, count: c.headDim)
                 Ops.fromF16(q16, qh, count: c.headDim)
                 let kvOff = (h / group) * c.headDim
                 scores.withUnsafeMutableBufferPointer { s in
-                    for j in 0..<n { s[j] = Ops.dotF16(qh, cache.key(l, j) + kvOff, count: c.headDim) * scale }
-                    Ops.softmax(s.baseAddress!, count: n)
+                    for j in 0..<n { s[j] = Ops.dotF16(qh, cache.key(l, first + j) + kvOff, count: c.headDim) * scale }
+                    Ops.softmax(s.baseAddress!, count: n, sink: sinks?[h])
                     let out = buf.attn + r * c.qDim + h * c.headDim
                     out.initialize(repeating: 0, count: c.headDim)
-                    for j in 0..<n { Ops.axpyF16(s[j], cache.value(l, j) + kvOff, out, count: c.headDim) }
+                    for j in 0..<n { Ops.axpyF16(s[j], cache.value(l, first + j) + kvOff, out, count: c.headDim) }
                 }
             }
         }

@@ -10,15 +10,22 @@ import Kernels
 public struct FeedForwardBlock: Sendable {
     public let norm: [Float]
     public let weights: FeedForwardWeights
+    /// Added to the router's logits before gating (gpt-oss).
+    public var routerBias: [Float]?
 
     /// The tensors of layer `i`'s feed-forward half: routed experts when the model has them, else a dense FFN.
     public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
         let e = d.embedding
-        var out = [TensorSpec(.block(i, .ffnNorm), [e])]
+        var out = [TensorSpec(.block(i, t.ffnNormRole), [e])]
         if d.isMoE {
             let f = d.expertFeedForward, n = d.experts
             out += [TensorSpec(.block(i, .router), [e, n]), TensorSpec(.block(i, .expertGate), [e, f, n]),
                     TensorSpec(.block(i, .expertUp), [e, f, n]), TensorSpec(.block(i, .expertDown), [f, e, n])]
+            if t.routerBias { out.append(TensorSpec(.block(i, .router, "bias"), [n])) }
+            if t.expertBias {
+                out += [TensorSpec(.block(i, .expertGate, "bias"), [f, n]), TensorSpec(.block(i, .expertUp, "bias"), [f, n]),
+                        TensorSpec(.block(i, .expertDown, "bias"), [e, n])]
+            }
             if t.sharedExpert {
                 let s = d.sharedFeedForward
                 out += [TensorSpec(.block(i, .sharedExpertRouter), [e]), TensorSpec(.block(i, .sharedGate), [e, s]),
@@ -33,7 +40,7 @@ public struct FeedForwardBlock: Sendable {
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> FeedForwardBlock {
         let spec = tensors(layer: i, c.dimensions, c.traits)
-        let norm = try b.vector(.block(i, .ffnNorm), in: spec)
+        let norm = try b.vector(.block(i, c.traits.ffnNormRole), in: spec)
         guard c.isMoE else {
             return FeedForwardBlock(norm: norm, weights: .dense(gate: try b.matrix(.block(i, .ffnGate), in: spec), up: try b.matrix(.block(i, .ffnUp), in: spec),
                                                                 down: try b.matrix(.block(i, .ffnDown), in: spec)))
@@ -43,8 +50,10 @@ public struct FeedForwardBlock: Sendable {
             shared = SharedExpertWeights(gateInput: try b.vector(.block(i, .sharedExpertRouter), in: spec), gate: try b.matrix(.block(i, .sharedGate), in: spec),
                                          up: try b.matrix(.block(i, .sharedUp), in: spec), down: try b.matrix(.block(i, .sharedDown), in: spec))
         }
-        return FeedForwardBlock(norm: norm, weights: .moe(router: try b.matrix(.block(i, .router), in: spec),
-                                                          experts: try ExpertWeights.bind(&b, layer: i, config: c), shared: shared))
+        var block = FeedForwardBlock(norm: norm, weights: .moe(router: try b.matrix(.block(i, .router), in: spec),
+                                                               experts: try ExpertWeights.bind(&b, layer: i, config: c), shared: shared))
+        if c.traits.routerBias { block.routerBias = try b.vector(.block(i, .router, "bias"), in: spec) }
+        return block
     }
 
     /// The matrices repacked for this host's kernels; of the routed experts only `heldExperts`.
@@ -55,7 +64,9 @@ public struct FeedForwardBlock: Sendable {
             if let sh = shared {
                 s = SharedExpertWeights(gateInput: sh.gateInput, gate: try file.packed(sh.gate), up: try file.packed(sh.up), down: try file.packed(sh.down))
             }
-            return FeedForwardBlock(norm: norm, weights: .moe(router: router, experts: try experts.packed(in: file, held: heldExperts), shared: s))
+            var block = FeedForwardBlock(norm: norm, weights: .moe(router: router, experts: try experts.packed(in: file, held: heldExperts), shared: s))
+            block.routerBias = routerBias
+            return block
         case .dense(let gate, let up, let down):
             return FeedForwardBlock(norm: norm, weights: .dense(gate: try file.packed(gate), up: try file.packed(up), down: try file.packed(down)))
         }
@@ -74,6 +85,7 @@ public struct FeedForwardBlock: Sendable {
         let logits = UnsafeMutablePointer<Float>.allocate(capacity: t * n)
         defer { logits.deallocate() }
         try MatMul.multiply(router, x, batch: t, into: logits, pool: pool)
+        if let b = routerBias { for r in 0..<t { for j in 0..<n { logits[r * n + j] += b[j] } } }
         return (0..<t).map { r in Gating.route(logits + r * n, count: n, k: k, traits: c.traits) }
     }
 

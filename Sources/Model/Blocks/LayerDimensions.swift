@@ -63,8 +63,13 @@ extension TensorBinder {
     }
 
     /// A vector of `specs` read into floats.
+    /// A vector (or a stack of them, as experts' biases) of `specs` read into floats whatever its stored type.
     mutating func vector(_ name: TensorName, in specs: [TensorSpec]) throws(ModelError) -> [Float] {
-        guard let s = specs.first(where: { $0.name == name }) else { throw ModelError("internal: no tensor spec for '\(name)'") }
-        return try vector(name, count: s.shape.reduce(1, *))
+        let t = try tensor(name, in: specs)
+        do {
+            return try Dequantize.toFloats(t.type, t.bytes, count: t.info.elementCount)
+        } catch {
+            throw ModelError("\(file.path): tensor '\(t.name)': \(error)")
+        }
     }
 }

@@ -361,7 +361,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         func view(_ m: WeightMatrix, rows: Int, at offset: Int) -> WeightMatrix {
             try! WeightMatrix(type: m.type, rows: rows, cols: m.cols, data: base + offset, rowStride: m.rowStride, packed: packSlots[layer]!)
         }
-        return ExpertMatrices(gate: view(w.gate, rows: w.expertFF, at: o[0]), up: view(w.up, rows: w.expertFF, at: o[1]),
-                              down: view(w.down, rows: w.embd, at: o[2]))
+        return w.matrices(expert, gate: view(w.gate, rows: w.expertFF, at: o[0]), up: view(w.up, rows: w.expertFF, at: o[1]),
+                          down: view(w.down, rows: w.embd, at: o[2]))
     }
 }

@@ -134,13 +134,38 @@ extension ExpertProvider {
     }
 }
 
-/// One expert's three matrices, wherever their bytes are (the mapping, or a slot of the offload cache).
+/// What joins an expert's gate and up projections.
+public enum ExpertActivation: Sendable, Equatable {
+    /// silu(gate) · up.
+    case swiglu
+    /// gpt-oss's clamped form (`Ops.swigluOAI`).
+    case swigluOAI(alpha: Float, limit: Float)
+
+    func apply(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count n: Int) {
+        switch self {
+        case .swiglu: Ops.swiglu(gate: gate, up: up, count: n)
+        case .swigluOAI(let alpha, let limit): Ops.swigluOAI(gate: gate, up: up, count: n, alpha: alpha, limit: limit)
+        }
+    }
+}
+
+/// One expert's biases (gpt-oss): added after its gate, up and down projections.
+public struct ExpertBias: Sendable {
+    public let gate: ArraySlice<Float>, up: ArraySlice<Float>, down: ArraySlice<Float>
+}
+
+/// One expert's three matrices, wherever their bytes are (the mapping, or a slot of the offload cache), with its
+/// biases and the activation between the projections.
 public struct ExpertMatrices: Sendable {
     public let gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix
-    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+    public let bias: ExpertBias?
+    public let activation: ExpertActivation
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, bias: ExpertBias? = nil, activation: ExpertActivation = .swiglu) {
         self.gate = gate
         self.up = up
         self.down = down
+        self.bias = bias
+        self.activation = activation
     }
 }
 
@@ -203,7 +228,11 @@ enum ExpertCompute {
                 jobs.append(MatMul.Job(ex.matrices.up, a, into: up + off * ff))
             }
             try MatMul.multiply(jobs, pool: pool)
-            Ops.swiglu(gate: gate, up: up, count: total * ff)
+            for (i, ex) in experts.enumerated() {
+                Self.addBias(ex.matrices.bias?.gate, rows: ex.members.count, width: ff, to: gate + offsets[i] * ff)
+                Self.addBias(ex.matrices.bias?.up, rows: ex.members.count, width: ff, to: up + offsets[i] * ff)
+                ex.matrices.activation.apply(gate: gate + offsets[i] * ff, up: up + offsets[i] * ff, count: ex.members.count * ff)
+            }
             // Phase 2: every down projection in one dispatch.
             jobs.removeAll()
             for (i, ex) in experts.enumerated() {
@@ -219,10 +248,13 @@ enum ExpertCompute {
                 let n = ex.members.count, off = offsets[i], w = ex.matrices
                 try MatMul.multiply(w.gate, xs + off * embd, batch: n, into: gate + off * ff, pool: pool)
                 try MatMul.multiply(w.up, xs + off * embd, batch: n, into: up + off * ff, pool: pool)
-                Ops.swiglu(gate: gate + off * ff, up: up + off * ff, count: n * ff)
+                Self.addBias(w.bias?.gate, rows: n, width: ff, to: gate + off * ff)
+                Self.addBias(w.bias?.up, rows: n, width: ff, to: up + off * ff)
+                w.activation.apply(gate: gate + off * ff, up: up + off * ff, count: n * ff)
                 try MatMul.multiply(w.down, gate + off * ff, batch: n, into: down + off * embd, pool: pool)
             }
         }
+        for (i, ex) in experts.enumerated() { Self.addBias(ex.matrices.bias?.down, rows: ex.members.count, width: embd, to: down + offsets[i] * embd) }
         for (i, ex) in experts.enumerated() {
             for (j, item) in ex.members.enumerated() {
                 let route = routes[item.row]
@@ -230,6 +262,14 @@ enum ExpertCompute {
                 let dst = results + (item.row * k + route.slot(item.slot)) * embd, src = down + (offsets[i] + j) * embd
                 for c in 0..<embd { dst[c] = src[c] * weight }
             }
+        }
+    }
+
+    /// `bias` added to each of `rows` rows of `width` (nothing without one).
+    static func addBias(_ bias: ArraySlice<Float>?, rows: Int, width: Int, to x: UnsafeMutablePointer<Float>) {
+        guard let bias else { return }
+        bias.withUnsafeBufferPointer { b in
+            for r in 0..<rows { for c in 0..<width { x[r * width + c] += b[c] } }
         }
     }
 

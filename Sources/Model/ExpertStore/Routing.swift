@@ -59,6 +59,12 @@ public enum Gating {
                 w = w.map { $0 / sum }
             }
             return Route(experts: top, weights: w)
+        case .topKThenSoftmax:
+            // ggml_top_k on the logits, then ggml_soft_max over the k chosen.
+            let top = Ops.topK(logits, count: n, k: k)
+            var w = top.map { logits[$0] }
+            w.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: k) }
+            return Route(experts: top, weights: w)
         }
     }
 }
