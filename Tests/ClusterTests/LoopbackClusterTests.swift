@@ -16,8 +16,11 @@ import Worker
     /// Starts the cluster; returns it with the coordinator endpoint.
     /// With `fetch`, the experts worker and the second stage have no model file and fetch it from the coordinator
     /// into one cache at once, as two workers on one host do.
-    static func startCluster(fetch: Bool = false, serve extra: [String] = []) throws -> (ProcessCluster, String) {
+    /// `model`: writes the model the cluster serves into the cluster's directory (default: the shipped model).
+    static func startCluster(fetch: Bool = false, serve extra: [String] = [],
+                             model makeModel: ((ProcessCluster) throws -> String)? = nil) throws -> (ProcessCluster, String) {
         let c = try ProcessCluster()
+        let model = try makeModel?(c) ?? Self.model
         let base = ProcessCluster.freePorts(4)
         let file = try c.writeClusterFile(base: base)
         let names = ["stage-a", "stage-b", "experts-1"]
@@ -78,6 +81,28 @@ import Worker
         // Activations cross one hop per step; a decode row costs about hidden × 4 bytes plus a small envelope.
         let bytes = byName["stage-a"]?["forwarded_bytes"] as? Int ?? 0, rows = byName["stage-a"]?["forwarded_rows"] as? Int ?? 1
         #expect(bytes > 0 && rows > 0)
+    }
+
+    /// gpt-oss through two stages and an experts worker (its sliding-window layers, sinks, biased experts and
+    /// top-k-then-softmax routing split across processes, rows travelling as Q8_0): the tokens one process makes.
+    @Test func gptOssDistributedMatchesOneProcess() async throws { try await onThread { [self] in try self.gptOssDistributedMatchesOneProcessBlocking() } }
+    func gptOssDistributedMatchesOneProcessBlocking() throws {
+        let (c, endpoint) = try Self.startCluster { c in
+            let path = c.dir.appendingPathComponent("gpt-oss.gguf").path
+            let (rc, _, err) = try c.run(["synth", "--arch", "gpt-oss", "--layers", "4", "--sliding-window", "6", "--type", "Q8_0",
+                                          "--seed", "11", "--threads", "1", "-o", path])
+            guard rc == 0 else { throw ProcessCluster.Failure(description: "synth failed: \(err)") }
+            return path
+        }
+        defer { c.stop() }
+        let model = c.dir.appendingPathComponent("gpt-oss.gguf").path
+        let args = ["-p", "Once upon a time there was", "-n", "24", "--temp", "0", "--repeat-penalty", "1.1"]
+        let (rc1, single, err1) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+        #expect(rc1 == 0, "run failed: \(err1)")
+        let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+        #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        #expect(distributed == single)
     }
 
     /// Several requests at once (sent together on one connection, so they surely overlap): the scheduler keeps

@@ -129,6 +129,26 @@ struct RemoteExpertsTests {
         dealer.close()
     }
 
+    /// gpt-oss (expert biases, the clamped SwiGLU, top-k-then-softmax routing, sliding windows, sinks): its odd
+    /// experts served by another worker, resident or paged from disk, give the same bits as one process.
+    @Test(arguments: [nil, 3] as [Int?]) func gptOssExpertsSplitBitIdentically(pagedSlots: Int?) async throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var shape = ModelSynthesizer.Shape()
+        shape.architecture = "gpt-oss"
+        shape.layers = 2
+        shape.slidingWindow = 4
+        let path = dir.appendingPathComponent("gpt-oss.gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 5, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+            .write(to: path, pool: ThreadPool(threads: 2))
+        let net = InMemoryNetwork()
+        let router = try net.router(at: "mem://worker-2")
+        let dealer = try net.dealer(connectingTo: "mem://worker-2", identity: "worker-1")
+        try await check(server: router, client: dealer, pagedSlots: pagedSlots, model: path)
+        router.close()
+        dealer.close()
+    }
+
     @Test func inMemoryTransport() async throws {
         let net = InMemoryNetwork()
         let router = try net.router(at: "mem://worker-2")

@@ -60,7 +60,8 @@ public struct WeightLayout: Sendable {
         guard let n = TensorName(parsing: name) else { return nil }
         if let l = n.layer {
             guard l < layerCount else { return nil }
-            return n.role.category == .experts ? .experts(l) : .layer(l)
+            // The experts' biases (gpt-oss) are small and every holder of the layer reads them whole: the layer's.
+            return n.role.category == .experts && n.suffix == "weight" ? .experts(l) : .layer(l)
         }
         return n.role == .tokenEmbedding || n.role == .ropeFreqs ? .embedding : .head
     }
