@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GGUF
 
 /// Weight quantization, float → blocks, bit for bit as ggml's reference quantizers (`quantize_row_*_ref` in
@@ -7,7 +10,7 @@ import GGUF
 /// and an add on its own, and neither does ggml's base library (built without FMA), so each expression below
 /// keeps ggml's shape, parentheses included.
 public enum Quantize {
-    public static let supported: Set<GGMLType> = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
+    public static let supported: Set<GGMLType> = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .mxfp4]
 
     /// Quantizes `count` floats (a whole number of blocks) into `dst`.
     public static func row(_ x: UnsafePointer<Float>, count: Int, to type: GGMLType, _ dst: UnsafeMutableRawPointer) throws(KernelError) {
@@ -30,6 +33,7 @@ public enum Quantize {
             case .q4_K: q4_K(xb, yb, nmax: 15)
             case .q5_K: q4_K(xb, yb, nmax: 31)
             case .q6_K: q6_K(xb, yb)
+            case .mxfp4: mxfp4(xb, yb)
             default: break
             }
         }
@@ -51,6 +55,25 @@ public enum Quantize {
     @inline(__always) static func truncI8(_ f: Float) -> Int8 { Int8(truncatingIfNeeded: Int32(f)) }
 
     // MARK: 32-blocks
+
+    /// ggml's quantize_row_mxfp4_ref: a shared E8M0 exponent two below the block's largest magnitude's, then each
+    /// value's nearest E2M1 code (ties to the lower code), low halves in the low nibbles.
+    static func mxfp4(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
+        var amax: Float = 0
+        for j in 0..<32 where amax < abs(x[j]) { amax = abs(x[j]) }
+        let e: UInt8 = amax > 0 ? UInt8(truncatingIfNeeded: Int(floorf(log2f(amax)) - 2 + 127)) : 0
+        let d = Scalars.e8m0Half(e)
+        func best(_ v: Float) -> UInt8 {
+            var index = 0, err = abs(Float(Dequantize.mxfp4Values[0]) * d - v)
+            for i in 1..<16 {
+                let e = abs(Float(Dequantize.mxfp4Values[i]) * d - v)
+                if e < err { index = i; err = e }
+            }
+            return UInt8(index)
+        }
+        put(y, 0, e)
+        for j in 0..<16 { put(y, 1 + j, best(x[j]) | best(x[16 + j]) << 4) }
+    }
 
     static func q8_0(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer) {
         var amax: Float = 0

@@ -26,6 +26,8 @@ public struct ModelSynthesizer {
         public var slidingWindow = 128
         /// YaRN rope scaling: (factor, original context), nil for none.
         public var yarn: (factor: Float, originalContext: Int)?
+        /// The routed experts' type when it differs from the file type's (gpt-oss ships MXFP4 experts).
+        public var expertType: GGMLType?
         public init() {}
     }
 
@@ -68,7 +70,8 @@ public struct ModelSynthesizer {
         guard s.used <= s.experts, s.heads % s.kvHeads == 0 else { throw ModelError("--used must be ≤ --experts and --heads a multiple of --kv-heads") }
         let list = try tensors()
         let infos = list.map { GGUFTensorInfo(name: $0.0.description, type: .f32, shape: $0.1, offset: 0, byteCount: 0) }
-        let recipe = QuantizationRecipe(fileType: fileType, expertCount: s.experts, gqa: s.heads / s.kvHeads,
+        let recipe = QuantizationRecipe(fileType: fileType, overrides: s.expertType.map { [(#"_exps\.weight"#, $0)] } ?? [],
+                                        expertCount: s.experts, gqa: s.heads / s.kvHeads,
                                         layerCount: s.layers, tiedEmbeddings: false, attentionVCount: s.layers)
         let types = try recipe.plan(infos)
 

@@ -130,15 +130,13 @@ public struct QuantizationRecipe: Sendable {
             if let keep, info.name.contains(keep) { return .f32 }
             guard Self.allowsQuantization(info) else { return info.type }
             let base = fileType.defaultType
-            guard base.isQuantized else { return base }
             let category = Self.category(info.name)
+            // The recipe's choice counts attention-V tensors whether or not an override replaces it.
             var type = base
-            if let (_, t) = compiled.first(where: { info.name.contains($0.0) }) {
-                type = t
-            } else {
-                type = try choose(base, info: info, category: category, attentionVIndex: attentionVIndex)
-            }
+            if base.isQuantized { type = try choose(base, info: info, category: category, attentionVIndex: attentionVIndex) }
             if [.attentionV, .attentionQKV, .attentionKVB].contains(category) { attentionVIndex += 1 }
+            // An override names its type whatever the file type (llama-quantize's --tensor-type).
+            if let (_, t) = compiled.first(where: { info.name.contains($0.0) }) { type = t } else if !base.isQuantized { return base }
             return fallback(type, cols: info.shape[0])
         }
     }

@@ -31,6 +31,7 @@ struct SynthCommand: ParsableCommand {
     @Option(name: .customLong("yarn-factor"), help: "Write YaRN rope scaling with this factor (with --yarn-original-ctx); 0: none.") var yarnFactor: Float = 0
     @Option(name: .customLong("yarn-original-ctx"), help: "YaRN's original context length.") var yarnOriginalCtx = 4096
     @Option(help: "llama.cpp file type (F16, Q8_0, Q4_0, Q4_K_M, …).") var type = "Q4_0"
+    @Option(name: .customLong("expert-type"), help: "The routed experts' tensor type when it should differ from --type (e.g. MXFP4, as gpt-oss ships).") var expertType: String?
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(name: .customLong("vocab-from"), help: "GGUF whose tokenizer to copy (default: the shipped model).")
     var vocabFrom: String = defaultModelPath
@@ -66,6 +67,12 @@ struct SynthCommand: ParsableCommand {
         s.expertFF = expertFF
         s.sharedFF = sharedFF
         s.context = ctx
+        if let expertType {
+            guard let t = GGMLType.allCases.first(where: { $0.name.lowercased() == expertType.lowercased() }), Quantize.supported.contains(t) else {
+                throw ValidationError("--expert-type \(expertType) cannot be written; one of \(Quantize.supported.map(\.name).sorted().joined(separator: ", "))")
+            }
+            s.expertType = t
+        }
         s.slidingWindow = slidingWindow
         s.ropeBase = ropeBase
         s.yarn = yarnFactor > 0 ? (yarnFactor, yarnOriginalCtx) : nil

@@ -129,7 +129,7 @@ struct RemoteExpertsTests {
         dealer.close()
     }
 
-    /// gpt-oss (expert biases, the clamped SwiGLU, top-k-then-softmax routing, sliding windows, sinks): its odd
+    /// gpt-oss (MXFP4 experts with biases, the clamped SwiGLU, top-k-then-softmax routing, sliding windows, sinks): its odd
     /// experts served by another worker, resident or paged from disk, give the same bits as one process.
     @Test(arguments: [nil, 3] as [Int?]) func gptOssExpertsSplitBitIdentically(pagedSlots: Int?) async throws {
         let dir = Fixtures.temporaryDirectory()
@@ -138,6 +138,7 @@ struct RemoteExpertsTests {
         shape.architecture = "gpt-oss"
         shape.layers = 2
         shape.slidingWindow = 4
+        shape.expertType = .mxfp4  // as gpt-oss ships its experts; their rows travel as Q8_0
         let path = dir.appendingPathComponent("gpt-oss.gguf").path
         _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 5, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
             .write(to: path, pool: ThreadPool(threads: 2))
