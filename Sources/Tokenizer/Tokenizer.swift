@@ -128,5 +128,5 @@ public struct Tokenizer: Sendable {
     }
 
     /// Whether generation should stop at this token (end of sequence or end of turn).
-    public func isEndOfGeneration(_ id: Int32) -> Bool { id == vocab.eos || id == vocab.eot }
+    public func isEndOfGeneration(_ id: Int32) -> Bool { vocab.endOfGeneration.contains(id) }
 }

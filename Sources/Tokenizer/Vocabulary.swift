@@ -21,7 +21,14 @@ public struct Vocabulary: Sendable {
     /// Token texts as raw bytes (SPM uses ▁ for spaces; byte-level BPE uses the GPT-2 byte-to-unicode map).
     public let tokens: [[UInt8]]
     public let scores: [Float]
+    /// Each token's type, adjusted as llama.cpp adjusts them on load: end-of-generation texts are control tokens,
+    /// gpt-oss's harmony markers (`<|channel|>`, `<|message|>`, `<|start|>`, `<|constrain|>`) user-defined, so
+    /// they are always parsed in text and always rendered.
     public let types: [TokenType]
+    /// Tokens that end generation: the end-of-sequence and end-of-turn ids and the texts llama.cpp recognises
+    /// (`<|im_end|>`, `<|eot_id|>`, `<|return|>`, …); in a harmony vocabulary (`<|return|>` and `<|call|>` both
+    /// present) `<|end|>` only ends a message, not the generation.
+    public let endOfGeneration: Set<Int32>
     let index: [[UInt8]: Int32]
 
     public let bos: Int32?
@@ -62,6 +69,7 @@ public struct Vocabulary: Sendable {
         } else {
             scores = [Float](repeating: 0, count: t.count)
         }
+        var types: [TokenType]
         if let ty = file.array("tokenizer.ggml.token_type"), ty.count == t.count, let v = ty.ints {
             // Any integer type may hold them; a value no token type has (found by the fuzzer: past Int32) is normal.
             types = v.map { Int32(exactly: $0).flatMap(TokenType.init(rawValue:)) ?? .normal }
@@ -81,6 +89,24 @@ public struct Vocabulary: Sendable {
         eos = try id("tokenizer.ggml.eos_token_id")
         unknown = try id("tokenizer.ggml.unknown_token_id")
         eot = try id("tokenizer.ggml.eot_token_id")
+        let eom = try id("tokenizer.ggml.eom_token_id")
+        // llama.cpp's end-of-generation texts (llama-vocab.cpp, special_eog_ids), made control tokens.
+        var eog = Set([eos, eot, eom].compactMap { $0 })
+        for text in Self.endOfGenerationTexts {
+            guard let i = idx[Array(text.utf8)] else { continue }
+            eog.insert(i)
+            types[Int(i)] = .control
+        }
+        for text in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+            if let i = idx[Array(text.utf8)] { types[Int(i)] = .userDefined }
+        }
+        if let ret = idx[Array("<|return|>".utf8)], let call = idx[Array("<|call|>".utf8)], let end = idx[Array("<|end|>".utf8)],
+           eog.contains(ret), eog.contains(call), eog.contains(end) {
+            eog.remove(end)
+            types[Int(end)] = .userDefined
+        }
+        self.types = types
+        endOfGeneration = eog
         // llama.cpp's defaults: SPM adds BOS and a space prefix; BPE adds BOS unless told otherwise.
         addBOS = file.bool("tokenizer.ggml.add_bos_token") ?? (m == .spm || m == .bpe)
         addEOS = file.bool("tokenizer.ggml.add_eos_token") ?? false
@@ -96,6 +122,9 @@ public struct Vocabulary: Sendable {
     }
 
     public func id(of text: [UInt8]) -> Int32? { index[text] }
+
+    static let endOfGenerationTexts = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
+                                       "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>"]
 
     /// Tokens parsed out of raw text as a whole (llama.cpp's special-token partition): control tokens only
     /// when the caller asks for special parsing, user-defined tokens always.

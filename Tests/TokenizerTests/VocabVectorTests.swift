@@ -110,3 +110,39 @@ struct PreTokenizerReferenceTests {
         #expect(cases.gpt4o != cases.deepseekV3)
     }
 }
+
+/// What ends a generation, as llama.cpp decides it from the vocabulary (special_eog_ids).
+struct EndOfGenerationTests {
+    @Test func llamaCppTextsEndGeneration() throws {
+        let gpt2 = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-gpt-2.gguf")))
+        let endoftext = try #require(gpt2.vocab.id(of: Array("<|endoftext|>".utf8)))
+        #expect(gpt2.isEndOfGeneration(endoftext))
+        #expect(!gpt2.isEndOfGeneration(try #require(gpt2.vocab.id(of: Array("hello".utf8)))))
+        let qwen = try Tokenizer(file: GGUFFile(path: Fixtures.path("vocab/ggml-vocab-qwen2.gguf")))
+        #expect(qwen.isEndOfGeneration(try #require(qwen.vocab.id(of: Array("<|im_end|>".utf8)))))
+        #expect(!qwen.isEndOfGeneration(try #require(qwen.vocab.id(of: Array("<|im_start|>".utf8)))))
+    }
+
+    /// A harmony vocabulary (gpt-oss): <|return|> and <|call|> end a generation, <|end|> only a message, and the
+    /// channel markers are always parsed and rendered, as llama.cpp treats them.
+    @Test func harmonyMarkers() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("harmony.gguf").path
+        let texts = ["a", "b", "<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>"]
+        let w = GGUFWriter(path: path)
+        try w.set("tokenizer.ggml.model", .string("gpt2"))
+        try w.set("tokenizer.ggml.pre", .string("gpt-4o"))
+        try w.set("tokenizer.ggml.tokens", .array(.strings(texts)))
+        try w.set("tokenizer.ggml.token_type", .array(.int32s(texts.map { $0.count == 1 ? 1 : 3 })))
+        try w.set("tokenizer.ggml.merges", .array(.strings(["a b"])))
+        try w.set("tokenizer.ggml.eos_token_id", .uint32(6))
+        try w.write { _, _ in }
+        let tok = try Tokenizer(file: GGUFFile(path: path))
+        #expect(tok.vocab.endOfGeneration == [6, 7])
+        #expect(!tok.isEndOfGeneration(5))
+        #expect(tok.encode("a<|channel|>b<|end|>", addSpecial: false, parseSpecial: false) == [0, 3, 1, 5])
+        #expect(tok.decode([2, 0, 3, 1, 4, 5]) == "<|start|>a<|channel|>b<|message|><|end|>")
+        #expect(tok.decode([6]) == "")
+    }
+}
