@@ -41,6 +41,8 @@ public struct ArchitectureTraits: Sendable {
     public var slidingWindowPattern = 0
     /// The feed-forward block's input norm (gpt-oss calls it post_attention_norm).
     public var ffnNormRole: TensorRole = .ffnNorm
+    /// A per-expert bias added to the routing probabilities for choosing only (DeepSeek-V3's exp_probs_b).
+    public var expertSelectionBias = false
     /// The router and the experts' projections carry biases (gpt-oss).
     public var routerBias = false
     public var expertBias = false
@@ -95,6 +97,9 @@ public struct ModelConfig: Sendable {
     public let slidingWindow: Int
     /// YaRN context extension (`rope.scaling.type` = yarn), nil for plain or linear RoPE.
     public let yarn: Ops.Yarn?
+    /// How router logits become routes: the traits' rule, adjusted by the file's `expert_gating_func`,
+    /// `expert_weights_norm`, `expert_weights_scale` and expert groups where it has them.
+    public let routing: RoutingRule
 
     /// Whether layer `l` attends only to the last `slidingWindow` positions.
     public func slides(layer l: Int) -> Bool {
@@ -156,6 +161,24 @@ public struct ModelConfig: Sendable {
         }
         rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
         slidingWindow = traits.slidingWindowPattern > 0 ? try int(.slidingWindow) : 0
+        var rule = RoutingRule(traits: traits)
+        if let f = file.int(key(.expertGatingFunc)) {
+            switch f {
+            case 1: rule.probabilities = .softmax
+            case 2: rule.probabilities = .sigmoid
+            case 3: rule.probabilities = .softmaxOverChosen
+            default: throw ModelError("\(file.path): '\(key(.expertGatingFunc))' = \(f) is not a gating function (1 softmax, 2 sigmoid, 3 softmax over the chosen)")
+            }
+        }
+        if let norm = file.bool(key(.expertWeightsNorm)) { rule.normalize = norm }
+        if file.double(key(.expertWeightsScale)) != nil { rule.scale = try float(.expertWeightsScale, default: 1) }
+        rule.groupCount = try int(.expertGroupCount, default: 0, min: 0)
+        rule.groupsUsed = try int(.expertGroupUsedCount, default: 0, min: 0)
+        guard rule.groupCount <= 1 || (expertCount % rule.groupCount == 0 && rule.groupsUsed >= 1 && rule.groupsUsed <= rule.groupCount
+                                       && rule.groupsUsed * (expertCount / rule.groupCount) >= expertsUsed) else {
+            throw ModelError("\(file.path): '\(key(.expertGroupCount))' = \(rule.groupCount) must divide '\(key(.expertCount))' = \(expertCount), and '\(key(.expertGroupUsedCount))' = \(rule.groupsUsed) groups must hold the \(expertsUsed) experts used")
+        }
+        routing = rule
         if let type = file.string(key(.ropeScalingType)), type != "none", type != "linear" {
             guard type == "yarn" else { throw ModelError("\(file.path): '\(key(.ropeScalingType))' = \(type) is not supported (none, linear, yarn)") }
             let original = try int(.ropeScalingOriginalContext)

@@ -61,3 +61,47 @@ extension RoutingTests {
         #expect(abs(r.weights[0] - 4.0 / 6) < 1e-6 && abs(r.weights[1] - 2.0 / 6) < 1e-6)
     }
 }
+
+/// DeepSeek-V3's routing rules (llama.cpp's build_moe_ffn): sigmoid probabilities, a selection bias that picks
+/// but does not weigh, renormalisation and scale, and group-limited choice.
+struct RoutingRuleTests {
+    func route(_ logits: [Float], k: Int, _ rule: RoutingRule, bias: [Float]? = nil) -> Route {
+        logits.withUnsafeBufferPointer { l in
+            bias.map { b in b.withUnsafeBufferPointer { Gating.route(l.baseAddress!, count: logits.count, k: k, rule: rule, selectionBias: $0.baseAddress!) } }
+                ?? Gating.route(l.baseAddress!, count: logits.count, k: k, rule: rule)
+        }
+    }
+
+    @Test func sigmoidWithSelectionBiasAndScale() {
+        let logits: [Float] = [0, 1, 2, -1]
+        let s = logits.map { 1 / (1 + expf(-$0)) }
+        // The bias makes expert 0 chosen (0.5 + 3 beats every other), but its weight is its own probability.
+        let raw = route(logits, k: 2, RoutingRule(probabilities: .sigmoid, normalize: false, scale: 2.5), bias: [3, 0, 0, 0])
+        #expect(raw.experts == [0, 2])
+        #expect(raw.weights == [s[0] * 2.5, s[2] * 2.5])
+        let normed = route(logits, k: 2, RoutingRule(probabilities: .sigmoid, normalize: true, scale: 2.5), bias: [3, 0, 0, 0])
+        let sum = Float(Double(s[0]) + Double(s[2]))
+        #expect(normed.weights == [s[0] / sum * 2.5, s[2] / sum * 2.5])
+        // Without the bias the two largest sigmoids win.
+        #expect(route(logits, k: 2, RoutingRule(probabilities: .sigmoid, normalize: false)).experts == [2, 1])
+    }
+
+    @Test func groupLimitedChoice() {
+        // Four groups of two, scored by their two best: 9 − 5 = 4, 3 + 3 = 6, 2.5 + 2.5 = 5, 0. The best two groups
+        // (1 and 2) exclude expert 0 although its logit is the largest.
+        let logits: [Float] = [9, -5, 3, 3, 2.5, 2.5, 0, 0]
+        let grouped = route(logits, k: 2, RoutingRule(probabilities: .softmaxOverChosen, normalize: false, groupCount: 4, groupsUsed: 2))
+        #expect(grouped.experts == [2, 3])
+        #expect(grouped.weights == [0.5, 0.5])
+        #expect(route(logits, k: 2, RoutingRule(probabilities: .softmaxOverChosen, normalize: false)).experts == [0, 2])
+        // Three groups used: group 0 is back and expert 0 with it.
+        #expect(route(logits, k: 2, RoutingRule(probabilities: .softmaxOverChosen, normalize: false, groupCount: 4, groupsUsed: 3)).experts == [0, 2])
+    }
+
+    /// The rules the registered architectures start from.
+    @Test func traitsGiveTheirRules() {
+        #expect(RoutingRule(traits: ArchitectureTraits.registry["qwen3moe"]!) == RoutingRule(probabilities: .softmax, normalize: true))
+        #expect(RoutingRule(traits: ArchitectureTraits.registry["olmoe"]!) == RoutingRule(probabilities: .softmax, normalize: false))
+        #expect(RoutingRule(traits: ArchitectureTraits.registry["gpt-oss"]!) == RoutingRule(probabilities: .softmaxOverChosen, normalize: false))
+    }
+}

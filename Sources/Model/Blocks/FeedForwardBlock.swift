@@ -12,6 +12,8 @@ public struct FeedForwardBlock: Sendable {
     public let weights: FeedForwardWeights
     /// Added to the router's logits before gating (gpt-oss).
     public var routerBias: [Float]?
+    /// Added to the routing probabilities for choosing experts only (DeepSeek-V3).
+    public var selectionBias: [Float]?
 
     /// The tensors of layer `i`'s feed-forward half: routed experts when the model has them, else a dense FFN.
     public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
@@ -22,6 +24,7 @@ public struct FeedForwardBlock: Sendable {
             out += [TensorSpec(.block(i, .router), [e, n]), TensorSpec(.block(i, .expertGate), [e, f, n]),
                     TensorSpec(.block(i, .expertUp), [e, f, n]), TensorSpec(.block(i, .expertDown), [f, e, n])]
             if t.routerBias { out.append(TensorSpec(.block(i, .router, "bias"), [n])) }
+            if t.expertSelectionBias { out.append(TensorSpec(.block(i, .expertProbBias, "bias"), [n])) }
             if t.expertBias {
                 out += [TensorSpec(.block(i, .expertGate, "bias"), [f, n]), TensorSpec(.block(i, .expertUp, "bias"), [f, n]),
                         TensorSpec(.block(i, .expertDown, "bias"), [e, n])]
@@ -53,6 +56,7 @@ public struct FeedForwardBlock: Sendable {
         var block = FeedForwardBlock(norm: norm, weights: .moe(router: try b.matrix(.block(i, .router), in: spec),
                                                                experts: try ExpertWeights.bind(&b, layer: i, config: c), shared: shared))
         if c.traits.routerBias { block.routerBias = try b.vector(.block(i, .router, "bias"), in: spec) }
+        if c.traits.expertSelectionBias { block.selectionBias = try b.vector(.block(i, .expertProbBias, "bias"), in: spec) }
         return block
     }
 
@@ -66,6 +70,7 @@ public struct FeedForwardBlock: Sendable {
             }
             var block = FeedForwardBlock(norm: norm, weights: .moe(router: router, experts: try experts.packed(in: file, held: heldExperts), shared: s))
             block.routerBias = routerBias
+            block.selectionBias = selectionBias
             return block
         case .dense(let gate, let up, let down):
             return FeedForwardBlock(norm: norm, weights: .dense(gate: try file.packed(gate), up: try file.packed(up), down: try file.packed(down)))
@@ -86,7 +91,10 @@ public struct FeedForwardBlock: Sendable {
         defer { logits.deallocate() }
         try MatMul.multiply(router, x, batch: t, into: logits, pool: pool)
         if let b = routerBias { for r in 0..<t { for j in 0..<n { logits[r * n + j] += b[j] } } }
-        return (0..<t).map { r in Gating.route(logits + r * n, count: n, k: k, traits: c.traits) }
+        return (0..<t).map { r in
+            selectionBias.map { b in b.withUnsafeBufferPointer { Gating.route(logits + r * n, count: n, k: k, rule: c.routing, selectionBias: $0.baseAddress!) } }
+                ?? Gating.route(logits + r * n, count: n, k: k, rule: c.routing)
+        }
     }
 
     /// hidden += FFN(norm(hidden)) for the batch's rows: layer `l`'s routed experts through `experts` (after
