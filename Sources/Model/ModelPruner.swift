@@ -14,6 +14,21 @@ public enum ModelPruner {
         }
     }
 
+    /// The routing-mass curve: for k = 1 … experts, the least and the most of its layer's routing that any layer's
+    /// k most used experts carried (what `--keep k` keeps).
+    public static func massCurve(use: [[Double]], expertCount: Int) -> [(experts: Int, min: Double, max: Double)] {
+        let rows = use.filter { $0.count == expertCount && $0.reduce(0, +) > 0 }
+        let cumulative = rows.map { row -> [Double] in
+            let total = row.reduce(0, +)
+            var acc = 0.0
+            return row.sorted(by: >).map { acc += $0; return acc / total }
+        }
+        return (1...max(1, expertCount)).map { k in
+            let at = cumulative.map { $0[k - 1] }
+            return (k, at.min() ?? 1, at.max() ?? 1)
+        }
+    }
+
     /// The fewest experts per layer that carry `mass` of every layer's routing (the largest layer's need, as a
     /// GGUF has one expert count), at least `minimum`.
     public static func count(forMass mass: Double, use: [[Double]], minimum: Int, expertCount: Int) -> Int {

@@ -24,6 +24,7 @@ struct PruneCommand: ParsableCommand {
     @Option(help: "Tokens per chunk.") var chunk = 512
     @Option(help: "Use only the first N tokens of the text.") var tokens: Int?
     @Option(name: .short, help: "Where to write the pruned .gguf.") var output: String
+    @Flag(help: "Print the routing-mass curve and what was kept as JSON.") var json = false
 
     func validate() throws {
         guard (keep == nil) != (keepMass == nil) else { throw ValidationError("give one of --keep N or --keep-mass F") }
@@ -51,6 +52,17 @@ struct PruneCommand: ParsableCommand {
             // The routing mass the kept experts carried on the calibration text, per layer.
             let mass = zip(use, kept).map { row, k in row.isEmpty ? 1 : k.reduce(0) { $0 + row[$1] } / max(1e-12, row.reduce(0, +)) }
             printError("keeping \(n) of \(config.expertCount) experts per layer; they carried \(fixed(100 * (mass.min() ?? 1), 1))–\(fixed(100 * (mass.max() ?? 1), 1))% of each layer's routing")
+            let curve = ModelPruner.massCurve(use: use, expertCount: config.expertCount)
+            if json {
+                print(JSON.object([
+                    ("experts", .int(config.expertCount)), ("kept", .int(n)), ("calibration_tokens", .int(ids.count)),
+                    ("kept_per_layer", .array(kept.map { .array($0.map { .int($0) }) })),
+                    ("mass_curve", .array(curve.map { .object([("experts", .int($0.experts)), ("min_mass", .double(($0.min * 1e4).rounded() / 1e4)),
+                                                                ("max_mass", .double(($0.max * 1e4).rounded() / 1e4))]) })),
+                ]).render())
+            } else {
+                printError("routing mass carried by each layer's k most used experts: " + curve.map { "\($0.experts): \(fixed(100 * $0.min, 1))–\(fixed(100 * $0.max, 1))%" }.joined(separator: ", "))
+            }
             try ModelPruner.write(source: model.model, kept: kept, to: output)
             printError("wrote \(output)")
         } catch let e as ValidationError {

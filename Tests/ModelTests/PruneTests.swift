@@ -64,4 +64,13 @@ import Kernels
         #expect(ModelPruner.count(forMass: 0.5, use: use, minimum: 3, expertCount: 4) == 3)
         #expect(ModelPruner.count(forMass: 1, use: use, minimum: 1, expertCount: 4) == 4)
     }
+
+    @Test func massCurveIsTheCumulativeShareOfTheMostUsed() {
+        let use: [[Double]] = [[0.6, 0.35, 0.05, 0], [0.4, 0.3, 0.25, 0.05]]
+        let curve = ModelPruner.massCurve(use: use, expertCount: 4)
+        #expect(curve.map(\.experts) == [1, 2, 3, 4])
+        #expect(abs(curve[0].min - 0.4) < 1e-12 && abs(curve[0].max - 0.6) < 1e-12)
+        #expect(abs(curve[1].min - 0.7) < 1e-12 && abs(curve[1].max - 0.95) < 1e-12)
+        #expect(abs(curve[3].min - 1) < 1e-12 && abs(curve[3].max - 1) < 1e-12)
+    }
 }
