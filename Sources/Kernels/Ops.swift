@@ -60,8 +60,10 @@ public enum Ops {
             let ff = freqFactors?[i] ?? 1
             let extrapolated = theta / ff
             var t = freqScale * extrapolated
+            // Without YaRN the scale is 1, which leaves cos and sin exact.
+            var mscale: Float = 1
             if let y = yarn {
-                var mscale = y.attnFactor
+                mscale = y.attnFactor
                 if y.extFactor != 0 {
                     // rope_yarn_ramp(low, high, i0) with i0 = 2i: i0 / 2 is the pair index.
                     let ramp = 1 - min(1, max(0, (Float(i) - y.low) / max(0.001, y.high - y.low)))
@@ -69,12 +71,9 @@ public enum Ops {
                     t = t * (1 - mix) + extrapolated * mix
                     mscale *= 1 + 0.1 * logf(1 / freqScale)
                 }
-                c[i] = cosf(t) * mscale
-                s[i] = sinf(t) * mscale
-            } else {
-                c[i] = cosf(t)
-                s[i] = sinf(t)
             }
+            c[i] = cosf(t) * mscale
+            s[i] = sinf(t) * mscale
             theta *= thetaScale
         }
         return RopeAngles(cos: c, sin: s)

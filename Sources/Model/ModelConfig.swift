@@ -3,14 +3,6 @@ import Kernels
 
 /// How an architecture differs from the common decoder: data, not branches scattered through the forward pass.
 public struct ArchitectureTraits: Sendable {
-    /// How router logits become expert weights.
-    public enum Gating: Sendable {
-        /// softmax over all experts, keep the top k (llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX).
-        case softmaxThenTopK
-        /// the top k of the logits, their weights a softmax over those k (LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX_WEIGHT, gpt-oss).
-        case topKThenSoftmax
-    }
-
     /// RMS normalisation of Q and K before RoPE.
     public enum QKNorm: Sendable {
         case none
@@ -25,9 +17,8 @@ public struct ArchitectureTraits: Sendable {
     public let qkNorm: QKNorm
     /// Q, K and V projections carry biases (qwen2moe).
     public let attentionBias: Bool
-    public let gating: Gating
-    /// Renormalise the selected experts' weights to sum to one.
-    public let normalizeExpertWeights: Bool
+    /// How router logits become routes, before a file's keys adjust it (see `ModelConfig.routing`).
+    public let routing: RoutingRule
     /// A shared expert every token goes through, scaled by sigmoid(w·x) (qwen2moe).
     public let sharedExpert: Bool
     /// Layers may be dense (no `expert_count`): llama, whose MoE form is Mixtral's.
@@ -55,17 +46,17 @@ public struct ArchitectureTraits: Sendable {
     /// The registered architectures. Adding one is adding a row here (and its tensors to `TensorNames`).
     public static let registry: [String: ArchitectureTraits] = [
         "qwen3moe": ArchitectureTraits(name: "qwen3moe", ropeMode: .neox, qkNorm: .perHead, attentionBias: false,
-                                       gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false),
+                                       routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: false),
         "qwen2moe": ArchitectureTraits(name: "qwen2moe", ropeMode: .neox, qkNorm: .none, attentionBias: true,
-                                       gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: true, feedForwardIsPerToken: true),
+                                       routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: true, feedForwardIsPerToken: true),
         "olmoe": ArchitectureTraits(name: "olmoe", ropeMode: .neox, qkNorm: .whole, attentionBias: false,
-                                    gating: .softmaxThenTopK, normalizeExpertWeights: false, sharedExpert: false),
+                                    routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: false),
         // llama: dense when expert_count is 0, Mixtral-style MoE otherwise.
         "llama": ArchitectureTraits(name: "llama", ropeMode: .normal, qkNorm: .none, attentionBias: false,
-                                    gating: .softmaxThenTopK, normalizeExpertWeights: true, sharedExpert: false, allowsDense: true),
+                                    routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: false, allowsDense: true),
         // OpenAI's gpt-oss (llama.cpp's LLM_ARCH_OPENAI_MOE).
         "gpt-oss": ArchitectureTraits(name: "gpt-oss", ropeMode: .neox, qkNorm: .none, attentionBias: true,
-                                      gating: .topKThenSoftmax, normalizeExpertWeights: false, sharedExpert: false,
+                                      routing: RoutingRule(probabilities: .softmaxOverChosen, normalize: false), sharedExpert: false,
                                       attentionOutputBias: true, attentionSinks: true, slidingWindowPattern: 2, ffnNormRole: .postAttentionNorm,
                                       routerBias: true, expertBias: true, expertActivation: .swigluOAI(alpha: 1.702, limit: 7)),
     ]
@@ -161,7 +152,7 @@ public struct ModelConfig: Sendable {
         }
         rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
         slidingWindow = traits.slidingWindowPattern > 0 ? try int(.slidingWindow) : 0
-        var rule = RoutingRule(traits: traits)
+        var rule = traits.routing
         if let f = file.int(key(.expertGatingFunc)) {
             switch f {
             case 1: rule.probabilities = .softmax

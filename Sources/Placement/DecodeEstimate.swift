@@ -50,7 +50,8 @@ public struct DecodeEstimate: Sendable, Equatable {
             for (e, w) in plan.experts[l].enumerated() where w >= 0 { share[w] += f.use(layer: l, expert: e) * size }
             experts += share.reduce(0, +)
             var slowest = 0.0
-            for (w, bytes) in share.enumerated() where plan.experts[l].contains(w) {
+            let holders = Set(plan.experts[l])
+            for (w, bytes) in share.enumerated() where holders.contains(w) {
                 perWorker[w] += bytes
                 let t = bytes / rate[w] + (w == stageOf[l] ? 0 : plan.workers[w].roundTrip ?? 0)
                 time[w] += t

@@ -10,9 +10,18 @@ struct BPETokenizer: @unchecked Sendable {
     /// byte tokens for what no symbol covers (gemma4).
     let byteEncode: Bool
 
-    /// Pre-tokenizer expressions by `tokenizer.ggml.pre` (llama-vocab.cpp). Each applies to the pieces the
-    /// previous one left, keeping unmatched text as pieces too.
-    static let preTokenizers: [String: (patterns: [String], ignoreMerges: Bool, byteEncode: Bool)] = {
+    /// One `tokenizer.ggml.pre`'s settings in llama-vocab.cpp.
+    struct PreTokenizer {
+        /// Each expression applies to the pieces the previous one left, keeping unmatched text as pieces too.
+        var patterns: [String]
+        var ignoreMerges = false
+        var byteEncode = true
+        /// A word that is only newlines and is a token is taken whole (llama.cpp's fix for gemma4).
+        var wholeNewlineRuns = false
+    }
+
+    /// Pre-tokenizers by `tokenizer.ggml.pre` (llama-vocab.cpp).
+    static let preTokenizers: [String: PreTokenizer] = {
         let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"#
         let llama3 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let qwen2 = #"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
@@ -36,23 +45,23 @@ struct BPETokenizer: @unchecked Sendable {
             + #"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         let tekken = #"[^\r\n\p{L}\p{N}]?"# + upper + "*" + lower + "+|" + #"[^\r\n\p{L}\p{N}]?"# + upper + "+" + lower + "*|"
             + #"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
-        var table: [String: (patterns: [String], ignoreMerges: Bool, byteEncode: Bool)] = [
-            "deepseek-llm": (deepseekLLM, false, true),
-            "default": ([#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"], false, true),
-            "qwen35": ([qwen35], false, true),
-            "deepseek-coder": (deepseekCoder, false, true),
-            "deepseek-v3": (deepseekV3, false, true),
-            "falcon": (falcon, false, true),
-            "tekken": ([tekken], true, true),
+        var table: [String: PreTokenizer] = [
+            "deepseek-llm": PreTokenizer(patterns: deepseekLLM),
+            "default": PreTokenizer(patterns: [#"[\p{P}\$\+<=>\^~\|]+"#, gpt2, #"\p{N}+"#, "[0-9][0-9][0-9]"]),
+            "qwen35": PreTokenizer(patterns: [qwen35]),
+            "deepseek-coder": PreTokenizer(patterns: deepseekCoder),
+            "deepseek-v3": PreTokenizer(patterns: deepseekV3),
+            "falcon": PreTokenizer(patterns: falcon),
+            "tekken": PreTokenizer(patterns: [tekken], ignoreMerges: true),
             // Spaces are ▁ already (Vocabulary.escapesWhitespace); only newline runs are split off.
-            "gemma4": ([#"[^\n]+|[\n]+"#], false, false),
+            "gemma4": PreTokenizer(patterns: [#"[^\n]+|[\n]+"#], byteEncode: false, wholeNewlineRuns: true),
         ]
         // Families that share one expression (llama-vocab.cpp's grouped cases).
-        for name in ["gpt-2", "phi-2", "jina-es", "jina-de", "mpt", "olmo", "jais"] { table[name] = ([gpt2], false, true) }
-        for name in ["llama3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"] { table[name] = ([llama3], true, true) }
-        for name in ["qwen2", "deepseek-r1-qwen", "megrez"] { table[name] = ([qwen2], false, true) }
-        for name in ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone"] { table[name] = ([#"\p{N}"#, gpt2], false, true) }
-        for name in ["gpt-4o", "llama4", "minimax-m2"] { table[name] = ([o200k], false, true) }
+        for name in ["gpt-2", "phi-2", "jina-es", "jina-de", "mpt", "olmo", "jais"] { table[name] = PreTokenizer(patterns: [gpt2]) }
+        for name in ["llama3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"] { table[name] = PreTokenizer(patterns: [llama3], ignoreMerges: true) }
+        for name in ["qwen2", "deepseek-r1-qwen", "megrez"] { table[name] = PreTokenizer(patterns: [qwen2]) }
+        for name in ["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone"] { table[name] = PreTokenizer(patterns: [#"\p{N}"#, gpt2]) }
+        for name in ["gpt-4o", "llama4", "minimax-m2"] { table[name] = PreTokenizer(patterns: [o200k]) }
         return table
     }()
 
@@ -71,7 +80,7 @@ struct BPETokenizer: @unchecked Sendable {
         }
         ignoreMerges = pre.ignoreMerges
         byteEncode = pre.byteEncode
-        wholeNewlines = key == "gemma4"
+        wholeNewlines = pre.wholeNewlineRuns
     }
 
     /// gemma4 takes a run of newlines that is itself a token whole (llama.cpp's fix for it).

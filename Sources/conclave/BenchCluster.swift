@@ -324,7 +324,7 @@ struct BenchCluster: ParsableCommand {
     static func limit(model: String, cluster: ClusterFile, trace: String?, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, expected: Double, why: String) {
         let file = try GGUFFile(path: model)
         let config = try ModelConfig(file: file)
-        let use = try trace.map { try RoutingTraceFile.read($0).expertUse(layers: config.layerCount, experts: config.expertCount) }
+        let use = try trace.map { try RoutingTraceFile.expertUse($0, config: config) }
         var f = ModelFootprint(file: file, config: config, context: 0)
         f.expertUse = use
         var planned = ModelFootprint(file: file, config: config, context: 512)

@@ -25,7 +25,7 @@ struct PlanCommand: ParsableCommand {
         let file = try openGGUF(model)
         do {
             let config = try ModelConfig(file: file)
-            let use = try trace.map { try RoutingTraceFile.read($0).expertUse(layers: config.layerCount, experts: config.expertCount) }
+            let use = try trace.map { try RoutingTraceFile.expertUse($0, config: config) }
             var footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences)
             footprint.expertUse = use
             var weights = ModelFootprint(file: file, config: config, context: 0)

@@ -227,7 +227,7 @@ struct ServeCommand: AsyncParsableCommand {
             options.maxBatch = ubatch
             if let trace {
                 let config = try ModelConfig(file: GGUFFile(path: model))
-                options.expertUse = try RoutingTraceFile.read(trace).expertUse(layers: config.layerCount, experts: config.expertCount)
+                options.expertUse = try RoutingTraceFile.expertUse(trace, config: config)
             }
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
                                           log: { printError("[coordinator] \($0)") })

@@ -53,6 +53,11 @@ enum RoutingTraceFile {
         }
     }
 
+    /// The trace at `path` as how often a token chooses each expert of `config`'s model (what planning takes).
+    static func expertUse(_ path: String, config: ModelConfig) throws -> [[Double]] {
+        try read(path).expertUse(layers: config.layerCount, experts: config.expertCount)
+    }
+
     static func read(_ path: String) throws -> RoutingTrace {
         guard let data = FileManager.default.contents(atPath: path) else { throw ModelError("cannot read the trace \(path)") }
         var events: [RoutingTrace.Event] = []

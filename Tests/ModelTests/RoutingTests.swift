@@ -100,8 +100,8 @@ struct RoutingRuleTests {
 
     /// The rules the registered architectures start from.
     @Test func traitsGiveTheirRules() {
-        #expect(RoutingRule(traits: ArchitectureTraits.registry["qwen3moe"]!) == RoutingRule(probabilities: .softmax, normalize: true))
-        #expect(RoutingRule(traits: ArchitectureTraits.registry["olmoe"]!) == RoutingRule(probabilities: .softmax, normalize: false))
-        #expect(RoutingRule(traits: ArchitectureTraits.registry["gpt-oss"]!) == RoutingRule(probabilities: .softmaxOverChosen, normalize: false))
+        #expect(ArchitectureTraits.registry["qwen3moe"]!.routing == RoutingRule(probabilities: .softmax, normalize: true))
+        #expect(ArchitectureTraits.registry["olmoe"]!.routing == RoutingRule(probabilities: .softmax, normalize: false))
+        #expect(ArchitectureTraits.registry["gpt-oss"]!.routing == RoutingRule(probabilities: .softmaxOverChosen, normalize: false))
     }
 }

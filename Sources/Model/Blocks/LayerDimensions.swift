@@ -62,7 +62,6 @@ extension TensorBinder {
         return try matrix(t, cols: t.shape[0], rows: t.shape.dropFirst().reduce(1, *))
     }
 
-    /// A vector of `specs` read into floats.
     /// A vector (or a stack of them, as experts' biases) of `specs` read into floats whatever its stored type.
     mutating func vector(_ name: TensorName, in specs: [TensorSpec]) throws(ModelError) -> [Float] {
         let t = try tensor(name, in: specs)

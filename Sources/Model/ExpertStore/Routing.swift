@@ -77,20 +77,12 @@ public struct RoutingRule: Sendable, Equatable {
         self.groupCount = groupCount
         self.groupsUsed = groupsUsed
     }
-
-    /// The architecture's rule before a file's keys adjust it.
-    public init(traits t: ArchitectureTraits) {
-        switch t.gating {
-        case .softmaxThenTopK: self.init(probabilities: .softmax, normalize: t.normalizeExpertWeights)
-        case .topKThenSoftmax: self.init(probabilities: .softmaxOverChosen, normalize: t.normalizeExpertWeights)
-        }
-    }
 }
 
 /// Expert selection: router logits → a route, by the layer's `RoutingRule`.
 public enum Gating {
     public static func route(_ logits: UnsafePointer<Float>, count n: Int, k: Int, traits: ArchitectureTraits) -> Route {
-        route(logits, count: n, k: k, rule: RoutingRule(traits: traits))
+        route(logits, count: n, k: k, rule: traits.routing)
     }
 
     /// `selectionBias` (n values) is added to the probabilities for choosing, not to the weights.
