@@ -57,7 +57,7 @@ public final class Engine: @unchecked Sendable {
     public func newSequence(capacity: Int? = nil) -> Sequence {
         let cap = capacity ?? config.contextLength
         defer { nextSequence += 1 }
-        return Sequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, kvDim: config.kvDim) })
+        return Sequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, config: config) })
     }
 
     /// Runs `tokens` at positions `seq.length...` and returns logits: for every token when `all`, else the last.

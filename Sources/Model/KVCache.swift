@@ -5,20 +5,28 @@ import Foundation
 import Kernels
 
 /// Keys and values of one sequence for a range of layers, stored as f16 and preallocated for the whole context.
+/// A position's row is `keyWidth` keys and `valueWidth` values per layer: the K and V of every KV head for
+/// standard attention; for latent attention the latent and the rope key, and no values (llama.cpp reads them
+/// from the latent).
 public final class KVCache: @unchecked Sendable {
     public let layers: Range<Int>
     public let capacity: Int
-    public let kvDim: Int
+    public let keyWidth: Int
+    public let valueWidth: Int
     private let keys: UnsafeMutablePointer<UInt16>
     private let values: UnsafeMutablePointer<UInt16>
     /// Positions filled so far (the same for every layer once a batch has gone through them all).
     public internal(set) var length = 0
 
-    /// Bytes of one sequence's cache (keys and values, f16); Int.max when the product overflows (a file may
-    /// claim any context length).
-    public static func bytes(layers: Int, capacity: Int, kvDim: Int) -> Int {
-        var n = 4  // 2 bytes each for a key and a value element
-        for f in [layers, capacity, kvDim] {
+    /// Bytes of one sequence's cache (keys and values, f16) for `config`'s attention; Int.max when the product
+    /// overflows (a file may claim any context length).
+    public static func bytes(layers: Int, capacity: Int, config: ModelConfig) -> Int {
+        bytes(layers: layers, capacity: capacity, rowWidth: config.cacheKeyWidth + config.cacheValueWidth)
+    }
+
+    static func bytes(layers: Int, capacity: Int, rowWidth: Int) -> Int {
+        var n = 2  // bytes of an f16 element
+        for f in [layers, capacity, rowWidth] {
             let (m, overflow) = n.multipliedReportingOverflow(by: max(0, f))
             if overflow { return .max }
             n = m
@@ -31,7 +39,7 @@ public final class KVCache: @unchecked Sendable {
     public static func checkFits(config: ModelConfig, capacity: Int, sequences: Int = 1,
                                  memory: Int = Int(clamping: UInt64(sysconf(Int32(_SC_PHYS_PAGES))) &* UInt64(sysconf(Int32(_SC_PAGESIZE))))) throws(ModelError) {
         guard capacity >= 1 else { throw ModelError("a context of \(capacity) positions holds nothing; give --ctx 1 or more") }
-        let one = bytes(layers: config.layerCount, capacity: capacity, kvDim: config.kvDim)
+        let one = bytes(layers: config.layerCount, capacity: capacity, config: config)
         let (all, overflow) = one.multipliedReportingOverflow(by: max(1, sequences))
         guard !overflow, all <= memory else {
             let need = one == .max || overflow ? "more than 2^63 bytes" : String(format: "%.1f GiB", Double(all) / 1_073_741_824)
@@ -39,15 +47,21 @@ public final class KVCache: @unchecked Sendable {
         }
     }
 
-    public init(layers: Range<Int>, capacity: Int, kvDim: Int) {
+    /// A cache for `config`'s attention over `layers`, `capacity` positions.
+    public convenience init(layers: Range<Int>, capacity: Int, config: ModelConfig) {
+        self.init(layers: layers, capacity: capacity, keyWidth: config.cacheKeyWidth, valueWidth: config.cacheValueWidth)
+    }
+
+    public init(layers: Range<Int>, capacity: Int, keyWidth: Int, valueWidth: Int) {
         self.layers = layers
         self.capacity = capacity
-        self.kvDim = kvDim
-        let n = layers.count * capacity * kvDim
-        keys = .allocate(capacity: max(1, n))
-        values = .allocate(capacity: max(1, n))
-        keys.initialize(repeating: 0, count: max(1, n))
-        values.initialize(repeating: 0, count: max(1, n))
+        self.keyWidth = keyWidth
+        self.valueWidth = valueWidth
+        let k = max(1, layers.count * capacity * keyWidth), v = max(1, layers.count * capacity * valueWidth)
+        keys = .allocate(capacity: k)
+        values = .allocate(capacity: v)
+        keys.initialize(repeating: 0, count: k)
+        values.initialize(repeating: 0, count: v)
     }
 
     deinit {
@@ -56,19 +70,17 @@ public final class KVCache: @unchecked Sendable {
     }
 
     /// Bytes held (what the memory budget counts).
-    public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, kvDim: kvDim) }
+    public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, rowWidth: keyWidth + valueWidth) }
 
+    @inline(__always) func slot(_ layer: Int, _ pos: Int) -> Int { (layer - layers.lowerBound) * capacity + pos }
 
-    @inline(__always) func offset(_ layer: Int, _ pos: Int) -> Int {
-        ((layer - layers.lowerBound) * capacity + pos) * kvDim
-    }
+    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { keys + slot(layer, pos) * keyWidth }
+    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { values + slot(layer, pos) * valueWidth }
 
-    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { keys + offset(layer, pos) }
-    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { values + offset(layer, pos) }
-
-    func store(layer: Int, position: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) {
-        Ops.toF16(k, key(layer, position), count: kvDim)
-        Ops.toF16(v, value(layer, position), count: kvDim)
+    /// Stores a position's keys and (when this cache has them) values, rounded to f16.
+    func store(layer: Int, position: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>?) {
+        Ops.toF16(k, key(layer, position), count: keyWidth)
+        if let v, valueWidth > 0 { Ops.toF16(v, value(layer, position), count: valueWidth) }
     }
 
     /// Forgets everything from `position` on (a new prompt, or a replay after a failure).

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GGUF
 import Kernels
 
@@ -12,6 +15,30 @@ public struct ArchitectureTraits: Sendable {
         case whole
     }
 
+    /// Which attention block a layer has.
+    public enum Attention: Sendable, Equatable {
+        /// Q, K, V projections per head over a cache of keys and values (`AttentionBlock`).
+        case standard
+        /// DeepSeek's multi-head latent attention over a cache of compressed latents (`LatentAttentionBlock`).
+        case latent
+    }
+
+    /// An expert every token goes through besides the routed ones.
+    public enum SharedExpert: Sendable, Equatable {
+        case none
+        /// Scaled by sigmoid(w·x), width `expert_shared_feed_forward_length` (qwen2moe).
+        case gated
+        /// Added as it is, width `expert_shared_count` × the routed experts' (deepseek2).
+        case ungated
+    }
+
+    /// Whether a layer has a tensor.
+    public enum Presence: Sendable, Equatable {
+        case never, always
+        /// When the file has it (llama.cpp's TENSOR_NOT_REQUIRED).
+        case ifPresent
+    }
+
     public let name: String
     public let ropeMode: Ops.RopeMode
     public let qkNorm: QKNorm
@@ -19,8 +46,7 @@ public struct ArchitectureTraits: Sendable {
     public let attentionBias: Bool
     /// How router logits become routes, before a file's keys adjust it (see `ModelConfig.routing`).
     public let routing: RoutingRule
-    /// A shared expert every token goes through, scaled by sigmoid(w·x) (qwen2moe).
-    public let sharedExpert: Bool
+    public let sharedExpert: SharedExpert
     /// Layers may be dense (no `expert_count`): llama, whose MoE form is Mixtral's.
     public var allowsDense = false
     /// The attention output projection carries a bias (gpt-oss).
@@ -33,7 +59,7 @@ public struct ArchitectureTraits: Sendable {
     /// The feed-forward block's input norm (gpt-oss calls it post_attention_norm).
     public var ffnNormRole: TensorRole = .ffnNorm
     /// A per-expert bias added to the routing probabilities for choosing only (DeepSeek-V3's exp_probs_b).
-    public var expertSelectionBias = false
+    public var expertSelectionBias = Presence.never
     /// The router and the experts' projections carry biases (gpt-oss).
     public var routerBias = false
     public var expertBias = false
@@ -42,23 +68,34 @@ public struct ArchitectureTraits: Sendable {
     /// Without `expert_feed_forward_length`, an expert's width is `feed_forward_length` ÷ experts used
     /// (qwen2moe's converter wrote the total); otherwise it is `feed_forward_length` itself.
     public var feedForwardIsPerToken = false
+    public var attention = Attention.standard
+    /// The first `leading_dense_block_count` layers have a dense FFN instead of experts (deepseek2).
+    public var leadingDenseLayers = false
+    /// YaRN's `rope.scaling.yarn_log_multiplier` is also the rope's own mscale when it is not 1 (llama.cpp's
+    /// special case for DeepSeek-V2, TAG_DEEPSEEK2_YARN_LOG_MUL_FIX).
+    public var yarnLogMultiplierScalesRope = false
 
     /// The registered architectures. Adding one is adding a row here (and its tensors to `TensorNames`).
     public static let registry: [String: ArchitectureTraits] = [
         "qwen3moe": ArchitectureTraits(name: "qwen3moe", ropeMode: .neox, qkNorm: .perHead, attentionBias: false,
-                                       routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: false),
+                                       routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: .none),
         "qwen2moe": ArchitectureTraits(name: "qwen2moe", ropeMode: .neox, qkNorm: .none, attentionBias: true,
-                                       routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: true, feedForwardIsPerToken: true),
+                                       routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: .gated, feedForwardIsPerToken: true),
         "olmoe": ArchitectureTraits(name: "olmoe", ropeMode: .neox, qkNorm: .whole, attentionBias: false,
-                                    routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: false),
+                                    routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: .none),
         // llama: dense when expert_count is 0, Mixtral-style MoE otherwise.
         "llama": ArchitectureTraits(name: "llama", ropeMode: .normal, qkNorm: .none, attentionBias: false,
-                                    routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: false, allowsDense: true),
+                                    routing: RoutingRule(probabilities: .softmax, normalize: true), sharedExpert: .none, allowsDense: true),
         // OpenAI's gpt-oss (llama.cpp's LLM_ARCH_OPENAI_MOE).
         "gpt-oss": ArchitectureTraits(name: "gpt-oss", ropeMode: .neox, qkNorm: .none, attentionBias: true,
-                                      routing: RoutingRule(probabilities: .softmaxOverChosen, normalize: false), sharedExpert: false,
+                                      routing: RoutingRule(probabilities: .softmaxOverChosen, normalize: false), sharedExpert: .none,
                                       attentionOutputBias: true, attentionSinks: true, slidingWindowPattern: 2, ffnNormRole: .postAttentionNorm,
                                       routerBias: true, expertBias: true, expertActivation: .swigluOAI(alpha: 1.702, limit: 7)),
+        // DeepSeek-V2/V3, Kimi K2: latent attention, dense layers first, shared experts, softmax or sigmoid routing.
+        "deepseek2": ArchitectureTraits(name: "deepseek2", ropeMode: .normal, qkNorm: .none, attentionBias: false,
+                                        routing: RoutingRule(probabilities: .softmax, normalize: false), sharedExpert: .ungated,
+                                        expertSelectionBias: .ifPresent, attention: .latent, leadingDenseLayers: true,
+                                        yarnLogMultiplierScalesRope: true),
     ]
 }
 
@@ -91,6 +128,23 @@ public struct ModelConfig: Sendable {
     /// How router logits become routes: the traits' rule, adjusted by the file's `expert_gating_func`,
     /// `expert_weights_norm`, `expert_weights_scale` and expert groups where it has them.
     public let routing: RoutingRule
+    /// Multi-head latent attention's sizes (deepseek2), nil for standard attention.
+    public let latent: LatentAttentionShape?
+    /// Layers before this one have a dense FFN (deepseek2's `leading_dense_block_count`).
+    public let leadingDenseLayers: Int
+    /// Whether the MoE layers add a selection bias to the routing probabilities (`exp_probs_b`).
+    public let selectionBias: Bool
+    /// What attention scores are multiplied by before the softmax: 1/√(key size), with YaRN's mscale² for
+    /// latent attention as llama.cpp pre-scales it.
+    public let attentionScale: Float
+
+    /// Whether layer `l` has routed experts.
+    public func hasExperts(layer l: Int) -> Bool { isMoE && l >= leadingDenseLayers }
+
+    /// Elements one position of one layer caches: keys and values (standard attention), or the latent followed
+    /// by the rope key and no separate value (latent attention reads its values from the latent, as llama.cpp).
+    public var cacheKeyWidth: Int { latent.map { $0.latentRank + $0.ropeDim } ?? kvDim }
+    public var cacheValueWidth: Int { latent == nil ? kvDim : 0 }
 
     /// Whether layer `l` attends only to the last `slidingWindow` positions.
     public func slides(layer l: Int) -> Bool {
@@ -132,7 +186,7 @@ public struct ModelConfig: Sendable {
         }
         headDim = try int(.keyLength, default: embeddingLength / headCount)
         valueDim = try int(.valueLength, default: headDim)
-        guard valueDim == headDim else { throw ModelError("\(file.path): key and value head sizes differ (\(headDim) vs \(valueDim)); not supported") }
+        guard valueDim == headDim || traits.attention == .latent else { throw ModelError("\(file.path): key and value head sizes differ (\(headDim) vs \(valueDim)); not supported") }
         expertCount = try int(.expertCount, default: 0, min: 0)
         expertsUsed = try int(.expertUsedCount, default: 0, min: 0)
         guard expertsUsed <= expertCount, expertCount == 0 || expertsUsed > 0 else {
@@ -141,7 +195,16 @@ public struct ModelConfig: Sendable {
         feedForward = try int(.feedForwardLength, default: 0, min: 0)
         let expertFFDefault = expertsUsed > 0 && feedForward > 0 ? feedForward / (traits.feedForwardIsPerToken ? expertsUsed : 1) : nil
         expertFeedForward = expertCount > 0 ? try int(.expertFeedForwardLength, default: expertFFDefault) : 0
-        sharedExpertFeedForward = traits.sharedExpert ? try int(.expertSharedFeedForwardLength, default: feedForward) : 0
+        switch traits.sharedExpert {
+        case .none: sharedExpertFeedForward = 0
+        case .gated: sharedExpertFeedForward = try int(.expertSharedFeedForwardLength, default: feedForward)
+        case .ungated: sharedExpertFeedForward = expertFeedForward * (try int(.expertSharedCount, min: 0))
+        }
+        leadingDenseLayers = traits.leadingDenseLayers ? try int(.leadingDenseBlockCount, default: 0, min: 0) : 0
+        guard leadingDenseLayers <= layerCount else {
+            throw ModelError("\(file.path): '\(key(.leadingDenseBlockCount))' = \(leadingDenseLayers) is more than the \(layerCount) layers")
+        }
+        guard leadingDenseLayers == 0 || feedForward > 0 else { throw ModelError("\(file.path): '\(key(.feedForwardLength))' is missing (the dense layers' width)") }
         contextLength = try int(.contextLength)
         ropeFreqBase = try float(.ropeFreqBase, default: 10000)
         let scale = try float(.ropeScalingFactor, default: 1)
@@ -151,6 +214,20 @@ public struct ModelConfig: Sendable {
             throw ModelError("\(file.path): '\(key(.ropeDimensionCount))' = \(ropeDims) must be even and at most the head size \(headDim)")
         }
         rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
+        if traits.attention == .latent {
+            guard let keyMLA = file.int(key(.keyLengthMLA)), let valueMLA = file.int(key(.valueLengthMLA)) else {
+                throw ModelError("\(file.path): no '\(key(.keyLengthMLA))': a DeepSeek file converted before llama.cpp split attn_kv_b into attn_k_b and attn_v_b; Conclave serves the split form (what convert_hf_to_gguf.py writes today): convert the model again")
+            }
+            let rank = try int(.keyValueLoraRank)
+            latent = LatentAttentionShape(queryRank: try int(.queryLoraRank, default: 0, min: 0), latentRank: rank,
+                                          noPositionDim: keyMLA - ropeDims, ropeDim: ropeDims, valueDim: valueMLA)
+            // llama.cpp's MLA cache: one "head" of the latent and the rope key, whose first `rank` are the values.
+            guard headCountKV == 1, headDim == rank + ropeDims, valueDim == rank, keyMLA > ropeDims, valueMLA >= 1 else {
+                throw ModelError("\(file.path): latent attention needs '\(key(.headCountKV))' = 1, '\(key(.keyLength))' = '\(key(.keyValueLoraRank))' + '\(key(.ropeDimensionCount))' (\(rank + ropeDims)), '\(key(.valueLength))' = \(rank) and '\(key(.keyLengthMLA))' > \(ropeDims); the file has \(headCountKV), \(headDim), \(valueDim) and \(keyMLA)")
+            }
+        } else {
+            latent = nil
+        }
         slidingWindow = traits.slidingWindowPattern > 0 ? try int(.slidingWindow) : 0
         var rule = traits.routing
         if let f = file.int(key(.expertGatingFunc)) {
@@ -162,7 +239,8 @@ public struct ModelConfig: Sendable {
             }
         }
         if let norm = file.bool(key(.expertWeightsNorm)) { rule.normalize = norm }
-        if file.double(key(.expertWeightsScale)) != nil { rule.scale = try float(.expertWeightsScale, default: 1) }
+        // llama.cpp scales only by a value other than 0 and 1 (0 is its "unset").
+        if let w = file.double(key(.expertWeightsScale)), w != 0 { rule.scale = try float(.expertWeightsScale, default: 1) }
         rule.groupCount = try int(.expertGroupCount, default: 0, min: 0)
         rule.groupsUsed = try int(.expertGroupUsedCount, default: 0, min: 0)
         guard rule.groupCount <= 1 || (expertCount % rule.groupCount == 0 && rule.groupsUsed >= 1 && rule.groupsUsed <= rule.groupCount
@@ -170,21 +248,47 @@ public struct ModelConfig: Sendable {
             throw ModelError("\(file.path): '\(key(.expertGroupCount))' = \(rule.groupCount) must divide '\(key(.expertCount))' = \(expertCount), and '\(key(.expertGroupUsedCount))' = \(rule.groupsUsed) groups must hold the \(expertsUsed) experts used")
         }
         routing = rule
+        // RoPE's magnitude factor and YaRN, as llama_context derives them from the file: the YaRN mix is 1 and its
+        // betas 32 and 1 whatever the file says (llama.cpp reads those keys for grok only), and the attention factor
+        // is YaRN's mscale ratio divided by the factor ggml's rope multiplies in again, times rope.scaling.attn_factor.
+        let factor = 1 / ropeFreqScale
+        let logMultiplier = traits.attention == .latent ? Float(file.double(key(.ropeScalingYarnLogMultiplier)) ?? 0) / 0.1 : 0
+        var attnFactor: Float = 1
         if let type = file.string(key(.ropeScalingType)), type != "none", type != "linear" {
             guard type == "yarn" else { throw ModelError("\(file.path): '\(key(.ropeScalingType))' = \(type) is not supported (none, linear, yarn)") }
             let original = try int(.ropeScalingOriginalContext)
-            // llama.cpp's defaults: extrapolation mix 1, attention factor 1, β fast 32 and slow 1.
-            let ext = Float(file.double(key(.ropeScalingYarnExtFactor)) ?? 1)
-            let attn = Float(file.double(key(.ropeScalingYarnAttnFactor)) ?? 1)
-            yarn = Ops.Yarn(extFactor: ext, attnFactor: attn, dims: ropeDims, originalContext: original, freqBase: ropeFreqBase,
-                            betaFast: Float(file.double(key(.ropeScalingYarnBetaFast)) ?? 32), betaSlow: Float(file.double(key(.ropeScalingYarnBetaSlow)) ?? 1))
+            func mscale(_ m: Float) -> Float { factor <= 1 ? 1 : 0.1 * m * logf(factor) + 1 }
+            if logMultiplier != 0 {
+                let m = traits.yarnLogMultiplierScalesRope && logMultiplier != 1 ? logMultiplier : 1
+                attnFactor = mscale(m) / mscale(logMultiplier)
+            } else {
+                attnFactor = mscale(1)
+            }
+            attnFactor /= 1 + 0.1 * logf(factor)
+            attnFactor *= Float(file.double(key(.ropeScalingAttnFactor)) ?? 1)
+            yarn = Ops.Yarn(extFactor: 1, attnFactor: attnFactor, dims: ropeDims, originalContext: original, freqBase: ropeFreqBase,
+                            betaFast: 32, betaSlow: 1)
         } else {
             yarn = nil
+        }
+        if let l = latent {
+            // deepseek2's kq_scale: the original attention factor times YaRN's log-multiplier mscale, squared.
+            let original = attnFactor * (1 + 0.1 * logf(factor))
+            let m = original * (1 + 0.1 * logMultiplier * logf(factor))
+            attentionScale = m * m / Float(l.noPositionDim + l.ropeDim).squareRoot()
+        } else {
+            attentionScale = 1 / Float(headDim).squareRoot()
         }
         vocabSize = try int(.vocabSize, default: file.array("tokenizer.ggml.tokens")?.count)
         guard expertCount > 0 || traits.allowsDense else {
             throw ModelError("\(file.path): '\(key(.expertCount))' is missing or 0; \(arch) models need experts")
         }
         guard expertCount > 0 || feedForward > 0 else { throw ModelError("\(file.path): '\(key(.feedForwardLength))' is missing") }
+        switch traits.expertSelectionBias {
+        case .never: selectionBias = false
+        case .always: selectionBias = expertCount > 0
+        case .ifPresent: selectionBias = expertCount > 0 && layerCount > leadingDenseLayers
+            && file.tensorInfo(named: TensorName.block(leadingDenseLayers, .expertProbBias, "bias").description) != nil
+        }
     }
 }

@@ -28,10 +28,14 @@ public enum ModelKey: String, Sendable, CaseIterable {
     case expertGroupUsedCount = "expert_group_used_count"
     case ropeScalingType = "rope.scaling.type"
     case ropeScalingOriginalContext = "rope.scaling.original_context_length"
-    case ropeScalingYarnExtFactor = "rope.scaling.yarn_ext_factor"
-    case ropeScalingYarnAttnFactor = "rope.scaling.yarn_attn_factor"
-    case ropeScalingYarnBetaFast = "rope.scaling.yarn_beta_fast"
-    case ropeScalingYarnBetaSlow = "rope.scaling.yarn_beta_slow"
+    case ropeScalingAttnFactor = "rope.scaling.attn_factor"
+    case ropeScalingYarnLogMultiplier = "rope.scaling.yarn_log_multiplier"
+    case leadingDenseBlockCount = "leading_dense_block_count"
+    case expertSharedCount = "expert_shared_count"
+    case queryLoraRank = "attention.q_lora_rank"
+    case keyValueLoraRank = "attention.kv_lora_rank"
+    case keyLengthMLA = "attention.key_length_mla"
+    case valueLengthMLA = "attention.value_length_mla"
 
     /// The key as a file spells it for `architecture`.
     public func name(_ architecture: String) -> String { "\(architecture).\(rawValue)" }

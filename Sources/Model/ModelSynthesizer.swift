@@ -28,7 +28,35 @@ public struct ModelSynthesizer {
         public var yarn: (factor: Float, originalContext: Int)?
         /// The routed experts' type when it differs from the file type's (gpt-oss ships MXFP4 experts).
         public var expertType: GGMLType?
+        /// The dense FFN's width (leading dense layers, dense llama); nil: `expertFF`.
+        public var denseFF: Int?
+        /// Latent attention's sizes (deepseek2; `headDim` is then unused).
+        public var latent = LatentAttentionShape(queryRank: 64, latentRank: 64, noPositionDim: 32, ropeDim: 16, valueDim: 32)
+        /// Dense layers first, and shared experts of the routed experts' width (deepseek2).
+        public var leadingDense = 1
+        public var sharedExperts = 1
+        /// Routing written to the file's keys (nil: the architecture's own): sigmoid writes an `exp_probs_b`.
+        public var gating: RoutingRule.Probabilities?
+        public var normalizeWeights: Bool?
+        public var weightsScale: Float?
+        /// Expert groups: (count, used), nil for none.
+        public var groups: (count: Int, used: Int)?
+        /// YaRN's `rope.scaling.yarn_log_multiplier` (deepseek2: 0.1 × mscale_all_dim).
+        public var yarnLogMultiplier: Float?
         public init() {}
+
+        /// The sizes the blocks' tensor tables read, for `traits`.
+        func dimensions(_ traits: ArchitectureTraits) -> LayerDimensions {
+            let latent = traits.attention == .latent ? self.latent : nil
+            var d = LayerDimensions(embedding: embd, headDim: latent.map { $0.latentRank + $0.ropeDim } ?? headDim, heads: heads,
+                                    kvHeads: latent == nil ? kvHeads : 1, experts: experts, expertFeedForward: expertFF,
+                                    sharedFeedForward: traits.sharedExpert == .ungated ? expertFF * sharedExperts : traits.sharedExpert == .gated ? sharedFF : 0,
+                                    denseFeedForward: denseFF ?? expertFF)
+            d.latent = latent
+            d.leadingDense = traits.leadingDenseLayers ? leadingDense : 0
+            d.selectionBias = traits.expertSelectionBias == .always || (traits.expertSelectionBias == .ifPresent && gating == .sigmoid)
+            return d
+        }
     }
 
     public let shape: Shape
@@ -51,8 +79,7 @@ public struct ModelSynthesizer {
         guard let traits = ArchitectureTraits.registry[s.architecture] else {
             throw ModelError("synth writes \(Self.architectures.joined(separator: ", ")); '\(s.architecture)' is not supported")
         }
-        let d = LayerDimensions(embedding: s.embd, headDim: s.headDim, heads: s.heads, kvHeads: s.kvHeads, experts: s.experts,
-                                expertFeedForward: s.expertFF, sharedFeedForward: traits.sharedExpert ? s.sharedFF : 0, denseFeedForward: s.expertFF)
+        let d = s.dimensions(traits)
         var out: [(TensorName, [Int])] = [(.global(.tokenEmbedding), [s.embd, vocab])]
         for i in 0..<s.layers { out += LayerWeights.tensors(layer: i, d, traits).map { ($0.name, $0.shape) } }
         out += [(.global(.outputNorm), [s.embd]), (.global(.output), [s.embd, vocab])]
@@ -68,6 +95,11 @@ public struct ModelSynthesizer {
             throw ModelError("synth writes \(Self.architectures.joined(separator: ", ")); '\(a)' is not supported")
         }
         guard s.used <= s.experts, s.heads % s.kvHeads == 0 else { throw ModelError("--used must be ≤ --experts and --heads a multiple of --kv-heads") }
+        if let g = s.groups, g.count > 1 {
+            guard s.experts % g.count == 0, g.used >= 1, g.used <= g.count, g.used * (s.experts / g.count) >= s.used else {
+                throw ModelError("--groups \(g.count) must divide --experts \(s.experts), and --groups-used \(g.used) groups must hold the \(s.used) experts used")
+            }
+        }
         let list = try tensors()
         let infos = list.map { GGUFTensorInfo(name: $0.0.description, type: .f32, shape: $0.1, offset: 0, byteCount: 0) }
         let recipe = QuantizationRecipe(fileType: fileType, overrides: s.expertType.map { [(#"_exps\.weight"#, $0)] } ?? [],
@@ -80,19 +112,36 @@ public struct ModelSynthesizer {
         try w.set("general.name", .string("conclave-synth-\(a)-\(s.layers)L-\(s.embd)d-\(s.experts)x\(s.used)"))
         try w.set("general.file_type", .uint32(UInt32(fileType.rawValue)))
         try w.set("general.quantization_version", .uint32(2))
-        let keys: [(ModelKey, GGUFValue)] = [
-            (.contextLength, .uint32(UInt32(s.context))), (.embeddingLength, .uint32(UInt32(s.embd))),
-            (.blockCount, .uint32(UInt32(s.layers))), (.feedForwardLength, .uint32(UInt32(s.expertFF))),
-            (.headCount, .uint32(UInt32(s.heads))), (.headCountKV, .uint32(UInt32(s.kvHeads))),
-            (.keyLength, .uint32(UInt32(s.headDim))), (.valueLength, .uint32(UInt32(s.headDim))),
+        let traits = ArchitectureTraits.registry[a]!, d = s.dimensions(traits)
+        func u32(_ v: Int) -> GGUFValue { .uint32(UInt32(v)) }
+        var keys: [(ModelKey, GGUFValue)] = [
+            (.contextLength, u32(s.context)), (.embeddingLength, u32(s.embd)), (.blockCount, u32(s.layers)),
+            (.feedForwardLength, u32(d.denseFeedForward)), (.headCount, u32(s.heads)), (.headCountKV, u32(d.kvHeads)),
+            (.keyLength, u32(d.headDim)), (.valueLength, u32(d.latent?.latentRank ?? d.headDim)),
             (.rmsEpsilon, .float32(s.rmsEps)), (.ropeFreqBase, .float32(s.ropeBase)),
-            (.expertCount, .uint32(UInt32(s.experts))), (.expertUsedCount, .uint32(UInt32(s.used))),
-            (.expertFeedForwardLength, .uint32(UInt32(s.expertFF))), (.ropeDimensionCount, .uint32(UInt32(s.headDim))),
-            (.vocabSize, .uint32(UInt32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000))),
-        ] + (ArchitectureTraits.registry[a]?.sharedExpert == true ? [(.expertSharedFeedForwardLength, .uint32(UInt32(s.sharedFF)))] : [])
-          + ((ArchitectureTraits.registry[a]?.slidingWindowPattern ?? 0) > 0 ? [(.slidingWindow, .uint32(UInt32(s.slidingWindow)))] : [])
-          + (s.yarn.map { [(.ropeScalingType, .string("yarn")), (.ropeScalingFactor, .float32($0.factor)),
-                           (.ropeScalingOriginalContext, .uint32(UInt32($0.originalContext)))] } ?? [])
+            (.expertCount, u32(s.experts)), (.expertUsedCount, u32(s.used)),
+            (.expertFeedForwardLength, u32(s.expertFF)), (.ropeDimensionCount, u32(d.latent?.ropeDim ?? d.headDim)),
+            (.vocabSize, u32(vocabulary.array("tokenizer.ggml.tokens")?.count ?? 32000)),
+        ]
+        if traits.sharedExpert == .gated { keys.append((.expertSharedFeedForwardLength, u32(s.sharedFF))) }
+        if traits.sharedExpert == .ungated { keys.append((.expertSharedCount, u32(s.sharedExperts))) }
+        if traits.slidingWindowPattern > 0 { keys.append((.slidingWindow, u32(s.slidingWindow))) }
+        if traits.leadingDenseLayers { keys.append((.leadingDenseBlockCount, u32(d.leadingDense))) }
+        if let m = d.latent {
+            keys += [(.queryLoraRank, u32(m.queryRank)), (.keyValueLoraRank, u32(m.latentRank)),
+                     (.keyLengthMLA, u32(m.queryHeadDim)), (.valueLengthMLA, u32(m.valueDim))]
+        }
+        if let y = s.yarn {
+            keys += [(.ropeScalingType, .string("yarn")), (.ropeScalingFactor, .float32(y.factor)), (.ropeScalingOriginalContext, u32(y.originalContext))]
+            if let m = s.yarnLogMultiplier { keys.append((.ropeScalingYarnLogMultiplier, .float32(m))) }
+        }
+        if let g = s.gating {
+            // llama_expert_gating_func_type: 1 softmax, 2 sigmoid, 3 softmax over the chosen.
+            keys.append((.expertGatingFunc, u32(g == .softmax ? 1 : g == .sigmoid ? 2 : 3)))
+        }
+        if let n = s.normalizeWeights { keys.append((.expertWeightsNorm, .bool(n))) }
+        if let w = s.weightsScale { keys.append((.expertWeightsScale, .float32(w))) }
+        if let g = s.groups { keys += [(.expertGroupCount, u32(g.count)), (.expertGroupUsedCount, u32(g.used))] }
         for (k, v) in keys { try w.set(k.name(a), v) }
         for (k, v) in vocabulary.metadata where k.hasPrefix("tokenizer.") { try w.set(k, v) }
         for (info, type) in zip(infos, types) { try w.addTensor(name: info.name, type: type, shape: info.shape) }

@@ -41,7 +41,7 @@ public final class Stage: @unchecked Sendable {
         var binder = TensorBinder(file: file)
         var w: [Int: LayerWeights] = [:]
         for i in layers {
-            w[i] = try LayerWeights.bind(&binder, layer: i, config: config).packed(in: file, heldExperts: heldExperts.experts(inLayer: i, of: config.expertCount))
+            w[i] = try LayerWeights.bind(&binder, layer: i, config: config).packed(in: file, config: config, heldExperts: heldExperts.experts(inLayer: i, of: config.expertCount))
         }
         let needsGlobal = layers.lowerBound == 0 || layers.upperBound == config.layerCount
         global = needsGlobal ? try GlobalWeights.bind(&binder, config: config) : nil

@@ -105,7 +105,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             }
             if r.position == 0 || states[r.sequence] == nil {
                 // Position 0 starts the sequence afresh (a reused id, or a replay).
-                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, kvDim: stage.config.kvDim))
+                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config))
             }
             caches[Int(r.sequence)] = states[r.sequence]!.cache
         }

@@ -18,6 +18,16 @@ public enum TensorRole: String, Sendable, CaseIterable {
     case attnQNorm = "attn_q_norm"
     case attnKNorm = "attn_k_norm"
     case attnSinks = "attn_sinks"
+    // Multi-head latent attention (deepseek2): Q through a low-rank pair (or a plain attn_q), K and V through
+    // a compressed latent with a separate rope key; k_b/v_b are the per-head halves of the older attn_kv_b.
+    case attnQA = "attn_q_a"
+    case attnQANorm = "attn_q_a_norm"
+    case attnQB = "attn_q_b"
+    case attnKVAMQA = "attn_kv_a_mqa"
+    case attnKVANorm = "attn_kv_a_norm"
+    case attnKVB = "attn_kv_b"
+    case attnKB = "attn_k_b"
+    case attnVB = "attn_v_b"
     // Feed-forward: norms, dense FFN, router, routed experts, shared expert
     case ffnNorm = "ffn_norm"
     case postAttentionNorm = "post_attention_norm"
@@ -45,8 +55,8 @@ public enum TensorRole: String, Sendable, CaseIterable {
         switch self {
         case .tokenEmbedding, .ropeFreqs: return .embedding
         case .output: return .head
-        case .outputNorm, .attnNorm, .ffnNorm, .postAttentionNorm, .postFFNNorm, .attnQNorm, .attnKNorm: return .norm
-        case .attnQ, .attnK, .attnV, .attnQKV, .attnOutput, .attnSinks: return .attention
+        case .outputNorm, .attnNorm, .ffnNorm, .postAttentionNorm, .postFFNNorm, .attnQNorm, .attnKNorm, .attnQANorm, .attnKVANorm: return .norm
+        case .attnQ, .attnK, .attnV, .attnQKV, .attnOutput, .attnSinks, .attnQA, .attnQB, .attnKVAMQA, .attnKVB, .attnKB, .attnVB: return .attention
         case .ffnGate, .ffnUp, .ffnDown: return .denseFFN
         case .router, .expertProbBias: return .router
         case .expertGate, .expertUp, .expertDown: return .experts

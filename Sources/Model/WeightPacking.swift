@@ -53,7 +53,7 @@ extension ExpertWeights {
 
 extension LayerWeights {
     /// Attention and feed-forward matrices packed; of the routed experts only `heldExperts`.
-    func packed(in file: GGUFFile, heldExperts: [Int]) throws(ModelError) -> LayerWeights {
-        LayerWeights(attention: try attention.packed(in: file), feedForward: try feedForward.packed(in: file, heldExperts: heldExperts))
+    func packed(in file: GGUFFile, config: ModelConfig, heldExperts: [Int]) throws(ModelError) -> LayerWeights {
+        LayerWeights(attention: try attention.packed(in: file, config: config), feedForward: try feedForward.packed(in: file, heldExperts: heldExperts))
     }
 }

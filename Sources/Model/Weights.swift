@@ -115,15 +115,16 @@ public struct ExpertWeights: Sendable {
 
     /// The stacked expert tensors of one layer of a model file, unpacked views of the mapping.
     public static func bind(file: GGUFFile, config: ModelConfig, layer: Int) throws(ModelError) -> ExpertWeights {
-        guard config.isMoE else { throw ModelError("layer \(layer) of \(file.path) has no routed experts") }
+        guard config.hasExperts(layer: layer) else { throw ModelError("layer \(layer) of \(file.path) has no routed experts") }
         var binder = TensorBinder(file: file)
         return try bind(&binder, layer: layer, config: config)
     }
 }
 
-/// The shared expert of qwen2moe: a SwiGLU FFN every token goes through, scaled by sigmoid(gate · x).
+/// A shared expert: a SwiGLU FFN every token goes through, scaled by sigmoid(gateInput · x) where it has a gate
+/// (qwen2moe) and added as it is otherwise (deepseek2).
 public struct SharedExpertWeights: Sendable {
-    public let gateInput: [Float]  // embd: the scalar gate's weights
+    public let gateInput: [Float]?  // embd: the scalar gate's weights
     public let gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix
 }
 
@@ -140,17 +141,17 @@ public enum FeedForwardWeights: Sendable {
 
 /// Weights of one transformer layer: its attention block and its feed-forward block.
 public struct LayerWeights: Sendable {
-    public let attention: AttentionBlock
+    public let attention: Attention
     public let feedForward: FeedForwardBlock
     public var ffn: FeedForwardWeights { feedForward.weights }
 
     /// The tensors of layer `i`, as the blocks declare them (what the binder checks and `conclave synth` writes).
     public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
-        AttentionBlock.tensors(layer: i, d, t) + FeedForwardBlock.tensors(layer: i, d, t)
+        Attention.tensors(layer: i, d, t) + FeedForwardBlock.tensors(layer: i, d, t)
     }
 
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> LayerWeights {
-        LayerWeights(attention: try AttentionBlock.bind(&b, layer: i, config: c), feedForward: try FeedForwardBlock.bind(&b, layer: i, config: c))
+        LayerWeights(attention: try Attention.bind(&b, layer: i, config: c), feedForward: try FeedForwardBlock.bind(&b, layer: i, config: c))
     }
 }
 

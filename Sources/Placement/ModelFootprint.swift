@@ -66,7 +66,7 @@ public struct ModelFootprint: Sendable, Equatable {
         // A tied head reads the embedding; the last stage then needs those bytes too.
         if layout.tiedHead { head += embd }
         // Capped at an exabyte (a file may claim any context): no plan fits it, and sums below cannot overflow.
-        let (kvAll, overflow) = KVCache.bytes(layers: 1, capacity: context, kvDim: config.kvDim).multipliedReportingOverflow(by: sequences)
+        let (kvAll, overflow) = KVCache.bytes(layers: 1, capacity: context, config: config).multipliedReportingOverflow(by: sequences)
         let kv = overflow ? 1 << 60 : min(kvAll, 1 << 60)
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,

@@ -237,7 +237,7 @@ struct WorkerBudget {
         let slotBytes = slots * ((0..<config.layerCount).filter { !paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0)
         let holdsExperts = !resident.isEmpty || !paged.isEmpty
         let scratch = MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: 1, stage: !layers.isEmpty, experts: holdsExperts)
-        let kv = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
+        let kv = KVCache.bytes(layers: layers.count, capacity: context, config: config)
         let base = fixed + expertBytes + slotBytes + scratch
         let need = base + kv
         let mib = MemoryBudget.mib

@@ -84,18 +84,23 @@ import Worker
     }
 
     /// gpt-oss through two stages and an experts worker (its sliding-window layers, sinks, biased experts and
-    /// top-k-then-softmax routing split across processes, rows travelling as Q8_0): the tokens one process makes.
-    @Test func gptOssDistributedMatchesOneProcess() async throws { try await onThread { [self] in try self.gptOssDistributedMatchesOneProcessBlocking() } }
-    func gptOssDistributedMatchesOneProcessBlocking() throws {
+    /// top-k-then-softmax routing split across processes, rows travelling as Q8_0), and deepseek2 (latent
+    /// attention with its smaller cache on each stage, a dense first layer, shared experts, sigmoid routing over
+    /// groups): the tokens one process makes.
+    @Test(arguments: [["--arch", "gpt-oss", "--layers", "4", "--sliding-window", "6"],
+                      ["--arch", "deepseek2", "--layers", "4", "--gating", "sigmoid", "--norm-weights", "true", "--groups", "4", "--groups-used", "2"]])
+    func newArchitecturesDistributedMatchOneProcess(synth: [String]) async throws {
+        try await onThread { [self] in try self.distributedMatchesOneProcessBlocking(synth: synth) }
+    }
+    func distributedMatchesOneProcessBlocking(synth: [String]) throws {
         let (c, endpoint) = try Self.startCluster { c in
-            let path = c.dir.appendingPathComponent("gpt-oss.gguf").path
-            let (rc, _, err) = try c.run(["synth", "--arch", "gpt-oss", "--layers", "4", "--sliding-window", "6", "--type", "Q8_0",
-                                          "--seed", "11", "--threads", "1", "-o", path])
+            let path = c.dir.appendingPathComponent("synth.gguf").path
+            let (rc, _, err) = try c.run(["synth"] + synth + ["--type", "Q8_0", "--seed", "11", "--threads", "1", "-o", path])
             guard rc == 0 else { throw ProcessCluster.Failure(description: "synth failed: \(err)") }
             return path
         }
         defer { c.stop() }
-        let model = c.dir.appendingPathComponent("gpt-oss.gguf").path
+        let model = c.dir.appendingPathComponent("synth.gguf").path
         let args = ["-p", "Once upon a time there was", "-n", "24", "--temp", "0", "--repeat-penalty", "1.1"]
         let (rc1, single, err1) = try c.run(["run", "-m", model, "--threads", "1"] + args)
         #expect(rc1 == 0, "run failed: \(err1)")

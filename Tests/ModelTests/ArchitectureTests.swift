@@ -14,20 +14,41 @@ import Kernels
 
     /// gpt-oss with a sliding window of 8 over the 64 positions (every other layer slides; without the window
     /// top-1 agreement falls to 13 of 63), and again with YaRN scaling as the real model has it (factor 32 over
-    /// 4 096 positions, base 150 000).
-    @Test(arguments: ["qwen3moe", "qwen2moe", "olmoe", "llama", "gpt-oss", "gpt-oss-yarn"])
+    /// 4 096 positions, base 150 000). deepseek2 three ways: V3's form (sigmoid routing with a selection bias over
+    /// groups, renormalised and scaled, two dense layers first), V2's (Q through its low-rank pair, softmax, one
+    /// dense layer), and V2-Lite's plain Q with YaRN and its log multiplier (which scales the attention scores).
+    /// Each file is what `conclave synth --arch A --layers 3 --expert-ff 128 --type F16 --seed 7` plus the
+    /// case's options writes.
+    @Test(arguments: ["qwen3moe", "qwen2moe", "olmoe", "llama", "gpt-oss", "gpt-oss-yarn", "deepseek2", "deepseek2-v3", "deepseek2-lite-yarn"])
     func matchesLlamaCpp(name: String) throws {
-        let arch = name == "gpt-oss-yarn" ? "gpt-oss" : name
+        let arch = String(name.prefix { $0 != "-" }) == "gpt" ? "gpt-oss" : String(name.prefix { $0 != "-" })
         var shape = ModelSynthesizer.Shape()
         shape.architecture = arch
         shape.layers = 3
         shape.kvHeads = arch == "olmoe" ? 8 : 2  // llama.cpp's olmoe has no grouped-query attention
         shape.expertFF = 128
         shape.slidingWindow = 8
-        if name == "gpt-oss-yarn" {
+        switch name {
+        case "gpt-oss-yarn":
             shape.yarn = (32, 4096)
             shape.ropeBase = 150_000
             shape.context = 131_072
+        case "deepseek2-v3":  // --layers 4 --dense-layers 2 --experts 16 --used 4 --gating sigmoid --norm-weights true --weights-scale 2.5 --groups 4 --groups-used 2
+            shape.layers = 4
+            shape.leadingDense = 2
+            shape.experts = 16
+            shape.used = 4
+            shape.gating = .sigmoid
+            shape.normalizeWeights = true
+            shape.weightsScale = 2.5
+            shape.groups = (4, 2)
+        case "deepseek2-lite-yarn":  // --q-lora-rank 0 --yarn-factor 40 --yarn-original-ctx 4096 --yarn-log-multiplier 0.0707 --rope-base 10000 --ctx 163840
+            shape.latent.queryRank = 0
+            shape.yarn = (40, 4096)
+            shape.yarnLogMultiplier = 0.0707
+            shape.ropeBase = 10_000
+            shape.context = 163_840
+        default: break
         }
         let path = dir.appendingPathComponent("\(name).gguf").path
         let vocab = try GGUFFile(path: Fixtures.shippedModel)
@@ -35,7 +56,8 @@ import Kernels
 
         let engine = try Engine(path: path, threads: 2)
         #expect(engine.config.architecture == arch)
-        #expect(engine.config.yarn != nil || name != "gpt-oss-yarn")
+        #expect(engine.config.yarn != nil || !name.hasSuffix("yarn"))
+        #expect((engine.config.latent != nil) == (arch == "deepseek2"))
         let golden = try LlamaCppLogits(fixture: "synth/\(name)-F16-seed7.llamacpp.jsonl")
         let text = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("synth/text.txt")))
         let ids = Array(engine.tokenizer.encode(bytes: Array(text)).prefix(64))
@@ -44,6 +66,47 @@ import Kernels
         let r = golden.compare(logits, vocab: engine.config.vocabSize)
         #expect(Double(r.agreed) >= 0.99 * Double(r.counted), "\(arch): top-1 agrees at \(r.agreed)/\(r.counted)")
         #expect(r.maxDiff < 0.05, "\(arch): a top-10 logit differs from llama.cpp's by \(r.maxDiff)")
+    }
+
+    /// A deepseek2 position caches its latent and rope key once for all heads and no values (llama.cpp's MLA
+    /// cache): 80 f16 values per layer here where standard attention over the same 8 heads of 48 would cache
+    /// 768; the sequence's cache counts that (and so the placement footprint: PlannerTests). Its first layer is dense.
+    @Test func latentAttentionCachesTheLatentOnly() throws {
+        var shape = ModelSynthesizer.Shape()
+        shape.architecture = "deepseek2"
+        shape.layers = 3
+        let path = dir.appendingPathComponent("ds-cache.gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 1, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+            .write(to: path, pool: ThreadPool(threads: 2))
+        let file = try GGUFFile(path: path)
+        let config = try ModelConfig(file: file)
+        let m = try #require(config.latent)
+        #expect(m == shape.latent)
+        #expect(config.cacheKeyWidth == 64 + 16 && config.cacheValueWidth == 0)
+        #expect(KVCache(layers: 0..<3, capacity: 100, config: config).bytes == 3 * 100 * 80 * 2)
+        #expect(!config.hasExperts(layer: 0) && config.hasExperts(layer: 1))
+        #expect(WeightLayout(file: file, config: config).bytesPerExpert(layer: 0) == 0)
+        let engine = try Engine(path: path, threads: 2)
+        #expect(engine.stages[0].weights[0]!.ffn.experts == nil && engine.stages[0].weights[1]!.ffn.experts != nil)
+    }
+
+    /// A DeepSeek file from before llama.cpp split attn_kv_b (no key_length_mla) is refused with what to do.
+    @Test func unsplitDeepSeekFileIsAClearError() throws {
+        let path = dir.appendingPathComponent("old-ds.gguf").path
+        let w = GGUFWriter(path: path)
+        try w.set("general.architecture", .string("deepseek2"))
+        for (k, v) in [(ModelKey.blockCount, 2), (.embeddingLength, 64), (.headCount, 4), (.contextLength, 128), (.expertCount, 4),
+                       (.expertUsedCount, 2), (.expertFeedForwardLength, 32), (.expertSharedCount, 1), (.keyValueLoraRank, 32),
+                       (.ropeDimensionCount, 16), (.keyLength, 48), (.valueLength, 32), (.vocabSize, 100)] {
+            try w.set(k.name("deepseek2"), .uint32(UInt32(v)))
+        }
+        try w.write { _, _ in }
+        do {
+            _ = try ModelConfig(file: GGUFFile(path: path))
+            Issue.record("accepted a DeepSeek file without the split k_b/v_b")
+        } catch {
+            #expect("\(error)".contains("attn_kv_b") && "\(error)".contains("convert"))
+        }
     }
 
     @Test func unsupportedArchitectureIsAClearError() throws {

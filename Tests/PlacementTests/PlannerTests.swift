@@ -1,6 +1,8 @@
+import Foundation
 import Testing
 import TestSupport
 import GGUF
+import Kernels
 import Model
 import Wire
 @testable import Placement
@@ -269,6 +271,24 @@ struct PlannerTests {
         let a = try Planner.plan(f, cluster: c), b = try Planner.plan(f, cluster: c)
         #expect(a == b)
         checkInvariants(a, f)
+    }
+
+    /// A deepseek2 model's layers carry the latent cache llama.cpp keeps (latent 64 + rope key 16 f16 values per
+    /// position, no values), and its dense first layer no expert bytes.
+    @Test func latentCacheInTheFootprint() throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var shape = ModelSynthesizer.Shape()
+        shape.architecture = "deepseek2"
+        shape.layers = 3
+        let path = dir.appendingPathComponent("ds.gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 1, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+            .write(to: path, pool: ThreadPool(threads: 2))
+        let file = try GGUFFile(path: path)
+        let config = try ModelConfig(file: file)
+        let small = ModelFootprint(file: file, config: config, context: 1000), large = ModelFootprint(file: file, config: config, context: 2000)
+        #expect(zip(large.layerBytes, small.layerBytes).allSatisfy { $0 - $1 == 1000 * (64 + 16) * 2 })
+        #expect(small.expertBytes[0] == 0 && small.expertBytes[1] > 0)
     }
 
     /// The shipped model on cluster/local.yaml: two stages, and experts of the second stage on the experts worker.

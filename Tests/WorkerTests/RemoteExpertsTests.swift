@@ -20,7 +20,7 @@ struct RemoteExpertsTests {
     }
 
     func run(_ stage: Stage, _ config: ModelConfig, tokens: [Int32]) throws -> [Float] {
-        let cache = KVCache(layers: 0..<config.layerCount, capacity: 64, kvDim: config.kvDim)
+        let cache = KVCache(layers: 0..<config.layerCount, capacity: 64, config: config)
         let e = config.embeddingLength, v = config.vocabSize
         var out: [Float] = []
         // A prefill of all but the last two tokens, then two single-token steps.
@@ -132,15 +132,31 @@ struct RemoteExpertsTests {
     /// gpt-oss (MXFP4 experts with biases, the clamped SwiGLU, top-k-then-softmax routing, sliding windows, sinks): its odd
     /// experts served by another worker, resident or paged from disk, give the same bits as one process.
     @Test(arguments: [nil, 3] as [Int?]) func gptOssExpertsSplitBitIdentically(pagedSlots: Int?) async throws {
-        let dir = Fixtures.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
         var shape = ModelSynthesizer.Shape()
         shape.architecture = "gpt-oss"
         shape.layers = 2
         shape.slidingWindow = 4
         shape.expertType = .mxfp4  // as gpt-oss ships its experts; their rows travel as Q8_0
-        let path = dir.appendingPathComponent("gpt-oss.gguf").path
-        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 5, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+        try await splitBitIdentically(shape, seed: 5, pagedSlots: pagedSlots)
+    }
+
+    /// deepseek2 (latent attention, a dense first layer that has no experts to split, ungated shared experts on
+    /// the stage, sigmoid routing with a selection bias over groups): the same.
+    @Test(arguments: [nil, 3] as [Int?]) func deepseekExpertsSplitBitIdentically(pagedSlots: Int?) async throws {
+        var shape = ModelSynthesizer.Shape()
+        shape.architecture = "deepseek2"
+        shape.layers = 3
+        shape.gating = .sigmoid
+        shape.normalizeWeights = true
+        shape.groups = (4, 2)
+        try await splitBitIdentically(shape, seed: 5, pagedSlots: pagedSlots)
+    }
+
+    private func splitBitIdentically(_ shape: ModelSynthesizer.Shape, seed: UInt64, pagedSlots: Int?) async throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("\(shape.architecture).gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: seed, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
             .write(to: path, pool: ThreadPool(threads: 2))
         let net = InMemoryNetwork()
         let router = try net.router(at: "mem://worker-2")

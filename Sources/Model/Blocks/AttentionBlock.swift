@@ -115,7 +115,7 @@ public struct AttentionBlock: Sendable {
     /// if any, joins its softmax.
     private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
         let group = c.headCount / c.headCountKV
-        let scale = 1 / Float(c.headDim).squareRoot()
+        let scale = c.attentionScale
         let window = c.slides(layer: l) ? c.slidingWindow : Int.max
         let work = rows.count * c.headCount
         pool.parallelFor(work) { range in

@@ -19,20 +19,20 @@ public struct FeedForwardBlock: Sendable {
     public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
         let e = d.embedding
         var out = [TensorSpec(.block(i, t.ffnNormRole), [e])]
-        if d.isMoE {
+        if d.hasExperts(layer: i) {
             let f = d.expertFeedForward, n = d.experts
             out += [TensorSpec(.block(i, .router), [e, n]), TensorSpec(.block(i, .expertGate), [e, f, n]),
                     TensorSpec(.block(i, .expertUp), [e, f, n]), TensorSpec(.block(i, .expertDown), [f, e, n])]
             if t.routerBias { out.append(TensorSpec(.block(i, .router, "bias"), [n])) }
-            if t.expertSelectionBias { out.append(TensorSpec(.block(i, .expertProbBias, "bias"), [n])) }
+            if d.selectionBias { out.append(TensorSpec(.block(i, .expertProbBias, "bias"), [n])) }
             if t.expertBias {
                 out += [TensorSpec(.block(i, .expertGate, "bias"), [f, n]), TensorSpec(.block(i, .expertUp, "bias"), [f, n]),
                         TensorSpec(.block(i, .expertDown, "bias"), [e, n])]
             }
-            if t.sharedExpert {
-                let s = d.sharedFeedForward
-                out += [TensorSpec(.block(i, .sharedExpertRouter), [e]), TensorSpec(.block(i, .sharedGate), [e, s]),
-                        TensorSpec(.block(i, .sharedUp), [e, s]), TensorSpec(.block(i, .sharedDown), [s, e])]
+            let s = d.sharedFeedForward
+            if t.sharedExpert == .gated { out.append(TensorSpec(.block(i, .sharedExpertRouter), [e])) }
+            if t.sharedExpert != .none {
+                out += [TensorSpec(.block(i, .sharedGate), [e, s]), TensorSpec(.block(i, .sharedUp), [e, s]), TensorSpec(.block(i, .sharedDown), [s, e])]
             }
         } else {
             let f = d.denseFeedForward
@@ -44,19 +44,19 @@ public struct FeedForwardBlock: Sendable {
     static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> FeedForwardBlock {
         let spec = tensors(layer: i, c.dimensions, c.traits)
         let norm = try b.vector(.block(i, c.traits.ffnNormRole), in: spec)
-        guard c.isMoE else {
+        guard c.hasExperts(layer: i) else {
             return FeedForwardBlock(norm: norm, weights: .dense(gate: try b.matrix(.block(i, .ffnGate), in: spec), up: try b.matrix(.block(i, .ffnUp), in: spec),
                                                                 down: try b.matrix(.block(i, .ffnDown), in: spec)))
         }
         var shared: SharedExpertWeights?
-        if c.traits.sharedExpert {
-            shared = SharedExpertWeights(gateInput: try b.vector(.block(i, .sharedExpertRouter), in: spec), gate: try b.matrix(.block(i, .sharedGate), in: spec),
+        if c.traits.sharedExpert != .none {
+            shared = SharedExpertWeights(gateInput: c.traits.sharedExpert == .gated ? try b.vector(.block(i, .sharedExpertRouter), in: spec) : nil, gate: try b.matrix(.block(i, .sharedGate), in: spec),
                                          up: try b.matrix(.block(i, .sharedUp), in: spec), down: try b.matrix(.block(i, .sharedDown), in: spec))
         }
         var block = FeedForwardBlock(norm: norm, weights: .moe(router: try b.matrix(.block(i, .router), in: spec),
                                                                experts: try ExpertWeights.bind(&b, layer: i, config: c), shared: shared))
         if c.traits.routerBias { block.routerBias = try b.vector(.block(i, .router, "bias"), in: spec) }
-        if c.traits.expertSelectionBias { block.selectionBias = try b.vector(.block(i, .expertProbBias, "bias"), in: spec) }
+        if c.selectionBias { block.selectionBias = try b.vector(.block(i, .expertProbBias, "bias"), in: spec) }
         return block
     }
 
@@ -131,7 +131,7 @@ public struct FeedForwardBlock: Sendable {
         try MatMul.multiply(down, g, batch: t, into: out, pool: pool)
     }
 
-    /// qwen2moe's shared expert, scaled per row by sigmoid(gateInput · x), added to `out`.
+    /// The shared expert, scaled per row by sigmoid(gateInput · x) where it has a gate (qwen2moe), added to `out`.
     private func sharedExpert(_ s: SharedExpertWeights, _ x: UnsafePointer<Float>, _ t: Int, config c: ModelConfig, pool: ThreadPool,
                               into out: UnsafeMutablePointer<Float>) throws {
         let e = c.embeddingLength
@@ -139,9 +139,12 @@ public struct FeedForwardBlock: Sendable {
         defer { y.deallocate() }
         try Self.swiglu(gate: s.gate, up: s.up, down: s.down, x, t, pool: pool, into: y)
         for r in 0..<t {
-            var dot: Float = 0
-            for i in 0..<e { dot += s.gateInput[i] * x[r * e + i] }
-            let scale = 1 / (1 + expf(-dot))
+            var scale: Float = 1
+            if let g = s.gateInput {
+                var dot: Float = 0
+                for i in 0..<e { dot += g[i] * x[r * e + i] }
+                scale = 1 / (1 + expf(-dot))
+            }
             for i in 0..<e { out[r * e + i] += y[r * e + i] * scale }
         }
     }

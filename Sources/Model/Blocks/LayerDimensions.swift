@@ -14,10 +14,17 @@ public struct LayerDimensions: Sendable, Equatable {
     public var sharedFeedForward: Int
     /// The dense FFN's width (layers without routed experts).
     public var denseFeedForward: Int
+    /// Latent attention's sizes (deepseek2), nil for standard attention.
+    public var latent: LatentAttentionShape?
+    /// Layers before this one are dense even in an MoE model.
+    public var leadingDense = 0
+    /// The MoE layers carry `exp_probs_b`.
+    public var selectionBias = false
 
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
     public var isMoE: Bool { experts > 0 }
+    public func hasExperts(layer l: Int) -> Bool { isMoE && l >= leadingDense }
 
     public init(embedding: Int, headDim: Int, heads: Int, kvHeads: Int, experts: Int, expertFeedForward: Int,
                 sharedFeedForward: Int, denseFeedForward: Int) {
@@ -29,6 +36,27 @@ public struct LayerDimensions: Sendable, Equatable {
         self.expertFeedForward = expertFeedForward
         self.sharedFeedForward = sharedFeedForward
         self.denseFeedForward = denseFeedForward
+    }
+}
+
+/// Multi-head latent attention's sizes (DeepSeek-V2/V3): Q through a rank-`queryRank` pair (0: one plain
+/// projection), K and V through a `latentRank` latent that is all a position caches besides its `ropeDim` rope key.
+public struct LatentAttentionShape: Sendable, Equatable {
+    public var queryRank: Int
+    public var latentRank: Int
+    /// Per head: the part of Q·K without position, the rope part, and the value.
+    public var noPositionDim: Int
+    public var ropeDim: Int
+    public var valueDim: Int
+    /// One head's query: its no-position part then its rope part.
+    public var queryHeadDim: Int { noPositionDim + ropeDim }
+
+    public init(queryRank: Int, latentRank: Int, noPositionDim: Int, ropeDim: Int, valueDim: Int) {
+        self.queryRank = queryRank
+        self.latentRank = latentRank
+        self.noPositionDim = noPositionDim
+        self.ropeDim = ropeDim
+        self.valueDim = valueDim
     }
 }
 
@@ -44,8 +72,12 @@ public struct TensorSpec: Sendable, Equatable {
 
 extension ModelConfig {
     public var dimensions: LayerDimensions {
-        LayerDimensions(embedding: embeddingLength, headDim: headDim, heads: headCount, kvHeads: headCountKV, experts: expertCount,
-                        expertFeedForward: expertFeedForward, sharedFeedForward: sharedExpertFeedForward, denseFeedForward: feedForward)
+        var d = LayerDimensions(embedding: embeddingLength, headDim: headDim, heads: headCount, kvHeads: headCountKV, experts: expertCount,
+                                expertFeedForward: expertFeedForward, sharedFeedForward: sharedExpertFeedForward, denseFeedForward: feedForward)
+        d.latent = latent
+        d.leadingDense = leadingDenseLayers
+        d.selectionBias = selectionBias
+        return d
     }
 }
 

@@ -27,7 +27,7 @@ public struct MemoryBudget: Sendable, Equatable {
         let perExpert = layers.map(layout.bytesPerExpert)
         self.budget = budget
         fixedBytes = fixed
-        kvBytesPerSequence = KVCache.bytes(layers: layers.count, capacity: context, kvDim: config.kvDim)
+        kvBytesPerSequence = KVCache.bytes(layers: layers.count, capacity: context, config: config)
         self.sequences = sequences
         scratchBytes = Self.scratchBytes(config: config, context: context, ubatch: ubatch, sequences: sequences)
         expertBytes = perExpert.reduce(0, +) * config.expertCount

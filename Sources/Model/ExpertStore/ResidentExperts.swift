@@ -46,6 +46,7 @@ extension ExpertSet {
                 throw ModelError("expert \(x) of layer \(l) is outside the model's \(config.expertCount) experts")
             }
         }
-        return layers
+        // A dense layer (deepseek2's first) has no experts to hold, whatever a plan lists for it.
+        return layers.filter { config.hasExperts(layer: $0) }
     }
 }

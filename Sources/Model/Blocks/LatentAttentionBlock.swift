@@ -1,0 +1,201 @@
+import GGUF
+import Kernels
+
+/// DeepSeek's multi-head latent attention, as llama.cpp computes it with the absorption optimisation: each
+/// position caches only a normed `latentRank` latent and a roped `ropeDim` key shared by all heads; a head's
+/// no-position query is carried into latent space by its `attn_k_b` slice, scores are taken against the cached
+/// row (latent then rope key), the weighted latents are summed, and its `attn_v_b` slice carries the sum back to
+/// the head's value size before the output projection. One cached row per position instead of K and V per head
+/// is what makes DeepSeek-V3's 128 heads affordable to cache.
+public struct LatentAttentionBlock: Sendable {
+    public let norm: [Float]
+    /// Q through a low-rank pair with a norm between (`queryA`, `queryANorm`, `queryB`), or one `query`.
+    public let query: WeightMatrix?
+    public let queryA: WeightMatrix?, queryANorm: [Float]?, queryB: WeightMatrix?
+    /// Hidden → latent and rope key, and the latent's norm.
+    public let keyValueA: WeightMatrix
+    public let keyValueANorm: [Float]
+    /// Per head: no-position query → latent (rows latentRank × cols noPositionDim) and latent → value.
+    public let keyB: WeightMatrix, valueB: WeightMatrix
+    public let output: WeightMatrix
+
+    /// The tensors of layer `i`'s latent attention (llama.cpp's deepseek2 with split k_b/v_b).
+    public static func tensors(layer i: Int, _ d: LayerDimensions, _ m: LatentAttentionShape) -> [TensorSpec] {
+        let e = d.embedding, h = d.heads, kv = m.latentRank
+        var out = [TensorSpec(.block(i, .attnNorm), [e])]
+        if m.queryRank > 0 {
+            out += [TensorSpec(.block(i, .attnQA), [e, m.queryRank]), TensorSpec(.block(i, .attnQANorm), [m.queryRank]),
+                    TensorSpec(.block(i, .attnQB), [m.queryRank, h * m.queryHeadDim])]
+        } else {
+            out.append(TensorSpec(.block(i, .attnQ), [e, h * m.queryHeadDim]))
+        }
+        out += [TensorSpec(.block(i, .attnKVAMQA), [e, kv + m.ropeDim]), TensorSpec(.block(i, .attnKVANorm), [kv]),
+                TensorSpec(.block(i, .attnKB), [m.noPositionDim, kv, h]), TensorSpec(.block(i, .attnVB), [kv, m.valueDim, h]),
+                TensorSpec(.block(i, .attnOutput), [h * m.valueDim, e])]
+        return out
+    }
+
+    static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> LatentAttentionBlock {
+        guard let m = c.latent else { throw ModelError("internal: latent attention without its shape") }
+        let spec = tensors(layer: i, c.dimensions, m)
+        let lowRank = m.queryRank > 0
+        return LatentAttentionBlock(
+            norm: try b.vector(.block(i, .attnNorm), in: spec),
+            query: lowRank ? nil : try b.matrix(.block(i, .attnQ), in: spec),
+            queryA: lowRank ? try b.matrix(.block(i, .attnQA), in: spec) : nil,
+            queryANorm: lowRank ? try b.vector(.block(i, .attnQANorm), in: spec) : nil,
+            queryB: lowRank ? try b.matrix(.block(i, .attnQB), in: spec) : nil,
+            keyValueA: try b.matrix(.block(i, .attnKVAMQA), in: spec), keyValueANorm: try b.vector(.block(i, .attnKVANorm), in: spec),
+            keyB: try b.matrix(.block(i, .attnKB), in: spec), valueB: try b.matrix(.block(i, .attnVB), in: spec),
+            output: try b.matrix(.block(i, .attnOutput), in: spec))
+    }
+
+    /// The matrices repacked for this host's kernels; the per-head stacks only where every head's slice is whole
+    /// groups of eight rows.
+    func packed(in file: GGUFFile, config c: ModelConfig) throws(ModelError) -> LatentAttentionBlock {
+        func pack(_ w: WeightMatrix?) throws(ModelError) -> WeightMatrix? { try w.map { w throws(ModelError) in try file.packed(w) } }
+        func perHead(_ w: WeightMatrix) throws(ModelError) -> WeightMatrix {
+            (w.rows / c.headCount) % 8 == 0 ? try file.packed(w) : w
+        }
+        return LatentAttentionBlock(norm: norm, query: try pack(query), queryA: try pack(queryA), queryANorm: queryANorm, queryB: try pack(queryB),
+                                    keyValueA: try file.packed(keyValueA), keyValueANorm: keyValueANorm,
+                                    keyB: try perHead(keyB), valueB: try perHead(valueB), output: try file.packed(output))
+    }
+
+    /// hidden += O · attention(norm(hidden)) for the batch's rows, caching each row's latent and rope key.
+    func forward(layer l: Int, _ hidden: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache],
+                 config c: ModelConfig, pool: ThreadPool) throws {
+        guard let m = c.latent else { throw ModelError("internal: latent attention without its shape") }
+        let t = rows.count, e = c.embeddingLength, heads = c.headCount
+        let qw = m.queryHeadDim, rank = m.latentRank, row = rank + m.ropeDim
+        let buf = Scratch(t: t, c: c, m)
+        defer { buf.free() }
+        for r in 0..<t { Ops.rmsNorm(hidden + r * e, weight: norm, count: e, eps: c.rmsEpsilon, into: buf.normed + r * e) }
+        if let a = queryA, let an = queryANorm, let b = queryB {
+            try MatMul.multiply(a, buf.normed, batch: t, into: buf.queryLow, pool: pool)
+            for r in 0..<t {
+                let p = buf.queryLow + r * m.queryRank
+                Ops.rmsNorm(p, weight: an, count: m.queryRank, eps: c.rmsEpsilon, into: p)
+            }
+            try MatMul.multiply(b, buf.queryLow, batch: t, into: buf.q, pool: pool)
+        } else if let q = query {
+            try MatMul.multiply(q, buf.normed, batch: t, into: buf.q, pool: pool)
+        }
+        try MatMul.multiply(keyValueA, buf.normed, batch: t, into: buf.kv, pool: pool)
+        for r in 0..<t {
+            let angles = Ops.ropeAngles(position: rows[r].position, dims: m.ropeDim, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale, yarn: c.yarn)
+            let kv = buf.kv + r * row
+            Ops.rope(kv + rank, heads: 1, headDim: m.ropeDim, dims: m.ropeDim, angles: angles, mode: c.traits.ropeMode)
+            Ops.rmsNorm(kv, weight: keyValueANorm, count: rank, eps: c.rmsEpsilon, into: kv)
+            // Each head's rope part follows its no-position part.
+            Ops.rope(buf.q + r * heads * qw + m.noPositionDim, heads: heads, headDim: qw, dims: m.ropeDim, angles: angles, mode: c.traits.ropeMode)
+            caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: kv, v: nil)
+        }
+        // Per head: the no-position query into latent space, beside its rope part: the row scored against the cache.
+        for h in 0..<heads {
+            for r in 0..<t { (buf.gather + r * m.noPositionDim).update(from: buf.q + (r * heads + h) * qw, count: m.noPositionDim) }
+            try MatMul.multiply(keyB.rows((h * rank)..<((h + 1) * rank)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
+            for r in 0..<t {
+                let dst = buf.scored + (r * heads + h) * row
+                dst.update(from: buf.absorbed + r * rank, count: rank)
+                (dst + rank).update(from: buf.q + (r * heads + h) * qw + m.noPositionDim, count: m.ropeDim)
+            }
+        }
+        attend(l, buf, rows: rows, caches: caches, config: c, m, pool: pool)
+        // Per head: the weighted latent back to the head's value size.
+        for h in 0..<heads {
+            for r in 0..<t { (buf.gather + r * rank).update(from: buf.latent + (r * heads + h) * rank, count: rank) }
+            try MatMul.multiply(valueB.rows((h * m.valueDim)..<((h + 1) * m.valueDim)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
+            for r in 0..<t { (buf.attn + (r * heads + h) * m.valueDim).update(from: buf.absorbed + r * m.valueDim, count: m.valueDim) }
+        }
+        try MatMul.multiply(output, buf.attn, batch: t, into: buf.normed, pool: pool)
+        for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
+    }
+
+    /// Causal attention of every (row, head) over the cached rows 0...position, heads in parallel, with ggml's
+    /// roundings: the query and the softmax weights meet the f16 cache as f16.
+    private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, _ m: LatentAttentionShape,
+                        pool: ThreadPool) {
+        let heads = c.headCount, rank = m.latentRank, row = rank + m.ropeDim, scale = c.attentionScale
+        pool.parallelFor(rows.count * heads) { range in
+            var scores = [Float]()
+            let q = UnsafeMutablePointer<Float>.allocate(capacity: row)
+            let half = UnsafeMutablePointer<UInt16>.allocate(capacity: row)
+            defer { q.deallocate(); half.deallocate() }
+            for item in range {
+                let r = item / heads
+                let cache = caches[rows[r].sequence]!, n = rows[r].position + 1
+                if scores.count < n { scores = [Float](repeating: 0, count: n) }
+                Ops.toF16(buf.scored + item * row, half, count: row)
+                Ops.fromF16(half, q, count: row)
+                let out = buf.latent + item * rank
+                out.initialize(repeating: 0, count: rank)
+                scores.withUnsafeMutableBufferPointer { s in
+                    for j in 0..<n { s[j] = Ops.dotF16(q, cache.key(l, j), count: row) * scale }
+                    Ops.softmax(s.baseAddress!, count: n, sink: nil)
+                    for j in 0..<n {
+                        var w16: UInt16 = 0, w: Float = 0
+                        var p = s[j]
+                        Ops.toF16(&p, &w16, count: 1)
+                        Ops.fromF16(&w16, &w, count: 1)
+                        Ops.axpyF16(w, cache.key(l, j), out, count: rank)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Working memory for a batch.
+    final class Scratch {
+        let normed, queryLow, q, kv, gather, absorbed, scored, latent, attn: UnsafeMutablePointer<Float>
+        init(t: Int, c: ModelConfig, _ m: LatentAttentionShape) {
+            let h = c.headCount, row = m.latentRank + m.ropeDim
+            normed = .allocate(capacity: t * c.embeddingLength)
+            queryLow = .allocate(capacity: t * max(1, m.queryRank))
+            q = .allocate(capacity: t * h * m.queryHeadDim)
+            kv = .allocate(capacity: t * row)
+            gather = .allocate(capacity: t * max(m.noPositionDim, m.latentRank))
+            absorbed = .allocate(capacity: t * max(m.latentRank, m.valueDim))
+            scored = .allocate(capacity: t * h * row)
+            latent = .allocate(capacity: t * h * m.latentRank)
+            attn = .allocate(capacity: t * h * m.valueDim)
+        }
+        func free() {
+            for p in [normed, queryLow, q, kv, gather, absorbed, scored, latent, attn] { p.deallocate() }
+        }
+    }
+}
+
+/// A layer's attention: the block its architecture's traits name.
+public enum Attention: Sendable {
+    case standard(AttentionBlock)
+    case latent(LatentAttentionBlock)
+
+    /// The tensors of layer `i`'s attention.
+    public static func tensors(layer i: Int, _ d: LayerDimensions, _ t: ArchitectureTraits) -> [TensorSpec] {
+        if t.attention == .latent, let m = d.latent { return LatentAttentionBlock.tensors(layer: i, d, m) }
+        return AttentionBlock.tensors(layer: i, d, t)
+    }
+
+    static func bind(_ b: inout TensorBinder, layer i: Int, config c: ModelConfig) throws(ModelError) -> Attention {
+        switch c.traits.attention {
+        case .standard: return .standard(try AttentionBlock.bind(&b, layer: i, config: c))
+        case .latent: return .latent(try LatentAttentionBlock.bind(&b, layer: i, config: c))
+        }
+    }
+
+    func packed(in file: GGUFFile, config c: ModelConfig) throws(ModelError) -> Attention {
+        switch self {
+        case .standard(let a): return .standard(try a.packed(in: file))
+        case .latent(let a): return .latent(try a.packed(in: file, config: c))
+        }
+    }
+
+    func forward(layer l: Int, _ hidden: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache],
+                 config c: ModelConfig, pool: ThreadPool) throws {
+        switch self {
+        case .standard(let a): try a.forward(layer: l, hidden, rows: rows, caches: caches, config: c, pool: pool)
+        case .latent(let a): try a.forward(layer: l, hidden, rows: rows, caches: caches, config: c, pool: pool)
+        }
+    }
+}
