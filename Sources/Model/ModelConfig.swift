@@ -141,10 +141,17 @@ public struct ModelConfig: Sendable {
     /// Whether layer `l` has routed experts.
     public func hasExperts(layer l: Int) -> Bool { isMoE && l >= leadingDenseLayers }
 
-    /// Elements one position of one layer caches: keys and values (standard attention), or the latent followed
-    /// by the rope key and no separate value (latent attention reads its values from the latent, as llama.cpp).
-    public var cacheKeyWidth: Int { latent.map { $0.latentRank + $0.ropeDim } ?? kvDim }
-    public var cacheValueWidth: Int { latent == nil ? kvDim : 0 }
+    /// Elements one position of one layer caches: keys and values of every KV head (standard attention, and
+    /// latent attention decompressed from an unsplit attn_kv_b), or the latent followed by the rope key and no
+    /// separate value (latent attention reads its values from the latent, as llama.cpp).
+    public var cacheKeyWidth: Int {
+        guard let m = latent else { return kvDim }
+        return m.cachesLatent ? m.latentRank + m.ropeDim : headCount * m.queryHeadDim
+    }
+    public var cacheValueWidth: Int {
+        guard let m = latent else { return kvDim }
+        return m.cachesLatent ? 0 : headCount * m.valueDim
+    }
 
     /// Whether layer `l` attends only to the last `slidingWindow` positions.
     public func slides(layer l: Int) -> Bool {
@@ -215,15 +222,20 @@ public struct ModelConfig: Sendable {
         }
         rmsEpsilon = try float(.rmsEpsilon, default: 1e-5)
         if traits.attention == .latent {
-            guard let keyMLA = file.int(key(.keyLengthMLA)), let valueMLA = file.int(key(.valueLengthMLA)) else {
-                throw ModelError("\(file.path): no '\(key(.keyLengthMLA))': a DeepSeek file converted before llama.cpp split attn_kv_b into attn_k_b and attn_v_b; Conclave serves the split form (what convert_hf_to_gguf.py writes today): convert the model again")
-            }
-            let rank = try int(.keyValueLoraRank)
-            latent = LatentAttentionShape(queryRank: try int(.queryLoraRank, default: 0, min: 0), latentRank: rank,
-                                          noPositionDim: keyMLA - ropeDims, ropeDim: ropeDims, valueDim: valueMLA)
-            // llama.cpp's MLA cache: one "head" of the latent and the rope key, whose first `rank` are the values.
-            guard headCountKV == 1, headDim == rank + ropeDims, valueDim == rank, keyMLA > ropeDims, valueMLA >= 1 else {
-                throw ModelError("\(file.path): latent attention needs '\(key(.headCountKV))' = 1, '\(key(.keyLength))' = '\(key(.keyValueLoraRank))' + '\(key(.ropeDimensionCount))' (\(rank + ropeDims)), '\(key(.valueLength))' = \(rank) and '\(key(.keyLengthMLA))' > \(ropeDims); the file has \(headCountKV), \(headDim), \(valueDim) and \(keyMLA)")
+            let rank = try int(.keyValueLoraRank), queryRank = try int(.queryLoraRank, default: 0, min: 0)
+            if let keyMLA = file.int(key(.keyLengthMLA)), let valueMLA = file.int(key(.valueLengthMLA)) {
+                latent = LatentAttentionShape(queryRank: queryRank, latentRank: rank, noPositionDim: keyMLA - ropeDims, ropeDim: ropeDims, valueDim: valueMLA)
+                // llama.cpp's MLA cache: one "head" of the latent and the rope key, whose first `rank` are the values.
+                guard headCountKV == 1, headDim == rank + ropeDims, valueDim == rank, keyMLA > ropeDims, valueMLA >= 1 else {
+                    throw ModelError("\(file.path): latent attention needs '\(key(.headCountKV))' = 1, '\(key(.keyLength))' = '\(key(.keyValueLoraRank))' + '\(key(.ropeDimensionCount))' (\(rank + ropeDims)), '\(key(.valueLength))' = \(rank) and '\(key(.keyLengthMLA))' > \(ropeDims); the file has \(headCountKV), \(headDim), \(valueDim) and \(keyMLA)")
+                }
+            } else {
+                // An older file with the unsplit attn_kv_b: K and V per head, as its key and value lengths say.
+                latent = LatentAttentionShape(queryRank: queryRank, latentRank: rank, noPositionDim: headDim - ropeDims, ropeDim: ropeDims,
+                                              valueDim: valueDim, cachesLatent: false)
+                guard headCountKV == headCount, headDim > ropeDims else {
+                    throw ModelError("\(file.path): a DeepSeek file without '\(key(.keyLengthMLA))' (unsplit attn_kv_b) needs '\(key(.headCountKV))' = '\(key(.headCount))' and '\(key(.keyLength))' > '\(key(.ropeDimensionCount))'; the file has \(headCountKV), \(headCount), \(headDim), \(ropeDims)")
+                }
             }
         } else {
             latent = nil

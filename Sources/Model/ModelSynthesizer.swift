@@ -48,8 +48,10 @@ public struct ModelSynthesizer {
         /// The sizes the blocks' tensor tables read, for `traits`.
         func dimensions(_ traits: ArchitectureTraits) -> LayerDimensions {
             let latent = traits.attention == .latent ? self.latent : nil
-            var d = LayerDimensions(embedding: embd, headDim: latent.map { $0.latentRank + $0.ropeDim } ?? headDim, heads: heads,
-                                    kvHeads: latent == nil ? kvHeads : 1, experts: experts, expertFeedForward: expertFF,
+            // The file's key/value lengths and KV heads: what the cache holds (see ModelConfig.cacheKeyWidth).
+            let head = latent.map { $0.cachesLatent ? $0.latentRank + $0.ropeDim : $0.queryHeadDim } ?? headDim
+            let kv = latent.map { $0.cachesLatent ? 1 : heads } ?? kvHeads
+            var d = LayerDimensions(embedding: embd, headDim: head, heads: heads, kvHeads: kv, experts: experts, expertFeedForward: expertFF,
                                     sharedFeedForward: traits.sharedExpert == .ungated ? expertFF * sharedExperts : traits.sharedExpert == .gated ? sharedFF : 0,
                                     denseFeedForward: denseFF ?? expertFF)
             d.latent = latent
@@ -117,7 +119,7 @@ public struct ModelSynthesizer {
         var keys: [(ModelKey, GGUFValue)] = [
             (.contextLength, u32(s.context)), (.embeddingLength, u32(s.embd)), (.blockCount, u32(s.layers)),
             (.feedForwardLength, u32(d.denseFeedForward)), (.headCount, u32(s.heads)), (.headCountKV, u32(d.kvHeads)),
-            (.keyLength, u32(d.headDim)), (.valueLength, u32(d.latent?.latentRank ?? d.headDim)),
+            (.keyLength, u32(d.headDim)), (.valueLength, u32(d.latent.map { $0.cachesLatent ? $0.latentRank : $0.valueDim } ?? d.headDim)),
             (.rmsEpsilon, .float32(s.rmsEps)), (.ropeFreqBase, .float32(s.ropeBase)),
             (.expertCount, u32(s.experts)), (.expertUsedCount, u32(s.used)),
             (.expertFeedForwardLength, u32(s.expertFF)), (.ropeDimensionCount, u32(d.latent?.ropeDim ?? d.headDim)),
@@ -128,8 +130,8 @@ public struct ModelSynthesizer {
         if traits.slidingWindowPattern > 0 { keys.append((.slidingWindow, u32(s.slidingWindow))) }
         if traits.leadingDenseLayers { keys.append((.leadingDenseBlockCount, u32(d.leadingDense))) }
         if let m = d.latent {
-            keys += [(.queryLoraRank, u32(m.queryRank)), (.keyValueLoraRank, u32(m.latentRank)),
-                     (.keyLengthMLA, u32(m.queryHeadDim)), (.valueLengthMLA, u32(m.valueDim))]
+            keys += [(.queryLoraRank, u32(m.queryRank)), (.keyValueLoraRank, u32(m.latentRank))]
+            if m.cachesLatent { keys += [(.keyLengthMLA, u32(m.queryHeadDim)), (.valueLengthMLA, u32(m.valueDim))] }
         }
         if let y = s.yarn {
             keys += [(.ropeScalingType, .string("yarn")), (.ropeScalingFactor, .float32(y.factor)), (.ropeScalingOriginalContext, u32(y.originalContext))]

@@ -42,6 +42,7 @@ struct SynthCommand: ParsableCommand {
     @Option(name: .customLong("nope-dim"), help: "deepseek2: per-head query/key size without rope.") var nopeDim = 32
     @Option(name: .customLong("rope-dim"), help: "deepseek2: per-head rope size (shared rope key).") var ropeDim = 16
     @Option(name: .customLong("value-dim"), help: "deepseek2: per-head value size.") var valueDim = 32
+    @Flag(name: .customLong("unsplit-kv-b"), help: "deepseek2: write the older unsplit attn_kv_b (as files converted before 2025-04) instead of attn_k_b/attn_v_b.") var unsplitKVB = false
     @Option(name: .customLong("dense-layers"), help: "deepseek2: dense layers before the MoE ones (leading_dense_block_count).") var denseLayers = 1
     @Option(name: .customLong("shared-experts"), help: "deepseek2: shared experts (each --expert-ff wide).") var sharedExperts = 1
     @Option(help: "Routing: softmax, sigmoid (writes a selection bias exp_probs_b, deepseek2) or softmax-chosen; default: the architecture's.") var gating: String?
@@ -103,7 +104,8 @@ struct SynthCommand: ParsableCommand {
             s.expertType = t
         }
         s.denseFF = denseFF
-        s.latent = LatentAttentionShape(queryRank: qLoraRank, latentRank: kvLoraRank, noPositionDim: nopeDim, ropeDim: ropeDim, valueDim: valueDim)
+        s.latent = LatentAttentionShape(queryRank: qLoraRank, latentRank: kvLoraRank, noPositionDim: nopeDim, ropeDim: ropeDim, valueDim: valueDim,
+                                       cachesLatent: !unsplitKVB)
         s.leadingDense = denseLayers
         s.sharedExperts = sharedExperts
         s.gating = gating.map { ["softmax": .softmax, "sigmoid": .sigmoid][$0] ?? .softmaxOverChosen }

@@ -86,9 +86,10 @@ import Worker
     /// gpt-oss through two stages and an experts worker (its sliding-window layers, sinks, biased experts and
     /// top-k-then-softmax routing split across processes, rows travelling as Q8_0), and deepseek2 (latent
     /// attention with its smaller cache on each stage, a dense first layer, shared experts, sigmoid routing over
-    /// groups): the tokens one process makes.
+    /// groups; and a file with the unsplit attn_kv_b, which caches K and V per head): the tokens one process makes.
     @Test(arguments: [["--arch", "gpt-oss", "--layers", "4", "--sliding-window", "6"],
-                      ["--arch", "deepseek2", "--layers", "4", "--gating", "sigmoid", "--norm-weights", "true", "--groups", "4", "--groups-used", "2"]])
+                      ["--arch", "deepseek2", "--layers", "4", "--gating", "sigmoid", "--norm-weights", "true", "--groups", "4", "--groups-used", "2"],
+                      ["--arch", "deepseek2", "--layers", "4", "--q-lora-rank", "0", "--unsplit-kv-b"]])
     func newArchitecturesDistributedMatchOneProcess(synth: [String]) async throws {
         try await onThread { [self] in try self.distributedMatchesOneProcessBlocking(synth: synth) }
     }

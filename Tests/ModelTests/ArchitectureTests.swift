@@ -16,10 +16,12 @@ import Kernels
     /// top-1 agreement falls to 13 of 63), and again with YaRN scaling as the real model has it (factor 32 over
     /// 4 096 positions, base 150 000). deepseek2 three ways: V3's form (sigmoid routing with a selection bias over
     /// groups, renormalised and scaled, two dense layers first), V2's (Q through its low-rank pair, softmax, one
-    /// dense layer), and V2-Lite's plain Q with YaRN and its log multiplier (which scales the attention scores).
+    /// dense layer), V2-Lite's plain Q with YaRN and its log multiplier (which scales the attention scores), and
+    /// V2's form in a file converted before llama.cpp split attn_kv_b (K and V decompressed per head and cached).
     /// Each file is what `conclave synth --arch A --layers 3 --expert-ff 128 --type F16 --seed 7` plus the
     /// case's options writes.
-    @Test(arguments: ["qwen3moe", "qwen2moe", "olmoe", "llama", "gpt-oss", "gpt-oss-yarn", "deepseek2", "deepseek2-v3", "deepseek2-lite-yarn"])
+    @Test(arguments: ["qwen3moe", "qwen2moe", "olmoe", "llama", "gpt-oss", "gpt-oss-yarn", "deepseek2", "deepseek2-v3", "deepseek2-lite-yarn",
+                          "deepseek2-kvb"])
     func matchesLlamaCpp(name: String) throws {
         let arch = String(name.prefix { $0 != "-" }) == "gpt" ? "gpt-oss" : String(name.prefix { $0 != "-" })
         var shape = ModelSynthesizer.Shape()
@@ -48,6 +50,8 @@ import Kernels
             shape.yarnLogMultiplier = 0.0707
             shape.ropeBase = 10_000
             shape.context = 163_840
+        case "deepseek2-kvb":  // --unsplit-kv-b
+            shape.latent.cachesLatent = false
         default: break
         }
         let path = dir.appendingPathComponent("\(name).gguf").path
@@ -88,14 +92,22 @@ import Kernels
         #expect(WeightLayout(file: file, config: config).bytesPerExpert(layer: 0) == 0)
         let engine = try Engine(path: path, threads: 2)
         #expect(engine.stages[0].weights[0]!.ffn.experts == nil && engine.stages[0].weights[1]!.ffn.experts != nil)
+        // The unsplit form caches K (32 + 16) and V (32) for each of the 8 heads, as llama.cpp does for it.
+        shape.latent.cachesLatent = false
+        let old = dir.appendingPathComponent("ds-kvb.gguf").path
+        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 1, vocabulary: try GGUFFile(path: Fixtures.shippedModel))
+            .write(to: old, pool: ThreadPool(threads: 2))
+        let unsplit = try ModelConfig(file: GGUFFile(path: old))
+        #expect(unsplit.cacheKeyWidth == 8 * 48 && unsplit.cacheValueWidth == 8 * 32)
     }
 
-    /// A DeepSeek file from before llama.cpp split attn_kv_b (no key_length_mla) is refused with what to do.
-    @Test func unsplitDeepSeekFileIsAClearError() throws {
+    /// A DeepSeek file with the unsplit attn_kv_b caches K and V per head, so it must have a KV head per head:
+    /// one that claims otherwise is refused with the keys named.
+    @Test func inconsistentDeepSeekFileIsAClearError() throws {
         let path = dir.appendingPathComponent("old-ds.gguf").path
         let w = GGUFWriter(path: path)
         try w.set("general.architecture", .string("deepseek2"))
-        for (k, v) in [(ModelKey.blockCount, 2), (.embeddingLength, 64), (.headCount, 4), (.contextLength, 128), (.expertCount, 4),
+        for (k, v) in [(ModelKey.blockCount, 2), (.embeddingLength, 64), (.headCount, 4), (.headCountKV, 1), (.contextLength, 128), (.expertCount, 4),
                        (.expertUsedCount, 2), (.expertFeedForwardLength, 32), (.expertSharedCount, 1), (.keyValueLoraRank, 32),
                        (.ropeDimensionCount, 16), (.keyLength, 48), (.valueLength, 32), (.vocabSize, 100)] {
             try w.set(k.name("deepseek2"), .uint32(UInt32(v)))
@@ -103,9 +115,9 @@ import Kernels
         try w.write { _, _ in }
         do {
             _ = try ModelConfig(file: GGUFFile(path: path))
-            Issue.record("accepted a DeepSeek file without the split k_b/v_b")
+            Issue.record("accepted a DeepSeek file whose KV heads cannot hold its per-head K and V")
         } catch {
-            #expect("\(error)".contains("attn_kv_b") && "\(error)".contains("convert"))
+            #expect("\(error)".contains("attn_kv_b") && "\(error)".contains("deepseek2.attention.head_count_kv"))
         }
     }
 

@@ -6,8 +6,17 @@ import Kernels
 /// no-position query is carried into latent space by its `attn_k_b` slice, scores are taken against the cached
 /// row (latent then rope key), the weighted latents are summed, and its `attn_v_b` slice carries the sum back to
 /// the head's value size before the output projection. One cached row per position instead of K and V per head
-/// is what makes DeepSeek-V3's 128 heads affordable to cache.
+/// is what makes DeepSeek-V3's 128 heads affordable to cache. Files converted before llama.cpp split `attn_kv_b`
+/// are computed as llama.cpp computes them: the latent decompressed into K and V per head, cached as such.
 public struct LatentAttentionBlock: Sendable {
+    /// How the latent becomes keys and values.
+    public enum Expansion: Sendable {
+        /// Per-head slices (`attn_k_b`, `attn_v_b`; rows latentRank × cols noPositionDim, and valueDim × latentRank).
+        case absorbed(keyB: WeightMatrix, valueB: WeightMatrix)
+        /// `attn_kv_b`: per head, the key's no-position part then the value, from the latent.
+        case decompressed(WeightMatrix)
+    }
+
     public let norm: [Float]
     /// Q through a low-rank pair with a norm between (`queryA`, `queryANorm`, `queryB`), or one `query`.
     public let query: WeightMatrix?
@@ -15,8 +24,7 @@ public struct LatentAttentionBlock: Sendable {
     /// Hidden → latent and rope key, and the latent's norm.
     public let keyValueA: WeightMatrix
     public let keyValueANorm: [Float]
-    /// Per head: no-position query → latent (rows latentRank × cols noPositionDim) and latent → value.
-    public let keyB: WeightMatrix, valueB: WeightMatrix
+    public let expansion: Expansion
     public let output: WeightMatrix
 
     /// The tensors of layer `i`'s latent attention (llama.cpp's deepseek2 with split k_b/v_b).
@@ -29,9 +37,10 @@ public struct LatentAttentionBlock: Sendable {
         } else {
             out.append(TensorSpec(.block(i, .attnQ), [e, h * m.queryHeadDim]))
         }
-        out += [TensorSpec(.block(i, .attnKVAMQA), [e, kv + m.ropeDim]), TensorSpec(.block(i, .attnKVANorm), [kv]),
-                TensorSpec(.block(i, .attnKB), [m.noPositionDim, kv, h]), TensorSpec(.block(i, .attnVB), [kv, m.valueDim, h]),
-                TensorSpec(.block(i, .attnOutput), [h * m.valueDim, e])]
+        out += [TensorSpec(.block(i, .attnKVAMQA), [e, kv + m.ropeDim]), TensorSpec(.block(i, .attnKVANorm), [kv])]
+        out += m.cachesLatent ? [TensorSpec(.block(i, .attnKB), [m.noPositionDim, kv, h]), TensorSpec(.block(i, .attnVB), [kv, m.valueDim, h])]
+                              : [TensorSpec(.block(i, .attnKVB), [kv, h * (m.noPositionDim + m.valueDim)])]
+        out.append(TensorSpec(.block(i, .attnOutput), [h * m.valueDim, e]))
         return out
     }
 
@@ -46,7 +55,8 @@ public struct LatentAttentionBlock: Sendable {
             queryANorm: lowRank ? try b.vector(.block(i, .attnQANorm), in: spec) : nil,
             queryB: lowRank ? try b.matrix(.block(i, .attnQB), in: spec) : nil,
             keyValueA: try b.matrix(.block(i, .attnKVAMQA), in: spec), keyValueANorm: try b.vector(.block(i, .attnKVANorm), in: spec),
-            keyB: try b.matrix(.block(i, .attnKB), in: spec), valueB: try b.matrix(.block(i, .attnVB), in: spec),
+            expansion: m.cachesLatent ? .absorbed(keyB: try b.matrix(.block(i, .attnKB), in: spec), valueB: try b.matrix(.block(i, .attnVB), in: spec))
+                                      : .decompressed(try b.matrix(.block(i, .attnKVB), in: spec)),
             output: try b.matrix(.block(i, .attnOutput), in: spec))
     }
 
@@ -57,9 +67,13 @@ public struct LatentAttentionBlock: Sendable {
         func perHead(_ w: WeightMatrix) throws(ModelError) -> WeightMatrix {
             (w.rows / c.headCount) % 8 == 0 ? try file.packed(w) : w
         }
+        let e: Expansion
+        switch expansion {
+        case .absorbed(let k, let v): e = .absorbed(keyB: try perHead(k), valueB: try perHead(v))
+        case .decompressed(let kv): e = .decompressed(try file.packed(kv))
+        }
         return LatentAttentionBlock(norm: norm, query: try pack(query), queryA: try pack(queryA), queryANorm: queryANorm, queryB: try pack(queryB),
-                                    keyValueA: try file.packed(keyValueA), keyValueANorm: keyValueANorm,
-                                    keyB: try perHead(keyB), valueB: try perHead(valueB), output: try file.packed(output))
+                                    keyValueA: try file.packed(keyValueA), keyValueANorm: keyValueANorm, expansion: e, output: try file.packed(output))
     }
 
     /// hidden += O · attention(norm(hidden)) for the batch's rows, caching each row's latent and rope key.
@@ -89,56 +103,81 @@ public struct LatentAttentionBlock: Sendable {
             Ops.rmsNorm(kv, weight: keyValueANorm, count: rank, eps: c.rmsEpsilon, into: kv)
             // Each head's rope part follows its no-position part.
             Ops.rope(buf.q + r * heads * qw + m.noPositionDim, heads: heads, headDim: qw, dims: m.ropeDim, angles: angles, mode: c.traits.ropeMode)
-            caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: kv, v: nil)
         }
-        // Per head: the no-position query into latent space, beside its rope part: the row scored against the cache.
-        for h in 0..<heads {
-            for r in 0..<t { (buf.gather + r * m.noPositionDim).update(from: buf.q + (r * heads + h) * qw, count: m.noPositionDim) }
-            try MatMul.multiply(keyB.rows((h * rank)..<((h + 1) * rank)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
-            for r in 0..<t {
-                let dst = buf.scored + (r * heads + h) * row
-                dst.update(from: buf.absorbed + r * rank, count: rank)
-                (dst + rank).update(from: buf.q + (r * heads + h) * qw + m.noPositionDim, count: m.ropeDim)
+        switch expansion {
+        case .absorbed(let keyB, let valueB):
+            for r in 0..<t { caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.kv + r * row, v: nil) }
+            // Per head: the no-position query into latent space, beside its rope part: the row scored against the cache.
+            for h in 0..<heads {
+                for r in 0..<t { (buf.gather + r * m.noPositionDim).update(from: buf.q + (r * heads + h) * qw, count: m.noPositionDim) }
+                try MatMul.multiply(keyB.rows((h * rank)..<((h + 1) * rank)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
+                for r in 0..<t {
+                    let dst = buf.scored + (r * heads + h) * row
+                    dst.update(from: buf.absorbed + r * rank, count: rank)
+                    (dst + rank).update(from: buf.q + (r * heads + h) * qw + m.noPositionDim, count: m.ropeDim)
+                }
             }
-        }
-        attend(l, buf, rows: rows, caches: caches, config: c, m, pool: pool)
-        // Per head: the weighted latent back to the head's value size.
-        for h in 0..<heads {
-            for r in 0..<t { (buf.gather + r * rank).update(from: buf.latent + (r * heads + h) * rank, count: rank) }
-            try MatMul.multiply(valueB.rows((h * m.valueDim)..<((h + 1) * m.valueDim)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
-            for r in 0..<t { (buf.attn + (r * heads + h) * m.valueDim).update(from: buf.absorbed + r * m.valueDim, count: m.valueDim) }
+            attend(l, buf.scored, width: row, keyOffset: { _ in 0 }, values: { cache, j, _ in cache.key(l, j) }, valueWidth: rank,
+                   into: buf.latent, rows: rows, caches: caches, config: c, pool: pool)
+            // Per head: the weighted latent back to the head's value size.
+            for h in 0..<heads {
+                for r in 0..<t { (buf.gather + r * rank).update(from: buf.latent + (r * heads + h) * rank, count: rank) }
+                try MatMul.multiply(valueB.rows((h * m.valueDim)..<((h + 1) * m.valueDim)), buf.gather, batch: t, into: buf.absorbed, pool: pool)
+                for r in 0..<t { (buf.attn + (r * heads + h) * m.valueDim).update(from: buf.absorbed + r * m.valueDim, count: m.valueDim) }
+            }
+        case .decompressed(let keyValueB):
+            // K (no-position part from the latent, the shared rope key after it) and V per head, cached; then
+            // standard attention, the query's rope part already in place.
+            let kvWidth = m.noPositionDim + m.valueDim
+            for r in 0..<t { (buf.gather + r * rank).update(from: buf.kv + r * row, count: rank) }
+            try MatMul.multiply(keyValueB, buf.gather, batch: t, into: buf.decompressed, pool: pool)
+            for r in 0..<t {
+                for h in 0..<heads {
+                    let src = buf.decompressed + (r * heads + h) * kvWidth
+                    (buf.keyRow + h * qw).update(from: src, count: m.noPositionDim)
+                    (buf.keyRow + h * qw + m.noPositionDim).update(from: buf.kv + r * row + rank, count: m.ropeDim)
+                    (buf.valueRow + h * m.valueDim).update(from: src + m.noPositionDim, count: m.valueDim)
+                }
+                caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.keyRow, v: buf.valueRow)
+            }
+            attend(l, buf.q, width: qw, keyOffset: { $0 * qw }, values: { cache, j, h in cache.value(l, j) + h * m.valueDim }, valueWidth: m.valueDim,
+                   into: buf.attn, rows: rows, caches: caches, config: c, pool: pool)
         }
         try MatMul.multiply(output, buf.attn, batch: t, into: buf.normed, pool: pool)
         for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
     }
 
-    /// Causal attention of every (row, head) over the cached rows 0...position, heads in parallel, with ggml's
-    /// roundings: the query and the softmax weights meet the f16 cache as f16.
-    private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, _ m: LatentAttentionShape,
-                        pool: ThreadPool) {
-        let heads = c.headCount, rank = m.latentRank, row = rank + m.ropeDim, scale = c.attentionScale
+    /// Causal attention of every (row, head) over the cached positions 0...position, heads in parallel: the
+    /// head's `width` query (at `queries + (row · heads + head) · width`) against the cached keys from
+    /// `keyOffset(head)`, and the softmax-weighted sum of `values(cache, position, head)` (`valueWidth` each)
+    /// into `out` at `(row · heads + head) · valueWidth` — with ggml's roundings: the query and the weights meet
+    /// the f16 cache as f16.
+    private func attend(_ l: Int, _ queries: UnsafePointer<Float>, width: Int, keyOffset: @escaping @Sendable (Int) -> Int,
+                        values: @escaping @Sendable (KVCache, Int, Int) -> UnsafeMutablePointer<UInt16>, valueWidth: Int,
+                        into out: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
+        let heads = c.headCount, scale = c.attentionScale
+        nonisolated(unsafe) let queries = queries, out = out
         pool.parallelFor(rows.count * heads) { range in
             var scores = [Float]()
-            let q = UnsafeMutablePointer<Float>.allocate(capacity: row)
-            let half = UnsafeMutablePointer<UInt16>.allocate(capacity: row)
+            let q = UnsafeMutablePointer<Float>.allocate(capacity: width)
+            let half = UnsafeMutablePointer<UInt16>.allocate(capacity: width)
             defer { q.deallocate(); half.deallocate() }
             for item in range {
-                let r = item / heads
-                let cache = caches[rows[r].sequence]!, n = rows[r].position + 1
+                let r = item / heads, h = item % heads
+                let cache = caches[rows[r].sequence]!, n = rows[r].position + 1, k = keyOffset(h)
                 if scores.count < n { scores = [Float](repeating: 0, count: n) }
-                Ops.toF16(buf.scored + item * row, half, count: row)
-                Ops.fromF16(half, q, count: row)
-                let out = buf.latent + item * rank
-                out.initialize(repeating: 0, count: rank)
+                Ops.toF16(queries + item * width, half, count: width)
+                Ops.fromF16(half, q, count: width)
+                let o = out + item * valueWidth
+                o.initialize(repeating: 0, count: valueWidth)
                 scores.withUnsafeMutableBufferPointer { s in
-                    for j in 0..<n { s[j] = Ops.dotF16(q, cache.key(l, j), count: row) * scale }
+                    for j in 0..<n { s[j] = Ops.dotF16(q, cache.key(l, j) + k, count: width) * scale }
                     Ops.softmax(s.baseAddress!, count: n, sink: nil)
                     for j in 0..<n {
-                        var w16: UInt16 = 0, w: Float = 0
-                        var p = s[j]
-                        Ops.toF16(&p, &w16, count: 1)
-                        Ops.fromF16(&w16, &w, count: 1)
-                        Ops.axpyF16(w, cache.key(l, j), out, count: rank)
+                        var p = s[j], p16: UInt16 = 0, w: Float = 0
+                        Ops.toF16(&p, &p16, count: 1)
+                        Ops.fromF16(&p16, &w, count: 1)
+                        Ops.axpyF16(w, values(cache, j, h), o, count: valueWidth)
                     }
                 }
             }
@@ -147,7 +186,7 @@ public struct LatentAttentionBlock: Sendable {
 
     /// Working memory for a batch.
     final class Scratch {
-        let normed, queryLow, q, kv, gather, absorbed, scored, latent, attn: UnsafeMutablePointer<Float>
+        let normed, queryLow, q, kv, gather, absorbed, scored, latent, attn, decompressed, keyRow, valueRow: UnsafeMutablePointer<Float>
         init(t: Int, c: ModelConfig, _ m: LatentAttentionShape) {
             let h = c.headCount, row = m.latentRank + m.ropeDim
             normed = .allocate(capacity: t * c.embeddingLength)
@@ -156,12 +195,15 @@ public struct LatentAttentionBlock: Sendable {
             kv = .allocate(capacity: t * row)
             gather = .allocate(capacity: t * max(m.noPositionDim, m.latentRank))
             absorbed = .allocate(capacity: t * max(m.latentRank, m.valueDim))
-            scored = .allocate(capacity: t * h * row)
-            latent = .allocate(capacity: t * h * m.latentRank)
+            scored = .allocate(capacity: m.cachesLatent ? t * h * row : 1)
+            latent = .allocate(capacity: m.cachesLatent ? t * h * m.latentRank : 1)
             attn = .allocate(capacity: t * h * m.valueDim)
+            decompressed = .allocate(capacity: m.cachesLatent ? 1 : t * h * (m.noPositionDim + m.valueDim))
+            keyRow = .allocate(capacity: h * m.queryHeadDim)
+            valueRow = .allocate(capacity: h * m.valueDim)
         }
         func free() {
-            for p in [normed, queryLow, q, kv, gather, absorbed, scored, latent, attn] { p.deallocate() }
+            for p in [normed, queryLow, q, kv, gather, absorbed, scored, latent, attn, decompressed, keyRow, valueRow] { p.deallocate() }
         }
     }
 }

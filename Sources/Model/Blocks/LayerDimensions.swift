@@ -48,10 +48,14 @@ public struct LatentAttentionShape: Sendable, Equatable {
     public var noPositionDim: Int
     public var ropeDim: Int
     public var valueDim: Int
+    /// The cache holds the latent (files with `attn_k_b`/`attn_v_b`); false for files with the older unsplit
+    /// `attn_kv_b`, which llama.cpp decompresses into K and V per head and caches as standard attention does.
+    public var cachesLatent = true
     /// One head's query: its no-position part then its rope part.
     public var queryHeadDim: Int { noPositionDim + ropeDim }
 
-    public init(queryRank: Int, latentRank: Int, noPositionDim: Int, ropeDim: Int, valueDim: Int) {
+    public init(queryRank: Int, latentRank: Int, noPositionDim: Int, ropeDim: Int, valueDim: Int, cachesLatent: Bool = true) {
+        self.cachesLatent = cachesLatent
         self.queryRank = queryRank
         self.latentRank = latentRank
         self.noPositionDim = noPositionDim
