@@ -34,6 +34,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         /// How often a token chooses each expert per layer (a routing trace's `expertUse`): the plan spreads the
         /// hot experts over a split layer's workers and pages the cold ones first. Nil: uniform.
         public var expertUse: [[Double]]?
+        /// What every stage's KV caches store keys and values in (sent in each Assign; the plan counts it).
+        public var cacheTypes = CacheTypes.f16
         public init(contextLength: Int? = nil, workerThreads: Int) {
             self.contextLength = contextLength
             self.workerThreads = workerThreads
@@ -79,7 +81,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
         contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
-        var footprint = ModelFootprint(file: file, config: config, context: contextLength)
+        try options.cacheTypes.check(config)
+        var footprint = ModelFootprint(file: file, config: config, context: contextLength, cacheTypes: options.cacheTypes)
         footprint.expertUse = options.expertUse
         self.footprint = footprint
         let initial = try Planner.plan(footprint, cluster: cluster)
@@ -230,6 +233,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         var a = Conclave_V1_Assign()
         a.modelMetadataSha256 = Data(sha)
         a.contextLength = UInt32(contextLength)
+        a.cacheTypeK = options.cacheTypes.key.name.lowercased()
+        a.cacheTypeV = options.cacheTypes.value.name.lowercased()
         a.modelBytes = UInt64(file.fileSize)
         a.threads = UInt32(options.workerThreads)
         let w = plan.workers[i]

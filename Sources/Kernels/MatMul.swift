@@ -209,6 +209,18 @@ public enum MatMul {
         }
     }
 
+    /// y[r] = dot(W row r, activation row `t`) for every row, on the calling thread: attention's scores over a
+    /// quantized key cache (rows are cached positions), computed inside a loop that is already parallel.
+    public static func rowDots(_ w: WeightMatrix, _ a: QuantizedActivations, row t: Int = 0, into y: UnsafeMutablePointer<Float>) throws(KernelError) {
+        guard a.cols == w.cols, t < a.batch else { throw KernelError("activations have \(a.cols) values, the matrix \(w.cols) columns") }
+        guard a.format == ActivationQuant.vecDotType(for: w.type), let fn = kernel(for: w) else {
+            throw KernelError("no \(w.type.name) kernel for \(a.format.name) activations")
+        }
+        guard w.rows > 0 else { return }
+        fn(Int32(w.cols), w.data, w.rowStride, Int32(w.rows), a.data + t * a.rowStride, a.rowStride,
+           a.aux.map { $0 + t * a.auxStride }, a.auxStride, 1, y, w.rows)
+    }
+
     /// One product of a grouped call: weights, their quantized input, where the result rows go.
     public struct Job {
         public let weights: WeightMatrix

@@ -28,3 +28,13 @@ public final class Monitor: @unchecked Sendable {
     /// Inside `locked` only.
     public func broadcast() { pthread_cond_broadcast(&cond) }
 }
+
+/// The first error thrown by any of the bodies of a parallel loop (whose bodies cannot throw), to rethrow once
+/// the loop is over.
+public final class FirstError: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var error: Error?
+    public init() {}
+    public func record(_ e: Error) { monitor.locked { if error == nil { error = e } } }
+    public func rethrow() throws { if let e = monitor.locked({ error }) { throw e } }
+}

@@ -25,21 +25,26 @@ public final class Engine: @unchecked Sendable {
     public let tokenizer: Tokenizer
     public let stages: [Stage]
     public let pool: ThreadPool
+    /// What each sequence's KV cache stores its keys and values in.
+    public let cacheTypes: CacheTypes
     /// Most rows pushed through the layers at once during prefill (llama.cpp's n_ubatch).
     public var maxBatch = 512
     private var nextSequence = 0
 
     /// `split` cuts the layers into stages (e.g. [2] makes 0..<2 and 2..<n); empty for one stage.
-    public convenience init(path: String, threads: Int, split: [Int] = []) throws {
-        try self.init(file: try GGUFFile(path: path), threads: threads, split: split)
+    public convenience init(path: String, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16) throws {
+        try self.init(file: try GGUFFile(path: path), threads: threads, split: split, cacheTypes: cacheTypes)
     }
 
     /// The same over a file already open (stages of several engines may share one mapping). `experts`, when
     /// given, makes the provider every stage computes its routed experts with (the offload cache under a
     /// memory budget); the stages then fault in none of the expert tensors themselves.
-    public init(file: GGUFFile, threads: Int, split: [Int] = [], experts: ((ThreadPool) throws -> ExpertProvider)? = nil) throws {
+    public init(file: GGUFFile, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16,
+                experts: ((ThreadPool) throws -> ExpertProvider)? = nil) throws {
         self.file = file
         config = try ModelConfig(file: file)
+        try cacheTypes.check(config)
+        self.cacheTypes = cacheTypes
         tokenizer = try Tokenizer(file: file)
         pool = ThreadPool(threads: threads)
         let bounds = [0] + split + [config.layerCount]
@@ -57,7 +62,7 @@ public final class Engine: @unchecked Sendable {
     public func newSequence(capacity: Int? = nil) -> Sequence {
         let cap = capacity ?? config.contextLength
         defer { nextSequence += 1 }
-        return Sequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, config: config) })
+        return Sequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, config: config, types: cacheTypes) })
     }
 
     /// Runs `tokens` at positions `seq.length...` and returns logits: for every token when `all`, else the last.

@@ -2,31 +2,93 @@
 import Glibc
 #endif
 import Foundation
+import GGUF
 import Kernels
 
-/// Keys and values of one sequence for a range of layers, stored as f16 and preallocated for the whole context.
-/// A position's row is `keyWidth` keys and `valueWidth` values per layer: the K and V of every KV head for
-/// standard attention; for latent attention the latent and the rope key, and no values (llama.cpp reads them
-/// from the latent).
+/// The element types a KV cache stores keys and values in (llama.cpp's `--cache-type-k` / `--cache-type-v`):
+/// f16, or the Q8_0 / Q4_0 blocks llama.cpp quantizes each cached row into.
+public struct CacheTypes: Sendable, Equatable, CustomStringConvertible {
+    public let key: GGMLType
+    public let value: GGMLType
+    public static let f16 = CacheTypes(checked: .f16, .f16)
+    /// The types a cache can hold.
+    public static let allowed: [GGMLType] = [.f16, .q8_0, .q4_0]
+
+    private init(checked key: GGMLType, _ value: GGMLType) {
+        self.key = key
+        self.value = value
+    }
+
+    public init(key: GGMLType, value: GGMLType) throws(ModelError) {
+        for t in [key, value] where !Self.allowed.contains(t) {
+            throw ModelError("a KV cache holds f16, q8_0 or q4_0, not \(t.name.lowercased())")
+        }
+        self.init(checked: key, value)
+    }
+
+    /// From the names users give (`q8_0`, `F16`); nil or empty means f16.
+    public init(key: String?, value: String?) throws(ModelError) {
+        func type(_ name: String?, _ flag: String) throws(ModelError) -> GGMLType {
+            guard let name, !name.isEmpty else { return .f16 }
+            guard let t = GGMLType(name: name), Self.allowed.contains(t) else {
+                throw ModelError("\(flag) \(name) is not a cache type; one of f16, q8_0, q4_0")
+            }
+            return t
+        }
+        try self.init(key: try type(key, "--cache-type-k"), value: try type(value, "--cache-type-v"))
+    }
+
+    public var isQuantized: Bool { key != .f16 || value != .f16 }
+    public var description: String { "K \(key.name.lowercased()), V \(value.name.lowercased())" }
+
+    /// Refuses types `config`'s attention cannot cache: quantized rows need every head to be whole blocks, and
+    /// latent attention (whose values llama.cpp reads out of the key cache) stays f16.
+    public func check(_ config: ModelConfig) throws(ModelError) {
+        guard isQuantized else { return }
+        guard config.latent == nil else {
+            throw ModelError("\(config.architecture)'s latent attention caches f16 only; drop --cache-type-k/--cache-type-v")
+        }
+        guard config.headDim % 32 == 0 else {
+            throw ModelError("a quantized KV cache needs a head size that is a multiple of 32 (Q8_0/Q4_0 blocks); this model's is \(config.headDim)")
+        }
+    }
+
+    /// Bytes of one position's row of one layer.
+    func rowBytes(keys: Int, values: Int) -> Int {
+        (key.rowBytes(elements: keys) ?? 2 * keys) + (value.rowBytes(elements: values) ?? 2 * values)
+    }
+}
+
+/// Keys and values of one sequence for a range of layers, preallocated for the whole context, each position's
+/// row stored in its `CacheTypes` (f16 unless asked). A row is `keyWidth` keys and `valueWidth` values per layer:
+/// the K and V of every KV head for standard attention; for latent attention the latent and the rope key, and no
+/// values (llama.cpp reads them from the latent).
+///
+/// Attention reads the cache through `scores` and `accumulate`, which compute as llama.cpp does for each type:
+/// an f16 key meets the query rounded to f16; a quantized key meets it quantized to Q8_0 (ggml's vec-dot
+/// types); f16 values are summed with the weights as they are; quantized values, which llama.cpp allows only
+/// under flash attention, are dequantized and summed in f32 as its flash-attention kernel does.
 public final class KVCache: @unchecked Sendable {
     public let layers: Range<Int>
     public let capacity: Int
     public let keyWidth: Int
     public let valueWidth: Int
-    private let keys: UnsafeMutablePointer<UInt16>
-    private let values: UnsafeMutablePointer<UInt16>
+    public let types: CacheTypes
+    private let keyRowBytes: Int, valueRowBytes: Int
+    private let keys: UnsafeMutableRawPointer
+    private let values: UnsafeMutableRawPointer
     /// Positions filled so far (the same for every layer once a batch has gone through them all).
     public internal(set) var length = 0
 
-    /// Bytes of one sequence's cache (keys and values, f16) for `config`'s attention; Int.max when the product
-    /// overflows (a file may claim any context length).
-    public static func bytes(layers: Int, capacity: Int, config: ModelConfig) -> Int {
-        bytes(layers: layers, capacity: capacity, rowWidth: config.cacheKeyWidth + config.cacheValueWidth)
+    /// Bytes of one sequence's cache for `config`'s attention in `types`; Int.max when the product overflows (a
+    /// file may claim any context length).
+    public static func bytes(layers: Int, capacity: Int, config: ModelConfig, types: CacheTypes = .f16) -> Int {
+        bytes(layers: layers, capacity: capacity, rowBytes: types.rowBytes(keys: config.cacheKeyWidth, values: config.cacheValueWidth))
     }
 
-    static func bytes(layers: Int, capacity: Int, rowWidth: Int) -> Int {
-        var n = 2  // bytes of an f16 element
-        for f in [layers, capacity, rowWidth] {
+    static func bytes(layers: Int, capacity: Int, rowBytes: Int) -> Int {
+        var n = 1
+        for f in [layers, capacity, rowBytes] {
             let (m, overflow) = n.multipliedReportingOverflow(by: max(0, f))
             if overflow { return .max }
             n = m
@@ -36,10 +98,11 @@ public final class KVCache: @unchecked Sendable {
 
     /// Refuses a context whose caches (`sequences` of them, every layer of `config`) cannot fit in this machine's
     /// memory — before anything is allocated: a file may claim any context length.
-    public static func checkFits(config: ModelConfig, capacity: Int, sequences: Int = 1,
+    public static func checkFits(config: ModelConfig, capacity: Int, sequences: Int = 1, types: CacheTypes = .f16,
                                  memory: Int = Int(clamping: UInt64(sysconf(Int32(_SC_PHYS_PAGES))) &* UInt64(sysconf(Int32(_SC_PAGESIZE))))) throws(ModelError) {
         guard capacity >= 1 else { throw ModelError("a context of \(capacity) positions holds nothing; give --ctx 1 or more") }
-        let one = bytes(layers: config.layerCount, capacity: capacity, config: config)
+        try types.check(config)
+        let one = bytes(layers: config.layerCount, capacity: capacity, config: config, types: types)
         let (all, overflow) = one.multipliedReportingOverflow(by: max(1, sequences))
         guard !overflow, all <= memory else {
             let need = one == .max || overflow ? "more than 2^63 bytes" : String(format: "%.1f GiB", Double(all) / 1_073_741_824)
@@ -47,21 +110,24 @@ public final class KVCache: @unchecked Sendable {
         }
     }
 
-    /// A cache for `config`'s attention over `layers`, `capacity` positions.
-    public convenience init(layers: Range<Int>, capacity: Int, config: ModelConfig) {
-        self.init(layers: layers, capacity: capacity, keyWidth: config.cacheKeyWidth, valueWidth: config.cacheValueWidth)
+    /// A cache for `config`'s attention over `layers`, `capacity` positions (`types` checked with `CacheTypes.check`).
+    public convenience init(layers: Range<Int>, capacity: Int, config: ModelConfig, types: CacheTypes = .f16) {
+        self.init(layers: layers, capacity: capacity, keyWidth: config.cacheKeyWidth, valueWidth: config.cacheValueWidth, types: types)
     }
 
-    public init(layers: Range<Int>, capacity: Int, keyWidth: Int, valueWidth: Int) {
+    public init(layers: Range<Int>, capacity: Int, keyWidth: Int, valueWidth: Int, types: CacheTypes = .f16) {
         self.layers = layers
         self.capacity = capacity
         self.keyWidth = keyWidth
         self.valueWidth = valueWidth
-        let k = max(1, layers.count * capacity * keyWidth), v = max(1, layers.count * capacity * valueWidth)
-        keys = .allocate(capacity: k)
-        values = .allocate(capacity: v)
-        keys.initialize(repeating: 0, count: k)
-        values.initialize(repeating: 0, count: v)
+        self.types = types
+        keyRowBytes = types.key.rowBytes(elements: keyWidth) ?? 2 * keyWidth
+        valueRowBytes = types.value.rowBytes(elements: valueWidth) ?? 2 * valueWidth
+        let k = max(1, layers.count * capacity * keyRowBytes), v = max(1, layers.count * capacity * valueRowBytes)
+        keys = .allocate(byteCount: k, alignment: 64)
+        values = .allocate(byteCount: v, alignment: 64)
+        keys.initializeMemory(as: UInt8.self, repeating: 0, count: k)
+        values.initializeMemory(as: UInt8.self, repeating: 0, count: v)
     }
 
     deinit {
@@ -70,17 +136,71 @@ public final class KVCache: @unchecked Sendable {
     }
 
     /// Bytes held (what the memory budget counts).
-    public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, rowWidth: keyWidth + valueWidth) }
+    public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, rowBytes: keyRowBytes + valueRowBytes) }
 
     @inline(__always) func slot(_ layer: Int, _ pos: Int) -> Int { (layer - layers.lowerBound) * capacity + pos }
 
-    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { keys + slot(layer, pos) * keyWidth }
-    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { values + slot(layer, pos) * valueWidth }
+    /// An f16 cache's keys and values at a position (latent attention's, which is always f16).
+    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { (keys + slot(layer, pos) * keyRowBytes).assumingMemoryBound(to: UInt16.self) }
+    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { (values + slot(layer, pos) * valueRowBytes).assumingMemoryBound(to: UInt16.self) }
 
-    /// Stores a position's keys and (when this cache has them) values, rounded to f16.
-    func store(layer: Int, position: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>?) {
-        Ops.toF16(k, key(layer, position), count: keyWidth)
-        if let v, valueWidth > 0 { Ops.toF16(v, value(layer, position), count: valueWidth) }
+    /// Stores a position's keys and (when this cache has them) values in the cache's types.
+    func store(layer: Int, position: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>?) throws {
+        try Self.write(k, count: keyWidth, type: types.key, to: keys + slot(layer, position) * keyRowBytes)
+        if let v, valueWidth > 0 { try Self.write(v, count: valueWidth, type: types.value, to: values + slot(layer, position) * valueRowBytes) }
+    }
+
+    private static func write(_ x: UnsafePointer<Float>, count: Int, type: GGMLType, to dst: UnsafeMutableRawPointer) throws {
+        if type == .f16 { Ops.toF16(x, dst.assumingMemoryBound(to: UInt16.self), count: count) } else { try Quantize.row(x, count: count, to: type, dst) }
+    }
+
+    /// The query one head brings to the keys, in the form their type meets it: rounded to f16 for f16 keys,
+    /// quantized to Q8_0 for quantized ones. Made once per (row, head), used for every position.
+    final class Query {
+        let width: Int
+        let rounded: UnsafeMutablePointer<Float>?
+        let quantized: QuantizedActivations?
+        init(_ q: UnsafePointer<Float>, width: Int, keyType: GGMLType) throws {
+            self.width = width
+            if keyType == .f16 {
+                let half = UnsafeMutablePointer<UInt16>.allocate(capacity: width), r = UnsafeMutablePointer<Float>.allocate(capacity: width)
+                defer { half.deallocate() }
+                Ops.toF16(q, half, count: width)
+                Ops.fromF16(half, r, count: width)
+                rounded = r
+                quantized = nil
+            } else {
+                rounded = nil
+                quantized = try QuantizedActivations(q, cols: width, batch: 1, format: ActivationQuant.vecDotType(for: keyType) ?? .q8_0)
+            }
+        }
+        deinit { rounded?.deallocate() }
+    }
+
+    /// scores[j] = scale · key(first + j)[offset ..< offset + width] · query, for j < count.
+    func scores(layer l: Int, first: Int, count n: Int, offset: Int, query: Query, scale: Float, into scores: UnsafeMutablePointer<Float>) throws {
+        if let q = query.rounded {
+            for j in 0..<n { scores[j] = Ops.dotF16(q, key(l, first + j) + offset, count: query.width) * scale }
+            return
+        }
+        let start = keys + slot(l, first) * keyRowBytes + types.key.rowBytes(elements: offset)!
+        try MatMul.rowDots(WeightMatrix(type: types.key, rows: n, cols: query.width, data: start, rowStride: keyRowBytes), query.quantized!, into: scores)
+        for j in 0..<n { scores[j] *= scale }
+    }
+
+    /// out[0 ..< width] += Σ_j weights[j] · value(first + j)[offset ..< offset + width].
+    func accumulate(layer l: Int, first: Int, count n: Int, offset: Int, width: Int, weights: UnsafePointer<Float>,
+                    into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) throws {
+        if types.value == .f16 {
+            for j in 0..<n { Ops.axpyF16(weights[j], value(l, first + j) + offset, out, count: width) }
+            return
+        }
+        let skip = types.value.rowBytes(elements: offset)!
+        for j in 0..<n {
+            try Dequantize.row(types.value, values + slot(l, first + j) * valueRowBytes + skip, scratch, count: width)
+            let w = weights[j]
+            for i in 0..<width { out[i] += w * scratch[i] }
+        }
     }
 
     /// Forgets everything from `position` on (a new prompt, or a replay after a failure).

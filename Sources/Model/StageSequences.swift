@@ -49,6 +49,8 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
     public let stage: Stage
     public let capacity: Int
     public let maxSequences: Int
+    /// What each sequence's cache stores keys and values in.
+    public let cacheTypes: CacheTypes
 
     public struct StepError: Error, CustomStringConvertible, Sendable {
         public enum Kind: Sendable { case full, contextExceeded, malformed }
@@ -63,7 +65,8 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
     }
     private var states: [UInt64: State] = [:]
 
-    public init(stage: Stage, capacity: Int, maxSequences: Int) {
+    public init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16) {
+        self.cacheTypes = cacheTypes
         self.stage = stage
         self.capacity = capacity
         self.maxSequences = maxSequences
@@ -105,7 +108,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             }
             if r.position == 0 || states[r.sequence] == nil {
                 // Position 0 starts the sequence afresh (a reused id, or a replay).
-                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config))
+                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config, types: cacheTypes))
             }
             caches[Int(r.sequence)] = states[r.sequence]!.cache
         }

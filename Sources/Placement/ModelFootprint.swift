@@ -49,8 +49,8 @@ public struct ModelFootprint: Sendable, Equatable {
         self.expertsUsed = expertsUsed ?? max(1, minSlots / 2)
     }
 
-    /// From a model file, with a KV cache of `context` positions × `sequences` per layer.
-    public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1) {
+    /// From a model file, with a KV cache of `context` positions × `sequences` per layer, in `cacheTypes`.
+    public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1, cacheTypes: CacheTypes = .f16) {
         let layout = WeightLayout(file: file, config: config)
         var layer = [Int](repeating: 0, count: config.layerCount)
         var embd = 0, head = 0
@@ -66,7 +66,7 @@ public struct ModelFootprint: Sendable, Equatable {
         // A tied head reads the embedding; the last stage then needs those bytes too.
         if layout.tiedHead { head += embd }
         // Capped at an exabyte (a file may claim any context): no plan fits it, and sums below cannot overflow.
-        let (kvAll, overflow) = KVCache.bytes(layers: 1, capacity: context, config: config).multipliedReportingOverflow(by: sequences)
+        let (kvAll, overflow) = KVCache.bytes(layers: 1, capacity: context, config: config, types: cacheTypes).multipliedReportingOverflow(by: sequences)
         let kv = overflow ? 1 << 60 : min(kvAll, 1 << 60)
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,

@@ -15,6 +15,8 @@ final class WorkerShard: @unchecked Sendable {
     let stage: Stage?
     let experts: ExpertServer?
     let contextLength: Int
+    /// What the stage's KV caches store keys and values in (from the Assign).
+    let cacheTypes: CacheTypes
     let residentBytes: Int
     let layers: Range<Int>
     let expertCount: Int
@@ -45,8 +47,14 @@ final class WorkerShard: @unchecked Sendable {
         let held = ExpertSet(wire: assign.experts), paged = ExpertSet(wire: assign.paged)
         layers = Int(assign.firstLayer)..<Int(assign.endLayer)
         contextLength = assign.contextLength > 0 ? Int(assign.contextLength) : config.contextLength
+        do {
+            cacheTypes = try CacheTypes(key: assign.cacheTypeK, value: assign.cacheTypeV)
+            try cacheTypes.check(config)
+        } catch {
+            throw WireError(.malformed, "Assign's cache types: \(error)")
+        }
         let budget = try WorkerBudget(file: file, config: config, layers: layers, resident: held, paged: paged, slots: Int(assign.slots),
-                                      context: contextLength, memory: memory)
+                                      context: contextLength, memory: memory, cacheTypes: cacheTypes)
         maxSequences = budget.maxSequences
         let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads)
         self.holding = holding
@@ -102,7 +110,7 @@ final class WorkerShard: @unchecked Sendable {
                 ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
-            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: budget.maxSequences)
+            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: budget.maxSequences, cacheTypes: cacheTypes)
         } else {
             stage = nil
             sequences = nil
@@ -229,7 +237,7 @@ struct WorkerBudget {
     let maxSequences: Int
 
     init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, resident: ExpertSet, paged: ExpertSet, slots: Int, context: Int,
-         memory: Int) throws(WireError) {
+         memory: Int, cacheTypes: CacheTypes = .f16) throws(WireError) {
         let layout = WeightLayout(file: file, config: config)
         let fixed = MemoryBudget.fixedBytes(file: file, layout: layout, layers: layers)
         var expertBytes = 0
@@ -237,7 +245,7 @@ struct WorkerBudget {
         let slotBytes = slots * ((0..<config.layerCount).filter { !paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0)
         let holdsExperts = !resident.isEmpty || !paged.isEmpty
         let scratch = MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: 1, stage: !layers.isEmpty, experts: holdsExperts)
-        let kv = KVCache.bytes(layers: layers.count, capacity: context, config: config)
+        let kv = KVCache.bytes(layers: layers.count, capacity: context, config: config, types: cacheTypes)
         let base = fixed + expertBytes + slotBytes + scratch
         let need = base + kv
         let mib = MemoryBudget.mib

@@ -38,10 +38,12 @@ struct BenchDecode: ParsableCommand {
             if json {
                 print(JSON.object([("prefill_tok_s", .double((pp * 1000).rounded() / 1000)), ("decode_tok_s", .double((tg * 1000).rounded() / 1000)),
                                    ("threads", .int(model.threads)), ("peak_rss_bytes", .int(rss)), ("model_bytes", .int(engine.file.fileSize)),
-                                   ("kv_bytes", .int(kv))]).render())
+                                   ("kv_bytes", .int(kv)), ("kv_bytes_per_token", .int(kv / ctx)),
+                                   ("cache_type_k", .string(engine.cacheTypes.key.name.lowercased())),
+                                   ("cache_type_v", .string(engine.cacheTypes.value.name.lowercased()))]).render())
             } else {
                 print("prefill \(fixed(pp, 1)) tok/s (\(prompt) tokens), decode \(fixed(tg, 1)) tok/s (\(gen) tokens), \(model.threads) threads")
-                print("peak RSS \(formatBytes(rss)); model \(formatBytes(engine.file.fileSize)) mapped + KV \(formatBytes(kv))")
+                print("peak RSS \(formatBytes(rss)); model \(formatBytes(engine.file.fileSize)) mapped + KV \(formatBytes(kv)) (\(kv / ctx) bytes per position, \(engine.cacheTypes))")
             }
         } catch {
             printError("error: \(error)")

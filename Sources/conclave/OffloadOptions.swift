@@ -24,21 +24,21 @@ struct OffloadOptions: ParsableArguments {
 
     /// The engine under the budget (all experts resident when they fit), and the cache when one is used.
     func load(_ model: ModelOptions, context: Int?) throws -> (Engine, BudgetedExperts?) {
-        try load(path: model.model, threads: model.threads, context: context, sequences: 1)
+        try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes)
     }
 
     /// The same for `sequences` sequences generating at once, each with KV for `context` positions.
-    func load(path: String, threads: Int, context: Int?, sequences: Int) throws -> (Engine, BudgetedExperts?) {
+    func load(path: String, threads: Int, context: Int?, sequences: Int, cacheTypes: CacheTypes) throws -> (Engine, BudgetedExperts?) {
         do {
             let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file)
-            try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences)
-            guard let budget else { return (try Engine(file: file, threads: threads), nil) }
+            try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences, types: cacheTypes)
+            guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
-                                        sequences: sequences, budget: budget)
-            if plan.allResident { return (try Engine(file: file, threads: threads), nil) }
+                                        sequences: sequences, budget: budget, cacheTypes: cacheTypes)
+            if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             var cache: BudgetedExperts?
-            let engine = try Engine(file: file, threads: threads) { pool in
+            let engine = try Engine(file: file, threads: threads, cacheTypes: cacheTypes) { pool in
                 let c = try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
                                             slots: plan.slots, policy: EvictionPolicies.make(policy)!, pool: pool)
                 cache = c

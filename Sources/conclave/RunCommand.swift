@@ -12,13 +12,22 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Threads (default: every core).")
     var threads: Int = ThreadPool.availableCores
 
+    @Option(name: .customLong("cache-type-k"), help: ArgumentHelp("KV cache type for keys: f16, q8_0 (half the bytes), q4_0 (under a third).", valueName: "TYPE"))
+    var cacheTypeK: String = "f16"
+
+    @Option(name: .customLong("cache-type-v"), help: ArgumentHelp("KV cache type for values: f16, q8_0, q4_0 (computed as llama.cpp's flash attention does).", valueName: "TYPE"))
+    var cacheTypeV: String = "f16"
+
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+        do { _ = try cacheTypes } catch { throw ValidationError("\(error)") }
     }
+
+    var cacheTypes: CacheTypes { get throws { try CacheTypes(key: cacheTypeK, value: cacheTypeV) } }
 
     func load(split: [Int] = []) throws -> Engine {
         do {
-            return try Engine(path: model, threads: threads, split: split)
+            return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

@@ -111,6 +111,25 @@ import Worker
         #expect(distributed == single)
     }
 
+    /// Quantized KV caches on every stage (sent in the Assign): the tokens one process makes with the same types.
+    @Test func quantizedCacheClusterMatchesOneProcess() async throws { try await onThread { [self] in try self.quantizedCacheBlocking() } }
+    func quantizedCacheBlocking() throws {
+        let types = ["--cache-type-k", "q4_0", "--cache-type-v", "q4_0"]
+        let (c, endpoint) = try Self.startCluster(serve: types)
+        defer { c.stop() }
+        // Sampled (seeded): greedy text on this small model is the same with either cache.
+        let args = ["-p", "Once upon a time", "-n", "48", "--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + types + args)
+        #expect(rc1 == 0, "run failed: \(err1)")
+        let (rc0, plain, _) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        #expect(rc0 == 0)
+        let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+        #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        #expect(distributed == single)
+        #expect(plain != single, "the quantized cache changed nothing: is it used?")
+    }
+
     /// Several requests at once (sent together on one connection, so they surely overlap): the scheduler keeps
     /// two micro-batches in the pipeline (one per stage), sequences share steps with others, and each request
     /// still gets exactly what `conclave run` prints alone.

@@ -53,6 +53,7 @@ struct WorkerBudgetTests {
             ("first > end", { $0.firstLayer = 3; $0.endLayer = 1 }),
             ("end past the model", { $0.endLayer = 99 }),
             ("a huge slot count", { $0.slots = UInt32.max }),
+            ("an unknown cache type", { $0.cacheTypeK = "q5_1" }),
         ]
         edits.append(("an expert past the layer's", { a in a.experts[0].experts.append(999) }))
         edits.append(("a layer past the model", { a in a.paged = [a.experts[0]]; a.paged[0].layer = 77 }))
@@ -77,6 +78,20 @@ struct WorkerBudgetTests {
             #expect(e.code == .overBudget)
             #expect(e.message.contains("KV for one sequence") && e.message.contains("--memory"), "\(e.message)")
         }
+    }
+
+    /// An Assign's quantized cache types: the worker holds its caches in them and admits more sequences.
+    @Test func quantizedCacheTypesAdmitMoreSequences() throws {
+        let b = try Self.budget(1 << 30)
+        let memory = b.baseBytes + 2 * b.kvBytesPerSequence
+        var a = Self.assign()
+        a.cacheTypeK = "q4_0"
+        a.cacheTypeV = "q4_0"
+        let f16 = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
+        let q4 = try WorkerShard(file: Self.file, assign: a, threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
+        #expect(f16.maxSequences == 2 && q4.maxSequences == 7)  // 18 bytes per 32 values instead of 64
+        #expect(q4.cacheTypes == (try CacheTypes(key: "q4_0", value: "q4_0")))
+        guard case .tokens = try Self.step(q4, sequence: 1, positions: 0..<4) else { Issue.record("no tokens"); return }
     }
 
     @Test func sequencesBeyondTheKVBudgetAreRefusedUntilOneIsReleased() throws {

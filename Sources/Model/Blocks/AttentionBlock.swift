@@ -93,9 +93,9 @@ public struct AttentionBlock: Sendable {
             let angles = Ops.ropeAngles(position: rows[r].position, dims: c.ropeDims, freqBase: c.ropeFreqBase, freqScale: c.ropeFreqScale, yarn: c.yarn)
             Ops.rope(buf.q + r * c.qDim, heads: c.headCount, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
             Ops.rope(buf.k + r * c.kvDim, heads: c.headCountKV, headDim: c.headDim, dims: c.ropeDims, angles: angles, mode: c.traits.ropeMode)
-            caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.k + r * c.kvDim, v: buf.v + r * c.kvDim)
+            try caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.k + r * c.kvDim, v: buf.v + r * c.kvDim)
         }
-        attend(l, buf, rows: rows, caches: caches, config: c, pool: pool)
+        try attend(l, buf, rows: rows, caches: caches, config: c, pool: pool)
         try MatMul.multiply(o, buf.attn, batch: t, into: buf.normed, pool: pool)
         if let b = oBias { for r in 0..<t { for i in 0..<e { buf.normed[r * e + i] += b[i] } } }
         for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
@@ -112,35 +112,39 @@ public struct AttentionBlock: Sendable {
 
     /// Causal attention of each row over its sequence's cached positions 0...position (in a sliding-window layer
     /// only the last `slidingWindow` of them: llama.cpp masks p − j ≥ window), heads in parallel; a head's sink,
-    /// if any, joins its softmax.
-    private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
+    /// if any, joins its softmax. The cache computes each product as llama.cpp does for its types.
+    private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) throws {
         let group = c.headCount / c.headCountKV
         let scale = c.attentionScale
         let window = c.slides(layer: l) ? c.slidingWindow : Int.max
         let work = rows.count * c.headCount
+        let failure = FirstError()
         pool.parallelFor(work) { range in
             var scores = [Float](repeating: 0, count: 0)
-            let qh = UnsafeMutablePointer<Float>.allocate(capacity: c.headDim)
-            let q16 = UnsafeMutablePointer<UInt16>.allocate(capacity: c.headDim)
-            defer { qh.deallocate(); q16.deallocate() }
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: c.headDim)
+            defer { scratch.deallocate() }
             for item in range {
                 let r = item / c.headCount, h = item % c.headCount
                 let row = rows[r], cache = caches[row.sequence]!
                 let first = max(0, row.position + 1 - window), n = row.position + 1 - first
                 if scores.count < n { scores = [Float](repeating: 0, count: n) }
-                // ggml multiplies K (f16) by Q converted to f16: round Q the same way.
-                Ops.toF16(buf.q + r * c.qDim + h * c.headDim, q16, count: c.headDim)
-                Ops.fromF16(q16, qh, count: c.headDim)
                 let kvOff = (h / group) * c.headDim
-                scores.withUnsafeMutableBufferPointer { s in
-                    for j in 0..<n { s[j] = Ops.dotF16(qh, cache.key(l, first + j) + kvOff, count: c.headDim) * scale }
-                    Ops.softmax(s.baseAddress!, count: n, sink: sinks?[h])
-                    let out = buf.attn + r * c.qDim + h * c.headDim
-                    out.initialize(repeating: 0, count: c.headDim)
-                    for j in 0..<n { Ops.axpyF16(s[j], cache.value(l, first + j) + kvOff, out, count: c.headDim) }
+                let out = buf.attn + r * c.qDim + h * c.headDim
+                out.initialize(repeating: 0, count: c.headDim)
+                do {
+                    let query = try KVCache.Query(buf.q + r * c.qDim + h * c.headDim, width: c.headDim, keyType: cache.types.key)
+                    try scores.withUnsafeMutableBufferPointer { s in
+                        try cache.scores(layer: l, first: first, count: n, offset: kvOff, query: query, scale: scale, into: s.baseAddress!)
+                        Ops.softmax(s.baseAddress!, count: n, sink: sinks?[h])
+                        try cache.accumulate(layer: l, first: first, count: n, offset: kvOff, width: c.headDim, weights: s.baseAddress!,
+                                             into: out, scratch: scratch)
+                    }
+                } catch {
+                    failure.record(error)
                 }
             }
         }
+        try failure.rethrow()
     }
 
     /// Working memory for a batch.

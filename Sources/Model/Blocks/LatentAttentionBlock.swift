@@ -106,7 +106,7 @@ public struct LatentAttentionBlock: Sendable {
         }
         switch expansion {
         case .absorbed(let keyB, let valueB):
-            for r in 0..<t { caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.kv + r * row, v: nil) }
+            for r in 0..<t { try caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.kv + r * row, v: nil) }
             // Per head: the no-position query into latent space, beside its rope part: the row scored against the cache.
             for h in 0..<heads {
                 for r in 0..<t { (buf.gather + r * m.noPositionDim).update(from: buf.q + (r * heads + h) * qw, count: m.noPositionDim) }
@@ -138,7 +138,7 @@ public struct LatentAttentionBlock: Sendable {
                     (buf.keyRow + h * qw + m.noPositionDim).update(from: buf.kv + r * row + rank, count: m.ropeDim)
                     (buf.valueRow + h * m.valueDim).update(from: src + m.noPositionDim, count: m.valueDim)
                 }
-                caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.keyRow, v: buf.valueRow)
+                try caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.keyRow, v: buf.valueRow)
             }
             attend(l, buf.q, width: qw, keyOffset: { $0 * qw }, values: { cache, j, h in cache.value(l, j) + h * m.valueDim }, valueWidth: m.valueDim,
                    into: buf.attn, rows: rows, caches: caches, config: c, pool: pool)

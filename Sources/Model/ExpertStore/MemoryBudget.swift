@@ -19,15 +19,16 @@ public struct MemoryBudget: Sendable, Equatable {
     public let slotBytes: Int
 
     /// For a process running `layers` (and holding their experts) with `sequences` caches of `context` positions
-    /// and micro-batches of up to `ubatch` rows. Throws when even the fixed part and one slot do not fit.
+    /// (in `cacheTypes`) and micro-batches of up to `ubatch` rows. Throws when even the fixed part and one slot do
+    /// not fit.
     public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, context: Int, sequences: Int, ubatch: Int = 512,
-                budget: Int) throws(ModelError) {
+                budget: Int, cacheTypes: CacheTypes = .f16) throws(ModelError) {
         let layout = WeightLayout(file: file, config: config)
         let fixed = Self.fixedBytes(file: file, layout: layout, layers: layers)
         let perExpert = layers.map(layout.bytesPerExpert)
         self.budget = budget
         fixedBytes = fixed
-        kvBytesPerSequence = KVCache.bytes(layers: layers.count, capacity: context, config: config)
+        kvBytesPerSequence = KVCache.bytes(layers: layers.count, capacity: context, config: config, types: cacheTypes)
         self.sequences = sequences
         scratchBytes = Self.scratchBytes(config: config, context: context, ubatch: ubatch, sequences: sequences)
         expertBytes = perExpert.reduce(0, +) * config.expertCount

@@ -397,6 +397,11 @@ public nonisolated struct Conclave_V1_Assign: Sendable {
   /// StageInput we take.
   public var previousStage: String = String()
 
+  /// What the stage's KV caches store keys and values in: "f16" (also when empty), "q8_0" or "q4_0".
+  public var cacheTypeK: String = String()
+
+  public var cacheTypeV: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1418,7 +1423,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1439,6 +1444,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
       case 12: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
       case 13: try { try decoder.decodeSingularStringField(value: &self.previousStage) }()
+      case 14: try { try decoder.decodeSingularStringField(value: &self.cacheTypeK) }()
+      case 15: try { try decoder.decodeSingularStringField(value: &self.cacheTypeV) }()
       default: break
       }
     }
@@ -1484,6 +1491,12 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.previousStage.isEmpty {
       try visitor.visitSingularStringField(value: self.previousStage, fieldNumber: 13)
     }
+    if !self.cacheTypeK.isEmpty {
+      try visitor.visitSingularStringField(value: self.cacheTypeK, fieldNumber: 14)
+    }
+    if !self.cacheTypeV.isEmpty {
+      try visitor.visitSingularStringField(value: self.cacheTypeV, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1501,6 +1514,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.slots != rhs.slots {return false}
     if lhs.peers != rhs.peers {return false}
     if lhs.previousStage != rhs.previousStage {return false}
+    if lhs.cacheTypeK != rhs.cacheTypeK {return false}
+    if lhs.cacheTypeV != rhs.cacheTypeV {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
