@@ -38,6 +38,33 @@ static AVX2 void axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
 }
+// y[i] += Σ_j w[j] · x[j·stride + i], rows in order: the same fused multiply-adds as one axpy per row (so the
+// same bits), with y held in registers across the rows instead of reloaded for each.
+static AVX2 void weighted_sum_f16_avx2(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
+    int c = 0;
+    for (; c + 64 <= n; c += 64) {
+        __m256 acc[8];
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_loadu_ps(y + c + 8 * k);
+        for (int j = 0; j < rows; j++) {
+            const __m256 wj = _mm256_set1_ps(w[j]);
+            const uint16_t *r = x + (size_t)j * stride + c;
+            for (int k = 0; k < 8; k++)
+                acc[k] = _mm256_fmadd_ps(wj, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 8 * k))), acc[k]);
+        }
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(y + c + 8 * k, acc[k]);
+    }
+    for (; c + 8 <= n; c += 8) {
+        __m256 acc = _mm256_loadu_ps(y + c);
+        for (int j = 0; j < rows; j++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + (size_t)j * stride + c))), acc);
+        _mm256_storeu_ps(y + c, acc);
+    }
+    for (; c < n; c++) {
+        float a = y[c];
+        for (int j = 0; j < rows; j++) a += w[j] * _cvtsh_ss(x[(size_t)j * stride + c]);
+        y[c] = a;
+    }
+}
 #define HAVE_X86 1
 #endif
 
@@ -84,6 +111,12 @@ float ck_dot_f32_f16(int n, const float *x, const uint16_t *y) {
     if (ck_cpu_isa() & CK_ISA_AVX2) return dot_f32_f16_avx2(n, x, y);
 #endif
     float s = 0; for (int i = 0; i < n; i++) s += x[i] * ck_f16(y[i]); return s;
+}
+void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
+#ifdef HAVE_X86
+    if (ck_cpu_isa() & CK_ISA_AVX2) { weighted_sum_f16_avx2(rows, n, w, x, stride, y); return; }
+#endif
+    for (int j = 0; j < rows; j++) ck_axpy_f16(n, w[j], x + (size_t)j * stride, y);
 }
 void ck_axpy_f16(int n, float a, const uint16_t *x, float *y) {
 #ifdef HAVE_X86

@@ -175,4 +175,11 @@ public enum Ops {
     public static func axpyF16(_ a: Float, _ x: UnsafePointer<UInt16>, _ y: UnsafeMutablePointer<Float>, count n: Int) {
         ck_axpy_f16(Int32(n), a, x, y)
     }
+
+    /// y[i] += Σ_j w[j] · x[j · stride + i] over `rows` f16 rows `stride` elements apart: the same bits as one
+    /// `axpyF16` per row in order, faster (y stays in registers).
+    public static func weightedSumF16(rows: Int, _ w: UnsafePointer<Float>, _ x: UnsafePointer<UInt16>, stride: Int,
+                                      _ y: UnsafeMutablePointer<Float>, count n: Int) {
+        ck_weighted_sum_f16(Int32(rows), Int32(n), w, x, stride, y)
+    }
 }

@@ -154,37 +154,23 @@ public final class KVCache: @unchecked Sendable {
         if type == .f16 { Ops.toF16(x, dst.assumingMemoryBound(to: UInt16.self), count: count) } else { try Quantize.row(x, count: count, to: type, dst) }
     }
 
-    /// The query one head brings to the keys, in the form their type meets it: rounded to f16 for f16 keys,
-    /// quantized to Q8_0 for quantized ones. Made once per (row, head), used for every position.
+    /// The query one head brings to the keys, in the form their type's dot product takes (ggml's vec-dot type):
+    /// rounded to f16 for f16 keys, quantized to Q8_0 for quantized ones. Made once per (row, head), used for
+    /// every position.
     final class Query {
         let width: Int
-        let rounded: UnsafeMutablePointer<Float>?
-        let quantized: QuantizedActivations?
+        let converted: QuantizedActivations
         init(_ q: UnsafePointer<Float>, width: Int, keyType: GGMLType) throws {
             self.width = width
-            if keyType == .f16 {
-                let half = UnsafeMutablePointer<UInt16>.allocate(capacity: width), r = UnsafeMutablePointer<Float>.allocate(capacity: width)
-                defer { half.deallocate() }
-                Ops.toF16(q, half, count: width)
-                Ops.fromF16(half, r, count: width)
-                rounded = r
-                quantized = nil
-            } else {
-                rounded = nil
-                quantized = try QuantizedActivations(q, cols: width, batch: 1, format: ActivationQuant.vecDotType(for: keyType) ?? .q8_0)
-            }
+            converted = try QuantizedActivations(q, cols: width, batch: 1, format: ActivationQuant.vecDotType(for: keyType) ?? .f16)
         }
-        deinit { rounded?.deallocate() }
     }
 
-    /// scores[j] = scale · key(first + j)[offset ..< offset + width] · query, for j < count.
+    /// scores[j] = scale · key(first + j)[offset ..< offset + width] · query, for j < count: one kernel call over
+    /// the cached rows, as ggml's mul_mat runs K·Q.
     func scores(layer l: Int, first: Int, count n: Int, offset: Int, query: Query, scale: Float, into scores: UnsafeMutablePointer<Float>) throws {
-        if let q = query.rounded {
-            for j in 0..<n { scores[j] = Ops.dotF16(q, key(l, first + j) + offset, count: query.width) * scale }
-            return
-        }
         let start = keys + slot(l, first) * keyRowBytes + types.key.rowBytes(elements: offset)!
-        try MatMul.rowDots(WeightMatrix(type: types.key, rows: n, cols: query.width, data: start, rowStride: keyRowBytes), query.quantized!, into: scores)
+        try MatMul.rowDots(WeightMatrix(type: types.key, rows: n, cols: query.width, data: start, rowStride: keyRowBytes), query.converted, into: scores)
         for j in 0..<n { scores[j] *= scale }
     }
 
@@ -192,7 +178,7 @@ public final class KVCache: @unchecked Sendable {
     func accumulate(layer l: Int, first: Int, count n: Int, offset: Int, width: Int, weights: UnsafePointer<Float>,
                     into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) throws {
         if types.value == .f16 {
-            for j in 0..<n { Ops.axpyF16(weights[j], value(l, first + j) + offset, out, count: width) }
+            Ops.weightedSumF16(rows: n, weights, value(l, first) + offset, stride: valueRowBytes / 2, out, count: width)
             return
         }
         let skip = types.value.rowBytes(elements: offset)!

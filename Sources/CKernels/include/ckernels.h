@@ -59,6 +59,9 @@ void ck_f32_to_f16_portable(int n, const float *x, uint16_t *y);
 void ck_f16_to_f32(int n, const uint16_t *x, float *y);
 float ck_dot_f32_f16(int n, const float *x, const uint16_t *y);
 void ck_axpy_f16(int n, float a, const uint16_t *x, float *y);
+/// y[i] += Σ_{j<rows} w[j] · x[j·stride + i] for i < n: attention's weighted sum of cached f16 values, bit for bit
+/// the axpy of each row in order.
+void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y);
 
 /// Cores this process may run on (its affinity mask).
 int ck_available_cores(void);

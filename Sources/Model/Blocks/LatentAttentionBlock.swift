@@ -117,8 +117,8 @@ public struct LatentAttentionBlock: Sendable {
                     (dst + rank).update(from: buf.q + (r * heads + h) * qw + m.noPositionDim, count: m.ropeDim)
                 }
             }
-            attend(l, buf.scored, width: row, keyOffset: { _ in 0 }, values: { cache, j, _ in cache.key(l, j) }, valueWidth: rank,
-                   into: buf.latent, rows: rows, caches: caches, config: c, pool: pool)
+            try attend(l, buf.scored, width: row, keyOffset: { _ in 0 }, valuesInKeys: true, valueOffset: { _ in 0 }, valueWidth: rank,
+                       into: buf.latent, rows: rows, caches: caches, config: c, pool: pool)
             // Per head: the weighted latent back to the head's value size.
             for h in 0..<heads {
                 for r in 0..<t { (buf.gather + r * rank).update(from: buf.latent + (r * heads + h) * rank, count: rank) }
@@ -140,8 +140,8 @@ public struct LatentAttentionBlock: Sendable {
                 }
                 try caches[rows[r].sequence]!.store(layer: l, position: rows[r].position, k: buf.keyRow, v: buf.valueRow)
             }
-            attend(l, buf.q, width: qw, keyOffset: { $0 * qw }, values: { cache, j, h in cache.value(l, j) + h * m.valueDim }, valueWidth: m.valueDim,
-                   into: buf.attn, rows: rows, caches: caches, config: c, pool: pool)
+            try attend(l, buf.q, width: qw, keyOffset: { $0 * qw }, valuesInKeys: false, valueOffset: { $0 * m.valueDim }, valueWidth: m.valueDim,
+                       into: buf.attn, rows: rows, caches: caches, config: c, pool: pool)
         }
         try MatMul.multiply(output, buf.attn, batch: t, into: buf.normed, pool: pool)
         for i in 0..<(t * e) { hidden[i] += buf.normed[i] }
@@ -149,39 +149,42 @@ public struct LatentAttentionBlock: Sendable {
 
     /// Causal attention of every (row, head) over the cached positions 0...position, heads in parallel: the
     /// head's `width` query (at `queries + (row · heads + head) · width`) against the cached keys from
-    /// `keyOffset(head)`, and the softmax-weighted sum of `values(cache, position, head)` (`valueWidth` each)
-    /// into `out` at `(row · heads + head) · valueWidth` — with ggml's roundings: the query and the weights meet
-    /// the f16 cache as f16.
+    /// `keyOffset(head)`, and the softmax-weighted sum of the values from `valueOffset(head)` (`valueWidth` of
+    /// them, in the key rows when `valuesInKeys`: the latent) into `out` at `(row · heads + head) · valueWidth` —
+    /// with ggml's roundings: the query and the weights meet the f16 cache as f16.
     private func attend(_ l: Int, _ queries: UnsafePointer<Float>, width: Int, keyOffset: @escaping @Sendable (Int) -> Int,
-                        values: @escaping @Sendable (KVCache, Int, Int) -> UnsafeMutablePointer<UInt16>, valueWidth: Int,
-                        into out: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) {
+                        valuesInKeys: Bool, valueOffset: @escaping @Sendable (Int) -> Int, valueWidth: Int,
+                        into out: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) throws {
         let heads = c.headCount, scale = c.attentionScale
         nonisolated(unsafe) let queries = queries, out = out
+        let failure = FirstError()
         pool.parallelFor(rows.count * heads) { range in
             var scores = [Float]()
-            let q = UnsafeMutablePointer<Float>.allocate(capacity: width)
-            let half = UnsafeMutablePointer<UInt16>.allocate(capacity: width)
-            defer { q.deallocate(); half.deallocate() }
+            var half = [UInt16]()
             for item in range {
                 let r = item / heads, h = item % heads
-                let cache = caches[rows[r].sequence]!, n = rows[r].position + 1, k = keyOffset(h)
-                if scores.count < n { scores = [Float](repeating: 0, count: n) }
-                Ops.toF16(queries + item * width, half, count: width)
-                Ops.fromF16(half, q, count: width)
+                let cache = caches[rows[r].sequence]!, n = rows[r].position + 1
+                if scores.count < n { scores = [Float](repeating: 0, count: n); half = [UInt16](repeating: 0, count: n) }
                 let o = out + item * valueWidth
                 o.initialize(repeating: 0, count: valueWidth)
-                scores.withUnsafeMutableBufferPointer { s in
-                    for j in 0..<n { s[j] = Ops.dotF16(q, cache.key(l, j) + k, count: width) * scale }
-                    Ops.softmax(s.baseAddress!, count: n, sink: nil)
-                    for j in 0..<n {
-                        var p = s[j], p16: UInt16 = 0, w: Float = 0
-                        Ops.toF16(&p, &p16, count: 1)
-                        Ops.fromF16(&p16, &w, count: 1)
-                        Ops.axpyF16(w, values(cache, j, h), o, count: valueWidth)
+                do {
+                    let query = try KVCache.Query(queries + item * width, width: width, keyType: .f16)
+                    try scores.withUnsafeMutableBufferPointer { s in
+                        try cache.scores(layer: l, first: 0, count: n, offset: keyOffset(h), query: query, scale: scale, into: s.baseAddress!)
+                        Ops.softmax(s.baseAddress!, count: n, sink: nil)
+                        half.withUnsafeMutableBufferPointer { p in
+                            Ops.toF16(s.baseAddress!, p.baseAddress!, count: n)
+                            Ops.fromF16(p.baseAddress!, s.baseAddress!, count: n)
+                        }
+                        let (base, stride) = valuesInKeys ? (cache.key(l, 0), cache.keyWidth) : (cache.value(l, 0), cache.valueWidth)
+                        Ops.weightedSumF16(rows: n, s.baseAddress!, base + valueOffset(h), stride: stride, o, count: valueWidth)
                     }
+                } catch {
+                    failure.record(error)
                 }
             }
         }
+        try failure.rethrow()
     }
 
     /// Working memory for a batch.
