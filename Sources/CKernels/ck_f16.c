@@ -65,6 +65,44 @@ static AVX2 void weighted_sum_f16_avx2(int rows, int n, const float *w, const ui
         y[c] = a;
     }
 }
+// y[i] += Σ_j w[j] · v_j[i] over Q8_0 / Q4_0 rows (`stride` bytes apart, n a multiple of 32), each value
+// dequantized as ggml does (d · q) before the multiply-add: llama.cpp's flash attention over a quantized V cache.
+static AVX2 void weighted_sum_q8_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
+    for (int b = 0; b < n / 32; b++) {
+        __m256 acc[4];
+        for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + 32 * b + 8 * k);
+        for (int j = 0; j < rows; j++) {
+            const blk_q8_0 *blk = (const blk_q8_0 *)(x + (size_t)j * stride) + b;
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(blk->d)), wj = _mm256_set1_ps(w[j]);
+            for (int k = 0; k < 4; k++) {
+                const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk->qs + 8 * k))));
+                acc[k] = _mm256_fmadd_ps(wj, _mm256_mul_ps(q, d), acc[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 32 * b + 8 * k, acc[k]);
+    }
+}
+static AVX2 void weighted_sum_q4_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
+    const __m128i low = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    for (int b = 0; b < n / 32; b++) {
+        __m256 acc[4];
+        for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + 32 * b + 8 * k);
+        for (int j = 0; j < rows; j++) {
+            const blk_q4_0 *blk = (const blk_q4_0 *)(x + (size_t)j * stride) + b;
+            const __m256 d = _mm256_set1_ps(_cvtsh_ss(blk->d)), wj = _mm256_set1_ps(w[j]);
+            const __m128i packed = _mm_loadu_si128((const __m128i *)blk->qs);
+            // Values 0..15 are the low nibbles, 16..31 the high ones (ggml's Q4_0 layout), less 8.
+            const __m128i lo = _mm_sub_epi8(_mm_and_si128(packed, low), eight);
+            const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(packed, 4), low), eight);
+            const __m128i parts[4] = { lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8) };
+            for (int k = 0; k < 4; k++) {
+                const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k]));
+                acc[k] = _mm256_fmadd_ps(wj, _mm256_mul_ps(q, d), acc[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 32 * b + 8 * k, acc[k]);
+    }
+}
 #define HAVE_X86 1
 #endif
 
@@ -117,6 +155,15 @@ void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, siz
     if (ck_cpu_isa() & CK_ISA_AVX2) { weighted_sum_f16_avx2(rows, n, w, x, stride, y); return; }
 #endif
     for (int j = 0; j < rows; j++) ck_axpy_f16(n, w[j], x + (size_t)j * stride, y);
+}
+int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void *x, size_t stride, float *y) {
+#ifdef HAVE_X86
+    if ((ck_cpu_isa() & CK_ISA_AVX2) && n % 32 == 0) {
+        if (type == 8) { weighted_sum_q8_0_avx2(rows, n, w, x, stride, y); return 1; }
+        if (type == 2) { weighted_sum_q4_0_avx2(rows, n, w, x, stride, y); return 1; }
+    }
+#endif
+    return 0;
 }
 void ck_axpy_f16(int n, float a, const uint16_t *x, float *y) {
 #ifdef HAVE_X86

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CKernels
+import GGUF
 
 /// The element-wise and row operators of a transformer layer, computed as ggml's CPU backend computes them
 /// (same formulas and float/double choices) so that results track llama.cpp's.
@@ -181,5 +182,12 @@ public enum Ops {
     public static func weightedSumF16(rows: Int, _ w: UnsafePointer<Float>, _ x: UnsafePointer<UInt16>, stride: Int,
                                       _ y: UnsafeMutablePointer<Float>, count n: Int) {
         ck_weighted_sum_f16(Int32(rows), Int32(n), w, x, stride, y)
+    }
+
+    /// The same over Q8_0 or Q4_0 rows `stride` bytes apart, each value dequantized first; false when this CPU
+    /// or type has no such kernel.
+    public static func weightedSum(_ type: GGMLType, rows: Int, _ w: UnsafePointer<Float>, _ x: UnsafeRawPointer, stride: Int,
+                                   _ y: UnsafeMutablePointer<Float>, count n: Int) -> Bool {
+        ck_weighted_sum_quant(Int32(type.rawValue), Int32(rows), Int32(n), w, x, stride, y) != 0
     }
 }

@@ -182,6 +182,7 @@ public final class KVCache: @unchecked Sendable {
             return
         }
         let skip = types.value.rowBytes(elements: offset)!
+        if Ops.weightedSum(types.value, rows: n, weights, values + slot(l, first) * valueRowBytes + skip, stride: valueRowBytes, out, count: width) { return }
         for j in 0..<n {
             try Dequantize.row(types.value, values + slot(l, first + j) * valueRowBytes + skip, scratch, count: width)
             let w = weights[j]

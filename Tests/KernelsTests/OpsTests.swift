@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import GGUF
 import Testing
 import TestSupport
 @testable import Kernels
@@ -98,5 +99,34 @@ struct OpsTests {
         var acc = q
         Ops.axpyF16(0.5, k16, &acc, count: n)
         for i in 0..<n { #expect(abs(acc[i] - (q[i] + 0.5 * Float(Float16(bitPattern: k16[i])))) < 1e-6) }
+    }
+
+    /// Attention's weighted sums over cached rows: f16 rows give exactly the axpy of each row in order; Q8_0 and
+    /// Q4_0 rows give the sum of their dequantized values (what llama.cpp's flash attention adds).
+    @Test mutating func weightedSumsOverCachedRows() throws {
+        let rows = 37, n = 160, stride16 = n + 32
+        let x = randoms(rows * stride16), w = randoms(rows), y0 = randoms(n)
+        var x16 = [UInt16](repeating: 0, count: x.count)
+        Ops.toF16(x, &x16, count: x.count)
+        var one = y0, all = y0
+        for j in 0..<rows { x16.withUnsafeBufferPointer { Ops.axpyF16(w[j], $0.baseAddress! + j * stride16, &one, count: n) } }
+        Ops.weightedSumF16(rows: rows, w, x16, stride: stride16, &all, count: n)
+        #expect(one == all)
+        for type in [GGMLType.q8_0, .q4_0] {
+            let rb = type.rowBytes(elements: n)!, stride = rb + 6
+            var q = [UInt8](repeating: 0, count: rows * stride)
+            try q.withUnsafeMutableBytes { b in
+                for j in 0..<rows { try Quantize.row(x.withUnsafeBufferPointer { $0.baseAddress! + j * stride16 }, count: n, to: type, b.baseAddress! + j * stride) }
+            }
+            var want = y0.map(Double.init), row = [Float](repeating: 0, count: n)
+            for j in 0..<rows {
+                try q.withUnsafeBytes { try Dequantize.row(type, $0.baseAddress! + j * stride, &row, count: n) }
+                for i in 0..<n { want[i] += Double(w[j]) * Double(row[i]) }
+            }
+            var got = y0
+            let done = q.withUnsafeBytes { Ops.weightedSum(type, rows: rows, w, $0.baseAddress!, stride: stride, &got, count: n) }
+            #expect(done)
+            for i in 0..<n { #expect(abs(Double(got[i]) - want[i]) < 1e-4, "\(type.name) [\(i)]") }
+        }
     }
 }

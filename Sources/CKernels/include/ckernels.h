@@ -62,6 +62,9 @@ void ck_axpy_f16(int n, float a, const uint16_t *x, float *y);
 /// y[i] += Σ_{j<rows} w[j] · x[j·stride + i] for i < n: attention's weighted sum of cached f16 values, bit for bit
 /// the axpy of each row in order.
 void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y);
+/// The same over Q8_0 (ggml type 8) or Q4_0 (2) rows `stride` bytes apart, each value dequantized (d·q) first.
+/// Returns 0 (and does nothing) where there is no such kernel; the caller then dequantizes row by row.
+int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void *x, size_t stride, float *y);
 
 /// Cores this process may run on (its affinity mask).
 int ck_available_cores(void);
