@@ -88,6 +88,23 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .customLong("ignore-eos"), help: "Generate -n tokens even past end-of-generation tokens (as llama.cpp's --ignore-eos).") var ignoreEOS = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var offload: OffloadOptions
+    @Option(help: "A draft model with the same vocabulary for speculative decoding: it proposes tokens, the model verifies them in one batch; the text is the same.")
+    var draft: String?
+    @Option(name: .customLong("draft-max"), help: "Most tokens the draft proposes per pass.") var draftMax = 8
+    @Option(name: .customLong("draft-min"), help: "Fewer confident proposals than this are dropped.") var draftMin = 1
+    @Option(name: .customLong("draft-p-min"), help: "The draft stops proposing below this probability of its best token.") var draftPMin: Float = 0.75
+
+    var draftOptions: DraftOptions {
+        var d = DraftOptions()
+        d.maxTokens = draftMax
+        d.minTokens = draftMin
+        d.minProbability = draftPMin
+        return d
+    }
+
+    func validate() throws {
+        if let problem = draftOptions.problem { throw ValidationError(problem) }
+    }
 
     func run() throws {
         let (engine, cache) = try offload.load(model, context: ctx)
@@ -96,11 +113,22 @@ struct RunCommand: ParsableCommand {
         var text = TextStream()
         do {
             let policy = GenerationPolicy(maxTokens: n, stop: stop, capacity: seq.caches.first?.capacity ?? 0, ignoreEOS: ignoreEOS)
-            let stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq) { _, piece in
+            let write: (Int32?, String) -> Bool = { _, piece in
                 text.write(Array(piece.utf8))
                 return true
             }
-            text.finish()
+            let stats: Engine.GenerationStats
+            if let draft {
+                let d = try Engine(path: draft, threads: model.threads, cacheTypes: try model.cacheTypes)
+                var ds = DraftStats()
+                stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq, draft: d,
+                                            draftSequence: d.newSequence(capacity: seq.caches.first?.capacity), options: draftOptions, draftStats: &ds, onToken: write)
+                text.finish()
+                printError("draft: \(ds.accepted) of \(ds.proposed) proposals accepted (\(fixed(ds.acceptanceRate * 100, 1))%), \(fixed(Double(stats.generatedTokens) / Double(max(1, ds.passes)), 2)) tokens per pass over \(ds.passes) passes")
+            } else {
+                stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq, onToken: write)
+                text.finish()
+            }
             printError("prompt \(stats.promptTokens) tokens: \(fixed(stats.prefillTokensPerSecond, 1)) tok/s; generated \(stats.generatedTokens): \(fixed(stats.decodeTokensPerSecond, 1)) tok/s"
                        + (stats.finishReason == .length ? " (stopped at the length limit: -n tokens, or the context is full)" : ""))
             if let cache { printError(cache.snapshot.summary(tokens: stats.promptTokens + stats.generatedTokens)) }

@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Kernels
+
+/// Speculative decoding in one process: a small draft model with the same vocabulary proposes the next few
+/// tokens, greedily, while it is confident; the target evaluates the pending token and every proposal in one
+/// batch (one pass through its layers for up to `maxTokens` + 1 positions) and keeps the longest prefix its own
+/// sampler agrees with. The target samples each position exactly as plain decoding would — the same sampler, the
+/// same history, one draw per emitted token, in order — so the text is the one `generate` makes without a draft,
+/// greedy or seeded (llama-server's rule). Rejected positions are dropped from both caches.
+public struct DraftOptions: Sendable {
+    /// Most tokens proposed per pass (llama.cpp's --draft-max).
+    public var maxTokens = 8
+    /// Fewer confident proposals than this are not worth a batch: the pass verifies none (--draft-min).
+    public var minTokens = 1
+    /// The draft stops proposing when its best token's probability is below this (--draft-p-min).
+    public var minProbability: Float = 0.75
+    public init() {}
+
+    public var problem: String? {
+        guard maxTokens >= 1, maxTokens <= 64 else { return "--draft-max must be 1...64" }
+        guard minTokens >= 0, minTokens <= maxTokens else { return "--draft-min must be 0...--draft-max" }
+        guard minProbability >= 0, minProbability <= 1 else { return "--draft-p-min must be 0...1" }
+        return nil
+    }
+}
+
+/// What the draft did over a generation.
+public struct DraftStats: Sendable {
+    public var proposed = 0, accepted = 0
+    /// Target passes during decoding (each verifies one batch).
+    public var passes = 0
+    public var acceptanceRate: Double { proposed > 0 ? Double(accepted) / Double(proposed) : 0 }
+    public init() {}
+}
+
+extension Sequence {
+    /// Forgets every position from `n` on, in the caches and the token history (rejected proposals).
+    public func truncate(to n: Int) {
+        for c in caches { c.truncate(to: n) }
+        if tokens.count > n { tokens.removeLast(tokens.count - n) }
+    }
+}
+
+extension Engine {
+    /// Refuses a draft whose vocabulary is not this model's (its proposals would be other tokens).
+    public func checkDraft(_ draft: Engine) throws(ModelError) {
+        guard draft.config.vocabSize == config.vocabSize, draft.tokenizer.bos == tokenizer.bos,
+              draft.tokenizer.encode("Hello, world! 123") == tokenizer.encode("Hello, world! 123") else {
+            throw ModelError("the draft model's vocabulary (\(draft.config.vocabSize) tokens) is not the target's (\(config.vocabSize)); a draft must share the tokenizer")
+        }
+    }
+
+    /// `generate` with `draft` proposing tokens (see `DraftOptions`); the same tokens, fewer passes.
+    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: Sequence,
+                         draft: Engine, draftSequence dseq: Sequence, options: DraftOptions, draftStats: inout DraftStats,
+                         onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
+        try checkDraft(draft)
+        var stats = GenerationStats()
+        var sampler = Sampler(params)
+        var progress = policy.start(tokenizer: tokenizer)
+        let v = config.vocabSize, capacity = seq.caches.first?.capacity ?? 0
+        let t0 = KernelBench.now()
+        var logits = try evaluate(prompt, in: seq)
+        stats.promptTokens = prompt.count
+        stats.prefillSeconds = KernelBench.now() - t0
+        let t1 = KernelBench.now()
+        var pending = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: v, history: seq.tokens) }
+        var fed = seq.length
+        generation: while true {
+            // The pending token, sampled from the target's last logits.
+            var step = progress.accept(pending, fed: fed)
+            if step.counted { stats.generatedTokens += 1 }
+            if step.counted || !step.text.isEmpty, !onToken(step.counted ? pending : nil, step.text) { break }
+            if let f = step.finish { stats.finishReason = f; break }
+            let base = seq.length  // the pending token's position
+            let room = min(options.maxTokens, capacity - base - 1, dseq.caches.first.map { $0.capacity - base - 1 } ?? 0)
+            var proposals = room > 0 ? try propose(with: draft, dseq, context: seq.tokens + [pending], count: room, options: options) : []
+            if proposals.count < options.minTokens { proposals = [] }
+            draftStats.proposed += proposals.count
+            draftStats.passes += 1
+            logits = try evaluate([pending] + proposals, in: seq, all: true)
+            var accepted = 0
+            for i in 0...proposals.count {
+                let history = Array(seq.tokens.prefix(base + 1 + i))
+                let t = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: history) }
+                guard i < proposals.count, t == proposals[i] else {
+                    pending = t
+                    fed = base + 1 + i
+                    break
+                }
+                accepted += 1
+                draftStats.accepted += 1
+                step = progress.accept(t, fed: base + 1 + i)
+                if step.counted { stats.generatedTokens += 1 }
+                if step.counted || !step.text.isEmpty, !onToken(step.counted ? t : nil, step.text) { break generation }
+                if let f = step.finish { stats.finishReason = f; break generation }
+            }
+            // Positions past the pending token and the accepted proposals held rejected ones.
+            seq.truncate(to: base + 1 + accepted)
+            dseq.truncate(to: min(dseq.length, base + 1 + accepted))
+        }
+        stats.decodeSeconds = KernelBench.now() - t1
+        return stats
+    }
+
+    /// Up to `count` greedy proposals of `draft` after `context` (the accepted tokens and the pending one): the
+    /// draft first takes the tokens it has not seen, then its own picks while its best is at least as likely as
+    /// `minProbability`.
+    private func propose(with draft: Engine, _ dseq: Sequence, context: [Int32], count: Int, options: DraftOptions) throws -> [Int32] {
+        var feed = Array(context[min(dseq.length, context.count)...])
+        var out: [Int32] = []
+        let v = draft.config.vocabSize
+        while out.count < count, !feed.isEmpty {
+            let logits = try draft.evaluate(feed, in: dseq)
+            let (best, p) = logits.withUnsafeBufferPointer { l -> (Int32, Float) in
+                var b = 0
+                for j in 1..<v where l[j] > l[b] { b = j }
+                var z: Float = 0
+                for j in 0..<v { z += expf(l[j] - l[b]) }
+                return (Int32(b), 1 / z)
+            }
+            if p < options.minProbability { break }
+            out.append(best)
+            feed = [best]
+        }
+        return out
+    }
+}
