@@ -28,8 +28,9 @@ struct PlanCommand: ParsableCommand {
         do {
             let config = try ModelConfig(file: file)
             let use = try trace.map { try RoutingTraceFile.expertUse($0, config: config) }
-            var footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences,
-                                           cacheTypes: try CacheTypes(key: cacheTypeK, value: cacheTypeV))
+            let cacheTypes = try CacheTypes(key: cacheTypeK, value: cacheTypeV)
+            try cacheTypes.check(config)
+            var footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences, cacheTypes: cacheTypes)
             footprint.expertUse = use
             var weights = ModelFootprint(file: file, config: config, context: 0)
             weights.expertUse = use
