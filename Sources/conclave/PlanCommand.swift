@@ -15,8 +15,7 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Cluster file (YAML; see cluster/).") var cluster: String
     @Option(help: "Context length per sequence for the KV cache (default: the model's).") var ctx: Int?
     @Option(help: "Sequences served at once (KV caches per layer).") var sequences = 1
-    @Option(name: .customLong("cache-type-k"), help: ArgumentHelp("KV cache type for keys the plan counts: f16, q8_0, q4_0.", valueName: "TYPE")) var cacheTypeK = "f16"
-    @Option(name: .customLong("cache-type-v"), help: ArgumentHelp("KV cache type for values the plan counts: f16, q8_0, q4_0.", valueName: "TYPE")) var cacheTypeV = "f16"
+    @OptionGroup var kvCache: CacheTypeOptions
     @Option(help: "Bytes of weights each worker reads per second, in GB/s, times its 'speed:' (default: this host, measured in about 0.1 s with one thread; a coordinator uses what each worker measured).") var readRateGbps: Double?
     @Option(help: "An expert call's round trip in milliseconds (a coordinator measures each worker's; 0.25 is loopback on a small VM, a LAN is often 0.05-0.2).") var roundTripMs = 0.25
     @Option(help: "A routing trace (from `conclave trace-experts`): split layers spread their most used experts first, the least used are paged first, and the expected times count how often each expert is chosen (default: uniform routing).")
@@ -28,7 +27,7 @@ struct PlanCommand: ParsableCommand {
         do {
             let config = try ModelConfig(file: file)
             let use = try trace.map { try RoutingTraceFile.expertUse($0, config: config) }
-            let cacheTypes = try CacheTypes(key: cacheTypeK, value: cacheTypeV)
+            let cacheTypes = try kvCache.types
             try cacheTypes.check(config)
             var footprint = ModelFootprint(file: file, config: config, context: ctx ?? config.contextLength, sequences: sequences, cacheTypes: cacheTypes)
             footprint.expertUse = use

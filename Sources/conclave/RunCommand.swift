@@ -12,18 +12,13 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Threads (default: every core).")
     var threads: Int = ThreadPool.availableCores
 
-    @Option(name: .customLong("cache-type-k"), help: ArgumentHelp("KV cache type for keys: f16, q8_0 (half the bytes), q4_0 (under a third).", valueName: "TYPE"))
-    var cacheTypeK: String = "f16"
-
-    @Option(name: .customLong("cache-type-v"), help: ArgumentHelp("KV cache type for values: f16, q8_0, q4_0 (computed as llama.cpp's flash attention does).", valueName: "TYPE"))
-    var cacheTypeV: String = "f16"
+    @OptionGroup var kvCache: CacheTypeOptions
 
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
-        do { _ = try cacheTypes } catch { throw ValidationError("\(error)") }
     }
 
-    var cacheTypes: CacheTypes { get throws { try CacheTypes(key: cacheTypeK, value: cacheTypeV) } }
+    var cacheTypes: CacheTypes { get throws { try kvCache.types } }
 
     func load(split: [Int] = []) throws -> Engine {
         do {
@@ -33,6 +28,21 @@ struct ModelOptions: ParsableArguments {
             throw ExitCode(1)
         }
     }
+}
+
+/// `--cache-type-k` / `--cache-type-v`, for every command that makes KV caches or counts them.
+struct CacheTypeOptions: ParsableArguments {
+    @Option(name: .customLong("cache-type-k"), help: ArgumentHelp("KV cache type for keys: f16, q8_0 (half the bytes), q4_0 (under a third).", valueName: "TYPE"))
+    var key: String = "f16"
+
+    @Option(name: .customLong("cache-type-v"), help: ArgumentHelp("KV cache type for values: f16, q8_0, q4_0 (computed as llama.cpp's flash attention does).", valueName: "TYPE"))
+    var value: String = "f16"
+
+    func validate() throws {
+        do { _ = try types } catch { throw ValidationError("\(error)") }
+    }
+
+    var types: CacheTypes { get throws { try CacheTypes(key: key, value: value) } }
 }
 
 /// The model the repository ships, found beside the executable's package (so `swift run conclave run` works).

@@ -42,10 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Start this many workers on 127.0.0.1 instead of using a cluster file.") var local: Int?
     @Option(help: "With --local: the coordinator's port; workers take the ports after it.") var port: Int = 7000
     @Option(help: "Context length per sequence (default: the model's).") var ctx: Int?
-    @Option(name: .customLong("cache-type-k"), help: ArgumentHelp("KV cache type for keys, in this process or on every stage: f16, q8_0 (half the bytes), q4_0 (under a third).", valueName: "TYPE"))
-    var cacheTypeK: String = "f16"
-    @Option(name: .customLong("cache-type-v"), help: ArgumentHelp("KV cache type for values: f16, q8_0, q4_0 (computed as llama.cpp's flash attention does).", valueName: "TYPE"))
-    var cacheTypeV: String = "f16"
+    @OptionGroup var kvCache: CacheTypeOptions
     @Option(help: "Threads per worker (assigned to workers; default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Seconds to wait for the cluster's workers to answer.") var joinTimeout: Double = 30
     @Option(help: "Micro-batches in the pipeline at once (default: one per stage, so every stage computes while the others do).")
@@ -73,7 +70,6 @@ struct ServeCommand: AsyncParsableCommand {
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
         if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
-        do { _ = try CacheTypes(key: cacheTypeK, value: cacheTypeV) } catch { throw ValidationError("\(error)") }
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
         if offload.memory != nil, cluster != nil || local != nil {
             throw ValidationError("--memory bounds a model served in this process; give each worker its budget with `conclave worker --memory` (or memory: in the cluster file)")
@@ -157,7 +153,7 @@ struct ServeCommand: AsyncParsableCommand {
         let model: ServedModel
         do {
             (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel,
-                                              cacheTypes: try CacheTypes(key: cacheTypeK, value: cacheTypeV))
+                                              cacheTypes: try kvCache.types)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
         } catch {
@@ -231,7 +227,7 @@ struct ServeCommand: AsyncParsableCommand {
             options.joinTimeout = joinTimeout
             options.microBatches = microBatches
             options.maxBatch = ubatch
-            options.cacheTypes = try CacheTypes(key: cacheTypeK, value: cacheTypeV)
+            options.cacheTypes = try kvCache.types
             if let trace {
                 let config = try ModelConfig(file: GGUFFile(path: model))
                 options.expertUse = try RoutingTraceFile.expertUse(trace, config: config)
