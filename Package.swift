@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Model", "Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),

@@ -38,7 +38,7 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         planned.withLock { $0 = workers }
     }
 
-    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void) {
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void) {
         var input = Conclave_V1_StageInput()
         for r in step.rows {
             var row = Conclave_V1_BatchRow()
@@ -59,14 +59,14 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
                       out.top.allSatisfy({ $0.tokens.count == $0.logprobs.count && $0.tokens.count <= SampledToken.maxTop }) else {
                     return done(.failure(GenerationError(.internal, "the last stage answered a step with something else, or with mismatched lists")))
                 }
-                var tokens: [UInt64: SampledToken] = [:]
+                var tokens: [UInt64: [SampledToken]] = [:]
                 for (i, (s, t)) in zip(out.sequences, out.tokens).enumerated() {
                     var sampled = SampledToken(token: t)
                     if !out.logprobs.isEmpty, !out.logprobs[i].isNaN {
                         sampled.logprob = out.logprobs[i]
                         if !out.top.isEmpty { sampled.top = zip(out.top[i].tokens, out.top[i].logprobs).map { TokenLogprob(token: $0, logprob: $1) } }
                     }
-                    tokens[s] = sampled
+                    tokens[s, default: []].append(sampled)
                 }
                 done(.success(tokens))
             case .failure(let e):

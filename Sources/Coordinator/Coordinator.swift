@@ -522,6 +522,11 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.recoveries = recoveries.withLock { $0 }
         s.refusedPeers = UInt64(transports.refusedPeers)
         s.security = transports.authenticates ? "curve" : "none"
+        if scheduler.drafter != nil {
+            s.draft.proposed = UInt64(stats.draftProposed)
+            s.draft.accepted = UInt64(stats.draftAccepted)
+            s.draft.passes = UInt64(stats.draftPasses)
+        }
         return s
     }
 

@@ -73,7 +73,9 @@ public struct StepRow: Sendable, Equatable {
 
 /// A micro-batch for the stages: rows of several sequences (prompt chunks and decode tokens), the rows whose
 /// next token is to be sampled, and the sampling of each (one per sample row when any sequence is new, else none:
-/// a sequence keeps the first it is given).
+/// a sequence keeps the first it is given). A sequence with several sample rows (its pending token and a draft's
+/// proposals after it) is verified: the executor answers the tokens plain decoding would make at those rows, up to
+/// and including the first that differs from the proposal after it.
 public struct Step: Sendable, Equatable {
     public var rows: [StepRow] = []
     public var sampleRows: [Int] = []
@@ -83,15 +85,15 @@ public struct Step: Sendable, Equatable {
 }
 
 /// Whatever computes steps: a cluster's pipeline, or stages in this process. Several steps may be in flight at
-/// once (up to `pipelineDepth`); each one's `done` is called exactly once, from any thread, with the sampled token
-/// (and log-probabilities, when the step asked) of every sequence that had a sample row — unless the step was
-/// cancelled first.
+/// once (up to `pipelineDepth`); each one's `done` is called exactly once, from any thread, with the sampled tokens
+/// (and log-probabilities, when the step asked) of every sequence that had a sample row — one, or the verified
+/// ones in order for a sequence with proposals — unless the step was cancelled first.
 public protocol StepExecutor: AnyObject, Sendable {
     var pipelineDepth: Int { get }
     /// How long a step may take before it counts as lost (nil: no limit).
     var stepTimeout: Double? { get }
     /// Starts `step` (ids are the scheduler's, unique per step).
-    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void)
+    func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void)
     /// Forgets step `id`: its `done` may still run, and is ignored.
     func cancel(_ id: UInt64)
     /// Frees the sequences' caches (after every step already started).

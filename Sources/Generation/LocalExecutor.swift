@@ -11,7 +11,7 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
     public let stepTimeout: Double? = nil
 
     enum Work {
-        case step(UInt64, Step, @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void)
+        case step(UInt64, Step, @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void)
         case release([UInt64])
         case count(@Sendable (Int) -> Void)
     }
@@ -33,7 +33,7 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
         ready.signal()
     }
 
-    public func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: SampledToken], GenerationError>) -> Void) {
+    public func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void) {
         queue.withLock { $0.work.append(.step(id, step, done)) }
         ready.signal()
     }
@@ -79,19 +79,19 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
         }
     }
 
-    private func compute(_ step: Step) -> Result<[UInt64: SampledToken], GenerationError> {
+    private func compute(_ step: Step) -> Result<[UInt64: [SampledToken]], GenerationError> {
         let n = step.rows.count, e = engine.config.embeddingLength
         let hidden = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n) * e)
         defer { hidden.deallocate() }
         let rows = step.rows.map { (sequence: $0.sequence, position: $0.position) }
         let tokens = step.rows.map(\.token)
         do {
-            var out: [UInt64: SampledToken] = [:]
+            var out: [UInt64: [SampledToken]] = [:]
             for s in stages {
                 let last = s.stage.isLast
                 for (seq, t) in try s.step(rows: rows, tokens: tokens, hidden: hidden, sampleRows: last ? step.sampleRows : [],
                                            sampling: last ? step.sampling : [], logprobs: last ? step.logprobs : []) {
-                    out[seq] = t
+                    out[seq, default: []].append(t)
                 }
             }
             return .success(out)

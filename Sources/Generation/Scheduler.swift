@@ -66,12 +66,18 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         public var peakInFlight = 0
         /// Times the executor recovered from a failure, and the sequences replayed after them.
         public var recoveries = 0, replayed = 0
+        /// Speculative decoding (with a drafter): decode steps that verified a sequence's proposals (one pass
+        /// through the pipeline each), the draft's proposals in them, and those accepted.
+        public var draftPasses = 0, draftProposed = 0, draftAccepted = 0
+        public var draftAcceptanceRate: Double { draftProposed > 0 ? Double(draftAccepted) / Double(draftProposed) : 0 }
+        /// Tokens each verifying pass produced on average (1 without a draft).
+        public var tokensPerDraftPass: Double { draftPasses > 0 ? Double(draftPasses + draftAccepted) / Double(draftPasses) : 0 }
     }
 
     struct Shared {
         var incoming: [Request] = []
         var cancelled: Set<UInt64> = []
-        var completions: [(UInt64, Result<[UInt64: SampledToken], GenerationError>)] = []
+        var completions: [(UInt64, Result<[UInt64: [SampledToken]], GenerationError>)] = []
         var stats = Stats()
         var running = false
         var nextID: UInt64 = 1
@@ -90,6 +96,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     public var maxSequences = Int.max
     /// Where tokens, latencies and outcomes are counted (set before `start`).
     public var metrics: SchedulerMetrics?
+    /// Proposes tokens for decoding sequences (speculative decoding; set before `start`): each decode step then
+    /// carries a sequence's pending token and the proposals, verified in one pass.
+    public var drafter: Drafter?
 
     public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
                 log: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -175,7 +184,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// A step on its way through the executor.
     struct InFlight {
         let handle: UInt64
-        let entries: [(request: Request, sampleRow: Int?)]
+        /// Each request in the step, the row its next token is sampled from (nil: a prompt chunk before the end),
+        /// and the draft's proposals sent after that row.
+        let entries: [(request: Request, sampleRow: Int?, proposals: [Int32])]
         let sent: Double
     }
 
@@ -245,7 +256,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 for r in active where r.done { r.awaiting = false }
             }
             active.removeAll { $0.done && !$0.awaiting }
-            if !finished.isEmpty { executor.release(finished) }
+            if !finished.isEmpty {
+                executor.release(finished)
+                drafter?.release(finished)
+            }
 
             // Admit only as many sequences as every stage has KV room for; the rest wait their turn in order.
             let room = max(0, maxSequences - active.count)
@@ -279,7 +293,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// over the pipeline's steps (at most ⌈decoding / depth⌉ in one), prefill chunks fill the rest up to `maxBatch`.
     private func compose(_ active: [Request]) -> InFlight? {
         var step = Step()
-        var entries: [(request: Request, sampleRow: Int?)] = []
+        var entries: [(request: Request, sampleRow: Int?, proposals: [Int32])] = []
+        var sampling: [SamplingParams] = [], logprobs: [Int] = []
         var budget = maxBatch
         let depth = max(1, executor.pipelineDepth)
         let decoding = active.filter { !$0.done && $0.fed >= $0.prompt.count }.count
@@ -288,36 +303,50 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         for r in active where budget > 0 && !r.done && !r.awaiting {
             let pending = r.tokens.count - r.fed
             guard pending > 0 else { continue }
-            let tokens: [Int32]
+            var tokens: [Int32]
+            var proposals: [Int32] = []
             if r.fed >= r.prompt.count && pending == 1 {
                 guard decodeSlots > 0 else { continue }
                 tokens = [r.tokens[r.fed]]
                 decodeSlots -= 1
+                if let drafter {
+                    // Proposals past the context, the batch or the tokens still wanted would be wasted.
+                    let room = min(budget - 1, r.capacity - r.fed - 1, r.progress.policy.maxTokens - r.progress.generated - 1)
+                    do { proposals = try drafter.propose(sequence: r.id, context: r.tokens, count: room, capacity: r.capacity) } catch {
+                        log("request \(r.id): the draft proposed nothing: \(error)")
+                    }
+                    tokens += proposals
+                }
             } else {
                 // A prompt, or a sequence replayed after a recovery, goes in chunks.
                 tokens = Array(r.tokens[r.fed..<min(r.tokens.count, r.fed + budget)])
             }
             for (i, t) in tokens.enumerated() { step.rows.append(StepRow(sequence: r.id, position: r.fed + i, token: t)) }
             var sampleRow: Int?
-            if r.fed + tokens.count == r.tokens.count {
-                // The last chunk of what is known, or a decode row: the sequence waits for this step's token.
-                sampleRow = step.rows.count - 1
-                step.sampleRows.append(sampleRow!)
+            let known = r.fed + tokens.count - proposals.count
+            if known == r.tokens.count {
+                // The last chunk of what is known, or a decode row (and the proposals after it, each sampled to
+                // verify it): the sequence waits for this step's tokens.
+                sampleRow = step.rows.count - 1 - proposals.count
+                for i in 0...proposals.count {
+                    step.sampleRows.append(sampleRow! + i)
+                    sampling.append(r.sampling)
+                    logprobs.append(r.logprobs)
+                }
                 r.awaiting = true
                 if !r.samplerSent { anyNewSampler = true }
             }
-            r.fed += tokens.count
+            // Only what is known counts as fed: accepted proposals are added as their tokens come back.
+            r.fed = known
             budget -= tokens.count
-            entries.append((r, sampleRow))
+            entries.append((r, sampleRow, proposals))
         }
         guard !entries.isEmpty else { return nil }
         if anyNewSampler {
-            step.sampling = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.sampling }
-            for (r, s) in entries where s != nil { r.samplerSent = true }
+            step.sampling = sampling
+            for (r, s, _) in entries where s != nil { r.samplerSent = true }
         }
-        if entries.contains(where: { $0.sampleRow != nil && $0.request.logprobs >= 0 }) {
-            step.logprobs = entries.compactMap { $0.sampleRow == nil ? nil : $0.request.logprobs }
-        }
+        if logprobs.contains(where: { $0 >= 0 }) { step.logprobs = logprobs }
         nextStep += 1
         let handle = nextStep
         executor.start(step, id: handle) { [weak self] result in
@@ -329,18 +358,18 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     }
 
     /// Applies a returned step to its requests; returns the sequences that ended (to release on every stage).
-    private func complete(_ f: InFlight, _ outcome: Result<[UInt64: SampledToken], GenerationError>) -> [UInt64] {
+    private func complete(_ f: InFlight, _ outcome: Result<[UInt64: [SampledToken]], GenerationError>) -> [UInt64] {
         var finished: [UInt64] = []
         switch outcome {
         case .failure(let e):
-            for (r, _) in f.entries {
+            for (r, _, _) in f.entries {
                 r.awaiting = false
                 if !r.done { fail(r, e) }
                 finished.append(r.id)
             }
         case .success(let tokens):
             if !tokens.isEmpty { fruitless = 0 }
-            for (r, sampleRow) in f.entries where sampleRow != nil {
+            for (r, sampleRow, proposals) in f.entries where sampleRow != nil {
                 r.awaiting = false
                 if r.done { finished.append(r.id); continue }  // cancelled while the step was out
                 let now = KernelBench.now()
@@ -348,16 +377,33 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     r.firstToken = now
                     metrics?.seconds(metrics!.timeToFirstToken, now - r.submitted)
                     metrics?.promptTokens.increment(by: r.prompt.count)
-                } else if let last = r.lastToken {
-                    metrics?.seconds(metrics!.interToken, now - last)
+                } else if let last = r.lastToken, let m = metrics {
+                    let n = max(1, tokens[r.id]?.count ?? 1)
+                    for _ in 0..<n { m.seconds(m.interToken, (now - last) / Double(n)) }
                 }
                 r.lastToken = now
-                guard let token = tokens[r.id] else {
-                    fail(r, GenerationError(.internal, "the last stage returned no token for sequence \(r.id)"))
+                // One token, or for proposals the ones verified: each equal to its proposal but the last.
+                guard let list = tokens[r.id], !list.isEmpty, list.count <= proposals.count + 1,
+                      zip(list.dropLast(), proposals).allSatisfy({ $0.token == $1 }) else {
+                    fail(r, GenerationError(.internal, "the last stage returned no token, or tokens that do not verify its \(proposals.count) proposals, for sequence \(r.id)"))
                     finished.append(r.id)
                     continue
                 }
-                if !advance(r, token.token, token.logprob == nil ? nil : token) { finished.append(r.id) }
+                if drafter != nil {
+                    shared.withLock { s in
+                        s.stats.draftPasses += 1
+                        s.stats.draftProposed += proposals.count
+                        s.stats.draftAccepted += list.count - 1
+                    }
+                    metrics?.draftProposed.increment(by: proposals.count)
+                    metrics?.draftAccepted.increment(by: list.count - 1)
+                    metrics?.draftPasses.increment()
+                }
+                for (i, token) in list.enumerated() {
+                    // An accepted proposal's position has been through the pipeline: it counts as fed.
+                    if i > 0 { r.fed += 1 }
+                    if !advance(r, token.token, token.logprob == nil ? nil : token) { finished.append(r.id); break }
+                }
             }
         }
         return finished

@@ -12,6 +12,9 @@ public struct SchedulerMetrics: Sendable {
     let running: Meter
     let queued: Meter
     let kvCells: Meter
+    let draftProposed: Counter
+    let draftAccepted: Counter
+    let draftPasses: Counter
 
     public init(factory: MetricsFactory) {
         promptTokens = Counter(label: "conclave_prompt_tokens_total", factory: factory)
@@ -25,6 +28,9 @@ public struct SchedulerMetrics: Sendable {
         running = Meter(label: "conclave_requests_running", factory: factory)
         queued = Meter(label: "conclave_requests_queued", factory: factory)
         kvCells = Meter(label: "conclave_kv_cells_used", factory: factory)
+        draftProposed = Counter(label: "conclave_draft_tokens_proposed_total", factory: factory)
+        draftAccepted = Counter(label: "conclave_draft_tokens_accepted_total", factory: factory)
+        draftPasses = Counter(label: "conclave_draft_verify_passes_total", factory: factory)
     }
 
     func seconds(_ timer: Timer, _ s: Double) { timer.recordNanoseconds(Int64(max(0, s) * 1e9)) }

@@ -8,6 +8,20 @@ import Kernels
 /// rather than near-uniform — a comparison of top-1 tokens with llama.cpp then means something.
 public struct ModelSynthesizer {
     public struct Shape: Sendable {
+        /// The smallest MoE model worth running: one layer 64 wide, two experts — e.g. a draft that is cheap and
+        /// (with random weights) always wrong.
+        public static var minimal: Shape {
+            var s = Shape()
+            s.layers = 1
+            s.embd = 64
+            s.heads = 2
+            s.kvHeads = 1
+            s.experts = 2
+            s.used = 1
+            s.expertFF = 64
+            return s
+        }
+
         public var architecture = "qwen3moe"
         public var layers = 4
         public var embd = 256

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Kernels
+import Tokenizer
 
 /// Speculative decoding in one process: a small draft model with the same vocabulary proposes the next few
 /// tokens, greedily, while it is confident; the target evaluates the pending token and every proposal in one
@@ -46,9 +47,14 @@ extension Sequence {
 extension Engine {
     /// Refuses a draft whose vocabulary is not this model's (its proposals would be other tokens).
     public func checkDraft(_ draft: Engine) throws(ModelError) {
-        guard draft.config.vocabSize == config.vocabSize, draft.tokenizer.bos == tokenizer.bos,
-              draft.tokenizer.encode("Hello, world! 123") == tokenizer.encode("Hello, world! 123") else {
-            throw ModelError("the draft model's vocabulary (\(draft.config.vocabSize) tokens) is not the target's (\(config.vocabSize)); a draft must share the tokenizer")
+        try draft.checkDrafts(for: tokenizer, vocabSize: config.vocabSize)
+    }
+
+    /// Refuses this model as the draft of a model with `tokenizer` and `vocabSize` unless they share the vocabulary.
+    public func checkDrafts(for tokenizer: Tokenizer, vocabSize: Int) throws(ModelError) {
+        guard config.vocabSize == vocabSize, self.tokenizer.bos == tokenizer.bos,
+              self.tokenizer.encode("Hello, world! 123") == tokenizer.encode("Hello, world! 123") else {
+            throw ModelError("the draft model's vocabulary (\(config.vocabSize) tokens) is not the target's (\(vocabSize)); a draft must share the tokenizer")
         }
     }
 
@@ -76,7 +82,7 @@ extension Engine {
             if let f = step.finish { stats.finishReason = f; break }
             let base = seq.length  // the pending token's position
             let room = min(options.maxTokens, capacity - base - 1, dseq.caches.first.map { $0.capacity - base - 1 } ?? 0)
-            var proposals = room > 0 ? try propose(with: draft, dseq, context: seq.tokens + [pending], count: room, options: options) : []
+            var proposals = room > 0 ? try draft.propose(in: dseq, context: seq.tokens + [pending], count: room, minProbability: options.minProbability) : []
             if proposals.count < options.minTokens { proposals = [] }
             draftStats.proposed += proposals.count
             draftStats.passes += 1
@@ -99,21 +105,25 @@ extension Engine {
             }
             // Positions past the pending token and the accepted proposals held rejected ones.
             seq.truncate(to: base + 1 + accepted)
-            dseq.truncate(to: min(dseq.length, base + 1 + accepted))
         }
         stats.decodeSeconds = KernelBench.now() - t1
         return stats
     }
 
-    /// Up to `count` greedy proposals of `draft` after `context` (the accepted tokens and the pending one): the
-    /// draft first takes the tokens it has not seen, then its own picks while its best is at least as likely as
-    /// `minProbability`.
-    private func propose(with draft: Engine, _ dseq: Sequence, context: [Int32], count: Int, options: DraftOptions) throws -> [Int32] {
-        var feed = Array(context[min(dseq.length, context.count)...])
+    /// Up to `count` greedy proposals of this (draft) model after `context` (the accepted tokens and the pending
+    /// one), made in `dseq`: what the sequence holds past the part it shares with `context` is forgotten, the
+    /// tokens it has not seen are fed, then its own picks while its best is at least as likely as `minProbability`.
+    public func propose(in dseq: Sequence, context: [Int32], count: Int, minProbability: Float) throws -> [Int32] {
+        guard count > 0, !context.isEmpty else { return [] }
+        var shared = 0
+        while shared < min(dseq.tokens.count, dseq.length, context.count), dseq.tokens[shared] == context[shared] { shared += 1 }
+        // The last context token is fed again when the sequence has it all: its logits are what the first pick needs.
+        dseq.truncate(to: min(shared, context.count - 1))
+        var feed = Array(context[dseq.length...])
         var out: [Int32] = []
-        let v = draft.config.vocabSize
-        while out.count < count, !feed.isEmpty {
-            let logits = try draft.evaluate(feed, in: dseq)
+        let v = config.vocabSize
+        while out.count < count, !feed.isEmpty, dseq.length + feed.count <= (dseq.caches.first?.capacity ?? 0) {
+            let logits = try evaluate(feed, in: dseq)
             let (best, p) = logits.withUnsafeBufferPointer { l -> (Int32, Float) in
                 var b = 0
                 for j in 1..<v where l[j] > l[b] { b = j }
@@ -121,7 +131,7 @@ extension Engine {
                 for j in 0..<v { z += expf(l[j] - l[b]) }
                 return (Int32(b), 1 / z)
             }
-            if p < options.minProbability { break }
+            if p < minProbability { break }
             out.append(best)
             feed = [best]
         }

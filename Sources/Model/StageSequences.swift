@@ -78,7 +78,8 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
     /// take `hidden` as given; it holds the stage's output after. The last stage samples the rows `sampleRows` with
     /// `sampling` (one entry per sample row; a sequence keeps the first it is given, greedy when none) and returns
     /// (sequence, token) for each; `logprobs` (empty, or one per sample row: -1 none, 0 the token's, N also the
-    /// top N) adds log-probabilities.
+    /// top N) adds log-probabilities. Several sample rows of one sequence verify proposals (see below), and a row
+    /// at a position the sequence already holds forgets that position and every later one.
     public func step(rows: [(sequence: UInt64, position: Int)], tokens: [Int32], hidden: UnsafeMutablePointer<Float>,
                      sampleRows: [Int], sampling: [SamplingParams], logprobs: [Int] = []) throws -> [(sequence: UInt64, token: SampledToken)] {
         let n = rows.count
@@ -90,6 +91,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         if let r = rows.first(where: { $0.sequence > UInt64(Int.max) }) {
             throw StepError(kind: .malformed, description: "sequence id \(r.sequence) is out of range (at most \(Int.max))")
         }
+        guard tokens.count == n else { throw StepError(kind: .malformed, description: "\(n) rows but \(tokens.count) tokens") }
         guard sampleRows.allSatisfy({ $0 >= 0 && $0 < n }) else { throw StepError(kind: .malformed, description: "a sample row is outside the \(n) rows") }
         guard sampling.isEmpty || sampling.count == sampleRows.count else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")
@@ -109,6 +111,11 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             if r.position == 0 || states[r.sequence] == nil {
                 // Position 0 starts the sequence afresh (a reused id, or a replay).
                 states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config, types: cacheTypes))
+            } else if caches[Int(r.sequence)] == nil, r.position < states[r.sequence]!.history.count {
+                // A sequence going back (speculative proposals its last step rejected): what it held from here on
+                // is forgotten, so the history (repetition penalty) and the cache hold only accepted tokens.
+                states[r.sequence]!.history.removeLast(states[r.sequence]!.history.count - r.position)
+                states[r.sequence]!.cache.truncate(to: r.position)
             }
             caches[Int(r.sequence)] = states[r.sequence]!.cache
         }
@@ -120,11 +127,29 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         var logits = [Float](repeating: 0, count: sampleRows.count * v)
         try logits.withUnsafeMutableBufferPointer { try stage.logits(hidden, rows: sampleRows, into: $0.baseAddress!) }
         var out: [(sequence: UInt64, token: SampledToken)] = []
+        // A sequence with several sample rows is being verified (speculative decoding): its rows after the first
+        // are proposals. Each row samples as plain decoding would at its position (the history up to it); the
+        // sequence's answer ends with the first token that differs from the next row's proposal, so every token
+        // returned is one plain decoding makes, and the sampler draws once per token returned.
+        var nextSample = [Int?](repeating: nil, count: sampleRows.count)
+        var lastOf: [UInt64: Int] = [:]
+        for (i, row) in sampleRows.enumerated().reversed() {
+            nextSample[i] = lastOf[rows[row].sequence]
+            lastOf[rows[row].sequence] = i
+        }
+        var verified: Set<UInt64> = []
         for (i, row) in sampleRows.enumerated() {
             let seq = rows[row].sequence
+            if verified.contains(seq) { continue }
             var state = states[seq]!
             var sampler = state.sampler ?? Sampler(sampling.isEmpty ? .greedy : sampling[i])
-            let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: state.history) }
+            let p = rows[row].position
+            let history = state.history.count == p + 1 ? state.history : Array(state.history.prefix(p + 1))
+            let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: history) }
+            if let j = nextSample[i] {
+                let proposal = sampleRows[j]
+                if rows[proposal].position != p + 1 || tokens[proposal] != token { verified.insert(seq) }
+            }
             state.sampler = sampler
             states[seq] = state
             let want = logprobs.isEmpty ? -1 : logprobs[i]

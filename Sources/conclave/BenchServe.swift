@@ -19,7 +19,9 @@ struct BenchServe: ParsableCommand {
         different per stream, --gen tokens, greedy) and times every SSE event. Aggregate tok/s = tokens generated
         by all streams ÷ the wall time of the round; per-stream tok/s = a stream's tokens ÷ its time after the first
         token. With --vs-llama-server PATH, the same rounds run against llama.cpp's llama-server on the same file
-        with the same threads (-t), slots (-np) and context, in the same sitting.
+        with the same threads (-t), slots (-np) and context, in the same sitting. With --draft DRAFT.gguf, the rounds
+        run again on a server with that draft (speculative decoding: "conclave+draft"), and each round reports the
+        draft's acceptance rate and the tokens each verifying pass produced (from the server's /metrics).
         """
     )
 
@@ -30,6 +32,7 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Prompt tokens per request.") var prompt = 128
     @Option(help: "Tokens generated per request.") var gen = 64
     @Option(help: "Path to llama.cpp's llama-server, to measure it the same way.") var vsLlamaServer: String?
+    @OptionGroup var draft: DraftModelOptions
     @Option(help: "Seconds to wait for a server to become healthy.") var startTimeout: Double = 300
     @Flag(help: "Print JSON.") var json = false
 
@@ -39,11 +42,20 @@ struct BenchServe: ParsableCommand {
         var aggregate = 0.0, perStream = 0.0
         var ttft50 = 0.0, ttft99 = 0.0, itl50 = 0.0, itl99 = 0.0
         var tokens = 0
+        /// With a draft: proposals made and accepted, and verifying passes, during the round.
+        var draft: (proposed: Double, accepted: Double, passes: Double)?
+        var acceptance: Double? { draft.map { $0.proposed > 0 ? $0.accepted / $0.proposed : 0 } }
+        var tokensPerPass: Double? { draft.map { $0.passes > 0 ? ($0.passes + $0.accepted) / $0.passes : 0 } }
 
         var json: JSONValue {
-            .object([("server", .string(server)), ("concurrency", .int(streams)), ("aggregate_tok_s", .double(r3(aggregate))),
+            var fields: [(String, JSONValue)] = [("server", .string(server)), ("concurrency", .int(streams)), ("aggregate_tok_s", .double(r3(aggregate))),
                      ("per_stream_tok_s", .double(r3(perStream))), ("ttft_p50_ms", .double(r3(ttft50 * 1000))), ("ttft_p99_ms", .double(r3(ttft99 * 1000))),
-                     ("itl_p50_ms", .double(r3(itl50 * 1000))), ("itl_p99_ms", .double(r3(itl99 * 1000))), ("tokens", .int(tokens))])
+                     ("itl_p50_ms", .double(r3(itl50 * 1000))), ("itl_p99_ms", .double(r3(itl99 * 1000))), ("tokens", .int(tokens))]
+            if let a = acceptance, let t = tokensPerPass, let d = draft {
+                fields += [("draft_proposed", .int(Int(d.proposed))), ("draft_accepted", .int(Int(d.accepted))), ("draft_acceptance", .double(r3(a))),
+                           ("tokens_per_pass", .double(r3(t)))]
+            }
+            return .object(fields)
         }
         func r3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }
     }
@@ -65,6 +77,14 @@ struct BenchServe: ParsableCommand {
         if let cluster { args += ["--cluster", cluster] }
         if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
         rounds += try measure(name: "conclave", exe: exe, args: args, port: port, levels: levels, prompts: prompts)
+        if draft.path != nil {
+            let dport = Self.freePort()
+            var dargs = args
+            dargs[dargs.firstIndex(of: "127.0.0.1:\(port)")!] = "127.0.0.1:\(dport)"
+            // Its own workers' ports too: the first server's may not be free yet.
+            if local != nil { dargs[dargs.lastIndex(of: "--port")! + 1] = String(Self.freePort()) }
+            rounds += try measure(name: "conclave+draft", exe: exe, args: dargs + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true)
+        }
         if let path = vsLlamaServer {
             let lport = Self.freePort()
             // llama-server divides -c among its -np slots: give each slot the same context as ours.
@@ -80,14 +100,22 @@ struct BenchServe: ParsableCommand {
         let rows = rounds.map { r in
             [r.server, String(r.streams), fixed(r.aggregate, 1), fixed(r.perStream, 1), "\(fixed(r.ttft50 * 1000, 1)) / \(fixed(r.ttft99 * 1000, 1))",
              "\(fixed(r.itl50 * 1000, 2)) / \(fixed(r.itl99 * 1000, 2))", String(r.tokens)]
+                + (draft.path == nil ? [] : [r.acceptance.map { fixed($0 * 100, 1) + "%" } ?? "-", r.tokensPerPass.map { fixed($0, 2) } ?? "-"])
         }
-        for line in table(headers: ["server", "streams", "aggregate tok/s", "per-stream tok/s", "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "tokens"], rows: rows) {
+        let headers = ["server", "streams", "aggregate tok/s", "per-stream tok/s", "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "tokens"]
+            + (draft.path == nil ? [] : ["draft accepted", "tokens / pass"])
+        for line in table(headers: headers, rows: rows) {
             print(line)
         }
         for name in Set(rounds.map(\.server)).sorted() {
             let mine = rounds.filter { $0.server == name }
             if let one = mine.first(where: { $0.streams == 1 }), let most = mine.max(by: { $0.streams < $1.streams }), most.streams > 1, one.aggregate > 0 {
                 print("\(name): \(most.streams) streams give \(fixed(most.aggregate / one.aggregate, 2))× the aggregate of one")
+            }
+        }
+        for c in levels where draft.path != nil {
+            if let a = rounds.first(where: { $0.server == "conclave+draft" && $0.streams == c }), let b = rounds.first(where: { $0.server == "conclave" && $0.streams == c }), b.aggregate > 0 {
+                print("\(c) stream\(c == 1 ? "" : "s"): with the draft / without = \(fixed(a.aggregate / b.aggregate, 2))× aggregate, \(fixed(a.perStream / max(1e-9, b.perStream), 2))× per stream")
             }
         }
         if vsLlamaServer != nil {
@@ -100,7 +128,7 @@ struct BenchServe: ParsableCommand {
     }
 
     /// Starts a server, waits for /health, runs every round, stops it.
-    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]]) throws -> [Round] {
+    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false) throws -> [Round] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
@@ -130,6 +158,7 @@ struct BenchServe: ParsableCommand {
         _ = try? HTTPClient.stream(port: port, body: Self.body(prompts[0].prefix(8).map { $0 }, gen: 4))
         var out: [Round] = []
         for c in levels {
+            let before = draftMetrics ? Self.draftCounters(port: port) : nil
             let results = Mutex<[HTTPClient.StreamResult]>([])
             let t0 = KernelBench.now()
             // A thread per stream (concurrentPerform would run only one per core at a time).
@@ -158,11 +187,25 @@ struct BenchServe: ParsableCommand {
             let gaps = rs.flatMap { r in zip(r.events.dropFirst(), r.events).map { $0 - $1 } }.sorted()
             (round.ttft50, round.ttft99) = (Self.quantile(ttft, 0.5), Self.quantile(ttft, 0.99))
             (round.itl50, round.itl99) = (Self.quantile(gaps, 0.5), Self.quantile(gaps, 0.99))
+            if let before, let after = Self.draftCounters(port: port) {
+                round.draft = (after.proposed - before.proposed, after.accepted - before.accepted, after.passes - before.passes)
+            }
             if rs.contains(where: { $0.tokens == 0 }) { printError("warning: \(name): \(rs.filter { $0.tokens == 0 }.count) of \(c) streams produced nothing") }
             printError("bench serve: \(name) × \(c): \(fixed(round.aggregate, 1)) tok/s aggregate")
             out.append(round)
         }
         return out
+    }
+
+    /// The draft's counters in a server's /metrics (nil when it has none).
+    static func draftCounters(port: Int) -> (proposed: Double, accepted: Double, passes: Double)? {
+        guard let text = try? HTTPClient.fetch(port: port, path: "/metrics") else { return nil }
+        func value(_ name: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        guard let p = value("conclave_draft_tokens_proposed_total"), let a = value("conclave_draft_tokens_accepted_total"),
+              let n = value("conclave_draft_verify_passes_total") else { return (0, 0, 0) }
+        return (p, a, n)
     }
 
     static func body(_ ids: [Int32], gen: Int) -> String {
@@ -244,6 +287,23 @@ enum HTTPClient {
         let n = recv(fd, &buf, buf.count, 0)
         guard n > 12 else { throw Failure(description: "no answer") }
         return Int(String(decoding: buf[9..<12], as: UTF8.self)) ?? 0
+    }
+
+    /// The body of a GET (read to the end: the server closes the connection).
+    static func fetch(port: Int, path: String) throws -> String {
+        let fd = try connect(port: port)
+        defer { close(fd) }
+        try send(fd, "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        var all: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            all += buf[0..<n]
+        }
+        let text = String(decoding: all, as: UTF8.self)
+        guard let split = text.range(of: "\r\n\r\n") else { throw Failure(description: "no HTTP answer from \(path)") }
+        return String(text[split.upperBound...])
     }
 
     /// POSTs a streaming completion and timestamps each text event.

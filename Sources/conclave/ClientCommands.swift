@@ -183,6 +183,9 @@ enum StatusReport {
         let refused = s.totalRefusedPeers
         lines += ["", s.security == "curve" ? "CurveZMQ: peers authenticated; \(refused) connection\(refused == 1 ? "" : "s") refused (coordinator \(s.refusedPeers), workers \(refused - s.refusedPeers))"
                                             : "no CurveZMQ: any process that reaches these endpoints may talk to them"]
+        if s.hasDraft {
+            lines += ["draft: \(s.draft.accepted) of \(s.draft.proposed) proposals accepted (\(fixed(s.draft.acceptance * 100, 1))%), \(fixed(s.draft.tokensPerPass, 2)) tokens per pipeline pass over \(s.draft.passes) passes"]
+        }
         if !s.recoveries.isEmpty {
             lines += ["", "recoveries (plan \(s.epoch) in force):"]
             lines += s.recoveries.map { r in

@@ -45,6 +45,43 @@ struct CacheTypeOptions: ParsableArguments {
     var types: CacheTypes { get throws { try CacheTypes(key: key, value: value) } }
 }
 
+/// Speculative decoding's draft model and how far it proposes (run and serve take the same flags, as llama.cpp's
+/// llama-cli and llama-server do).
+struct DraftModelOptions: ParsableArguments {
+    @Option(name: .customLong("draft"), help: ArgumentHelp("A draft model with the same vocabulary for speculative decoding: it proposes tokens, the model verifies them all in one pass; the text is the same as without it.", valueName: "DRAFT.gguf"))
+    var path: String?
+    @Option(name: .customLong("draft-max"), help: "Most tokens the draft proposes per pass.") var maxTokens = 8
+    @Option(name: .customLong("draft-min"), help: "Fewer confident proposals than this are dropped.") var minTokens = 1
+    @Option(name: .customLong("draft-p-min"), help: "The draft stops proposing below this probability of its best token.") var minProbability: Float = 0.75
+
+    var options: DraftOptions {
+        var d = DraftOptions()
+        d.maxTokens = maxTokens
+        d.minTokens = minTokens
+        d.minProbability = minProbability
+        return d
+    }
+
+    func validate() throws {
+        if let problem = options.problem { throw ValidationError(problem) }
+    }
+
+    /// The draft engine (f16 cache: the draft's cache is small), checked to share the served model's vocabulary;
+    /// nil without --draft.
+    func load(threads: Int, for tokenizer: Tokenizer, vocabSize: Int) throws -> Engine? {
+        guard let path else { return nil }
+        let engine = try Engine(path: path, threads: threads)
+        try engine.checkDrafts(for: tokenizer, vocabSize: vocabSize)
+        return engine
+    }
+
+    /// The arguments that give a child `conclave serve` the same draft.
+    var arguments: [String] {
+        guard let path else { return [] }
+        return ["--draft", path, "--draft-max", String(maxTokens), "--draft-min", String(minTokens), "--draft-p-min", String(minProbability)]
+    }
+}
+
 /// The model the repository ships, found beside the executable's package (so `swift run conclave run` works).
 let defaultModelPath: String = {
     let name = "models/tiny-qwen3moe-4L-256d-8x2-Q4_0.gguf"
@@ -98,23 +135,7 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .customLong("ignore-eos"), help: "Generate -n tokens even past end-of-generation tokens (as llama.cpp's --ignore-eos).") var ignoreEOS = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var offload: OffloadOptions
-    @Option(help: "A draft model with the same vocabulary for speculative decoding: it proposes tokens, the model verifies them in one batch; the text is the same.")
-    var draft: String?
-    @Option(name: .customLong("draft-max"), help: "Most tokens the draft proposes per pass.") var draftMax = 8
-    @Option(name: .customLong("draft-min"), help: "Fewer confident proposals than this are dropped.") var draftMin = 1
-    @Option(name: .customLong("draft-p-min"), help: "The draft stops proposing below this probability of its best token.") var draftPMin: Float = 0.75
-
-    var draftOptions: DraftOptions {
-        var d = DraftOptions()
-        d.maxTokens = draftMax
-        d.minTokens = draftMin
-        d.minProbability = draftPMin
-        return d
-    }
-
-    func validate() throws {
-        if let problem = draftOptions.problem { throw ValidationError(problem) }
-    }
+    @OptionGroup var draft: DraftModelOptions
 
     func run() throws {
         let (engine, cache) = try offload.load(model, context: ctx)
@@ -128,11 +149,10 @@ struct RunCommand: ParsableCommand {
                 return true
             }
             let stats: Engine.GenerationStats
-            if let draft {
-                let d = try Engine(path: draft, threads: model.threads, cacheTypes: try model.cacheTypes)
+            if let d = try draft.load(threads: model.threads, for: engine.tokenizer, vocabSize: engine.config.vocabSize) {
                 var ds = DraftStats()
                 stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq, draft: d,
-                                            draftSequence: d.newSequence(capacity: seq.caches.first?.capacity), options: draftOptions, draftStats: &ds, onToken: write)
+                                            draftSequence: d.newSequence(capacity: seq.caches.first?.capacity), options: draft.options, draftStats: &ds, onToken: write)
                 text.finish()
                 printError("draft: \(ds.accepted) of \(ds.proposed) proposals accepted (\(fixed(ds.acceptanceRate * 100, 1))%), \(fixed(Double(stats.generatedTokens) / Double(max(1, ds.passes)), 2)) tokens per pass over \(ds.passes) passes")
             } else {

@@ -56,6 +56,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
     @OptionGroup var offload: OffloadOptions
+    @OptionGroup var draft: DraftModelOptions
     @Option(help: "A routing trace (from `conclave trace-experts`) to plan with: a layer split over workers spreads its most used experts first, and when the cluster must page, the least used experts are the ones paged.")
     var trace: String?
     @Option(help: ArgumentHelp("CurveZMQ keys: with --cluster, the coordinator's pair is DIR/coordinator.key_secret (the cluster file lists everyone's public keys); with --local --curve, where fresh keys for the local cluster and a client pair (client.key_secret, coordinator.key) are written.", valueName: "dir"))
@@ -146,6 +147,13 @@ struct ServeCommand: AsyncParsableCommand {
         return [app]
     }
 
+    /// The draft model proposing tokens for every decoding sequence, in this process (nil without --draft).
+    func drafter(for tokenizer: Tokenizer, vocabSize: Int) throws -> Drafter? {
+        guard let engine = try draft.load(threads: threads, for: tokenizer, vocabSize: vocabSize) else { return nil }
+        printError("[serve] draft model \(draft.path ?? ""): proposes up to \(draft.maxTokens) tokens per pass while its best is at least \(draft.minProbability) likely")
+        return Drafter(engine: engine, options: draft.options)
+    }
+
     /// `serve -m MODEL` alone: the model in this process behind the HTTP API.
     func runInProcess() async throws {
         let engine: Engine
@@ -167,6 +175,10 @@ struct ServeCommand: AsyncParsableCommand {
         scheduler.maxSequences = parallel
         let metrics = MetricsRegistry()
         scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+        do { scheduler.drafter = try drafter(for: engine.tokenizer, vocabSize: engine.config.vocabSize) } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
         scheduler.start()
         printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
         let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics, beforeScrape: {
@@ -235,6 +247,7 @@ struct ServeCommand: AsyncParsableCommand {
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
                                           log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+            coordinator.scheduler.drafter = try drafter(for: coordinator.tokenizer, vocabSize: coordinator.config.vocabSize)
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
                 // Start-up blocks on replies: a thread of its own, not the cooperative pool.
                 Thread.detachNewThread {

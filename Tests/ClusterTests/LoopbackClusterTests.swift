@@ -130,6 +130,35 @@ import Worker
         #expect(plain != single, "the quantized cache changed nothing: is it used?")
     }
 
+    /// Speculative decoding across the cluster (`serve --draft`, the model drafting for itself on the
+    /// coordinator): each decode step sends the pending token and up to 6 proposals through both stages at once,
+    /// the last stage verifies them, every stage rolls back what was rejected. Greedy and seeded text equal what one
+    /// process prints without a draft (the draft proposes its greedy picks without the penalty or the sampling, so
+    /// both accept some and reject some), as does a request after them; status reports the proposals accepted and
+    /// tokens per pass.
+    @Test func draftedClusterMatchesOneProcess() async throws { try await onThread { [self] in try self.draftedClusterBlocking() } }
+    func draftedClusterBlocking() throws {
+        let (c, endpoint) = try Self.startCluster(serve: ["--draft", Self.model, "--draft-p-min", "0", "--draft-max", "6"])
+        defer { c.stop() }
+        let asks = [["-p", "Once upon a time", "-n", "40", "--temp", "0", "--repeat-penalty", "1.3"],
+                    ["-p", "The little dog", "-n", "40", "--temp", "0.8", "--seed", "3", "--repeat-penalty", "1.1"]]
+        for args in asks + [asks[0]] {
+            let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+            #expect(rc1 == 0, "run failed: \(err1)")
+            let (rc2, distributed, err2) = try c.run(["generate", "--coordinator", endpoint] + args)
+            #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+            #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+            #expect(distributed == single, "\(args)")
+        }
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let draft = try #require(json["draft"] as? [String: Any], "no draft figures in \(out)")
+        let proposed = try #require(draft["proposed"] as? Int), accepted = try #require(draft["accepted"] as? Int)
+        #expect(accepted > 0 && accepted < proposed, "some proposals accepted, some rejected: \(out)")
+        #expect((draft["tokens_per_pass"] as? Double ?? 0) > 1.2, "\(out)")
+    }
+
     /// Several requests at once (sent together on one connection, so they surely overlap): the scheduler keeps
     /// two micro-batches in the pipeline (one per stage), sequences share steps with others, and each request
     /// still gets exactly what `conclave run` prints alone.

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Kernels
 import Generation
 import Model
 import TestSupport
@@ -78,10 +79,11 @@ enum GGUFFileOpener {
 @Suite(.serialized) struct SchedulerTests {
     static let engine = try! Engine(path: Fixtures.shippedModel, threads: 2)
 
-    func scheduler(maxSequences: Int = 8, capacity: Int = 256) -> (Scheduler, LocalExecutor) {
+    func scheduler(maxSequences: Int = 8, capacity: Int = 256, drafter: Drafter? = nil) -> (Scheduler, LocalExecutor) {
         let executor = LocalExecutor(engine: Self.engine, capacity: capacity, maxSequences: maxSequences)
         let s = Scheduler(executor: executor, tokenizer: Self.engine.tokenizer, contextLength: capacity)
         s.maxSequences = maxSequences
+        s.drafter = drafter
         s.start()
         return (s, executor)
     }
@@ -183,6 +185,49 @@ enum GGUFFileOpener {
         }
         #expect(live == 0)
         #expect(s.stats().cancelled == 1)
+    }
+
+    /// Speculative decoding through the scheduler, the path of `serve --draft`: each decode step carries a
+    /// sequence's pending token and the draft's proposals, the stages verify them in one pass and roll back what
+    /// they rejected. With the model drafting for itself (most proposals accepted) and with a random model whose
+    /// proposals are always wrong, concurrent greedy and seeded requests (with a repetition penalty, which reads
+    /// the rolled-back history) give exactly what each gives alone without a draft, and so does a request after
+    /// them (no stale positions left in the stages' caches).
+    @Test func draftedRequestsGiveWhatEachGivesAlone() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let wrong = dir.appendingPathComponent("wrong.gguf").path
+        _ = try ModelSynthesizer(shape: .minimal, fileType: .q8_0, seed: 1, vocabulary: GGUFFileOpener.shipped).write(to: wrong, pool: ThreadPool(threads: 2))
+        var options = DraftOptions()
+        options.minProbability = 0  // propose every time
+        options.maxTokens = 6
+        var greedy = SamplingParams.greedy
+        greedy.repeatPenalty = 1
+        var seeded = SamplingParams()
+        seeded.seed = 11
+        seeded.repeatPenalty = 1.1
+        let tk = Self.engine.tokenizer
+        let asks: [(String, SamplingParams)] = [("The build system", greedy), ("Once upon a time", seeded), ("A cache line", .greedy)]
+        let n = 24
+        let want = try asks.map { try alone(tk.encode($0.0), n, $0.1).tokens }
+        for (name, path) in [("self", Fixtures.shippedModel), ("wrong", wrong)] {
+            let (s, executor) = scheduler(drafter: Drafter(engine: try Engine(path: path, threads: 2), options: options))
+            defer { s.stop(); executor.close() }
+            let streams = asks.map { s.submit(GenerationRequest(prompt: tk.encode($0.0), maxTokens: n, sampling: $0.1)).events }
+            for (i, stream) in streams.enumerated() {
+                #expect(try await collect(stream).tokens == want[i], "\(name) draft, request \(i)")
+            }
+            let after = try await collect(s.submit(GenerationRequest(prompt: tk.encode(asks[1].0), maxTokens: n, sampling: asks[1].1)).events)
+            #expect(after.tokens == want[1], "\(name) draft, the request after")
+            let st = s.stats()
+            #expect(st.draftProposed > 0)
+            if name == "self" {
+                #expect(st.draftAccepted > 0 && st.draftPasses < Int(st.tokens) * 3 / 4, "\(st)")
+            } else {
+                #expect(st.draftAccepted <= st.draftProposed / 10, "\(st)")
+            }
+            #expect(executor.liveSequences() == 0)
+        }
     }
 
     @Test func queuedBeyondMaxSequencesAllComplete() async throws {

@@ -12,16 +12,8 @@ import Kernels
 
     /// A one-layer random model with the tokenizer of `vocabulary`: a draft that is always wrong.
     func tinyModel(_ name: String, vocabulary: String) throws -> String {
-        var shape = ModelSynthesizer.Shape()
-        shape.layers = 1
-        shape.embd = 64
-        shape.heads = 2
-        shape.kvHeads = 1
-        shape.experts = 2
-        shape.used = 1
-        shape.expertFF = 64
         let path = dir.appendingPathComponent("\(name).gguf").path
-        _ = try ModelSynthesizer(shape: shape, fileType: .q8_0, seed: 1, vocabulary: try GGUFFile(path: vocabulary)).write(to: path, pool: ThreadPool(threads: 2))
+        _ = try ModelSynthesizer(shape: .minimal, fileType: .q8_0, seed: 1, vocabulary: try GGUFFile(path: vocabulary)).write(to: path, pool: ThreadPool(threads: 2))
         return path
     }
 
