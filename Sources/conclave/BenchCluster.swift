@@ -22,7 +22,10 @@ struct BenchCluster: ParsableCommand {
         activation bytes per token per hop and expert-call bytes per token (counted by the workers), and the
         per-hop latency: (step time − the stages' own step times) / (stages + 1) hops. With --sequences N > 1,
         N generations at once through the cluster and, for the one-host figure, the same N batched in this process
-        by the scheduler `conclave serve` uses without a cluster.
+        by the scheduler `conclave serve` uses without a cluster. With --vs-llama-rpc BIN_DIR (a llama.cpp build
+        with -DGGML_RPC=ON), llama.cpp's RPC on the same file in the same sitting: as many rpc-servers as the
+        cluster file has workers, on 127.0.0.1 with --threads threads each, driven by llama-bench with every layer
+        on them (-ngl 99), --gen tokens, three repetitions.
         """
     )
 
@@ -38,6 +41,8 @@ struct BenchCluster: ParsableCommand {
     var modes = "file"
     @Option(help: "A routing trace (from `conclave trace-experts`) the coordinator plans with and the expected speedup counts (default: uniform routing).")
     var trace: String?
+    @Option(name: .customLong("vs-llama-rpc"), help: ArgumentHelp("A llama.cpp build's binary directory (rpc-server and llama-bench) to measure its RPC on the same file and processes.", valueName: "BIN_DIR"))
+    var vsLlamaRPC: String?
     @Flag(help: "Print JSON.") var json = false
 
     enum Mode: String, CaseIterable { case file, pipeline, expert, both }
@@ -65,6 +70,7 @@ struct BenchCluster: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        let rpcBinaries = try vsLlamaRPC.map(Self.llamaRPCBinaries)
         let prompt = "Once upon a time"
         var params = SamplingParams.greedy
         params.repeatPenalty = 1.3
@@ -91,6 +97,8 @@ struct BenchCluster: ParsableCommand {
             }
             chosen.append(mode)
         }
+        let rpc = try rpcBinaries.map { try llamaRPC($0, servers: clusterFile.active.workers.count) }
+        if let rpc { printError("llama.cpp RPC, \(clusterFile.active.workers.count) rpc-servers: \(fixed(rpc, 1)) tok/s decode") }
         var reports: [JSON] = []
         for mode in chosen {
             guard let file = Self.cluster(clusterFile, mode: mode) else {
@@ -98,7 +106,11 @@ struct BenchCluster: ParsableCommand {
                 continue
             }
             if !json && chosen.count > 1 { print("== \(mode.rawValue) ==") }
-            let report = try measure(file, mode: mode, engine: engine, single: single, singleAggregate: singleAggregate, singleText: singleText, params: params, prompt: prompt)
+            var report = try measure(file, mode: mode, engine: engine, single: single, singleAggregate: singleAggregate, singleText: singleText, params: params, prompt: prompt)
+            if let rpc, case .double(let ours)? = report.first(where: { $0.0 == "distributed_decode_tok_s" })?.1 {
+                report += [("llama_rpc_decode_tok_s", .double(round3(rpc))), ("vs_llama_rpc", .double(round3(ours / max(1e-9, rpc))))]
+                if !json { print("llama.cpp RPC (\(clusterFile.active.workers.count) rpc-servers, llama-bench -ngl 99): \(fixed(rpc, 1)) tok/s decode; this placement \(fixed(ours / max(1e-9, rpc), 2))× it") }
+            }
             reports.append(.object([("mode", .string(mode.rawValue))] + report))
         }
         if json { print((reports.count == 1 ? reports[0] : JSON.object([("modes", .array(reports))])).render()) }
@@ -287,6 +299,76 @@ struct BenchCluster: ParsableCommand {
 
     /// The same `sequences` generations in this process, batched by the scheduler `conclave serve` uses without
     /// a cluster (one step decodes every live sequence): the one-host figure the cluster's aggregate is held to.
+    /// The rpc-server and llama-bench of a llama.cpp build's bin directory, or a clear error.
+    static func llamaRPCBinaries(_ binDir: String) throws -> (server: String, bench: String) {
+        let dir = URL(fileURLWithPath: binDir)
+        // The server is ggml-rpc-server in current llama.cpp, rpc-server in older builds.
+        let server = ["ggml-rpc-server", "rpc-server"].map { dir.appendingPathComponent($0).path }.first { FileManager.default.isExecutableFile(atPath: $0) }
+        let bench = dir.appendingPathComponent("llama-bench").path
+        guard let server, FileManager.default.isExecutableFile(atPath: bench) else {
+            printError("error: --vs-llama-rpc: \(binDir) lacks ggml-rpc-server (or rpc-server) or llama-bench; build llama.cpp with -DGGML_RPC=ON (targets ggml-rpc-server and llama-bench) and give its bin directory")
+            throw ExitCode(1)
+        }
+        return (server, bench)
+    }
+
+    /// llama.cpp's RPC on the same file: `servers` rpc-servers on 127.0.0.1 with --threads threads each and
+    /// llama-bench driving them with every layer offloaded; its mean decode tok/s over three runs of --gen tokens.
+    func llamaRPC(_ binaries: (server: String, bench: String), servers: Int) throws -> Double {
+        let (server, bench) = binaries
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("bench-cluster-llama-rpc-\(getpid()).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        var ports: [Int] = []
+        while ports.count < servers {
+            let p = BenchServe.freePort()
+            if !ports.contains(p) { ports.append(p) }
+        }
+        var children: [Process] = []
+        defer {
+            // rpc-server does not stop on SIGTERM, and holds nothing worth a graceful end.
+            for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) }
+            for c in children { c.waitUntilExit() }
+        }
+        for port in ports {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: server)
+            p.arguments = ["-H", "127.0.0.1", "-p", String(port), "-t", String(model.threads)]
+            p.standardOutput = try FileHandle(forWritingTo: log)
+            p.standardError = try FileHandle(forWritingTo: log)
+            try p.run()
+            children.append(p)
+        }
+        printError("llama.cpp RPC: \(servers) servers on ports \(ports.map(String.init).joined(separator: ", ")) (log \(log.path))")
+        // Ready when each accepts a connection (bounded: a server that cannot start is reported, not waited on).
+        for port in ports {
+            let deadline = KernelBench.now() + 60
+            while (try? HTTPClient.connect(port: port)).map({ close($0); return true }) != true {
+                guard KernelBench.now() < deadline, children.allSatisfy(\.isRunning) else {
+                    printError("error: an rpc-server did not start; its log (\(log.path)):\n" + ((try? String(contentsOf: log, encoding: .utf8)) ?? ""))
+                    throw ExitCode(1)
+                }
+                usleep(100_000)
+            }
+        }
+        let b = Process()
+        b.executableURL = URL(fileURLWithPath: bench)
+        b.arguments = ["-m", model.model, "--rpc", ports.map { "127.0.0.1:\($0)" }.joined(separator: ","), "-ngl", "99", "-p", "0",
+                       "-n", String(gen), "-t", String(model.threads), "-r", "3", "-o", "json"]
+        let out = Pipe()
+        b.standardOutput = out
+        b.standardError = try FileHandle(forWritingTo: log)
+        try b.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        b.waitUntilExit()
+        guard b.terminationStatus == 0, let rows = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]],
+              let rate = rows.compactMap({ $0["avg_ts"] as? Double }).first else {
+            printError("error: llama-bench failed (exit \(b.terminationStatus)); its log (\(log.path)):\n" + ((try? String(contentsOf: log, encoding: .utf8)) ?? ""))
+            throw ExitCode(1)
+        }
+        try? FileManager.default.removeItem(at: log)
+        return rate
+    }
+
     func oneProcessAggregate(engine: Engine, params: SamplingParams) throws -> Double {
         let executor = LocalExecutor(engine: engine, capacity: 512, maxSequences: sequences)
         let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: 512)

@@ -13,7 +13,16 @@ import TestSupport
         let (rc, _, err) = try c.run(["synth", "--layers", "1", "--embd", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--experts", "4",
                                       "--used", "2", "--expert-ff", "32", "--ctx", "4000000000", "--type", "F16", "-o", huge])
         #expect(rc == 0, "\(err)")
+        // A draft with another vocabulary (GPT-2's): refused by run and serve before anything is generated.
+        let other = c.dir.appendingPathComponent("other-vocab.gguf").path
+        let (rc2, _, err2) = try c.run(["synth", "--layers", "1", "--embd", "64", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--experts", "2",
+                                        "--used", "1", "--expert-ff", "32", "--vocab-from", Fixtures.path("vocab/ggml-vocab-gpt-2.gguf"), "-o", other])
+        #expect(rc2 == 0, "\(err2)")
         let cases: [([String], String)] = [
+            (["run", "-m", model, "-p", "hi", "--draft", other], "a draft must share the tokenizer"),
+            (["serve", "-m", model, "--http", "127.0.0.1:0", "--draft", other], "a draft must share the tokenizer"),
+            (["run", "-m", model, "--draft", model, "--draft-max", "0"], "--draft-max must be"),
+            (["bench", "cluster", "-m", model, "--vs-llama-rpc", c.dir.path], "lacks ggml-rpc-server"),
             (["run", "-m", model, "--top-p", "2"], "top-p 2.0 is outside"),
             (["run", "-m", model, "--temp", "nan"], "temperature"),
             (["run", "-m", model, "--min-p", "5"], "min-p"),
