@@ -127,6 +127,8 @@ extension Engine {
             let (best, p) = logits.withUnsafeBufferPointer { l -> (Int32, Float) in
                 var b = 0
                 for j in 1..<v where l[j] > l[b] { b = j }
+                // The probability is needed only against a threshold (a softmax over the vocabulary per token).
+                guard minProbability > 0 else { return (Int32(b), 1) }
                 var z: Float = 0
                 for j in 0..<v { z += expf(l[j] - l[b]) }
                 return (Int32(b), 1 / z)
