@@ -15,18 +15,19 @@ public final class Drafter: @unchecked Sendable {
         self.options = options
     }
 
-    /// Up to `count` proposals to follow `context` (the sequence's accepted tokens, its pending one last); none
-    /// when fewer than `options.minTokens` are confident. `capacity` bounds the sequence's cache here.
-    func propose(sequence id: UInt64, context: [Int32], count: Int, capacity: Int) throws -> [Int32] {
-        let n = min(count, options.maxTokens)
-        guard n > 0 else { return [] }
-        let seq: Sequence
-        if let s = sequences[id] { seq = s } else {
-            seq = engine.newSequence(capacity: capacity)
-            sequences[id] = seq
+    /// Proposals for several sequences in one batch per position: for each (id, context — the accepted tokens,
+    /// the pending one last — and how many at most), up to that many; none for a sequence with fewer than
+    /// `options.minTokens` confident ones. `capacity` bounds each sequence's cache here.
+    func propose(_ asks: [(sequence: UInt64, context: [Int32], count: Int)], capacity: Int) throws -> [[Int32]] {
+        let jobs = asks.map { ask -> (sequence: Sequence, context: [Int32], count: Int) in
+            let seq: Sequence
+            if let s = sequences[ask.sequence] { seq = s } else {
+                seq = engine.newSequence(capacity: capacity)
+                sequences[ask.sequence] = seq
+            }
+            return (seq, ask.context, min(ask.count, options.maxTokens))
         }
-        let out = try engine.propose(in: seq, context: context, count: n, minProbability: options.minProbability)
-        return out.count < options.minTokens ? [] : out
+        return try engine.propose(jobs, minProbability: options.minProbability).map { $0.count < options.minTokens ? [] : $0 }
     }
 
     /// Frees the caches of sequences that ended.

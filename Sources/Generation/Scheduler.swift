@@ -299,6 +299,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let depth = max(1, executor.pipelineDepth)
         let decoding = active.filter { !$0.done && $0.fed >= $0.prompt.count }.count
         var decodeSlots = max(1, (decoding + depth - 1) / depth)
+        let drafted = draft(active, slots: decodeSlots)
         var anyNewSampler = false
         for r in active where budget > 0 && !r.done && !r.awaiting {
             let pending = r.tokens.count - r.fed
@@ -309,14 +310,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 guard decodeSlots > 0 else { continue }
                 tokens = [r.tokens[r.fed]]
                 decodeSlots -= 1
-                if let drafter {
-                    // Proposals past the context, the batch or the tokens still wanted would be wasted.
-                    let room = min(budget - 1, r.capacity - r.fed - 1, r.progress.policy.maxTokens - r.progress.generated - 1)
-                    do { proposals = try drafter.propose(sequence: r.id, context: r.tokens, count: room, capacity: r.capacity) } catch {
-                        log("request \(r.id): the draft proposed nothing: \(error)")
-                    }
-                    tokens += proposals
-                }
+                proposals = Array((drafted[r.id] ?? []).prefix(budget - 1))
+                tokens += proposals
             } else {
                 // A prompt, or a sequence replayed after a recovery, goes in chunks.
                 tokens = Array(r.tokens[r.fed..<min(r.tokens.count, r.fed + budget)])
@@ -355,6 +350,26 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             self.wake.signal()
         }
         return InFlight(handle: handle, entries: entries, sent: KernelBench.now())
+    }
+
+    /// The draft's proposals for the sequences the next step will decode (the first `slots` ready ones, as
+    /// `compose` takes them), made in one batch per position. Proposals past the context, the step's rows or the
+    /// tokens still wanted would be wasted, so each asks for no more than those leave room for.
+    private func draft(_ active: [Request], slots: Int) -> [UInt64: [Int32]] {
+        guard let drafter else { return [:] }
+        let ready = active.filter { !$0.done && !$0.awaiting && $0.fed >= $0.prompt.count && $0.tokens.count - $0.fed == 1 }.prefix(slots)
+        guard !ready.isEmpty else { return [:] }
+        let perRow = maxBatch / ready.count - 1
+        let asks = ready.map { r in
+            (sequence: r.id, context: r.tokens, count: min(perRow, r.capacity - r.fed - 1, r.progress.policy.maxTokens - r.progress.generated - 1))
+        }
+        do {
+            let out = try drafter.propose(asks, capacity: contextLength)
+            return Dictionary(uniqueKeysWithValues: zip(asks.map(\.sequence), out))
+        } catch {
+            log("the draft proposed nothing: \(error)")
+            return [:]
+        }
     }
 
     /// Applies a returned step to its requests; returns the sequences that ended (to release on every stage).

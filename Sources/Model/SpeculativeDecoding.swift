@@ -111,31 +111,62 @@ extension Engine {
     }
 
     /// Up to `count` greedy proposals of this (draft) model after `context` (the accepted tokens and the pending
-    /// one), made in `dseq`: what the sequence holds past the part it shares with `context` is forgotten, the
-    /// tokens it has not seen are fed, then its own picks while its best is at least as likely as `minProbability`.
+    /// one), made in `dseq` (see the batched form).
     public func propose(in dseq: Sequence, context: [Int32], count: Int, minProbability: Float) throws -> [Int32] {
-        guard count > 0, !context.isEmpty else { return [] }
-        var shared = 0
-        while shared < min(dseq.tokens.count, dseq.length, context.count), dseq.tokens[shared] == context[shared] { shared += 1 }
-        // The last context token is fed again when the sequence has it all: its logits are what the first pick needs.
-        dseq.truncate(to: min(shared, context.count - 1))
-        var feed = Array(context[dseq.length...])
-        var out: [Int32] = []
-        let v = config.vocabSize
-        while out.count < count, !feed.isEmpty, dseq.length + feed.count <= (dseq.caches.first?.capacity ?? 0) {
-            let logits = try evaluate(feed, in: dseq)
-            let (best, p) = logits.withUnsafeBufferPointer { l -> (Int32, Float) in
-                var b = 0
-                for j in 1..<v where l[j] > l[b] { b = j }
-                // The probability is needed only against a threshold (a softmax over the vocabulary per token).
-                guard minProbability > 0 else { return (Int32(b), 1) }
-                var z: Float = 0
-                for j in 0..<v { z += expf(l[j] - l[b]) }
-                return (Int32(b), 1 / z)
+        try propose([(dseq, context, count)], minProbability: minProbability)[0]
+    }
+
+    /// Proposals for several sequences at once, one batch per proposed position (a server drafting for all its
+    /// decoding sequences). Each sequence forgets what it holds past the part it shares with its context, takes
+    /// the tokens it has not seen, then its own picks while its best is at least as likely as `minProbability`.
+    public func propose(_ jobs: [(sequence: Sequence, context: [Int32], count: Int)], minProbability: Float) throws -> [[Int32]] {
+        var out = [[Int32]](repeating: [], count: jobs.count)
+        var next = [Int32?](repeating: nil, count: jobs.count)  // the token each sequence takes in the next batch
+        for (i, job) in jobs.enumerated() where job.count > 0 && !job.context.isEmpty {
+            let (dseq, context) = (job.sequence, job.context)
+            var shared = 0
+            while shared < min(dseq.tokens.count, dseq.length, context.count), dseq.tokens[shared] == context[shared] { shared += 1 }
+            // The last context token is fed again when the sequence has it all: its logits are what the first pick needs.
+            dseq.truncate(to: min(shared, context.count - 1))
+            // What it has not seen but the last token goes on its own (in chunks), so the batches take one row each.
+            if dseq.length < context.count - 1 { _ = try evaluate(Array(context[dseq.length..<(context.count - 1)]), in: dseq) }
+            next[i] = context[context.count - 1]
+        }
+        let e = config.embeddingLength, v = config.vocabSize
+        while true {
+            let live = jobs.indices.filter { i in
+                next[i] != nil && out[i].count < jobs[i].count && jobs[i].sequence.length < (jobs[i].sequence.caches.first?.capacity ?? 0)
             }
-            if p < minProbability { break }
-            out.append(best)
-            feed = [best]
+            guard !live.isEmpty else { break }
+            let tokens = live.map { next[$0]! }
+            let rows = live.map { BatchRow(sequence: jobs[$0].sequence.id, position: jobs[$0].sequence.length) }
+            let hidden = UnsafeMutablePointer<Float>.allocate(capacity: live.count * e)
+            defer { hidden.deallocate() }
+            try stages[0].embed(tokens, into: hidden)
+            for (s, stage) in stages.enumerated() {
+                try stage.forward(hidden, rows: rows, caches: Dictionary(uniqueKeysWithValues: live.map { (jobs[$0].sequence.id, jobs[$0].sequence.caches[s]) }))
+            }
+            var logits = [Float](repeating: 0, count: live.count * v)
+            try logits.withUnsafeMutableBufferPointer { try stages[stages.count - 1].logits(hidden, rows: Array(live.indices), into: $0.baseAddress!) }
+            for (n, i) in live.enumerated() {
+                jobs[i].sequence.tokens.append(tokens[n])
+                let (best, p) = logits.withUnsafeBufferPointer { all -> (Int32, Float) in
+                    let l = all.baseAddress! + n * v
+                    var b = 0
+                    for j in 1..<v where l[j] > l[b] { b = j }
+                    // The probability is needed only against a threshold (a softmax over the vocabulary per token).
+                    guard minProbability > 0 else { return (Int32(b), 1) }
+                    var z: Float = 0
+                    for j in 0..<v { z += expf(l[j] - l[b]) }
+                    return (Int32(b), 1 / z)
+                }
+                if p < minProbability {
+                    next[i] = nil
+                } else {
+                    out[i].append(best)
+                    next[i] = best
+                }
+            }
         }
         return out
     }
