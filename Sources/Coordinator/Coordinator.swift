@@ -523,9 +523,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.refusedPeers = UInt64(transports.refusedPeers)
         s.security = transports.authenticates ? "curve" : "none"
         if scheduler.drafter != nil {
-            s.draft.proposed = UInt64(stats.draftProposed)
-            s.draft.accepted = UInt64(stats.draftAccepted)
-            s.draft.passes = UInt64(stats.draftPasses)
+            s.draft.proposed = UInt64(stats.draft.proposed)
+            s.draft.accepted = UInt64(stats.draft.accepted)
+            s.draft.passes = UInt64(stats.draft.passes)
         }
         return s
     }

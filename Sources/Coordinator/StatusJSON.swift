@@ -1,4 +1,5 @@
 import JSON
+import Model
 import Telemetry
 import Wire
 
@@ -18,7 +19,8 @@ public extension Conclave_V1_StatusReply {
             ("security", .string(s.security.isEmpty ? "none" : s.security)),
             ("refused_peers", .uint(s.totalRefusedPeers)),
             ("draft", s.hasDraft ? .object([("proposed", .uint(s.draft.proposed)), ("accepted", .uint(s.draft.accepted)), ("passes", .uint(s.draft.passes)),
-                                            ("acceptance", .double(s.draft.acceptance)), ("tokens_per_pass", .double(s.draft.tokensPerPass))]) : .null),
+                                            ("acceptance", .double(round3(s.draft.stats.acceptanceRate))),
+                                            ("tokens_per_pass", .double(round3(s.draft.stats.tokensPerPass)))]) : .null),
             ("recoveries", .array(s.recoveries.map { r in
                 .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
                          ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan)),
@@ -66,7 +68,7 @@ public extension Conclave_V1_WorkerStatus {
 }
 
 public extension Conclave_V1_DraftStatus {
-    var acceptance: Double { proposed > 0 ? (Double(accepted) / Double(proposed) * 1000).rounded() / 1000 : 0 }
-    /// Tokens each verifying pass produced (the pending token and the accepted proposals).
-    var tokensPerPass: Double { passes > 0 ? (Double(passes + accepted) / Double(passes) * 1000).rounded() / 1000 : 0 }
+    var stats: DraftStats { DraftStats(proposed: Int(clamping: proposed), accepted: Int(clamping: accepted), passes: Int(clamping: passes)) }
 }
+
+private func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }

@@ -15,9 +15,8 @@ public final class Drafter: @unchecked Sendable {
         self.options = options
     }
 
-    /// Proposals for several sequences in one batch per position: for each (id, context — the accepted tokens,
-    /// the pending one last — and how many at most), up to that many; none for a sequence with fewer than
-    /// `options.minTokens` confident ones. `capacity` bounds each sequence's cache here.
+    /// Proposals for several sequences (see `Engine.propose`), each drafted in a sequence of its own here, made
+    /// with room for `capacity` positions when first seen.
     func propose(_ asks: [(sequence: UInt64, context: [Int32], count: Int)], capacity: Int) throws -> [[Int32]] {
         let jobs = asks.map { ask -> (sequence: Sequence, context: [Int32], count: Int) in
             let seq: Sequence
@@ -25,9 +24,9 @@ public final class Drafter: @unchecked Sendable {
                 seq = engine.newSequence(capacity: capacity)
                 sequences[ask.sequence] = seq
             }
-            return (seq, ask.context, min(ask.count, options.maxTokens))
+            return (seq, ask.context, ask.count)
         }
-        return try engine.propose(jobs, minProbability: options.minProbability).map { $0.count < options.minTokens ? [] : $0 }
+        return try engine.propose(jobs, options: options)
     }
 
     /// Frees the caches of sequences that ended.

@@ -68,10 +68,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         public var recoveries = 0, replayed = 0
         /// Speculative decoding (with a drafter): decode steps that verified a sequence's proposals (one pass
         /// through the pipeline each), the draft's proposals in them, and those accepted.
-        public var draftPasses = 0, draftProposed = 0, draftAccepted = 0
-        public var draftAcceptanceRate: Double { draftProposed > 0 ? Double(draftAccepted) / Double(draftProposed) : 0 }
-        /// Tokens each verifying pass produced on average (1 without a draft).
-        public var tokensPerDraftPass: Double { draftPasses > 0 ? Double(draftPasses + draftAccepted) / Double(draftPasses) : 0 }
+        public var draft = DraftStats()
     }
 
     struct Shared {
@@ -406,9 +403,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 }
                 if drafter != nil {
                     shared.withLock { s in
-                        s.stats.draftPasses += 1
-                        s.stats.draftProposed += proposals.count
-                        s.stats.draftAccepted += list.count - 1
+                        s.stats.draft.passes += 1
+                        s.stats.draft.proposed += proposals.count
+                        s.stats.draft.accepted += list.count - 1
                     }
                     metrics?.draftProposed.increment(by: proposals.count)
                     metrics?.draftAccepted.increment(by: list.count - 1)

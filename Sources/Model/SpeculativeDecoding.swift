@@ -27,13 +27,19 @@ public struct DraftOptions: Sendable {
     }
 }
 
-/// What the draft did over a generation.
-public struct DraftStats: Sendable {
+/// What the draft did: its proposals, those accepted, and the target's verifying passes (each one batch, or one
+/// pass through a cluster's pipeline). `conclave run`, the scheduler, status and bench serve all count with it.
+public struct DraftStats: Sendable, Equatable {
     public var proposed = 0, accepted = 0
-    /// Target passes during decoding (each verifies one batch).
     public var passes = 0
+    public init(proposed: Int = 0, accepted: Int = 0, passes: Int = 0) {
+        self.proposed = proposed
+        self.accepted = accepted
+        self.passes = passes
+    }
     public var acceptanceRate: Double { proposed > 0 ? Double(accepted) / Double(proposed) : 0 }
-    public init() {}
+    /// Tokens each pass produced: its own sampled token and the accepted proposals.
+    public var tokensPerPass: Double { passes > 0 ? Double(passes + accepted) / Double(passes) : 0 }
 }
 
 extension Sequence {
@@ -81,9 +87,8 @@ extension Engine {
             if step.counted || !step.text.isEmpty, !onToken(step.counted ? pending : nil, step.text) { break }
             if let f = step.finish { stats.finishReason = f; break }
             let base = seq.length  // the pending token's position
-            let room = min(options.maxTokens, capacity - base - 1, dseq.caches.first.map { $0.capacity - base - 1 } ?? 0)
-            var proposals = room > 0 ? try draft.propose(in: dseq, context: seq.tokens + [pending], count: room, minProbability: options.minProbability) : []
-            if proposals.count < options.minTokens { proposals = [] }
+            let room = min(capacity - base - 1, dseq.caches.first.map { $0.capacity - base - 1 } ?? 0)
+            let proposals = room > 0 ? try draft.propose([(dseq, seq.tokens + [pending], room)], options: options)[0] : []
             draftStats.proposed += proposals.count
             draftStats.passes += 1
             logits = try evaluate([pending] + proposals, in: seq, all: true)
@@ -110,16 +115,14 @@ extension Engine {
         return stats
     }
 
-    /// Up to `count` greedy proposals of this (draft) model after `context` (the accepted tokens and the pending
-    /// one), made in `dseq` (see the batched form).
-    public func propose(in dseq: Sequence, context: [Int32], count: Int, minProbability: Float) throws -> [Int32] {
-        try propose([(dseq, context, count)], minProbability: minProbability)[0]
-    }
-
-    /// Proposals for several sequences at once, one batch per proposed position (a server drafting for all its
-    /// decoding sequences). Each sequence forgets what it holds past the part it shares with its context, takes
-    /// the tokens it has not seen, then its own picks while its best is at least as likely as `minProbability`.
-    public func propose(_ jobs: [(sequence: Sequence, context: [Int32], count: Int)], minProbability: Float) throws -> [[Int32]] {
+    /// This (draft) model's greedy proposals for several sequences at once, one batch per proposed position (a
+    /// server drafts for all its decoding sequences together): for each (sequence, context — the accepted tokens,
+    /// the pending one last — and room), up to min(room, `options.maxTokens`). Each sequence forgets what it holds
+    /// past the part it shares with its context, takes the tokens it has not seen, then its own picks while its best
+    /// is at least as likely as `options.minProbability`; fewer than `options.minTokens` picks are none.
+    public func propose(_ jobs: [(sequence: Sequence, context: [Int32], count: Int)], options: DraftOptions) throws -> [[Int32]] {
+        let jobs = jobs.map { (sequence: $0.sequence, context: $0.context, count: min($0.count, options.maxTokens)) }
+        let minProbability = options.minProbability
         var out = [[Int32]](repeating: [], count: jobs.count)
         var next = [Int32?](repeating: nil, count: jobs.count)  // the token each sequence takes in the next batch
         for (i, job) in jobs.enumerated() where job.count > 0 && !job.context.isEmpty {
@@ -168,6 +171,6 @@ extension Engine {
                 }
             }
         }
-        return out
+        return out.map { $0.count < options.minTokens ? [] : $0 }
     }
 }

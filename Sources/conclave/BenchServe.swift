@@ -6,6 +6,7 @@ import Foundation
 import GGUF
 import JSON
 import Kernels
+import Model
 import Synchronization
 import Tokenizer
 
@@ -42,18 +43,16 @@ struct BenchServe: ParsableCommand {
         var aggregate = 0.0, perStream = 0.0
         var ttft50 = 0.0, ttft99 = 0.0, itl50 = 0.0, itl99 = 0.0
         var tokens = 0
-        /// With a draft: proposals made and accepted, and verifying passes, during the round.
-        var draft: (proposed: Double, accepted: Double, passes: Double)?
-        var acceptance: Double? { draft.map { $0.proposed > 0 ? $0.accepted / $0.proposed : 0 } }
-        var tokensPerPass: Double? { draft.map { $0.passes > 0 ? ($0.passes + $0.accepted) / $0.passes : 0 } }
+        /// With a draft: what it did during the round.
+        var draft: DraftStats?
 
         var json: JSONValue {
             var fields: [(String, JSONValue)] = [("server", .string(server)), ("concurrency", .int(streams)), ("aggregate_tok_s", .double(r3(aggregate))),
                      ("per_stream_tok_s", .double(r3(perStream))), ("ttft_p50_ms", .double(r3(ttft50 * 1000))), ("ttft_p99_ms", .double(r3(ttft99 * 1000))),
                      ("itl_p50_ms", .double(r3(itl50 * 1000))), ("itl_p99_ms", .double(r3(itl99 * 1000))), ("tokens", .int(tokens))]
-            if let a = acceptance, let t = tokensPerPass, let d = draft {
-                fields += [("draft_proposed", .int(Int(d.proposed))), ("draft_accepted", .int(Int(d.accepted))), ("draft_acceptance", .double(r3(a))),
-                           ("tokens_per_pass", .double(r3(t)))]
+            if let d = draft {
+                fields += [("draft_proposed", .int(d.proposed)), ("draft_accepted", .int(d.accepted)), ("draft_acceptance", .double(r3(d.acceptanceRate))),
+                           ("tokens_per_pass", .double(r3(d.tokensPerPass)))]
             }
             return .object(fields)
         }
@@ -72,18 +71,18 @@ struct BenchServe: ParsableCommand {
         var rounds: [Round] = []
 
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        // Each server on fresh ports (its own workers' too: the previous server's may not be free yet).
+        func serve(port: Int) -> [String] {
+            var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(slots)]
+            if let cluster { args += ["--cluster", cluster] }
+            if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
+            return args
+        }
         let port = Self.freePort()
-        var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(slots)]
-        if let cluster { args += ["--cluster", cluster] }
-        if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
-        rounds += try measure(name: "conclave", exe: exe, args: args, port: port, levels: levels, prompts: prompts)
+        rounds += try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts)
         if draft.path != nil {
             let dport = Self.freePort()
-            var dargs = args
-            dargs[dargs.firstIndex(of: "127.0.0.1:\(port)")!] = "127.0.0.1:\(dport)"
-            // Its own workers' ports too: the first server's may not be free yet.
-            if local != nil { dargs[dargs.lastIndex(of: "--port")! + 1] = String(Self.freePort()) }
-            rounds += try measure(name: "conclave+draft", exe: exe, args: dargs + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true)
+            rounds += try measure(name: "conclave+draft", exe: exe, args: serve(port: dport) + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true)
         }
         if let path = vsLlamaServer {
             let lport = Self.freePort()
@@ -100,7 +99,7 @@ struct BenchServe: ParsableCommand {
         let rows = rounds.map { r in
             [r.server, String(r.streams), fixed(r.aggregate, 1), fixed(r.perStream, 1), "\(fixed(r.ttft50 * 1000, 1)) / \(fixed(r.ttft99 * 1000, 1))",
              "\(fixed(r.itl50 * 1000, 2)) / \(fixed(r.itl99 * 1000, 2))", String(r.tokens)]
-                + (draft.path == nil ? [] : [r.acceptance.map { fixed($0 * 100, 1) + "%" } ?? "-", r.tokensPerPass.map { fixed($0, 2) } ?? "-"])
+                + (draft.path == nil ? [] : [r.draft.map { fixed($0.acceptanceRate * 100, 1) + "%" } ?? "-", r.draft.map { fixed($0.tokensPerPass, 2) } ?? "-"])
         }
         let headers = ["server", "streams", "aggregate tok/s", "per-stream tok/s", "TTFT p50 / p99 ms", "inter-token p50 / p99 ms", "tokens"]
             + (draft.path == nil ? [] : ["draft accepted", "tokens / pass"])
@@ -188,7 +187,7 @@ struct BenchServe: ParsableCommand {
             (round.ttft50, round.ttft99) = (Self.quantile(ttft, 0.5), Self.quantile(ttft, 0.99))
             (round.itl50, round.itl99) = (Self.quantile(gaps, 0.5), Self.quantile(gaps, 0.99))
             if let before, let after = Self.draftCounters(port: port) {
-                round.draft = (after.proposed - before.proposed, after.accepted - before.accepted, after.passes - before.passes)
+                round.draft = DraftStats(proposed: after.proposed - before.proposed, accepted: after.accepted - before.accepted, passes: after.passes - before.passes)
             }
             if rs.contains(where: { $0.tokens == 0 }) { printError("warning: \(name): \(rs.filter { $0.tokens == 0 }.count) of \(c) streams produced nothing") }
             printError("bench serve: \(name) × \(c): \(fixed(round.aggregate, 1)) tok/s aggregate")
@@ -198,14 +197,13 @@ struct BenchServe: ParsableCommand {
     }
 
     /// The draft's counters in a server's /metrics (nil when it has none).
-    static func draftCounters(port: Int) -> (proposed: Double, accepted: Double, passes: Double)? {
+    static func draftCounters(port: Int) -> DraftStats? {
         guard let text = try? HTTPClient.fetch(port: port, path: "/metrics") else { return nil }
-        func value(_ name: String) -> Double? {
-            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        func value(_ name: String) -> Int {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0
         }
-        guard let p = value("conclave_draft_tokens_proposed_total"), let a = value("conclave_draft_tokens_accepted_total"),
-              let n = value("conclave_draft_verify_passes_total") else { return (0, 0, 0) }
-        return (p, a, n)
+        return DraftStats(proposed: value("conclave_draft_tokens_proposed_total"), accepted: value("conclave_draft_tokens_accepted_total"),
+                          passes: value("conclave_draft_verify_passes_total"))
     }
 
     static func body(_ ids: [Int32], gen: Int) -> String {

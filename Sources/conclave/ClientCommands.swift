@@ -184,7 +184,8 @@ enum StatusReport {
         lines += ["", s.security == "curve" ? "CurveZMQ: peers authenticated; \(refused) connection\(refused == 1 ? "" : "s") refused (coordinator \(s.refusedPeers), workers \(refused - s.refusedPeers))"
                                             : "no CurveZMQ: any process that reaches these endpoints may talk to them"]
         if s.hasDraft {
-            lines += ["draft: \(s.draft.accepted) of \(s.draft.proposed) proposals accepted (\(fixed(s.draft.acceptance * 100, 1))%), \(fixed(s.draft.tokensPerPass, 2)) tokens per pipeline pass over \(s.draft.passes) passes"]
+            let d = s.draft.stats
+            lines += ["draft: \(d.accepted) of \(d.proposed) proposals accepted (\(fixed(d.acceptanceRate * 100, 1))%), \(fixed(d.tokensPerPass, 2)) tokens per pipeline pass over \(d.passes) passes"]
         }
         if !s.recoveries.isEmpty {
             lines += ["", "recoveries (plan \(s.epoch) in force):"]

@@ -154,7 +154,7 @@ struct RunCommand: ParsableCommand {
                 stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq, draft: d,
                                             draftSequence: d.newSequence(capacity: seq.caches.first?.capacity), options: draft.options, draftStats: &ds, onToken: write)
                 text.finish()
-                printError("draft: \(ds.accepted) of \(ds.proposed) proposals accepted (\(fixed(ds.acceptanceRate * 100, 1))%), \(fixed(Double(stats.generatedTokens) / Double(max(1, ds.passes)), 2)) tokens per pass over \(ds.passes) passes")
+                printError("draft: \(ds.accepted) of \(ds.proposed) proposals accepted (\(fixed(ds.acceptanceRate * 100, 1))%), \(fixed(ds.tokensPerPass, 2)) tokens per pass over \(ds.passes) passes")
             } else {
                 stats = try engine.generate(prompt: ids, policy: policy, params: sampling.params, in: seq, onToken: write)
                 text.finish()

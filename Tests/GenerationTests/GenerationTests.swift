@@ -220,11 +220,11 @@ enum GGUFFileOpener {
             let after = try await collect(s.submit(GenerationRequest(prompt: tk.encode(asks[1].0), maxTokens: n, sampling: asks[1].1)).events)
             #expect(after.tokens == want[1], "\(name) draft, the request after")
             let st = s.stats()
-            #expect(st.draftProposed > 0)
+            #expect(st.draft.proposed > 0)
             if name == "self" {
-                #expect(st.draftAccepted > 0 && st.draftPasses < Int(st.tokens) * 3 / 4, "\(st)")
+                #expect(st.draft.accepted > 0 && st.draft.passes < Int(st.tokens) * 3 / 4, "\(st)")
             } else {
-                #expect(st.draftAccepted <= st.draftProposed / 10, "\(st)")
+                #expect(st.draft.accepted <= st.draft.proposed / 10, "\(st)")
             }
             #expect(executor.liveSequences() == 0)
         }
