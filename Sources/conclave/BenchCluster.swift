@@ -221,6 +221,7 @@ struct BenchCluster: ParsableCommand {
         let localMs = perLayer(localS), waitMs = perLayer(waitS)
         let serveMs = served > 0 ? serveS / served * 1000 : 0
         let wireMs = remoteLayers > 0 ? max(0, localMs + waitMs - serveMs) : 0
+        let layersPerToken = remoteLayers / tokens
         // The plan the coordinator made: the file's workers with the rates and round trips it measured.
         let measured = ClusterFile(coordinator: clusterFile.coordinator, workers: clusterFile.workers.map { w in
             var w = w
@@ -233,7 +234,13 @@ struct BenchCluster: ParsableCommand {
             return w
         })
         let limit = try Self.limit(model: model.model, cluster: measured, trace: trace, singleTokS: single.decodeTokensPerSecond,
-                                   wireSecondsPerToken: remoteLayers / tokens * wireMs / 1000)
+                                   wireSecondsPerToken: layersPerToken * wireMs / 1000)
+        // What bounds expert parallelism for one stream: with no wire at all, the plan allows `limit.bytes`; each
+        // expert-parallel layer must then pay its wire out of what splitting its experts saves. Past this wire
+        // per layer the cluster is slower than one process, whatever else is done.
+        let noWireSpeedup = limit.bytes / max(1e-9, single.decodeTokensPerSecond)
+        let breakEvenWireMs = layersPerToken > 0
+            ? max(0, 1 / max(1e-9, single.decodeTokensPerSecond) - 1 / max(1e-9, limit.bytes)) / layersPerToken * 1000 : 0
         if text != singleText { printError("warning: the distributed text differs from the single-process text") }
         let fields: [(String, JSON)] = [
                 ("single_decode_tok_s", .double(round3(single.decodeTokensPerSecond))), ("distributed_decode_tok_s", .double(round3(out.decodeTokS))),
@@ -246,12 +253,13 @@ struct BenchCluster: ParsableCommand {
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
                 ("single_aggregate_tok_s", .double(round3(singleAggregate ?? 0))),
                 ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
-                ("remote_layers_per_token", .double(round3(remoteLayers / tokens))), ("local_ms_per_layer", .double(round3(localMs))),
+                ("remote_layers_per_token", .double(round3(layersPerToken))), ("local_ms_per_layer", .double(round3(localMs))),
                 ("wait_ms_per_layer", .double(round3(waitMs))), ("serve_ms_per_call", .double(round3(serveMs))),
                 ("wire_ms_per_layer", .double(round3(wireMs))),
                 ("limit_bytes_tok_s", .double(round3(limit.bytes))), ("limit_tok_s", .double(round3(limit.withWire))),
                 ("fraction_of_limit", .double(round3(out.decodeTokS / max(1e-9, limit.withWire)))),
                 ("plan_expected_speedup", .double(round3(limit.expected))),
+                ("no_wire_speedup", .double(round3(noWireSpeedup))), ("break_even_wire_ms_per_layer", .double(round3(breakEvenWireMs))),
                 ("workers", .array(after.workers.map { w in .object([("name", .string(w.name)), ("experts", .int(Int(w.experts))),
                     ("read_gbps", .double(round3(w.readBytesPerSecond / 1e9))), ("round_trip_ms", .double(round3(w.roundTripS * 1000)))]) })),
             ]
@@ -262,11 +270,14 @@ struct BenchCluster: ParsableCommand {
                       + (singleAggregate.map { "; one process \(fixed($0, 1)) tok/s (\(fixed(concurrent / max(1e-9, $0), 2))×)" } ?? ""))
             }
             if remoteLayers > 0 {
-                print("expert-parallel layers: \(fixed(remoteLayers / tokens, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
+                print("expert-parallel layers: \(fixed(layersPerToken, 1)) per token; each \(fixed(localMs, 3)) ms of local experts while the calls were out, then \(fixed(waitMs, 3)) ms waiting; remote compute \(fixed(serveMs, 3)) ms per call, wire and hops \(fixed(wireMs, 3)) ms")
             }
             print("plan: " + after.workers.map { "\($0.name) \($0.experts) experts (\(fixed($0.readBytesPerSecond / 1e9, 1)) GB/s, round trip \(fixed($0.roundTripS * 1000, 3)) ms)" }.joined(separator: ", ")
                   + "; it expects \(fixed(limit.expected, 2))× one host")
             print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
+            if remoteLayers > 0 {
+                print("bound: with no wire the plan allows \(fixed(noWireSpeedup, 2))× one process; expert parallelism beats one process only while wire and hops stay under \(fixed(breakEvenWireMs, 3)) ms per layer (measured \(fixed(wireMs, 3)) ms)")
+            }
             print("per hop \(fixed(hopMs, 3)) ms; activations \(fixed(bytesPerHop, 1)) bytes per token per hop (hidden × 4 = \(hidden)); expert calls \(fixed(Double(expertBytes) / tokens, 1)) bytes per token, \(fixed(bytesPerCall, 1)) per call (per layer per remote worker; a Q8_0 row is \(q8Row))")
         }
         return fields
