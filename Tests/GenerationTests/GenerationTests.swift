@@ -103,7 +103,6 @@ enum GGUFFileOpener {
         return (tokens, text, finish, usage)
     }
 
-    /// What `conclave run` gives for the same prompt and sampling.
     /// Sequences still holding caches once the scheduler has released what ended: a stream ends before the
     /// scheduler's loop queues the release of its sequence, so poll (bounded) instead of reading once.
     func liveAfterRelease(_ executor: LocalExecutor) async throws -> Int {
@@ -115,6 +114,7 @@ enum GGUFFileOpener {
         return live
     }
 
+    /// What `conclave run` gives for the same prompt and sampling.
     func alone(_ prompt: [Int32], _ n: Int, _ params: SamplingParams) throws -> (tokens: [Int32], text: String) {
         var tokens: [Int32] = [], text = ""
         try Self.engine.generate(prompt: prompt, maxTokens: n, params: params, in: Self.engine.newSequence(capacity: 256)) { t, s in
