@@ -1,7 +1,8 @@
 // swift-tools-version: 6.1
 // Conclave: distributed inference of Mixture-of-Experts models from GGUF files.
-// Dependency direction (DESIGN.md § Layout): conclave → Coordinator/Worker → Placement/Wire/ExpertStore
-// → Model → Kernels/GGUF/Tokenizer. Keep the debug build lean: every package here is built by CI from scratch.
+// Dependency direction (docs/ARCHITECTURE.md § Modules draws the whole graph; ModuleGraphTests checks it against
+// this file and the imports): conclave → Coordinator / Worker → ClusterProtocol → Wire, Generation → Model →
+// Kernels → Runtime. Keep the debug build lean: every package here is built by CI from scratch.
 import PackageDescription
 
 let package = Package(
@@ -31,16 +32,21 @@ let package = Package(
         .target(name: "GGUF", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Hot dot products in C, one function per format × ISA, chosen at run time (no -march flags needed).
         .target(name: "CKernels"),
-        .target(name: "Kernels", dependencies: ["GGUF", "CKernels"]),
+        // System calls Swift's Glibc overlay lacks (affinity, parent-death signal).
+        .target(name: "CHost"),
+        // Runtime utilities below everything else: the injected Clock (monotonic, manual for tests), the thread
+        // pool, Monitor, PollingQueue.
+        .target(name: "Runtime", dependencies: ["CHost"]),
+        .target(name: "Kernels", dependencies: ["GGUF", "CKernels", "Runtime"]),
         .target(name: "Tokenizer", dependencies: ["GGUF"]),
         // JSON with keys in order: `--json` output, HTTP bodies, chat template variables.
         .target(name: "JSON"),
         // Chat templates: a jinja2 subset rendering `tokenizer.chat_template` byte for byte as transformers does.
         .target(name: "ChatTemplate", dependencies: ["JSON"]),
-        .target(name: "Model", dependencies: ["GGUF", "Kernels", "Tokenizer"]),
+        .target(name: "Model", dependencies: ["GGUF", "Kernels", "Runtime", "Tokenizer"]),
         // Generation as a transport-free state machine (continuous batching over a StepExecutor: a cluster or
         // this process's stages), with the policy that ends each sequence.
-        .target(name: "Generation", dependencies: ["Model", "Kernels", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        .target(name: "Generation", dependencies: ["Model", "Runtime", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
         // The one metrics registry (Prometheus exposition for GET /metrics).
         .target(name: "Telemetry", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics"),
                                                   .product(name: "Prometheus", package: "swift-prometheus")]),
@@ -52,18 +58,23 @@ let package = Package(
         // zmq.h is in /usr/include and the module map links libzmq; no pkgConfig, whose -isystem flags SwiftPM
         // rejects with a warning on every build.
         .systemLibrary(name: "CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
-        .target(name: "Wire", dependencies: ["CZeroMQ", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // CurveZMQ key values and certificate files (Z85 through libzmq): read by cluster files and sockets alike.
+        .target(name: "CurveKeys", dependencies: ["CZeroMQ"]),
+        .target(name: "Wire", dependencies: ["CZeroMQ", "CurveKeys", "Runtime", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        // Every proto <-> domain mapping (steps and sampled tokens, sampling, errors and their codes, expert sets,
+        // metric samples, status, model chunks) and the coordinator's client, shared by Coordinator, Worker and CLI.
+        .target(name: "ClusterProtocol", dependencies: ["Wire", "Generation", "Model", "GGUF", "Telemetry", "JSON"]),
         // The worker's services: expert serving and calls to other workers' experts.
-        .target(name: "Worker", dependencies: ["Model", "Kernels", "Wire", "Telemetry", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
+        .target(name: "Worker", dependencies: ["GGUF", "Model", "Kernels", "Runtime", "CurveKeys", "Wire", "ClusterProtocol", "Telemetry", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
-        .target(name: "Coordinator", dependencies: ["Generation", "JSON", "Telemetry", "Placement", "Worker", "Wire", "Model", "Kernels", "Tokenizer", "GGUF",
+        .target(name: "Coordinator", dependencies: ["ClusterProtocol", "Generation", "Telemetry", "Placement", "Wire", "Model", "Runtime", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
-        .target(name: "Placement", dependencies: ["GGUF", "Model", "Wire", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Placement", dependencies: ["GGUF", "Model", "CurveKeys", .product(name: "Yams", package: "Yams")]),
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "CKernels", "JSON", "ChatTemplate", "Generation", "Serving", "Telemetry", "Model", "Kernels", "Tokenizer", "Placement", "Wire", "Worker", "Coordinator",
+                "GGUF", "CHost", "Runtime", "JSON", "ChatTemplate", "Generation", "Serving", "Telemetry", "Model", "Kernels", "Tokenizer", "Placement", "CurveKeys", "Wire", "ClusterProtocol", "Worker", "Coordinator",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -77,17 +88,23 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
+        // The repository's own shape: the module graph of the code, the manifest and docs/ARCHITECTURE.md agree.
+        .testTarget(name: "RepositoryTests", dependencies: ["TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "GenerationTests", dependencies: ["Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
+        .testTarget(name: "GenerationTests", dependencies: ["Runtime", "Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
-        .testTarget(name: "WorkerTests", dependencies: ["Worker", "Coordinator", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "CurveKeys", "TestSupport"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Runtime", "CurveKeys", "ClusterProtocol", "Worker", "Coordinator", "Generation", "Tokenizer", "Placement", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),
+        // A coordinator and workers in this process over the in-memory transports and a manual clock.
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ClusterProtocol", "Worker", "Wire", "Runtime", "Generation", "Model",
+                                                         "Placement", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
-        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "Worker", "Model"]),
-        .testTarget(name: "PlacementTests", dependencies: ["Placement", "Model", "GGUF", "TestSupport"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "ClusterProtocol", "Worker", "Model"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Runtime", "Placement", "CurveKeys", "Model", "GGUF", "TestSupport"]),
+        .testTarget(name: "ModelTests", dependencies: ["Runtime", "Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,10 +1,10 @@
 import Foundation
-import Kernels
 import Placement
 import Synchronization
 import Telemetry
 import Wire
-import Worker
+import ClusterProtocol
+import Runtime
 
 /// The coordinator's view of one worker: the DEALER connected to its endpoint, what it said in Hello, what it
 /// was assigned, and its last heartbeat. Heartbeats mark it ready; a silence of `downAfter` seconds marks it down.
@@ -29,12 +29,16 @@ public final class WorkerLink: @unchecked Sendable {
         var failed: String?
     }
     let info = Mutex(Info())
+    /// Heartbeat silence that makes a worker suspect, then down (heartbeats come every second).
     static let suspectAfter = 1.5
     static let downAfter = 3.0
+    /// What silence is measured on.
+    let clock: any Clock
 
-    init(worker: ClusterFile.Worker, transport: Transport) {
+    init(worker: ClusterFile.Worker, transport: Transport, clock: any Clock) {
         self.worker = worker
         self.transport = transport
+        self.clock = clock
     }
 
     func send(_ m: WireMessage) {
@@ -42,21 +46,21 @@ public final class WorkerLink: @unchecked Sendable {
         transport.send(Frames(parts: parts))
     }
 
-    func heard() { info.withLock { $0.lastHeard = KernelBench.now() } }
+    func heard() { info.withLock { $0.lastHeard = clock.now() } }
 
     /// The state with heartbeat silence taken into account.
     var state: State {
         info.withLock { i in
             if i.state == .down { return .down }
             guard i.state == .ready || i.state == .loading, let last = i.lastHeard else { return i.state }
-            let age = KernelBench.now() - last
+            let age = clock.now() - last
             if age > Self.downAfter { return .down }
             if age > Self.suspectAfter { return .suspect }
             return i.state
         }
     }
 
-    var heartbeatAge: Double? { info.withLock { i in i.lastHeard.map { KernelBench.now() - $0 } } }
+    var heartbeatAge: Double? { info.withLock { i in i.lastHeard.map { clock.now() - $0 } } }
 
     func status() -> Conclave_V1_WorkerStatus {
         let s = state
@@ -72,7 +76,7 @@ public final class WorkerLink: @unchecked Sendable {
             let reported = Int(clamping: i.hello?.memoryBudget ?? 0)
             w.memoryBudget = UInt64(reported > 0 ? min(worker.memory, reported) : worker.memory)
             w.residentBytes = max(i.residentBytes, UInt64(i.metrics.value(WorkerMetric.resident)))
-            w.heartbeatAgeS = i.lastHeard.map { KernelBench.now() - $0 } ?? -1
+            w.heartbeatAgeS = i.lastHeard.map { clock.now() - $0 } ?? -1
             w.metrics = i.metrics.map(Conclave_V1_MetricSample.init)
             w.readBytesPerSecond = i.hello?.readBytesPerSecond ?? 0
             w.roundTripS = i.roundTrip ?? 0

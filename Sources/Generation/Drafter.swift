@@ -8,7 +8,7 @@ import Model
 public final class Drafter: @unchecked Sendable {
     public let engine: Engine
     public let options: DraftOptions
-    private var sequences: [UInt64: Sequence] = [:]
+    private var sequences: [UInt64: EngineSequence] = [:]
 
     public init(engine: Engine, options: DraftOptions) {
         self.engine = engine
@@ -18,8 +18,8 @@ public final class Drafter: @unchecked Sendable {
     /// Proposals for several sequences (see `Engine.propose`), each drafted in a sequence of its own here, made
     /// with room for `capacity` positions when first seen.
     func propose(_ asks: [(sequence: UInt64, context: [Int32], count: Int)], capacity: Int) throws -> [[Int32]] {
-        let jobs = asks.map { ask -> (sequence: Sequence, context: [Int32], count: Int) in
-            let seq: Sequence
+        let jobs = asks.map { ask -> (sequence: EngineSequence, context: [Int32], count: Int) in
+            let seq: EngineSequence
             if let s = sequences[ask.sequence] { seq = s } else {
                 seq = engine.newSequence(capacity: capacity)
                 sequences[ask.sequence] = seq

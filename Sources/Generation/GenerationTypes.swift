@@ -102,12 +102,21 @@ public protocol StepExecutor: AnyObject, Sendable {
     func unavailable() -> GenerationError?
     /// After `cause` (a worker down, a step lost), makes the executor able to run steps again — a cluster
     /// re-plans onto the workers it has left and re-assigns them; every sequence's caches are gone after it, and
-    /// the scheduler replays the `sequences` it has. Blocks until done. Returns nil when steps can run again, or
-    /// why they cannot (the cluster can no longer hold the model).
-    func recover(after cause: GenerationError, sequences: Int) -> GenerationError?
+    /// the scheduler replays the `sequences` it has. Blocks until done. Says whether steps can run again (and how
+    /// many sequences the new placement has KV room for), or why they cannot (the cluster can no longer hold the
+    /// model); the scheduler applies the outcome itself.
+    func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome
+}
+
+/// What a recovery made of the executor.
+public enum RecoveryOutcome: Sendable, Equatable {
+    /// Steps can run again; every stage of the new placement has KV room for `maxSequences` sequences (Int.max:
+    /// none reported a limit).
+    case recovered(maxSequences: Int)
+    case failed(GenerationError)
 }
 
 public extension StepExecutor {
     /// Without a way to recover, the cause stands.
-    func recover(after cause: GenerationError, sequences: Int) -> GenerationError? { cause }
+    func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome { .failed(cause) }
 }

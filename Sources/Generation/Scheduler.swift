@@ -1,6 +1,6 @@
 import Foundation
-import Kernels
 import Model
+import Runtime
 import Synchronization
 import Tokenizer
 
@@ -17,6 +17,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// Most rows in one step (llama.cpp's n_ubatch; a longer prompt goes in chunks).
     public let maxBatch: Int
     let log: @Sendable (String) -> Void
+    /// Step timeouts, the loop's wake-ups and request latencies are measured on it.
+    public let clock: any Clock
 
     final class Request: @unchecked Sendable {
         let id: UInt64
@@ -34,12 +36,13 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
         var awaiting = false
         var done = false
-        let submitted = KernelBench.now()
+        let submitted: Double
         var firstToken: Double?
         var lastToken: Double?
         init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, logprobs: Int, progress: GenerationProgress,
-             continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation) {
+             continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation, submitted: Double) {
             self.id = id
+            self.submitted = submitted
             self.logprobs = logprobs
             self.prompt = prompt
             self.capacity = capacity
@@ -98,8 +101,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     public var drafter: Drafter?
 
     public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
-                log: @escaping @Sendable (String) -> Void = { _ in }) {
+                clock: any Clock = MonotonicClock(), log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.executor = executor
+        self.clock = clock
         self.tokenizer = tokenizer
         self.contextLength = contextLength
         self.maxBatch = max(1, maxBatch)
@@ -118,6 +122,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     public func stop() {
         shared.withLock { $0.running = false }
         wake.signal()
+        // Real time, whatever the clock: a shutdown's grace is the machine's, and a manual clock never moves here.
         if thread != nil { _ = stopped.wait(timeout: .now() + 2) }
     }
 
@@ -141,7 +146,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity, ignoreEOS: r.ignoreEOS)
         let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, logprobs: r.logprobs ?? -1,
                               progress: policy.start(tokenizer: tokenizer),
-                              continuation: continuation)
+                              continuation: continuation, submitted: clock.now())
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
@@ -225,7 +230,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 finished += complete(inFlight.remove(at: i), result)
             }
             if let timeout = executor.stepTimeout {
-                let now = KernelBench.now()
+                let now = clock.now()
                 if inFlight.contains(where: { now - $0.sent > timeout }) {
                     lost = lost ?? GenerationError(.unavailable, "a generation step got no answer within \(Int(timeout)) s")
                 }
@@ -238,10 +243,11 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 let live = active.filter { !$0.done }
                 log("generation stopped: \(e.message); recovering \(live.count) sequence\(live.count == 1 ? "" : "s")")
                 fruitless += 1
-                let failure = fruitless > Self.maxFruitlessRecoveries
-                    ? GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)")
+                let outcome = fruitless > Self.maxFruitlessRecoveries
+                    ? .failed(GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)"))
                     : executor.recover(after: e, sequences: live.count)
-                if let failure {
+                if case .recovered(let room) = outcome { maxSequences = room }
+                if case .failed(let failure) = outcome {
                     for r in live { fail(r, failure); finished.append(r.id) }
                     // The count guards these requests from looping; later ones (a worker may be back) try afresh.
                     fruitless = 0
@@ -275,7 +281,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 m.queued.set(waiting.count)
                 m.kvCells.set(active.reduce(0) { $0 + $1.fed })
             }
-            _ = wake.wait(timeout: .now() + (inFlight.isEmpty ? 0.5 : 0.2))
+            _ = clock.wait(wake, seconds: inFlight.isEmpty ? 0.5 : 0.2)
         }
         // Stopped (SIGTERM): whatever is still running or queued gets an answer, not silence.
         active += waiting + shared.withLock { s -> [Request] in defer { s.incoming.removeAll() }; return s.incoming }
@@ -346,7 +352,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             self.shared.withLock { $0.completions.append((handle, result)) }
             self.wake.signal()
         }
-        return InFlight(handle: handle, entries: entries, sent: KernelBench.now())
+        return InFlight(handle: handle, entries: entries, sent: clock.now())
     }
 
     /// The draft's proposals for the sequences the next step will decode (the first `slots` ready ones, as
@@ -384,7 +390,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             for (r, sampleRow, proposals) in f.entries where sampleRow != nil {
                 r.awaiting = false
                 if r.done { finished.append(r.id); continue }  // cancelled while the step was out
-                let now = KernelBench.now()
+                let now = clock.now()
                 if r.firstToken == nil {
                     r.firstToken = now
                     metrics?.seconds(metrics!.timeToFirstToken, now - r.submitted)
@@ -436,7 +442,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             var u = GenerationUsage()
             u.promptTokens = r.prompt.count
             u.completionTokens = r.progress.generated
-            let now = KernelBench.now()
+            let now = clock.now()
             u.timeToFirstToken = (r.firstToken ?? now) - r.submitted
             u.decodeSeconds = now - (r.firstToken ?? now)
             shared.withLock { $0.stats.completed += 1 }  // before the stream ends, so a reader of stats sees it

@@ -3,6 +3,8 @@ import Glibc
 #endif
 import CKernels
 import GGUF
+import Runtime
+import Runtime
 
 /// Measurements behind `conclave bench kernels`: the machine's read bandwidth and each weight type's matrix
 /// products, in one run so that ratios between them are meaningful.
@@ -17,11 +19,8 @@ public enum KernelBench {
         public let kernel: String
     }
 
-    public static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
+    /// The benchmarks' timer: the machine's monotonic clock, never an injected one (they measure the machine).
+    public static func now() -> Double { MonotonicClock.seconds() }
 
     /// Runs `body` repeatedly for at least `minSeconds` (and at least twice, the first as warm-up); returns the
     /// mean seconds per call. A mean, not a best: single calls of a few hundred microseconds are noisy, and the

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CKernels
 import GGUF
+import Runtime
 
 /// A quantized weight matrix in ggml layout: `rows` rows of `cols` values, each row `rowBytes` long.
 public struct WeightMatrix: @unchecked Sendable {

@@ -2,11 +2,12 @@
 import Glibc
 #endif
 import GGUF
+import Runtime
 import Kernels
 import Tokenizer
 
 /// One sequence being generated: its tokens so far and its caches, one per stage.
-public final class Sequence: @unchecked Sendable {
+public final class EngineSequence: @unchecked Sendable {
     public let id: Int
     public var tokens: [Int32] = []
     public let caches: [KVCache]
@@ -59,14 +60,14 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// A fresh sequence with caches for `capacity` positions (default: the model's context length).
-    public func newSequence(capacity: Int? = nil) -> Sequence {
+    public func newSequence(capacity: Int? = nil) -> EngineSequence {
         let cap = capacity ?? config.contextLength
         defer { nextSequence += 1 }
-        return Sequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, config: config, types: cacheTypes) })
+        return EngineSequence(id: nextSequence, caches: stages.map { KVCache(layers: $0.layers, capacity: cap, config: config, types: cacheTypes) })
     }
 
     /// Runs `tokens` at positions `seq.length...` and returns logits: for every token when `all`, else the last.
-    public func evaluate(_ tokens: [Int32], in seq: Sequence, all: Bool = false) throws -> [Float] {
+    public func evaluate(_ tokens: [Int32], in seq: EngineSequence, all: Bool = false) throws -> [Float] {
         guard !tokens.isEmpty else { return [] }
         let capacity = seq.caches.first?.capacity ?? 0
         guard seq.length + tokens.count <= capacity else {
@@ -109,16 +110,16 @@ public final class Engine: @unchecked Sendable {
     /// releases (whole characters; text that may begin a stop string waits), and at the end with nil and any text
     /// still held. Stops early when `onToken` returns false.
     @discardableResult
-    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: Sequence,
+    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: EngineSequence,
                          onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
         var stats = GenerationStats()
         var sampler = Sampler(params)
         var progress = policy.start(tokenizer: tokenizer)
-        let t0 = KernelBench.now()
+        let t0 = MonotonicClock.seconds()
         var logits = try evaluate(prompt, in: seq)
         stats.promptTokens = prompt.count
-        stats.prefillSeconds = KernelBench.now() - t0
-        let t1 = KernelBench.now()
+        stats.prefillSeconds = MonotonicClock.seconds() - t0
+        let t1 = MonotonicClock.seconds()
         while true {
             let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: config.vocabSize, history: seq.tokens) }
             let step = progress.accept(next, fed: seq.length)
@@ -129,13 +130,13 @@ public final class Engine: @unchecked Sendable {
             if let f = step.finish { stats.finishReason = f; break }
             logits = try evaluate([next], in: seq)
         }
-        stats.decodeSeconds = KernelBench.now() - t1
+        stats.decodeSeconds = MonotonicClock.seconds() - t1
         return stats
     }
 
     /// Up to `maxTokens` tokens with no stop strings, within the sequence's cache.
     @discardableResult
-    public func generate(prompt: [Int32], maxTokens: Int, params: SamplingParams, in seq: Sequence,
+    public func generate(prompt: [Int32], maxTokens: Int, params: SamplingParams, in seq: EngineSequence,
                          onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
         try generate(prompt: prompt, policy: GenerationPolicy(maxTokens: maxTokens, capacity: seq.caches.first?.capacity ?? 0),
                      params: params, in: seq, onToken: onToken)

@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 import Synchronization
 

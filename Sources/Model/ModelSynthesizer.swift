@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 
 /// Writes a random-weight model of any shape: benchmark models (the scaled-down Qwen3-30B-A3B of

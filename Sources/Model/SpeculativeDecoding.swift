@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import Runtime
 #endif
 import Kernels
 import Tokenizer
@@ -42,7 +43,7 @@ public struct DraftStats: Sendable, Equatable {
     public var tokensPerPass: Double { passes > 0 ? Double(passes + accepted) / Double(passes) : 0 }
 }
 
-extension Sequence {
+extension EngineSequence {
     /// Forgets every position from `n` on, in the caches and the token history (rejected proposals).
     public func truncate(to n: Int) {
         for c in caches { c.truncate(to: n) }
@@ -65,19 +66,19 @@ extension Engine {
     }
 
     /// `generate` with `draft` proposing tokens (see `DraftOptions`); the same tokens, fewer passes.
-    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: Sequence,
-                         draft: Engine, draftSequence dseq: Sequence, options: DraftOptions, draftStats: inout DraftStats,
+    public func generate(prompt: [Int32], policy: GenerationPolicy, params: SamplingParams, in seq: EngineSequence,
+                         draft: Engine, draftSequence dseq: EngineSequence, options: DraftOptions, draftStats: inout DraftStats,
                          onToken: (Int32?, String) -> Bool) throws -> GenerationStats {
         try checkDraft(draft)
         var stats = GenerationStats()
         var sampler = Sampler(params)
         var progress = policy.start(tokenizer: tokenizer)
         let v = config.vocabSize, capacity = seq.caches.first?.capacity ?? 0
-        let t0 = KernelBench.now()
+        let t0 = MonotonicClock.seconds()
         var logits = try evaluate(prompt, in: seq)
         stats.promptTokens = prompt.count
-        stats.prefillSeconds = KernelBench.now() - t0
-        let t1 = KernelBench.now()
+        stats.prefillSeconds = MonotonicClock.seconds() - t0
+        let t1 = MonotonicClock.seconds()
         var pending = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: v, history: seq.tokens) }
         var fed = seq.length
         generation: while true {
@@ -111,7 +112,7 @@ extension Engine {
             // Positions past the pending token and the accepted proposals held rejected ones.
             seq.truncate(to: base + 1 + accepted)
         }
-        stats.decodeSeconds = KernelBench.now() - t1
+        stats.decodeSeconds = MonotonicClock.seconds() - t1
         return stats
     }
 
@@ -120,7 +121,7 @@ extension Engine {
     /// the pending one last — and room), up to min(room, `options.maxTokens`). Each sequence forgets what it holds
     /// past the part it shares with its context, takes the tokens it has not seen, then its own picks while its best
     /// is at least as likely as `options.minProbability`; fewer than `options.minTokens` picks are none.
-    public func propose(_ jobs: [(sequence: Sequence, context: [Int32], count: Int)], options: DraftOptions) throws -> [[Int32]] {
+    public func propose(_ jobs: [(sequence: EngineSequence, context: [Int32], count: Int)], options: DraftOptions) throws -> [[Int32]] {
         let jobs = jobs.map { (sequence: $0.sequence, context: $0.context, count: min($0.count, options.maxTokens)) }
         let minProbability = options.minProbability
         var out = [[Int32]](repeating: [], count: jobs.count)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GGUF
+import Runtime
 import Kernels
 
 /// Where one row of a batch belongs: which sequence's cache, at which position.

@@ -1,5 +1,5 @@
 import Foundation
-import Wire
+import CurveKeys
 import Yams
 
 /// A cluster file (DESIGN.md § Cluster file): where the coordinator listens and, per worker, its endpoint,

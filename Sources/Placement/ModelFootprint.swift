@@ -49,8 +49,9 @@ public struct ModelFootprint: Sendable, Equatable {
         self.expertsUsed = expertsUsed ?? max(1, minSlots / 2)
     }
 
-    /// From a model file, with a KV cache of `context` positions × `sequences` per layer, in `cacheTypes`.
-    public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1, cacheTypes: CacheTypes = .f16) {
+    /// From a model file, with a KV cache of `context` positions × `sequences` per layer, in `cacheTypes`, and
+    /// scratch for micro-batches of `ubatch` rows (what the scheduler sends; the workers are told in Assign).
+    public init(file: GGUFFile, config: ModelConfig, context: Int, sequences: Int = 1, cacheTypes: CacheTypes = .f16, ubatch: Int = 512) {
         let layout = WeightLayout(file: file, config: config)
         var layer = [Int](repeating: 0, count: config.layerCount)
         var embd = 0, head = 0
@@ -71,8 +72,8 @@ public struct ModelFootprint: Sendable, Equatable {
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,
                   minSlots: 2 * max(1, config.expertsUsed),
-                  stageScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, experts: false),
-                  expertScratchBytes: MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: sequences, stage: false),
+                  stageScratchBytes: ShardBudget.scratchBytes(config: config, context: context, ubatch: ubatch, sequences: sequences, experts: false),
+                  expertScratchBytes: ShardBudget.scratchBytes(config: config, context: context, ubatch: ubatch, sequences: sequences, stage: false),
                   expertsUsed: max(1, config.expertsUsed))
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import CurveKeys
 import Synchronization
 
 /// A worker of the plan as the others must know it to talk to it under CurveZMQ.
@@ -63,6 +64,12 @@ public final class ZeroMQTransports: TransportFactory {
 
     public var authenticates: Bool { curve != nil }
     public var refusedPeers: Int { admission?.refused ?? 0 }
+
+    /// A client's sockets (`conclave generate`, `status`, the benches): plain, or CurveZMQ with our pair and the
+    /// key `server` (the coordinator's) must prove.
+    public static func client(of server: String, keys: (pair: CurveKeyPair, serverKey: CurveKey)?) -> ZeroMQTransports {
+        ZeroMQTransports(curve: keys.map { Curve(keys: $0.pair, admitted: [:], servers: [server: $0.serverKey]) })
+    }
 
     public func listen(_ endpoint: String, maxMessageSize: Int = 256 << 20) throws -> Transport {
         let security: SocketSecurity = curve.map { .curveServer($0.keys, admission!) } ?? .none

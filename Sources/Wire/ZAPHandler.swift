@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CZeroMQ
 import Foundation
+import CurveKeys
 import Synchronization
 
 /// Who a peer is, as the ZAP handler told libzmq when the peer's CurveZMQ handshake was admitted: every message

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CZeroMQ
 import Foundation
+import CurveKeys
 import Synchronization
 
 /// One ZeroMQ context per process; sockets are made from it. libzmq's context is thread-safe.

@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import CurveKeys
+import Runtime
 import Kernels
 import GGUF
 import Model
@@ -29,6 +31,10 @@ public final class WorkerService: Service, @unchecked Sendable {
         public var maxMessageBytes = 256 << 20
         /// Bytes of weights this host streams per second (measured at start; Hello reports it, nil: unmeasured).
         public var readRate: Double?
+        /// Heartbeats, step and call timings and expert-call timeouts run on it (a test's manual clock).
+        public var clock: any Clock = MonotonicClock()
+        /// Seconds between heartbeats.
+        public var heartbeatPeriod = 1.0
         public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
             self.name = name
             self.endpoint = endpoint
@@ -52,7 +58,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     /// apart, and a sleeping worker answers each one late (see `PollingQueue`).
     private let expertQueue = PollingQueue()
     private let controlQueue = DispatchQueue(label: "conclave.worker.control")
-    private let replies = PendingReplies()
+    private let replies: PendingReplies
 
     struct Shared {
         var coordinator: Data?
@@ -80,6 +86,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         self.router = router
         self.transports = transports
         self.log = log
+        replies = PendingReplies(clock: options.clock)
         if let path = options.modelPath {
             let f = try GGUFFile(path: path)
             ownModel = (f, f.metadataSHA256)
@@ -93,9 +100,12 @@ public final class WorkerService: Service, @unchecked Sendable {
     // MARK: Service
 
     public func run() async throws {
+        let (clock, period) = (options.clock, options.heartbeatPeriod)
         let heartbeat = Task.detached { [weak self] in
+            var next = clock.now() + period
             while !Task.isCancelled {
-                try? await Task.sleep(nanoseconds: 1_000_000_000)
+                await clock.sleep(until: next)
+                next += period
                 self?.sendHeartbeat()
             }
         }
@@ -278,11 +288,11 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?, previous: WorkerShard?) {
         do {
             let file = try modelFile(for: a, peer: peer)
-            let t0 = KernelBench.now()
+            let t0 = options.clock.now()
             let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, previous: previous,
-                                        connect: { [transports] in try transports.connect($0) })
+                                        clock: options.clock, connect: { [transports] in try transports.connect($0) })
             let what = a.endLayer > a.firstLayer ? "layers \(a.firstLayer)..<\(a.endLayer)" : "no layers"
-            log("\(shard.keptWeights ? "kept" : "loaded") \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", KernelBench.now() - t0)) s")
+            log("\(shard.keptWeights ? "kept" : "loaded") \(what) and \(shard.expertCount) experts: \(shard.residentBytes) bytes resident in \(String(format: "%.2f", options.clock.now() - t0)) s")
             shared.withLock { $0.shard = shard; $0.state = .ready }
             var e = Envelope()
             e.requestID = id
@@ -303,11 +313,11 @@ public final class WorkerService: Service, @unchecked Sendable {
         let id = msg.envelope.requestID
         // Failures go to the coordinator, which owns the request, whoever sent us the input.
         guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.unavailable, "stage input before this worker was assigned (it restarted, or its Assign is still loading)")) }
-        let t0 = KernelBench.now()
+        let t0 = options.clock.now()
         do {
             let rows = msg.envelope.stageInput.rows.count
             let out = try shard.step(msg)
-            if rows > 0 { metrics.recordStep(tokens: rows, ms: (KernelBench.now() - t0) * 1000) }
+            if rows > 0 { metrics.recordStep(tokens: rows, ms: (options.clock.now() - t0) * 1000) }
             switch out {
             case .tokens(let m): reply(coordinator, m)
             case .forward(let m):
@@ -333,11 +343,11 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     private func runExpertCall(_ msg: WireMessage, peer: Data?) {
         let shard = shared.withLock { $0.shard }
-        let t0 = KernelBench.now()
+        let t0 = options.clock.now()
         do {
             guard let server = shard?.experts else { throw WireError(.unavailable, "this worker holds no experts (it restarted, or holds none in this plan)") }
             let r = try server.handle(msg)
-            metrics.recordExpertCall(ms: (KernelBench.now() - t0) * 1000, countLatency: shard?.stage == nil)
+            metrics.recordExpertCall(ms: (options.clock.now() - t0) * 1000, countLatency: shard?.stage == nil)
             reply(peer, r)
         } catch {
             replyError(peer, id: msg.envelope.requestID, error)

@@ -1,8 +1,10 @@
 import Foundation
+import Runtime
 import GGUF
 import Kernels
 import Model
 import Wire
+import ClusterProtocol
 
 /// What a worker holds after its Assign: optionally a pipeline stage (layers a..<b, with a KV cache per sequence
 /// and, on the last stage, each sequence's sampler) and the experts it computes — for its own layers and for
@@ -33,7 +35,7 @@ final class WorkerShard: @unchecked Sendable {
     /// that changed only who holds the other experts, the next stage or the epoch — those are kept as they are
     /// (the offload cache warm), and only the routing to other workers and the sequences are made anew.
     init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, previous: WorkerShard? = nil,
-         connect: @escaping @Sendable (String) throws -> Transport) throws {
+         clock: any Clock = MonotonicClock(), connect: @escaping @Sendable (String) throws -> Transport) throws {
         let config = try ModelConfig(file: file)
         // Every field checked before it sizes or indexes anything (found by the wire fuzzer: first > end trapped).
         guard assign.firstLayer <= assign.endLayer, Int(assign.endLayer) <= config.layerCount, assign.slots <= 1 << 20 else {
@@ -53,9 +55,16 @@ final class WorkerShard: @unchecked Sendable {
         } catch {
             throw WireError(.malformed, "Assign's cache types: \(error)")
         }
-        let budget = try WorkerBudget(file: file, config: config, layers: layers, resident: held, paged: paged, slots: Int(assign.slots),
-                                      context: contextLength, memory: memory, cacheTypes: cacheTypes)
-        maxSequences = budget.maxSequences
+        // Micro-batches of the Assign's size (512 from a coordinator that does not say), no StageInput larger.
+        ubatch = assign.ubatch > 0 ? Int(min(assign.ubatch, 1 << 20)) : 512
+        let budget = ShardBudget(file: file, config: config, shard: .init(layers: layers, resident: held, paged: paged, slots: Int(assign.slots)),
+                                 context: contextLength, ubatch: ubatch, cacheTypes: cacheTypes)
+        do {
+            try budget.check(memory: memory)
+        } catch {
+            throw WireError(.overBudget, "\(error.description) (this worker's --memory)")
+        }
+        maxSequences = budget.sequences(within: memory)
         let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads)
         self.holding = holding
         let kept = previous.flatMap { $0.holding == holding ? $0 : nil }
@@ -68,7 +77,7 @@ final class WorkerShard: @unchecked Sendable {
             offload = kept.offload
             resident = kept.residentBytes - (kept.stage?.residentBytes ?? 0)
         } else if !paged.isEmpty {
-            let cache = try BudgetedExperts(file: file, config: config, resident: held, paged: paged, slots: Int(assign.slots), pool: pool)
+            let cache = try BudgetedExperts(file: file, config: config, resident: held, paged: paged, slots: Int(assign.slots), pool: pool, clock: clock)
             local = cache
             offload = cache
             resident += cache.heldBytes
@@ -93,7 +102,7 @@ final class WorkerShard: @unchecked Sendable {
                     client = c
                 } else {
                     let endpoint = remote.endpoint
-                    client = RemoteClient(endpoint: endpoint, connect: { try connect(endpoint) })
+                    client = RemoteClient(endpoint: endpoint, clock: clock, connect: { try connect(endpoint) })
                     clients[remote.endpoint] = client
                 }
                 for set in remote.experts {
@@ -110,7 +119,7 @@ final class WorkerShard: @unchecked Sendable {
                 ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
-            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: budget.maxSequences, cacheTypes: cacheTypes)
+            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: maxSequences, cacheTypes: cacheTypes)
         } else {
             stage = nil
             sequences = nil
@@ -139,6 +148,8 @@ final class WorkerShard: @unchecked Sendable {
     let keptWeights: Bool
     /// Sequences whose KV fits the budget beside everything else.
     let maxSequences: Int
+    /// Most rows in one StageInput: the micro-batch the budget holds scratch for.
+    let ubatch: Int
 
     var sequenceCount: Int { sequences?.count ?? 0 }
     private var clients: [RemoteClient] = []
@@ -163,6 +174,7 @@ final class WorkerShard: @unchecked Sendable {
         let e = config.embeddingLength
         let n = input.rows.count
         guard input.tokens.count == n else { throw WireError(.malformed, "StageInput has \(n) rows but \(input.tokens.count) tokens") }
+        guard n <= ubatch else { throw WireError(.malformed, "StageInput has \(n) rows; this stage was assigned micro-batches of at most \(ubatch)") }
         guard input.sampling.isEmpty || input.sampling.count == input.sampleRows.count else {
             throw WireError(.malformed, "StageInput has \(input.sampleRows.count) sample rows but \(input.sampling.count) sampling entries")
         }
@@ -187,24 +199,10 @@ final class WorkerShard: @unchecked Sendable {
                                              sampleRows: input.sampleRows.map(Int.init), sampling: input.sampling.map(SamplingParams.init),
                                              logprobs: input.logprobs.map(Int.init))
             } catch let e as StageSequences.StepError {
-                switch e.kind {
-                case .full: throw WireError(.overBudget, "this worker's --memory: " + e.description)
-                case .contextExceeded: throw WireError(.contextExceeded, e.description)
-                case .malformed: throw WireError(.malformed, "StageInput: " + e.description)
-                }
+                throw WireError(step: e)
             }
             if stage.isLast {
-                tokenOut.sequences = sampled.map(\.sequence)
-                tokenOut.tokens = sampled.map(\.token.token)
-                if sampled.contains(where: { $0.token.logprob != nil }) {
-                    tokenOut.logprobs = sampled.map { $0.token.logprob ?? .nan }
-                    tokenOut.top = sampled.map { s in
-                        var t = Conclave_V1_TopLogprobs()
-                        t.tokens = s.token.top.map(\.token)
-                        t.logprobs = s.token.top.map(\.logprob)
-                        return t
-                    }
-                }
+                tokenOut = Conclave_V1_TokenOut(sampled: sampled)
             } else {
                 hiddenData = Data(bytes: hidden, count: n * e * 4)
             }
@@ -217,72 +215,5 @@ final class WorkerShard: @unchecked Sendable {
         next.sampleRows = input.sampleRows
         out.stageInput = next
         return .forward(WireMessage.make(out, tensors: n > 0 ? [(.f32, [n, e], hiddenData)] : []))
-    }
-}
-
-extension ExpertSet {
-    /// The sets of an Assign (per layer, its experts).
-    init(wire sets: [Conclave_V1_ExpertSet]) {
-        var lists: [Int: [Int]] = [:]
-        for set in sets { lists[Int(set.layer), default: []] += set.experts.map(Int.init) }
-        self.init(lists)
-    }
-}
-
-/// What an Assign costs a worker, checked against its `--memory` before anything loads.
-struct WorkerBudget {
-    /// Everything but KV: weights, resident experts, slots, scratch.
-    let baseBytes: Int
-    let kvBytesPerSequence: Int
-    let maxSequences: Int
-
-    init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, resident: ExpertSet, paged: ExpertSet, slots: Int, context: Int,
-         memory: Int, cacheTypes: CacheTypes = .f16) throws(WireError) {
-        let layout = WeightLayout(file: file, config: config)
-        let fixed = MemoryBudget.fixedBytes(file: file, layout: layout, layers: layers)
-        var expertBytes = 0
-        for l in 0..<config.layerCount { expertBytes += resident.experts(inLayer: l, of: config.expertCount).count * (config.isMoE ? layout.bytesPerExpert(layer: l) : 0) }
-        let slotBytes = slots * ((0..<config.layerCount).filter { !paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0)
-        let holdsExperts = !resident.isEmpty || !paged.isEmpty
-        let scratch = MemoryBudget.scratchBytes(config: config, context: context, ubatch: 512, sequences: 1, stage: !layers.isEmpty, experts: holdsExperts)
-        let kv = KVCache.bytes(layers: layers.count, capacity: context, config: config, types: cacheTypes)
-        let base = fixed + expertBytes + slotBytes + scratch
-        let need = base + kv
-        let mib = MemoryBudget.mib
-        guard need <= memory else {
-            throw WireError(.overBudget, "the assignment needs \(mib(need)) (weights \(mib(fixed)), resident experts \(mib(expertBytes)), \(slots) cache slots \(mib(slotBytes)), scratch \(mib(scratch)), KV for one sequence \(mib(kv))) but --memory is \(mib(memory))")
-        }
-        baseBytes = base
-        kvBytesPerSequence = kv
-        maxSequences = kv > 0 ? (memory - base) / kv : 0
-    }
-}
-
-extension SamplingParams {
-    public init(_ s: Conclave_V1_Sampling) {
-        self.init()
-        temperature = s.temperature
-        topK = Int(s.topK)
-        topP = s.topP
-        minP = s.minP
-        repeatPenalty = s.repeatPenalty
-        seed = s.seed
-        frequencyPenalty = s.frequencyPenalty
-        presencePenalty = s.presencePenalty
-        if s.repeatLastN > 0 { repeatLastN = Int(min(s.repeatLastN, 1 << 20)) }
-    }
-
-    public var wire: Conclave_V1_Sampling {
-        var s = Conclave_V1_Sampling()
-        s.temperature = temperature
-        s.topK = UInt32(clamping: topK)  // beyond the vocabulary is every token
-        s.topP = topP
-        s.minP = minP
-        s.repeatPenalty = repeatPenalty
-        s.seed = seed
-        s.frequencyPenalty = frequencyPenalty
-        s.presencePenalty = presencePenalty
-        s.repeatLastN = UInt32(clamping: repeatLastN)
-        return s
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CurveKeys
 import Foundation
 import Generation
 import GGUF
@@ -8,6 +9,7 @@ import Placement
 import Synchronization
 import Telemetry
 import Wire
+import ClusterProtocol
 import Worker
 
 struct BenchCluster: ParsableCommand {
@@ -124,7 +126,7 @@ struct BenchCluster: ParsableCommand {
 
         // 2. The cluster: workers and a coordinator as child processes (with --curve, the same cluster with
         // fresh keys for everyone, written with the keys to a directory of this run).
-        var clusterPath = cluster, keyDir: String?, security = SocketSecurity.none
+        var clusterPath = cluster, keyDir: String?, clientKeys: (pair: CurveKeyPair, serverKey: CurveKey)?
         if mode != .file {
             clusterPath = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-bench-\(mode.rawValue)-\(getpid()).yaml").path
             try clusterFile.yaml.write(toFile: clusterPath, atomically: true, encoding: .utf8)
@@ -136,7 +138,7 @@ struct BenchCluster: ParsableCommand {
             clusterFile = try LocalCluster.withKeys(clusterFile, in: dir)
             clusterPath = dir + "/cluster.yaml"
             try clusterFile.yaml.write(toFile: clusterPath, atomically: true, encoding: .utf8)
-            security = .curveClient(try CurveCertificate.pair(dir, "client"), server: clusterFile.coordinatorKey!)
+            clientKeys = (try CurveCertificate.pair(dir, "client"), clusterFile.coordinatorKey!)
             keyDir = dir
         }
         defer { if let keyDir { try? FileManager.default.removeItem(atPath: keyDir) } }
@@ -151,7 +153,8 @@ struct BenchCluster: ParsableCommand {
         coordinator.standardError = errors
         try coordinator.run()
         children.append(coordinator)
-        let client = try CoordinatorClient(endpoint: clusterFile.coordinator, security: security)
+        let transports = ZeroMQTransports.client(of: clusterFile.coordinator, keys: clientKeys)
+        let client = try CoordinatorClient(endpoint: clusterFile.coordinator, transports: transports)
         do {
             try Self.waitUntilReady(client, coordinator: coordinator)
         } catch {
@@ -182,7 +185,7 @@ struct BenchCluster: ParsableCommand {
         Thread.sleep(forTimeInterval: 1.2)  // one heartbeat, so the counters include the run
         let after = try status(client)
 
-        let concurrent = sequences > 1 ? try aggregate(endpoint: clusterFile.coordinator, security: security, params: params) : nil
+        let concurrent = sequences > 1 ? try aggregate(endpoint: clusterFile.coordinator, transports: transports, params: params) : nil
         let final = try status(client)
 
         let stageNames = Set(after.workers.filter { $0.endLayer > $0.firstLayer }.map(\.name))
@@ -285,13 +288,13 @@ struct BenchCluster: ParsableCommand {
 
     /// `sequences` generations of `gen` tokens at once, each from its own client; generated tokens per second of
     /// wall time from the first request to the last answer.
-    func aggregate(endpoint: String, security: SocketSecurity, params: SamplingParams) throws -> Double {
+    func aggregate(endpoint: String, transports: TransportFactory, params: SamplingParams) throws -> Double {
         let prompts = Self.prompts
         let total = Mutex(0), failure = Mutex<String?>(nil)
         let t0 = KernelBench.now()
         DispatchQueue.concurrentPerform(iterations: sequences) { i in
             do {
-                let client = try CoordinatorClient(endpoint: endpoint, security: security)
+                let client = try CoordinatorClient(endpoint: endpoint, transports: transports)
                 var g = Conclave_V1_Generate()
                 g.prompt = prompts[i % prompts.count]
                 g.maxTokens = UInt32(gen)

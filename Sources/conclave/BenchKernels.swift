@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Runtime
 import Kernels
 
 struct Bench: ParsableCommand {

@@ -4,6 +4,7 @@ import Kernels
 import Model
 import Placement
 import Synchronization
+import ClusterProtocol
 import Wire
 
 /// `conclave bench soak`: many requests through a cluster, every one accounted for, and the processes' memory
@@ -69,7 +70,7 @@ struct BenchSoak: ParsableCommand {
         let drain = log.fileHandleForReading
         Thread.detachNewThread { _ = drain.readDataToEndOfFile() }
 
-        let client = try CoordinatorClient(endpoint: coordinatorEndpoint)
+        let client = try CoordinatorClient(endpoint: coordinatorEndpoint, transports: ZeroMQTransports.client(of: coordinatorEndpoint, keys: nil))
         try BenchCluster.waitUntilReady(client, coordinator: coordinator)
         // The processes to watch: the coordinator, the workers it started (--local), the workers started here.
         let pids = [coordinator.processIdentifier] + Self.children(of: coordinator.processIdentifier) + children.dropLast().map(\.processIdentifier)
@@ -102,7 +103,7 @@ struct BenchSoak: ParsableCommand {
         let next = Mutex(0), outcomes = Mutex<[Outcome]>([])
         let t0 = KernelBench.now()
         DispatchQueue.concurrentPerform(iterations: concurrency) { _ in
-            guard let c = try? CoordinatorClient(endpoint: coordinatorEndpoint) else { return }
+            guard let c = try? CoordinatorClient(endpoint: coordinatorEndpoint, transports: ZeroMQTransports.client(of: coordinatorEndpoint, keys: nil)) else { return }
             while true {
                 let i = next.withLock { n -> Int in defer { n += 1 }; return n }
                 guard i < requests else { return }

@@ -1,94 +1,11 @@
 import ArgumentParser
+import CurveKeys
 import Coordinator
 import Foundation
 import Synchronization
 import Telemetry
 import Wire
-import Worker
-
-/// A DEALER to the coordinator that collects replies for the synchronous client commands.
-final class CoordinatorClient: @unchecked Sendable {
-    let socket: ZMQSocket
-    final class Inbox: Sendable {
-        let messages = Mutex<[WireMessage]>([])
-        let arrived = DispatchSemaphore(value: 0)
-    }
-    private let inbox = Inbox()
-    private var reader: Task<Void, Never>?
-
-    init(endpoint: String, security: SocketSecurity = .none) throws {
-        socket = try ZMQSocket(.dealer, bind: false, endpoint: endpoint, security: security)
-        let (s, inbox) = (socket, inbox)
-        reader = Task.detached {
-            for await f in s.messages {
-                guard let m = try? WireMessage.decode(f.parts) else { continue }
-                inbox.messages.withLock { $0.append(m) }
-                inbox.arrived.signal()
-            }
-        }
-    }
-
-    deinit {
-        reader?.cancel()
-        socket.close()
-    }
-
-    func send(_ e: Envelope) throws { socket.send(Frames(parts: try WireMessage.make(e).encode())) }
-
-    /// The next message, or nil after `timeout` seconds of silence. Throws at once when the handshake failed
-    /// (the coordinator refused our key, or wants CurveZMQ): no answer would ever come.
-    func next(timeout: Double) throws -> WireMessage? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while true {
-            if inbox.arrived.wait(timeout: .now() + min(0.25, max(0, deadline.timeIntervalSinceNow))) == .success {
-                return inbox.messages.withLock { $0.removeFirst() }
-            }
-            if let problem = socket.handshakeProblem { throw Failure(description: problem) }
-            if deadline.timeIntervalSinceNow <= 0 { return nil }
-        }
-    }
-
-    struct Failure: Error, CustomStringConvertible { let description: String }
-    private var nextID: UInt64 = 1
-
-    /// Runs a generation, handing each streamed piece of text to `onText`; returns the final TokenOut (speeds).
-    /// Throws the coordinator's Error, or after `timeout` seconds without a message.
-    func generate(_ g: Conclave_V1_Generate, timeout: Double, onText: ([UInt8]) -> Void) throws -> Conclave_V1_TokenOut {
-        var e = Envelope()
-        e.requestID = nextID
-        nextID += 1
-        e.generate = g
-        try send(e)
-        while true {
-            guard let m = try next(timeout: timeout) else {
-                throw Failure(description: "no answer from the coordinator at \(socket.endpoint) within \(Int(timeout)) s")
-            }
-            guard m.envelope.requestID == e.requestID else { continue }
-            switch m.envelope.kind {
-            case .tokenOut(let t):
-                if !t.text.isEmpty { onText([UInt8](t.text)) }
-                if t.done { return t }
-            case .error(let err):
-                throw Failure(description: err.message)
-            default:
-                continue
-            }
-        }
-    }
-
-    /// The cluster's status, or nil when no answer comes within `timeout` seconds.
-    func status(timeout: Double) throws -> Conclave_V1_StatusReply? {
-        var e = Envelope()
-        e.requestID = 0
-        e.statusQuery = Conclave_V1_StatusQuery()
-        try send(e)
-        let deadline = Date().addingTimeInterval(timeout)
-        while let m = try next(timeout: max(0, deadline.timeIntervalSinceNow)) {
-            if case .statusReply(let s) = m.envelope.kind { return s }
-        }
-        return nil
-    }
-}
+import ClusterProtocol
 
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -113,7 +30,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator, security: keys.security())
+        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator))
         var g = Conclave_V1_Generate()
         g.prompt = prompt
         g.maxTokens = UInt32(n)
@@ -147,7 +64,7 @@ struct StatusCommand: ParsableCommand {
     @OptionGroup var keys: ClientKeyOptions
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator, security: keys.security())
+        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator))
         let answer: Conclave_V1_StatusReply?
         do { answer = try client.status(timeout: timeout) } catch {
             printError("error: \(error)")
@@ -204,15 +121,16 @@ struct ClientKeyOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Connect with CurveZMQ using the keys in this directory: this client's pair (client.key_secret; else coordinator.key_secret) and the coordinator's public key (coordinator.key).", valueName: "dir"))
     var keyDir: String?
 
-    func security() throws -> SocketSecurity {
-        guard let keyDir else { return .none }
+    /// Sockets to the coordinator at `endpoint`: plain, or CurveZMQ with the keys of `--key-dir`.
+    func transports(to endpoint: String) throws -> TransportFactory {
+        guard let keyDir else { return ZeroMQTransports.client(of: endpoint, keys: nil) }
         do {
             // The operator on the coordinator's host may use the coordinator's own key, which it admits too.
             let fallback = !FileManager.default.fileExists(atPath: CurveCertificate.secretPath(keyDir, "client"))
                 && FileManager.default.fileExists(atPath: CurveCertificate.secretPath(keyDir, "coordinator"))
             let pair = try CurveCertificate.pair(keyDir, fallback ? "coordinator" : "client")
             let server = try CurveCertificate.read(CurveCertificate.publicPath(keyDir, "coordinator")).publicKey
-            return .curveClient(pair, server: server)
+            return ZeroMQTransports.client(of: endpoint, keys: (pair, server))
         } catch {
             throw ValidationError("--key-dir \(keyDir): \(error)")
         }

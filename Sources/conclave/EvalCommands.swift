@@ -1,4 +1,5 @@
 import ArgumentParser
+import Runtime
 import Tokenizer
 import GGUF
 import Foundation
@@ -89,12 +90,12 @@ struct PerplexityCommand: ParsableCommand {
     func run() throws {
         let engine = try model.load()
         let ids = engine.tokenizer.encode(bytes: try readInput(prompt: nil, file: file))
-        let start = KernelBench.now()
+        let start = MonotonicClock.seconds()
         do {
             let r = try engine.perplexity(ids, ctx: ctx) { c, total, ppl in
                 printError("[\(c)/\(total)] ppl \(fixed(ppl, 4))")
             }
-            let secs = KernelBench.now() - start
+            let secs = MonotonicClock.seconds() - start
             if json {
                 print(JSON.object([("ppl", .double(r.ppl)), ("chunks", .int(r.chunks))]).render())
             } else {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CurveKeys
 import Foundation
 import Wire
 

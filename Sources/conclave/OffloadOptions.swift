@@ -27,15 +27,16 @@ struct OffloadOptions: ParsableArguments {
         try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes)
     }
 
-    /// The same for `sequences` sequences generating at once, each with KV for `context` positions.
-    func load(path: String, threads: Int, context: Int?, sequences: Int, cacheTypes: CacheTypes) throws -> (Engine, BudgetedExperts?) {
+    /// The same for `sequences` sequences generating at once, each with KV for `context` positions, in
+    /// micro-batches of up to `ubatch` rows (the scratch the budget sets aside).
+    func load(path: String, threads: Int, context: Int?, sequences: Int, cacheTypes: CacheTypes, ubatch: Int = 512) throws -> (Engine, BudgetedExperts?) {
         do {
             let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file)
             try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences, types: cacheTypes)
             guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
-                                        sequences: sequences, budget: budget, cacheTypes: cacheTypes)
+                                        sequences: sequences, ubatch: ubatch, budget: budget, cacheTypes: cacheTypes)
             if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             var cache: BudgetedExperts?
             let engine = try Engine(file: file, threads: threads, cacheTypes: cacheTypes) { pool in
@@ -44,7 +45,7 @@ struct OffloadOptions: ParsableArguments {
                 cache = c
                 return c
             }
-            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence))\(sequences > 1 ? " × \(sequences) sequences" : ""), scratch \(formatBytes(plan.scratchBytes)), slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(path), policy \(policy)")
+            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence))\(sequences > 1 ? " × \(sequences) sequences" : ""), scratch \(formatBytes(plan.scratchBytes)) for \(ubatch)-row micro-batches, slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(path), policy \(policy)")
             return (engine, cache)
         } catch {
             printError("error: \(error)")

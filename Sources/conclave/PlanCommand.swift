@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Runtime
 import Kernels
 import Model
 import Placement

@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Runtime
 import Kernels
 import Model
 
@@ -45,14 +46,14 @@ struct QuantizeCommand: ParsableCommand {
         let file = try openGGUF(input)
         let recipe = QuantizationRecipe(fileType: fileType, overrides: overrides, keepF32: keepF32, file: file)
         let pool = ThreadPool(threads: threads)
-        let start = KernelBench.now()
+        let start = MonotonicClock.seconds()
         do {
             let summary = try ModelQuantizer.quantize(file, to: output, recipe: recipe, pool: pool) { r in
                 let shape = r.shape.map(String.init).joined(separator: "×")
                 printError("[\(r.index)/\(r.count)] \(r.name) \(r.from.name) → \(r.to.name) [\(shape)] \(formatBytes(r.bytesIn)) → \(formatBytes(r.bytesOut))")
             }
             let types = summary.typeCounts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-            printError("wrote \(output): \(formatBytes(summary.fileBytes)) (tensors \(formatBytes(summary.bytesIn)) → \(formatBytes(summary.bytesOut))), \(types), in \(fixed(KernelBench.now() - start, 1)) s")
+            printError("wrote \(output): \(formatBytes(summary.fileBytes)) (tensors \(formatBytes(summary.bytesIn)) → \(formatBytes(summary.bytesOut))), \(types), in \(fixed(MonotonicClock.seconds() - start, 1)) s")
         } catch let error as ModelError {
             printError("error: \(error)")
             throw ExitCode(1)

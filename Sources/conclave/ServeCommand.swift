@@ -2,9 +2,11 @@
 import Glibc
 #endif
 import ArgumentParser
+import CurveKeys
 import ChatTemplate
 import Coordinator
 import Foundation
+import Runtime
 import Generation
 import GGUF
 import Hummingbird
@@ -161,7 +163,7 @@ struct ServeCommand: AsyncParsableCommand {
         let model: ServedModel
         do {
             (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel,
-                                              cacheTypes: try kvCache.types)
+                                              cacheTypes: try kvCache.types, ubatch: ubatch)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
         } catch {
@@ -248,12 +250,6 @@ struct ServeCommand: AsyncParsableCommand {
                                           log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
             coordinator.scheduler.drafter = try drafter(for: coordinator.tokenizer, vocabSize: coordinator.config.vocabSize)
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                // Start-up blocks on replies: a thread of its own, not the cooperative pool.
-                Thread.detachNewThread {
-                    do { try coordinator.start(); c.resume() } catch { c.resume(throwing: error) }
-                }
-            }
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -267,7 +263,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let api = HTTPAPI(scheduler: coordinator.scheduler, model: model, apiKey: apiKey, metrics: metrics, health: { coordinator.healthProblem() },
                           cluster: { coordinator.status().json }, beforeScrape: { coordinator.status().mirror(into: metrics) })
-        let group = ServiceGroup(services: [coordinator] + httpService(api), gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
+        // Start-up (join, assign, load) runs inside the coordinator's service: SIGTERM while workers load is graceful.
+        let group = ServiceGroup(services: coordinator.services + httpService(api), gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
         try await run(group)
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Runtime
 import Kernels
 import Model
 
@@ -117,13 +118,13 @@ struct SynthCommand: ParsableCommand {
         s.ropeBase = ropeBase
         s.yarn = yarnFactor > 0 ? (yarnFactor, yarnOriginalCtx) : nil
         let vocab = try openGGUF(vocabFrom)
-        let start = KernelBench.now()
+        let start = MonotonicClock.seconds()
         do {
             let bytes = try ModelSynthesizer(shape: s, fileType: ft, seed: seed, vocabulary: vocab)
                 .write(to: output, pool: ThreadPool(threads: threads)) { i, n, name in
                     if i == 1 || i == n || i % 12 == 0 { printError("[\(i)/\(n)] \(name)") }
                 }
-            printError("wrote \(output): \(formatBytes(bytes)) in \(fixed(KernelBench.now() - start, 1)) s")
+            printError("wrote \(output): \(formatBytes(bytes)) in \(fixed(MonotonicClock.seconds() - start, 1)) s")
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

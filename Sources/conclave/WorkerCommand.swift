@@ -2,8 +2,10 @@
 import Glibc
 #endif
 import ArgumentParser
-import CKernels
+import CurveKeys
+import CHost
 import Foundation
+import Runtime
 import Kernels
 import Logging
 import Placement
@@ -59,7 +61,7 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if exitWithParent { ck_exit_with_parent() }
+        if exitWithParent { host_exit_with_parent() }
         let budget: Int
         if let memory {
             guard let b = ClusterFile.parseBytes(memory) else { throw ValidationError("--memory '\(memory)' is not a size like 12GiB") }

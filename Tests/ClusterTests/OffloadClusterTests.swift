@@ -48,6 +48,38 @@ import TestSupport
         #expect(rc3 != 0 && err3.contains("too small") && err3.contains("give at least"), "\(err3)")
     }
 
+    /// `serve --ubatch 2048`: prompts go through the layers 2048 rows at a time, and the budget sets aside scratch
+    /// for that many (one formula, `ShardBudget`): a `--memory` that holds 512-row micro-batches but not 2048-row
+    /// ones is refused at start with the figures, and one that holds them stays within itself (plus the runtime's
+    /// fixed overhead) through a 2100-token prompt. Measured on the model below: the process's own overhead (code,
+    /// runtime, threads, tokenizer) is about 40 MiB; the budget's scratch for 2048 rows is 78.7 MiB against 20.1
+    /// MiB for 512, so a budget that counted 512 would page fewer experts than fit and peak near 113 MiB on a
+    /// 60 MiB budget.
+    @Test func aLargeMicroBatchStaysWithinTheBudget() async throws { try await onThread { [self] in try self.aLargeMicroBatchStaysWithinTheBudgetBlocking() } }
+    func aLargeMicroBatchStaysWithinTheBudgetBlocking() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let dir = Fixtures.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = dir.appendingPathComponent("ubatch.gguf").path
+        let (rc0, _, err0) = try c.run(["synth", "--layers", "2", "--embd", "512", "--heads", "8", "--kv-heads", "2", "--head-dim", "64", "--experts", "64",
+                                        "--used", "2", "--expert-ff", "512", "--ctx", "4096", "--type", "Q4_0", "-o", model], timeout: 300)
+        #expect(rc0 == 0, "\(err0)")
+        let port = ProcessCluster.freePorts(1)
+        let serve = ["serve", "-m", model, "--http", "127.0.0.1:\(port)", "--threads", "2", "--ctx", "2560", "--parallel", "1", "--ubatch", "2048"]
+        let (rc1, _, err1) = try c.run(serve + ["--memory", "60MiB"], timeout: 120)
+        #expect(rc1 != 0 && err1.contains("2048-row micro-batches") && err1.contains("give at least"), "\(err1)")
+        let budget = 110 << 20, overhead = 48 << 20
+        try c.start("serve", serve + ["--memory", String(budget)])
+        try c.waitFor("serve", "OpenAI-compatible API on", timeout: 120)
+        let prompt = (0..<2100).map { String(100 + ($0 * 37) % 31000) }.joined(separator: ",")
+        let body = try Self.post("http://127.0.0.1:\(port)/v1/completions", #"{"prompt": [\#(prompt)], "max_tokens": 4, "temperature": 0}"#)
+        #expect(body.contains(#""prompt_tokens":2100"#) || body.contains(#""prompt_tokens": 2100"#), "\(body.prefix(400))")
+        let peak = try #require(Self.peakRSS(c.processes["serve"]!.processIdentifier))
+        print("serve --ubatch 2048 --memory \(budget): peak RSS \(peak) bytes")
+        #expect(peak <= budget + overhead, "peak RSS \(peak) bytes for a budget of \(budget) + overhead \(overhead)")
+    }
+
     /// POSTs JSON to 127.0.0.1 and returns the body (URLSession, waited on: this suite runs its processes synchronously).
     static func post(_ url: String, _ body: String) throws -> String {
         var req = URLRequest(url: URL(string: url)!)

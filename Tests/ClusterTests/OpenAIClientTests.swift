@@ -52,6 +52,8 @@ import Testing
         let base = ProcessCluster.freePorts(5)
         try c.start("serve", ["serve", "--local", "3", "--port", String(base), "--http", "127.0.0.1:\(base + 4)", "--threads", "1"])
         try c.waitFor("serve", "OpenAI-compatible API on", timeout: 180)
+        // HTTP answers (503, "starting") while the workers load; the cluster serves once the coordinator says so.
+        try c.waitFor("serve", "[coordinator] serving", timeout: 180)
         let out = try check("http://127.0.0.1:\(base + 4)", cluster: c)
         #expect(out.contains(#""ok": true"#))
         // The cluster's status over HTTP is the same JSON as `conclave status --json`.

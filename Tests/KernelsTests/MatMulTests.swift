@@ -1,5 +1,6 @@
 import CKernels
 import Testing
+import Runtime
 import TestSupport
 import GGUF
 @testable import Kernels

@@ -1,4 +1,6 @@
 import Foundation
+import CurveKeys
+import Runtime
 import Testing
 import TestSupport
 import GGUF

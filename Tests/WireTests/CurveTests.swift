@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import CurveKeys
 import Testing
 import TestSupport
 @testable import Wire

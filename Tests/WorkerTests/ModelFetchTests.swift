@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 import TestSupport
 import Wire
+import ClusterProtocol
 @testable import Worker
 
 /// Fetching the model into a shared cache: several fetches at once on one host give every one of them the
@@ -31,7 +32,7 @@ import Wire
                 if s.first == nil { s.first = req.offset }
                 s.bytes += Int(req.length)
             }
-            let reply = ModelFetch.chunk(req, id: m.envelope.requestID, of: source)
+            let reply = ModelChunks.chunk(req, id: m.envelope.requestID, of: source)
             // Through the wire format, as a worker receives it.
             _ = replies.resolve(try WireMessage.decode(try reply.encode()))
         }, log: { _ in })
@@ -80,7 +81,7 @@ import Wire
         let replies = PendingReplies()
         let f = ModelFetch(replies: replies, send: { m in
             guard case .fetchModel(let req) = m.envelope.kind else { return }
-            let good = ModelFetch.chunk(req, id: m.envelope.requestID, of: Self.source)
+            let good = ModelChunks.chunk(req, id: m.envelope.requestID, of: Self.source)
             var bytes = good.frames[0]
             bytes[bytes.startIndex] ^= 0xff
             _ = replies.resolve(WireMessage.make(good.envelope, tensors: [(.u8, [bytes.count], bytes)]))
@@ -93,7 +94,7 @@ import Wire
             var req = Conclave_V1_FetchModel()
             req.offset = offset
             req.length = UInt32(length)
-            guard case .error = ModelFetch.chunk(req, id: 1, of: Self.source).envelope.kind else { Issue.record("served \(offset)+\(length)"); continue }
+            guard case .error = ModelChunks.chunk(req, id: 1, of: Self.source).envelope.kind else { Issue.record("served \(offset)+\(length)"); continue }
         }
     }
 

@@ -4,6 +4,7 @@ import Model
 import Testing
 import TestSupport
 import Wire
+import ClusterProtocol
 @testable import Worker
 
 /// A worker's `--memory` bounds what it loads and how many sequences it admits.
@@ -26,9 +27,9 @@ struct WorkerBudgetTests {
         return a
     }
 
-    static func budget(_ memory: Int) throws -> WorkerBudget {
-        try WorkerBudget(file: file, config: config, layers: 0..<config.layerCount, resident: ExpertSet(wire: assign().experts),
-                         paged: .none, slots: 0, context: 256, memory: memory)
+    static func budget(ubatch: Int = 512) -> ShardBudget {
+        ShardBudget(file: file, config: config, shard: .init(layers: 0..<config.layerCount, resident: ExpertSet(wire: assign().experts)),
+                    context: 256, ubatch: ubatch)
     }
 
     static func step(_ shard: WorkerShard, sequence: UInt64, positions: Range<Int>, release: [UInt64] = []) throws -> WorkerShard.StepOutput {
@@ -70,7 +71,7 @@ struct WorkerBudgetTests {
     }
 
     @Test func anAssignBeyondTheBudgetIsRefusedWithTheFigures() throws {
-        let base = try Self.budget(1 << 30).baseBytes
+        let base = Self.budget().baseBytes
         do {
             _ = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: base, connect: { _ in throw WireError(.internalError, "no peers") })
             Issue.record("loaded an assignment beyond --memory")
@@ -82,7 +83,7 @@ struct WorkerBudgetTests {
 
     /// An Assign's quantized cache types: the worker holds its caches in them and admits more sequences.
     @Test func quantizedCacheTypesAdmitMoreSequences() throws {
-        let b = try Self.budget(1 << 30)
+        let b = Self.budget()
         let memory = b.baseBytes + 2 * b.kvBytesPerSequence
         var a = Self.assign()
         a.cacheTypeK = "q4_0"
@@ -95,9 +96,9 @@ struct WorkerBudgetTests {
     }
 
     @Test func sequencesBeyondTheKVBudgetAreRefusedUntilOneIsReleased() throws {
-        let b = try Self.budget(1 << 30)
+        let b = Self.budget()
         let memory = b.baseBytes + b.kvBytesPerSequence + b.kvBytesPerSequence / 2
-        #expect(try Self.budget(memory).maxSequences == 1)
+        #expect(b.sequences(within: memory) == 1)
         let shard = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
         #expect(shard.maxSequences == 1)
         guard case .tokens = try Self.step(shard, sequence: 1, positions: 0..<4) else { Issue.record("no tokens"); return }
@@ -111,5 +112,31 @@ struct WorkerBudgetTests {
         _ = try Self.step(shard, sequence: 1, positions: 4..<5, release: [1])
         #expect(shard.sequenceCount == 0)
         guard case .tokens = try Self.step(shard, sequence: 2, positions: 0..<4) else { Issue.record("no tokens"); return }
+    }
+}
+
+extension WorkerBudgetTests {
+    /// The Assign's micro-batch sizes the scratch the worker budgets for, and no StageInput may be larger: a
+    /// coordinator that sends 2048-row steps says so, and pays for it in the worker's budget.
+    @Test func theAssignsMicroBatchIsBudgetedAndEnforced() throws {
+        let small = Self.budget(ubatch: 32), large = Self.budget(ubatch: 256)
+        #expect(large.scratchBytes > small.scratchBytes)
+        var a = Self.assign()
+        a.ubatch = 256
+        do {
+            _ = try WorkerShard(file: Self.file, assign: a, threads: 1, memory: small.bytes(sequences: 1), connect: { _ in throw WireError(.internalError, "no peers") })
+            Issue.record("loaded 256-row micro-batches within a budget for 32")
+        } catch let e as WireError {
+            #expect(e.code == .overBudget && e.message.contains("256-row"), "\(e.message)")
+        }
+        a.ubatch = 8
+        let shard = try WorkerShard(file: Self.file, assign: a, threads: 1, memory: 1 << 30, connect: { _ in throw WireError(.internalError, "no peers") })
+        do {
+            _ = try Self.step(shard, sequence: 1, positions: 0..<9)
+            Issue.record("took 9 rows in a stage assigned 8")
+        } catch let e as WireError {
+            #expect(e.code == .malformed && e.message.contains("at most 8"), "\(e.message)")
+        }
+        guard case .tokens = try Self.step(shard, sequence: 1, positions: 0..<8) else { Issue.record("no tokens"); return }
     }
 }

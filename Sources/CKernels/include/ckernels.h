@@ -66,11 +66,6 @@ void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, siz
 /// Returns 0 (and does nothing) where there is no such kernel; the caller then dequantizes row by row.
 int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void *x, size_t stride, float *y);
 
-/// Cores this process may run on (its affinity mask).
-int ck_available_cores(void);
-/* Asks the kernel to send SIGTERM to this process when its parent dies (child workers of `serve --local`). */
-void ck_exit_with_parent(void);
-
 /// Reads `bytes` bytes from `p` with 32-byte aligned loads, returning a checksum so the loads
 /// are not optimised away (memory bandwidth measurement).
 uint64_t ck_stream_read(const void *p, size_t bytes);

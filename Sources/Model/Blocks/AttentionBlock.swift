@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 
 /// The attention half of a layer: RMS norm, the Q/K/V projections (with the architecture's biases and Q/K

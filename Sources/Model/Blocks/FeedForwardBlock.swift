@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import GGUF
+import Runtime
 import Kernels
 
 /// The feed-forward half of a layer: RMS norm, then routed experts (through the stage's `ExpertProvider`,

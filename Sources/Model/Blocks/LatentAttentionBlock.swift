@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 
 /// DeepSeek's multi-head latent attention, as llama.cpp computes it with the absorption optimisation: each

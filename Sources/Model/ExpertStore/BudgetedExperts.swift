@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Dispatch
 import GGUF
+import Runtime
 import Kernels
 
 /// The offload cache: experts beyond a memory budget live in a fixed pool of slots, allocated once, filled on a
@@ -80,10 +81,14 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
     private var slotOf: [ExpertKey: Int] = [:]
     private var counters = Counters()
     private var now = 0
+    /// Stall and read times are measured on it.
+    private let clock: any Clock
 
     /// `paged` experts go through `slots` slots; `resident` ones are mapped (packed and faulted in here).
     public init(file: GGUFFile, config: ModelConfig, resident: ExpertSet = .none, paged: ExpertSet, slots: Int,
-                policy: EvictionPolicy = EvictionPolicies.make(EvictionPolicies.defaultName)!, pool: ThreadPool) throws(ModelError) {
+                policy: EvictionPolicy = EvictionPolicies.make(EvictionPolicies.defaultName)!, pool: ThreadPool,
+                clock: any Clock = MonotonicClock()) throws(ModelError) {
+        self.clock = clock
         guard slots >= 1 else { throw ModelError("the expert cache needs at least one slot") }
         let layers = try Set(resident.checkedLayers(config: config, file: file) + paged.checkedLayers(config: config, file: file)).sorted()
         layout = WeightLayout(file: file, config: config)
@@ -117,7 +122,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
         // Touched now: the pool is allocated once, and counts against the budget from the start.
         memset(p, 0, slots * slotBytes)
         memory = p
-        reader = try ExpertReader(path: file.path)
+        reader = try ExpertReader(path: file.path, clock: clock)
         weights = w
         partOffsets = parts
         packSlots = pack
@@ -185,14 +190,14 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
                 residentDone = true
             }
             guard !wave.isEmpty else { continue }
-            let t0 = KernelBench.now()
+            let t0 = clock.now()
             done.wait()
             if let failed = monitor.locked({ failure.value }) {
                 failedReads = reads.map(\.0)
                 throw failed
             }
             try waitReady(layer: layer, wave)
-            monitor.locked { counters.stallSeconds += KernelBench.now() - t0 }
+            monitor.locked { counters.stallSeconds += clock.now() - t0 }
             let members = Dictionary(uniqueKeysWithValues: pending.map { ($0.expert, $0.members) })
             try ExpertCompute.run(wave.map { (matrices(layer: layer, expert: $0.expert, slot: $0.slot, w), members[$0.expert]!) }, input: x, routes: routes,
                                   slotsPerRow: k, embd: w.embd, ff: w.expertFF, pool: pool, into: results)
@@ -325,7 +330,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
 
     /// Reads `key` into slot `s` (which this caller claimed), packs it like resident experts, marks it ready.
     private func load(_ key: ExpertKey, into s: Int) throws(ModelError) {
-        let t0 = KernelBench.now()
+        let t0 = clock.now()
         let base = memory + s * slotBytes
         let offsets = partOffsets[key.layer]!
         var bytes = 0, starts: [Int] = []
@@ -344,7 +349,7 @@ public final class BudgetedExperts: ExpertProvider, @unchecked Sendable {
                 }
             }
         }
-        let dt = KernelBench.now() - t0
+        let dt = clock.now() - t0
         monitor.locked {
             counters.bytesRead += bytes
             counters.readSeconds += dt

@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 
 /// Which experts of which layers a process holds: every expert of every layer it binds, or an explicit list

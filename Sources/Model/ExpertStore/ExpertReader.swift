@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Dispatch
 import GGUF
+import Runtime
 import Kernels
 
 /// Reads experts' bytes from the model file with `pread`, never through the mapping, so that what the offload
@@ -21,8 +22,12 @@ final class ExpertReader: @unchecked Sendable {
     /// Linux's O_DIRECT (not exported to Swift without _GNU_SOURCE).
     static let oDirect: Int32 = 0o40000
 
-    init(path: String) throws(ModelError) {
+    /// Read times are measured on it.
+    let clock: any Clock
+
+    init(path: String, clock: any Clock = MonotonicClock()) throws(ModelError) {
         self.path = path
+        self.clock = clock
         fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw ModelError("\(path): cannot open for expert reads: \(String(cString: strerror(errno)))") }
         directFD = open(path, O_RDONLY | O_CLOEXEC | Self.oDirect)
@@ -107,7 +112,7 @@ public enum ExpertDisk {
         let buffers = (0..<group).map { _ in UInt(bitPattern: UnsafeMutableRawPointer.allocate(byteCount: ExpertReader.regionBytes(largest), alignment: ExpertReader.alignment)) }
         defer { for b in buffers { UnsafeMutableRawPointer(bitPattern: b)!.deallocate() } }
         let failure = Monitor.Box<ModelError?>(nil), lock = Monitor()
-        let t0 = KernelBench.now()
+        let t0 = MonotonicClock.seconds()
         for start in stride(from: 0, to: keys.count, by: group) {
             let batch = Array(keys[start..<min(keys.count, start + group)])
             DispatchQueue.concurrentPerform(iterations: batch.count) { i in
@@ -116,7 +121,7 @@ public enum ExpertDisk {
                 }
             }
         }
-        let seconds = KernelBench.now() - t0
+        let seconds = MonotonicClock.seconds() - t0
         if let e = failure.value { throw e }
         return Double(keys.reduce(0) { $0 + layout.bytesPerExpert(layer: $1.layer) }) / max(1e-9, seconds)
     }

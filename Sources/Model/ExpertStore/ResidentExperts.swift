@@ -1,4 +1,5 @@
 import GGUF
+import Runtime
 import Kernels
 
 /// Experts whose weights are mapped in this process and stay in memory (faulted in once, packed in place).

@@ -402,6 +402,10 @@ public nonisolated struct Conclave_V1_Assign: Sendable {
 
   public var cacheTypeV: String = String()
 
+  /// Most rows in one StageInput (the coordinator's --ubatch; 0: 512): the worker budgets scratch for it and
+  /// refuses a larger StageInput.
+  public var ubatch: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1451,7 +1455,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0\u{1}ubatch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1474,6 +1478,7 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       case 13: try { try decoder.decodeSingularStringField(value: &self.previousStage) }()
       case 14: try { try decoder.decodeSingularStringField(value: &self.cacheTypeK) }()
       case 15: try { try decoder.decodeSingularStringField(value: &self.cacheTypeV) }()
+      case 16: try { try decoder.decodeSingularUInt32Field(value: &self.ubatch) }()
       default: break
       }
     }
@@ -1525,6 +1530,9 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.cacheTypeV.isEmpty {
       try visitor.visitSingularStringField(value: self.cacheTypeV, fieldNumber: 15)
     }
+    if self.ubatch != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ubatch, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1544,6 +1552,7 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.previousStage != rhs.previousStage {return false}
     if lhs.cacheTypeK != rhs.cacheTypeK {return false}
     if lhs.cacheTypeV != rhs.cacheTypeV {return false}
+    if lhs.ubatch != rhs.ubatch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -59,8 +59,8 @@ public final class PollingQueue: @unchecked Sendable {
             if stopping && jobs.isEmpty { return }
             if !jobs.isEmpty { queued.subtract(jobs.count, ordering: .relaxed); continue }
             // Dry: poll for a while, then sleep until a job (or stop) arrives.
-            let end = KernelBench.now() + pollFor
-            while queued.load(ordering: .acquiring) == 0 && KernelBench.now() < end { sched_yield() }
+            let end = MonotonicClock.seconds() + pollFor
+            while queued.load(ordering: .acquiring) == 0 && MonotonicClock.seconds() < end { sched_yield() }
             if queued.load(ordering: .acquiring) == 0 {
                 sleeping.store(true, ordering: .sequentiallyConsistent)
                 // A job queued between the look and the flag has seen no sleeper: look once more.
@@ -71,7 +71,7 @@ public final class PollingQueue: @unchecked Sendable {
     }
 }
 
-/// A counting semaphore (Kernels does not import Dispatch).
+/// A counting semaphore on a Monitor (no Dispatch below this queue).
 final class DispatchSemaphoreLike: @unchecked Sendable {
     private let monitor = Monitor()
     private var count = 0

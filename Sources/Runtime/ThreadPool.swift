@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CKernels
+import CHost
 import Synchronization
 
 /// A fixed set of threads that run one data-parallel job at a time, `body(threadIndex)` on each.
@@ -55,7 +55,7 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     /// The number of cores this process may run on.
-    public static var availableCores: Int { Int(ck_available_cores()) }
+    public static var availableCores: Int { Int(host_available_cores()) }
 
     /// Runs `body(i)` for every i in 0..<size, in parallel, and returns when all have finished.
     public func run(_ body: (Int) -> Void) {

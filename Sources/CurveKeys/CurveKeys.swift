@@ -39,7 +39,7 @@ public struct CurveKey: Sendable, Hashable, CustomStringConvertible {
 public struct CurveKeyPair: Sendable, Equatable {
     public let publicKey: CurveKey
     /// Z85 of the secret key; never logged.
-    let secretZ85: String
+    package let secretZ85: String
 
     /// A fresh pair from libsodium (through libzmq).
     public static func generate() throws(KeyError) -> CurveKeyPair {
@@ -151,7 +151,7 @@ public struct KeyError: Error, CustomStringConvertible, Sendable, Equatable {
     public var description: String { message }
 }
 
-extension String {
+package extension String {
     /// The text of a NUL-terminated C buffer that libzmq filled (Z85 keys).
     init(nulTerminated buffer: [CChar]) {
         self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

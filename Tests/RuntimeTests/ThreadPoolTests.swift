@@ -1,6 +1,6 @@
 import Synchronization
 import Testing
-@testable import Kernels
+@testable import Runtime
 
 struct ThreadPoolTests {
     /// Many short jobs on pools that come and go: every index runs exactly once per job, nothing leaks or hangs.

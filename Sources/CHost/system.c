@@ -2,9 +2,9 @@
 #define _GNU_SOURCE
 #include <sched.h>
 #include <unistd.h>
-#include "ckernels.h"
+#include "chost.h"
 
-int ck_available_cores(void) {
+int host_available_cores(void) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         int n = CPU_COUNT(&set);
@@ -16,4 +16,4 @@ int ck_available_cores(void) {
 
 #include <sys/prctl.h>
 #include <signal.h>
-void ck_exit_with_parent(void) { prctl(PR_SET_PDEATHSIG, SIGTERM); }
+void host_exit_with_parent(void) { prctl(PR_SET_PDEATHSIG, SIGTERM); }

@@ -1,0 +1,95 @@
+import ClusterProtocol
+import Foundation
+import Generation
+import Runtime
+import ServiceLifecycle
+import Synchronization
+import Tokenizer
+import Wire
+
+/// The ZeroMQ front door (`conclave generate`, `status`, the benches), a Service of its own beside the HTTP API:
+/// Generate requests are tokenized and run by the scheduler, each event answered as a TokenOut (an Error when it
+/// fails, with the failure's class as its code); StatusQuery is answered at once, even mid-generation. On
+/// shutdown it lets the answers already under way reach their clients (2 s at most), then closes its socket.
+public final class ClientAPI: Service, @unchecked Sendable {
+    let clients: Transport
+    let scheduler: Scheduler
+    let tokenizer: Tokenizer
+    let status: @Sendable () -> Conclave_V1_StatusReply
+    let log: @Sendable (String) -> Void
+    /// Client requests whose events are still being answered.
+    private let answering = Mutex(0)
+
+    init(clients: Transport, scheduler: Scheduler, tokenizer: Tokenizer, status: @escaping @Sendable () -> Conclave_V1_StatusReply,
+         log: @escaping @Sendable (String) -> Void) {
+        self.clients = clients
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.status = status
+        self.log = log
+    }
+
+    public var endpoint: String { clients.endpoint }
+
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await self.serve()
+        } onGracefulShutdown: {
+            // The scheduler (stopped before us) has ended every stream; let their last answers go out. Real
+            // time: a shutdown's grace is the machine's.
+            let deadline = MonotonicClock.seconds() + 2
+            while self.answering.withLock({ $0 }) > 0 && MonotonicClock.seconds() < deadline { usleep(5_000) }
+            self.clients.close()
+        }
+    }
+
+    /// Client requests until the client socket closes.
+    func serve() async {
+        for await frames in clients.messages {
+            let msg: WireMessage
+            do {
+                msg = try WireMessage.decode(frames.parts)
+            } catch {
+                let id = (try? Envelope(serializedBytes: frames.parts.first ?? Data()))?.requestID ?? 0
+                reply(frames.peer, WireMessage.errorReply(to: id, error))
+                continue
+            }
+            switch msg.envelope.kind {
+            case .statusQuery:
+                var e = Envelope()
+                e.requestID = msg.envelope.requestID
+                e.statusReply = status()
+                reply(frames.peer, WireMessage.make(e))
+            case .generate(let g):
+                generate(g, client: frames.peer, requestID: msg.envelope.requestID)
+            default:
+                reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "the coordinator takes Generate and StatusQuery from clients")))
+            }
+        }
+    }
+
+    func generate(_ g: Conclave_V1_Generate, client: Data?, requestID: UInt64) {
+        let (sequence, events) = scheduler.submit(GenerationRequest(g, prompt: tokenizer.encode(g.prompt)))
+        answering.withLock { $0 += 1 }
+        Task.detached { [self] in
+            defer { answering.withLock { $0 -= 1 } }
+            do {
+                for try await event in events {
+                    var e = Envelope()
+                    e.requestID = requestID
+                    e.tokenOut = Conclave_V1_TokenOut(event: event, sequence: sequence)
+                    reply(client, WireMessage.make(e))
+                }
+            } catch let e as GenerationError {
+                reply(client, WireMessage.errorReply(to: requestID, WireError(generation: e)))
+            } catch {
+                reply(client, WireMessage.errorReply(to: requestID, WireError(.internalError, "generation ended: \(error)")))
+            }
+        }
+    }
+
+    func reply(_ peer: Data?, _ m: WireMessage) {
+        guard let parts = try? m.encode() else { return }
+        clients.send(Frames(peer: peer, parts: parts))
+    }
+}

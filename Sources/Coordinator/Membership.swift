@@ -1,0 +1,137 @@
+import ClusterProtocol
+import Foundation
+import Placement
+import Runtime
+import Synchronization
+import Telemetry
+import Wire
+
+/// Who is in the cluster and how they are doing: one `WorkerLink` per worker of the cluster file, the Hellos
+/// that join them (and find a restarted one), the round trips the planner weighs, and the read loop of each link
+/// — heartbeats checked and kept, model-chunk requests handed to `ModelChunks`, replies to their waiters.
+final class Membership: @unchecked Sendable {
+    let links: [WorkerLink]
+    /// Replies from every worker, matched to their requests (Hello, Assign, steps).
+    let replies: PendingReplies
+    let clock: any Clock
+    let log: @Sendable (String) -> Void
+    /// The model's metadata hash: a worker with another model may not join.
+    let sha: [UInt8]
+    private var readers: [Task<Void, Never>] = []
+
+    init(cluster: ClusterFile, transports: TransportFactory, clock: any Clock, sha: [UInt8], log: @escaping @Sendable (String) -> Void) throws {
+        self.clock = clock
+        self.sha = sha
+        self.log = log
+        replies = PendingReplies(clock: clock)
+        links = try cluster.workers.map { w in
+            do {
+                return WorkerLink(worker: w, transport: try transports.connect(w.endpoint), clock: clock)
+            } catch {
+                throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
+            }
+        }
+    }
+
+    deinit { for r in readers { r.cancel() } }
+
+    /// Starts reading every link; `onFetch` serves a worker's model-chunk request.
+    func startReading(onFetch: @escaping @Sendable (Conclave_V1_FetchModel, UInt64, WorkerLink) -> Void) {
+        for link in links {
+            readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch) })
+        }
+    }
+
+    func close() { for l in links { l.transport.close() } }
+
+    func link(named name: String) -> WorkerLink? { links.first { $0.worker.name == name } }
+
+    /// Hello to each of `links` at once; each one's answer, or nil when none came within `timeout` seconds (or
+    /// it answered with something else). `stopping` is looked at between waits: a shutdown does not wait out
+    /// the join.
+    func hello(_ links: [WorkerLink], timeout: Double, stopping: @Sendable () -> Bool = { false }) -> [(WorkerLink, Conclave_V1_Hello?)] {
+        let asked = links.map { link -> (WorkerLink, PendingReplies.Waiter) in
+            let waiter = replies.waiter()
+            var e = Envelope()
+            e.requestID = waiter.id
+            e.hello = Conclave_V1_Hello()
+            link.send(WireMessage.make(e))
+            return (link, waiter)
+        }
+        let deadline = clock.now() + timeout
+        return asked.map { link, waiter in
+            // Each waiter is looked at once even past the deadline: answers that came while an earlier one
+            // was waited for count.
+            repeat {
+                let left = max(0, deadline - clock.now())
+                if let reply = try? waiter.poll(timeout: min(0.5, left)) {
+                    guard case .hello(let h) = reply.envelope.kind else { return (link, nil) }
+                    return (link, h)
+                }
+            } while !stopping() && clock.now() < deadline
+            replies.cancel(waiter.id)
+            return (link, nil)
+        }
+    }
+
+    /// Times a few Hellos to each worker that joined, one after another, and keeps the shortest: an expert call
+    /// to that worker costs about this on top of its compute, which the planner weighs against its rate. A
+    /// measurement of the machine, so on the machine's clock whatever clock the cluster runs on.
+    func measureRoundTrips(probes: Int = 5) {
+        for link in links where link.info.withLock({ $0.hello != nil }) {
+            var best = Double.infinity
+            for _ in 0..<probes {
+                let id = replies.register()
+                var e = Envelope()
+                e.requestID = id
+                e.hello = Conclave_V1_Hello()
+                let t0 = MonotonicClock.seconds()
+                link.send(WireMessage.make(e))
+                guard (try? replies.wait(id, timeout: 10, from: link.worker.endpoint)) != nil else { break }
+                best = min(best, MonotonicClock.seconds() - t0)
+            }
+            if best.isFinite { link.info.withLock { $0.roundTrip = best } }
+        }
+    }
+
+    /// The worker as the plan sees it: its own budget when it reported a smaller one than the cluster file's,
+    /// its measured read rate and round trip.
+    func budgeted(_ link: WorkerLink, loopbackOnly: Bool) -> ClusterFile.Worker {
+        let (hello, roundTrip) = link.info.withLock { ($0.hello, $0.roundTrip) }
+        let reported = Int(clamping: hello?.memoryBudget ?? 0)
+        var w = reported > 0 && reported < link.worker.memory ? link.worker.with(memory: reported) : link.worker
+        // Workers that share one host share its memory bus, and they measured at the same moment, each slowing
+        // the others: their rates say nothing about each other, so a loopback cluster splits by `speed:` alone.
+        if !loopbackOnly, let rate = hello?.readBytesPerSecond, rate.isFinite, rate > 0 { w.readRate = rate }
+        w.roundTrip = roundTrip
+        return w
+    }
+
+    private func read(_ link: WorkerLink, onFetch: @Sendable (Conclave_V1_FetchModel, UInt64, WorkerLink) -> Void) async {
+        for await frames in link.transport.messages {
+            let msg: WireMessage
+            do {
+                msg = try WireMessage.decode(frames.parts)
+            } catch {
+                log("unreadable message from worker '\(link.worker.name)': \(error)")
+                continue
+            }
+            link.heard()
+            switch msg.envelope.kind {
+            case .heartbeat(let hb):
+                do {
+                    let checked = try MetricSample.checked(hb.metrics, catalog: WorkerMetric.bySeries)
+                    link.info.withLock { $0.metrics = checked }
+                } catch {
+                    log("worker '\(link.worker.name)' sent a heartbeat with bad figures (kept the last good ones): \(error)")
+                }
+            case .fetchModel(let f):
+                onFetch(f, msg.envelope.requestID, link)
+            default:
+                if !replies.resolve(msg), case .error(let e) = msg.envelope.kind {
+                    log("worker '\(link.worker.name)': \(e.message)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import ClusterProtocol
+import Foundation
+import Generation
+import Placement
+import Runtime
+import Synchronization
+import Wire
+
+/// After a failure (a worker of the plan down, a step lost): finds who answers — the ready workers, the spares,
+/// and any down one that was restarted (it answers a Hello again) — keeps the placement when every lost shard
+/// has a taker, else plans again over what is left, and assigns the new plan. Runs on the scheduler's thread,
+/// which applies the outcome (the KV room of the new placement) and replays every sequence. Keeps a record of
+/// each recovery for status.
+final class Recovery: @unchecked Sendable {
+    let membership: Membership
+    let assignment: Assignment
+    let cluster: ClusterFile
+    let loadTimeout: Double
+    let log: @Sendable (String) -> Void
+    private let records = Mutex<[Conclave_V1_Recovery]>([])
+
+    init(membership: Membership, assignment: Assignment, cluster: ClusterFile, loadTimeout: Double, log: @escaping @Sendable (String) -> Void) {
+        self.membership = membership
+        self.assignment = assignment
+        self.cluster = cluster
+        self.loadTimeout = loadTimeout
+        self.log = log
+    }
+
+    /// Every recovery so far, oldest first.
+    var history: [Conclave_V1_Recovery] { records.withLock { $0 } }
+
+    func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome {
+        let clock = membership.clock
+        let t0 = clock.now()
+        var record = Conclave_V1_Recovery()
+        record.cause = cause.message
+        record.sequencesReplayed = UInt32(sequences)
+        defer {
+            record.seconds = clock.now() - t0
+            record.epoch = assignment.epoch
+            record.plan = assignment.summary()
+            records.withLock { $0.append(record) }
+        }
+        log("re-planning: \(cause.message)")
+        let links = membership.links
+        // Ask everyone not known to be well who they are; a restarted worker answers (a live one within
+        // milliseconds: a second is plenty on a LAN).
+        var answered: Set<String> = []
+        for (link, answer) in membership.hello(links.filter { $0.state != .ready }, timeout: 1) {
+            guard let h = answer, !h.hasModel_p || [UInt8](h.modelMetadataSha256) == membership.sha else { continue }
+            link.info.withLock { $0.hello = h; if $0.state == .down { $0.state = .joining } }
+            link.heard()
+            answered.insert(link.worker.name)
+        }
+        let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
+        let left = usable.map { link in
+            let w = membership.budgeted(link, loopbackOnly: cluster.loopbackOnly)
+            return link.worker.role == .spare ? w.with(role: .any) : w
+        }
+        let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
+        let outcome: Assignment.Outcome
+        do {
+            // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
+            // shard loads. Otherwise a plan from scratch over what is left.
+            let plan = assignment.plan
+            if let same = plan.keeping(on: left, expertBytes: assignment.footprint.expertBytes) {
+                let moved = plan.workers.map(\.name).filter { n in !same.workers.contains { $0.name == n } }
+                assignment.plan = same
+                log("keeping the placement\(moved.isEmpty ? "" : " (the shards of \(moved.joined(separator: ", ")) taken over)"): " + assignment.summary())
+            } else {
+                assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                log("new plan without \(gone.joined(separator: ", ")): " + assignment.summary())
+            }
+            outcome = try assignment.assign(timeout: loadTimeout)
+        } catch {
+            let e = GenerationError(.unavailable, "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)")
+            log(e.message)
+            return .failed(e)
+        }
+        record.reloaded = outcome.reloaded
+        record.recovered = true
+        log("recovered in \(String(format: "%.2f", clock.now() - t0)) s (plan \(assignment.epoch)); replaying \(sequences) sequence\(sequences == 1 ? "" : "s")")
+        return .recovered(maxSequences: outcome.maxSequences)
+    }
+}

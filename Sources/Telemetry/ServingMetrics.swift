@@ -1,0 +1,35 @@
+/// The figures the serving process counts — the scheduler's requests, tokens and outcomes, the recoveries, the
+/// draft's proposals — as data, like `WorkerMetric`: each is one `let` here, counted through the process's
+/// `MetricsRegistry` where it happens, and `status` (text and `--json`), `GET /v1/cluster` and `GET /metrics`
+/// render every entry from this list. Adding a figure is one line here and one call where it happens.
+///
+/// Status keys with a dot are grouped in an object of their own (`draft.proposed` → `"draft": {"proposed": …}`).
+public struct ServingMetrics: Sendable {
+    static let finished = "Requests that ended, by reason: stop (an end token or a stop string), length (max tokens or the context), error, cancelled."
+
+    public let running = MetricSpec(.gauge, "conclave_requests_running", help: "Requests generating now (holding KV caches).", status: "sequences")
+    public let queued = MetricSpec(.gauge, "conclave_requests_queued", help: "Requests waiting for KV room.", status: "queued")
+    public let kvCells = MetricSpec(.gauge, "conclave_kv_cells_used", help: "Positions held in the running requests' KV caches.", status: "kv_cells")
+    public let promptTokens = MetricSpec(.counter, "conclave_prompt_tokens_total", help: "Prompt tokens of requests that produced a first token.", status: "prompt_tokens")
+    public let generatedTokens = MetricSpec(.counter, "conclave_generation_tokens_total", help: "Tokens generated.", status: "tokens_generated")
+    public let stopped = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "stop")], help: finished, status: "requests.stop")
+    public let lengthLimited = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "length")], help: finished, status: "requests.length")
+    public let failed = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "error")], help: finished, status: "requests_failed")
+    public let cancelled = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "cancelled")], help: finished, status: "requests.cancelled")
+    public let peakInFlight = MetricSpec(.gauge, "conclave_steps_in_flight_peak", help: "Most steps in the pipeline at once since start.", status: "peak_in_flight")
+    public let recoveries = MetricSpec(.counter, "conclave_recoveries_total", help: "Times the cluster was re-planned after a failure and generation went on.", status: "recovered")
+    public let replayed = MetricSpec(.counter, "conclave_sequences_replayed_total", help: "Sequences fed again after recoveries.", status: "sequences_replayed")
+    public let draftProposed = MetricSpec(.counter, "conclave_draft_tokens_proposed_total", help: "Tokens the draft model proposed.", status: "draft.proposed")
+    public let draftAccepted = MetricSpec(.counter, "conclave_draft_tokens_accepted_total", help: "Proposed tokens the model accepted.", status: "draft.accepted")
+    public let draftPasses = MetricSpec(.counter, "conclave_draft_verify_passes_total", help: "Pipeline passes that verified proposals.", status: "draft.passes")
+
+    /// Every entry, in declaration order: the catalog is this struct's own fields.
+    public var all: [MetricSpec] { Mirror(reflecting: self).children.compactMap { $0.value as? MetricSpec } }
+    /// Entries by series, for checking what a status reply carries.
+    public var bySeries: [String: MetricSpec] { Dictionary(uniqueKeysWithValues: all.map { ($0.description, $0) }) }
+}
+
+public extension ServingMetrics {
+    /// The catalog of the serving process's figures.
+    static let catalog = ServingMetrics()
+}

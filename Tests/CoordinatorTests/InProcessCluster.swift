@@ -1,0 +1,119 @@
+import ClusterProtocol
+@testable import Coordinator
+import Foundation
+import Generation
+import Model
+import Placement
+import Runtime
+import Synchronization
+import TestSupport
+import Wire
+import Worker
+
+/// A coordinator and N `WorkerService`s in this process, over the in-memory transports (authenticated: every
+/// dealer carries its role, as CurveZMQ's ZAP would say it) and one `ManualClock`: heartbeats, silence and
+/// deadlines move only when the test advances time, so "suspect", "down" and recovery happen at the instant
+/// the test chooses, with no sleeps and no processes.
+final class InProcessCluster: @unchecked Sendable {
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    let network = InMemoryNetwork()
+    let clock = ManualClock()
+    let cluster: ClusterFile
+    let coordinator: Coordinator
+    private let services: Mutex<[String: Running]>
+    /// Workers the test silenced: no heartbeat is expected of them.
+    private let silenced = Mutex<Set<String>>([])
+    /// Every component's log lines, for failure messages.
+    final class Log: Sendable {
+        private let lines = Mutex<[String]>([])
+        func append(_ l: String) { lines.withLock { $0.append(l) } }
+        var all: [String] { lines.withLock { $0 } }
+    }
+    let log = Log()
+
+    static func endpoint(_ name: String) -> String { "inproc://\(name)" }
+
+    init(workers: [(name: String, role: ClusterFile.Role)], memory: Int = 1 << 30, context: Int = 256,
+         model: String = Fixtures.shippedModel) throws {
+        cluster = ClusterFile(coordinator: Self.endpoint("coordinator"),
+                              workers: workers.map { ClusterFile.Worker(name: $0.name, endpoint: Self.endpoint($0.name), memory: memory, role: $0.role) })
+        var running: [String: Running] = [:]
+        for w in workers { running[w.name] = try Self.worker(w.name, model: model, network: network, clock: clock, log: log) }
+        services = Mutex(running)
+        var options = Coordinator.Options(contextLength: context, workerThreads: 1)
+        options.clock = clock
+        options.measureRoundTrips = false
+        let clients = try network.router(at: cluster.coordinator)
+        coordinator = try Coordinator(modelPath: model, cluster: cluster, options: options, clients: clients,
+                                      transports: InMemoryTransports(network: network, identity: "coordinator", role: .coordinator),
+                                      log: { [log] l in log.append(l) })
+    }
+
+    typealias Running = (service: WorkerService, router: InMemoryEndpoint, task: Task<Void, Never>)
+
+    /// A worker service on its router, heartbeating on the manual clock.
+    static func worker(_ name: String, model: String, network: InMemoryNetwork, clock: ManualClock, log: Log) throws -> Running {
+        let router = try network.router(at: endpoint(name))
+        var options = WorkerService.Options(name: name, endpoint: router.endpoint, modelPath: model, memory: 1 << 30, threads: 1,
+                                            cacheDirectory: Fixtures.temporaryDirectory().path)
+        options.clock = clock
+        let service = try WorkerService(options: options, router: router,
+                                        transports: InMemoryTransports(network: network, identity: name, role: .worker(name)),
+                                        log: { [log] l in log.append("[\(name)] " + l) })
+        return (service, router, Task.detached { _ = try? await service.run() })
+    }
+
+    /// Join, plan, assign, wait for every Ready; the scheduler then runs.
+    func start() async throws { try await coordinator.startUp() }
+
+    /// The worker stops answering anything, heartbeats included, as a host that lost its network.
+    func silence(_ name: String) {
+        silenced.withLock { _ = $0.insert(name) }
+        services.withLock { s in
+            s[name]?.router.close()
+            s[name]?.task.cancel()
+        }
+    }
+
+    func isSilenced(_ name: String) -> Bool { silenced.withLock { $0.contains(name) } }
+
+    func stop() {
+        coordinator.scheduler.stop()
+        coordinator.membership.close()
+        services.withLock { s in for (_, w) in s { w.router.close(); w.task.cancel() } }
+    }
+
+    func link(_ name: String) -> WorkerLink { coordinator.links.first { $0.worker.name == name }! }
+
+    /// Moves time by one heartbeat period and waits (in real time, bounded) until the coordinator has heard every
+    /// worker that should heartbeat — ready, not silenced — at the new instant: each step of the test then starts
+    /// from the same state whatever the machine's speed. (A worker still loading may get its Assign just after
+    /// the tick's heartbeat; it is heard by the next.)
+    func tick(_ seconds: Double = 1.0) throws {
+        clock.advance(by: seconds)
+        let deadline = MonotonicClock.seconds() + 60
+        while true {
+            let quiet = coordinator.links.filter { link in
+                guard !silenced.withLock({ $0.contains(link.worker.name) }) else { return false }
+                let (state, assigned) = link.info.withLock { ($0.state, $0.layers.count + $0.experts > 0) }
+                return assigned && state == .ready && link.heartbeatAge != 0
+            }
+            if quiet.isEmpty { return }
+            if MonotonicClock.seconds() > deadline {
+                throw Failure(description: "no heartbeat at t=\(clock.now()) from \(quiet.map(\.worker.name)); log: \(log.all.suffix(20))")
+            }
+            usleep(1_000)
+        }
+    }
+
+    /// Real time, bounded: for what the machine does in its own time (a load, a step), never for what the clock
+    /// decides.
+    static func eventually(_ what: String, within seconds: Double = 60, _ condition: () -> Bool) throws {
+        let deadline = MonotonicClock.seconds() + seconds
+        while !condition() {
+            if MonotonicClock.seconds() > deadline { throw Failure(description: "not within \(seconds) s: \(what)") }
+            usleep(1_000)
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import ClusterProtocol
+@testable import Coordinator
+import Foundation
+import Generation
+import Model
+import Placement
+import Runtime
+import Testing
+import TestSupport
+import Wire
+
+/// The coordinator's jobs over in-memory workers and a manual clock: join, assign, generate, silence → suspect →
+/// down → recovery and replay, the epoch and roles enforced. Deterministic: time moves only in `tick`.
+@Suite(.serialized) struct InProcessClusterTests {
+    static let engine = try! Engine(path: Fixtures.shippedModel, threads: 1)
+
+    /// What `conclave run` gives for the same prompt and sampling.
+    func alone(_ prompt: String, _ n: Int, _ params: SamplingParams) throws -> [Int32] { try aloneWithText(prompt, n, params).tokens }
+
+    func aloneWithText(_ prompt: String, _ n: Int, _ params: SamplingParams) throws -> (tokens: [Int32], text: String) {
+        var tokens: [Int32] = [], text = ""
+        try Self.engine.generate(prompt: Self.engine.tokenizer.encode(prompt), maxTokens: n, params: params,
+                                 in: Self.engine.newSequence(capacity: 256)) { t, s in
+            if let t { tokens.append(t) }
+            text += s
+            return true
+        }
+        return (tokens, text)
+    }
+
+    static func seeded() -> SamplingParams {
+        var p = SamplingParams()
+        p.seed = 5
+        p.repeatPenalty = 1.2
+        return p
+    }
+
+    /// Two stages and an experts worker: the tokens (greedy and seeded) are the one process's, the plan gives
+    /// every worker its part, and status counts what ran.
+    @Test func joinAssignGenerateMatchesOneProcess() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1", "s2"])
+        #expect(c.coordinator.links.allSatisfy { $0.state == .ready })
+        #expect(c.link("e1").info.withLock { $0.experts } > 0)
+        for (prompt, params) in [("Once upon a time", SamplingParams.greedy), ("The build system", Self.seeded())] {
+            let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode(prompt), maxTokens: 24, sampling: params))
+            var tokens: [Int32] = []
+            for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+            #expect(tokens == (try alone(prompt, 24, params)), "\(prompt)")
+        }
+        let status = c.coordinator.status()
+        #expect(status.tokensGenerated == 48)
+        #expect(status.epoch == 1)
+        #expect(status.workers.map(\.state) == ["ready", "ready", "ready"])
+    }
+
+    /// The ZeroMQ client API is a front door of its own over the same scheduler: Generate streams TokenOuts
+    /// whose text is the one process's, StatusQuery answers, anything else is an Error with its code.
+    @Test func clientAPIOverTheTwin() async throws {
+        let c = try InProcessCluster(workers: [("a", .any)])
+        defer { c.stop() }
+        try await c.start()
+        let serving = Task.detached { await c.coordinator.clientAPI.serve() }
+        defer { serving.cancel() }
+        let client = try CoordinatorClient(endpoint: c.cluster.coordinator, transports: InMemoryTransports(network: c.network, identity: "client", role: .client))
+        var g = Conclave_V1_Generate()
+        g.prompt = "Once upon a time"
+        g.maxTokens = 16
+        g.sampling = SamplingParams.greedy.wire
+        var bytes: [UInt8] = []
+        let last = try client.generate(g, timeout: 120) { bytes += $0 }
+        #expect(last.done && last.finishReason == "length" && last.generatedTokens == 16)
+        #expect(String(decoding: bytes, as: UTF8.self) == (try aloneWithText("Once upon a time", 16, .greedy)).text)
+        let status = try #require(try client.status(timeout: 60))
+        #expect(status.workers.map(\.name) == ["a"])
+        var odd = Envelope()
+        odd.requestID = 77
+        odd.hello = Conclave_V1_Hello()
+        try client.send(odd)
+        let reply = try #require(try client.next(timeout: 60))
+        guard case .error(let e) = reply.envelope.kind else { Issue.record("no Error for a Hello from a client"); return }
+        #expect(reply.envelope.requestID == 77 && e.code == .malformed)
+    }
+
+    /// A stage goes silent mid-generation. Heartbeats come every second: at 2 s of silence it is suspect, at
+    /// exactly 3 s still suspect (down is *more* than 3 s), past it down; the scheduler then recovers — the spare
+    /// takes the lost shard, the others keep theirs — and replays the request, whose tokens are the one process's.
+    /// A StageInput of the old plan is then refused by a worker (stale epoch).
+    @Test func silentStageIsSuspectThenDownThenReplacedAndTheTextIsUnchanged() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts), ("spare", .spare)])
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.link("spare").state == .spare)
+        let prompt = "Once upon a time", n = 120
+        let want = try alone(prompt, n, Self.seeded())
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode(prompt), maxTokens: n, sampling: Self.seeded()))
+        let collected = Task.detached { () throws -> [Int32] in
+            var tokens: [Int32] = []
+            for try await e in events {
+                if case .token(let t?, _, _) = e {
+                    tokens.append(t)
+                    if tokens.count == 3 { c.silence("s2") }
+                }
+            }
+            return tokens
+        }
+        try InProcessCluster.eventually("s2 silenced") { c.isSilenced("s2") }
+        try c.tick()  // 1 s
+        #expect(c.link("s2").state == .ready)
+        try c.tick()  // 2 s
+        #expect(c.link("s2").state == .suspect)
+        #expect(c.coordinator.healthProblem()?.contains("suspect") == true)
+        try c.tick()  // 3 s: exactly the threshold
+        #expect(c.link("s2").heartbeatAge == WorkerLink.downAfter)
+        #expect(c.link("s2").state == .suspect)
+        #expect(c.coordinator.recovery.history.isEmpty)
+        try c.tick()  // 4 s: down
+        // The scheduler recovers: it asks the silent worker and the spare who they are and waits a second for
+        // answers (the spare's comes at once). Time moves only once that wait is on the clock.
+        let now = c.clock.now()
+        try InProcessCluster.eventually("the recovery's Hello waiting on the clock") {
+            c.log.all.contains { $0.hasPrefix("re-planning") } && c.clock.waitDeadlines.contains { $0 > now && $0 <= now + 1 }
+        }
+        try c.tick()  // 5 s: the Hello's deadline; the spare loads, the others keep their shards, in the machine's time
+        try InProcessCluster.eventually("the recovery's end") { !c.coordinator.recovery.history.isEmpty }
+        let record = try #require(c.coordinator.recovery.history.first, "\(c.log.all.joined(separator: "\n"))")
+        #expect(record.recovered, "\(record.cause)")
+        #expect(record.cause.contains("'s2'"))
+        #expect(record.reloaded == ["spare"], "only the spare loads; the others keep their shards")
+        #expect(record.sequencesReplayed == 1)
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1", "spare"])
+        let got = try await collected.value
+        #expect(got == want)
+
+        // A message of the plan before is refused where it arrives, with UNAVAILABLE.
+        let waiter = c.coordinator.membership.replies.waiter()
+        var stale = Envelope()
+        stale.requestID = waiter.id
+        stale.epoch = 1
+        stale.stageInput = Conclave_V1_StageInput()
+        c.link("s1").send(WireMessage.make(stale))
+        var refusal: WireError?
+        do { _ = try InProcessCluster.pollReply(waiter, clock: c) } catch let e as WireError { refusal = e }
+        #expect(refusal?.code == .unavailable, "\(String(describing: refusal))")
+        #expect(c.coordinator.status().epoch == 2)
+    }
+
+    /// Roles are enforced by the worker: a client may not assign it, a worker not outside the plan's pipeline
+    /// may not feed its stage; each gets an Error, and the worker goes on serving its coordinator.
+    @Test func peersWithTheWrongRoleAreRefused() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        func ask(_ role: PeerRole, _ build: (inout Envelope) -> Void) async throws -> Conclave_V1_Error? {
+            let d = try c.network.dealer(connectingTo: InProcessCluster.endpoint("s2"), identity: "intruder-\(role)", role: role)
+            defer { d.close() }
+            var e = Envelope()
+            e.requestID = 5
+            build(&e)
+            d.send(Frames(parts: try WireMessage.make(e).encode()))
+            var it = d.messages.makeAsyncIterator()
+            guard let f = await it.next() else { return nil }
+            if case .error(let err) = try WireMessage.decode(f.parts).envelope.kind { return err }
+            return nil
+        }
+        let byClient = try await ask(.client) { $0.assign = Conclave_V1_Assign() }
+        #expect(byClient?.code == .malformed && byClient?.message.contains("may not send") == true, "\(String(describing: byClient))")
+        let byExperts = try await ask(.worker("e1")) { $0.stageInput = Conclave_V1_StageInput() }
+        #expect(byExperts?.code == .malformed && byExperts?.message.contains("does not feed this stage") == true, "\(String(describing: byExperts))")
+        // Still the coordinator's: a request generates.
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("The"), maxTokens: 4, sampling: .greedy))
+        var count = 0
+        for try await e in events { if case .token(_?, _, _) = e { count += 1 } }
+        #expect(count == 4)
+    }
+}
+
+extension InProcessCluster {
+    /// A reply, waiting on the manual clock without moving it (the reply comes in the machine's time).
+    static func pollReply(_ waiter: PendingReplies.Waiter, clock c: InProcessCluster) throws -> WireMessage {
+        let deadline = MonotonicClock.seconds() + 60
+        while MonotonicClock.seconds() < deadline {
+            if let m = try waiter.poll(timeout: 0) { return m }
+            usleep(1_000)
+        }
+        throw Failure(description: "no reply within 60 s")
+    }
+}
