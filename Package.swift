@@ -46,13 +46,12 @@ let package = Package(
         .target(name: "Model", dependencies: ["GGUF", "Kernels", "Runtime", "Tokenizer"]),
         // Generation as a transport-free state machine (continuous batching over a StepExecutor: a cluster or
         // this process's stages), with the policy that ends each sequence.
-        .target(name: "Generation", dependencies: ["Model", "Runtime", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
+        .target(name: "Generation", dependencies: ["Model", "Runtime", "Telemetry", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
         // The one metrics registry (Prometheus exposition for GET /metrics).
         .target(name: "Telemetry", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics"),
                                                   .product(name: "Prometheus", package: "swift-prometheus")]),
         // The front door for OpenAI clients: /v1/chat/completions, /v1/completions, SSE, /health, /metrics.
         .target(name: "Serving", dependencies: ["Generation", "ChatTemplate", "JSON", "Model", "Tokenizer", "Telemetry",
-                                                .product(name: "CoreMetrics", package: "swift-metrics"),
                                                 .product(name: "Hummingbird", package: "hummingbird")]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         // zmq.h is in /usr/include and the module map links libzmq; no pkgConfig, whose -isystem flags SwiftPM
@@ -100,7 +99,7 @@ let package = Package(
         .testTarget(name: "WorkerTests", dependencies: ["Runtime", "CurveKeys", "ClusterProtocol", "Worker", "Coordinator", "Generation", "Tokenizer", "Placement", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),
         // A coordinator and workers in this process over the in-memory transports and a manual clock.
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ClusterProtocol", "Worker", "Wire", "Runtime", "Generation", "Model",
-                                                         "Placement", "TestSupport"]),
+                                                         "Placement", "Telemetry", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "ClusterProtocol", "Worker", "Model"]),
         .testTarget(name: "PlacementTests", dependencies: ["Runtime", "Placement", "CurveKeys", "Model", "GGUF", "TestSupport"]),

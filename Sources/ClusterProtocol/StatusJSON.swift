@@ -7,27 +7,60 @@ public extension Conclave_V1_StatusReply {
     /// The cluster's status as `conclave status --json` prints it and `GET /v1/cluster` answers.
     var json: JSONValue {
         let s = self
-        return .object([
-            ("model", .string(s.model)),
-            ("workers", .array(s.workers.map(\.json))),
-            ("sequences", .int(Int(s.sequences))),
-            ("tokens_generated", .uint(s.tokensGenerated)),
-            ("requests_failed", .int(Int(s.requestsFailed))),
-            ("micro_batches", .int(Int(s.microBatches))), ("peak_in_flight", .int(Int(s.peakInFlight))),
+        let (figures, groups) = s.serving
+        var top: [(String, JSONValue)] = [("model", .string(s.model)), ("workers", .array(s.workers.map(\.json)))]
+        top += figures.map { ($0.key, .uint(UInt64(max(0, $0.value)))) }
+        top += [
+            ("micro_batches", .int(Int(s.microBatches))),
             ("plan", .string(s.plan)),
             ("epoch", .uint(s.epoch)),
             ("security", .string(s.security.isEmpty ? "none" : s.security)),
             ("refused_peers", .uint(s.totalRefusedPeers)),
-            ("draft", s.hasDraft ? .object([("proposed", .uint(s.draft.proposed)), ("accepted", .uint(s.draft.accepted)), ("passes", .uint(s.draft.passes)),
-                                            ("acceptance", .double(round3(s.draft.stats.acceptanceRate))),
-                                            ("tokens_per_pass", .double(round3(s.draft.stats.tokensPerPass)))]) : .null),
-            ("recoveries", .array(s.recoveries.map { r in
-                .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
-                         ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan)),
-                         ("reloaded", .array(r.reloaded.map { .string($0) }))])
-            })),
-        ])
+        ]
+        for (name, entries) in groups {
+            var object: [(String, JSONValue)] = entries.map { ($0.key, .uint(UInt64(max(0, $0.value)))) }
+            if name == "draft", let d = s.draftStats {
+                object += [("acceptance", .double(round3(d.acceptanceRate))), ("tokens_per_pass", .double(round3(d.tokensPerPass)))]
+            }
+            top.append((name, .object(object)))
+        }
+        if s.draftStats == nil { top.append(("draft", .null)) }
+        top.append(("recoveries", .array(s.recoveries.map { r in
+            .object([("epoch", .uint(r.epoch)), ("cause", .string(r.cause)), ("seconds", .double(r.seconds)),
+                     ("sequences_replayed", .int(Int(r.sequencesReplayed))), ("recovered", .bool(r.recovered)), ("plan", .string(r.plan)),
+                     ("reloaded", .array(r.reloaded.map { .string($0) }))])
+        })))
+        return .object(top)
     }
+
+    /// The serving process's figures (checked samples of the catalog's entries).
+    var samples: [MetricSample] { metrics.map { MetricSample(name: $0.name, labels: $0.labels.map { MetricLabel($0.name, $0.value) }, value: $0.value) } }
+
+    /// Every catalog entry the reply carries, under its status key, in the catalog's order: plain keys first,
+    /// then those with a dot grouped by what stands before it (`draft.proposed` → group `draft`, key `proposed`).
+    var serving: (figures: [(key: String, value: Double)], groups: [(name: String, entries: [(key: String, value: Double)])]) {
+        let values = samples
+        let present = Set(values.map { MetricSample.seriesName($0.name, $0.labels) })
+        var figures: [(key: String, value: Double)] = [], groups: [(name: String, entries: [(key: String, value: Double)])] = []
+        for spec in ServingMetrics.catalog.all {
+            guard let key = spec.statusKey, present.contains(spec.description) else { continue }
+            let v = values.value(spec) * spec.statusScale
+            guard let dot = key.firstIndex(of: ".") else { figures.append((key, v)); continue }
+            let (group, sub) = (String(key[..<dot]), String(key[key.index(after: dot)...]))
+            if let i = groups.firstIndex(where: { $0.name == group }) { groups[i].entries.append((sub, v)) } else { groups.append((group, [(sub, v)])) }
+        }
+        return (figures, groups)
+    }
+
+    /// The draft's figures, when speculative decoding is on (the reply carries them only then).
+    var draftStats: DraftStats? {
+        let c = ServingMetrics.catalog, values = samples
+        guard values.contains(where: { $0.name == c.draftProposed.name }) else { return nil }
+        return DraftStats(proposed: Int(values.value(c.draftProposed)), accepted: Int(values.value(c.draftAccepted)), passes: Int(values.value(c.draftPasses)))
+    }
+
+    /// The value of a serving figure (0 when the reply does not carry it).
+    func value(_ spec: KeyPath<ServingMetrics, MetricSpec>) -> Double { samples.value(ServingMetrics.catalog[keyPath: spec]) }
 }
 
 public extension Conclave_V1_StatusReply {
@@ -65,10 +98,6 @@ public extension Conclave_V1_WorkerStatus {
         top.append(("offload", .object(offload)))
         return .object(top)
     }
-}
-
-public extension Conclave_V1_DraftStatus {
-    var stats: DraftStats { DraftStats(proposed: Int(clamping: proposed), accepted: Int(clamping: accepted), passes: Int(clamping: passes)) }
 }
 
 private func round3(_ x: Double) -> Double { (x * 1000).rounded() / 1000 }

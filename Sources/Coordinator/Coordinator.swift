@@ -76,8 +76,9 @@ public final class Coordinator: Service, @unchecked Sendable {
     private let startup = Mutex<Result<Void, CoordinatorError>?>(nil)
 
     /// `clients`: our listener for `generate`, `status` (made by `transports`, as our connections to workers are).
+    /// `figures`: the process's registry, where the scheduler counts (`GET /metrics` exposes it).
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
-                transports: TransportFactory, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+                transports: TransportFactory, figures: MetricsRegistry = MetricsRegistry(), log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         file = try GGUFFile(path: modelPath)
         config = try ModelConfig(file: file)
         tokenizer = try Tokenizer(file: file)
@@ -99,7 +100,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, loadTimeout: options.loadTimeout, log: log)
         chunks = ModelChunkServer(file: file)
         scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch,
-                              clock: options.clock, log: log)
+                              clock: options.clock, figures: figures, log: log)
         clientAPI = ClientAPI(clients: clients, scheduler: scheduler, tokenizer: tokenizer, status: { [unowned self] in self.status() }, log: log)
         membership.startReading { [chunks] f, id, link in chunks.serve(f, id: id, to: link) }
     }
@@ -246,22 +247,18 @@ public final class Coordinator: Service, @unchecked Sendable {
         var s = Conclave_V1_StatusReply()
         s.model = modelName
         s.workers = membership.links.map { $0.status() }
-        let stats = scheduler.stats()
-        s.sequences = UInt32(stats.running)
-        s.tokensGenerated = stats.tokens
-        s.requestsFailed = UInt32(stats.failed)
+        // The serving figures, as the catalog names them (the registry also holds the workers' ingested series).
+        let catalog = ServingMetrics.catalog.bySeries
+        s.metrics = scheduler.figures.samples().filter { sample in
+            guard let spec = catalog[MetricSample.seriesName(sample.name, sample.labels)] else { return false }
+            return scheduler.drafter != nil || !(spec.statusKey ?? "").hasPrefix("draft.")
+        }.map(Conclave_V1_MetricSample.init)
         s.microBatches = UInt32(executor.pipelineDepth)
-        s.peakInFlight = UInt32(stats.peakInFlight)
         s.plan = assignment.summary()
         s.epoch = assignment.epoch
         s.recoveries = recovery.history
         s.refusedPeers = UInt64(transports.refusedPeers)
         s.security = transports.authenticates ? "curve" : "none"
-        if scheduler.drafter != nil {
-            s.draft.proposed = UInt64(stats.draft.proposed)
-            s.draft.accepted = UInt64(stats.draft.accepted)
-            s.draft.passes = UInt64(stats.draft.passes)
-        }
         return s
     }
 }

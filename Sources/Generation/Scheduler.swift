@@ -2,6 +2,7 @@ import Foundation
 import Model
 import Runtime
 import Synchronization
+import Telemetry
 import Tokenizer
 
 /// Continuous batching as a state machine over domain types: requests in (`submit`), events out (an async
@@ -62,6 +63,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         }
     }
 
+    /// The scheduler's figures, read back from its registry (the catalog's `ServingMetrics`).
     public struct Stats: Sendable, Equatable {
         public var running = 0, queued = 0
         public var tokens: UInt64 = 0
@@ -78,7 +80,6 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var incoming: [Request] = []
         var cancelled: Set<UInt64> = []
         var completions: [(UInt64, Result<[UInt64: [SampledToken]], GenerationError>)] = []
-        var stats = Stats()
         var running = false
         var nextID: UInt64 = 1
     }
@@ -94,16 +95,25 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     /// Sequences generating at once (the KV room every stage has); the rest wait in order. Set before `start`.
     public var maxSequences = Int.max
-    /// Where tokens, latencies and outcomes are counted (set before `start`).
-    public var metrics: SchedulerMetrics?
+    /// Where every figure is counted: the catalog's entries (`ServingMetrics`) through handles whose values
+    /// `stats()` and status read, latencies through swift-metrics timers; `GET /metrics` is its exposition.
+    public let figures: MetricsRegistry
+    let timers: SchedulerTimers
     /// Proposes tokens for decoding sequences (speculative decoding; set before `start`): each decode step then
     /// carries a sequence's pending token and the proposals, verified in one pass.
     public var drafter: Drafter?
 
     public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
-                clock: any Clock = MonotonicClock(), log: @escaping @Sendable (String) -> Void = { _ in }) {
+                clock: any Clock = MonotonicClock(), figures: MetricsRegistry = MetricsRegistry(),
+                log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.executor = executor
         self.clock = clock
+        self.figures = figures
+        timers = SchedulerTimers(factory: figures.factory)
+        // The scheduler's own series from the start, at zero (Prometheus's convention; status shows them all). The
+        // entries without a status key are labelled where they are counted (per endpoint, per worker): made
+        // here without labels, Prometheus would refuse their labelled series later.
+        for spec in ServingMetrics.catalog.all where spec.statusKey != nil { _ = figures.handle(spec) }
         self.tokenizer = tokenizer
         self.contextLength = contextLength
         self.maxBatch = max(1, maxBatch)
@@ -128,7 +138,31 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     public var isRunning: Bool { shared.withLock { $0.running } }
 
-    public func stats() -> Stats { shared.withLock { $0.stats } }
+    public func stats() -> Stats {
+        let v = { (spec: KeyPath<ServingMetrics, MetricSpec>) in Int(self.figures.handle(ServingMetrics.catalog[keyPath: spec]).value) }
+        var s = Stats()
+        s.running = v(\.running)
+        s.queued = v(\.queued)
+        s.tokens = UInt64(v(\.generatedTokens))
+        s.failed = v(\.failed)
+        s.cancelled = v(\.cancelled)
+        s.completed = v(\.stopped) + v(\.lengthLimited)
+        s.peakInFlight = v(\.peakInFlight)
+        s.recoveries = v(\.recoveries)
+        s.replayed = v(\.replayed)
+        s.draft = DraftStats(proposed: v(\.draftProposed), accepted: v(\.draftAccepted), passes: v(\.draftPasses))
+        return s
+    }
+
+    /// Counts `n` more of a catalog entry.
+    func count(_ spec: KeyPath<ServingMetrics, MetricSpec>, _ n: Int = 1) {
+        figures.handle(ServingMetrics.catalog[keyPath: spec]).increment(by: Double(n))
+    }
+
+    /// Sets a catalog gauge.
+    func gauge(_ spec: KeyPath<ServingMetrics, MetricSpec>, _ value: Int) {
+        figures.handle(ServingMetrics.catalog[keyPath: spec]).set(Double(value))
+    }
 
     /// Validates and queues a request. A bad one gets a stream that fails at once; dropping the stream (a client
     /// that went away) cancels the request and frees its caches.
@@ -136,8 +170,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: GenerationEvent.self, throwing: Error.self)
         let id = shared.withLock { s -> UInt64 in defer { s.nextID += 1 }; return s.nextID }
         if let e = refusal(for: r) {
-            shared.withLock { $0.stats.failed += 1 }
-            metrics?.outcomes["error"]?.increment()
+            count(\.failed)
             log("request \(id) refused: \(e.message)")
             continuation.finish(throwing: e)
             return (id, stream)
@@ -253,7 +286,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     fruitless = 0
                 } else {
                     for r in live { r.rewind() }
-                    shared.withLock { $0.stats.recoveries += 1; $0.stats.replayed += live.count }
+                    count(\.recoveries)
+                    count(\.replayed, live.count)
                 }
                 // Cancelled sequences that were waiting for a lost step have no caches left to free.
                 for r in active where r.done { r.awaiting = false }
@@ -271,16 +305,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             while inFlight.count < depth, let step = compose(active) {
                 inFlight.append(step)
             }
-            shared.withLock { s in
-                s.stats.running = active.count
-                s.stats.queued = waiting.count
-                s.stats.peakInFlight = max(s.stats.peakInFlight, inFlight.count)
-            }
-            if let m = metrics {
-                m.running.set(active.count)
-                m.queued.set(waiting.count)
-                m.kvCells.set(active.reduce(0) { $0 + $1.fed })
-            }
+            gauge(\.running, active.count)
+            gauge(\.queued, waiting.count)
+            gauge(\.kvCells, active.reduce(0) { $0 + $1.fed })
+            if Double(inFlight.count) > figures.handle(ServingMetrics.catalog.peakInFlight).value { gauge(\.peakInFlight, inFlight.count) }
             _ = clock.wait(wake, seconds: inFlight.isEmpty ? 0.5 : 0.2)
         }
         // Stopped (SIGTERM): whatever is still running or queued gets an answer, not silence.
@@ -288,7 +316,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         for f in inFlight { executor.cancel(f.handle) }
         let stopping = GenerationError(.unavailable, "the server is shutting down; the request was not finished")
         for r in active where !r.done { fail(r, stopping) }
-        shared.withLock { $0.stats.running = 0; $0.stats.queued = 0 }
+        gauge(\.running, 0)
+        gauge(\.queued, 0)
         stopped.signal()
     }
 
@@ -393,11 +422,11 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 let now = clock.now()
                 if r.firstToken == nil {
                     r.firstToken = now
-                    metrics?.seconds(metrics!.timeToFirstToken, now - r.submitted)
-                    metrics?.promptTokens.increment(by: r.prompt.count)
-                } else if let last = r.lastToken, let m = metrics {
+                    timers.seconds(timers.timeToFirstToken, now - r.submitted)
+                    count(\.promptTokens, r.prompt.count)
+                } else if let last = r.lastToken {
                     let n = max(1, tokens[r.id]?.count ?? 1)
-                    for _ in 0..<n { m.seconds(m.interToken, (now - last) / Double(n)) }
+                    for _ in 0..<n { timers.seconds(timers.interToken, (now - last) / Double(n)) }
                 }
                 r.lastToken = now
                 // One token, or for proposals the ones verified: each equal to its proposal but the last.
@@ -408,14 +437,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     continue
                 }
                 if drafter != nil {
-                    shared.withLock { s in
-                        s.stats.draft.passes += 1
-                        s.stats.draft.proposed += proposals.count
-                        s.stats.draft.accepted += list.count - 1
-                    }
-                    metrics?.draftProposed.increment(by: proposals.count)
-                    metrics?.draftAccepted.increment(by: list.count - 1)
-                    metrics?.draftPasses.increment()
+                    count(\.draftPasses)
+                    count(\.draftProposed, proposals.count)
+                    count(\.draftAccepted, list.count - 1)
                 }
                 for (i, token) in list.enumerated() {
                     // An accepted proposal's position has been through the pipeline: it counts as fed.
@@ -430,10 +454,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// Applies a sampled token through the request's policy; false when the request is complete.
     private func advance(_ r: Request, _ token: Int32, _ logprobs: SampledToken?) -> Bool {
         let step = r.progress.accept(token, fed: r.fed)
-        if step.counted {
-            shared.withLock { $0.stats.tokens += 1 }
-            metrics?.generatedTokens.increment()
-        }
+        if step.counted { count(\.generatedTokens) }
         if step.counted || !step.text.isEmpty {
             r.continuation.yield(.token(step.counted ? token : nil, step.text, step.counted ? logprobs : nil))
         }
@@ -445,9 +466,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             let now = clock.now()
             u.timeToFirstToken = (r.firstToken ?? now) - r.submitted
             u.decodeSeconds = now - (r.firstToken ?? now)
-            shared.withLock { $0.stats.completed += 1 }  // before the stream ends, so a reader of stats sees it
-            metrics?.outcomes[reason.rawValue]?.increment()
-            metrics?.seconds(metrics!.requestDuration, now - r.submitted)
+            count(reason == .stop ? \.stopped : \.lengthLimited)  // before the stream ends, so a reader of stats sees it
+            timers.seconds(timers.requestDuration, now - r.submitted)
             r.continuation.yield(.finished(reason, u))
             r.continuation.finish()
             return false
@@ -458,16 +478,14 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     private func fail(_ r: Request, _ e: GenerationError) {
         r.done = true
-        shared.withLock { $0.stats.failed += 1 }  // before the stream ends
-        metrics?.outcomes["error"]?.increment()
+        count(\.failed)  // before the stream ends
         log("request \(r.id) failed: \(e.message)")
         r.continuation.finish(throwing: e)
     }
 
     private func end(_ r: Request) {
         r.done = true
-        shared.withLock { $0.stats.cancelled += 1 }
-        metrics?.outcomes["cancelled"]?.increment()
+        count(\.cancelled)
         r.continuation.finish(throwing: CancellationError())
     }
 }

@@ -8,7 +8,7 @@ import Synchronization
 /// coordinator's join and load deadlines, a worker link's heartbeat age, a worker's heartbeat period, the offload
 /// cache's stall figures. Injected, so that a test can run a whole cluster on a `ManualClock` and decide when a
 /// worker's silence becomes "suspect" or "down" without sleeping. Benchmarks keep their own timer
-/// (`KernelBench.now`): they measure the machine, not the program's logic.
+/// (`KernelBench`'s): they measure the machine, not the program's logic.
 ///
 /// Seconds on a monotonic scale whose origin means nothing; only differences do.
 public protocol Clock: Sendable {

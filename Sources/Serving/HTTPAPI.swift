@@ -1,5 +1,4 @@
 import Foundation
-import CoreMetrics
 import Generation
 import HTTPTypes
 import Hummingbird
@@ -41,7 +40,7 @@ public struct HTTPAPI: Sendable {
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
-        if let metrics { router.add(middleware: RequestCounter(factory: metrics.factory)) }
+        if let metrics { router.add(middleware: RequestCounter(metrics: metrics)) }
         if let apiKey { router.add(middleware: APIKeyMiddleware(key: apiKey)) }
         let api = self
         if let metrics {
@@ -333,7 +332,7 @@ final class IDSource: Sendable {
 /// `conclave_http_requests_total{endpoint, status}`: every request, by route (unknown paths as "other", so a
 /// scanner cannot grow the label set) and status code.
 struct RequestCounter<Context: RequestContext>: RouterMiddleware {
-    let factory: MetricsFactory
+    let metrics: MetricsRegistry
     static var endpoints: Set<String> {
         ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
          "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template"]
@@ -344,13 +343,17 @@ struct RequestCounter<Context: RequestContext>: RouterMiddleware {
         let endpoint = Self.endpoints.contains(path) ? path : "other"
         do {
             let response = try await next(request, context)
-            Counter(label: "conclave_http_requests_total", dimensions: [("endpoint", endpoint), ("status", String(response.status.code))], factory: factory).increment()
+            count(endpoint, response.status.code)
             return response
         } catch {
             let status = (error as? HTTPResponseError)?.status.code ?? 500
-            Counter(label: "conclave_http_requests_total", dimensions: [("endpoint", endpoint), ("status", String(status))], factory: factory).increment()
+            count(endpoint, status)
             throw error
         }
+    }
+
+    func count(_ endpoint: String, _ status: Int) {
+        metrics.handle(ServingMetrics.catalog.httpRequests, [MetricLabel("endpoint", endpoint), MetricLabel("status", String(status))]).increment()
     }
 }
 

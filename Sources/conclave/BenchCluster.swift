@@ -255,7 +255,7 @@ struct BenchCluster: ParsableCommand {
                 ("identical_text", .bool(text == singleText)), ("curve", .bool(curve)),
                 ("concurrent_sequences", .int(concurrent == nil ? 0 : sequences)), ("aggregate_tok_s", .double(round3(concurrent ?? 0))),
                 ("single_aggregate_tok_s", .double(round3(singleAggregate ?? 0))),
-                ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(final.peakInFlight))),
+                ("micro_batches", .int(Int(final.microBatches))), ("peak_in_flight", .int(Int(Int(final.value(\.peakInFlight))))),
                 ("remote_layers_per_token", .double(round3(layersPerToken))), ("local_ms_per_layer", .double(round3(localMs))),
                 ("wait_ms_per_layer", .double(round3(waitMs))), ("serve_ms_per_call", .double(round3(serveMs))),
                 ("wire_ms_per_layer", .double(round3(wireMs))),
@@ -269,7 +269,7 @@ struct BenchCluster: ParsableCommand {
         if !json {
             print("decode: single process \(fixed(single.decodeTokensPerSecond, 1)) tok/s, distributed \(fixed(out.decodeTokS, 1)) tok/s (\(fixed(ratio, 2))×), \(stageNames.count) stages, \(model.threads) threads\(curve ? ", CurveZMQ" : "")")
             if let concurrent {
-                print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(final.peakInFlight) in flight)"
+                print("\(sequences) sequences at once: \(fixed(concurrent, 1)) tok/s in all, \(final.microBatches) micro-batches (peak \(Int(final.value(\.peakInFlight))) in flight)"
                       + (singleAggregate.map { "; one process \(fixed($0, 1)) tok/s (\(fixed(concurrent / max(1e-9, $0), 2))×)" } ?? ""))
             }
             if remoteLayers > 0 {

@@ -87,7 +87,12 @@ enum StatusReport {
     }
 
     static func text(_ s: Conclave_V1_StatusReply) -> String {
-        var lines = ["model \(s.model); \(s.sequences) active sequences; \(s.tokensGenerated) tokens generated; \(s.requestsFailed) requests failed; \(s.microBatches) micro-batches (peak \(s.peakInFlight) in flight)", ""]
+        // The serving figures as the catalog names them (a new one shows up here without a line of its own).
+        let (figures, groups) = s.serving
+        func list(_ pairs: [(key: String, value: Double)]) -> String { pairs.map { "\($0.key.replacingOccurrences(of: "_", with: " ")) \(Int($0.value))" }.joined(separator: ", ") }
+        var lines = ["model \(s.model); \(s.microBatches) micro-batches; " + list(figures)]
+        lines += groups.filter { $0.name != "draft" }.map { "\($0.name): " + list($0.entries) }
+        lines.append("")
         let rows = s.workers.map { w -> [String] in
             let m = w.samples
             return [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
@@ -100,8 +105,7 @@ enum StatusReport {
         let refused = s.totalRefusedPeers
         lines += ["", s.security == "curve" ? "CurveZMQ: peers authenticated; \(refused) connection\(refused == 1 ? "" : "s") refused (coordinator \(s.refusedPeers), workers \(refused - s.refusedPeers))"
                                             : "no CurveZMQ: any process that reaches these endpoints may talk to them"]
-        if s.hasDraft {
-            let d = s.draft.stats
+        if let d = s.draftStats {
             lines += ["draft: \(d.accepted) of \(d.proposed) proposals accepted (\(fixed(d.acceptanceRate * 100, 1))%), \(fixed(d.tokensPerPass, 2)) tokens per pipeline pass over \(d.passes) passes"]
         }
         if !s.recoveries.isEmpty {

@@ -172,11 +172,10 @@ struct ServeCommand: AsyncParsableCommand {
         }
         guard http != "off" else { throw ValidationError("serving from one process needs the HTTP API: give --http HOST:PORT") }
         let executor = LocalExecutor(engine: engine, capacity: model.contextLength, maxSequences: parallel)
-        let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: model.contextLength, maxBatch: ubatch,
-                                  log: { printError("[serve] \($0)") })
-        scheduler.maxSequences = parallel
         let metrics = MetricsRegistry()
-        scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+        let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: model.contextLength, maxBatch: ubatch,
+                                  figures: metrics, log: { printError("[serve] \($0)") })
+        scheduler.maxSequences = parallel
         do { scheduler.drafter = try drafter(for: engine.tokenizer, vocabSize: engine.config.vocabSize) } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -247,8 +246,7 @@ struct ServeCommand: AsyncParsableCommand {
                 options.expertUse = try RoutingTraceFile.expertUse(trace, config: config)
             }
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
-                                          log: { printError("[coordinator] \($0)") })
-            coordinator.scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
+                                          figures: metrics, log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.drafter = try drafter(for: coordinator.tokenizer, vocabSize: coordinator.config.vocabSize)
         } catch {
             printError("error: \(error)")

@@ -5,6 +5,7 @@ import Generation
 import Model
 import Placement
 import Runtime
+import Telemetry
 import Testing
 import TestSupport
 import Wire
@@ -51,7 +52,8 @@ import Wire
             #expect(tokens == (try alone(prompt, 24, params)), "\(prompt)")
         }
         let status = c.coordinator.status()
-        #expect(status.tokensGenerated == 48)
+        #expect(status.value(\.generatedTokens) == 48)
+        #expect(status.value(\.lengthLimited) == 2 && status.value(\.failed) == 0)
         #expect(status.epoch == 1)
         #expect(status.workers.map(\.state) == ["ready", "ready", "ready"])
     }

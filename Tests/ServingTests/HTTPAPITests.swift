@@ -26,9 +26,8 @@ import Glibc
         let metrics = MetricsRegistry()
         init(apiKey: String? = nil, context: Int = 256) {
             executor = LocalExecutor(engine: HTTPAPITests.engine, capacity: context, maxSequences: 4)
-            scheduler = Scheduler(executor: executor, tokenizer: HTTPAPITests.engine.tokenizer, contextLength: context)
+            scheduler = Scheduler(executor: executor, tokenizer: HTTPAPITests.engine.tokenizer, contextLength: context, figures: metrics)
             scheduler.maxSequences = 4
-            scheduler.metrics = SchedulerMetrics(factory: metrics.factory)
             scheduler.start()
             let model = ServedModel(id: "tiny", contextLength: context, tokenizer: HTTPAPITests.engine.tokenizer, templateSource: nil, templateOrigin: "")
             api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)

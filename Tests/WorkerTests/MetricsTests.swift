@@ -1,4 +1,4 @@
-import Coordinator
+import ClusterProtocol
 import Foundation
 import JSON
 import Testing
@@ -46,7 +46,7 @@ import Wire
         #expect(text.contains("conclave_worker_step_latency_seconds{quantile=\"0.99\",worker=\"w1\"} 0.004") ||
                 text.contains("conclave_worker_step_latency_seconds{worker=\"w1\",quantile=\"0.99\"} 0.004"), "\(text)")
         #expect(text.contains("# HELP conclave_worker_tokens_total \(WorkerMetric.tokens.help)"))
-        #expect(text.contains("conclave_worker_state{worker=\"w1\",state=\"ready\"} 1"))
+        #expect(text.contains("conclave_worker_state{worker=\"w1\",state=\"ready\"} 1") || text.contains("conclave_worker_state{state=\"ready\",worker=\"w1\"} 1"), "\(text)")
 
         // A later heartbeat moves the counter by the difference; a worker that restarted (lower total) adds its new total.
         for (tokens, want) in [(20.0, 20), (3.0, 23)] {
@@ -79,5 +79,15 @@ import Wire
     @Test func readmeNamesEveryWorkerMetric() throws {
         let readme = try String(contentsOfFile: Fixtures.root.appendingPathComponent("README.md").path, encoding: .utf8)
         for spec in WorkerMetric.all { #expect(readme.contains("`\(spec.name)"), "README does not name \(spec.name)") }
+    }
+
+    /// The same for the serving process's figures, with the key status shows each under.
+    @Test func readmeNamesEveryServingMetric() throws {
+        let readme = try String(contentsOfFile: Fixtures.root.appendingPathComponent("README.md").path, encoding: .utf8)
+        for spec in ServingMetrics.catalog.all {
+            let row = readme.split(separator: "\n").first { $0.hasPrefix("| `\(spec.name)") }
+            #expect(row != nil, "README's table does not name \(spec.name)")
+            if let key = spec.statusKey, let row { #expect(row.contains("`\(key)`"), "README does not give \(spec.name)'s status key \(key)") }
+        }
     }
 }

@@ -799,20 +799,11 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
 
   public var workers: [Conclave_V1_WorkerStatus] = []
 
-  public var sequences: UInt32 = 0
-
-  public var tokensGenerated: UInt64 = 0
-
-  public var requestsFailed: UInt32 = 0
-
   /// the plan as a printable table
   public var plan: String = String()
 
   /// steps the scheduler keeps in the pipeline at once
   public var microBatches: UInt32 = 0
-
-  /// most steps that were in the pipeline at once since start
-  public var peakInFlight: UInt32 = 0
 
   /// the plan in force
   public var epoch: UInt64 = 0
@@ -825,33 +816,9 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   /// "curve" or "none"
   public var security: String = String()
 
-  /// Speculative decoding (serve --draft): the draft's proposals, those accepted, and the verifying passes.
-  public var draft: Conclave_V1_DraftStatus {
-    get {_draft ?? Conclave_V1_DraftStatus()}
-    set {_draft = newValue}
-  }
-  /// Returns true if `draft` has been explicitly set.
-  public var hasDraft: Bool {self._draft != nil}
-  /// Clears the value of `draft`. Subsequent reads from it will return its default value.
-  public mutating func clearDraft() {self._draft = nil}
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-
-  fileprivate var _draft: Conclave_V1_DraftStatus? = nil
-}
-
-public nonisolated struct Conclave_V1_DraftStatus: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  public var proposed: UInt64 = 0
-
-  public var accepted: UInt64 = 0
-
-  public var passes: UInt64 = 0
+  /// The serving process's figures (the catalog's ServingMetrics: requests, tokens, outcomes, recoveries, and the
+  /// draft's when speculative decoding is on), as the registry holds them; status renders them by the catalog.
+  public var metrics: [Conclave_V1_MetricSample] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2408,7 +2375,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{1}sequences\0\u{3}tokens_generated\0\u{3}requests_failed\0\u{1}plan\0\u{3}micro_batches\0\u{3}peak_in_flight\0\u{1}epoch\0\u{1}recoveries\0\u{3}refused_peers\0\u{1}security\0\u{1}draft\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{2}\u{4}plan\0\u{3}micro_batches\0\u{2}\u{2}epoch\0\u{1}recoveries\0\u{3}refused_peers\0\u{1}security\0\u{2}\u{2}metrics\0\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{5}\u{1}\u{c}\u{8}\u{1}\u{c}\u{d}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2418,50 +2385,30 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.model) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.workers) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.sequences) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.tokensGenerated) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.requestsFailed) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.plan) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.microBatches) }()
-      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.peakInFlight) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
       case 10: try { try decoder.decodeRepeatedMessageField(value: &self.recoveries) }()
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.refusedPeers) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.security) }()
-      case 13: try { try decoder.decodeSingularMessageField(value: &self._draft) }()
+      case 14: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.model.isEmpty {
       try visitor.visitSingularStringField(value: self.model, fieldNumber: 1)
     }
     if !self.workers.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.workers, fieldNumber: 2)
     }
-    if self.sequences != 0 {
-      try visitor.visitSingularUInt32Field(value: self.sequences, fieldNumber: 3)
-    }
-    if self.tokensGenerated != 0 {
-      try visitor.visitSingularUInt64Field(value: self.tokensGenerated, fieldNumber: 4)
-    }
-    if self.requestsFailed != 0 {
-      try visitor.visitSingularUInt32Field(value: self.requestsFailed, fieldNumber: 5)
-    }
     if !self.plan.isEmpty {
       try visitor.visitSingularStringField(value: self.plan, fieldNumber: 6)
     }
     if self.microBatches != 0 {
       try visitor.visitSingularUInt32Field(value: self.microBatches, fieldNumber: 7)
-    }
-    if self.peakInFlight != 0 {
-      try visitor.visitSingularUInt32Field(value: self.peakInFlight, fieldNumber: 8)
     }
     if self.epoch != 0 {
       try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 9)
@@ -2475,66 +2422,22 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if !self.security.isEmpty {
       try visitor.visitSingularStringField(value: self.security, fieldNumber: 12)
     }
-    try { if let v = self._draft {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    } }()
+    if !self.metrics.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_StatusReply, rhs: Conclave_V1_StatusReply) -> Bool {
     if lhs.model != rhs.model {return false}
     if lhs.workers != rhs.workers {return false}
-    if lhs.sequences != rhs.sequences {return false}
-    if lhs.tokensGenerated != rhs.tokensGenerated {return false}
-    if lhs.requestsFailed != rhs.requestsFailed {return false}
     if lhs.plan != rhs.plan {return false}
     if lhs.microBatches != rhs.microBatches {return false}
-    if lhs.peakInFlight != rhs.peakInFlight {return false}
     if lhs.epoch != rhs.epoch {return false}
     if lhs.recoveries != rhs.recoveries {return false}
     if lhs.refusedPeers != rhs.refusedPeers {return false}
     if lhs.security != rhs.security {return false}
-    if lhs._draft != rhs._draft {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Conclave_V1_DraftStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".DraftStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}proposed\0\u{1}accepted\0\u{1}passes\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.proposed) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.accepted) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.passes) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.proposed != 0 {
-      try visitor.visitSingularUInt64Field(value: self.proposed, fieldNumber: 1)
-    }
-    if self.accepted != 0 {
-      try visitor.visitSingularUInt64Field(value: self.accepted, fieldNumber: 2)
-    }
-    if self.passes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.passes, fieldNumber: 3)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Conclave_V1_DraftStatus, rhs: Conclave_V1_DraftStatus) -> Bool {
-    if lhs.proposed != rhs.proposed {return false}
-    if lhs.accepted != rhs.accepted {return false}
-    if lhs.passes != rhs.passes {return false}
+    if lhs.metrics != rhs.metrics {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
