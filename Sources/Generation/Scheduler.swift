@@ -181,7 +181,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                               progress: policy.start(tokenizer: tokenizer),
                               continuation: continuation, submitted: clock.now())
         continuation.onTermination = { [weak self] reason in
-            if case .cancelled = reason { self?.cancel(id) }
+            if case .cancelled = reason { self?.count(\.disconnected); self?.cancel(id) }
         }
         shared.withLock { $0.incoming.append(request) }
         wake.signal()

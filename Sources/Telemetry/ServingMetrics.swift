@@ -16,6 +16,7 @@ public struct ServingMetrics: Sendable {
     public let lengthLimited = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "length")], help: finished, status: "requests.length")
     public let failed = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "error")], help: finished, status: "requests_failed")
     public let cancelled = MetricSpec(.counter, "conclave_requests_finished_total", labels: [MetricLabel("reason", "cancelled")], help: finished, status: "requests.cancelled")
+    public let disconnected = MetricSpec(.counter, "conclave_requests_disconnected_total", help: "Requests cancelled because their client went away (its stream was dropped).", status: "requests.disconnected")
     public let peakInFlight = MetricSpec(.gauge, "conclave_steps_in_flight_peak", help: "Most steps in the pipeline at once since start.", status: "peak_in_flight")
     public let recoveries = MetricSpec(.counter, "conclave_recoveries_total", help: "Times the cluster was re-planned after a failure and generation went on.", status: "recovered")
     public let replayed = MetricSpec(.counter, "conclave_sequences_replayed_total", help: "Sequences fed again after recoveries.", status: "sequences_replayed")

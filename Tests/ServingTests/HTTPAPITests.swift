@@ -300,6 +300,7 @@ import Glibc
             }
             #expect(live == 0, "the hung-up sequence's caches are freed")
             #expect(server.scheduler.stats().cancelled == 1 && server.scheduler.stats().tokens < 4000, "\(server.scheduler.stats())")
+            #expect(server.metrics.handle(ServingMetrics.catalog.disconnected).value == 1, "the hang-up is counted as a disconnect")
             let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
             #expect(ok == .ok)
         }
