@@ -385,3 +385,49 @@ struct ClusterFileTests {
         }
     }
 }
+
+/// The planner's accounting (per-layer bytes, scratch, slots in `ModelFootprint`) and the worker's admission
+/// (`ShardBudget`) must agree: whatever plan the planner accepts, every worker admits its part within its budget.
+/// Over clusters of one to three workers of the shipped model, every role mix, budgets from 6 to 48 MiB, two
+/// micro-batch sizes and two cache types.
+struct PlanWithinShardBudgetTests {
+    static let file = try! GGUFFile(path: Fixtures.shippedModel)
+    static let config = try! ModelConfig(file: file)
+
+    @Test func everyAcceptedPlanFitsEveryWorkersShardBudget() throws {
+        let mib = 1 << 20
+        let budgets = [6, 9, 12, 16, 24, 48].map { $0 * mib }
+        let roles: [[ClusterFile.Role]] = [[.any], [.any, .any], [.stage, .experts], [.any, .experts], [.stage, .stage, .experts], [.any, .any, .any]]
+        var accepted = 0, refused = 0
+        for ubatch in [64, 512] {
+            for types in [CacheTypes.f16, try CacheTypes(key: "q8_0", value: "q4_0")] {
+                let footprint = ModelFootprint(file: Self.file, config: Self.config, context: 256, cacheTypes: types, ubatch: ubatch)
+                for mix in roles {
+                    for k in budgets.indices {
+                        // Uneven budgets too: each worker's differs by a step.
+                        let ws = mix.enumerated().map { i, role in
+                            ClusterFile.Worker(name: "w\(i)", endpoint: "tcp://127.0.0.1:\(7100 + i)", memory: budgets[(k + i) % budgets.count], role: role)
+                        }
+                        let plan: Plan
+                        do { plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: "tcp://127.0.0.1:7000", workers: ws)) } catch {
+                            refused += 1
+                            continue
+                        }
+                        accepted += 1
+                        for (i, w) in plan.workers.enumerated() {
+                            let layers = plan.stages.first { $0.worker == w.name }?.layers ?? 0..<0
+                            func set(_ pairs: [(layer: Int, expert: Int)]) -> ExpertSet {
+                                ExpertSet(Dictionary(grouping: pairs, by: \.layer).mapValues { $0.map(\.expert) })
+                            }
+                            let shard = ShardBudget.Shard(layers: layers, resident: set(plan.experts(of: i, paged: false)),
+                                                          paged: set(plan.experts(of: i, paged: true)), slots: plan.slots[i])
+                            let budget = ShardBudget(file: Self.file, config: Self.config, shard: shard, context: 256, ubatch: ubatch, cacheTypes: types)
+                            #expect(throws: Never.self, "\(mix) ubatch \(ubatch): \(w.name) with \(w.memory) bytes") { try budget.check(memory: w.memory) }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(accepted > 20 && refused > 0, "accepted \(accepted), refused \(refused): the grid should cover both")
+    }
+}
