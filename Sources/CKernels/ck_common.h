@@ -102,21 +102,33 @@ static inline void ck_q4k_unpack(const uint8_t *scales, uint32_t u[4]) {
     u[0] &= k1;
 }
 
-// Scalar kernels, also the fallback on CPUs without AVX2.
-void ck_rows_f32_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_f16_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q8_0_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q4_0_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q4_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q6_K_scalar(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-ck_rows_fn ck_x86_kernel(int type, int isa);
-ck_rows_fn ck_x86_more_kernel(int type);
-// Q4_0 with eight weight rows per register (ck_q4_0_rows8.c).
-void ck_rows_q4_0_r8_avx2(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q4_0_r8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q4_0_x8_avx2(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q4_0_x8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
-void ck_rows_q8_0_x8_vnni(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+// Every kernel of every ISA, by name; ck_dispatch.c puts each in its cell of the [type][isa] table. The x86 ones
+// exist only on x86 (the table leaves their cells empty elsewhere).
+#define CK_ROWS_DECL(NAME) void NAME(int, const void *, size_t, int, const void *, size_t, const float *, size_t, int, float *, size_t);
+CK_ROWS_DECL(ck_rows_f32_scalar) CK_ROWS_DECL(ck_rows_f16_scalar) CK_ROWS_DECL(ck_rows_q8_0_scalar)
+CK_ROWS_DECL(ck_rows_q4_0_scalar) CK_ROWS_DECL(ck_rows_q4_K_scalar) CK_ROWS_DECL(ck_rows_q6_K_scalar)
+CK_ROWS_DECL(ck_rows_f32_avx2) CK_ROWS_DECL(ck_rows_f16_avx2) CK_ROWS_DECL(ck_rows_bf16_avx2)
+CK_ROWS_DECL(ck_rows_q8_0_avx2) CK_ROWS_DECL(ck_rows_q8_0_vnni) CK_ROWS_DECL(ck_rows_q4_K_avx2) CK_ROWS_DECL(ck_rows_q6_K_avx2)
+CK_ROWS_DECL(ck_rows_q4_1_avx2) CK_ROWS_DECL(ck_rows_q5_0_avx2) CK_ROWS_DECL(ck_rows_q5_1_avx2)
+CK_ROWS_DECL(ck_rows_q2_K_avx2) CK_ROWS_DECL(ck_rows_q3_K_avx2) CK_ROWS_DECL(ck_rows_q5_K_avx2)
+CK_ROWS_DECL(ck_rows_iq4_nl_avx2) CK_ROWS_DECL(ck_rows_iq4_xs_avx2) CK_ROWS_DECL(ck_rows_mxfp4_avx2)
+// Q4_0 with eight weight rows per register, and over rows packed in eights (ck_q4_0_rows8.c).
+CK_ROWS_DECL(ck_rows_q4_0_r8_avx2) CK_ROWS_DECL(ck_rows_q4_0_r8_vnni)
+CK_ROWS_DECL(ck_rows_q4_0_x8_avx2) CK_ROWS_DECL(ck_rows_q4_0_x8_vnni) CK_ROWS_DECL(ck_rows_q8_0_x8_vnni)
+// Half-precision and weighted sums (ck_f16.c), activation quantization, the bandwidth probe (ck_x86.c).
+void ck_f16_to_f32_scalar(int n, const uint16_t *x, float *y);
+float ck_dot_f32_f16_scalar(int n, const float *x, const uint16_t *y);
+void ck_axpy_f16_scalar(int n, float a, const uint16_t *x, float *y);
+void ck_weighted_sum_f16_scalar(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y);
+void ck_f32_to_f16_avx2(int n, const float *x, uint16_t *y);
+void ck_f16_to_f32_avx2(int n, const uint16_t *x, float *y);
+float ck_dot_f32_f16_avx2(int n, const float *x, const uint16_t *y);
+void ck_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
+void ck_weighted_sum_f16_avx2(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y);
+void ck_weighted_sum_q8_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y);
+void ck_weighted_sum_q4_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y);
+void ck_quantize_q8_0_avx2(int n, const float *x, void *y, float *aux);
+uint64_t ck_stream_read_avx2(const void *p, size_t bytes);
 
 /// The row × token loop shared by every kernel: `DOT(w_row, a_row, asum_row)` gives one float.
 #define CK_ROWS_LOOP(DOT) \

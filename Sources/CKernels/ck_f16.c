@@ -5,18 +5,18 @@
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
-static AVX2 void f32_to_f16_avx2(int n, const float *x, uint16_t *y) {
+AVX2 void ck_f32_to_f16_avx2(int n, const float *x, uint16_t *y) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
-static AVX2 void f16_to_f32_avx2(int n, const uint16_t *x, float *y) {
+AVX2 void ck_f16_to_f32_avx2(int n, const uint16_t *x, float *y) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
     for (; i < n; i++) y[i] = _cvtsh_ss(x[i]);
 }
-static AVX2 float dot_f32_f16_avx2(int n, const float *x, const uint16_t *y) {
+AVX2 float ck_dot_f32_f16_avx2(int n, const float *x, const uint16_t *y) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -31,7 +31,7 @@ static AVX2 float dot_f32_f16_avx2(int n, const float *x, const uint16_t *y) {
     for (; i < n; i++) s += x[i] * _cvtsh_ss(y[i]);
     return s;
 }
-static AVX2 void axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
+AVX2 void ck_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
     const __m256 va = _mm256_set1_ps(a);
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -40,7 +40,7 @@ static AVX2 void axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
 }
 // y[i] += Σ_j w[j] · x[j·stride + i], rows in order: the same fused multiply-adds as one axpy per row (so the
 // same bits), with y held in registers across the rows instead of reloaded for each.
-static AVX2 void weighted_sum_f16_avx2(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
+AVX2 void ck_weighted_sum_f16_avx2(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
     int c = 0;
     for (; c + 64 <= n; c += 64) {
         __m256 acc[8];
@@ -67,7 +67,7 @@ static AVX2 void weighted_sum_f16_avx2(int rows, int n, const float *w, const ui
 }
 // y[i] += Σ_j w[j] · v_j[i] over Q8_0 / Q4_0 rows (`stride` bytes apart, n a multiple of 32), each value
 // dequantized as ggml does (d · q) before the multiply-add: llama.cpp's flash attention over a quantized V cache.
-static AVX2 void weighted_sum_q8_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
+AVX2 void ck_weighted_sum_q8_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
     for (int b = 0; b < n / 32; b++) {
         __m256 acc[4];
         for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + 32 * b + 8 * k);
@@ -82,7 +82,7 @@ static AVX2 void weighted_sum_q8_0_avx2(int rows, int n, const float *w, const u
         for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 32 * b + 8 * k, acc[k]);
     }
 }
-static AVX2 void weighted_sum_q4_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
+AVX2 void ck_weighted_sum_q4_0_avx2(int rows, int n, const float *w, const uint8_t *x, size_t stride, float *y) {
     const __m128i low = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     for (int b = 0; b < n / 32; b++) {
         __m256 acc[4];
@@ -132,50 +132,24 @@ void ck_f32_to_f16_portable(int n, const float *x, uint16_t *y) {
     for (int i = 0; i < n; i++) y[i] = f32_to_f16_scalar(x[i]);
 }
 
-void ck_f32_to_f16(int n, const float *x, uint16_t *y) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) { f32_to_f16_avx2(n, x, y); return; }
-#endif
-    for (int i = 0; i < n; i++) y[i] = f32_to_f16_scalar(x[i]);
-}
-void ck_f16_to_f32(int n, const uint16_t *x, float *y) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) { f16_to_f32_avx2(n, x, y); return; }
-#endif
+// The portable versions: the scalar row of the dispatch table (ck_dispatch.c), also for CPUs without F16C.
+void ck_f16_to_f32_scalar(int n, const uint16_t *x, float *y) {
     for (int i = 0; i < n; i++) y[i] = ck_f16(x[i]);
 }
-float ck_dot_f32_f16(int n, const float *x, const uint16_t *y) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) return dot_f32_f16_avx2(n, x, y);
-#endif
+float ck_dot_f32_f16_scalar(int n, const float *x, const uint16_t *y) {
     float s = 0; for (int i = 0; i < n; i++) s += x[i] * ck_f16(y[i]); return s;
 }
-void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) { weighted_sum_f16_avx2(rows, n, w, x, stride, y); return; }
-#endif
-    for (int j = 0; j < rows; j++) ck_axpy_f16(n, w[j], x + (size_t)j * stride, y);
-}
-int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void *x, size_t stride, float *y) {
-#ifdef HAVE_X86
-    if ((ck_cpu_isa() & CK_ISA_AVX2) && n % 32 == 0) {
-        if (type == 8) { weighted_sum_q8_0_avx2(rows, n, w, x, stride, y); return 1; }
-        if (type == 2) { weighted_sum_q4_0_avx2(rows, n, w, x, stride, y); return 1; }
-    }
-#endif
-    return 0;
-}
-void ck_axpy_f16(int n, float a, const uint16_t *x, float *y) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) { axpy_f16_avx2(n, a, x, y); return; }
-#endif
+void ck_axpy_f16_scalar(int n, float a, const uint16_t *x, float *y) {
     for (int i = 0; i < n; i++) y[i] += a * ck_f16(x[i]);
+}
+void ck_weighted_sum_f16_scalar(int rows, int n, const float *w, const uint16_t *x, size_t stride, float *y) {
+    for (int j = 0; j < rows; j++) ck_axpy_f16_scalar(n, w[j], x + (size_t)j * stride, y);
 }
 
 // Q8_0 activation quantization as ggml's x86 path does it (127/amax scale, round half to even), with the
 // per-block (d, d·Σq) pair the kernels take, in one pass. Bit-identical to Kernels.ActivationQuant (tested).
 #ifdef HAVE_X86
-static AVX2 void quantize_q8_0_avx2(int n, const float *x, void *vy, float *aux) {
+AVX2 void ck_quantize_q8_0_avx2(int n, const float *x, void *vy, float *aux) {
     blk_q8_0 *y = vy;
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < n / 32; b++) {
@@ -212,10 +186,3 @@ static AVX2 void quantize_q8_0_avx2(int n, const float *x, void *vy, float *aux)
 }
 #endif
 
-int ck_quantize_q8_0(int n, const float *x, void *y, float *aux) {
-#ifdef HAVE_X86
-    if (ck_cpu_isa() & CK_ISA_AVX2) { quantize_q8_0_avx2(n, x, y, aux); return 1; }
-#endif
-    (void)n; (void)x; (void)y; (void)aux;
-    return 0;
-}

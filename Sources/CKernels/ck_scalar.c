@@ -83,19 +83,3 @@ void ck_q8_0_aux(int n, const void *a, float *out) {
         out[2 * b + 1] = d * (float)s;
     }
 }
-
-ck_rows_fn ck_rows_kernel(int type, int isa) {
-    if (isa != CK_ISA_SCALAR) {
-        ck_rows_fn f = ck_x86_kernel(type, isa);
-        if (f) return f;
-    }
-    switch (type) {
-    case T_F32: return ck_rows_f32_scalar;
-    case T_F16: return ck_rows_f16_scalar;
-    case T_Q8_0: return ck_rows_q8_0_scalar;
-    case T_Q4_0: return ck_rows_q4_0_scalar;
-    case T_Q4_K: return ck_rows_q4_K_scalar;
-    case T_Q6_K: return ck_rows_q6_K_scalar;
-    default: return 0;
-    }
-}

@@ -16,11 +16,13 @@ int ck_cpu_isa(void) {
     static volatile int cached = -1;
     if (cached >= 0) return cached;
     __builtin_cpu_init();
-    int isa = 0;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa |= CK_ISA_AVX2;
-    if ((isa & CK_ISA_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        isa |= CK_ISA_AVX512VNNI;
+    int isa = CK_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        isa = CK_ISA_AVX2;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            isa = CK_ISA_VNNI;
+    }
     cached = isa;
     return isa;
 }
@@ -208,10 +210,10 @@ static inline AVX2 float dot_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K 
 // ---- Row loops.
 
 #define DEF_ROWS(NAME, ATTR, DOT)                                   \
-    static ATTR void NAME(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(DOT) }
+    ATTR void NAME(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(DOT) }
 
-DEF_ROWS(rows_f32_avx2, AVX2, dot_f32_avx2(n, (const float *)wr, (const float *)ar))
-DEF_ROWS(rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint16_t *)ar))
+DEF_ROWS(ck_rows_f32_avx2, AVX2, dot_f32_avx2(n, (const float *)wr, (const float *)ar))
+DEF_ROWS(ck_rows_f16_avx2, AVX2, dot_f16_avx2(n, (const uint16_t *)wr, (const uint16_t *)ar))
 
 
 // ---- Batched products (prefill, experts with several rows): four tokens per pass over a weight row, so each
@@ -252,7 +254,7 @@ DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
 
 /// Tokens in groups of four through the batched kernel, the rest one at a time.
 #define DEF_ROWS_T4(NAME, ATTR, WT, AT, DOT1, DOT4)                                                           \
-    static ATTR void NAME(CK_ROWS_SIGNATURE) {                                                            \
+    ATTR void NAME(CK_ROWS_SIGNATURE) {                                                            \
         for (int r = 0; r < rows; r++) {                                                                  \
             const WT *wr = (const WT *)((const uint8_t *)w + (size_t)r * w_stride);                       \
             int t = 0;                                                                                    \
@@ -264,9 +266,9 @@ DEF_Q8_0_T4(dot4t_q8_0_vnni, VNNI, dot_us_vnni)
                                                     aux + (size_t)t * aux_stride);                        \
         }                                                                                                 \
     }
-DEF_ROWS_T4(rows_q8_0_avx2, AVX2, blk_q8_0, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
-DEF_ROWS_T4(rows_q8_0_vnni, VNNI, blk_q8_0, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
-DEF_ROWS(rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
+DEF_ROWS_T4(ck_rows_q8_0_avx2, AVX2, blk_q8_0, blk_q8_0, dot_q8_0_avx2, dot4t_q8_0_avx2)
+DEF_ROWS_T4(ck_rows_q8_0_vnni, VNNI, blk_q8_0, blk_q8_0, dot_q8_0_vnni, dot4t_q8_0_vnni)
+DEF_ROWS(ck_rows_q4_K_avx2, AVX2, dot_q4_K_avx2(n, (const blk_q4_K *)wr, (const blk_q8_K *)ar))
 
 /// Q6_K for four tokens per pass: each block's 6-bit values are unpacked and its scales widened once, then
 /// multiplied with each token's Q8_K. The integer sums are exact, and each token's float accumulation runs
@@ -310,30 +312,9 @@ static inline AVX2 float dot1_q6_K_avx2(int n, const blk_q6_K *x, const blk_q8_K
     (void)aux;
     return dot_q6_K_avx2(n, x, y);
 }
-DEF_ROWS_T4(rows_q6_K_avx2, AVX2, blk_q6_K, blk_q8_K, dot1_q6_K_avx2, dot4t_q6_K_avx2)
+DEF_ROWS_T4(ck_rows_q6_K_avx2, AVX2, blk_q6_K, blk_q8_K, dot1_q6_K_avx2, dot4t_q6_K_avx2)
 
-ck_rows_fn ck_x86_kernel(int type, int isa) {
-    const int vnni = (isa & CK_ISA_AVX512VNNI) != 0, avx2 = (isa & CK_ISA_AVX2) != 0;
-    if (!avx2) return 0;
-    switch (type) {
-    case T_F32: return rows_f32_avx2;
-    case T_F16: return rows_f16_avx2;
-    case T_Q8_0: return vnni ? rows_q8_0_vnni : rows_q8_0_avx2;
-    case T_Q4_0: return vnni ? ck_rows_q4_0_r8_vnni : ck_rows_q4_0_r8_avx2;
-    case T_Q4_K: return rows_q4_K_avx2;
-    case T_Q6_K: return rows_q6_K_avx2;
-    default: return ck_x86_more_kernel(type);
-    }
-}
-
-ck_rows_fn ck_rows_kernel_q4_0_x8(int isa) {
-    if (!(isa & CK_ISA_AVX2)) return 0;
-    return (isa & CK_ISA_AVX512VNNI) ? ck_rows_q4_0_x8_vnni : ck_rows_q4_0_x8_avx2;
-}
-
-ck_rows_fn ck_rows_kernel_q8_0_x8(int isa) { return (isa & CK_ISA_AVX512VNNI) ? ck_rows_q8_0_x8_vnni : 0; }
-
-static AVX2 uint64_t stream_read_avx2(const void *p, size_t bytes) {
+AVX2 uint64_t ck_stream_read_avx2(const void *p, size_t bytes) {
     const __m256i *v = p;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     size_t n = bytes / 128;
@@ -350,23 +331,6 @@ static AVX2 uint64_t stream_read_avx2(const void *p, size_t bytes) {
     return (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 3);
 }
 
-uint64_t ck_stream_read(const void *p, size_t bytes) {
-    if (ck_cpu_isa() & CK_ISA_AVX2) return stream_read_avx2(p, bytes);
-    const uint64_t *q = p;
-    uint64_t s = 0;
-    for (size_t i = 0; i < bytes / 8; i++) s ^= q[i];
-    return s;
-}
-
 #else
 int ck_cpu_isa(void) { return CK_ISA_SCALAR; }
-ck_rows_fn ck_x86_kernel(int type, int isa) { (void)type; (void)isa; return 0; }
-ck_rows_fn ck_rows_kernel_q4_0_x8(int isa) { (void)isa; return 0; }
-ck_rows_fn ck_rows_kernel_q8_0_x8(int isa) { (void)isa; return 0; }
-uint64_t ck_stream_read(const void *p, size_t bytes) {
-    const uint64_t *q = p;
-    uint64_t s = 0;
-    for (size_t i = 0; i < bytes / 8; i++) s ^= q[i];
-    return s;
-}
 #endif

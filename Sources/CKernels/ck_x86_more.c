@@ -251,33 +251,16 @@ static inline AVX2 float dot_bf16(int n, const uint16_t *x, const uint16_t *y) {
     return s;
 }
 
-#define DEF_ROWS(NAME, DOT) static AVX2 void NAME(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(DOT) }
-DEF_ROWS(rows_q5_0, dot_q5_0(n, (const blk_q5_0 *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_q4_1, dot_q4_1(n, (const blk_q4_1 *)wr, (const blk_q8_1 *)ar))
-DEF_ROWS(rows_q5_1, dot_q5_1(n, (const blk_q5_1 *)wr, (const blk_q8_1 *)ar))
-DEF_ROWS(rows_iq4_nl, dot_iq4_nl(n, (const blk_iq4_nl *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_mxfp4, dot_mxfp4(n, (const blk_mxfp4 *)wr, (const blk_q8_0 *)ar, sr))
-DEF_ROWS(rows_iq4_xs, dot_iq4_xs(n, (const blk_iq4_xs *)wr, (const blk_q8_K *)ar))
-DEF_ROWS(rows_q5_K, dot_q5_K(n, (const blk_q5_K *)wr, (const blk_q8_K *)ar))
-DEF_ROWS(rows_q2_K, dot_q2_K(n, (const blk_q2_K *)wr, (const blk_q8_K *)ar))
-DEF_ROWS(rows_q3_K, dot_q3_K(n, (const blk_q3_K *)wr, (const blk_q8_K *)ar))
-DEF_ROWS(rows_bf16, dot_bf16(n, (const uint16_t *)wr, (const uint16_t *)ar))
+#define DEF_ROWS(NAME, DOT) AVX2 void NAME(CK_ROWS_SIGNATURE) { CK_ROWS_LOOP(DOT) }
+DEF_ROWS(ck_rows_q5_0_avx2, dot_q5_0(n, (const blk_q5_0 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(ck_rows_q4_1_avx2, dot_q4_1(n, (const blk_q4_1 *)wr, (const blk_q8_1 *)ar))
+DEF_ROWS(ck_rows_q5_1_avx2, dot_q5_1(n, (const blk_q5_1 *)wr, (const blk_q8_1 *)ar))
+DEF_ROWS(ck_rows_iq4_nl_avx2, dot_iq4_nl(n, (const blk_iq4_nl *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(ck_rows_mxfp4_avx2, dot_mxfp4(n, (const blk_mxfp4 *)wr, (const blk_q8_0 *)ar, sr))
+DEF_ROWS(ck_rows_iq4_xs_avx2, dot_iq4_xs(n, (const blk_iq4_xs *)wr, (const blk_q8_K *)ar))
+DEF_ROWS(ck_rows_q5_K_avx2, dot_q5_K(n, (const blk_q5_K *)wr, (const blk_q8_K *)ar))
+DEF_ROWS(ck_rows_q2_K_avx2, dot_q2_K(n, (const blk_q2_K *)wr, (const blk_q8_K *)ar))
+DEF_ROWS(ck_rows_q3_K_avx2, dot_q3_K(n, (const blk_q3_K *)wr, (const blk_q8_K *)ar))
+DEF_ROWS(ck_rows_bf16_avx2, dot_bf16(n, (const uint16_t *)wr, (const uint16_t *)ar))
 
-ck_rows_fn ck_x86_more_kernel(int type) {
-    switch (type) {
-    case T_Q5_0: return rows_q5_0;
-    case T_Q4_1: return rows_q4_1;
-    case T_Q5_1: return rows_q5_1;
-    case T_IQ4_NL: return rows_iq4_nl;
-    case T_MXFP4: return rows_mxfp4;
-    case T_IQ4_XS: return rows_iq4_xs;
-    case T_Q5_K: return rows_q5_K;
-    case T_Q2_K: return rows_q2_K;
-    case T_Q3_K: return rows_q3_K;
-    case T_BF16: return rows_bf16;
-    default: return 0;
-    }
-}
-#else
-ck_rows_fn ck_x86_more_kernel(int type) { (void)type; return 0; }
 #endif

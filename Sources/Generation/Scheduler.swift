@@ -78,7 +78,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     struct Shared {
         var incoming: [Request] = []
-        var cancelled: Set<UInt64> = []
+        /// Requests to stop, each with whether its client went away (counted as a disconnect when it ends).
+        var cancelled: [UInt64: Bool] = [:]
         var completions: [(UInt64, Result<[UInt64: [SampledToken]], GenerationError>)] = []
         var running = false
         var nextID: UInt64 = 1
@@ -181,7 +182,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                               progress: policy.start(tokenizer: tokenizer),
                               continuation: continuation, submitted: clock.now())
         continuation.onTermination = { [weak self] reason in
-            if case .cancelled = reason { self?.count(\.disconnected); self?.cancel(id) }
+            if case .cancelled = reason { self?.cancel(id, clientGone: true) }
         }
         shared.withLock { $0.incoming.append(request) }
         wake.signal()
@@ -208,9 +209,11 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         return executor.unavailable()
     }
 
-    /// Stops a request: its stream ends, its caches are freed (once a step holding it has returned).
-    public func cancel(_ id: UInt64) {
-        _ = shared.withLock { $0.cancelled.insert(id) }
+    /// Stops a request: its stream ends, its caches are freed (once a step holding it has returned). `clientGone`:
+    /// its client hung up (a dropped stream or a failed write), counted once as a disconnect when the request ends,
+    /// whichever of the two noticed first.
+    public func cancel(_ id: UInt64, clientGone: Bool = false) {
+        shared.withLock { s in s.cancelled[id] = (s.cancelled[id] ?? false) || clientGone }
         wake.signal()
     }
 
@@ -243,10 +246,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             waiting += incoming
             var finished: [UInt64] = []
             if !cancelled.isEmpty {
-                for r in waiting where cancelled.contains(r.id) { end(r) }
+                for r in waiting where cancelled[r.id] != nil { end(r, clientGone: cancelled[r.id]!) }
                 waiting.removeAll { $0.done }
-                for r in active where cancelled.contains(r.id) && !r.done {
-                    end(r)
+                for r in active where cancelled[r.id] != nil && !r.done {
+                    end(r, clientGone: cancelled[r.id]!)
                     // A step holding it returns later; its caches are freed then, after that step.
                     if !r.awaiting { finished.append(r.id) }
                 }
@@ -483,8 +486,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         r.continuation.finish(throwing: e)
     }
 
-    private func end(_ r: Request) {
+    private func end(_ r: Request, clientGone: Bool) {
         r.done = true
+        if clientGone { count(\.disconnected) }  // before `cancelled`, which is what watchers wait on
         count(\.cancelled)
         r.continuation.finish(throwing: CancellationError())
     }

@@ -7,33 +7,16 @@ import GGUF
 /// (`_mm256_round_ps`), where the reference scales by `1/d` and rounds half away from zero. We follow what
 /// llama.cpp actually runs, so our activations and therefore our dot products match its own.
 public enum ActivationQuant {
-    /// The activation format each weight type's dot product takes (ggml's `vec_dot_type`).
-    public static func vecDotType(for weight: GGMLType) -> GGMLType? {
-        switch weight {
-        case .q4_0, .q5_0, .q8_0, .iq4_NL, .mxfp4: return .q8_0
-        case .q4_1, .q5_1: return .q8_1
-        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_XS: return .q8_K
-        case .f16: return .f16
-        case .bf16: return .bf16
-        case .f32: return .f32
-        default: return nil
-        }
-    }
+    /// The activation format each weight type's dot product takes (ggml's `vec_dot_type`; `QuantFormat`'s row).
+    public static func vecDotType(for weight: GGMLType) -> GGMLType? { QuantFormat.of(weight)?.activation }
 
     /// Quantizes `count` floats into `type` blocks at `dst` (which must hold `type.rowBytes(count)` bytes).
     public static func quantize(_ x: UnsafePointer<Float>, count: Int, to type: GGMLType, _ dst: UnsafeMutableRawPointer) throws(KernelError) {
         guard count % type.blockSize == 0 else {
             throw KernelError("\(count) activations is not a whole number of \(type.name) blocks")
         }
-        switch type {
-        case .q8_0: for b in 0..<(count / 32) { q8(x + 32 * b, dst + 34 * b, withSum: false) }
-        case .q8_1: for b in 0..<(count / 32) { q8(x + 32 * b, dst + 36 * b, withSum: true) }
-        case .q8_K: for b in 0..<(count / 256) { q8_K(x + 256 * b, dst + 292 * b) }
-        case .f16: for i in 0..<count { dst.storeBytes(of: Scalars.toF16(x[i]), toByteOffset: 2 * i, as: UInt16.self) }
-        case .bf16: for i in 0..<count { dst.storeBytes(of: Scalars.toBF16(x[i]), toByteOffset: 2 * i, as: UInt16.self) }
-        case .f32: dst.copyMemory(from: x, byteCount: 4 * count)
-        default: throw KernelError("\(type.name) is not an activation format")
-        }
+        guard let f = QuantFormat.of(type)?.quantizeActivation else { throw KernelError("\(type.name) is not an activation format") }
+        f(x, dst, count)
     }
 
     /// Q8_0 `{half d; i8 qs[32]}` and Q8_1 `{half d; half s; i8 qs[32]}` where `s = d * Σ qs`.

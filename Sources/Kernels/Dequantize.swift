@@ -11,39 +11,16 @@ public struct KernelError: Error, CustomStringConvertible, Sendable {
 /// This is the reference every fast kernel is tested against, written for clarity: one function per format,
 /// reading the block struct field by field. Multiplications keep ggml's order so the results are identical.
 public enum Dequantize {
-    /// The types with a dequantizer.
-    public static let supported: Set<GGMLType> = [
-        .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K,
-        .iq4_NL, .iq4_XS, .mxfp4, .q8_K,
-    ]
+    /// The types with a dequantizer (rows of `QuantFormat` that have one).
+    public static let supported: Set<GGMLType> = Set(QuantFormat.rows.filter { $0.dequantize != nil }.map(\.type))
 
     /// Dequantizes `count` consecutive values (a whole number of blocks) starting at `src`.
     public static func row(_ type: GGMLType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) throws(KernelError) {
         guard count % type.blockSize == 0 else {
             throw KernelError("\(count) values is not a whole number of \(type.name) blocks of \(type.blockSize)")
         }
-        let blocks = count / type.blockSize
-        let bs = type.bytesPerBlock
-        switch type {
-        case .f32: dst.update(from: src.assumingMemoryBound(to: Float.self), count: count)
-        case .f16: for i in 0..<count { dst[i] = Scalars.f16(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
-        case .bf16: for i in 0..<count { dst[i] = Scalars.bf16(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
-        case .q4_0: for b in 0..<blocks { q4_0(src + b * bs, dst + b * 32) }
-        case .q4_1: for b in 0..<blocks { q4_1(src + b * bs, dst + b * 32) }
-        case .q5_0: for b in 0..<blocks { q5_0(src + b * bs, dst + b * 32) }
-        case .q5_1: for b in 0..<blocks { q5_1(src + b * bs, dst + b * 32) }
-        case .q8_0: for b in 0..<blocks { q8_0(src + b * bs, dst + b * 32) }
-        case .q2_K: for b in 0..<blocks { q2_K(src + b * bs, dst + b * 256) }
-        case .q3_K: for b in 0..<blocks { q3_K(src + b * bs, dst + b * 256) }
-        case .q4_K: for b in 0..<blocks { q4_K(src + b * bs, dst + b * 256) }
-        case .q5_K: for b in 0..<blocks { q5_K(src + b * bs, dst + b * 256) }
-        case .q6_K: for b in 0..<blocks { q6_K(src + b * bs, dst + b * 256) }
-        case .q8_K: for b in 0..<blocks { q8_K(src + b * bs, dst + b * 256) }
-        case .iq4_NL: for b in 0..<blocks { iq4_NL(src + b * bs, dst + b * 32) }
-        case .iq4_XS: for b in 0..<blocks { iq4_XS(src + b * bs, dst + b * 256) }
-        case .mxfp4: for b in 0..<blocks { mxfp4(src + b * bs, dst + b * 32) }
-        default: throw KernelError("no dequantizer for \(type.name) yet")
-        }
+        guard let f = QuantFormat.of(type)?.dequantize else { throw KernelError("no dequantizer for \(type.name) yet") }
+        f(src, dst, count)
     }
 
     /// Convenience: a whole tensor's bytes to an array of floats.
@@ -119,6 +96,12 @@ public enum Dequantize {
     }
 
     // block_q8_K { float d; i8 qs[256]; i16 bsums[16] } (activations only)
+    /// Q8_1 `{half d; half s; i8 qs[32]}`: the value is d·q (s is a cached d·Σq).
+    static func q8_1(_ b: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = h(b, 0)
+        for j in 0..<32 { y[j] = Float(i8(b, 4 + j)) * d }
+    }
+
     static func q8_K(_ b: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = b.loadUnaligned(as: Float.self)
         for j in 0..<256 { y[j] = d * Float(i8(b, 4 + j)) }

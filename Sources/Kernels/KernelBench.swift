@@ -105,7 +105,7 @@ public enum KernelBench {
         return z ^ (z >> 31)
     }
 
-    /// Random blocks with sane scales (see `BlockScales`); floats for the float types.
+    /// Random blocks with sane scales (`QuantFormat.f16Scales`); floats for the float types.
     static func fillRandom(type: GGMLType, _ p: UnsafeMutableRawPointer, bytes: Int) {
         var s: UInt64 = 42
         let words = p.bindMemory(to: UInt64.self, capacity: bytes / 8)
@@ -120,7 +120,7 @@ public enum KernelBench {
                 p.storeBytes(of: type == .f16 ? Scalars.toF16(v) : Scalars.toBF16(v), toByteOffset: 2 * i, as: UInt16.self)
             }
         default:
-            let offsets = BlockScales.f16Offsets(type)
+            let offsets = QuantFormat.of(type)?.f16Scales ?? []
             for b in 0..<(bytes / type.bytesPerBlock) {
                 if type == .mxfp4 { p.storeBytes(of: UInt8(120), toByteOffset: b * type.bytesPerBlock, as: UInt8.self) }
                 for o in offsets { p.storeBytes(of: Scalars.toF16(0.01), toByteOffset: b * type.bytesPerBlock + o, as: UInt16.self) }

@@ -39,14 +39,13 @@ public struct WeightMatrix: @unchecked Sendable {
 /// which the kernels read without transposing rows or gathering scales at every product. Packed Q4_0 gives the
 /// bits of the row layout; packed Q8_0 sums in another order (within float rounding), the same for any batch.
 public enum Packing {
-    /// The packed kernel for a type on this CPU, if any.
-    static func kernel(for type: GGMLType) -> ck_rows_fn? {
-        switch type {
-        case .q4_0: return ck_rows_kernel_q4_0_x8(ISA.active.bits)
-        case .q8_0: return ck_rows_kernel_q8_0_x8(ISA.active.bits)
-        default: return nil
-        }
+    /// The packed kernel and its packing for a type on this CPU, if any (`QuantFormat`'s C cells).
+    static func kernels(for type: GGMLType) -> (rows: ck_rows_fn, pack: ck_pack_fn)? {
+        let k = ck_kernels(Int32(type.rawValue), ISA.active.level)
+        guard let rows = k.rows_x8, let pack = k.pack_x8 else { return nil }
+        return (rows, pack)
     }
+    static func kernel(for type: GGMLType) -> ck_rows_fn? { kernels(for: type)?.rows }
 
     /// Whether `w` can be packed: whole groups of eight contiguous rows of a type with a packed kernel here.
     public static func canPack(_ w: WeightMatrix) -> Bool {
@@ -55,48 +54,14 @@ public enum Packing {
 
     /// Packs the eight rows at `group` in place (through a scratch copy of `8 · rowStride` bytes).
     public static func packGroup(_ group: UnsafeMutableRawPointer, type: GGMLType, rowStride: Int, cols: Int, scratch: UnsafeMutableRawPointer) {
+        guard let pack = kernels(for: type)?.pack else { preconditionFailure("\(type.name) has no packed form here; ask canPack first") }
         scratch.copyMemory(from: group, byteCount: 8 * rowStride)
-        if type == .q8_0 {
-            ck_q8_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
-        } else {
-            ck_q4_0_x8_pack(scratch, rowStride, Int32(cols / 32), group)
-        }
+        pack(scratch, rowStride, Int32(cols / type.blockSize), group)
     }
 
     /// The same matrix, marked packed (after its groups were packed).
     public static func view(_ w: WeightMatrix) -> WeightMatrix {
         try! WeightMatrix(type: w.type, rows: w.rows, cols: w.cols, data: w.data, rowStride: w.rowStride, packed: true)
-    }
-}
-
-/// Instruction set in use; `CONCLAVE_ISA=scalar|avx2|vnni` overrides the detection (for tests and comparisons).
-public enum ISA: String, Sendable, CaseIterable {
-    case scalar, avx2, vnni
-
-    public static let detected: ISA = {
-        let bits = ck_cpu_isa()
-        if bits & Int32(CK_ISA_AVX512VNNI) != 0 { return .vnni }
-        if bits & Int32(CK_ISA_AVX2) != 0 { return .avx2 }
-        return .scalar
-    }()
-
-    public static let active: ISA = {
-        if let env = getenv("CONCLAVE_ISA"), let isa = ISA(rawValue: String(cString: env)) { return min(isa, detected) }
-        return detected
-    }()
-
-    var bits: Int32 {
-        switch self {
-        case .scalar: return Int32(CK_ISA_SCALAR)
-        case .avx2: return Int32(CK_ISA_AVX2)
-        case .vnni: return Int32(CK_ISA_AVX2 | CK_ISA_AVX512VNNI)
-        }
-    }
-}
-
-extension ISA: Comparable {
-    public static func < (a: ISA, b: ISA) -> Bool {
-        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
     }
 }
 
@@ -175,7 +140,7 @@ public final class QuantizedActivations: @unchecked Sendable {
 public enum MatMul {
     /// Which kernel runs a weight type on the active ISA, or nil when only the dequantizing fallback can.
     static func kernel(for type: GGMLType) -> ck_rows_fn? {
-        ck_rows_kernel(Int32(type.rawValue), ISA.active.bits)
+        ck_rows_kernel(Int32(type.rawValue), ISA.active.level)
     }
 
     /// The kernel for a matrix: the packed kernel for packed data.
@@ -272,7 +237,7 @@ public enum MatMul {
     static func dequantizingMultiply(_ w: WeightMatrix, _ x: UnsafePointer<Float>, batch: Int, xStride: Int,
                                      into y: UnsafeMutablePointer<Float>, yStride: Int, pool: ThreadPool) throws(KernelError) {
         guard Dequantize.supported.contains(w.type), !w.packed else { throw KernelError("no kernel for \(w.type.name) weights") }
-        let dot = ck_rows_kernel(Int32(GGMLType.f32.rawValue), ISA.active.bits)!
+        let dot = ck_rows_kernel(Int32(GGMLType.f32.rawValue), ISA.active.level)!
         pool.parallelFor(w.rows, granularity: 8) { range in
             let row = UnsafeMutablePointer<Float>.allocate(capacity: w.cols)
             defer { row.deallocate() }

@@ -10,33 +10,14 @@ import GGUF
 /// and an add on its own, and neither does ggml's base library (built without FMA), so each expression below
 /// keeps ggml's shape, parentheses included.
 public enum Quantize {
-    public static let supported: Set<GGMLType> = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .mxfp4]
+    /// The types with a weight quantizer (rows of `QuantFormat` that have one).
+    public static let supported: Set<GGMLType> = Set(QuantFormat.rows.filter { $0.quantize != nil }.map(\.type))
 
     /// Quantizes `count` floats (a whole number of blocks) into `dst`.
     public static func row(_ x: UnsafePointer<Float>, count: Int, to type: GGMLType, _ dst: UnsafeMutableRawPointer) throws(KernelError) {
-        guard supported.contains(type) else { throw KernelError("quantizing to \(type.name) is not supported") }
+        guard let f = QuantFormat.of(type)?.quantize else { throw KernelError("quantizing to \(type.name) is not supported") }
         guard count % type.blockSize == 0 else { throw KernelError("\(count) values is not a whole number of \(type.name) blocks") }
-        let bs = type.bytesPerBlock
-        for b in 0..<(count / type.blockSize) {
-            let xb = x + b * type.blockSize, yb = dst + b * bs
-            switch type {
-            case .f32: yb.copyMemory(from: xb, byteCount: 4)
-            case .f16: yb.storeBytes(of: Scalars.toF16(xb[0]), as: UInt16.self)
-            case .bf16: yb.storeBytes(of: Scalars.toBF16(xb[0]), as: UInt16.self)
-            case .q8_0: q8_0(xb, yb)
-            case .q4_0: q4_0(xb, yb)
-            case .q4_1: q4_1(xb, yb)
-            case .q5_0: q5_0(xb, yb)
-            case .q5_1: q5_1(xb, yb)
-            case .q2_K: q2_K(xb, yb)
-            case .q3_K: q3_K(xb, yb)
-            case .q4_K: q4_K(xb, yb, nmax: 15)
-            case .q5_K: q4_K(xb, yb, nmax: 31)
-            case .q6_K: q6_K(xb, yb)
-            case .mxfp4: mxfp4(xb, yb)
-            default: break
-            }
-        }
+        f(x, dst, count)
     }
 
     static let groupMaxEps: Float = 1e-15

@@ -213,7 +213,7 @@ public struct HTTPAPI: Sendable {
                 try await writer.finish(nil)
             } catch {
                 // The client went away (or the write failed): stop generating for it and free its caches now.
-                scheduler.cancel(sequence)
+                scheduler.cancel(sequence, clientGone: true)
                 throw error
             }
         }

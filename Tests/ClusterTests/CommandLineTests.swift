@@ -46,6 +46,25 @@ import TestSupport
 extension CommandLineTests {
     /// `tokenize` needs only the vocabulary: llama.cpp's vocabulary-only files of architectures Conclave does
     /// not run (falcon, mpt, refact, gemma-4) tokenize llama.cpp's test texts exactly, through the command line.
+    /// `CONCLAVE_ISA` is read once, in C, and every kernel follows it: forced to scalar, the bandwidth probe and
+    /// every matrix product report scalar; a name it does not know is reported and ignored, never a crash.
+    @Test func conclaveIsaHoldsEverywhere() async throws {
+        try await onThread {
+            let c = try ProcessCluster()
+            let args = ["bench", "kernels", "--types", "q4_0", "--threads", "1", "--seconds", "0.05", "--json"]
+            let (rc, out, err) = try c.run(args, wrapper: ["CONCLAVE_ISA=scalar"])
+            #expect(rc == 0, "\(err)")
+            let rows = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])
+            #expect(rows.count >= 3)
+            for r in rows { #expect(r["kernel"] as? String == "scalar", "\(r)") }
+            let (rc2, out2, err2) = try c.run(args, wrapper: ["CONCLAVE_ISA=avx9000"])
+            #expect(rc2 == 0, "\(err2)")
+            #expect(err2.contains("CONCLAVE_ISA=avx9000 is not one of scalar, avx2, vnni"), "\(err2)")
+            let rows2 = try #require(try JSONSerialization.jsonObject(with: Data(out2.utf8)) as? [[String: Any]])
+            #expect(rows2.allSatisfy { ($0["kernel"] as? String).map { ["scalar", "avx2", "vnni"].contains($0) } == true }, "\(rows2)")
+        }
+    }
+
     @Test(arguments: ["falcon", "mpt", "refact", "gemma-4"]) func tokenizeTakesAVocabularyOnlyFile(vocab: String) async throws {
         try await onThread {
             let c = try ProcessCluster()

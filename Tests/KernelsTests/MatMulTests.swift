@@ -17,7 +17,7 @@ struct MatMulTests {
         var aux = [Float](repeating: 0, count: 2 * Golden.cols / 32)
         if g.dotType == .q8_0 { a.withUnsafeBytes { ck_q8_0_aux(Int32(Golden.cols), $0.baseAddress!, &aux) } }
         for isa in ISA.allCases where isa <= ISA.detected && (isa != .scalar || Self.fused.contains(g.type)) {
-            let fn = try #require(ck_rows_kernel(Int32(g.type.rawValue), isa.bits), "\(g.name) has no \(isa) kernel")
+            let fn = try #require(ck_rows_kernel(Int32(g.type.rawValue), isa.level), "\(g.name) has no \(isa) kernel")
             var y = [Float](repeating: .nan, count: Golden.rows)
             q.withUnsafeBytes { qp in
                 a.withUnsafeBytes { ap in
@@ -98,7 +98,7 @@ func randomWeights(type: GGMLType, rows: Int, cols: Int, rng: inout SplitMix) ->
     let blocks = rows * rb / type.bytesPerBlock
     for b in 0..<blocks {
         if type == .mxfp4 { bytes[b * type.bytesPerBlock] = UInt8.random(in: 118...124, using: &rng) }  // E8M0 exponent
-        for offset in BlockScales.f16Offsets(type) {
+        for offset in QuantFormat.of(type)?.f16Scales ?? [] {
             let v = Scalars.toF16(Float.random(in: 0.001...0.02, using: &rng))
             bytes[b * type.bytesPerBlock + offset] = UInt8(v & 0xFF)
             bytes[b * type.bytesPerBlock + offset + 1] = UInt8(v >> 8)

@@ -15,15 +15,21 @@
 extern "C" {
 #endif
 
-/// Instruction sets, as a bit mask.
+/// Instruction-set levels, each including the ones below it.
 enum {
     CK_ISA_SCALAR = 0,
-    CK_ISA_AVX2 = 1,      // AVX2 + FMA + F16C
-    CK_ISA_AVX512VNNI = 2 // AVX-512 F/BW/VL + VNNI (256-bit vpdpbusd)
+    CK_ISA_AVX2 = 1,   // AVX2 + FMA + F16C
+    CK_ISA_VNNI = 2,   // and AVX-512 F/BW/VL + VNNI (256-bit vpdpbusd)
+    CK_ISA_LEVELS = 3
 };
 
-/// What this CPU supports (CK_ISA_* bits).
+/// The highest level this CPU runs.
 int ck_cpu_isa(void);
+/// The level every entry point below uses: ck_cpu_isa(), lowered by CONCLAVE_ISA=scalar|avx2|vnni (an unknown
+/// name or a level the CPU lacks is reported on stderr once and ignored).
+int ck_active_isa(void);
+/// "scalar", "avx2", "vnni".
+const char *ck_isa_name(int isa);
 
 /// Computes, for every row r < rows and token t < batch:
 ///   y[t * y_stride + r] = dot(weight row r, activation row t)
@@ -35,21 +41,45 @@ typedef void (*ck_rows_fn)(int n, const void *w, size_t w_stride, int rows,
                            const void *a, size_t a_stride, const float *aux, size_t aux_stride,
                            int batch, float *y, size_t y_stride);
 
-/// The kernel for ggml type id `type` on `isa` (one of CK_ISA_*), or NULL when there is none.
-ck_rows_fn ck_rows_kernel(int type, int isa);
-/// Q4_0 / Q8_0 over weights packed by `ck_q4_0_x8_pack` / `ck_q8_0_x8_pack` (groups of eight rows), or 0 when the
-/// ISA has no such kernel.
-ck_rows_fn ck_rows_kernel_q4_0_x8(int isa);
-ck_rows_fn ck_rows_kernel_q8_0_x8(int isa);
+/// y[i] += Σ_{j<rows} w[j] · row_j[i], rows `stride` bytes apart, each value dequantized first.
+typedef void (*ck_wsum_fn)(int rows, int n, const float *w, const void *x, size_t stride, float *y);
+/// n floats to the type's blocks at y; for Q8_0 also aux as ck_q8_0_aux fills it (NULL for other types).
+typedef void (*ck_quantize_fn)(int n, const float *x, void *y, float *aux);
+typedef void (*ck_to_f32_fn)(int n, const void *x, float *y);
+typedef float (*ck_dot_f32_fn)(int n, const float *x, const void *y);
+typedef void (*ck_axpy_fn)(int n, float a, const void *x, float *y);
 /// Packs eight rows (`row_stride` bytes apart, `nb` blocks each) into `dst` (the same number of bytes).
+typedef void (*ck_pack_fn)(const void *src, size_t row_stride, int nb, void *dst);
+
+/// What runs one ggml type at one level (NULL: nothing at or below that level). `rows` takes the type's
+/// activation format; `rows_x8` takes weights packed in groups of eight rows by `pack_x8` (always a pair);
+/// `weighted_sum` is attention's sum over cached values of the type; `quantize`/`to_f32`/`dot_f32`/`axpy` are
+/// the conversions and vector operations of an activation or cache format.
+typedef struct {
+    ck_rows_fn rows;
+    ck_rows_fn rows_x8;
+    ck_pack_fn pack_x8;
+    ck_wsum_fn weighted_sum;
+    ck_quantize_fn quantize;
+    ck_to_f32_fn to_f32;
+    ck_dot_f32_fn dot_f32;
+    ck_axpy_fn axpy;
+} ck_type_kernels;
+
+/// The kernels of ggml type id `type` at level `isa` (CK_ISA_*), each the best written at or below that level.
+ck_type_kernels ck_kernels(int type, int isa);
+/// Shorthand for ck_kernels(type, isa).rows.
+ck_rows_fn ck_rows_kernel(int type, int isa);
 void ck_q4_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst);
 void ck_q8_0_x8_pack(const void *src, size_t row_stride, int nb, void *dst);
 
 /// For each 32-block of a Q8_0 row of n values: out[2b] = d, out[2b+1] = d·Σqs (2·n/32 floats).
 void ck_q8_0_aux(int n, const void *a, float *out);
 
+/// The entry points below run at ck_active_isa().
+///
 /// Quantizes n floats to Q8_0 blocks at y and fills aux as ck_q8_0_aux does, in one pass. Returns 0 (and does
-/// nothing) on CPUs without AVX2, where the caller uses the Swift reference.
+/// nothing) below AVX2, where the caller uses the Swift reference.
 int ck_quantize_q8_0(int n, const float *x, void *y, float *aux);
 
 /// Half-precision conversions (round to nearest even) and the f16 vector operations of attention.
