@@ -22,6 +22,10 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
     private let inForce = Mutex(InForce())
     /// Re-plans the cluster after a failure (the coordinator's `Recovery`); nil: failures stand.
     var onRecover: (@Sendable (GenerationError, Int) -> RecoveryOutcome)?
+    /// Why the cluster cannot serve since a recovery failed (nil: it can, as far as recoveries know); and tries
+    /// again while idle (the coordinator's `Recovery`, which backs off).
+    var brokenBecause: (@Sendable () -> GenerationError?)?
+    var onHeal: (@Sendable (GenerationError) -> RecoveryOutcome?)?
     /// Step id → the request id its StageInput carries.
     private let requests = Mutex<[UInt64: UInt64]>([:])
 
@@ -80,13 +84,20 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         link.send(WireMessage.make(e))
     }
 
-    /// While a worker of the plan is down, nothing can be generated (until a re-plan leaves it out).
+    /// While a worker of the plan is down, or since a recovery failed, nothing can be generated (until a
+    /// recovery succeeds). Down is what the heartbeats say now: a worker that answers again is not down.
     func unavailable() -> GenerationError? {
         let names = inForce.withLock { $0.workers }
-        guard let down = links.first(where: { names.contains($0.worker.name) && $0.state == .down }) else { return nil }
-        down.info.withLock { $0.state = .down }
-        let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
-        return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago)")
+        if let down = links.first(where: { names.contains($0.worker.name) && $0.state == .down }) {
+            let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
+            return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the coordinator re-plans as soon as the workers that answer can hold the model")
+        }
+        return brokenBecause?()
+    }
+
+    func heal() -> RecoveryOutcome? {
+        guard let cause = unavailable() else { return nil }
+        return onHeal?(cause)
     }
 
     func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome {

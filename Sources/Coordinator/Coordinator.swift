@@ -194,6 +194,8 @@ public final class Coordinator: Service, @unchecked Sendable {
             guard let self else { return .failed(cause) }
             return self.recovery.recover(after: cause, sequences: sequences)
         }
+        executor.brokenBecause = { [weak self] in self?.recovery.broken }
+        executor.onHeal = { [weak self] cause in self?.recovery.heal(cause) }
         scheduler.start()
         log("serving \(modelName) on \(clientAPI.endpoint)")
     }
@@ -240,7 +242,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         if let bad = membership.links.first(where: { planned.contains($0.worker.name) && $0.state != .ready }) {
             return "worker '\(bad.worker.name)' at \(bad.worker.endpoint) is \(bad.state.rawValue)"
         }
-        return nil
+        return recovery.broken?.message
     }
 
     public func status() -> Conclave_V1_StatusReply {

@@ -18,6 +18,18 @@ final class Recovery: @unchecked Sendable {
     let loadTimeout: Double
     let log: @Sendable (String) -> Void
     private let records = Mutex<[Conclave_V1_Recovery]>([])
+    /// Since a recovery failed: why the cluster cannot serve, and when to try again (doubling the wait from one
+    /// second to `maxRetryDelay` while attempts fail, so a cluster that cannot fit the model is not re-planned in
+    /// a busy loop, and one that can again is back within seconds).
+    struct Healing {
+        var broken: GenerationError?
+        var nextTry = -Double.infinity
+        var delay = Recovery.firstRetryDelay
+    }
+    private let healing = Mutex(Healing())
+    static let firstRetryDelay = 1.0
+    static let maxRetryDelay = 16.0
+    static let historyLimit = 100
 
     init(membership: Membership, assignment: Assignment, cluster: ClusterFile, loadTimeout: Double, log: @escaping @Sendable (String) -> Void) {
         self.membership = membership
@@ -30,6 +42,16 @@ final class Recovery: @unchecked Sendable {
     /// Every recovery so far, oldest first.
     var history: [Conclave_V1_Recovery] { records.withLock { $0 } }
 
+    /// Why the cluster cannot serve since the last recovery failed; nil once one succeeded.
+    var broken: GenerationError? { healing.withLock { $0.broken } }
+
+    /// While nothing runs and the cluster cannot serve (`cause`): another recovery, when the backoff allows.
+    func heal(_ cause: GenerationError) -> RecoveryOutcome? {
+        let now = membership.clock.now()
+        guard healing.withLock({ now >= $0.nextTry }) else { return nil }
+        return recover(after: cause, sequences: 0)
+    }
+
     func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome {
         let clock = membership.clock
         let t0 = clock.now()
@@ -40,7 +62,11 @@ final class Recovery: @unchecked Sendable {
             record.seconds = clock.now() - t0
             record.epoch = assignment.epoch
             record.plan = assignment.summary()
-            records.withLock { $0.append(record) }
+            records.withLock { r in
+                r.append(record)
+                // A cluster that stays broken tries every few seconds: status keeps the latest hundred.
+                if r.count > Self.historyLimit { r.removeFirst(r.count - Self.historyLimit) }
+            }
         }
         log("re-planning: \(cause.message)")
         let links = membership.links
@@ -75,9 +101,16 @@ final class Recovery: @unchecked Sendable {
             outcome = try assignment.assign(timeout: loadTimeout)
         } catch {
             let e = GenerationError(.unavailable, "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)")
-            log(e.message)
+            let delay = healing.withLock { h -> Double in
+                h.broken = e
+                h.nextTry = clock.now() + h.delay
+                defer { h.delay = min(2 * h.delay, Self.maxRetryDelay) }
+                return h.delay
+            }
+            log(e.message + "; trying again in \(Int(delay)) s (and whenever idle after that)")
             return .failed(e)
         }
+        healing.withLock { $0 = Healing() }
         record.reloaded = outcome.reloaded
         record.recovered = true
         log("recovered in \(String(format: "%.2f", clock.now() - t0)) s (plan \(assignment.epoch)); replaying \(sequences) sequence\(sequences == 1 ? "" : "s")")

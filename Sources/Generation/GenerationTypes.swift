@@ -106,6 +106,11 @@ public protocol StepExecutor: AnyObject, Sendable {
     /// many sequences the new placement has KV room for), or why they cannot (the cluster can no longer hold the
     /// model); the scheduler applies the outcome itself.
     func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome
+    /// Called by the scheduler while nothing runs: if the executor cannot run steps (a worker down, the last
+    /// recovery failed) and it is time to try again, tries to recover (with no sequences to replay) and says how
+    /// it went; nil when there was nothing to do or it is not time yet. How often to try is the executor's
+    /// business (a cluster backs off); the scheduler only gives it the chance, so a refusal is never final.
+    func heal() -> RecoveryOutcome?
 }
 
 /// What a recovery made of the executor.
@@ -119,4 +124,6 @@ public enum RecoveryOutcome: Sendable, Equatable {
 public extension StepExecutor {
     /// Without a way to recover, the cause stands.
     func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome { .failed(cause) }
+    /// Nothing to heal without a way to recover.
+    func heal() -> RecoveryOutcome? { nil }
 }

@@ -296,6 +296,13 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 for r in active where r.done { r.awaiting = false }
             }
             active.removeAll { $0.done && !$0.awaiting }
+            // Idle and unable to run (a worker down, a recovery that failed): the executor may try again now.
+            if inFlight.isEmpty && active.isEmpty, let outcome = executor.heal() {
+                if case .recovered(let room) = outcome {
+                    maxSequences = room
+                    count(\.recoveries)
+                }
+            }
             if !finished.isEmpty {
                 executor.release(finished)
                 drafter?.release(finished)

@@ -47,10 +47,11 @@ public final class InMemoryNetwork: Sendable {
         guard let router = routers.withLock({ $0[endpoint] }) else { throw ZMQError(message: "connect \(endpoint): nothing listens there") }
         let d = InMemoryEndpoint(kind: .dealer, endpoint: endpoint, identity: Data(identity.utf8), maxMessageSize: .max, network: self)
         d.role = role
-        d.peerRouter = router
-        router.dealers.withLock { $0[Data(identity.utf8)] = d }
+        d.attach(to: router)
         return d
     }
+
+    func boundRouter(_ endpoint: String) -> InMemoryEndpoint? { routers.withLock { $0[endpoint] } }
 
     func unregister(_ e: InMemoryEndpoint) {
         routers.withLock { if $0[e.endpoint] === e { $0[e.endpoint] = nil } }
@@ -67,7 +68,8 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
     public var handshakeProblem: String? { nil }
     private let continuation: AsyncStream<Frames>.Continuation
     fileprivate let dealers = Mutex<[Data: InMemoryEndpoint]>([:])
-    fileprivate weak var peerRouter: InMemoryEndpoint?
+    private struct WeakRouter { weak var router: InMemoryEndpoint? }
+    private let peer = Mutex(WeakRouter())
     private weak var network: InMemoryNetwork?
     private let closed = Atomic<Bool>(false)
     private let receiver = Mutex<(@Sendable (Frames) -> Void)?>(nil)
@@ -87,7 +89,7 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
         guard !closed.load(ordering: .acquiring) else { return false }
         switch kind {
         case .dealer:
-            guard let router = peerRouter else { return false }
+            guard let router = connectedRouter() else { return false }
             return router.deliver(Frames(peer: identity, parts: frames.parts, role: role))
         case .router:
             guard let peer = frames.peer, let dealer = dealers.withLock({ $0[peer] }) else { return false }
@@ -102,6 +104,20 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
         return true
     }
 
+    fileprivate func attach(to router: InMemoryEndpoint) {
+        peer.withLock { $0.router = router }
+        router.dealers.withLock { $0[identity] = self }
+    }
+
+    /// The router this dealer talks to: the one it connected to while that is open, else whatever binds the
+    /// endpoint now (ZeroMQ reconnects a dealer to a peer that restarted), else none.
+    private func connectedRouter() -> InMemoryEndpoint? {
+        if let r = peer.withLock({ $0.router }), !r.closed.load(ordering: .acquiring) { return r }
+        guard let r = network?.boundRouter(endpoint) else { return nil }
+        attach(to: r)
+        return r
+    }
+
     /// The twin calls `receiver` on the sender's thread (delivery is immediate).
     public func receive(with receiver: @escaping @Sendable (Frames) -> Void) { self.receiver.withLock { $0 = receiver } }
 
@@ -110,6 +126,6 @@ public final class InMemoryEndpoint: Transport, @unchecked Sendable {
         continuation.finish()
         network?.unregister(self)
         // A dealer that closes is gone from its router, as a ZeroMQ peer whose connection ended.
-        if kind == .dealer, let router = peerRouter { router.dealers.withLock { if $0[identity] === self { $0[identity] = nil } } }
+        if kind == .dealer, let router = peer.withLock({ $0.router }) { router.dealers.withLock { if $0[identity] === self { $0[identity] = nil } } }
     }
 }

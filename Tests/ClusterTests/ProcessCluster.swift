@@ -41,6 +41,7 @@ final class ProcessCluster: @unchecked Sendable {
     }
 
     func log(_ name: String) -> URL { dir.appendingPathComponent("\(name).log") }
+    func logText(_ name: String) -> String { (try? String(contentsOf: log(name), encoding: .utf8)) ?? "" }
 
     /// Starts `conclave args…` in the background, output to `<name>.log`.
     func start(_ name: String, _ args: [String], wrapper: [String] = []) throws {
@@ -110,6 +111,12 @@ final class ProcessCluster: @unchecked Sendable {
     }
 
     /// Sends `signal` and waits for the exit (SIGKILL after 10 s, so a hung process cannot hang the test).
+    /// Sends `sig` (SIGSTOP, SIGCONT) without waiting for anything.
+    func signal(_ name: String, _ sig: Int32) {
+        guard let p = processes[name], p.isRunning else { return }
+        Glibc.kill(p.processIdentifier, sig)
+    }
+
     func kill(_ name: String, signal: Int32 = SIGKILL) {
         guard let p = processes[name], p.isRunning else { return }
         Glibc.kill(p.processIdentifier, signal)

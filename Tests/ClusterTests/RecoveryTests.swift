@@ -75,4 +75,46 @@ import TestSupport
         #expect(reloads.allSatisfy { $0.count == 1 }, "workers that loaded weights per re-plan: \(reloads)")
         print("loaded weights per re-plan: " + reloads.map { $0.joined(separator: "+") }.joined(separator: " "))
     }
+
+    // On a thread of its own: it blocks for about 30 s.
+    @Test func aStalledWorkerIsTakenBackWithoutASpare() async throws {
+        try await onThread { try Self.stallAndResume() }
+    }
+
+    /// No spare: the experts worker stalls (SIGSTOP) past the down threshold. Requests during the outage fail
+    /// with a clear error naming it; after SIGCONT its heartbeats make it ready again, the idle coordinator's
+    /// next try (it backs off, at most 16 s) takes it back, and requests complete with the clean text.
+    static func stallAndResume() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let base = ProcessCluster.freePorts(4)
+        let file = try c.writeClusterFile(base: base)
+        let workers = ["stage-a", "stage-b", "experts-1"]
+        for (i, name) in workers.enumerated() {
+            try c.start(name, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", name, "--threads", "1", "--model", model])
+        }
+        try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"])
+        try c.waitFor("coordinator", "serving")
+        let generate = ["generate", "--coordinator", "tcp://127.0.0.1:\(base)", "-p", "Once upon a time", "-n", "40", "--temp", "0.8", "--seed", "3"]
+        let (rc, clean, err) = try c.run(generate)
+        #expect(rc == 0, "\(err)")
+
+        c.signal("experts-1", SIGSTOP)
+        defer { c.signal("experts-1", SIGCONT) }
+        sleep(6)  // past the 3 s threshold, and a failed try or two
+        let (rc2, _, err2) = try c.run(generate)
+        #expect(rc2 != 0 && err2.contains("experts-1"), "during the outage: rc \(rc2), \(err2)")
+
+        c.signal("experts-1", SIGCONT)
+        var healed: (Int32, String, String)?
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let r = try c.run(generate)
+            if r.0 == 0 { healed = r; break }
+            sleep(1)
+        }
+        let (rc3, text, err3) = try #require(healed, "never served again; coordinator log:\n\(c.logText("coordinator").suffix(3000))")
+        #expect(rc3 == 0 && text == clean, "\(err3)")
+        #expect(c.logText("coordinator").contains("trying again in"), "a failed try says when the next one is")
+    }
 }

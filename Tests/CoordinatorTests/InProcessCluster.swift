@@ -20,6 +20,7 @@ final class InProcessCluster: @unchecked Sendable {
     let network = InMemoryNetwork()
     let clock = ManualClock()
     let cluster: ClusterFile
+    let model: String
     let coordinator: Coordinator
     private let services: Mutex<[String: Running]>
     /// Workers the test silenced: no heartbeat is expected of them.
@@ -36,6 +37,7 @@ final class InProcessCluster: @unchecked Sendable {
 
     init(workers: [(name: String, role: ClusterFile.Role)], memory: Int = 1 << 30, context: Int = 256,
          model: String = Fixtures.shippedModel) throws {
+        self.model = model
         cluster = ClusterFile(coordinator: Self.endpoint("coordinator"),
                               workers: workers.map { ClusterFile.Worker(name: $0.name, endpoint: Self.endpoint($0.name), memory: memory, role: $0.role) })
         var running: [String: Running] = [:]
@@ -74,6 +76,14 @@ final class InProcessCluster: @unchecked Sendable {
             s[name]?.router.close()
             s[name]?.task.cancel()
         }
+    }
+
+    /// A silenced worker started again under its name, as an operator restarts a killed one: a new process
+    /// that holds nothing until a coordinator assigns it (the coordinator's link reconnects, as ZeroMQ's does).
+    func restart(_ name: String) throws {
+        let fresh = try Self.worker(name, model: model, network: network, clock: clock, log: log)
+        services.withLock { $0[name] = fresh }
+        silenced.withLock { _ = $0.remove(name) }
     }
 
     func isSilenced(_ name: String) -> Bool { silenced.withLock { $0.contains(name) } }

@@ -149,6 +149,50 @@ import Wire
         #expect(c.coordinator.status().epoch == 2)
     }
 
+    /// No spare: a worker that dies leaves nobody to hold its experts, so requests get a clear UNAVAILABLE —
+    /// and the refusal is not final: the idle coordinator keeps trying (backing off), and once the worker is
+    /// restarted it is taken back and the next request's text is the one process's.
+    @Test func aRestartedWorkerIsTakenBackWithoutASpare() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        let prompt = "Once upon a time", n = 40
+        let want = try aloneWithText(prompt, n, Self.seeded())
+        let request = GenerationRequest(prompt: Self.engine.tokenizer.encode(prompt), maxTokens: n, sampling: Self.seeded())
+        c.silence("e1")
+        for _ in 0..<4 { try c.tick() }  // 4 s of silence: down
+        #expect(c.link("e1").state == .down)
+        let during = c.coordinator.scheduler.refusal(for: request)
+        #expect(during?.code == .unavailable && during?.message.contains("'e1'") == true, "\(String(describing: during))")
+        // The idle scheduler tries: it asks e1 who it is (a second on the clock), then finds no worker that may
+        // hold experts. The cluster stays refused, with that reason, and tries again after a second.
+        var now = c.clock.now()
+        try InProcessCluster.eventually("the first try's Hello waiting on the clock") {
+            c.log.all.contains { $0.hasPrefix("re-planning") } && c.clock.waitDeadlines.contains { $0 > now && $0 <= now + 1 }
+        }
+        try c.tick()
+        try InProcessCluster.eventually("the first try failing") { c.coordinator.recovery.broken != nil }
+        #expect(c.coordinator.recovery.history.last?.recovered == false)
+        #expect(c.coordinator.healthProblem() != nil)
+
+        try c.restart("e1")
+        // The next try (after the backoff) finds it: the same placement, e1 loads again, the others keep theirs.
+        now = c.clock.now()
+        try c.tick()
+        try c.tick()
+        try InProcessCluster.eventually("a recovery that took e1 back") { c.coordinator.recovery.history.last?.recovered == true }
+        let record = try #require(c.coordinator.recovery.history.last)
+        #expect(record.reloaded == ["e1"], "\(record)")
+        #expect(c.coordinator.recovery.broken == nil)
+        #expect(c.coordinator.scheduler.refusal(for: request) == nil)
+        try InProcessCluster.eventually("healthy") { c.coordinator.healthProblem() == nil }
+
+        let (_, events) = c.coordinator.scheduler.submit(request)
+        var text = ""
+        for try await e in events { if case .token(_, let piece, _) = e { text += piece } }
+        #expect(text == want.text)
+    }
+
     /// Roles are enforced by the worker: a client may not assign it, a worker not outside the plan's pipeline
     /// may not feed its stage; each gets an Error, and the worker goes on serving its coordinator.
     @Test func peersWithTheWrongRoleAreRefused() async throws {
