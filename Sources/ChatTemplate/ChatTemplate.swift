@@ -31,11 +31,25 @@ public struct ChatTemplate: @unchecked Sendable {  // immutable after init; the 
         public static let system = Clock(seconds: { Int(time(nil)) }, utc: false)
     }
 
+    /// What one render may do: the template usually comes from the model file, so a loop of loops must end in
+    /// an error, not hold a thread. A step is a node rendered, a loop iteration, an item a builtin makes or walks
+    /// (`range`, filters over lists); a chat of 3 000 messages takes a few hundred thousand.
+    public struct Budget: Sendable {
+        public var steps: Int
+        public var outputBytes: Int
+        public init(steps: Int = 4_000_000, outputBytes: Int = 64 << 20) {
+            self.steps = steps
+            self.outputBytes = outputBytes
+        }
+        public static let standard = Budget()
+    }
+
     /// Renders with these variables (besides the globals `range`, `namespace`, `raise_exception`, `strftime_now`).
-    public func render(_ variables: [(String, JSONValue)], clock: Clock = .system) throws(TemplateError) -> String {
+    public func render(_ variables: [(String, JSONValue)], clock: Clock = .system, budget: Budget = .standard) throws(TemplateError) -> String {
         let root = Scope(parent: nil)
         for (k, v) in variables { root.vars[k] = TemplateValue(v) }
-        let r = TemplateRenderer(builtins: TemplateBuiltins(clock: clock.seconds, utc: clock.utc))
+        let spent = TemplateBudget(budget)
+        let r = TemplateRenderer(builtins: TemplateBuiltins(clock: clock.seconds, utc: clock.utc, budget: spent), budget: spent)
         var out = ""
         _ = try r.render(nodes, root, &out)
         return out
@@ -44,7 +58,7 @@ public struct ChatTemplate: @unchecked Sendable {  // immutable after init; the 
     /// A conversation as llama-server and transformers pass it: `messages`, `add_generation_prompt`, `bos_token`,
     /// `eos_token`, `tools` when there are any, then the caller's extra variables (`chat_template_kwargs`).
     public func render(messages: [JSONValue], tools: [JSONValue]? = nil, addGenerationPrompt: Bool, bosToken: String, eosToken: String,
-                       extra: [(String, JSONValue)] = [], clock: Clock = .system) throws(TemplateError) -> String {
+                       extra: [(String, JSONValue)] = [], clock: Clock = .system, budget: Budget = .standard) throws(TemplateError) -> String {
         var vars: [(String, JSONValue)] = [
             ("messages", .array(messages)), ("add_generation_prompt", .bool(addGenerationPrompt)),
             ("bos_token", .string(bosToken)), ("eos_token", .string(eosToken)),
@@ -54,7 +68,7 @@ public struct ChatTemplate: @unchecked Sendable {  // immutable after init; the 
             vars.removeAll { $0.0 == k }
             vars.append((k, v))
         }
-        return try render(vars, clock: clock)
+        return try render(vars, clock: clock, budget: budget)
     }
 }
 

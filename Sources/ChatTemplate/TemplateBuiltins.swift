@@ -8,6 +8,8 @@ struct TemplateBuiltins {
     /// Seconds since the epoch for `strftime_now`, and whether to format it in UTC (tests) or local time.
     let clock: () -> Int
     let utc: Bool
+    /// The render's budget: what a builtin makes counts too.
+    let budget: TemplateBudget
 
     static func fail(_ m: String) -> TemplateError { .render(m, line: 0) }
 
@@ -23,6 +25,7 @@ struct TemplateBuiltins {
                 guard step != 0 else { throw Self.fail("range() step must not be zero") }
                 let count = step > 0 ? max(0, (stop - start + step - 1) / step) : max(0, (start - stop - step - 1) / -step)
                 guard count <= 100_000 else { throw Self.fail("range() of \(count) items is more than a chat template may make") }
+                try budget.spend(count)
                 return .array(stride(from: start, to: stop, by: step).map { .int($0) })
             })
         case "namespace":

@@ -16,23 +16,48 @@ final class Scope {
     }
 }
 
+/// What is left of one render's `ChatTemplate.Budget`, shared by the renderer and the builtins.
+final class TemplateBudget {
+    let limit: ChatTemplate.Budget
+    private var steps = 0
+    init(_ limit: ChatTemplate.Budget) { self.limit = limit }
+
+    func spend(_ n: Int = 1) throws(TemplateError) {
+        steps += max(0, n)
+        guard steps <= limit.steps else {
+            throw .exceeded("stopped after \(limit.steps) steps (a template loop that does not end, or a conversation far larger than chat templates are made for)")
+        }
+    }
+
+    func check(output: String) throws(TemplateError) {
+        guard output.utf8.count <= limit.outputBytes else {
+            throw .exceeded("stopped after writing \(limit.outputBytes >> 20) MiB of prompt")
+        }
+    }
+}
+
 /// Walks the syntax tree, writing text.
 struct TemplateRenderer {
     enum Flow { case normal, breakLoop, continueLoop }
 
     let builtins: TemplateBuiltins
+    let budget: TemplateBudget
     /// Macro calls in progress: a template that recurses without end is stopped, not the process.
     final class Depth { var value = 0 }
     let depth = Depth()
     static let maxMacroDepth = 64
+    static let constantTimeFilters: Set<String> = ["length", "count", "first", "last", "default", "d"]
 
     func render(_ nodes: [Node], _ scope: Scope, _ out: inout String) throws(TemplateError) -> Flow {
         for node in nodes {
+            try budget.spend()
             switch node {
             case .text(let t):
                 out += t
+                try budget.check(output: out)
             case .output(let e, _):
                 out += try eval(e, scope).str
+                try budget.check(output: out)
             case .ifBlock(let branches, let otherwise):
                 var taken = false
                 for (cond, body) in branches where try eval(cond, scope).truthy {
@@ -53,6 +78,7 @@ struct TemplateRenderer {
                 if let filter {
                     var kept: [TemplateValue] = []
                     for item in items {
+                        try budget.spend()
                         let s = Scope(parent: scope)
                         try bind(targets, item, in: s, line: line)
                         if try eval(filter, s).truthy { kept.append(item) }
@@ -66,6 +92,7 @@ struct TemplateRenderer {
                 }
                 let n = items.count
                 for (i, item) in items.enumerated() {
+                    try budget.spend()
                     let s = Scope(parent: scope)
                     try bind(targets, item, in: s, line: line)
                     s.vars["loop"] = .object([
@@ -208,6 +235,9 @@ struct TemplateRenderer {
             for x in args { a.append(try eval(x, scope)) }
             var kw: [(String, TemplateValue)] = []
             for (k, x) in kwargs { kw.append((k, try eval(x, scope))) }
+            // A filter that walks its input costs a step per item of a list (`length`, `first` and the like do not
+            // walk it: templates ask `messages|length` once per message).
+            if case .array(let items) = v, !Self.constantTimeFilters.contains(name) { try budget.spend(items.count) }
             do { return try builtins.filter(name, v, a, kw) } catch { throw error.at(line) }
         case .test(let base, let name, let args, let negated, let line):
             let v = try eval(base, scope)

@@ -7,9 +7,12 @@ public enum TemplateError: Error, CustomStringConvertible, Sendable, Equatable {
     case syntax(String, line: Int)
     case render(String, line: Int)
     case refused(String)
+    /// The render went past its budget of steps or output (`ChatTemplate.Budget`).
+    case exceeded(String)
 
     public var description: String {
         switch self {
+        case .exceeded(let m): return "chat template: \(m)"
         case .syntax(let m, let l): return "chat template line \(l): \(m)"
         case .render(let m, let l): return l > 0 ? "chat template line \(l): \(m)" : "chat template: \(m)"
         case .refused(let m): return "the chat template refuses this conversation: \(m)"

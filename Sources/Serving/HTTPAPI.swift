@@ -63,7 +63,7 @@ public struct HTTPAPI: Sendable {
         router.post("/v1/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.completion(body) } }
         router.post("/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.completion(body) } }
         router.post("/apply-template") { req, _ in
-            await api.handle(req) { body throws(APIError) in api.json(.object([("prompt", .string(try api.model.render(chat: body)))])) }
+            await api.handle(req) { body throws(APIError) in api.json(.object([("prompt", .string(try await api.model.renderAside(chat: body)))])) }
         }
         router.post("/tokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.tokenize(body) } }
         router.post("/detokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.detokenize(body) } }
@@ -124,7 +124,7 @@ public struct HTTPAPI: Sendable {
 
     func chat(_ body: JSONValue) async throws(APIError) -> Response {
         try checkModel(body)
-        let prompt = try model.render(chat: body)
+        let prompt = try await model.renderAside(chat: body)
         return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt), body: body)
     }
 

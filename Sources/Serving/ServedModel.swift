@@ -86,11 +86,25 @@ public struct ServedModel: Sendable {
                                        extra: extra, clock: clock)
         } catch .refused(let m) {
             throw APIError.invalid("the model's chat template refuses this conversation: \(m)", param: "messages")
+        } catch .exceeded(let m) {
+            throw APIError(status: .internalServerError, message: "the chat template (\(templateOrigin)) went past its budget: \(m); give another with --chat-template FILE, or use /v1/completions",
+                           type: "server_error", code: "template_budget_exceeded")
         } catch .render(let m, let line) {
             throw APIError.invalid("the chat template could not render this conversation (template line \(line)): \(m)", param: "messages")
         } catch {
             throw APIError.internal("\(error)")
         }
+    }
+
+    /// `render(chat:)` on a thread of its own (GCD's, not Swift's few cooperative threads): a slow template can
+    /// never hold the threads the HTTP server, `/health` and shutdown run on. Its budget bounds how long it takes.
+    public func renderAside(chat body: JSONValue) async throws(APIError) -> String {
+        let result: Result<String, APIError> = await withCheckedContinuation { c in
+            DispatchQueue.global(qos: .userInitiated).async {
+                c.resume(returning: Result { () throws(APIError) in try self.render(chat: body) })
+            }
+        }
+        return try result.get()
     }
 
     /// Tokens of a rendered prompt: special tokens in the text are parsed as such, and the BOS the tokenizer adds

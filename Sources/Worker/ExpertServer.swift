@@ -13,10 +13,15 @@ public final class ExpertServer: @unchecked Sendable {
     /// Largest summation slot a call may name (no model routes a row to more experts than this).
     static let maxSlots: UInt32 = 64
 
+    /// Most rows one call may carry: the plan's micro-batch (a stage never routes more rows at once), so the
+    /// work and memory a call costs are bounded by what the worker was assigned, not by what a sender claims.
+    let maxRows: Int
+
     /// Serves any provider: resident experts, or experts this worker pages from its disk.
-    public init(experts: ExpertProvider, embedding: Int) {
+    public init(experts: ExpertProvider, embedding: Int, maxRows: Int = 512) {
         self.experts = experts
         self.embedding = embedding
+        self.maxRows = maxRows
     }
 
     /// Answers calls arriving on `transport` until it closes (a worker daemon dispatches them itself instead).
@@ -50,18 +55,25 @@ public final class ExpertServer: @unchecked Sendable {
         }
         let rows = Int(msg.envelope.tensors[0].shape[0])
         guard rows > 0 else { throw WireError(.malformed, "an ExpertCall without rows") }
+        guard rows <= maxRows else {
+            throw WireError(.malformed, "an ExpertCall of \(rows) rows; this worker serves calls of at most \(maxRows) (the plan's micro-batch)")
+        }
+        // Results are computed in dense slots (0..<route length) and answered under the slots the caller named,
+        // so the buffer is sized by the experts actually routed, never by a slot number a sender picks.
         var routes = [Route](repeating: Route(experts: [], weights: []), count: rows)
+        var named = [[UInt32]](repeating: [], count: rows)
         var k = 0
         for r in call.routes {
             guard Int(r.row) < rows, r.experts.count == r.weights.count, r.experts.count == r.slots.count else {
                 throw WireError(.malformed, "route for row \(r.row) is inconsistent")
             }
-            // Slots size the results buffer: a peer may not name more than a route can have, nor one twice.
-            guard r.slots.allSatisfy({ $0 < Self.maxSlots }), Set(r.slots).count == r.slots.count else {
+            // A peer may not name more slots than a route can have, nor one twice.
+            guard r.experts.count <= Int(Self.maxSlots), r.slots.allSatisfy({ $0 < Self.maxSlots }), Set(r.slots).count == r.slots.count else {
                 throw WireError(.malformed, "route for row \(r.row) names slots \(r.slots); each must be distinct and below \(Self.maxSlots)")
             }
-            routes[Int(r.row)] = Route(experts: r.experts.map(Int.init), weights: r.weights, slots: r.slots.map(Int.init))
-            k = max(k, (r.slots.map(Int.init).max() ?? -1) + 1)
+            routes[Int(r.row)] = Route(experts: r.experts.map(Int.init), weights: r.weights, slots: Array(0..<r.experts.count))
+            named[Int(r.row)] = r.slots
+            k = max(k, r.experts.count)
         }
         var results = [Float](repeating: 0, count: max(1, rows * k * e))
         // The frame's length was checked against its dtype and shape when the message was decoded.
@@ -80,7 +92,7 @@ public final class ExpertServer: @unchecked Sendable {
             for i in 0..<route.experts.count {
                 let s = route.slot(i)
                 out.rows.append(UInt32(row))
-                out.slots.append(UInt32(s))
+                out.slots.append(named[row][i])
                 results.withUnsafeBytes { data.append(contentsOf: $0[((row * k + s) * e * 4)..<((row * k + s + 1) * e * 4)]) }
             }
         }

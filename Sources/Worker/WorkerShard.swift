@@ -56,7 +56,8 @@ final class WorkerShard: @unchecked Sendable {
             throw WireError(.malformed, "Assign's cache types: \(error)")
         }
         // Micro-batches of the Assign's size (512 from a coordinator that does not say), no StageInput larger.
-        ubatch = assign.ubatch > 0 ? Int(min(assign.ubatch, 1 << 20)) : 512
+        let microBatch = assign.ubatch > 0 ? Int(min(assign.ubatch, 1 << 20)) : 512
+        ubatch = microBatch
         let budget = ShardBudget(file: file, config: config, shard: .init(layers: layers, resident: held, paged: paged, slots: Int(assign.slots)),
                                  context: contextLength, ubatch: ubatch, cacheTypes: cacheTypes)
         do {
@@ -89,7 +90,7 @@ final class WorkerShard: @unchecked Sendable {
             local = nil
         }
         self.local = local
-        experts = kept?.experts ?? local.map { ExpertServer(experts: $0, embedding: config.embeddingLength) }
+        experts = kept?.experts ?? local.map { ExpertServer(experts: $0, embedding: config.embeddingLength, maxRows: microBatch) }
         expertCount = held.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
             + paged.count(layers: 0..<config.layerCount, expertCount: config.expertCount)
         if !layers.isEmpty {

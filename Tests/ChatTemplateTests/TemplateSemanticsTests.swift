@@ -53,6 +53,37 @@ final class TemplateSemanticsTests: XCTestCase {
         }
     }
 
+    /// A render has a budget: loops of loops, or output without end, stop with `.exceeded`; a real template
+    /// over a conversation of 3 000 messages stays far inside it (every shipped template, with the step count
+    /// it took at most shown by what a budget of a tenth would refuse).
+    func testRendersHaveABudget() throws {
+        let looping = try ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}")
+        XCTAssertThrowsError(try looping.render([])) { e in
+            guard case .exceeded(let m)? = e as? TemplateError else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.contains("4000000 steps"), m)
+        }
+        // Few steps, much text: the output budget.
+        let wide = try ChatTemplate("{% for i in range(1000) %}{{ 'x' * 1000000 }}{% endfor %}")
+        XCTAssertThrowsError(try wide.render([], budget: .init(steps: 4_000_000, outputBytes: 8 << 20))) { e in
+            guard case .exceeded(let m)? = e as? TemplateError else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.contains("8 MiB"), m)
+        }
+        let messages: [JSONValue] = (0..<3000).map { i in
+            .object([("role", .string(i % 2 == 0 ? "user" : "assistant")), ("content", .string("message \(i) of a long conversation"))])
+        }
+        let dir = Fixtures.path("chat-templates")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".jinja") }
+        XCTAssertGreaterThanOrEqual(files.count, 8)
+        for f in files {
+            let t = try ChatTemplate(String(contentsOfFile: dir + "/" + f, encoding: .utf8))
+            let full = Result { try t.render(messages: messages, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>") }
+            if case .failure(let e) = full, let te = e as? TemplateError, case .refused = te { continue }  // refuses these roles, as its model does
+            XCTAssertTrue(((try? full.get()) ?? "").contains("message 2999 of a long conversation"), "\(f): \(full)")
+            // Within a tenth of the budget: a conversation ten times longer still renders.
+            XCTAssertNoThrow(try t.render(messages: messages, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>", budget: .init(steps: 400_000)), f)
+        }
+    }
+
     /// The chatml fallback renders as llama-server's does for a model without a template.
     func testChatMLFallback() throws {
         let t = try ChatTemplate(ChatTemplate.chatml)

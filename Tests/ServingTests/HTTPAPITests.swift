@@ -24,12 +24,12 @@ import Glibc
         let scheduler: Scheduler
         let api: HTTPAPI
         let metrics = MetricsRegistry()
-        init(apiKey: String? = nil, context: Int = 256) {
+        init(apiKey: String? = nil, context: Int = 256, template: String? = nil) {
             executor = LocalExecutor(engine: HTTPAPITests.engine, capacity: context, maxSequences: 4)
             scheduler = Scheduler(executor: executor, tokenizer: HTTPAPITests.engine.tokenizer, contextLength: context, figures: metrics)
             scheduler.maxSequences = 4
             scheduler.start()
-            let model = ServedModel(id: "tiny", contextLength: context, tokenizer: HTTPAPITests.engine.tokenizer, templateSource: nil, templateOrigin: "")
+            let model = ServedModel(id: "tiny", contextLength: context, tokenizer: HTTPAPITests.engine.tokenizer, templateSource: template, templateOrigin: "test template")
             api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)
         }
         deinit {
@@ -301,6 +301,26 @@ import Glibc
             #expect(live == 0, "the hung-up sequence's caches are freed")
             #expect(server.scheduler.stats().cancelled == 1 && server.scheduler.stats().tokens < 4000, "\(server.scheduler.stats())")
             #expect(server.metrics.handle(ServingMetrics.catalog.disconnected).value == 1, "the hang-up is counted as a disconnect")
+            let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
+            #expect(ok == .ok)
+        }
+    }
+
+    /// A template that would loop 10¹⁰ times (templates come from model files) is stopped by its budget: the
+    /// request gets a 500 that says so, `/health` answers while it renders (the render is off the cooperative
+    /// threads), and the server goes on serving.
+    @Test func aRunawayTemplateIsStoppedAndTheServerServes() async throws {
+        let looping = "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}"
+        let server = Server(template: looping)
+        try await server.app.test(.live) { client in
+            async let stuck = Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}"#)
+            let health = try await client.execute(uri: "/health", method: .get) { r in r.status }
+            #expect(health == .ok)
+            let (status, body) = try await stuck
+            #expect(status == .internalServerError, "\(body)")
+            let error = try JSONValue.parse(body)["error"]
+            #expect(error?["code"]?.stringValue == "template_budget_exceeded", "\(body)")
+            #expect(error?["message"]?.stringValue?.contains("steps") == true, "\(body)")
             let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
             #expect(ok == .ok)
         }

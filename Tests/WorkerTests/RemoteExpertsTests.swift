@@ -218,6 +218,37 @@ struct RemoteExpertsTests {
         let reply = try await onThread { try client.call(goodCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 120) }
         guard case .expertResult(let res) = reply.envelope.kind else { Issue.record("no ExpertResult"); return }
         #expect(res.rows == [0] && res.slots == [0])
+
+        // Work per call is bounded by the plan's micro-batch, not by the sender: 4 096 rows naming slot 63 (which
+        // once sized a 4096 × 64 × embedding buffer) are refused before anything is allocated.
+        var flood = call
+        flood.routes = (0..<4096).map { i in
+            var r = Conclave_V1_Route()
+            r.row = UInt32(i); r.experts = [3]; r.weights = [1]; r.slots = [63]
+            return r
+        }
+        var floodEnvelope = Envelope()
+        floodEnvelope.expertCall = flood
+        let rows = Data(repeating: 0, count: 4096 * config.embeddingLength * 4)
+        let before = WorkerMetrics.rssBytes()
+        let floodCall = floodEnvelope
+        let refused = try await onThread { Result { try client.call(floodCall, tensors: [(.f32, [4096, config.embeddingLength], rows)], timeout: 120) } }
+        let grown = Int64(WorkerMetrics.rssBytes()) - Int64(before)
+        guard case .failure(let e as WireError) = refused else { Issue.record("a 4096-row call was answered"); return }
+        #expect(e.message.contains("at most 512"), "\(e.message)")
+        #expect(grown < 16 << 20, "RSS grew \(grown) bytes for a refused call")
+        // One row at slot 63: answered under slot 63, with the slot-0 call's values (the buffer is by routes).
+        var high = route
+        high.slots = [63]
+        var one = call
+        one.routes = [high]
+        var oneEnvelope = Envelope()
+        oneEnvelope.expertCall = one
+        let oneCall = oneEnvelope
+        let highReply = try await onThread { try client.call(oneCall, tensors: [(.f32, [1, config.embeddingLength], x)], timeout: 120) }
+        guard case .expertResult(let hr) = highReply.envelope.kind else { Issue.record("no ExpertResult for slot 63"); return }
+        #expect(hr.rows == [0] && hr.slots == [63])
+        #expect(highReply.frames == reply.frames)
         router.close()
         dealer.close()
     }
