@@ -77,6 +77,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // The HTTP server's connection limit (MaximumAvailableConnections).
+                .product(name: "HummingbirdCore", package: "hummingbird"),
             ]
         ),
         // Fuzz harnesses (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer -DFUZZING); a plain build

@@ -11,7 +11,7 @@ public extension GenerationError {
         let code: Code
         switch e.code {
         case .contextExceeded: code = .contextExceeded
-        case .overBudget, .unavailable, .unknownWorker: code = .unavailable
+        case .overBudget, .unavailable, .unknownWorker, .held: code = .unavailable
         default: code = .internal
         }
         self.init(code, prefix + e.message)
@@ -24,7 +24,7 @@ public extension WireError {
         switch e.code {
         case .invalidRequest: self.init(.malformed, e.message)
         case .contextExceeded: self.init(.contextExceeded, e.message)
-        case .unavailable: self.init(.unavailable, e.message)
+        case .unavailable, .overloaded: self.init(.unavailable, e.message)
         case .internal: self.init(.internalError, e.message)
         }
     }

@@ -14,6 +14,8 @@ final class Assignment: @unchecked Sendable {
         let file: GGUFFile
         let config: ModelConfig
         let sha: [UInt8]
+        /// The digest of the tensor data (`ModelDigest`): a worker whose copy differs refuses the Assign.
+        let dataSHA: [UInt8]
         let contextLength: Int
         let cacheTypes: CacheTypes
         let workerThreads: Int
@@ -58,6 +60,7 @@ final class Assignment: @unchecked Sendable {
     func assignment(for i: Int, of plan: Plan) -> Conclave_V1_Assign {
         var a = Conclave_V1_Assign()
         a.modelMetadataSha256 = Data(model.sha)
+        a.modelDataSha256 = Data(model.dataSHA)
         a.contextLength = UInt32(model.contextLength)
         a.cacheTypeK = model.cacheTypes.key.name.lowercased()
         a.cacheTypeV = model.cacheTypes.value.name.lowercased()
@@ -175,6 +178,10 @@ final class Assignment: @unchecked Sendable {
                 }
             } catch {
                 for (_, other) in assigns { membership.replies.cancel(other.id) }
+                if let e = error as? WireError, e.code == .held {
+                    // The worker's own words ("worker 'X' is assigned by another coordinator…") say it all.
+                    throw CoordinatorError(e.message.hasPrefix("remote error: ") ? String(e.message.dropFirst(14)) : e.message, held: true)
+                }
                 throw CoordinatorError("worker '\(link.worker.name)' failed to load its shard: \(error)")
             }
             guard case .ready(let r) = reply!.envelope.kind else { throw CoordinatorError("worker '\(link.worker.name)' answered Assign with something else") }

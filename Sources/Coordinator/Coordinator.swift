@@ -13,7 +13,12 @@ import Wire
 
 public struct CoordinatorError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    public init(_ d: String) { description = d }
+    /// A worker refused us because another coordinator holds it and is still connected (a standby waits).
+    public var held = false
+    public init(_ d: String, held: Bool = false) {
+        description = d
+        self.held = held
+    }
 }
 
 /// The coordinator (`conclave serve`): holds the tokenizer and every sequence's tokens; workers hold weights and
@@ -31,6 +36,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         public var contextLength: Int?
         public var workerThreads: Int
         public var joinTimeout: Double = 30
+        /// Wait while another coordinator holds the workers, and take them over when it goes (`serve --standby`).
+        public var standby = false
         public var loadTimeout: Double = 600
         /// Steps in the pipeline at once; nil: one per stage, so that every stage can compute at the same time.
         public var microBatches: Int?
@@ -91,10 +98,11 @@ public final class Coordinator: Service, @unchecked Sendable {
         self.options = options
         self.transports = transports
         self.log = log
-        membership = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, log: log)
+        let digest = try ModelDigest.of(file, log: log)
+        membership = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, dataSHA: digest.bytes, log: log)
         executor = ClusterExecutor(links: membership.links, replies: membership.replies, pipelineDepth: options.microBatches ?? initial.stages.count)
         assignment = Assignment(initial: initial,
-                                model: .init(file: file, config: config, sha: file.metadataSHA256, contextLength: contextLength,
+                                model: .init(file: file, config: config, sha: file.metadataSHA256, dataSHA: digest.bytes, contextLength: contextLength,
                                              cacheTypes: options.cacheTypes, workerThreads: options.workerThreads, ubatch: options.maxBatch),
                                 footprint: footprint, membership: membership, executor: executor, log: log)
         recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, loadTimeout: options.loadTimeout, log: log)
@@ -165,9 +173,7 @@ public final class Coordinator: Service, @unchecked Sendable {
                 missing.append("\(link.worker.name) (\(link.worker.endpoint)\(link.transport.handshakeProblem.map { ": " + $0 } ?? ""))")
                 continue
             }
-            if h.hasModel_p, [UInt8](h.modelMetadataSha256) != membership.sha {
-                throw CoordinatorError("worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(file.path)); give it the same file or none (it then fetches ours)")
-            }
+            if let problem = membership.modelProblem(h, link, path: file.path) { throw CoordinatorError(problem) }
             if h.workerName != link.worker.name {
                 log("note: the worker at \(link.worker.endpoint) calls itself '\(h.workerName)'; the cluster file calls it '\(link.worker.name)'")
             }
@@ -182,13 +188,26 @@ public final class Coordinator: Service, @unchecked Sendable {
         }
         if options.measureRoundTrips { membership.measureRoundTrips() }
         try replanWithReportedBudgets()
-        do {
-            let outcome = try assignment.assign(timeout: options.loadTimeout, stopping: { self.isStopping })
-            scheduler.maxSequences = outcome.maxSequences
-        } catch let e as CoordinatorError {
-            throw e
-        } catch {
-            throw CoordinatorError("\(error)")
+        var waiting = false
+        while true {
+            do {
+                let outcome = try assignment.assign(timeout: options.loadTimeout, stopping: { self.isStopping })
+                scheduler.maxSequences = outcome.maxSequences
+                if waiting { log("standby: the other coordinator is gone; this one holds the workers now") }
+                break
+            } catch let e as CoordinatorError where e.held {
+                guard options.standby else {
+                    throw CoordinatorError("\(e.description). Stop that coordinator first, or serve with --standby to wait and take the workers over when it goes")
+                }
+                if isStopping { throw CoordinatorError("the coordinator was stopped while waiting as a standby") }
+                if !waiting { log("standby: \(e.description); waiting to take the workers over when it goes") }
+                waiting = true
+                usleep(500_000)
+            } catch let e as CoordinatorError {
+                throw e
+            } catch {
+                throw CoordinatorError("\(error)")
+            }
         }
         executor.onRecover = { [weak self] cause, sequences in
             guard let self else { return .failed(cause) }

@@ -15,13 +15,16 @@ final class Membership: @unchecked Sendable {
     let replies: PendingReplies
     let clock: any Clock
     let log: @Sendable (String) -> Void
-    /// The model's metadata hash: a worker with another model may not join.
+    /// The model's metadata hash and the digest of its tensor data: a worker with another model, or the same
+    /// metadata over other weights, may not join.
     let sha: [UInt8]
+    let dataSHA: [UInt8]
     private var readers: [Task<Void, Never>] = []
 
-    init(cluster: ClusterFile, transports: TransportFactory, clock: any Clock, sha: [UInt8], log: @escaping @Sendable (String) -> Void) throws {
+    init(cluster: ClusterFile, transports: TransportFactory, clock: any Clock, sha: [UInt8], dataSHA: [UInt8], log: @escaping @Sendable (String) -> Void) throws {
         self.clock = clock
         self.sha = sha
+        self.dataSHA = dataSHA
         self.log = log
         replies = PendingReplies(clock: clock)
         links = try cluster.workers.map { w in
@@ -40,6 +43,19 @@ final class Membership: @unchecked Sendable {
         for link in links {
             readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch) })
         }
+    }
+
+    /// Why the model a worker says it has (in Hello) is not ours, or nil: it has ours, or none (it then fetches
+    /// ours). A worker that reports no digest of its weights (an older build) is judged by its metadata.
+    func modelProblem(_ h: Conclave_V1_Hello, _ link: WorkerLink, path: String) -> String? {
+        guard h.hasModel_p else { return nil }
+        if [UInt8](h.modelMetadataSha256) != sha {
+            return "worker '\(link.worker.name)' at \(link.worker.endpoint) has a different model file (its metadata hash differs from \(path)); give it the same file or none (it then fetches ours)"
+        }
+        if !h.modelDataSha256.isEmpty, [UInt8](h.modelDataSha256) != dataSHA {
+            return "worker '\(link.worker.name)' at \(link.worker.endpoint) has a model with the metadata of \(path) but other weights (its tensor data digest differs: a corrupted or altered copy); give it the same file or none (it then fetches ours)"
+        }
+        return nil
     }
 
     func close() { for l in links { l.transport.close() } }

@@ -74,7 +74,11 @@ final class Recovery: @unchecked Sendable {
         // milliseconds: a second is plenty on a LAN).
         var answered: Set<String> = []
         for (link, answer) in membership.hello(links.filter { $0.state != .ready }, timeout: 1) {
-            guard let h = answer, !h.hasModel_p || [UInt8](h.modelMetadataSha256) == membership.sha else { continue }
+            guard let h = answer else { continue }
+            if let problem = membership.modelProblem(h, link, path: assignment.model.file.path) {
+                log("not taking back: \(problem)")
+                continue
+            }
             link.info.withLock { $0.hello = h; if $0.state == .down { $0.state = .joining } }
             link.heard()
             answered.insert(link.worker.name)

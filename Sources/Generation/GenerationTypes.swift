@@ -53,6 +53,8 @@ public struct GenerationError: Error, CustomStringConvertible, Sendable, Equatab
         case contextExceeded = "context_length_exceeded"
         /// The server cannot serve now (not ready, a worker down, shutting down): the same request may succeed later.
         case unavailable
+        /// Too many requests are waiting already (`Scheduler.maxQueued`): retry in a moment (HTTP 429).
+        case overloaded
         case `internal`
     }
     public let code: Code

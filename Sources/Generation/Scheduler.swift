@@ -83,6 +83,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var completions: [(UInt64, Result<[UInt64: [SampledToken]], GenerationError>)] = []
         var running = false
         var nextID: UInt64 = 1
+        /// Requests waiting for a sequence (incoming ones included), as the loop last counted them.
+        var waiting = 0
     }
     private let shared = Mutex(Shared())
     private let wake = DispatchSemaphore(value: 0)
@@ -96,6 +98,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     /// Sequences generating at once (the KV room every stage has); the rest wait in order. Set before `start`.
     public var maxSequences = Int.max
+    /// Requests that may wait for a sequence at once; one more is refused (`overloaded`: HTTP 429 with
+    /// Retry-After) rather than queued without bound. Set before `start`.
+    public var maxQueued = 256
     /// Where every figure is counted: the catalog's entries (`ServingMetrics`) through handles whose values
     /// `stats()` and status read, latencies through swift-metrics timers; `GET /metrics` is its exposition.
     public let figures: MetricsRegistry
@@ -206,6 +211,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             return GenerationError(.invalidRequest, "top logprobs must be between 0 and \(SampledToken.maxTop), not \(n)")
         }
         guard isRunning else { return GenerationError(.unavailable, "the server is not serving yet (workers are still joining or loading), or is shutting down") }
+        let waiting = shared.withLock { $0.waiting + $0.incoming.count }
+        if waiting >= maxQueued {
+            return GenerationError(.overloaded, "\(waiting) requests are already waiting for a sequence (at most \(maxQueued)); retry in a moment")
+        }
         return executor.unavailable()
     }
 
@@ -317,6 +326,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             }
             gauge(\.running, active.count)
             gauge(\.queued, waiting.count)
+            shared.withLock { $0.waiting = waiting.count }
             gauge(\.kvCells, active.reduce(0) { $0 + $1.fed })
             if Double(inFlight.count) > figures.handle(ServingMetrics.catalog.peakInFlight).value { gauge(\.peakInFlight, inFlight.count) }
             _ = clock.wait(wake, seconds: inFlight.isEmpty ? 0.5 : 0.2)

@@ -10,6 +10,8 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
     public let type: String
     public let param: String?
     public let code: String?
+    /// Seconds a client should wait before retrying (`Retry-After`), for 429 and 503.
+    public var retryAfter: Int?
 
     public init(status: HTTPResponse.Status, message: String, type: String, param: String? = nil, code: String? = nil) {
         self.status = status
@@ -42,6 +44,9 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
         case .invalidRequest: self = .invalid(e.message, param: param)
         case .contextExceeded: self = .invalid(e.message, param: param, code: "context_length_exceeded")
         case .unavailable: self = .unavailable(e.message)
+        case .overloaded:
+            self = APIError(status: .tooManyRequests, message: e.message, type: "rate_limit_error", code: "rate_limit_exceeded")
+            retryAfter = 1
         case .internal: self = .internal(e.message)
         }
     }

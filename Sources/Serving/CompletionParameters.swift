@@ -14,7 +14,9 @@ public struct CompletionParameters: Sendable, Equatable {
     /// llama-server's `ignore_eos`: generate to `max_tokens` (or the context's end) through end-of-generation tokens.
     public var ignoreEOS = false
 
-    /// Fields this server reads; anything else a client sends is ignored, as OpenAI's API and llama-server do.
+    /// Fields this server reads; a field that would change the answer and that we do not implement is a 400
+    /// naming it (a client must not get an answer that silently ignored what it asked); anything else a client
+    /// sends (`user`, `metadata`, …) is ignored, as OpenAI's API and llama-server do.
     /// `chat`: chat completions take `logprobs: true` + `top_logprobs: N`; text completions `logprobs: N`.
     public init(body: JSONValue, chat: Bool = true, randomSeed: () -> UInt64) throws(APIError) {
         let f = Fields(body)
@@ -56,6 +58,7 @@ public struct CompletionParameters: Sendable, Equatable {
             guard case .object = options else { throw APIError.invalid("'stream_options' must be an object", param: "stream_options") }
             includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false
         }
+        try Self.refuseUnsupported(body, chat: chat)
         if let n = try f.int("n", 0...), n != 1 {
             throw APIError.invalid("only n = 1 is supported (one choice per request); send several requests for several completions", param: "n")
         }
@@ -70,6 +73,21 @@ public struct CompletionParameters: Sendable, Equatable {
         } else if let n = try f.int("logprobs", 0...) {
             guard n <= SampledToken.maxTop else { throw APIError.invalid("'logprobs' must be at most \(SampledToken.maxTop)", param: "logprobs") }
             logprobs = n
+        }
+    }
+}
+
+extension CompletionParameters {
+    /// Fields that change the answer and that this server does not implement, given a value that asks for it.
+    static func refuseUnsupported(_ body: JSONValue, chat: Bool) throws(APIError) {
+        func refuse(_ field: String, _ why: String) throws(APIError) { throw APIError.invalid("'\(field)' is not supported by this server: \(why)", param: field) }
+        if case .object(let pairs)? = body["logit_bias"], !pairs.isEmpty { try refuse("logit_bias", "remove it (token biases are not applied)") }
+        if let b = body["best_of"], !b.isNull, b.intValue != 1 { try refuse("best_of", "only one candidate is generated per request") }
+        if body["echo"]?.boolValue == true { try refuse("echo", "the prompt is not echoed; it is in your request") }
+        if let s = body["suffix"]?.stringValue, !s.isEmpty { try refuse("suffix", "insertion (fill-in-the-middle) is not supported") }
+        if let format = body["response_format"], !format.isNull {
+            let type = format["type"]?.stringValue
+            if type != "text" { try refuse("response_format", "structured output (\(type ?? "an object without 'type'")) is not implemented yet; only {\"type\": \"text\"}") }
         }
     }
 }

@@ -76,7 +76,11 @@ public struct HTTPAPI: Sendable {
         Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(string: v.render())))
     }
 
-    func error(_ e: APIError) -> Response { json(e.json, status: e.status) }
+    func error(_ e: APIError) -> Response {
+        var r = json(e.json, status: e.status)
+        if let s = e.retryAfter { r.headers[.retryAfter] = String(s) }
+        return r
+    }
 
     /// Reads and parses the body, runs `work`, and turns any failure into its OpenAI error body.
     func handle(_ request: Request, _ work: (JSONValue) async throws(APIError) -> Response) async -> Response {
@@ -125,7 +129,7 @@ public struct HTTPAPI: Sendable {
     func chat(_ body: JSONValue) async throws(APIError) -> Response {
         try checkModel(body)
         let prompt = try await model.renderAside(chat: body)
-        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt), body: body)
+        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body)
     }
 
     func completion(_ body: JSONValue) async throws(APIError) -> Response {
@@ -133,12 +137,12 @@ public struct HTTPAPI: Sendable {
         let tokens: [Int32]
         switch body["prompt"] {
         case .string(let s)?:
-            tokens = model.tokens(ofPrompt: s)
+            tokens = try model.tokens(ofPrompt: s)
         case .array(let items)? where !items.isEmpty:
             if items.allSatisfy({ $0.intValue != nil }) {
                 tokens = items.map { Int32(clamping: $0.intValue!) }
             } else if items.count == 1, let s = items[0].stringValue {
-                tokens = model.tokens(ofPrompt: s)
+                tokens = try model.tokens(ofPrompt: s)
             } else {
                 throw APIError.invalid("'prompt' must be a string, a list of token ids, or a list of one string (one prompt per request)", param: "prompt")
             }
@@ -364,8 +368,12 @@ struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         if path == "/health" || path == "/v1/health" { return try await next(request, context) }
-        let given = Array((request.headers[.authorization] ?? "").utf8)
-        let want = Array("Bearer \(key)".utf8)
+        // The scheme is case-insensitive (RFC 9110 § 11.1: "bearer" and "BEARER" are "Bearer"); the key is not.
+        let header = (request.headers[.authorization] ?? "").trimmingCharacters(in: .whitespaces)
+        let space = header.firstIndex(of: " ") ?? header.endIndex
+        let scheme = header[..<space].lowercased()
+        let given = Array((scheme == "bearer" ? header[space...].trimmingCharacters(in: .whitespaces) : "").utf8)
+        let want = Array(key.utf8)
         var diff = given.count ^ want.count
         for i in 0..<want.count { diff |= Int(want[i] ^ (i < given.count ? given[i] : 0)) }
         guard diff == 0 else {

@@ -15,6 +15,10 @@ public struct ServedModel: Sendable {
     public let templateOrigin: String
     public let created: Int
     public let clock: ChatTemplate.Clock
+    /// Bytes of the longest token's text: no token covers more of a prompt, so a prompt longer than
+    /// `(contextLength + 1) × maxTokenBytes` bytes cannot fit, and is refused before it is tokenized (which
+    /// costs seconds and hundreds of MB for a prompt of megabytes).
+    let maxTokenBytes: Int
 
     public init(id: String, contextLength: Int, tokenizer: Tokenizer, templateSource: String?, templateOrigin: String,
                 clock: ChatTemplate.Clock = .system) {
@@ -25,6 +29,7 @@ public struct ServedModel: Sendable {
         do { template = .success(try ChatTemplate(templateSource ?? ChatTemplate.chatml)) } catch { template = .failure(error) }
         created = Int(Date().timeIntervalSince1970)
         self.clock = clock
+        maxTokenBytes = max(1, tokenizer.vocab.tokens.lazy.map(\.count).max() ?? 1)
     }
 
     func tokenText(_ id: Int32?) -> String {
@@ -109,7 +114,12 @@ public struct ServedModel: Sendable {
 
     /// Tokens of a rendered prompt: special tokens in the text are parsed as such, and the BOS the tokenizer adds
     /// is not doubled when the template already wrote one.
-    public func tokens(ofPrompt text: String) -> [Int32] {
+    public func tokens(ofPrompt text: String, param: String = "prompt") throws(APIError) -> [Int32] {
+        let bytes = text.utf8.count
+        if bytes > (contextLength + 1) * maxTokenBytes {
+            throw APIError.invalid("the prompt is \(bytes) bytes, at least \(bytes / maxTokenBytes) tokens, but the context holds \(contextLength); use a shorter prompt or a larger context",
+                                   param: param, code: "context_length_exceeded")
+        }
         var ids = tokenizer.encode(text, addSpecial: true, parseSpecial: true)
         if let bos = tokenizer.vocab.bos, ids.count >= 2, ids[0] == bos, ids[1] == bos { ids.removeFirst() }
         return ids

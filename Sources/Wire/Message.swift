@@ -112,6 +112,8 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
         case overBudget
         /// The cluster cannot serve now (still joining, a worker down); the same request may succeed later.
         case unavailable
+        /// The worker is assigned by another coordinator that is still connected: a standby waits for it to go.
+        case held
 
         var protoCode: Conclave_V1_Error.Code {
             switch self {
@@ -124,6 +126,7 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
             case .internalError: return .internal
             case .overBudget: return .overBudget
             case .unavailable: return .unavailable
+            case .held: return .held
             }
         }
 
@@ -138,6 +141,7 @@ public struct WireError: Error, CustomStringConvertible, Sendable, Equatable {
             case .contextExceeded: self = .contextExceeded
             case .overBudget: self = .overBudget
             case .unavailable: self = .unavailable
+            case .held: self = .held
             default: self = .internalError
             }
         }

@@ -62,6 +62,17 @@ public final class ZeroMQTransports: TransportFactory {
         servers = Mutex(curve?.servers ?? [:])
     }
 
+    /// A coordinator's routing id, unique to this process: two coordinators never share one (a worker's ROUTER
+    /// would drop the second, or take its messages as the first's), and a local process cannot squat on it
+    /// while a coordinator restarts.
+    public static func coordinatorIdentity() -> String {
+        var host = [CChar](repeating: 0, count: 64)
+        gethostname(&host, host.count - 1)
+        let name = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let nonce = (0..<8).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        return "coordinator-\(name.prefix(40))-\(getpid())-\(nonce)"
+    }
+
     public var authenticates: Bool { curve != nil }
     public var refusedPeers: Int { admission?.refused ?? 0 }
 

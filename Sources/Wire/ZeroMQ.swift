@@ -54,6 +54,12 @@ public struct ZMQError: Error, CustomStringConvertible, Sendable {
 public final class ZMQSocket: @unchecked Sendable {
     public enum Kind: Sendable { case router, dealer }
 
+    /// Milliseconds between ZMTP PINGs on every connection, and of silence after which it is closed.
+    public static let heartbeatInterval: Int32 = 1000
+    public static let heartbeatTimeout: Int32 = 5000
+    /// Most messages taken per turn of the socket thread between sends.
+    static let receiveBatch = 64
+
     public let kind: Kind
     /// The endpoint actually bound (a `*` port resolved), or the one connected to.
     public let endpoint: String
@@ -116,7 +122,19 @@ public final class ZMQSocket: @unchecked Sendable {
         setInt32(ZMQ_RCVHWM, highWaterMark)
         var maxSize = Int64(maxMessageSize)
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxSize, 8)
-        if kind == .router { setInt32(ZMQ_ROUTER_MANDATORY, 1) }
+        if kind == .router {
+            setInt32(ZMQ_ROUTER_MANDATORY, 1)
+            // A peer that reconnects under its routing id (a coordinator whose connection dropped and came back)
+            // takes the id over instead of being refused while the old pipe lingers. Ids are unguessable per
+            // process (`ZeroMQTransports.coordinatorIdentity`), and with CurveZMQ only admitted keys connect.
+            setInt32(ZMQ_ROUTER_HANDOVER, 1)
+        }
+        // ZMTP heartbeats, answered by libzmq's I/O thread whatever our threads are doing: a peer whose host
+        // vanished (no FIN, no RST) is disconnected after `Self.heartbeatTimeout` instead of TCP's 15 minutes, so
+        // a worker notices a dead coordinator and takes the next one that assigns it.
+        setInt32(ZMQ_HEARTBEAT_IVL, Self.heartbeatInterval)
+        setInt32(ZMQ_HEARTBEAT_TIMEOUT, Self.heartbeatTimeout)
+        setInt32(ZMQ_HEARTBEAT_TTL, Self.heartbeatTimeout)
         if let identity { _ = identity.withCString { zmq_setsockopt(s, ZMQ_ROUTING_ID, $0, strlen($0)) } }
         let rc = bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)
         guard rc == 0 else {
@@ -235,11 +253,13 @@ public final class ZMQSocket: @unchecked Sendable {
         return true
     }
 
-    /// Drains every complete message waiting on the socket.
+    /// Takes up to `receiveBatch` complete messages waiting on the socket; the loop sends what is queued before
+    /// it takes more, so a flood of input (thousands of messages a peer should not have sent) cannot hold back
+    /// our replies and heartbeats.
     private func receiveAll() {
         let authenticated: Bool
         if case .curveServer = security { authenticated = true } else { authenticated = false }
-        while true {
+        for _ in 0..<Self.receiveBatch {
             var parts: [Data] = []
             var more: Int32 = 1
             var role: PeerRole?

@@ -24,38 +24,51 @@ public struct ModelFetch {
     /// Seconds to wait for one chunk (generous: a loaded coordinator serves several workers at once).
     var timeout = 120.0
 
-    /// The model whose metadata hash is `sha`, `total` bytes, at `<directory>/<sha hex>.gguf`: the cached copy
-    /// when there is a good one, else fetched now.
-    func fetch(sha: [UInt8], total: Int, into directory: String) throws -> GGUFFile {
+    /// The model whose metadata hash is `sha` and tensor-data digest `data` (empty: not checked), `total` bytes,
+    /// at `<directory>/<sha hex>.gguf`: the cached copy when there is a good one, else fetched now. A cached copy
+    /// whose weights differ (a flipped byte, a file swapped under the name) is refused, removed and fetched again.
+    func fetch(sha: [UInt8], data: [UInt8], total: Int, into directory: String) throws -> (GGUFFile, ModelDigest) {
         guard total > 0 else { throw WireError(.internalError, "the assignment does not say how large the model is") }
         try ensureDirectory(directory)
         let path = URL(fileURLWithPath: directory).appendingPathComponent("\(hex(sha)).gguf").path
-        if let f = Self.verified(path, sha: sha, total: total) {
+        if let f = try verified(path, sha: sha, data: data, total: total) {
             log("using the cached model \(path)")
             return f
         }
         let lock = try Lock(path + ".lock", log: log)
         defer { lock.release() }
         // Another worker may have fetched it while we waited for the lock.
-        if let f = Self.verified(path, sha: sha, total: total) {
+        if let f = try verified(path, sha: sha, data: data, total: total) {
             log("using the model another worker fetched into \(path)")
             return f
         }
         let partial = path + ".partial"
         try download(total: total, to: partial)
-        guard Self.verified(partial, sha: sha, total: total) != nil else {
+        // Chunks were checked one by one as they came; the whole is checked once more, as a cached copy is.
+        let fetched = try GGUFFile(path: partial)
+        let digest = try ModelDigest.compute(path: partial, dataOffset: fetched.dataOffset)
+        guard fetched.metadataSHA256 == sha, data.isEmpty || digest.bytes == data else {
             try? FileManager.default.removeItem(atPath: partial)
-            throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash it assigned")
+            throw WireError(.modelMismatch, "the model fetched from the coordinator does not match the metadata hash and weights digest it assigned")
         }
         guard rename(partial, path) == 0 else { throw WireError(.internalError, "cannot rename \(partial) to \(path): \(String(cString: strerror(errno)))") }
-        return try GGUFFile(path: path)
+        ModelDigest.remember(digest, for: path)
+        return (try GGUFFile(path: path), digest)
     }
 
-    /// The file at `path` when it is the model: `total` bytes, a GGUF whose metadata hash is `sha`.
-    static func verified(_ path: String, sha: [UInt8], total: Int) -> GGUFFile? {
+    /// The file at `path` when it is the model: `total` bytes, a GGUF whose metadata hash is `sha`, and whose
+    /// tensor data has the digest `data` (unless empty). A file with the metadata but other weights is removed.
+    func verified(_ path: String, sha: [UInt8], data: [UInt8], total: Int) throws -> (GGUFFile, ModelDigest)? {
         guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size == total,
               let f = try? GGUFFile(path: path), f.metadataSHA256 == sha else { return nil }
-        return f
+        let digest = try ModelDigest.of(f, log: log)
+        guard data.isEmpty || digest.bytes == data else {
+            log("the cached model \(path) has the coordinator's metadata but other weights (tensor data sha256 \(digest.sha256.prefix(16))…, assigned \(hex(data).prefix(16))…): removed, fetching it again")
+            try? FileManager.default.removeItem(atPath: path)
+            ModelDigest.forget(path: path)
+            return nil
+        }
+        return (f, digest)
     }
 
     /// Fills `partial` up to `total` bytes, resuming after its last whole chunk.

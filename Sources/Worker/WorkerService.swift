@@ -59,6 +59,7 @@ public final class WorkerService: Service, @unchecked Sendable {
     private let expertQueue = PollingQueue()
     private let controlQueue = DispatchQueue(label: "conclave.worker.control")
     private let replies: PendingReplies
+    private let errorThrottle: ErrorThrottle
 
     struct Shared {
         var coordinator: Data?
@@ -72,11 +73,17 @@ public final class WorkerService: Service, @unchecked Sendable {
         /// The model this worker fetched last, kept mapped: a later Assign of the same model (a re-plan) reuses
         /// its pages, so experts and matrices packed before are not packed or faulted in again — only what moved
         /// to this worker loads.
-        var fetched: (file: GGUFFile, sha: [UInt8])?
+        var fetched: Model?
     }
     private let shared = Mutex(Shared())
-    /// The model this worker has (its own file, or one it fetched earlier), with its metadata hash.
-    private let ownModel: (file: GGUFFile, sha: [UInt8])?
+    /// A model file with its metadata hash and the digest of its tensor data.
+    struct Model {
+        let file: GGUFFile
+        let sha: [UInt8]
+        let data: [UInt8]
+    }
+    /// The model this worker was started with (`--model`).
+    private let ownModel: Model?
 
     /// `router` is our listener (made by `transports`, or the in-memory twin's); `transports` makes our
     /// connections to other workers and says whether peers are authenticated.
@@ -87,9 +94,10 @@ public final class WorkerService: Service, @unchecked Sendable {
         self.transports = transports
         self.log = log
         replies = PendingReplies(clock: options.clock)
+        errorThrottle = ErrorThrottle(clock: options.clock)
         if let path = options.modelPath {
             let f = try GGUFFile(path: path)
-            ownModel = (f, f.metadataSHA256)
+            ownModel = Model(file: f, sha: f.metadataSHA256, data: try ModelDigest.of(f, log: log).bytes)
         } else {
             ownModel = nil
         }
@@ -152,6 +160,12 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     private func replyError(_ peer: Data?, id: UInt64, _ e: Error) {
         let we = e as? WireError ?? WireError(.internalError, "\(e)")
+        let toCoordinator = peer != nil && peer == shared.withLock({ $0.coordinator })
+        if !toCoordinator {
+            let (allowed, closed) = errorThrottle.admit()
+            if let closed { log(closed) }
+            guard allowed else { return }
+        }
         log("error for request \(id): \(we.message)")
         reply(peer, WireMessage.errorReply(to: id, we))
     }
@@ -206,7 +220,7 @@ public final class WorkerService: Service, @unchecked Sendable {
                 return replyError(peer, id: id, WireError(.malformed, "a StageInput to the first stage comes from the coordinator only"))
             }
             guard msg.envelope.epoch == epoch else {
-                return replyError(coordinator ?? peer, id: id, WireError(.unavailable, "a StageInput of plan \(msg.envelope.epoch) reached a worker of plan \(epoch) (a step from before a re-plan); dropped"))
+                return replyError(peer, id: id, WireError(.unavailable, "a StageInput of plan \(msg.envelope.epoch) reached a worker of plan \(epoch) (a step from before a re-plan); dropped"))
             }
             stageQueue.async { self.runStep(msg, peer: peer) }
         case .expertCall:
@@ -246,18 +260,20 @@ public final class WorkerService: Service, @unchecked Sendable {
         if let m = ownModel ?? shared.withLock({ $0.fetched }) {
             h.hasModel_p = true
             h.modelMetadataSha256 = Data(m.sha)
+            h.modelDataSha256 = Data(m.data)
         }
         return h
     }
 
     /// Makes `peer` this worker's coordinator, unless another coordinator assigned it and is still connected:
-    /// a stray or hostile peer cannot take a working worker away from its cluster. A restarted coordinator
-    /// takes over as soon as the old one's connection has closed (ROUTER_MANDATORY then refuses the probe).
+    /// a stray or hostile peer cannot take a working worker away from its cluster. A restarted or standby
+    /// coordinator takes over as soon as the old one's connection has closed (ROUTER_MANDATORY then refuses the
+    /// probe): at once after a crash, within the ZMTP heartbeat timeout when its host vanished.
     private func adopt(coordinator peer: Data?) -> WireError? {
         let (current, shard) = shared.withLock { ($0.coordinator, $0.shard) }
         if let current, current != peer {
             if router.sendReporting(Frames(peer: current, parts: (try? heartbeat(shard).encode()) ?? [])) {
-                return WireError(.unavailable, "this worker (\(options.name)) is assigned by another coordinator, which is still connected; stop that coordinator first")
+                return WireError(.held, "worker '\(options.name)' is assigned by another coordinator, which is still connected (a dead one is noticed within \(ZMQSocket.heartbeatTimeout / 1000) s)")
             }
             log("the coordinator that assigned this worker is gone; a new one takes over")
         }
@@ -311,8 +327,10 @@ public final class WorkerService: Service, @unchecked Sendable {
     private func runStep(_ msg: WireMessage, peer: Data?) {
         let (shard, coordinator) = shared.withLock { ($0.shard, $0.coordinator) }
         let id = msg.envelope.requestID
-        // Failures go to the coordinator, which owns the request, whoever sent us the input.
-        guard let shard else { return replyError(coordinator ?? peer, id: id, WireError(.unavailable, "stage input before this worker was assigned (it restarted, or its Assign is still loading)")) }
+        // Failures go back to the sender only: the coordinator for the first stage, else the stage before, which
+        // relays them to the coordinator (`relay`). A peer that is neither hears its own errors and nobody else's
+        // requests fail for them.
+        guard let shard else { return replyError(peer, id: id, WireError(.unavailable, "stage input before this worker was assigned (it restarted, or its Assign is still loading)")) }
         let t0 = options.clock.now()
         do {
             let rows = msg.envelope.stageInput.rows.count
@@ -326,8 +344,20 @@ public final class WorkerService: Service, @unchecked Sendable {
                 try nextStage(shard).send(Frames(parts: parts))
             }
         } catch {
-            replyError(coordinator ?? peer, id: id, error)
+            replyError(peer, id: id, error)
         }
+    }
+
+    /// What the next stage answers on our connection to it (only Errors: its output goes on, or to the
+    /// coordinator): handed to the coordinator, which owns the request. The next stage is the endpoint the plan
+    /// named (with CurveZMQ, proven by its key), so what comes back on this connection is its word.
+    private func relay(_ frames: Frames) {
+        guard let msg = try? WireMessage.decode(frames.parts, maxBytes: options.maxMessageBytes), case .error = msg.envelope.kind else {
+            log("dropped a message from the next stage that is not an Error")
+            return
+        }
+        guard let coordinator = shared.withLock({ $0.coordinator }) else { return }
+        reply(coordinator, msg)
     }
 
     private var next: (String, Transport)?
@@ -337,6 +367,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         if let (e, t) = next, e == endpoint, t.handshakeProblem == nil { return t }
         next?.1.close()
         let t = try transports.connect(endpoint)
+        t.receive { [weak self] frames in self?.relay(frames) }
         next = (endpoint, t)
         return t
     }
@@ -358,17 +389,20 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     /// Our own copy when it matches the coordinator's; else one fetched earlier into the cache; else fetched now.
     private func modelFile(for a: Conclave_V1_Assign, peer: Data?) throws -> GGUFFile {
-        let want = [UInt8](a.modelMetadataSha256)
+        let want = [UInt8](a.modelMetadataSha256), weights = [UInt8](a.modelDataSha256)
         if let m = ownModel {
             guard m.sha == want else {
                 throw WireError(.modelMismatch, "this worker's model \(m.file.path) (metadata sha256 \(hex(m.sha).prefix(16))…) is not the coordinator's (\(hex(want).prefix(16))…)")
             }
+            guard weights.isEmpty || m.data == weights else {
+                throw WireError(.modelMismatch, "worker '\(options.name)': its model \(m.file.path) has the coordinator's metadata but other weights (tensor data sha256 \(hex(m.data).prefix(16))…, the coordinator's \(hex(weights).prefix(16))…); give it the coordinator's file, or none (it then fetches it)")
+            }
             return m.file
         }
-        if let f = shared.withLock({ $0.fetched }), f.sha == want { return f.file }
-        let file = try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
-            .fetch(sha: want, total: Int(a.modelBytes), into: options.cacheDirectory)
-        shared.withLock { $0.fetched = (file, want) }
+        if let f = shared.withLock({ $0.fetched }), f.sha == want, weights.isEmpty || f.data == weights { return f.file }
+        let (file, digest) = try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
+            .fetch(sha: want, data: weights, total: Int(a.modelBytes), into: options.cacheDirectory)
+        shared.withLock { $0.fetched = Model(file: file, sha: want, data: digest.bytes) }
         return file
     }
 }

@@ -48,9 +48,13 @@ struct BenchSoak: ParsableCommand {
         let coordinatorEndpoint: String
         let coordinator = Process()
         coordinator.executableURL = URL(fileURLWithPath: binary)
+        // A local cluster runs CurveZMQ (serve's default); its keys go where this bench finds them.
+        var keyDir: String?
         if let local {
             coordinatorEndpoint = "tcp://127.0.0.1:\(port)"
-            coordinator.arguments = ["serve", "-m", model, "--local", String(local), "--port", String(port), "--threads", String(threads), "--http", "off"]
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-soak-keys-\(getpid())").path
+            keyDir = dir
+            coordinator.arguments = ["serve", "-m", model, "--local", String(local), "--port", String(port), "--threads", String(threads), "--http", "off", "--key-dir", dir]
         } else {
             let file: ClusterFile
             do { file = try ClusterFile(path: cluster!) } catch { printError("error: \(error)"); throw ExitCode(1) }
@@ -70,7 +74,13 @@ struct BenchSoak: ParsableCommand {
         let drain = log.fileHandleForReading
         Thread.detachNewThread { _ = drain.readDataToEndOfFile() }
 
-        let client = try CoordinatorClient(endpoint: coordinatorEndpoint, transports: ZeroMQTransports.client(of: coordinatorEndpoint, keys: nil))
+        defer { if let keyDir { try? FileManager.default.removeItem(atPath: keyDir) } }
+        if let keyDir {
+            let deadline = Date().addingTimeInterval(120)
+            while !FileManager.default.fileExists(atPath: keyDir + "/client.key_secret"), coordinator.isRunning, Date() < deadline { usleep(50_000) }
+        }
+        let keys = keyDir
+        let client = try CoordinatorClient(endpoint: coordinatorEndpoint, transports: try ClientKeyOptions.transports(to: coordinatorEndpoint, keyDir: keys))
         try BenchCluster.waitUntilReady(client, coordinator: coordinator)
         // The processes to watch: the coordinator, the workers it started (--local), the workers started here.
         let pids = [coordinator.processIdentifier] + Self.children(of: coordinator.processIdentifier) + children.dropLast().map(\.processIdentifier)
@@ -103,7 +113,7 @@ struct BenchSoak: ParsableCommand {
         let next = Mutex(0), outcomes = Mutex<[Outcome]>([])
         let t0 = KernelBench.now()
         DispatchQueue.concurrentPerform(iterations: concurrency) { _ in
-            guard let c = try? CoordinatorClient(endpoint: coordinatorEndpoint, transports: ZeroMQTransports.client(of: coordinatorEndpoint, keys: nil)) else { return }
+            guard let c = try? CoordinatorClient(endpoint: coordinatorEndpoint, transports: try ClientKeyOptions.transports(to: coordinatorEndpoint, keyDir: keys)) else { return }
             while true {
                 let i = next.withLock { n -> Int in defer { n += 1 }; return n }
                 guard i < requests else { return }

@@ -126,8 +126,18 @@ struct ClientKeyOptions: ParsableArguments {
     var keyDir: String?
 
     /// Sockets to the coordinator at `endpoint`: plain, or CurveZMQ with the keys of `--key-dir`.
+    /// For `generate` and `status`: a coordinator that is not running is said at once, not after the timeout.
     func transports(to endpoint: String) throws -> TransportFactory {
-        guard let keyDir else { return ZeroMQTransports.client(of: endpoint, keys: nil) }
+        if EndpointProbe.refused(endpoint) {
+            throw CoordinatorError("nothing listens at \(endpoint) (connection refused): start `conclave serve` there, or check --coordinator")
+        }
+        return try Self.transports(to: endpoint, keyDir: keyDir)
+    }
+
+    /// Without a key directory, a coordinator on this host's loopback uses the keys `serve --local` wrote for its
+    /// port (`LocalKeys`), when there are any: a local cluster is authenticated, and its clients need no flag.
+    static func transports(to endpoint: String, keyDir: String?) throws -> TransportFactory {
+        guard let keyDir = keyDir ?? LocalKeys.existing(for: endpoint) else { return ZeroMQTransports.client(of: endpoint, keys: nil) }
         do {
             // The operator on the coordinator's host may use the coordinator's own key, which it admits too.
             let fallback = !FileManager.default.fileExists(atPath: CurveCertificate.secretPath(keyDir, "client"))

@@ -96,13 +96,14 @@ let defaultModelPath: String = {
 }()
 
 struct SamplingOptions: ParsableArguments {
-    @Option(name: .customLong("temp"), help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
-    @Option(name: .customLong("top-k"), help: "Keep the k most likely tokens (0: all).") var topK: Int = 40
-    @Option(name: .customLong("top-p"), help: "Keep the smallest set with this total probability.") var topP: Float = 0.95
-    @Option(name: .customLong("min-p"), help: "Drop tokens below this fraction of the best one's probability.") var minP: Float = 0.05
+    // `parsing: .unconditional`: `--temp -1` is a value to refuse by name in validate(), not a missing one.
+    @Option(name: .customLong("temp"), parsing: .unconditional, help: "Temperature; 0 is greedy.") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Keep the k most likely tokens (0: all).") var topK: Int = 40
+    @Option(name: .customLong("top-p"), parsing: .unconditional, help: "Keep the smallest set with this total probability.") var topP: Float = 0.95
+    @Option(name: .customLong("min-p"), parsing: .unconditional, help: "Drop tokens below this fraction of the best one's probability.") var minP: Float = 0.05
     // 1.1 (llama.cpp's default until 2024) rather than 1.0: small models such as the shipped one otherwise fall into
     // repeating one token (greedy `run` printed only newlines).
-    @Option(name: .customLong("repeat-penalty"), help: "Penalty for tokens among the last 64 (1: none).") var repeatPenalty: Float = 1.1
+    @Option(name: .customLong("repeat-penalty"), parsing: .unconditional, help: "Penalty for tokens among the last 64 (1: none).") var repeatPenalty: Float = 1.1
     @Option(help: "Random seed; the same seed gives the same text.") var seed: UInt64 = 0
 
     func validate() throws {

@@ -10,6 +10,7 @@ import Runtime
 import Generation
 import GGUF
 import Hummingbird
+import HummingbirdCore
 import Kernels
 import Logging
 import Model
@@ -47,13 +48,21 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var kvCache: CacheTypeOptions
     @Option(help: "Threads per worker (assigned to workers; default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Seconds to wait for the cluster's workers to answer.") var joinTimeout: Double = 30
+    @Flag(help: "A standby coordinator: while another coordinator holds the workers, wait; take them over when it goes (workers notice a dead coordinator within 5 s).")
+    var standby = false
     @Option(help: "Micro-batches in the pipeline at once (default: one per stage, so every stage computes while the others do).")
     var microBatches: Int?
     @Option(help: "Most tokens in one step (llama.cpp's -ub); a longer prompt is fed in chunks that pipeline through the stages.")
     var ubatch = 512
     @Option(help: "Serve the HTTP API at HOST:PORT (port 0: any free port, printed at start); 'off' for none.")
     var http = "127.0.0.1:8080"
-    @Option(help: "Require 'Authorization: Bearer KEY' on every HTTP request but /health.") var apiKey: String?
+    @Option(help: "Require 'Authorization: Bearer KEY' on every HTTP request but /health (also from $CONCLAVE_API_KEY, or --api-key-file: a command line is visible to every local user).")
+    var apiKey: String?
+    @Option(help: ArgumentHelp("Read the API key from this file (its first line).", valueName: "path")) var apiKeyFile: String?
+    @Option(help: "Requests that may wait for a free sequence; one more gets 429 with Retry-After.") var maxQueue = 256
+    @Option(help: "Seconds an HTTP connection may stay idle (no request in flight, or headers never finished) before it is closed.")
+    var httpIdleTimeout = 30
+    @Option(help: "Most HTTP connections open at once; more wait in the listen backlog.") var httpMaxConnections = 512
     @Option(help: "A Jinja chat template file to use instead of the model's tokenizer.chat_template.") var chatTemplate: String?
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
@@ -61,15 +70,16 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var draft: DraftModelOptions
     @Option(help: "A routing trace (from `conclave trace-experts`) to plan with: a layer split over workers spreads its most used experts first, and when the cluster must page, the least used experts are the ones paged.")
     var trace: String?
-    @Option(help: ArgumentHelp("CurveZMQ keys: with --cluster, the coordinator's pair is DIR/coordinator.key_secret (the cluster file lists everyone's public keys); with --local --curve, where fresh keys for the local cluster and a client pair (client.key_secret, coordinator.key) are written.", valueName: "dir"))
+    @Option(help: ArgumentHelp("CurveZMQ keys: with --cluster, the coordinator's pair is DIR/coordinator.key_secret (the cluster file lists everyone's public keys); with --local, where fresh keys for the local cluster and a client pair (client.key_secret, coordinator.key) are written (default: ~/.cache/conclave/local-PORT, which `generate` and `status` find by themselves).", valueName: "dir"))
     var keyDir: String?
-    @Flag(help: "With --local: authenticate the local cluster with fresh CurveZMQ keys (see --key-dir).") var curve = false
+    @Flag(inversion: .prefixedNo, help: "With --local: authenticate the local cluster with fresh CurveZMQ keys (the default; --no-curve: plain sockets, which any local process can talk to).")
+    var curve: Bool?
     @Flag(help: "Run a cluster file without keys whose endpoints are reachable from other hosts (anyone who reaches them can use the cluster).")
     var insecure = false
 
     func validate() throws {
-        if curve, local == nil { throw ValidationError("--curve makes keys for a --local cluster; a cluster file lists its keys (coordinator_key, key:, client_keys)") }
-        if insecure, curve { throw ValidationError("--insecure and --curve contradict each other") }
+        if curve != nil, local == nil { throw ValidationError("--curve/--no-curve choose keys for a --local cluster; a cluster file lists its keys (coordinator_key, key:, client_keys)") }
+        if insecure, curve == true { throw ValidationError("--insecure and --curve contradict each other") }
         if let m = microBatches, m < 1 { throw ValidationError("--micro-batches needs at least 1") }
         if ubatch < 1 { throw ValidationError("--ubatch needs at least 1") }
         if parallel < 1 { throw ValidationError("--parallel needs at least 1") }
@@ -78,6 +88,11 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--memory bounds a model served in this process; give each worker its budget with `conclave worker --memory` (or memory: in the cluster file)")
         }
         if http != "off", Self.hostPort(http) == nil { throw ValidationError("--http takes HOST:PORT (e.g. 127.0.0.1:8080) or 'off', not '\(http)'") }
+        if apiKey != nil, apiKeyFile != nil { throw ValidationError("give the API key once: --api-key or --api-key-file") }
+        if apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty") }
+        if maxQueue < 1 { throw ValidationError("--max-queue needs at least 1") }
+        if httpIdleTimeout < 1 { throw ValidationError("--http-idle-timeout needs at least 1 second") }
+        if httpMaxConnections < 1 { throw ValidationError("--http-max-connections needs at least 1") }
     }
 
     static func hostPort(_ s: String) -> (String, Int)? {
@@ -86,8 +101,11 @@ struct ServeCommand: AsyncParsableCommand {
         return (host.isEmpty ? "127.0.0.1" : host, port)
     }
 
-    /// Where `--local --curve` writes its keys: --key-dir, else a fresh directory of this process.
-    var localKeyDirectory: String { keyDir ?? FileManager.default.temporaryDirectory.appendingPathComponent("conclave-keys-\(getpid())").path }
+    /// Whether a `--local` cluster runs CurveZMQ: unless --no-curve (or --insecure).
+    var localCurve: Bool { curve ?? !insecure }
+
+    /// Where `--local` writes its keys: --key-dir, else the directory its clients look in for this port.
+    var localKeyDirectory: String { keyDir ?? LocalKeys.directory(port: port) }
 
     /// The coordinator's CurveZMQ settings: its key pair from --key-dir, the clients the cluster file lists (and
     /// its own key, for the operator on its host), every worker's key by endpoint. Nil for a plain cluster,
@@ -103,7 +121,7 @@ struct ServeCommand: AsyncParsableCommand {
             return nil
         }
         guard !insecure else { throw CoordinatorError("--insecure with a cluster file that lists keys: remove the keys from the file to run without CurveZMQ") }
-        guard let keyDir = curve ? localKeyDirectory : keyDir else {
+        guard let keyDir = local != nil && localCurve ? localKeyDirectory : keyDir else {
             throw CoordinatorError("the cluster file lists CurveZMQ keys: give --key-dir DIR with the coordinator's coordinator.key_secret")
         }
         let pair = try CurveCertificate.pair(keyDir, "coordinator")
@@ -135,12 +153,36 @@ struct ServeCommand: AsyncParsableCommand {
         return m
     }
 
+    /// The API key: --api-key, --api-key-file's first line, or $CONCLAVE_API_KEY (nil: none).
+    func resolvedAPIKey() throws -> String? {
+        if let apiKey { return apiKey }
+        if let apiKeyFile {
+            let text: String
+            do { text = try String(contentsOfFile: apiKeyFile, encoding: .utf8) } catch {
+                throw ValidationError("cannot read --api-key-file \(apiKeyFile): \(error.localizedDescription)")
+            }
+            let key = text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            guard !key.isEmpty else { throw ValidationError("--api-key-file \(apiKeyFile) is empty") }
+            return key
+        }
+        if let env = ProcessInfo.processInfo.environment["CONCLAVE_API_KEY"], !env.isEmpty { return env }
+        return nil
+    }
+
+    /// Whether `host` is this machine's loopback only.
+    static func isLoopback(_ host: String) -> Bool { host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]" }
+
     /// The HTTP front door as a service, or none with --http off.
     func httpService(_ api: HTTPAPI) -> [any Service] {
         guard http != "off", let (host, port) = Self.hostPort(http) else { return [] }
+        if api.apiKey == nil, !Self.isLoopback(host) {
+            printError("[http] WARNING: the API listens on \(host), beyond this machine, without an API key: anyone who reaches port \(port) can use the model; give --api-key-file FILE (or $CONCLAVE_API_KEY)")
+        }
         var logger = Logger(label: "conclave.http")
         logger.logLevel = .warning
-        let app = Application(router: api.router(), configuration: .init(address: .hostname(host, port: port), serverName: "conclave"),
+        let app = Application(router: api.router(), server: .http1(configuration: .init(idleTimeout: .seconds(Int64(httpIdleTimeout)))),
+                              configuration: .init(address: .hostname(host, port: port), serverName: "conclave",
+                                                   availableConnectionsDelegate: MaximumAvailableConnections(httpMaxConnections, logger: logger)),
                               onServerRunning: { channel in
                                   let p = channel.localAddress?.port ?? port
                                   printError("[http] OpenAI-compatible API on http://\(host):\(p)/v1 (\(api.model.id), context \(api.model.contextLength))"
@@ -166,6 +208,8 @@ struct ServeCommand: AsyncParsableCommand {
                                               cacheTypes: try kvCache.types, ubatch: ubatch)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
+        } catch let e as ExitCode {
+            throw e  // `offload.load` has said why
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -182,7 +226,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         scheduler.start()
         printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
-        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics, beforeScrape: {
+        scheduler.maxQueued = maxQueue
+        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, beforeScrape: {
             if let cache { metrics.record(offload: cache) }
         })
         let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
@@ -212,11 +257,15 @@ struct ServeCommand: AsyncParsableCommand {
             if let local {
                 guard local >= 1 else { throw ValidationError("--local needs at least one worker") }
                 clusterFile = LocalCluster.file(workers: local, port: port)
-                if curve {
+                if localCurve {
+                    try LocalKeys.prepare(localKeyDirectory)
                     clusterFile = try LocalCluster.withKeys(clusterFile, in: localKeyDirectory)
-                    printError("[serve] CurveZMQ keys for the local cluster in \(localKeyDirectory); clients connect with `conclave generate --key-dir \(localKeyDirectory)`")
+                    printError("[serve] CurveZMQ keys for the local cluster in \(localKeyDirectory)" + (keyDir == nil ? " (`conclave generate` and `status` on this host use them)" : "; clients connect with `conclave generate --key-dir \(localKeyDirectory)`"))
+                } else if keyDir == nil {
+                    // Stale keys of an earlier run on this port would make clients try CurveZMQ against plain sockets.
+                    LocalKeys.forget(port: port)
                 }
-                children = try LocalCluster.start(clusterFile, model: model, threads: threads, keyDir: curve ? localKeyDirectory : nil)
+                children = try LocalCluster.start(clusterFile, model: model, threads: threads, keyDir: localCurve ? localKeyDirectory : nil)
             } else if let cluster {
                 clusterFile = try ClusterFile(path: cluster)
             } else {
@@ -234,10 +283,11 @@ struct ServeCommand: AsyncParsableCommand {
         let coordinator: Coordinator
         let metrics = MetricsRegistry()
         do {
-            let transports = ZeroMQTransports(identity: "coordinator", curve: try coordinatorCurve(clusterFile), log: { printError("[coordinator] \($0)") })
+            let transports = ZeroMQTransports(identity: ZeroMQTransports.coordinatorIdentity(), curve: try coordinatorCurve(clusterFile), log: { printError("[coordinator] \($0)") })
             let socket = try transports.listen(clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"), maxMessageSize: 256 << 20)
             var options = Coordinator.Options(contextLength: ctx, workerThreads: threads)
             options.joinTimeout = joinTimeout
+            options.standby = standby
             options.microBatches = microBatches
             options.maxBatch = ubatch
             options.cacheTypes = try kvCache.types
@@ -252,6 +302,7 @@ struct ServeCommand: AsyncParsableCommand {
             printError("error: \(error)")
             throw ExitCode(1)
         }
+        if !children.isEmpty { LocalCluster.failFast(children, names: clusterFile.workers.map(\.name), until: { coordinator.started }) }
         let model: ServedModel
         do {
             model = try servedModel(file: coordinator.file, tokenizer: coordinator.tokenizer, context: coordinator.contextLength)
@@ -259,7 +310,8 @@ struct ServeCommand: AsyncParsableCommand {
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        let api = HTTPAPI(scheduler: coordinator.scheduler, model: model, apiKey: apiKey, metrics: metrics, health: { coordinator.healthProblem() },
+        coordinator.scheduler.maxQueued = maxQueue
+        let api = HTTPAPI(scheduler: coordinator.scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, health: { coordinator.healthProblem() },
                           cluster: { coordinator.status().json }, beforeScrape: { coordinator.status().mirror(into: metrics) })
         // Start-up (join, assign, load) runs inside the coordinator's service: SIGTERM while workers load is graceful.
         let group = ServiceGroup(services: coordinator.services + httpService(api), gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
@@ -329,6 +381,23 @@ enum LocalCluster {
             started.append(p)
         }
         return started
+    }
+
+    /// A local worker that exits before the cluster serves (its port taken, a bad option) ends `serve` at once
+    /// with its name, instead of a join timeout later; its own error is already on our stderr (inherited).
+    /// Once serving, a worker that dies is recovery's business.
+    static func failFast(_ processes: [Process], names: [String], until started: @escaping @Sendable () -> Bool) {
+        let watched = Array(zip(processes, names))
+        Thread.detachNewThread {
+            while !started() {
+                if let (p, name) = watched.first(where: { !$0.0.isRunning }) {
+                    printError("error: local worker '\(name)' exited with status \(p.terminationStatus) before the cluster started (its error is above); nothing to serve with")
+                    for (other, _) in watched where other.isRunning { other.terminate() }
+                    exit(1)
+                }
+                usleep(100_000)
+            }
+        }
     }
 
     static func stop(_ processes: [Process]) {

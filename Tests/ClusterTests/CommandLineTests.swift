@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import Testing
 import TestSupport
@@ -33,13 +36,46 @@ import TestSupport
             (["generate", "-n", "5000000000"], "-n 5000000000 is outside"),
             (["generate", "--top-k", "-1"], "top-k"),
             (["synth", "--ctx", "1000000000000", "-o", c.dir.appendingPathComponent("x.gguf").path], "--ctx 1000000000000 is outside"),
+            // A negative number is a value to refuse by name, not a missing one; every error reads `error: `.
+            (["run", "-m", model, "--temp", "-1", "-p", "hi"], "error: temperature -1.0 is outside"),
+            (["serve", "-m", "/nonexistent.gguf"], "error: /nonexistent.gguf"),
+            (["serve", "-m", model, "--api-key-file", "/nonexistent-key"], "cannot read --api-key-file"),
+            (["serve", "-m", model, "--no-curve"], "--curve/--no-curve choose keys for a --local cluster"),
         ]
         for (args, message) in cases {
             let (rc, _, err) = try c.run(args)
             #expect(rc != 0 && rc != 132 && rc != 4 && rc < 128, "\(args): exit \(rc)")
             #expect(err.contains(message), "\(args): \(err)")
             #expect(!err.contains("Backtrac") && !err.contains("Fatal error"), "\(args) crashed: \(err)")
+            #expect(!err.contains("Error: ") && !err.contains("ExitCode"), "\(args): one prefix, no spurious second line: \(err)")
         }
+    }
+
+    /// Waiting for what cannot come is said at once: `generate` when nothing listens at the coordinator's
+    /// endpoint, and `serve --local` when one of its own workers cannot bind its port (the worker's error, then
+    /// which worker; not a join timeout 30 s later).
+    @Test func whatCannotWorkFailsAtOnce() async throws { try await onThread { try Self.failsAtOnceBlocking() } }
+    static func failsAtOnceBlocking() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let base = ProcessCluster.freePorts(4)
+        let t0 = Date()
+        let (rc, _, err) = try c.run(["generate", "--coordinator", "tcp://127.0.0.1:\(base)", "-p", "hi"])
+        #expect(rc != 0 && err.contains("nothing listens at tcp://127.0.0.1:\(base)"), "\(err)")
+        // Held by a listener of our own: the second worker's port.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(base + 2).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0 && listen(fd, 1) == 0)
+        let (rc2, _, err2) = try c.run(["serve", "-m", Fixtures.shippedModel, "--local", "2", "--port", String(base), "--http", "off", "--threads", "1",
+                                        "--join-timeout", "120"])
+        #expect(rc2 != 0 && err2.contains("Address already in use") && err2.contains("local worker 'local-2' exited"), "\(err2)")
+        let took = Date().timeIntervalSince(t0)
+        #expect(took < 60, "took \(took) s: a join timeout, not an answer at once")
     }
 }
 

@@ -42,8 +42,9 @@ enum NetNS {
     /// Hosts h0 (the coordinator) … hN (stage-a, stage-b, experts-1, then `spares` spares), a cluster of them
     /// authenticated with CurveZMQ as a deployment is, serving; `body` gets the cluster and each host's
     /// `ip netns exec` prefix. Everything is torn down after.
-    static func withHosts(_ tag: String, spares: Int = 0, _ body: (ProcessCluster, (Int) -> [String]) throws -> Void) throws {
-        let n = 3 + spares
+    /// `bare` more hosts (after the spares) run nothing: the test starts what it needs there.
+    static func withHosts(_ tag: String, spares: Int = 0, bare: Int = 0, _ body: (ProcessCluster, (Int) -> [String]) throws -> Void) throws {
+        let n = 3 + spares + bare
         let prefix = "\(tag)\(getpid() % 10000)"
         let env = ["CONCLAVE_NETNS_PREFIX": prefix]
         _ = NetNS.sh(["bash", NetNS.script, "down", "\(n)"], env: env)
@@ -75,6 +76,37 @@ enum NetNS {
             let (rc3, out, _) = try c.run(["status", "--coordinator", "tcp://10.77.0.10:7070", "--json", "--key-dir", c.keyDir], wrapper: host(0))
             #expect(rc3 == 0)
             #expect(out.components(separatedBy: "\"ready\"").count - 1 == 3, "\(out)")
+        }
+    }
+
+    /// The coordinator's host vanishes (its link goes down: no FIN, no RST, TCP would wait 15 minutes): a second
+    /// coordinator without --standby is refused while the first lives, with an error that says so; a standby on
+    /// another host takes the workers over once their ZMTP heartbeats close the dead connection, within 15 s,
+    /// and serves the one process's text.
+    @Test(.enabled(if: NetNS.permitted, "needs root and `ip netns` (CI runs as root)"))
+    func aStandbyCoordinatorTakesOverWhenTheCoordinatorsHostVanishes() async throws { try await onThread { [self] in try self.standbyTakesOverBlocking() } }
+    func standbyTakesOverBlocking() throws {
+        try Self.withHosts("cvs", bare: 1) { c, host in
+            let model = Fixtures.shippedModel
+            let file = try c.writeClusterFile(base: 7070, host: { "10.77.0.\(11 + $0)" }, coordinatorHost: "10.77.0.14", keys: true, name: "standby.yaml")
+            let serve = ["serve", "-m", model, "--cluster", file, "--key-dir", c.keyDir, "--threads", "1", "--http", "off"]
+            let (rc, _, err) = try c.run(serve, wrapper: host(4))
+            #expect(rc != 0 && err.contains("assigned by another coordinator, which is still connected") && err.contains("--standby"), "\(err)")
+            try c.start("standby", serve + ["--standby"], wrapper: host(4))
+            try c.waitFor("standby", "standby: worker '")
+            let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0"]
+            let (rc1, single, _) = try c.run(["run", "-m", model, "--threads", "1"] + args)
+            #expect(rc1 == 0)
+            let (rc2, first, _) = try c.run(["generate", "--coordinator", "tcp://10.77.0.10:7070", "--key-dir", c.keyDir] + args, wrapper: host(0))
+            #expect(rc2 == 0 && first == single, "the first coordinator must keep serving while the standby waits")
+            let cut = Date()
+            #expect(NetNS.sh(host(0) + ["ip", "link", "set", "eth0", "down"]) == 0)
+            try c.waitFor("standby", "[coordinator] serving", timeout: 120)
+            let took = Date().timeIntervalSince(cut)
+            print("standby took over \(String(format: "%.1f", took)) s after the coordinator's host vanished")
+            #expect(took < 15, "\(c.logText("standby"))")
+            let (rc3, text, err3) = try c.run(["generate", "--coordinator", "tcp://10.77.0.14:7070", "--key-dir", c.keyDir] + args, wrapper: host(4))
+            #expect(rc3 == 0 && text == single, "\(err3)\n\(c.logs())")
         }
     }
 

@@ -156,10 +156,11 @@ final class ProcessCluster: @unchecked Sendable {
     /// With `keys`, CurveZMQ pairs for the coordinator, every worker and a client are made with `conclave keys
     /// generate` into `keyDir`, and the file names their public key files (paths relative to the file).
     func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1", spares: Int = 0,
-                          keys: Bool = false) throws -> String {
+                          keys: Bool = false, name: String = "cluster.yaml") throws -> String {
         var workers: [(String, String)] = [("stage-a", "stage"), ("stage-b", "stage"), ("experts-1", "experts")]
         for i in 0..<spares { workers.append(("spare-\(i + 1)", "spare")) }
-        if keys {
+        // A second file of the same cluster (a standby coordinator's) keeps the keys the first made.
+        if keys && !FileManager.default.fileExists(atPath: keyDir + "/coordinator.key") {
             let (rc, _, err) = try run(["keys", "generate", "-o", keyDir, "coordinator", "client"] + workers.map(\.0))
             guard rc == 0 else { throw Failure(description: "keys generate failed: \(err)") }
         }
@@ -170,7 +171,7 @@ final class ProcessCluster: @unchecked Sendable {
             yaml += "  - name: \(name)\n    endpoint: tcp://\(host(i)):\(base + 1 + i)\n    memory: 64MiB\n    role: \(role)\n"
             if keys { yaml += "    key: keys/\(name).key\n" }
         }
-        let path = dir.appendingPathComponent("cluster.yaml").path
+        let path = dir.appendingPathComponent(name).path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }

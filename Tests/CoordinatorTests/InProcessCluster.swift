@@ -35,13 +35,18 @@ final class InProcessCluster: @unchecked Sendable {
 
     static func endpoint(_ name: String) -> String { "inproc://\(name)" }
 
+    /// `files`: a worker's own model file instead of the coordinator's (nil: none, it fetches the model into
+    /// `cache` when given, else a fresh directory).
     init(workers: [(name: String, role: ClusterFile.Role)], memory: Int = 1 << 30, context: Int = 256,
-         model: String = Fixtures.shippedModel) throws {
+         model: String = Fixtures.shippedModel, files: [String: String?] = [:], cache: String? = nil) throws {
         self.model = model
         cluster = ClusterFile(coordinator: Self.endpoint("coordinator"),
                               workers: workers.map { ClusterFile.Worker(name: $0.name, endpoint: Self.endpoint($0.name), memory: memory, role: $0.role) })
         var running: [String: Running] = [:]
-        for w in workers { running[w.name] = try Self.worker(w.name, model: model, network: network, clock: clock, log: log) }
+        for w in workers {
+            let file = files[w.name] ?? model
+            running[w.name] = try Self.worker(w.name, model: file, network: network, clock: clock, log: log, cache: cache)
+        }
         services = Mutex(running)
         var options = Coordinator.Options(contextLength: context, workerThreads: 1)
         options.clock = clock
@@ -52,13 +57,25 @@ final class InProcessCluster: @unchecked Sendable {
                                       log: { [log] l in log.append(l) })
     }
 
+    /// Another coordinator of the same workers (`serve` started a second time, on another host): its own
+    /// routing id and client endpoint, the same clock.
+    func anotherCoordinator(_ name: String, standby: Bool) throws -> Coordinator {
+        var options = Coordinator.Options(contextLength: 256, workerThreads: 1)
+        options.clock = clock
+        options.measureRoundTrips = false
+        options.standby = standby
+        return try Coordinator(modelPath: model, cluster: cluster, options: options, clients: try network.router(at: Self.endpoint(name)),
+                               transports: InMemoryTransports(network: network, identity: name, role: .coordinator),
+                               log: { [log] l in log.append("[\(name)] " + l) })
+    }
+
     typealias Running = (service: WorkerService, router: InMemoryEndpoint, task: Task<Void, Never>)
 
     /// A worker service on its router, heartbeating on the manual clock.
-    static func worker(_ name: String, model: String, network: InMemoryNetwork, clock: ManualClock, log: Log) throws -> Running {
+    static func worker(_ name: String, model: String?, network: InMemoryNetwork, clock: ManualClock, log: Log, cache: String? = nil) throws -> Running {
         let router = try network.router(at: endpoint(name))
         var options = WorkerService.Options(name: name, endpoint: router.endpoint, modelPath: model, memory: 1 << 30, threads: 1,
-                                            cacheDirectory: Fixtures.temporaryDirectory().path)
+                                            cacheDirectory: cache ?? Fixtures.temporaryDirectory().path)
         options.clock = clock
         let service = try WorkerService(options: options, router: router,
                                         transports: InMemoryTransports(network: network, identity: name, role: .worker(name)),

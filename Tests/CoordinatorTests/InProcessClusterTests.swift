@@ -2,6 +2,7 @@ import ClusterProtocol
 @testable import Coordinator
 import Foundation
 import Generation
+import GGUF
 import Model
 import Placement
 import Runtime
@@ -195,6 +196,83 @@ import Wire
 
     /// Roles are enforced by the worker: a client may not assign it, a worker not outside the plan's pipeline
     /// may not feed its stage; each gets an Error, and the worker goes on serving its coordinator.
+    /// Two coordinators of the same workers: the second is refused while the first is connected, with an error
+    /// that says so; a standby waits, and takes the workers over (their weights kept) once the first is gone,
+    /// then serves the one process's tokens. The first, cut off, cannot take them back while the standby lives.
+    @Test func aStandbyCoordinatorTakesOverWhenTheFirstIsGone() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        let second = try c.anotherCoordinator("coordinator-2", standby: false)
+        defer { second.membership.close() }
+        do {
+            try await second.startUp()
+            Issue.record("a second coordinator took workers that another coordinator holds")
+        } catch let e as CoordinatorError {
+            #expect(e.description.contains("assigned by another coordinator, which is still connected") && e.description.contains("--standby"), "\(e)")
+        }
+        #expect(c.coordinator.links.allSatisfy { $0.state == .ready })
+        let standby = try c.anotherCoordinator("coordinator-3", standby: true)
+        defer { standby.scheduler.stop(); standby.membership.close() }
+        let starting = Task.detached { try await standby.startUp() }
+        do {
+            try InProcessCluster.eventually("the standby waits") { c.log.all.contains { $0.hasPrefix("[coordinator-3] standby: worker '") } }
+        } catch {
+            Issue.record("\(error); log: \(c.log.all.suffix(30))")
+            throw error
+        }
+        #expect(!standby.started)
+        // The first coordinator's connections end (its host is gone: ZMTP heartbeats close them).
+        c.coordinator.membership.close()
+        try await starting.value
+        #expect(standby.started)
+        #expect(c.log.all.contains("[coordinator-3] standby: the other coordinator is gone; this one holds the workers now"))
+        #expect(c.log.all.filter { $0.contains("] kept layers") || $0.contains("] kept no layers") }.count >= 3, "\(c.log.all.suffix(20))")
+        let (_, events) = standby.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+    }
+
+    /// Weights, not only metadata: a worker whose own copy of the model differs in one byte of output.weight
+    /// (the metadata hash is the same) is refused at join, by name.
+    @Test func aWorkerWithOtherWeightsIsRefusedByName() async throws {
+        let altered = Fixtures.temporaryDirectory().appendingPathComponent("altered.gguf").path
+        try FileManager.default.copyItem(atPath: Fixtures.shippedModel, toPath: altered)
+        let f = try GGUFFile(path: Fixtures.shippedModel)
+        let output = try #require(f.tensorInfos.first { $0.name == "output.weight" })
+        try Fixtures.flipByte(altered, at: f.dataOffset + output.offset + 100)
+        #expect(try GGUFFile(path: altered).metadataSHA256 == f.metadataSHA256)
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)], files: ["s2": altered])
+        defer { c.stop() }
+        do {
+            try await c.start()
+            Issue.record("a worker with other weights joined")
+        } catch {
+            #expect("\(error)".contains("worker 's2'") && "\(error)".contains("other weights"), "\(error)")
+        }
+    }
+
+    /// A worker without a model reuses the copy it fetched before, unless its weights differ from the
+    /// coordinator's (one flipped byte): then the copy is refused, removed and fetched again, and the tokens are
+    /// the one process's.
+    @Test func aCachedCopyWithOtherWeightsIsFetchedAgain() async throws {
+        let cache = Fixtures.temporaryDirectory().path
+        let f = try GGUFFile(path: Fixtures.shippedModel)
+        let cached = cache + "/" + f.metadataSHA256.map { String(format: "%02x", $0) }.joined() + ".gguf"
+        try FileManager.default.copyItem(atPath: Fixtures.shippedModel, toPath: cached)
+        try Fixtures.flipByte(cached, at: f.dataOffset + (f.mapping.count - f.dataOffset) / 2)
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)], files: ["e1": nil], cache: cache)
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.log.all.contains { $0.hasPrefix("[e1] the cached model") && $0.contains("other weights") && $0.contains("fetching it again") }, "\(c.log.all.suffix(20))")
+        #expect(FileManager.default.contentsEqual(atPath: cached, andPath: Fixtures.shippedModel))
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+    }
+
     @Test func peersWithTheWrongRoleAreRefused() async throws {
         let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
         defer { c.stop() }

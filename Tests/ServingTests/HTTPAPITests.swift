@@ -24,10 +24,11 @@ import Glibc
         let scheduler: Scheduler
         let api: HTTPAPI
         let metrics = MetricsRegistry()
-        init(apiKey: String? = nil, context: Int = 256, template: String? = nil) {
-            executor = LocalExecutor(engine: HTTPAPITests.engine, capacity: context, maxSequences: 4)
+        init(apiKey: String? = nil, context: Int = 256, template: String? = nil, sequences: Int = 4, queued: Int = 256) {
+            executor = LocalExecutor(engine: HTTPAPITests.engine, capacity: context, maxSequences: sequences)
             scheduler = Scheduler(executor: executor, tokenizer: HTTPAPITests.engine.tokenizer, contextLength: context, figures: metrics)
-            scheduler.maxSequences = 4
+            scheduler.maxSequences = sequences
+            scheduler.maxQueued = queued
             scheduler.start()
             let model = ServedModel(id: "tiny", contextLength: context, tokenizer: HTTPAPITests.engine.tokenizer, templateSource: template, templateOrigin: "test template")
             api = HTTPAPI(scheduler: scheduler, model: model, apiKey: apiKey, metrics: metrics)
@@ -80,7 +81,7 @@ import Glibc
         var p = SamplingParams()
         p.seed = 5
         p.temperature = 0.9
-        let want = try Self.alone(model.tokens(ofPrompt: prompt), maxTokens: 24, p)
+        let want = try Self.alone(try model.tokens(ofPrompt: prompt), maxTokens: 24, p)
         try await server.app.test(.router) { client in
             let (status, body) = try await Self.post(client, "/v1/chat/completions", chat + "}")
             #expect(status == .ok)
@@ -91,19 +92,19 @@ import Glibc
             #expect(choice?["message"]?["content"]?.stringValue == want)
             #expect(choice?["finish_reason"]?.stringValue == "length")
             #expect(v["usage"]?["completion_tokens"]?.intValue == 24)
-            #expect(v["usage"]?["prompt_tokens"]?.intValue == model.tokens(ofPrompt: prompt).count)
+            #expect(v["usage"]?["prompt_tokens"]?.intValue == (try model.tokens(ofPrompt: prompt)).count)
 
             let (s2, sse) = try await Self.post(client, "/v1/chat/completions", chat + #", "stream": true, "stream_options": {"include_usage": true}}"#)
             #expect(s2 == .ok)
             let parsed = try Self.parseSSE(sse, chat: true)
             #expect(parsed.text == want && parsed.finish == "length" && parsed.done)
-            #expect(parsed.usage?["total_tokens"]?.intValue == model.tokens(ofPrompt: prompt).count + 24)
+            #expect(parsed.usage?["total_tokens"]?.intValue == (try model.tokens(ofPrompt: prompt)).count + 24)
         }
     }
 
     @Test func completionsTakeTextOrTokensAndStopStrings() async throws {
         let server = Server()
-        let tokens = server.api.model.tokens(ofPrompt: "Once upon a time")
+        let tokens = try server.api.model.tokens(ofPrompt: "Once upon a time")
         let greedy = try Self.alone(tokens, maxTokens: 16, .greedy)
         try await server.app.test(.router) { client in
             let (_, body) = try await Self.post(client, "/v1/completions", #"{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}"#)
@@ -139,6 +140,11 @@ import Glibc
                 ("/v1/completions", #"{"prompt": [999999]}"#, nil),
                 ("/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 100))"}"#, "prompt"),
                 ("/detokenize", #"{"tokens": [-1]}"#, "tokens"),
+                // Fields that would change the answer and that we do not implement: named, never ignored.
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"15": 100}}"#, "logit_bias"),
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#, "response_format"),
+                ("/v1/completions", #"{"prompt": "x", "best_of": 3}"#, "best_of"),
+                ("/v1/completions", #"{"prompt": "x", "echo": true}"#, "echo"),
             ]
             for (path, body, param) in cases {
                 let (status, text) = try await Self.post(client, path, body)
@@ -149,6 +155,13 @@ import Glibc
             }
             let (_, long) = try await Self.post(client, "/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 100))"}"#)
             #expect(try JSONValue.parse(long)["error"]?["code"]?.stringValue == "context_length_exceeded")
+            // Megabytes of prompt are refused by their length alone, before seconds of tokenizing.
+            let (hugeStatus, huge) = try await Self.post(client, "/v1/completions", #"{"prompt": "\#(String(repeating: "word ", count: 1_600_000))"}"#)
+            let hugeError = try JSONValue.parse(huge)["error"]
+            #expect(hugeStatus == .badRequest && hugeError?["code"]?.stringValue == "context_length_exceeded"
+                    && (hugeError?["message"]?.stringValue ?? "").contains("8000000 bytes"), "\(huge)")
+            let (plain, _) = try await Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "response_format": {"type": "text"}, "logit_bias": {}}"#)
+            #expect(plain == .ok)
             let (ok, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#)
             #expect(ok == .ok)
             // Asked for more than the context holds: it ends at the context's end with finish_reason length.
@@ -186,7 +199,7 @@ import Glibc
         let server = Server()
         let model = server.api.model
         let chat = #"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0, "logprobs": true, "top_logprobs": 3}"#
-        let prompt = model.tokens(ofPrompt: try model.render(chat: try JSONValue.parse(chat)))
+        let prompt = try model.tokens(ofPrompt: try model.render(chat: try JSONValue.parse(chat)))
         let logits = try Self.engine.evaluate(prompt, in: Self.engine.newSequence(capacity: 64))
         let m = logits.max()!
         let lse = m + Float(log(logits.reduce(0.0) { $0 + Double(expf($1 - m)) }))
@@ -255,8 +268,40 @@ import Glibc
             #expect(wrong == .unauthorized)
             let (right, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "Bearer sekrit"])
             #expect(right == .ok)
+            // The scheme is case-insensitive (RFC 9110), the key is not; another scheme is refused.
+            let (lower, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "bearer sekrit"])
+            #expect(lower == .ok)
+            let (upperKey, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "Bearer SEKRIT"])
+            #expect(upperKey == .unauthorized)
+            let (basic, _) = try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 1}"#, headers: [.authorization: "Basic sekrit"])
+            #expect(basic == .unauthorized)
             let health = try await client.execute(uri: "/health", method: .get) { $0.status }
             #expect(health == .ok)
+        }
+    }
+
+    /// A bounded queue: with one sequence busy and one request waiting (the most allowed), the next is refused
+    /// at once with 429 and Retry-After, as OpenAI's rate limits are; the waiting one is then served.
+    @Test func aFullQueueAnswers429WithRetryAfter() async throws {
+        let server = Server(context: 4096, sequences: 1, queued: 1)
+        try await server.app.test(.router) { client in
+            let long = Task { try await Self.post(client, "/v1/completions", #"{"prompt": "The", "max_tokens": 3000, "temperature": 0, "ignore_eos": true}"#) }
+            let waiting = Task { () -> HTTPResponse.Status in
+                // Submitted once the long one runs, so it is the one that waits.
+                while server.metrics.handle(ServingMetrics.catalog.running).value < 1 { try await Task.sleep(nanoseconds: 5_000_000) }
+                return try await Self.post(client, "/v1/completions", #"{"prompt": "Hi", "max_tokens": 2}"#).0
+            }
+            for _ in 0..<12000 where server.metrics.handle(ServingMetrics.catalog.queued).value < 1 { try await Task.sleep(nanoseconds: 5_000_000) }
+            #expect(server.metrics.handle(ServingMetrics.catalog.queued).value == 1)
+            let (status, headers, body) = try await client.execute(uri: "/v1/completions", method: .post, body: ByteBuffer(string: #"{"prompt": "Hi", "max_tokens": 2}"#)) { r in
+                (r.status, r.headers, String(buffer: r.body))
+            }
+            #expect(status == .tooManyRequests && headers[.retryAfter] == "1", "\(status) \(body)")
+            #expect(try JSONValue.parse(body)["error"]?["code"]?.stringValue == "rate_limit_exceeded")
+            long.cancel()
+            server.scheduler.stop()
+            _ = try? await long.value
+            _ = try? await waiting.value
         }
     }
 

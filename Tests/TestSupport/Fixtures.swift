@@ -20,6 +20,16 @@ public enum Fixtures {
     }
 
     /// A fresh temporary directory, removed by the caller when done.
+    /// Flips the low bit of the byte at `offset` of the file at `path` (a corrupted or altered copy).
+    public static func flipByte(_ path: String, at offset: Int) throws {
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        defer { try? h.close() }
+        try h.seek(toOffset: UInt64(offset))
+        guard let b = try h.read(upToCount: 1)?.first else { throw CocoaError(.fileReadCorruptFile) }
+        try h.seek(toOffset: UInt64(offset))
+        try h.write(contentsOf: Data([b ^ 0x01]))
+    }
+
     public static func temporaryDirectory() -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("conclave-test-\(UUID().uuidString)")
         try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)

@@ -47,30 +47,32 @@ import ClusterProtocol
         let total = Self.source.fileSize, sha = Self.source.metadataSHA256
         let paths = try await withThrowingTaskGroup(of: String.self) { group in
             for _ in 0..<3 {
-                group.addTask { try Self.fetcher(served: served).fetch(sha: sha, total: total, into: dir).path }
+                group.addTask { try Self.fetcher(served: served).fetch(sha: sha, data: [], total: total, into: dir).0.path }
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
         #expect(Set(paths).count == 1)
         #expect(FileManager.default.contents(atPath: paths[0]) == FileManager.default.contents(atPath: Fixtures.shippedModel))
         #expect(served.bytes == total, "the model was transferred \(Double(served.bytes) / Double(total)) times")
-        // Nothing half-written is left beside it; the lock file stays (empty) for the next fetch.
+        // Nothing half-written is left beside it; the lock file stays (empty) for the next fetch, and the digest of
+        // its weights is kept for the next reuse (ModelDigest).
         let left = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
-        #expect(left == [URL(fileURLWithPath: paths[0]).lastPathComponent, URL(fileURLWithPath: paths[0]).lastPathComponent + ".lock"], "\(left)")
+        let name = URL(fileURLWithPath: paths[0]).lastPathComponent
+        #expect(left == [name, name + ".conclave-digest", name + ".lock"], "\(left)")
     }
 
     @Test func anInterruptedFetchResumesAfterItsVerifiedChunks() throws {
         let dir = Fixtures.temporaryDirectory().path
         let total = Self.source.fileSize, sha = Self.source.metadataSHA256
         let served = Tally()
-        #expect(throws: WireError.self) { try Self.fetcher(served: served, failAfter: 7).fetch(sha: sha, total: total, into: dir) }
+        #expect(throws: WireError.self) { try Self.fetcher(served: served, failAfter: 7).fetch(sha: sha, data: [], total: total, into: dir).0 }
         let final = URL(fileURLWithPath: dir).appendingPathComponent(ModelFetchTests.hex(sha) + ".gguf").path
         #expect(!FileManager.default.fileExists(atPath: final), "a half-fetched model appeared under its final name")
         let partial = try #require(try FileManager.default.attributesOfItem(atPath: final + ".partial")[.size] as? Int)
         #expect(partial > 0 && partial % (1 << 20) == 0, "\(partial) bytes in the partial file")
 
         let again = Tally()
-        let f = try Self.fetcher(served: again).fetch(sha: sha, total: total, into: dir)
+        let f = try Self.fetcher(served: again).fetch(sha: sha, data: [], total: total, into: dir).0
         #expect(again.first == UInt64(partial), "the second fetch started at \(String(describing: again.first))")
         #expect(again.bytes == total - partial)
         #expect(FileManager.default.contents(atPath: f.path) == FileManager.default.contents(atPath: Fixtures.shippedModel))
@@ -86,7 +88,7 @@ import ClusterProtocol
             bytes[bytes.startIndex] ^= 0xff
             _ = replies.resolve(WireMessage.make(good.envelope, tensors: [(.u8, [bytes.count], bytes)]))
         }, log: { _ in })
-        #expect(throws: WireError.self) { try f.fetch(sha: Self.source.metadataSHA256, total: Self.source.fileSize, into: dir) }
+        #expect(throws: WireError.self) { try f.fetch(sha: Self.source.metadataSHA256, data: [], total: Self.source.fileSize, into: dir) }
         let partial = URL(fileURLWithPath: dir).appendingPathComponent(Self.hex(Self.source.metadataSHA256) + ".gguf.partial").path
         #expect((try FileManager.default.attributesOfItem(atPath: partial)[.size] as? Int) == 0)
         // Out-of-range requests get an Error, whatever their numbers.

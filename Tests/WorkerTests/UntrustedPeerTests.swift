@@ -83,7 +83,7 @@ import Wire
             Issue.record("no Hello reply"); return
         }
         #expect(h.workerName == "w")
-        expectError(try await stranger.exchange(assignMessage), .unavailable, "a second coordinator's Assign")
+        expectError(try await stranger.exchange(assignMessage), .held, "a second coordinator's Assign")
         expectError(try await stranger.exchange(Self.step(4, sequence: 5)), .malformed, "a stranger's StageInput")
         // Heartbeats still go to the coordinator.
         _ = try await coordinator.nextHeartbeat()

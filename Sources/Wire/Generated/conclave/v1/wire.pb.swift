@@ -336,6 +336,10 @@ public nonisolated struct Conclave_V1_Hello: Sendable {
   /// start with its threads (0: not measured); the planner splits expert-parallel layers by it.
   public var readBytesPerSecond: Double = 0
 
+  /// SHA-256 over the SHA-256s of the tensor data's 64 MiB ranges (ModelDigest; empty when it has no model):
+  /// two copies with the same metadata but different weights differ here.
+  public var modelDataSha256: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -356,59 +360,116 @@ public nonisolated struct Conclave_V1_ExpertSet: Sendable {
 }
 
 /// Coordinator → worker: what to hold and where activations go next.
-public nonisolated struct Conclave_V1_Assign: Sendable {
+public nonisolated struct Conclave_V1_Assign: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var modelMetadataSha256: Data = Data()
+  public var modelMetadataSha256: Data {
+    get {_storage._modelMetadataSha256}
+    set {_uniqueStorage()._modelMetadataSha256 = newValue}
+  }
 
-  public var firstLayer: UInt32 = 0
+  public var firstLayer: UInt32 {
+    get {_storage._firstLayer}
+    set {_uniqueStorage()._firstLayer = newValue}
+  }
 
   /// exclusive; equal to first_layer for an experts-only worker
-  public var endLayer: UInt32 = 0
+  public var endLayer: UInt32 {
+    get {_storage._endLayer}
+    set {_uniqueStorage()._endLayer = newValue}
+  }
 
-  public var experts: [Conclave_V1_ExpertSet] = []
+  public var experts: [Conclave_V1_ExpertSet] {
+    get {_storage._experts}
+    set {_uniqueStorage()._experts = newValue}
+  }
 
-  public var contextLength: UInt32 = 0
+  public var contextLength: UInt32 {
+    get {_storage._contextLength}
+    set {_uniqueStorage()._contextLength = newValue}
+  }
 
   /// empty for the last stage
-  public var nextStageEndpoint: String = String()
+  public var nextStageEndpoint: String {
+    get {_storage._nextStageEndpoint}
+    set {_uniqueStorage()._nextStageEndpoint = newValue}
+  }
 
   /// Remote experts this stage calls: worker endpoint per (layer, expert) it does not hold.
-  public var remote: [Conclave_V1_RemoteExperts] = []
+  public var remote: [Conclave_V1_RemoteExperts] {
+    get {_storage._remote}
+    set {_uniqueStorage()._remote = newValue}
+  }
 
   /// Size of the model file, for a worker that has no copy and fetches it from the coordinator (FetchModel).
-  public var modelBytes: UInt64 = 0
+  public var modelBytes: UInt64 {
+    get {_storage._modelBytes}
+    set {_uniqueStorage()._modelBytes = newValue}
+  }
 
-  public var threads: UInt32 = 0
+  public var threads: UInt32 {
+    get {_storage._threads}
+    set {_uniqueStorage()._threads = newValue}
+  }
 
   /// Experts this worker pages from its local GGUF through `slots` cache slots (expert offload); `experts`
   /// above are the ones it keeps resident. The worker refuses an Assign that does not fit its budget.
-  public var paged: [Conclave_V1_ExpertSet] = []
+  public var paged: [Conclave_V1_ExpertSet] {
+    get {_storage._paged}
+    set {_uniqueStorage()._paged = newValue}
+  }
 
-  public var slots: UInt32 = 0
+  public var slots: UInt32 {
+    get {_storage._slots}
+    set {_uniqueStorage()._slots = newValue}
+  }
 
   /// With CurveZMQ: every worker of the plan with its public key, so this worker admits them (as role
   /// "worker:NAME") and can prove whom it connects to; empty on a plain cluster.
-  public var peers: [Conclave_V1_Peer] = []
+  public var peers: [Conclave_V1_Peer] {
+    get {_storage._peers}
+    set {_uniqueStorage()._peers = newValue}
+  }
 
   /// The worker whose stage feeds ours (empty for the first stage): with CurveZMQ, the only peer whose
   /// StageInput we take.
-  public var previousStage: String = String()
+  public var previousStage: String {
+    get {_storage._previousStage}
+    set {_uniqueStorage()._previousStage = newValue}
+  }
 
   /// What the stage's KV caches store keys and values in: "f16" (also when empty), "q8_0" or "q4_0".
-  public var cacheTypeK: String = String()
+  public var cacheTypeK: String {
+    get {_storage._cacheTypeK}
+    set {_uniqueStorage()._cacheTypeK = newValue}
+  }
 
-  public var cacheTypeV: String = String()
+  public var cacheTypeV: String {
+    get {_storage._cacheTypeV}
+    set {_uniqueStorage()._cacheTypeV = newValue}
+  }
 
   /// Most rows in one StageInput (the coordinator's --ubatch; 0: 512): the worker budgets scratch for it and
   /// refuses a larger StageInput.
-  public var ubatch: UInt32 = 0
+  public var ubatch: UInt32 {
+    get {_storage._ubatch}
+    set {_uniqueStorage()._ubatch = newValue}
+  }
+
+  /// The coordinator's ModelDigest of the tensor data: a worker whose copy (its own or a cached fetch)
+  /// differs refuses the Assign (CODE_MODEL_MISMATCH) instead of serving other weights.
+  public var modelDataSha256: Data {
+    get {_storage._modelDataSha256}
+    set {_uniqueStorage()._modelDataSha256 = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Conclave_V1_Peer: Sendable {
@@ -879,6 +940,9 @@ public nonisolated struct Conclave_V1_Error: Sendable {
 
     /// the cluster cannot serve now (not ready, a worker down); the request itself was fine
     case unavailable // = 9
+
+    /// the worker is assigned by another coordinator that is still connected (a standby waits)
+    case held // = 10
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -897,6 +961,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case 7: self = .internal
       case 8: self = .overBudget
       case 9: self = .unavailable
+      case 10: self = .held
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -913,6 +978,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       case .internal: return 7
       case .overBudget: return 8
       case .unavailable: return 9
+      case .held: return 10
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -929,6 +995,7 @@ public nonisolated struct Conclave_V1_Error: Sendable {
       .internal,
       .overBudget,
       .unavailable,
+      .held,
     ]
 
   }
@@ -1327,7 +1394,7 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_name\0\u{3}listen_endpoint\0\u{3}memory_budget\0\u{1}cores\0\u{3}has_model\0\u{3}model_metadata_sha256\0\u{3}read_bytes_per_second\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_name\0\u{3}listen_endpoint\0\u{3}memory_budget\0\u{1}cores\0\u{3}has_model\0\u{3}model_metadata_sha256\0\u{3}read_bytes_per_second\0\u{3}model_data_sha256\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1342,6 +1409,7 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
       case 5: try { try decoder.decodeSingularBoolField(value: &self.hasModel_p) }()
       case 6: try { try decoder.decodeSingularBytesField(value: &self.modelMetadataSha256) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.readBytesPerSecond) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.modelDataSha256) }()
       default: break
       }
     }
@@ -1369,6 +1437,9 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.readBytesPerSecond.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.readBytesPerSecond, fieldNumber: 7)
     }
+    if !self.modelDataSha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.modelDataSha256, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1380,6 +1451,7 @@ nonisolated extension Conclave_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.hasModel_p != rhs.hasModel_p {return false}
     if lhs.modelMetadataSha256 != rhs.modelMetadataSha256 {return false}
     if lhs.readBytesPerSecond != rhs.readBytesPerSecond {return false}
+    if lhs.modelDataSha256 != rhs.modelDataSha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1422,104 +1494,177 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0\u{1}ubatch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0\u{1}ubatch\0\u{3}model_data_sha256\0")
+
+  fileprivate class _StorageClass {
+    var _modelMetadataSha256: Data = Data()
+    var _firstLayer: UInt32 = 0
+    var _endLayer: UInt32 = 0
+    var _experts: [Conclave_V1_ExpertSet] = []
+    var _contextLength: UInt32 = 0
+    var _nextStageEndpoint: String = String()
+    var _remote: [Conclave_V1_RemoteExperts] = []
+    var _modelBytes: UInt64 = 0
+    var _threads: UInt32 = 0
+    var _paged: [Conclave_V1_ExpertSet] = []
+    var _slots: UInt32 = 0
+    var _peers: [Conclave_V1_Peer] = []
+    var _previousStage: String = String()
+    var _cacheTypeK: String = String()
+    var _cacheTypeV: String = String()
+    var _ubatch: UInt32 = 0
+    var _modelDataSha256: Data = Data()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _modelMetadataSha256 = source._modelMetadataSha256
+      _firstLayer = source._firstLayer
+      _endLayer = source._endLayer
+      _experts = source._experts
+      _contextLength = source._contextLength
+      _nextStageEndpoint = source._nextStageEndpoint
+      _remote = source._remote
+      _modelBytes = source._modelBytes
+      _threads = source._threads
+      _paged = source._paged
+      _slots = source._slots
+      _peers = source._peers
+      _previousStage = source._previousStage
+      _cacheTypeK = source._cacheTypeK
+      _cacheTypeV = source._cacheTypeV
+      _ubatch = source._ubatch
+      _modelDataSha256 = source._modelDataSha256
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularBytesField(value: &self.modelMetadataSha256) }()
-      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.firstLayer) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.endLayer) }()
-      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.experts) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.contextLength) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.nextStageEndpoint) }()
-      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.remote) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.modelBytes) }()
-      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.threads) }()
-      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.paged) }()
-      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
-      case 12: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
-      case 13: try { try decoder.decodeSingularStringField(value: &self.previousStage) }()
-      case 14: try { try decoder.decodeSingularStringField(value: &self.cacheTypeK) }()
-      case 15: try { try decoder.decodeSingularStringField(value: &self.cacheTypeV) }()
-      case 16: try { try decoder.decodeSingularUInt32Field(value: &self.ubatch) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularBytesField(value: &_storage._modelMetadataSha256) }()
+        case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._firstLayer) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._endLayer) }()
+        case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._experts) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._contextLength) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._nextStageEndpoint) }()
+        case 7: try { try decoder.decodeRepeatedMessageField(value: &_storage._remote) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._modelBytes) }()
+        case 9: try { try decoder.decodeSingularUInt32Field(value: &_storage._threads) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._paged) }()
+        case 11: try { try decoder.decodeSingularUInt32Field(value: &_storage._slots) }()
+        case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._peers) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._previousStage) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._cacheTypeK) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._cacheTypeV) }()
+        case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._ubatch) }()
+        case 17: try { try decoder.decodeSingularBytesField(value: &_storage._modelDataSha256) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.modelMetadataSha256.isEmpty {
-      try visitor.visitSingularBytesField(value: self.modelMetadataSha256, fieldNumber: 1)
-    }
-    if self.firstLayer != 0 {
-      try visitor.visitSingularUInt32Field(value: self.firstLayer, fieldNumber: 2)
-    }
-    if self.endLayer != 0 {
-      try visitor.visitSingularUInt32Field(value: self.endLayer, fieldNumber: 3)
-    }
-    if !self.experts.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.experts, fieldNumber: 4)
-    }
-    if self.contextLength != 0 {
-      try visitor.visitSingularUInt32Field(value: self.contextLength, fieldNumber: 5)
-    }
-    if !self.nextStageEndpoint.isEmpty {
-      try visitor.visitSingularStringField(value: self.nextStageEndpoint, fieldNumber: 6)
-    }
-    if !self.remote.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.remote, fieldNumber: 7)
-    }
-    if self.modelBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.modelBytes, fieldNumber: 8)
-    }
-    if self.threads != 0 {
-      try visitor.visitSingularUInt32Field(value: self.threads, fieldNumber: 9)
-    }
-    if !self.paged.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.paged, fieldNumber: 10)
-    }
-    if self.slots != 0 {
-      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 11)
-    }
-    if !self.peers.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.peers, fieldNumber: 12)
-    }
-    if !self.previousStage.isEmpty {
-      try visitor.visitSingularStringField(value: self.previousStage, fieldNumber: 13)
-    }
-    if !self.cacheTypeK.isEmpty {
-      try visitor.visitSingularStringField(value: self.cacheTypeK, fieldNumber: 14)
-    }
-    if !self.cacheTypeV.isEmpty {
-      try visitor.visitSingularStringField(value: self.cacheTypeV, fieldNumber: 15)
-    }
-    if self.ubatch != 0 {
-      try visitor.visitSingularUInt32Field(value: self.ubatch, fieldNumber: 16)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._modelMetadataSha256.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._modelMetadataSha256, fieldNumber: 1)
+      }
+      if _storage._firstLayer != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._firstLayer, fieldNumber: 2)
+      }
+      if _storage._endLayer != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._endLayer, fieldNumber: 3)
+      }
+      if !_storage._experts.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._experts, fieldNumber: 4)
+      }
+      if _storage._contextLength != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._contextLength, fieldNumber: 5)
+      }
+      if !_storage._nextStageEndpoint.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._nextStageEndpoint, fieldNumber: 6)
+      }
+      if !_storage._remote.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._remote, fieldNumber: 7)
+      }
+      if _storage._modelBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._modelBytes, fieldNumber: 8)
+      }
+      if _storage._threads != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._threads, fieldNumber: 9)
+      }
+      if !_storage._paged.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._paged, fieldNumber: 10)
+      }
+      if _storage._slots != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._slots, fieldNumber: 11)
+      }
+      if !_storage._peers.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._peers, fieldNumber: 12)
+      }
+      if !_storage._previousStage.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._previousStage, fieldNumber: 13)
+      }
+      if !_storage._cacheTypeK.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._cacheTypeK, fieldNumber: 14)
+      }
+      if !_storage._cacheTypeV.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._cacheTypeV, fieldNumber: 15)
+      }
+      if _storage._ubatch != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._ubatch, fieldNumber: 16)
+      }
+      if !_storage._modelDataSha256.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._modelDataSha256, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Assign, rhs: Conclave_V1_Assign) -> Bool {
-    if lhs.modelMetadataSha256 != rhs.modelMetadataSha256 {return false}
-    if lhs.firstLayer != rhs.firstLayer {return false}
-    if lhs.endLayer != rhs.endLayer {return false}
-    if lhs.experts != rhs.experts {return false}
-    if lhs.contextLength != rhs.contextLength {return false}
-    if lhs.nextStageEndpoint != rhs.nextStageEndpoint {return false}
-    if lhs.remote != rhs.remote {return false}
-    if lhs.modelBytes != rhs.modelBytes {return false}
-    if lhs.threads != rhs.threads {return false}
-    if lhs.paged != rhs.paged {return false}
-    if lhs.slots != rhs.slots {return false}
-    if lhs.peers != rhs.peers {return false}
-    if lhs.previousStage != rhs.previousStage {return false}
-    if lhs.cacheTypeK != rhs.cacheTypeK {return false}
-    if lhs.cacheTypeV != rhs.cacheTypeV {return false}
-    if lhs.ubatch != rhs.ubatch {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._modelMetadataSha256 != rhs_storage._modelMetadataSha256 {return false}
+        if _storage._firstLayer != rhs_storage._firstLayer {return false}
+        if _storage._endLayer != rhs_storage._endLayer {return false}
+        if _storage._experts != rhs_storage._experts {return false}
+        if _storage._contextLength != rhs_storage._contextLength {return false}
+        if _storage._nextStageEndpoint != rhs_storage._nextStageEndpoint {return false}
+        if _storage._remote != rhs_storage._remote {return false}
+        if _storage._modelBytes != rhs_storage._modelBytes {return false}
+        if _storage._threads != rhs_storage._threads {return false}
+        if _storage._paged != rhs_storage._paged {return false}
+        if _storage._slots != rhs_storage._slots {return false}
+        if _storage._peers != rhs_storage._peers {return false}
+        if _storage._previousStage != rhs_storage._previousStage {return false}
+        if _storage._cacheTypeK != rhs_storage._cacheTypeK {return false}
+        if _storage._cacheTypeV != rhs_storage._cacheTypeV {return false}
+        if _storage._ubatch != rhs_storage._ubatch {return false}
+        if _storage._modelDataSha256 != rhs_storage._modelDataSha256 {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2539,5 +2684,5 @@ nonisolated extension Conclave_V1_Error: SwiftProtobuf.Message, SwiftProtobuf._M
 }
 
 nonisolated extension Conclave_V1_Error.Code: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0\u{1}CODE_OVER_BUDGET\0\u{1}CODE_UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_UNSPECIFIED\0\u{1}CODE_MALFORMED\0\u{1}CODE_VERSION_MISMATCH\0\u{1}CODE_MODEL_MISMATCH\0\u{1}CODE_TOO_LARGE\0\u{1}CODE_UNKNOWN_WORKER\0\u{1}CODE_CONTEXT_EXCEEDED\0\u{1}CODE_INTERNAL\0\u{1}CODE_OVER_BUDGET\0\u{1}CODE_UNAVAILABLE\0\u{1}CODE_HELD\0")
 }

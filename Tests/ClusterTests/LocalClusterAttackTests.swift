@@ -1,0 +1,71 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+import Wire
+
+/// A local process that reaches a `--local` cluster's ports and floods a stage worker with 20 000 StageInputs of
+/// another plan: by default (CurveZMQ with fresh keys) it is refused at the handshake and nothing reaches the
+/// worker; with `--no-curve` the worker answers it (only it) at most 100 times a second and keeps heartbeating.
+/// Either way every worker stays ready and the next request's text is the clean run's.
+@Suite(.serialized) struct LocalClusterAttackTests {
+    static let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0.8", "--seed", "7"]
+
+    @Test func aLocalClusterRefusesAPlainPeer() async throws { try await onThread { try Self.attack(curve: true) } }
+    @Test func aPlainLocalClusterBoundsWhatAFloodCosts() async throws { try await onThread { try Self.attack(curve: false) } }
+
+    static func attack(curve: Bool) throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let base = ProcessCluster.freePorts(4)
+        try c.start("serve", ["serve", "--local", "3", "--port", String(base), "--http", "off", "--threads", "1"] + (curve ? [] : ["--no-curve"]))
+        try c.waitFor("serve", "[coordinator] serving", timeout: 180)
+        let coordinator = "tcp://127.0.0.1:\(base)"
+        let (rc0, clean, err0) = try c.run(["generate", "--coordinator", coordinator] + args)
+        #expect(rc0 == 0, "\(err0)")
+        let (_, single, _) = try c.run(["run", "-m", Fixtures.shippedModel, "--threads", "1"] + args)
+        #expect(clean == single)
+
+        // The attacker: a plain DEALER at the second stage (local-2), 20 000 StageInputs of plan 999.
+        let attacker = try ZMQSocket(.dealer, bind: false, endpoint: "tcp://127.0.0.1:\(base + 2)")
+        let answers = Atomic<Int>(0)
+        attacker.receive { _ in answers.add(1, ordering: .relaxed) }
+        var e = Envelope()
+        e.epoch = 999
+        e.stageInput = Conclave_V1_StageInput()
+        let t0 = Date()
+        for i in 0..<20_000 {
+            e.requestID = UInt64(i + 1)
+            attacker.send(Frames(parts: try WireMessage.make(e).encode()))
+            if i % 1000 == 999 { usleep(20_000) }
+        }
+        // While it lasts and after, every worker heartbeats: status says ready.
+        var states: [String] = []
+        for _ in 0..<6 {
+            let (rc, out, _) = try c.run(["status", "--coordinator", coordinator, "--json"])
+            #expect(rc == 0)
+            let d = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+            states = (d["workers"] as? [[String: Any]] ?? []).map { $0["state"] as? String ?? "?" }
+            #expect(states == ["ready", "ready", "ready"], "\(out)")
+            if curve { #expect(d["security"] as? String == "curve") }
+            usleep(500_000)
+        }
+        let seconds = Date().timeIntervalSince(t0)
+        attacker.close()
+        let (rc1, after, err1) = try c.run(["generate", "--coordinator", coordinator] + args)
+        #expect(rc1 == 0 && after == clean, "\(err1)\n\(c.logText("serve").suffix(3000))")
+        let log = c.logText("serve")
+        if curve {
+            #expect(answers.load(ordering: .relaxed) == 0, "a peer without the cluster's keys got answers")
+            #expect(!log.contains("a StageInput of plan 999"), "the flood reached the worker")
+        } else {
+            let n = answers.load(ordering: .relaxed)
+            #expect(n > 0 && Double(n) <= 100 * (seconds + 2), "\(n) error replies in \(seconds) s")
+            #expect(log.contains("more error replies (and their log lines) dropped in the last second"))
+            #expect(log.components(separatedBy: "a StageInput of plan 999").count - 1 <= Int(100 * (seconds + 2)))
+        }
+    }
+}
