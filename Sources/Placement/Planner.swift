@@ -147,6 +147,10 @@ public enum Planner {
                     }
                     guard pick >= 0 else {
                         guard offload else {
+                            // Roles, not memory, when no worker may hold experts at all (the experts worker is gone).
+                            if !workers.contains(where: { $0.role != .stage }) {
+                                throw PlacementError("expert \(e) of layer \(l) has no worker to go to: every worker has role 'stage' (layers only); an experts worker is needed (start one, or give a worker role 'any' or 'experts')")
+                            }
                             let most = workers.indices.filter { workers[$0].role != .stage }.map(free).max() ?? 0
                             throw PlacementError("expert \(e) of layer \(l) (\(human(size))) fits on no worker: the most free memory left on an expert-capable worker is \(human(max(0, most))); add memory or workers with role 'any' or 'experts'")
                         }

@@ -85,7 +85,7 @@ public enum WorkerMetric {
     public static let offloadPrefetchWasted = MetricSpec(.counter, "conclave_offload_prefetch_wasted_total", help: "Experts read ahead and evicted unused.", status: "offload.prefetch_wasted")
     public static let offloadStall = MetricSpec(.counter, "conclave_offload_stall_seconds_total", help: "Time computation waited for expert reads.", status: "offload.stall_ms", scale: 1000)
 
-    public static let refusedPeers = MetricSpec(.counter, "conclave_worker_refused_peers_total", help: "Connections this worker's endpoint refused: an unlisted CurveZMQ key, or no CurveZMQ.", status: "refused_peers")
+    public static let refusedPeers = MetricSpec(.counter, "conclave_worker_refused_peers_total", help: "Peers this worker's endpoint refused (an unlisted CurveZMQ key, or a host without CurveZMQ), each once however often it retries.", status: "refused_peers")
 
     /// Every entry, in the order status shows them.
     public static let all: [MetricSpec] = [

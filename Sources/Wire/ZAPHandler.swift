@@ -46,6 +46,11 @@ public final class PeerAdmission: Sendable {
     private let fixed: [CurveKey: PeerRole]
     private let workers = Mutex<[CurveKey: PeerRole]>([:])
     private let refusals = Atomic<Int>(0)
+    /// Who was refused: a key, or a host that spoke no CurveZMQ or failed the handshake. A peer that retries
+    /// every second is one peer (bounded: past `peerLimit` distinct peers, each further refusal counts as new).
+    private let peers = Mutex<Set<String>>([])
+    private let overflow = Atomic<Int>(0)
+    static let peerLimit = 10_000
     let log: @Sendable (String) -> Void
 
     private static let next = Atomic<Int>(0)
@@ -68,14 +73,26 @@ public final class PeerAdmission: Sendable {
 
     public func role(of key: CurveKey) -> PeerRole? { fixed[key] ?? workers.withLock { $0[key] } }
 
-    /// Peers refused so far.
-    public var refused: Int { refusals.load(ordering: .relaxed) }
+    /// Distinct peers refused so far (not handshakes: libzmq peers retry every few seconds).
+    public var refused: Int { peers.withLock { $0.count } + overflow.load(ordering: .relaxed) }
 
-    /// Counts a refusal and logs it; after the first 20, one line per 1000, so a peer retrying in a loop cannot
-    /// fill the log.
-    func refuse(_ why: String) {
+    /// Counts a refusal of `peer` (a key, or a kind of failure and the host it came from) and logs it; after
+    /// the first 20 attempts, one line per 1000, so a peer retrying in a loop cannot fill the log.
+    func refuse(_ why: String, peer: String) {
         let n = refusals.add(1, ordering: .relaxed).newValue
-        if n <= 20 || n % 1000 == 0 { log("refused a peer (\(n) so far): \(why)") }
+        let new = peers.withLock { s -> Bool in
+            if s.count >= Self.peerLimit, !s.contains(peer) { overflow.add(1, ordering: .relaxed); return true }
+            return s.insert(peer).inserted
+        }
+        if n <= 20 || n % 1000 == 0 || (new && refused <= 100) { log("refused a peer (\(n) attempts so far): \(why)") }
+    }
+
+    /// The host of a ZAP address ("10.0.0.5") or a monitor's endpoint ("tcp://10.0.0.5:41234").
+    static func host(_ address: String) -> String {
+        var a = Substring(address)
+        if let r = a.range(of: "://") { a = a[r.upperBound...] }
+        if let colon = a.lastIndex(of: ":"), a.filter({ $0 == ":" }).count == 1 || a.hasPrefix("[") { a = a[..<colon] }
+        return String(a)
     }
 }
 
@@ -141,13 +158,13 @@ final class ZAPHandler: @unchecked Sendable {
         let mechanism = String(decoding: f[5], as: UTF8.self)
         guard let admission = admissions.withLock({ $0[domain] }) else { return ("400", "no admission for this socket", "") }
         guard mechanism == "CURVE", f.count >= 7, f[6].count == 32 else {
-            admission.refuse("a \(mechanism) handshake from \(address) (only CurveZMQ is admitted)")
+            admission.refuse("a \(mechanism) handshake from \(address) (only CurveZMQ is admitted)", peer: "\(mechanism) from \(PeerAdmission.host(address))")
             return ("400", "CurveZMQ required", "")
         }
         var text = [CChar](repeating: 0, count: 41)
         let key = f[6].withUnsafeBytes { zmq_z85_encode(&text, $0.bindMemory(to: UInt8.self).baseAddress, 32) }.flatMap { _ in try? CurveKey(z85: String(nulTerminated: text)) }
         guard let key, let role = admission.role(of: key) else {
-            admission.refuse("key \(String(nulTerminated: text)) from \(address) is not listed")
+            admission.refuse("key \(String(nulTerminated: text)) from \(address) is not listed", peer: "key \(String(nulTerminated: text))")
             return ("400", "key not admitted", "")
         }
         return ("200", "OK", role.userID)

@@ -300,7 +300,8 @@ public final class ZMQSocket: @unchecked Sendable {
         case .curveServer(_, let admission):
             // A refused key was counted by the ZAP handler, which knew the key; these failed before it was asked.
             if event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL {
-                admission.refuse("a peer of \(address) failed the CurveZMQ handshake (protocol error 0x\(String(value, radix: 16))): it does not speak CurveZMQ, or was given another key for this endpoint")
+                admission.refuse("a peer of \(address) failed the CurveZMQ handshake (protocol error 0x\(String(value, radix: 16))): it does not speak CurveZMQ, or was given another key for this endpoint",
+                                  peer: "a failed handshake from \(PeerAdmission.host(address))")
             }
         case .curveClient, .none:
             let what: String?

@@ -333,7 +333,10 @@ struct SchedulerService: Service {
 
 /// `serve --local N` and `bench cluster`: workers as child processes of this binary on 127.0.0.1.
 enum LocalCluster {
-    static func file(workers n: Int, port: Int, memory: Int = Int(ProcessInfo.processInfo.physicalMemory) / 2) -> ClusterFile {
+    /// Workers of one host share its memory: each gets an equal part of three quarters of it (the rest is the
+    /// coordinator's and the system's), so together they never promise more than the host has.
+    static func file(workers n: Int, port: Int, memory: Int? = nil) -> ClusterFile {
+        let memory = memory ?? Int(ProcessInfo.processInfo.physicalMemory) / 4 * 3 / max(1, n)
         let ws = (0..<n).map { i in
             ClusterFile.Worker(name: "local-\(i + 1)", endpoint: "tcp://127.0.0.1:\(port + 1 + i)", memory: memory,
                                role: n >= 3 ? (i == n - 1 ? .experts : .stage) : .any)

@@ -57,15 +57,19 @@ import Wire
         attacker.close()
         let (rc1, after, err1) = try c.run(["generate", "--coordinator", coordinator] + args)
         #expect(rc1 == 0 && after == clean, "\(err1)\n\(c.logText("serve").suffix(3000))")
+        // The worker may still be working through what it had buffered when the attacker stopped: the bound is
+        // over the time until the log is read.
         let log = c.logText("serve")
+        let total = Date().timeIntervalSince(t0)
         if curve {
             #expect(answers.load(ordering: .relaxed) == 0, "a peer without the cluster's keys got answers")
             #expect(!log.contains("a StageInput of plan 999"), "the flood reached the worker")
         } else {
             let n = answers.load(ordering: .relaxed)
-            #expect(n > 0 && Double(n) <= 100 * (seconds + 2), "\(n) error replies in \(seconds) s")
+            #expect(n > 0 && Double(n) <= 100 * (total + 2), "\(n) error replies in \(total) s")
+            print("flood of 20 000 stale StageInputs over \(String(format: "%.1f", seconds)) s: \(n) error replies reached the attacker")
             #expect(log.contains("more error replies (and their log lines) dropped in the last second"))
-            #expect(log.components(separatedBy: "a StageInput of plan 999").count - 1 <= Int(100 * (seconds + 2)))
+            #expect(log.components(separatedBy: "a StageInput of plan 999").count - 1 <= Int(100 * (total + 2)))
         }
     }
 }

@@ -21,6 +21,17 @@ struct PlannerTests {
         })
     }
 
+    /// Only 'stage' workers left (the experts worker is gone): the refusal names roles, not memory, however
+    /// much memory they have.
+    @Test func onlyStageWorkersIsARoleProblemNotAMemoryOne() {
+        do {
+            _ = try Planner.plan(footprint(), cluster: cluster([(1 << 30, .stage), (1 << 30, .stage)]))
+            Issue.record("a plan without any worker that may hold experts")
+        } catch {
+            #expect("\(error)".contains("every worker has role 'stage'") && !"\(error)".contains("free memory"), "\(error)")
+        }
+    }
+
     /// The invariants every plan must hold.
     func checkInvariants(_ p: Plan, _ f: ModelFootprint) {
         // Every layer in exactly one stage, stages contiguous and in order.
