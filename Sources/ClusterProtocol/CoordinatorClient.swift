@@ -11,10 +11,14 @@ public final class CoordinatorClient: @unchecked Sendable {
     }
     private let inbox = Inbox()
     private var reader: Task<Void, Never>?
+    /// Fail at once when nothing listens at the endpoint (`generate`, `status`), instead of waiting out the
+    /// timeout; off for benches that connect before their coordinator has bound.
+    let failWhenNothingListens: Bool
 
     /// Connects to the coordinator's client endpoint through `transports` (plain, CurveZMQ, or in memory).
-    public init(endpoint: String, transports: TransportFactory) throws {
+    public init(endpoint: String, transports: TransportFactory, failWhenNothingListens: Bool = false) throws {
         socket = try transports.connect(endpoint)
+        self.failWhenNothingListens = failWhenNothingListens
         let (s, inbox) = (socket, inbox)
         reader = Task.detached {
             for await f in s.messages {
@@ -41,6 +45,9 @@ public final class CoordinatorClient: @unchecked Sendable {
                 return inbox.messages.withLock { $0.removeFirst() }
             }
             if let problem = socket.handshakeProblem { throw Failure(description: problem) }
+            if failWhenNothingListens, socket.connectionRefused {
+                throw Failure(description: "nothing listens at \(socket.endpoint) (connection refused): start `conclave serve` there, or check --coordinator")
+            }
             if deadline.timeIntervalSinceNow <= 0 { return nil }
         }
     }

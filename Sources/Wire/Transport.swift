@@ -16,6 +16,8 @@ public protocol Transport: AnyObject, Sendable {
     func close()
     /// Why this end cannot talk to its peer, when the handshake says so (a refused key); nil otherwise.
     var handshakeProblem: String? { get }
+    /// A connecting end whose connection was refused (nothing listens there) and that never connected yet.
+    var connectionRefused: Bool { get }
     /// From now on, messages go to `receiver`, called on the thread that receives them (keep it short, and never
     /// wait there for this transport's own sends), instead of to `messages`, which then only ends at close. Each
     /// thread hop a message takes costs tens of microseconds on an idle virtual CPU; an expert call makes four
@@ -24,6 +26,10 @@ public protocol Transport: AnyObject, Sendable {
 }
 
 extension ZMQSocket: Transport {}
+
+public extension Transport {
+    var connectionRefused: Bool { false }
+}
 
 /// The in-memory twin of ZeroMQ's ROUTER/DEALER: routers registered by endpoint name, dealers connected to them
 /// by routing id. Delivery is immediate and ordered; an oversized message or an unknown destination is dropped,

@@ -30,7 +30,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator))
+        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator), failWhenNothingListens: true)
         var g = Conclave_V1_Generate()
         g.prompt = prompt
         g.maxTokens = UInt32(n)
@@ -64,7 +64,7 @@ struct StatusCommand: ParsableCommand {
     @OptionGroup var keys: ClientKeyOptions
 
     func run() throws {
-        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator))
+        let client = try CoordinatorClient(endpoint: coordinator, transports: keys.transports(to: coordinator), failWhenNothingListens: true)
         let answer: Conclave_V1_StatusReply?
         do { answer = try client.status(timeout: timeout) } catch {
             printError("error: \(error)")
@@ -126,13 +126,7 @@ struct ClientKeyOptions: ParsableArguments {
     var keyDir: String?
 
     /// Sockets to the coordinator at `endpoint`: plain, or CurveZMQ with the keys of `--key-dir`.
-    /// For `generate` and `status`: a coordinator that is not running is said at once, not after the timeout.
-    func transports(to endpoint: String) throws -> TransportFactory {
-        if EndpointProbe.refused(endpoint) {
-            throw CoordinatorError("nothing listens at \(endpoint) (connection refused): start `conclave serve` there, or check --coordinator")
-        }
-        return try Self.transports(to: endpoint, keyDir: keyDir)
-    }
+    func transports(to endpoint: String) throws -> TransportFactory { try Self.transports(to: endpoint, keyDir: keyDir) }
 
     /// Without a key directory, a coordinator on this host's loopback uses the keys `serve --local` wrote for its
     /// port (`LocalKeys`), when there are any: a local cluster is authenticated, and its clients need no flag.
