@@ -38,7 +38,9 @@ public final class CoordinatorClient: @unchecked Sendable {
 
     /// The next message, or nil after `timeout` seconds of silence. Throws at once when the handshake failed
     /// (the coordinator refused our key, or wants CurveZMQ): no answer would ever come.
-    public func next(timeout: Double) throws -> WireMessage? {
+    /// With `dropsBefore`, also throws (an `interrupted` Failure) once the connection was lost after that many
+    /// losses: the request it carried went to a coordinator that is gone.
+    public func next(timeout: Double, dropsBefore: Int? = nil) throws -> WireMessage? {
         let deadline = Date().addingTimeInterval(timeout)
         while true {
             if inbox.arrived.wait(timeout: .now() + min(0.25, max(0, deadline.timeIntervalSinceNow))) == .success {
@@ -48,13 +50,22 @@ public final class CoordinatorClient: @unchecked Sendable {
             if failWhenNothingListens, socket.connectionRefused {
                 throw Failure(description: "nothing listens at \(socket.endpoint) (connection refused): start `conclave serve` there, or check --coordinator")
             }
+            if let dropsBefore, socket.disconnections > dropsBefore {
+                throw Failure(description: "the connection to the coordinator at \(socket.endpoint) was lost while the request ran (the coordinator stopped or restarted); it was not answered and may be sent again", interrupted: true)
+            }
             if deadline.timeIntervalSinceNow <= 0 { return nil }
         }
     }
 
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
-        public init(description: String) { self.description = description }
+        /// The connection dropped with the request in flight: no answer will come, and nothing says whether
+        /// the coordinator had started it.
+        public let interrupted: Bool
+        public init(description: String, interrupted: Bool = false) {
+            self.description = description
+            self.interrupted = interrupted
+        }
     }
     private var nextID: UInt64 = 1
 
@@ -65,9 +76,10 @@ public final class CoordinatorClient: @unchecked Sendable {
         e.requestID = nextID
         nextID += 1
         e.generate = g
+        let drops = socket.disconnections
         try send(e)
         while true {
-            guard let m = try next(timeout: timeout) else {
+            guard let m = try next(timeout: timeout, dropsBefore: drops) else {
                 throw Failure(description: "no answer from the coordinator at \(socket.endpoint) within \(Int(timeout)) s")
             }
             guard m.envelope.requestID == e.requestID else { continue }

@@ -18,6 +18,8 @@ public protocol Transport: AnyObject, Sendable {
     var handshakeProblem: String? { get }
     /// A connecting end whose connection was refused (nothing listens there) and that never connected yet.
     var connectionRefused: Bool { get }
+    /// How many established connections of a connecting end were lost so far.
+    var disconnections: Int { get }
     /// From now on, messages go to `receiver`, called on the thread that receives them (keep it short, and never
     /// wait there for this transport's own sends), instead of to `messages`, which then only ends at close. Each
     /// thread hop a message takes costs tens of microseconds on an idle virtual CPU; an expert call makes four
@@ -29,6 +31,7 @@ extension ZMQSocket: Transport {}
 
 public extension Transport {
     var connectionRefused: Bool { false }
+    var disconnections: Int { 0 }
 }
 
 /// The in-memory twin of ZeroMQ's ROUTER/DEALER: routers registered by endpoint name, dealers connected to them

@@ -77,8 +77,8 @@ public final class ZMQSocket: @unchecked Sendable {
     private let monitor: UnsafeMutableRawPointer?
     private let security: SocketSecurity
     private let problem = Mutex<String?>(nil)
-    /// Connecting ends: (ever connected, last attempt refused), from the monitor's events.
-    private let reach = Mutex<(connected: Bool, refused: Bool)>((false, false))
+    /// Connecting ends: (ever connected, last attempt refused, connections lost), from the monitor's events.
+    private let reach = Mutex<(connected: Bool, refused: Bool, drops: Int)>((false, false, 0))
     /// Set by `receive(with:)`: messages go to it on the socket thread instead of to `messages`.
     private let receiver = Mutex<(@Sendable (Frames) -> Void)?>(nil)
     private static let monitors = Atomic<Int>(0)
@@ -111,7 +111,7 @@ public final class ZMQSocket: @unchecked Sendable {
         if let w = watch {
             let address = "inproc://conclave.monitor.\(getpid()).\(Self.monitors.add(1, ordering: .relaxed).newValue)"
             var events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_SUCCEEDED
-            if !bind { events |= ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED }
+            if !bind { events |= ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_DISCONNECTED }
             if zmq_socket_monitor(w, address, events) == 0, let pair = zmq_socket(context.handle, ZMQ_PAIR), zmq_connect(pair, address) == 0 {
                 monitor = pair
             } else {
@@ -302,9 +302,15 @@ public final class ZMQSocket: @unchecked Sendable {
     /// would otherwise wait its whole timeout for a server that is not running can say so at once.
     public var connectionRefused: Bool { reach.withLock { !$0.connected && $0.refused } }
 
+    /// How often an established connection of this connecting end was lost (the peer's process ended, or its
+    /// heartbeats stopped): a request in flight over a lost connection will not be answered, since libzmq
+    /// reconnects to whatever listens there next.
+    public var disconnections: Int { reach.withLock { $0.drops } }
+
     private func handshake(event: Int32, value: UInt32, address: String) {
-        if event == ZMQ_EVENT_CONNECTED { reach.withLock { $0 = (true, false) }; return }
+        if event == ZMQ_EVENT_CONNECTED { reach.withLock { $0.connected = true; $0.refused = false }; return }
         if event == ZMQ_EVENT_CONNECT_RETRIED { reach.withLock { $0.refused = true }; return }
+        if event == ZMQ_EVENT_DISCONNECTED { reach.withLock { $0.drops += 1 }; return }
         switch security {
         case .curveServer(_, let admission):
             // A refused key was counted by the ZAP handler, which knew the key; these failed before it was asked.

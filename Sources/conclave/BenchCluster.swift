@@ -443,7 +443,9 @@ struct BenchCluster: ParsableCommand {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             guard coordinator.isRunning else { throw CoordinatorClient.Failure(description: "the coordinator exited") }
-            if let s = try client.status(timeout: 0.5), !s.workers.isEmpty, s.workers.allSatisfy({ $0.state == "ready" }) { return }
+            // A spare waits to take over; every other worker must be ready.
+            if let s = try client.status(timeout: 0.5), s.workers.contains(where: { $0.state == "ready" }),
+               s.workers.allSatisfy({ $0.state == "ready" || $0.state == "spare" }) { return }
             Thread.sleep(forTimeInterval: 0.2)
         }
         throw CoordinatorClient.Failure(description: "the cluster did not become ready within 60 s")

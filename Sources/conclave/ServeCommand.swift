@@ -358,32 +358,51 @@ enum LocalCluster {
 
     /// Starts `conclave worker` for every worker of `cluster` whose endpoint is on this machine; with `keyDir`,
     /// each with its key pair there.
-    static func start(_ cluster: ClusterFile, model: String?, threads: Int, keyDir: String? = nil) throws -> [Process] {
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+    static func start(_ cluster: ClusterFile, model: String?, threads: Int, keyDir: String? = nil, logDir: String? = nil) throws -> [Process] {
         var started: [Process] = []
         for w in cluster.workers {
-            let p = Process()
-            p.executableURL = exe
-            var args = ["worker", "--listen", w.endpoint, "--name", w.name, "--memory", String(w.memory), "--threads", String(threads), "--exit-with-parent"]
-            if let model { args += ["--model", model] }
-            if let keyDir { args += ["--key-dir", keyDir] }
-            p.arguments = args
-            // Workers sharing this machine's cores: idle pools park sooner than the default (see ThreadPool) — soon
-            // enough not to take the cores of the stage that computes next, late enough to stay awake through
-            // the short gaps between one step's products (2000 polls parked inside steps: 0.77–0.82× of one
-            // process on `bench cluster` with two stages, against 0.81–1.02× at 100000).
-            var env = ProcessInfo.processInfo.environment
-            if env["CONCLAVE_SPIN_POLLS"] == nil { env["CONCLAVE_SPIN_POLLS"] = "100000" }
-            p.environment = env
             do {
-                try p.run()
+                started.append(try startWorker(w, model: model, threads: threads, keyDir: keyDir, logDir: logDir))
             } catch {
                 stop(started)
-                throw CoordinatorError("cannot start a worker (\(exe.path)): \(error)")
+                throw error
             }
-            started.append(p)
         }
         return started
+    }
+
+    /// Starts one worker of a local cluster (again, after it died); with `logDir`, its stderr is appended to
+    /// `logDir/NAME.log` instead of going to ours.
+    static func startWorker(_ w: ClusterFile.Worker, model: String?, threads: Int, keyDir: String? = nil, logDir: String? = nil) throws -> Process {
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        let p = Process()
+        p.executableURL = exe
+        var args = ["worker", "--listen", w.endpoint, "--name", w.name, "--memory", String(w.memory), "--threads", String(threads), "--exit-with-parent"]
+        if let model { args += ["--model", model] }
+        if let keyDir { args += ["--key-dir", keyDir] }
+        p.arguments = args
+        // Workers sharing this machine's cores: idle pools park sooner than the default (see ThreadPool) — soon
+        // enough not to take the cores of the stage that computes next, late enough to stay awake through
+        // the short gaps between one step's products (2000 polls parked inside steps: 0.77–0.82× of one
+        // process on `bench cluster` with two stages, against 0.81–1.02× at 100000).
+        var env = ProcessInfo.processInfo.environment
+        if env["CONCLAVE_SPIN_POLLS"] == nil { env["CONCLAVE_SPIN_POLLS"] = "100000" }
+        p.environment = env
+        if let logDir { p.standardError = try appendingLog(logDir + "/" + w.name + ".log") }
+        do {
+            try p.run()
+        } catch {
+            throw CoordinatorError("cannot start worker '\(w.name)' (\(exe.path)): \(error)")
+        }
+        return p
+    }
+
+    /// A log file opened for appending (created when missing): restarted processes add to what came before.
+    static func appendingLog(_ path: String) throws -> FileHandle {
+        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw CoordinatorError("cannot write the log \(path)") }
+        h.seekToEndOfFile()
+        return h
     }
 
     /// A local worker that exits before the cluster serves (its port taken, a bad option) ends `serve` at once
