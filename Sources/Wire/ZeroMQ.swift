@@ -80,7 +80,7 @@ public final class ZMQSocket: @unchecked Sendable {
     /// Connecting ends: (ever connected, last attempt refused, connections lost), from the monitor's events.
     private let reach = Mutex<(connected: Bool, refused: Bool, drops: Int)>((false, false, 0))
     /// Set by `receive(with:)`: messages go to it on the socket thread instead of to `messages`.
-    private let receiver = Mutex<(@Sendable (Frames) -> Void)?>(nil)
+    private let receiver = Mutex<Receiver?>(nil)
     private static let monitors = Atomic<Int>(0)
 
     /// Binds (ROUTER, or a DEALER given `bind: true`) or connects to `endpoint`.
@@ -210,7 +210,10 @@ public final class ZMQSocket: @unchecked Sendable {
 
     deinit { close() }
 
-    public func receive(with receiver: @escaping @Sendable (Frames) -> Void) { self.receiver.withLock { $0 = receiver } }
+    public func receive(with receiver: @escaping @Sendable (Frames) -> Void) {
+        let box = Receiver(receiver)
+        self.receiver.withLock { $0 = box }
+    }
 
     private func run() {
         var items = [zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0),
@@ -282,7 +285,7 @@ public final class ZMQSocket: @unchecked Sendable {
             } while more != 0
             var frames = Frames(parts: parts)
             if kind == .router { frames = Frames(peer: parts.first, parts: Array(parts.dropFirst()), role: role) }
-            if let r = receiver.withLock({ $0 }) { r(frames) } else { continuation.yield(frames) }
+            if let r = receiver.withLock({ $0 }) { r.call(frames) } else { continuation.yield(frames) }
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Synchronization
 @testable import Wire
 
 /// The same exchange over the in-memory twin and over real sockets: both are `Transport`s.
@@ -44,6 +45,37 @@ struct TransportTests {
         try await exchange(router: router, dealer: dealer)
         dealer.close()
         router.close()
+    }
+
+    /// The stack depth at which a receiver runs, for each of `count` messages.
+    func receiverDepths(router: Transport, dealer: Transport, count: Int) -> [Int] {
+        let depths = Mutex<[Int]>([])
+        let all = DispatchSemaphore(value: 0)
+        router.receive { _ in
+            let n = depths.withLock { d in d.append(Thread.callStackReturnAddresses.count); return d.count }
+            if n == count { all.signal() }
+        }
+        for i in 0..<count { dealer.send(Frames(parts: [Data([UInt8(i & 0xFF)])])) }
+        _ = all.wait(timeout: .now() + 300)
+        return depths.withLock { $0 }
+    }
+
+    /// A receiver is called through the same frames for the 1st message and the 300th: no wrapper added per
+    /// message (a function value read from a Mutex grew a thunk per read, and every message walked them all).
+    @Test(arguments: ["memory", "zeromq"]) func aReceiverIsNotReWrappedPerMessage(kind: String) async throws {
+        let router: Transport, dealer: Transport
+        if kind == "memory" {
+            let net = InMemoryNetwork()
+            router = try net.router(at: "mem://c")
+            dealer = try net.dealer(connectingTo: "mem://c", identity: "w1")
+        } else {
+            router = try ZMQSocket(.router, bind: true, endpoint: "tcp://127.0.0.1:*")
+            dealer = try ZMQSocket(.dealer, bind: false, endpoint: router.endpoint, identity: "w1")
+        }
+        defer { dealer.close(); router.close() }
+        let depths = receiverDepths(router: router, dealer: dealer, count: 300)
+        #expect(depths.count == 300)
+        #expect(Set(depths).count == 1, "the receiver's stack grew from \(depths.first ?? 0) to \(depths.max() ?? 0) frames")
     }
 
     @Test func inMemoryDropsOversizedAndUnroutable() async throws {
