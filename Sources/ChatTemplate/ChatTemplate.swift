@@ -33,13 +33,18 @@ public struct ChatTemplate: @unchecked Sendable {  // immutable after init; the 
 
     /// What one render may do: the template usually comes from the model file, so a loop of loops must end in
     /// an error, not hold a thread. A step is a node rendered, a loop iteration, an item a builtin makes or walks
-    /// (`range`, filters over lists); a chat of 3 000 messages takes a few hundred thousand.
+    /// (`range`, filters over lists, a list an operator makes); a chat of 3 000 messages takes a few hundred
+    /// thousand. Bytes made count every string an operator, filter or call returns: a loop that appends to a
+    /// growing string (`ns.x = ns.x ~ '…'`) copies it each time, so its cost is the sum of those lengths, which
+    /// a step count alone does not bound (1 000 000 such steps would copy 18 TB).
     public struct Budget: Sendable {
         public var steps: Int
         public var outputBytes: Int
-        public init(steps: Int = 4_000_000, outputBytes: Int = 64 << 20) {
+        public var madeBytes: Int
+        public init(steps: Int = 4_000_000, outputBytes: Int = 64 << 20, madeBytes: Int = 512 << 20) {
             self.steps = steps
             self.outputBytes = outputBytes
+            self.madeBytes = madeBytes
         }
         public static let standard = Budget()
     }

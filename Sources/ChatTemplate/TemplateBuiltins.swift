@@ -385,9 +385,11 @@ struct TemplateBuiltins {
         case ("+", .array(let x), .array(let y)): return .array(x + y)
         case ("*", .string(let x), .int(let n)), ("*", .int(let n), .string(let x)):
             guard n <= 1 << 20 else { throw Self.fail("a string repeated \(n) times is more than a chat template may make") }
+            try budget.mayMake(bytes: x.utf8.count * max(0, n))
             return .string(n > 0 ? String(repeating: x, count: n) : "")
         case ("*", .array(let x), .int(let n)), ("*", .int(let n), .array(let x)):
             guard n <= 1 << 16 else { throw Self.fail("a list repeated \(n) times is more than a chat template may make") }
+            try budget.mayMake(items: x.count * max(0, n))
             return .array(n > 0 ? Array([[TemplateValue]](repeating: x, count: n).joined()) : [])
         case ("%", .string, _):
             throw Self.fail("printf-style '%' formatting of strings is not supported")

@@ -53,6 +53,8 @@ extension TemplateBuiltins {
             for i in try items() {
                 if let attr = arg(1, "attribute") { parts.append(try attribute(i, attr.str).str) } else { parts.append(i.str) }
             }
+            // A long separator between many items: counted before it is made.
+            try budget.mayMake(bytes: parts.reduce(0) { $0 + $1.utf8.count } + sep.utf8.count * max(0, parts.count - 1))
             return .string(parts.joined(separator: sep))
         case "upper": return .string(v.str.uppercased())
         case "lower": return .string(v.str.lowercased())
@@ -60,6 +62,9 @@ extension TemplateBuiltins {
         case "title": return .string(Self.title(v.str))
         case "replace":
             guard let old = arg(0, "old"), let new = arg(1, "new") else { throw Self.fail("replace needs the text to find and its replacement") }
+            // The most it can make: every possible match (an empty one between any two characters) replaced.
+            let (text, o, n) = (v.str.utf8.count, old.str.utf8.count, new.str.utf8.count)
+            if n > o { try budget.mayMake(bytes: text + (text / max(1, o) + 1) * (n - o)) }
             return .string(Self.replace(v.str, old.str, new.str, arg(2, "count")?.integer ?? -1))
         case "default", "d":
             let useFalsy = arg(1, "boolean")?.truthy ?? false
@@ -191,10 +196,12 @@ extension TemplateBuiltins {
             }
             return .string(out)
         case "indent":
-            let width = arg(0, "width").map { $0.integer.map { String(repeating: " ", count: $0) } ?? $0.str } ?? "    "
+            if let w = arg(0, "width")?.integer { try budget.mayMake(bytes: max(0, w)) }
+            let width = arg(0, "width").map { $0.integer.map { String(repeating: " ", count: max(0, $0)) } ?? $0.str } ?? "    "
             let first = arg(1, "first")?.truthy ?? false
             let blank = arg(2, "blank")?.truthy ?? false
             var lines = Self.scalars(v.str).split(omittingEmptySubsequences: false) { $0 == "\n" }.map { Self.string($0) }
+            try budget.mayMake(bytes: v.str.utf8.count + width.utf8.count * lines.count)
             for i in lines.indices where (i > 0 || first) && (blank || !lines[i].allSatisfy(\.isWhitespace)) { lines[i] = width + lines[i] }
             return .string(lines.joined(separator: "\n"))
         case "wordcount":

@@ -29,6 +29,32 @@ final class TemplateBudget {
         }
     }
 
+    private var bytesMade = 0
+    /// A value an operator, filter or call made: a string costs its bytes, a list a step per item.
+    func made(_ v: TemplateValue) throws(TemplateError) -> TemplateValue {
+        switch v {
+        case .string(let s):
+            bytesMade += s.utf8.count
+            guard bytesMade <= limit.madeBytes else {
+                throw .exceeded("stopped after making \(limit.madeBytes >> 20) MiB of strings (a loop that grows a string by copying it)")
+            }
+        case .array(let items):
+            try spend(items.count)
+        default:
+            break
+        }
+        return v
+    }
+
+    /// Before making a value of `bytes` (a string) or `items` (a list) whose size is known in advance (a
+    /// repeat): refused when it alone would pass what is left, instead of being allocated first.
+    func mayMake(bytes: Int = 0, items: Int = 0) throws(TemplateError) {
+        if bytes > limit.madeBytes - bytesMade {
+            throw .exceeded("stopped before making a string of \(bytes >> 20) MiB, past its \(limit.madeBytes >> 20) MiB of strings")
+        }
+        if items > limit.steps - steps { throw .exceeded("stopped before making a list of \(items) items, past its \(limit.steps) steps") }
+    }
+
     func check(output: String) throws(TemplateError) {
         guard output.utf8.count <= limit.outputBytes else {
             throw .exceeded("stopped after writing \(limit.outputBytes >> 20) MiB of prompt")
@@ -223,7 +249,7 @@ struct TemplateRenderer {
             for (k, x) in kwargs { kw.append((k, try eval(x, scope))) }
             switch f {
             case .callable(let c):
-                do { return try c.call(a, kw) } catch { throw error.at(line) }
+                do { return try budget.made(try c.call(a, kw)) } catch { throw error.at(line) }
             case .undefined(let why):
                 throw TemplateError.render(why + " (called as a function)", line: line)
             default:
@@ -238,7 +264,7 @@ struct TemplateRenderer {
             // A filter that walks its input costs a step per item of a list (`length`, `first` and the like do not
             // walk it: templates ask `messages|length` once per message).
             if case .array(let items) = v, !Self.constantTimeFilters.contains(name) { try budget.spend(items.count) }
-            do { return try builtins.filter(name, v, a, kw) } catch { throw error.at(line) }
+            do { return try budget.made(try builtins.filter(name, v, a, kw)) } catch { throw error.at(line) }
         case .test(let base, let name, let args, let negated, let line):
             let v = try eval(base, scope)
             var a: [TemplateValue] = []
@@ -253,7 +279,8 @@ struct TemplateRenderer {
             default: throw TemplateError.render("bad operand type for unary \(op): '\(v.typeName)'", line: line)
             }
         case .binary(let op, let l, let r, let line):
-            do { return try builtins.binary(op, try eval(l, scope), try eval(r, scope)) } catch { throw error.at(line) }
+            let (a, b) = (try eval(l, scope), try eval(r, scope))
+            do { return try budget.made(try builtins.binary(op, a, b)) } catch { throw error.at(line) }
         case .and(let l, let r):
             let a = try eval(l, scope)
             return a.truthy ? try eval(r, scope) : a

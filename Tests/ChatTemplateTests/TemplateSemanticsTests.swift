@@ -68,6 +68,24 @@ final class TemplateSemanticsTests: XCTestCase {
             guard case .exceeded(let m)? = e as? TemplateError else { return XCTFail("\(e)") }
             XCTAssertTrue(m.contains("8 MiB"), m)
         }
+        // Few steps, few bytes written, but every step copies a growing string (18 TB over these loops), or
+        // one operation would make more than the budget: each stops at the bytes or items made.
+        let hostile: [(String, String)] = [
+            ("{% set ns = namespace(x='') %}{% for i in range(1000) %}{% for j in range(1000) %}{% set ns.x = ns.x ~ 'abcdefghijklmnopqrstuvwxyz0123456789' %}{% endfor %}{% endfor %}", "MiB of strings"),
+            ("{{ ((range(3000)|list) * 3000)|length }}", "a list of 9000000 items"),
+            ("{{ range(100000)|join('x' * 1000000)|length }}", "MiB of strings"),
+            ("{{ ('x' * 1000000)|replace('x', 'y' * 1000000)|length }}", "MiB of strings"),
+            ("{{ 'a'|indent(100000000000) }}", "MiB"),
+        ]
+        for (source, message) in hostile {
+            let t0 = Date()
+            XCTAssertThrowsError(try ChatTemplate(source).render([]), source) { e in
+                guard case .exceeded(let m)? = e as? TemplateError else { return XCTFail("\(source): \(e)") }
+                XCTAssertTrue(m.contains(message), "\(source): \(m)")
+            }
+            // Generous on a loaded machine: the point is that it is not hours (or an allocation of terabytes).
+            XCTAssertLessThan(Date().timeIntervalSince(t0), 60, source)
+        }
         let messages: [JSONValue] = (0..<3000).map { i in
             .object([("role", .string(i % 2 == 0 ? "user" : "assistant")), ("content", .string("message \(i) of a long conversation"))])
         }
