@@ -20,6 +20,22 @@ final class ErrorThrottle: Sendable {
         self.clock = clock
     }
 
+    static func dropped(_ n: Int) -> String {
+        "\(n) more error replies (and their log lines) dropped in the last second: a peer is sending messages this worker refuses"
+    }
+
+    /// The line about a window that has ended with errors dropped, once (the worker's heartbeat asks every
+    /// second): a flood that stops within its first second is still reported.
+    func flush() -> String? {
+        let now = clock.now()
+        return window.withLock { w in
+            guard now - w.start >= 1, w.suppressed > 0 else { return nil }
+            let line = Self.dropped(w.suppressed)
+            w.suppressed = 0
+            return line
+        }
+    }
+
     /// Whether this error is answered and logged; `closed` is a line to log about the window that just ended
     /// when it dropped some.
     func admit() -> (allowed: Bool, closed: String?) {
@@ -27,7 +43,7 @@ final class ErrorThrottle: Sendable {
         return window.withLock { w in
             var closed: String?
             if now - w.start >= 1 {
-                if w.suppressed > 0 { closed = "\(w.suppressed) more error replies (and their log lines) dropped in the last second: a peer is sending messages this worker refuses" }
+                if w.suppressed > 0 { closed = Self.dropped(w.suppressed) }
                 w = Window(start: now)
             }
             guard w.admitted < perSecond else {

@@ -115,6 +115,7 @@ public final class WorkerService: Service, @unchecked Sendable {
                 await clock.sleep(until: next)
                 next += period
                 self?.sendHeartbeat()
+                if let line = self?.errorThrottle.flush() { self?.log(line) }
             }
         }
         defer { heartbeat.cancel() }
@@ -331,9 +332,15 @@ public final class WorkerService: Service, @unchecked Sendable {
         // relays them to the coordinator (`relay`). A peer that is neither hears its own errors and nobody else's
         // requests fail for them.
         guard let shard else { return replyError(peer, id: id, WireError(.unavailable, "stage input before this worker was assigned (it restarted, or its Assign is still loading)")) }
+        // A step of neither rows nor sequences to free does nothing, and at the last stage its (empty) output would
+        // go to the coordinator under the sender's request id.
+        let input = msg.envelope.stageInput
+        guard !input.rows.isEmpty || !input.release.isEmpty else {
+            return replyError(peer, id: id, WireError(.malformed, "a StageInput with neither rows nor sequences to free"))
+        }
         let t0 = options.clock.now()
         do {
-            let rows = msg.envelope.stageInput.rows.count
+            let rows = input.rows.count
             let out = try shard.step(msg)
             if rows > 0 { metrics.recordStep(tokens: rows, ms: (options.clock.now() - t0) * 1000) }
             switch out {

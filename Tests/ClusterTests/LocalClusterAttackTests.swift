@@ -10,7 +10,8 @@ import Wire
 /// A local process that reaches a `--local` cluster's ports and floods a stage worker with 20 000 StageInputs of
 /// another plan: by default (CurveZMQ with fresh keys) it is refused at the handshake and nothing reaches the
 /// worker; with `--no-curve` the worker answers it (only it) at most 100 times a second and keeps heartbeating.
-/// Either way every worker stays ready and the next request's text is the clean run's.
+/// Either way every worker stays ready and the next request's text is the clean run's; so is the text of a
+/// request running while the attacker sends StageInputs of the plan in force with guessed request ids.
 @Suite(.serialized) struct LocalClusterAttackTests {
     static let args = ["-p", "Once upon a time", "-n", "24", "--temp", "0.8", "--seed", "7"]
 
@@ -29,10 +30,29 @@ import Wire
         let (_, single, _) = try c.run(["run", "-m", Fixtures.shippedModel, "--threads", "1"] + args)
         #expect(clean == single)
 
-        // The attacker: a plain DEALER at the second stage (local-2), 20 000 StageInputs of plan 999.
+        // The attacker: a plain DEALER at the second stage (local-2).
         let attacker = try ZMQSocket(.dealer, bind: false, endpoint: "tcp://127.0.0.1:\(base + 2)")
         let answers = Atomic<Int>(0)
         attacker.receive { _ in answers.add(1, ordering: .relaxed) }
+
+        // First, while a request generates: StageInputs of the plan in force with guessed request ids. The
+        // worker's errors for requests it never had go to the attacker alone (never to the coordinator, which
+        // would fail its requests), and the request in flight ends with its clean text.
+        let (_, statusOut, _) = try c.run(["status", "--coordinator", coordinator, "--json"])
+        let epoch = try #require(try JSONSerialization.jsonObject(with: Data(statusOut.utf8)) as? [String: Any])["epoch"] as? Int
+        let running = try c.spawn(["generate", "--coordinator", coordinator] + args)
+        var guess = Envelope()
+        guess.epoch = UInt64(epoch ?? 1)
+        guess.stageInput = Conclave_V1_StageInput()
+        for id in 1...2_000 {
+            guess.requestID = UInt64(id)
+            attacker.send(Frames(parts: try WireMessage.make(guess).encode()))
+            if id % 500 == 0 { usleep(20_000) }
+        }
+        let (rcRunning, textRunning, errRunning) = try running.finish(timeout: 300)
+        #expect(rcRunning == 0 && textRunning == clean, "guessed ids changed or failed the request in flight: \(errRunning)")
+
+        // Then a flood: 20 000 StageInputs of plan 999.
         var e = Envelope()
         e.epoch = 999
         e.stageInput = Conclave_V1_StageInput()
