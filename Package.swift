@@ -94,7 +94,7 @@ let package = Package(
         .testTarget(name: "RepositoryTests", dependencies: ["TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "GenerationTests", dependencies: ["Runtime", "Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "ServingTests", dependencies: ["Serving", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "ChatTemplate", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "CurveKeys", "TestSupport"]),

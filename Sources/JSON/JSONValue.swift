@@ -86,6 +86,16 @@ extension JSONValue {
 
     public static func parse(_ text: String) throws(JSONError) -> JSONValue { try parse(Array(text.utf8)) }
 
+    /// The value that starts at `start` (after any spaces) and where it ends: for JSON inside other text (a tool
+    /// call the model wrote between words). Nil when no whole value starts there.
+    public static func parsePrefix(_ bytes: [UInt8], from start: Int = 0, maxDepth: Int = 128) -> (value: JSONValue, end: Int)? {
+        var p = JSONParser(bytes: bytes, maxDepth: maxDepth)
+        p.i = start
+        p.skipSpace()
+        guard let v = try? p.value(depth: 0) else { return nil }
+        return (v, p.i)
+    }
+
     /// Counters arrive as UInt64; JSON numbers here are Int (a count past 2^63 is clamped, not wrapped).
     public static func uint(_ u: UInt64) -> JSONValue { .int(Int(clamping: u)) }
 

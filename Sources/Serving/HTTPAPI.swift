@@ -128,8 +128,17 @@ public struct HTTPAPI: Sendable {
 
     func chat(_ body: JSONValue) async throws(APIError) -> Response {
         try checkModel(body)
+        let options = try ToolCallOptions(body: body, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: body)
-        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body)
+        var reading: OutputReading?
+        if options.parses(model.outputFormat) {
+            var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
+            if !options.parseReasoning { format = format.withoutReasoning() }
+            // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
+            let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
+            reading = OutputReading(format: format, reasoningOpen: open, parallel: options.parallel)
+        }
+        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body, reading: reading)
     }
 
     func completion(_ body: JSONValue) async throws(APIError) -> Response {
@@ -152,7 +161,20 @@ public struct HTTPAPI: Sendable {
         return try await run(kind: .text, tokens: tokens, body: body)
     }
 
-    func run(kind: Kind, tokens: [Int32], body: JSONValue) async throws(APIError) -> Response {
+    /// How a chat answer is read back into reasoning, content and calls (nil: its text is the content).
+    struct OutputReading {
+        var format: OutputFormat
+        var reasoningOpen: Bool
+        var parallel: Bool
+        func parse(_ text: String) -> ParsedOutput {
+            var p = format.parse(text, reasoningOpen: reasoningOpen)
+            // One call asked for: the first is it, the rest are dropped (as llama-server does).
+            if !parallel && p.toolCalls.count > 1 { p.toolCalls = [p.toolCalls[0]] }
+            return p
+        }
+    }
+
+    func run(kind: Kind, tokens: [Int32], body: JSONValue, reading: OutputReading? = nil) async throws(APIError) -> Response {
         let p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
@@ -164,7 +186,7 @@ public struct HTTPAPI: Sendable {
         let created = Int(Date().timeIntervalSince1970)
         let head = ResponseHead(id: id, object: kind == .chat ? "chat.completion" : "text_completion", created: created, model: model.id, kind: kind,
                                 tokenizer: model.tokenizer)
-        if p.stream { return stream(head, events, sequence: sequence, includeUsage: p.includeUsage) }
+        if p.stream { return stream(head, events, sequence: sequence, includeUsage: p.includeUsage, reading: reading) }
         var text = ""
         var logprobs: [SampledToken] = []
         do {
@@ -174,7 +196,9 @@ public struct HTTPAPI: Sendable {
                     text += piece
                     if let lp { logprobs.append(lp) }
                 case .finished(let reason, let usage):
-                    return json(head.complete(text: text, finish: reason, usage: usage, logprobs: p.logprobs == nil ? nil : logprobs))
+                    let parsed = reading?.parse(text)
+                    return json(head.complete(text: text, finish: reason, usage: usage, logprobs: p.logprobs == nil ? nil : logprobs,
+                                              parsed: parsed, ids: { "call_" + ids.next() }))
                 }
             }
             throw APIError.internal("the generation ended without finishing")
@@ -190,21 +214,31 @@ public struct HTTPAPI: Sendable {
     /// Server-sent events as OpenAI sends them: a first chunk with the role, one per piece of text, a last one with
     /// the finish reason, the usage chunk when asked, then `[DONE]`. A failure after the first byte is an `error`
     /// event (the status line has gone); a client that goes away cancels the sequence at the next write.
-    func stream(_ head: ResponseHead, _ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, includeUsage: Bool) -> Response {
-        let scheduler = self.scheduler
+    /// With `reading` (tools offered, or a model that reasons), the text is held back and read when the answer
+    /// is complete, then sent as one delta of reasoning, content and calls: clients assemble deltas either way.
+    func stream(_ head: ResponseHead, _ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, includeUsage: Bool,
+                reading: OutputReading? = nil) -> Response {
+        let (scheduler, ids) = (self.scheduler, self.ids)
         let body = ResponseBody { writer in
             func send(_ v: JSONValue) async throws { try await writer.write(ByteBuffer(string: "data: " + v.render() + "\n\n")) }
             do {
                 if head.kind == .chat { try await send(head.chunk(delta: .object([("role", .string("assistant")), ("content", .string(""))]), includeUsage: includeUsage)) }
                 do {
+                    var held = ""
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, let lp):
+                            if reading != nil { held += piece; continue }
                             guard !piece.isEmpty || lp != nil else { continue }
                             try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece),
                                                       logprobs: lp.map { [$0] }, includeUsage: includeUsage))
                         case .finished(let reason, let usage):
-                            try await send(head.chunk(delta: head.kind == .chat ? .object([]) : .string(""), finish: reason, includeUsage: includeUsage))
+                            var finish = reason.rawValue
+                            if let parsed = reading?.parse(held) {
+                                try await send(head.chunk(delta: .object(parsed.messageFields(ids: { "call_" + ids.next() }, indexed: true)), includeUsage: includeUsage))
+                                if !parsed.toolCalls.isEmpty { finish = "tool_calls" }
+                            }
+                            try await send(head.chunk(delta: head.kind == .chat ? .object([]) : .string(""), finishReason: finish, includeUsage: includeUsage))
                             if includeUsage { try await send(head.usageChunk(usage)) }
                         }
                     }
@@ -301,19 +335,23 @@ struct ResponseHead: Sendable {
                  ("total_tokens", .int(u.promptTokens + u.completionTokens))])
     }
 
-    func complete(text: String, finish: FinishReason, usage u: GenerationUsage, logprobs: [SampledToken]? = nil) -> JSONValue {
+    func complete(text: String, finish: FinishReason, usage u: GenerationUsage, logprobs: [SampledToken]? = nil,
+                  parsed: ParsedOutput? = nil, ids: () -> String = { "" }) -> JSONValue {
+        let message = parsed?.messageFields(ids: ids, indexed: false) ?? [("content", .string(text))]
+        let reason = parsed.map { $0.toolCalls.isEmpty ? finish.rawValue : "tool_calls" } ?? finish.rawValue
         let choice: JSONValue = kind == .chat
-            ? .object([("index", .int(0)), ("message", .object([("role", .string("assistant")), ("content", .string(text))])),
-                       ("logprobs", logprobsJSON(logprobs)), ("finish_reason", .string(finish.rawValue))])
+            ? .object([("index", .int(0)), ("message", .object([("role", .string("assistant"))] + message)),
+                       ("logprobs", logprobsJSON(logprobs)), ("finish_reason", .string(reason))])
             : .object([("index", .int(0)), ("text", .string(text)), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", .string(finish.rawValue))])
         return .object([("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model)),
                         ("choices", .array([choice])), ("usage", usage(u))])
     }
 
-    func chunk(delta: JSONValue, finish: FinishReason? = nil, logprobs: [SampledToken]? = nil, includeUsage: Bool) -> JSONValue {
+    func chunk(delta: JSONValue, finish: FinishReason? = nil, finishReason: String? = nil, logprobs: [SampledToken]? = nil, includeUsage: Bool) -> JSONValue {
+        let reason: JSONValue = (finishReason ?? finish?.rawValue).map { .string($0) } ?? .null
         let choice: JSONValue = kind == .chat
-            ? .object([("index", .int(0)), ("delta", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
-            : .object([("index", .int(0)), ("text", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", finish.map { .string($0.rawValue) } ?? .null)])
+            ? .object([("index", .int(0)), ("delta", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", reason)])
+            : .object([("index", .int(0)), ("text", delta), ("logprobs", logprobsJSON(logprobs)), ("finish_reason", reason)])
         var fields: [(String, JSONValue)] = [("id", .string(id)), ("object", .string(kind == .chat ? "chat.completion.chunk" : "text_completion")),
                                              ("created", .int(created)), ("model", .string(model)), ("choices", .array([choice]))]
         if includeUsage { fields.append(("usage", .null)) }

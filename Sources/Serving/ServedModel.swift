@@ -13,6 +13,8 @@ public struct ServedModel: Sendable {
     /// The template, or why it cannot be used (chat requests then fail with that reason; completions still work).
     public let template: Result<ChatTemplate, TemplateError>
     public let templateOrigin: String
+    /// How the model writes reasoning and tool calls, as its template teaches it.
+    public let outputFormat: OutputFormat
     public let created: Int
     public let clock: ChatTemplate.Clock
     /// Bytes of the longest token's text: no token covers more of a prompt, so a prompt longer than
@@ -27,6 +29,7 @@ public struct ServedModel: Sendable {
         self.tokenizer = tokenizer
         self.templateOrigin = templateSource == nil ? "chatml (the model has no chat template)" : templateOrigin
         do { template = .success(try ChatTemplate(templateSource ?? ChatTemplate.chatml)) } catch { template = .failure(error) }
+        outputFormat = (try? template.get()).map { OutputFormat.of(template: $0.source) } ?? .plain
         created = Int(Date().timeIntervalSince1970)
         self.clock = clock
         maxTokenBytes = max(1, tokenizer.vocab.tokens.lazy.map(\.count).max() ?? 1)
@@ -66,6 +69,25 @@ public struct ServedModel: Sendable {
                 }
             } else if m["tool_calls"] == nil {
                 throw APIError.invalid("messages[\(i)] has no 'content'", param: "messages")
+            }
+            // Calls in the history as templates read them: arguments an object (OpenAI clients send JSON text;
+            // templates write `arguments | tojson` or walk its items), content "" rather than null next to calls.
+            if let idx = fields.firstIndex(where: { $0.0 == "tool_calls" }), case .array(let calls) = fields[idx].1 {
+                fields[idx].1 = .array(try calls.enumerated().map { j, call throws(APIError) in
+                    guard case .object(var c) = call, let f = c.firstIndex(where: { $0.0 == "function" }), case .object(var fn) = c[f].1,
+                          fn.contains(where: { $0.0 == "name" && $0.1.stringValue != nil }) else {
+                        throw APIError.invalid("messages[\(i)].tool_calls[\(j)] must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}", param: "messages")
+                    }
+                    if let a = fn.firstIndex(where: { $0.0 == "arguments" }), case .string(let text) = fn[a].1 {
+                        guard let parsed = try? JSONValue.parse(text), case .object = parsed else {
+                            throw APIError.invalid("messages[\(i)].tool_calls[\(j)].function.arguments must be a JSON object (as text or as an object)", param: "messages")
+                        }
+                        fn[a].1 = parsed
+                    }
+                    c[f].1 = .object(fn)
+                    return .object(c)
+                })
+                if let ci = fields.firstIndex(where: { $0.0 == "content" }), fields[ci].1.isNull { fields[ci].1 = .string("") }
             }
             messages.append(.object(fields))
         }

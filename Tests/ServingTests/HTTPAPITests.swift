@@ -370,4 +370,47 @@ import Glibc
             #expect(ok == .ok)
         }
     }
+
+    /// Tools offered to a model whose template teaches Hermes calls: an answer without a call is the same text
+    /// as without tools, `finish_reason` as before; a history with the assistant's calls (content null, arguments
+    /// as JSON text, as OpenAI clients send them) and the tool's result renders; what cannot work is a 400.
+    @Test func toolsAreOfferedAndTheHistoryOfCallsRenders() async throws {
+        let qwen = try String(contentsOfFile: Fixtures.path("chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"), encoding: .utf8)
+        let server = Server(context: 1024, template: qwen)
+        #expect(server.api.model.outputFormat.name == "hermes")
+        let tools = #""tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]"#
+        let plain = #"{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 12, "temperature": 0}"#
+        try await server.app.test(.router) { client in
+            let (_, without) = try await Self.post(client, "/v1/chat/completions", plain)
+            let (status, with) = try await Self.post(client, "/v1/chat/completions", String(plain.dropLast()) + ", " + tools + "}")
+            #expect(status == .ok, "\(with)")
+            let a = try JSONValue.parse(without)["choices"]?.arrayValue?.first, b = try JSONValue.parse(with)["choices"]?.arrayValue?.first
+            // The tools are in the prompt, so the text may differ; its shape does not: content, no calls.
+            #expect(b?["message"]?["content"]?.stringValue != nil && b?["message"]?["tool_calls"] == nil, "\(with)")
+            #expect(a?["finish_reason"]?.stringValue == "length" && b?["finish_reason"]?.stringValue == "length")
+
+            let history = #"{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}, {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}], "#
+            let (s2, rendered) = try await Self.post(client, "/apply-template", history + tools + "}")
+            #expect(s2 == .ok, "\(rendered)")
+            let prompt = try JSONValue.parse(rendered)["prompt"]?.stringValue ?? ""
+            #expect(prompt.contains(#"<tool_call>\#n{"name": "get_weather", "arguments": {"city": "Paris"}}\#n</tool_call>"#) && prompt.contains("sunny"), "\(prompt)")
+            let (s3, answered) = try await Self.post(client, "/v1/chat/completions", history + tools + #", "max_tokens": 4}"#)
+            #expect(s3 == .ok, "\(answered)")
+
+            let bad: [(String, String)] = [
+                (#""tool_choice": {"type": "function", "function": {"name": "nope"}}"#, "not among 'tools'"),
+                (#""tool_choice": "required""#, "not implemented yet"),
+                (#""tool_choice": "sometimes""#, "'tool_choice' must be"),
+                (#""reasoning_format": "loud""#, "'reasoning_format' must be"),
+            ]
+            for (field, message) in bad {
+                let (s, body) = try await Self.post(client, "/v1/chat/completions", String(plain.dropLast()) + ", " + tools + ", " + field + "}")
+                #expect(s == .badRequest && body.contains(message), "\(field): \(body)")
+            }
+            let (s4, body4) = try await Self.post(client, "/v1/chat/completions", String(plain.dropLast()) + #", "tools": [{"type": "function"}]}"#)
+            #expect(s4 == .badRequest && body4.contains("tools[0]"), "\(body4)")
+            let (s5, body5) = try await Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "not json"}}]}]}"#)
+            #expect(s5 == .badRequest && body5.contains("arguments must be a JSON object"), "\(body5)")
+        }
+    }
 }

@@ -1,0 +1,97 @@
+import JSON
+
+/// What a chat request asks about tool calls and reasoning (OpenAI's `tools`, `tool_choice`,
+/// `parallel_tool_calls`; llama-server's `reasoning_format`), checked, and how the answer is read back.
+struct ToolCallOptions {
+    /// The functions the request offers, by name.
+    var functions: [String] = []
+    /// Parse calls out of the answer (tools given, `tool_choice` not "none", and the family has a syntax).
+    var parseCalls = false
+    /// Split reasoning from the answer (`reasoning_format` other than "none").
+    var parseReasoning = true
+    var parallel = true
+
+    init(body: JSONValue, format: OutputFormat) throws(APIError) {
+        if let t = body["tools"], !t.isNull {
+            guard case .array(let list) = t else { throw APIError.invalid("'tools' must be a list", param: "tools") }
+            for (i, tool) in list.enumerated() {
+                guard tool["type"]?.stringValue == "function", let name = tool["function"]?["name"]?.stringValue, !name.isEmpty else {
+                    throw APIError.invalid("tools[\(i)] must be {\"type\": \"function\", \"function\": {\"name\": …, \"parameters\": …}}", param: "tools")
+                }
+                functions.append(name)
+            }
+        }
+        var choice = "auto"
+        if let c = body["tool_choice"], !c.isNull {
+            if let s = c.stringValue, ["auto", "none", "required"].contains(s) {
+                choice = s
+            } else if c["type"]?.stringValue == "function", let name = c["function"]?["name"]?.stringValue {
+                guard functions.contains(name) else {
+                    throw APIError.invalid("tool_choice names the function '\(name)', which is not among 'tools' (\(functions.joined(separator: ", ")))", param: "tool_choice")
+                }
+                choice = "function"
+            } else {
+                throw APIError.invalid("'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}", param: "tool_choice")
+            }
+        }
+        if choice != "auto" && choice != "none" && functions.isEmpty {
+            throw APIError.invalid("tool_choice '\(choice)' needs 'tools'", param: "tool_choice")
+        }
+        if choice == "required" || choice == "function" {
+            // Forcing a call needs output constrained to the call's syntax: the grammar engine of structured output.
+            throw APIError.invalid("tool_choice '\(choice)' (a forced call) is not implemented yet; use \"auto\"", param: "tool_choice")
+        }
+        parseCalls = !functions.isEmpty && choice != "none" && format.hasToolCalls
+        if let p = body["parallel_tool_calls"], !p.isNull {
+            guard let b = p.boolValue else { throw APIError.invalid("'parallel_tool_calls' must be a boolean", param: "parallel_tool_calls") }
+            parallel = b
+        }
+        if let r = body["reasoning_format"], !r.isNull {
+            guard let s = r.stringValue, ["none", "auto", "deepseek", "deepseek-legacy"].contains(s) else {
+                throw APIError.invalid("'reasoning_format' must be \"none\" (reasoning stays in the content), \"auto\" or \"deepseek\"", param: "reasoning_format")
+            }
+            parseReasoning = s != "none"
+        }
+    }
+
+    /// Whether the answer is read back at all (else its text is the content, as generated).
+    func parses(_ format: OutputFormat) -> Bool { parseCalls || (parseReasoning && format.thinks) }
+}
+
+extension OutputFormat {
+    /// Whether the family writes reasoning apart from its answer.
+    var thinks: Bool {
+        if reasoning != nil { return true }
+        if case .harmony = calls { return true }
+        return false
+    }
+
+    /// The same family without its call syntax (the request offered no tools, or said "none"): calls it might
+    /// write anyway stay text. Harmony keeps its channels (reasoning and answer are channels too).
+    func withoutCalls() -> OutputFormat {
+        if case .harmony = calls { return self }
+        return OutputFormat(name: name, markers: markers, reasoning: reasoning, calls: .none)
+    }
+
+    func withoutReasoning() -> OutputFormat { OutputFormat(name: name, markers: markers, reasoning: nil, calls: calls) }
+}
+
+extension ParsedOutput {
+    /// OpenAI's `message` (and a stream's last deltas): content null when only calls came, `reasoning_content`
+    /// when there was reasoning, calls with fresh ids and their arguments as JSON text.
+    func toolCallsJSON(ids: () -> String, indexed: Bool) -> [JSONValue] {
+        toolCalls.enumerated().map { i, c in
+            let fields: [(String, JSONValue)] = [("id", .string(c.id ?? ids())), ("type", .string("function")),
+                                                 ("function", .object([("name", .string(c.name)), ("arguments", .string(c.arguments.render()))]))]
+            return .object(indexed ? [("index", .int(i))] + fields : fields)
+        }
+    }
+
+    /// The fields of OpenAI's chat `message` (or of one stream delta carrying all of it).
+    func messageFields(ids: () -> String, indexed: Bool) -> [(String, JSONValue)] {
+        var fields: [(String, JSONValue)] = [("content", content.isEmpty && !toolCalls.isEmpty ? .null : .string(content))]
+        if let reasoning, !reasoning.isEmpty { fields.append(("reasoning_content", .string(reasoning))) }
+        if !toolCalls.isEmpty { fields.append(("tool_calls", .array(toolCallsJSON(ids: ids, indexed: indexed)))) }
+        return fields
+    }
+}

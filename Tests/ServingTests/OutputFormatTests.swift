@@ -1,0 +1,111 @@
+import ChatTemplate
+import Foundation
+import JSON
+@testable import Serving
+import Testing
+import TestSupport
+
+/// Each family's tool calls and reasoning, read back from what its own chat template writes: an assistant turn
+/// with calls rendered through our renderer (as the model was trained to write it) and parsed by the family the
+/// template was recognised as gives back exactly the calls, their order, names and arguments.
+@Suite struct OutputFormatTests {
+    static let tools: [JSONValue] = [
+        .object([("type", .string("function")), ("function", .object([
+            ("name", .string("get_weather")), ("description", .string("The weather in a city")),
+            ("parameters", .object([("type", .string("object")), ("properties", .object([
+                ("city", .object([("type", .string("string"))])), ("days", .object([("type", .string("integer"))])),
+            ])), ("required", .array([.string("city")]))])),
+        ]))]),
+    ]
+
+    static func call(_ id: String, _ name: String, _ args: JSONValue) -> JSONValue {
+        .object([("id", .string(id)), ("type", .string("function")), ("function", .object([("name", .string(name)), ("arguments", args)]))])
+    }
+
+    /// The template files and the family each must be recognised as.
+    static let families: [(String, String)] = [
+        ("Qwen-Qwen2.5-7B-Instruct", "hermes"), ("Qwen-Qwen3-0.6B", "qwen3"), ("deepseek-ai-DeepSeek-V3.1", "deepseek-v3.1"),
+        ("mistralai-Mistral-Nemo-Instruct-2407", "mistral"), ("meta-llama-Llama-3.1-8B-Instruct", "llama3"), ("openai-gpt-oss-120b", "gpt-oss"),
+        ("google-gemma-2-2b-it", "plain"), ("microsoft-Phi-3.5-mini-instruct", "plain"),
+    ]
+
+    /// What the model writes after the generation prompt: the full rendering minus the prompt's, without the
+    /// end-of-turn tokens (which stop generation and are not in its text).
+    static func generated(_ template: ChatTemplate, _ messages: [JSONValue]) throws -> String {
+        let prompt = try template.render(messages: Array(messages.dropLast()), tools: tools, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
+        let full = try template.render(messages: messages, tools: tools, addGenerationPrompt: false, bosToken: "<s>", eosToken: "</s>")
+        #expect(full.hasPrefix(prompt), "the rendering with the answer extends the prompt")
+        var text = String(full.dropFirst(prompt.count))
+        for end in ["<|im_end|>\n", "<|im_end|>", "<|eot_id|>", "</s>", "<｜end▁of▁sentence｜>", "<|call|>", "<|return|>", "<|end|>"] where text.hasSuffix(end) {
+            text = String(text.dropLast(end.count))
+        }
+        return text
+    }
+
+    @Test(arguments: families) func toolCallsComeBackFromTheTemplatesOwnRendering(file: String, family: String) throws {
+        let source = try String(contentsOfFile: Fixtures.path("chat-templates/\(file).jinja"), encoding: .utf8)
+        let format = OutputFormat.of(template: source)
+        #expect(format.name == family)
+        guard format.hasToolCalls else { return }
+        let template = try ChatTemplate(source)
+        let user = JSONValue.object([("role", .string("user")), ("content", .string("What is the weather in Paris and Rome?"))])
+        let paris = JSONValue.object([("city", .string("Paris")), ("days", .int(3))])
+        let rome = JSONValue.object([("city", .string("Rome")), ("units", .object([("temp", .string("C"))])), ("hours", .array([.int(9), .int(18)]))])
+        // Llama 3.1 and gpt-oss's templates take one call per message.
+        let single = family == "llama3" || family == "gpt-oss"
+        let calls = single ? [Self.call("abcdefgh1", "get_weather", paris)] : [Self.call("abcdefgh1", "get_weather", paris), Self.call("abcdefgh2", "get_weather", rome)]
+        var fields: [(String, JSONValue)] = [("role", .string("assistant")), ("content", .string(family == "llama3" ? "" : "Let me check.")), ("tool_calls", .array(calls))]
+        if family == "gpt-oss" { fields[1].1 = .string("") }
+        let text = try Self.generated(template, [user, .object(fields)])
+        let parsed = format.parse(text)
+        #expect(parsed.toolCalls.map(\.name) == calls.map { _ in "get_weather" }, "\(text)")
+        #expect(parsed.toolCalls.map(\.arguments) == (single ? [paris] : [paris, rome]), "\(text)")
+        if text.contains("Let me check.") { #expect(parsed.content == "Let me check.", "\(text)") } else { #expect(parsed.content == "", "\(text)") }
+        if family == "mistral" { #expect(parsed.toolCalls.map(\.id) == ["abcdefgh1", "abcdefgh2"]) }
+    }
+
+    /// Reasoning in the history, as the templates that keep it write it, comes back as reasoning.
+    @Test func reasoningComesBack() throws {
+        let source = try String(contentsOfFile: Fixtures.path("chat-templates/Qwen-Qwen3-0.6B.jinja"), encoding: .utf8)
+        let template = try ChatTemplate(source)
+        let user = JSONValue.object([("role", .string("user")), ("content", .string("Weather?"))])
+        let answer = JSONValue.object([("role", .string("assistant")), ("content", .string("Let me check.")), ("reasoning_content", .string("The user wants the weather.")),
+                                       ("tool_calls", .array([Self.call("c1", "get_weather", .object([("city", .string("Oslo"))]))]))])
+        let text = try Self.generated(template, [user, answer])
+        let parsed = OutputFormat.of(template: source).parse(text)
+        #expect(parsed.reasoning == "The user wants the weather." && parsed.content == "Let me check." && parsed.toolCalls.count == 1, "\(text)")
+        // A prompt that opened the block: only the close tag shows in the answer.
+        let open = OutputFormat.of(template: source).parse("still thinking</think>\n\nThe answer.", reasoningOpen: true)
+        #expect(open == ParsedOutput(content: "The answer.", reasoning: "still thinking"))
+        // Cut off while thinking: all reasoning, no content.
+        #expect(OutputFormat.of(template: source).parse("<think>halfway", reasoningOpen: false) == ParsedOutput(content: "", reasoning: "halfway"))
+        // gpt-oss: the analysis channel is reasoning, the final channel the answer.
+        let harmony = OutputFormat.all.first { $0.name == "gpt-oss" }!
+        #expect(harmony.parse("<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>Done.") == ParsedOutput(content: "Done.", reasoning: "Think."))
+    }
+
+    /// Text that only looks like a call stays text, whole.
+    @Test func whatDoesNotParseStaysContent() {
+        let hermes = OutputFormat.all.first { $0.name == "hermes" }!
+        for text in ["Use <tool_call> tags like this.", "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}", "<tool_call>{\"arguments\": {}}</tool_call>",
+                     "<tool_call>{\"name\": \"f\", \"arguments\": [1]}</tool_call>"] {
+            let p = hermes.parse(text)
+            #expect(p.toolCalls.isEmpty && p.content == text.trimmingCharacters(in: .whitespacesAndNewlines), "\(text) → \(p)")
+        }
+        let ok = hermes.parse("A <tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call> B")
+        #expect(ok.toolCalls == [ToolCall(name: "f", arguments: .object([("a", .int(1))]))] && ok.content == "A  B", "arguments as a JSON string: \(ok)")
+        let llama = OutputFormat.all.first { $0.name == "llama3" }!
+        #expect(llama.parse("{\"name\": \"f\", \"parameters\": {}} and more").toolCalls.isEmpty)
+    }
+
+    /// OpenAI's message for a parsed answer: content null when only calls came, reasoning apart, arguments as
+    /// JSON text (what the `openai` client hands to `json.loads`).
+    @Test func theMessageIsOpenAIs() throws {
+        let parsed = ParsedOutput(content: "", reasoning: "Think.", toolCalls: [ToolCall(name: "f", arguments: .object([("a", .int(1))]))])
+        var n = 0
+        let message = JSONValue.object(parsed.messageFields(ids: { n += 1; return "call_\(n)" }, indexed: false))
+        #expect(message.render() == #"{"content":null,"reasoning_content":"Think.","tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}"#)
+        let delta = JSONValue.object(ParsedOutput(content: "Hi").messageFields(ids: { "x" }, indexed: true))
+        #expect(delta.render() == #"{"content":"Hi"}"#)
+    }
+}
