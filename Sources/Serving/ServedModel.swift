@@ -22,8 +22,13 @@ public struct ServedModel: Sendable {
     /// costs seconds and hundreds of MB for a prompt of megabytes).
     let maxTokenBytes: Int
 
+    /// A conversation that ends with an assistant message is continued from that message (llama-server's
+    /// default; `serve --no-prefill-assistant` or a request's `"continue_final_message": false` turn it off).
+    public let prefillAssistant: Bool
+
     public init(id: String, contextLength: Int, tokenizer: Tokenizer, templateSource: String?, templateOrigin: String,
-                clock: ChatTemplate.Clock = .system) {
+                clock: ChatTemplate.Clock = .system, prefillAssistant: Bool = true) {
+        self.prefillAssistant = prefillAssistant
         self.id = id
         self.contextLength = contextLength
         self.tokenizer = tokenizer
@@ -41,7 +46,43 @@ public struct ServedModel: Sendable {
     }
 
     /// The chat body's `messages` (and `tools`, `chat_template_kwargs`) rendered with the template.
-    public func render(chat body: JSONValue, addGenerationPrompt: Bool = true) throws(APIError) -> String {
+    ///
+    /// `add_generation_prompt` (default true) is the template's own switch. A last message from the assistant
+    /// (text, no calls) is the start of the answer: the conversation before it is rendered with the generation
+    /// prompt and its text follows, so the model goes on from it — unless `continue_final_message` is false.
+    public func render(chat body: JSONValue) throws(APIError) -> String {
+        let f = Fields(body)
+        let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
+        let continueFinal = try f.bool("continue_final_message") ?? prefillAssistant
+        guard case .array(var raw)? = body["messages"], !raw.isEmpty else {
+            throw APIError.invalid("'messages' must be a non-empty list of {\"role\", \"content\"} objects", param: "messages")
+        }
+        if continueFinal, let last = raw.last, last["role"]?.stringValue == "assistant", last["tool_calls"] == nil || last["tool_calls"]?.isNull == true,
+           let text = Self.text(of: last["content"]) {
+            raw.removeLast()
+            guard !raw.isEmpty else { throw APIError.invalid("a conversation cannot be only an assistant message to continue", param: "messages") }
+            var before = body
+            if case .object(var pairs) = before, let i = pairs.firstIndex(where: { $0.0 == "messages" }) {
+                pairs[i].1 = .array(raw)
+                before = .object(pairs)
+            }
+            return try render(chat: before, addGenerationPrompt: true) + text
+        }
+        return try render(chat: body, addGenerationPrompt: addGenerationPrompt)
+    }
+
+    /// A message's text: a string, or its text parts joined (nil for anything else).
+    static func text(of content: JSONValue?) -> String? {
+        switch content {
+        case .string(let s)?: return s
+        case .array(let parts)?:
+            let texts = parts.compactMap { $0["type"]?.stringValue == "text" ? $0["text"]?.stringValue : nil }
+            return texts.count == parts.count ? texts.joined(separator: "\n") : nil
+        default: return nil
+        }
+    }
+
+    func render(chat body: JSONValue, addGenerationPrompt: Bool) throws(APIError) -> String {
         guard case .array(let raw)? = body["messages"], !raw.isEmpty else {
             throw APIError.invalid("'messages' must be a non-empty list of {\"role\", \"content\"} objects", param: "messages")
         }

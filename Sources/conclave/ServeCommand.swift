@@ -64,6 +64,8 @@ struct ServeCommand: AsyncParsableCommand {
     var httpIdleTimeout = 30
     @Option(help: "Most HTTP connections open at once; more wait in the listen backlog.") var httpMaxConnections = 512
     @Option(help: "A Jinja chat template file to use instead of the model's tokenizer.chat_template.") var chatTemplate: String?
+    @Flag(inversion: .prefixedNo, help: "Continue a conversation that ends with an assistant message from that message's text (as llama-server does; a request can say \"continue_final_message\": false).")
+    var prefillAssistant = true
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
     @OptionGroup var offload: OffloadOptions
@@ -146,7 +148,7 @@ struct ServeCommand: AsyncParsableCommand {
             origin = chatTemplate
         }
         let id = file.string("general.name") ?? URL(fileURLWithPath: file.path).deletingPathExtension().lastPathComponent
-        let m = ServedModel(id: id, contextLength: context, tokenizer: tokenizer, templateSource: source, templateOrigin: origin)
+        let m = ServedModel(id: id, contextLength: context, tokenizer: tokenizer, templateSource: source, templateOrigin: origin, prefillAssistant: prefillAssistant)
         if case .failure(let e) = m.template {
             printError("warning: the chat template (\(origin)) cannot be used: \(e); /v1/chat/completions will answer 500 until you give --chat-template FILE")
         }

@@ -413,4 +413,38 @@ import Glibc
             #expect(s5 == .badRequest && body5.contains("arguments must be a JSON object"), "\(body5)")
         }
     }
+
+    /// `add_generation_prompt` is the template's switch on /apply-template and chat; a conversation ending with
+    /// an assistant message is continued from its text (the model goes on from it), unless the request says
+    /// `"continue_final_message": false`.
+    @Test func generationPromptAndContinuingTheAssistant() async throws {
+        let qwen = try String(contentsOfFile: Fixtures.path("chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"), encoding: .utf8)
+        let server = Server(context: 1024, template: qwen)
+        let user = #"{"role": "user", "content": "Tell me a story"}"#
+        try await server.app.test(.router) { client in
+            func prompt(_ body: String) async throws -> String {
+                let (status, text) = try await Self.post(client, "/apply-template", body)
+                #expect(status == .ok, "\(text)")
+                return try JSONValue.parse(text)["prompt"]?.stringValue ?? ""
+            }
+            let with = try await prompt(#"{"messages": ["# + user + "]}")
+            let without = try await prompt(#"{"messages": ["# + user + #"], "add_generation_prompt": false}"#)
+            #expect(with == without + "<|im_start|>assistant\n", "\(with.debugDescription) vs \(without.debugDescription)")
+
+            let partial = #"{"role": "assistant", "content": "Once upon a time, a little"}"#
+            let continued = try await prompt(#"{"messages": ["# + user + ", " + partial + "]}")
+            #expect(continued == with + "Once upon a time, a little", "\(continued.debugDescription)")
+            let closed = try await prompt(#"{"messages": ["# + user + ", " + partial + #"], "continue_final_message": false, "add_generation_prompt": false}"#)
+            #expect(closed == without + "<|im_start|>assistant\nOnce upon a time, a little<|im_end|>\n", "\(closed.debugDescription)")
+
+            // The chat answer goes on from the partial text: the tokens generated are those after it.
+            let body = #"{"messages": ["# + user + ", " + partial + #"], "max_tokens": 8, "temperature": 0}"#
+            let (status, answer) = try await Self.post(client, "/v1/chat/completions", body)
+            #expect(status == .ok, "\(answer)")
+            let want = try Self.alone(try server.api.model.tokens(ofPrompt: continued), maxTokens: 8, .greedy)
+            #expect(try JSONValue.parse(answer)["choices"]?.arrayValue?.first?["message"]?["content"]?.stringValue == want)
+            let (bad, text) = try await Self.post(client, "/apply-template", #"{"messages": ["# + user + #"], "add_generation_prompt": "yes"}"#)
+            #expect(bad == .badRequest && text.contains("add_generation_prompt"), "\(text)")
+        }
+    }
 }
