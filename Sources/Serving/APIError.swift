@@ -27,7 +27,7 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
         APIError(status: .badRequest, message: message, type: "invalid_request_error", param: param, code: code)
     }
 
-    public static let unauthorized = APIError(status: .unauthorized, message: "Invalid API key: send it as 'Authorization: Bearer KEY' (the server was started with --api-key)",
+    public static let unauthorized = APIError(status: .unauthorized, message: "Invalid API key: send it as 'Authorization: Bearer KEY' (or 'x-api-key: KEY'; the server was started with --api-key)",
                                               type: "authentication_error", code: "invalid_api_key")
 
     public static func unavailable(_ message: String) -> APIError {

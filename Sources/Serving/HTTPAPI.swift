@@ -65,6 +65,10 @@ public struct HTTPAPI: Sendable {
         router.post("/apply-template") { req, _ in
             await api.handle(req) { body throws(APIError) in api.json(.object([("prompt", .string(try await api.model.renderAside(chat: body)))])) }
         }
+        router.post("/v1/messages") { req, _ in await api.handle(req, shape: AnthropicMessages.errorJSON) { body throws(APIError) in try await api.messages(body) } }
+        router.post("/v1/messages/count_tokens") { req, _ in
+            await api.handle(req, shape: AnthropicMessages.errorJSON) { body throws(APIError) in try await api.countTokens(body) }
+        }
         router.post("/tokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.tokenize(body) } }
         router.post("/detokenize") { req, _ in await api.handle(req) { body throws(APIError) in try api.detokenize(body) } }
         return router
@@ -82,22 +86,29 @@ public struct HTTPAPI: Sendable {
         return r
     }
 
-    /// Reads and parses the body, runs `work`, and turns any failure into its OpenAI error body.
-    func handle(_ request: Request, _ work: (JSONValue) async throws(APIError) -> Response) async -> Response {
+    func error(_ e: APIError, shape: (APIError) -> JSONValue) -> Response {
+        var r = json(shape(e), status: e.status)
+        if let s = e.retryAfter { r.headers[.retryAfter] = String(s) }
+        return r
+    }
+
+    /// Reads and parses the body, runs `work`, and turns any failure into its error body (OpenAI's unless
+    /// `shape` says otherwise).
+    func handle(_ request: Request, shape: (APIError) -> JSONValue = { $0.json }, _ work: (JSONValue) async throws(APIError) -> Response) async -> Response {
         let bytes: ByteBuffer
         do {
             bytes = try await request.body.collect(upTo: Self.maxBody)
         } catch {
-            return self.error(APIError(status: .contentTooLarge, message: "the request body is larger than \(Self.maxBody >> 20) MiB", type: "invalid_request_error"))
+            return self.error(APIError(status: .contentTooLarge, message: "the request body is larger than \(Self.maxBody >> 20) MiB", type: "invalid_request_error"), shape: shape)
         }
         let body: JSONValue
         do {
             body = try JSONValue.parse(Array(bytes.readableBytesView))
         } catch {
-            return self.error(.invalid("the body is not valid JSON: \(error)"))
+            return self.error(.invalid("the body is not valid JSON: \(error)"), shape: shape)
         }
-        guard case .object = body else { return self.error(.invalid("the body must be a JSON object")) }
-        do { return try await work(body) } catch { return self.error(error) }
+        guard case .object = body else { return self.error(.invalid("the body must be a JSON object"), shape: shape) }
+        do { return try await work(body) } catch { return self.error(error, shape: shape) }
     }
 
     func healthResponse() -> Response {
@@ -166,6 +177,13 @@ public struct HTTPAPI: Sendable {
         var format: OutputFormat
         var reasoningOpen: Bool
         var parallel: Bool
+        /// A stream can go out as it comes, reasoning split from content on the way; otherwise (calls to read,
+        /// harmony's channels) it is held to the end.
+        func streamSplitter() -> ReasoningStream? {
+            guard case .none = format.calls, let (open, close) = format.reasoning else { return nil }
+            return ReasoningStream(open: open, close: close, reasoningOpen: reasoningOpen)
+        }
+
         func parse(_ text: String) -> ParsedOutput {
             var p = format.parse(text, reasoningOpen: reasoningOpen)
             // One call asked for: the first is it, the rest are dropped (as llama-server does).
@@ -187,6 +205,14 @@ public struct HTTPAPI: Sendable {
         let head = ResponseHead(id: id, object: kind == .chat ? "chat.completion" : "text_completion", created: created, model: model.id, kind: kind,
                                 tokenizer: model.tokenizer)
         if p.stream { return stream(head, events, sequence: sequence, includeUsage: p.includeUsage, reading: reading) }
+        let answer = try await collect(events)
+        return json(head.complete(text: answer.text, finish: answer.finish, usage: answer.usage, logprobs: p.logprobs == nil ? nil : answer.logprobs,
+                                  parsed: reading?.parse(answer.text), ids: { "call_" + ids.next() }))
+    }
+
+    /// A whole answer: its text, log-probabilities, how it ended and what it used.
+    func collect(_ events: AsyncThrowingStream<GenerationEvent, Error>) async throws(APIError)
+        -> (text: String, logprobs: [SampledToken], finish: FinishReason, usage: GenerationUsage) {
         var text = ""
         var logprobs: [SampledToken] = []
         do {
@@ -196,9 +222,7 @@ public struct HTTPAPI: Sendable {
                     text += piece
                     if let lp { logprobs.append(lp) }
                 case .finished(let reason, let usage):
-                    let parsed = reading?.parse(text)
-                    return json(head.complete(text: text, finish: reason, usage: usage, logprobs: p.logprobs == nil ? nil : logprobs,
-                                              parsed: parsed, ids: { "call_" + ids.next() }))
+                    return (text, logprobs, reason, usage)
                 }
             }
             throw APIError.internal("the generation ended without finishing")
@@ -225,16 +249,25 @@ public struct HTTPAPI: Sendable {
                 if head.kind == .chat { try await send(head.chunk(delta: .object([("role", .string("assistant")), ("content", .string(""))]), includeUsage: includeUsage)) }
                 do {
                     var held = ""
+                    var splitter = reading?.streamSplitter()
+                    func sendSplit(_ parts: [(ReasoningStream.Kind, String)]) async throws {
+                        for (kind, text) in parts {
+                            try await send(head.chunk(delta: .object([(kind == .reasoning ? "reasoning_content" : "content", .string(text))]), includeUsage: includeUsage))
+                        }
+                    }
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, let lp):
+                            if splitter != nil { try await sendSplit(splitter!.feed(piece)); continue }
                             if reading != nil { held += piece; continue }
                             guard !piece.isEmpty || lp != nil else { continue }
                             try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece),
                                                       logprobs: lp.map { [$0] }, includeUsage: includeUsage))
                         case .finished(let reason, let usage):
                             var finish = reason.rawValue
-                            if let parsed = reading?.parse(held) {
+                            if splitter != nil {
+                                try await sendSplit(splitter!.finish())
+                            } else if let parsed = reading?.parse(held) {
                                 try await send(head.chunk(delta: .object(parsed.messageFields(ids: { "call_" + ids.next() }, indexed: true)), includeUsage: includeUsage))
                                 if !parsed.toolCalls.isEmpty { finish = "tool_calls" }
                             }
@@ -377,7 +410,7 @@ struct RequestCounter<Context: RequestContext>: RouterMiddleware {
     let metrics: MetricsRegistry
     static var endpoints: Set<String> {
         ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
-         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template"]
+         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens"]
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -410,7 +443,9 @@ struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
         let header = (request.headers[.authorization] ?? "").trimmingCharacters(in: .whitespaces)
         let space = header.firstIndex(of: " ") ?? header.endIndex
         let scheme = header[..<space].lowercased()
-        let given = Array((scheme == "bearer" ? header[space...].trimmingCharacters(in: .whitespaces) : "").utf8)
+        // Anthropic's clients send the key as `x-api-key` instead.
+        let anthropic = HTTPField.Name("x-api-key").flatMap { request.headers[$0] }
+        let given = Array((scheme == "bearer" ? header[space...].trimmingCharacters(in: .whitespaces) : anthropic ?? "").utf8)
         let want = Array(key.utf8)
         var diff = given.count ^ want.count
         for i in 0..<want.count { diff |= Int(want[i] ^ (i < given.count ? given[i] : 0)) }

@@ -16,13 +16,18 @@ import Testing
 
     /// Runs the client check against `base`; returns its JSON line.
     func check(_ base: String, cluster c: ProcessCluster) throws -> String {
+        try Self.runCheck("openai_client_check.py", [base, "--concurrency", "8"], cluster: c)
+    }
+
+    /// Runs `Tests/Python/SCRIPT args…` with the test venv's Python; expects exit 0; returns its stdout.
+    static func runCheck(_ script: String, _ args: [String], cluster c: ProcessCluster) throws -> String {
         guard let python = Self.python else {
-            Issue.record("no Python with the openai client: run scripts/test, which makes .build-venv")
+            Issue.record("no Python with the official clients: run scripts/test, which makes .build-venv")
             return ""
         }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = [Fixtures.root.appendingPathComponent("Tests/Python/openai_client_check.py").path, base, "--concurrency", "8"]
+        p.arguments = [Fixtures.root.appendingPathComponent("Tests/Python/\(script)").path] + args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -30,7 +35,7 @@ import Testing
         let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
         let stdout = String(decoding: o, as: UTF8.self), stderr = String(decoding: e, as: UTF8.self)
-        #expect(p.terminationStatus == 0, "openai client check: \(stderr)\n\(c.logs())")
+        #expect(p.terminationStatus == 0, "\(script): \(stderr)\n\(c.logs())")
         return stdout
     }
 

@@ -108,4 +108,35 @@ import TestSupport
         let delta = JSONValue.object(ParsedOutput(content: "Hi").messageFields(ids: { "x" }, indexed: true))
         #expect(delta.render() == #"{"content":"Hi"}"#)
     }
+
+    /// Streamed piece by piece (one character at a time, or in the pieces given), reasoning and content come out
+    /// as `parse` splits them, and nothing that could be a tag goes out before it is known not to be one.
+    @Test(arguments: [
+        ("<think>\nI should greet.\n</think>\n\nHello there.", false, "I should greet.", "Hello there."),
+        ("I should greet.</think>Hello.", true, "I should greet.", "Hello."),
+        ("Just an answer with a < sign.", false, nil, "Just an answer with a < sign."),
+        ("<think>cut off while thi", false, "cut off while thi", ""),
+        ("  <thin>not a tag", false, nil, "<thin>not a tag"),
+    ] as [(String, Bool, String?, String)])
+    func reasoningStreamsAsItComes(text: String, open: Bool, reasoning: String?, content: String) {
+        let qwen3 = OutputFormat.all.first { $0.name == "qwen3" }!
+        let parsed = qwen3.withoutCalls().parse(text, reasoningOpen: open)
+        #expect(parsed.reasoning?.trimmingCharacters(in: .whitespacesAndNewlines) == reasoning && parsed.content == content, "\(parsed)")
+        for step in [1, 3, 7] {
+            var s = ReasoningStream(open: "<think>", close: "</think>", reasoningOpen: open)
+            var r = "", c = "", sawReasoning = false
+            var chars = Array(text)
+            while !chars.isEmpty {
+                let piece = String(chars.prefix(step))
+                chars.removeFirst(min(step, chars.count))
+                for (kind, t) in s.feed(piece) {
+                    #expect(!t.contains("<think>") && !t.contains("</think>"), "a tag went out: \(t)")
+                    if kind == .reasoning { r += t; sawReasoning = true } else { c += t }
+                }
+            }
+            for (kind, t) in s.finish() { if kind == .reasoning { r += t; sawReasoning = true } else { c += t } }
+            #expect((sawReasoning ? r.trimmingCharacters(in: .whitespacesAndNewlines) : nil) == reasoning, "step \(step): \(r)")
+            #expect(c.trimmingCharacters(in: .whitespacesAndNewlines) == content, "step \(step): \(c)")
+        }
+    }
 }

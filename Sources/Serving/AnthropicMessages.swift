@@ -1,0 +1,293 @@
+import Foundation
+import Generation
+import Hummingbird
+import JSON
+import Model
+import NIOCore
+
+/// Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) over the same renderer, scheduler
+/// and output reading as the chat API: a request becomes the chat body the template renders (system, turns,
+/// `tool_use` / `tool_result` blocks as calls and tool messages, `thinking` as reasoning), the answer comes back
+/// as content blocks (`thinking`, `text`, `tool_use`) with Anthropic's stop reasons, usage and events.
+enum AnthropicMessages {
+    /// The chat body (OpenAI's shape, which `ServedModel.render` and `CompletionParameters` read) of a Messages
+    /// request. The model name is not checked: Anthropic clients send their own (Claude Code's, the SDK's).
+    static func chatBody(_ body: JSONValue) throws(APIError) -> JSONValue {
+        guard let maxTokens = body["max_tokens"]?.intValue, maxTokens >= 1 else {
+            throw APIError.invalid("'max_tokens' is required: a positive integer", param: "max_tokens")
+        }
+        var messages: [JSONValue] = []
+        switch body["system"] {
+        case nil, .null?: break
+        case .string(let s)?: messages.append(.object([("role", .string("system")), ("content", .string(s))]))
+        case .array(let blocks)?: messages.append(.object([("role", .string("system")), ("content", .string(try text(of: blocks, at: "system")))]))
+        default: throw APIError.invalid("'system' must be a string or a list of text blocks", param: "system")
+        }
+        guard case .array(let turns)? = body["messages"], !turns.isEmpty else {
+            throw APIError.invalid("'messages' must be a non-empty list of {\"role\", \"content\"}", param: "messages")
+        }
+        for (i, turn) in turns.enumerated() {
+            guard let role = turn["role"]?.stringValue, role == "user" || role == "assistant" else {
+                throw APIError.invalid("messages[\(i)].role must be \"user\" or \"assistant\"", param: "messages")
+            }
+            let blocks: [JSONValue]
+            switch turn["content"] {
+            case .string(let s)?: blocks = [.object([("type", .string("text")), ("text", .string(s))])]
+            case .array(let b)?: blocks = b
+            default: throw APIError.invalid("messages[\(i)].content must be a string or a list of content blocks", param: "messages")
+            }
+            var texts: [String] = [], thinking: [String] = [], calls: [JSONValue] = []
+            for (j, block) in blocks.enumerated() {
+                let at = "messages[\(i)].content[\(j)]"
+                switch block["type"]?.stringValue {
+                case "text":
+                    guard let t = block["text"]?.stringValue else { throw APIError.invalid("\(at) is a text block without 'text'", param: "messages") }
+                    texts.append(t)
+                case "thinking" where role == "assistant":
+                    if let t = block["thinking"]?.stringValue { thinking.append(t) }
+                case "redacted_thinking" where role == "assistant":
+                    continue
+                case "tool_use" where role == "assistant":
+                    guard let id = block["id"]?.stringValue, let name = block["name"]?.stringValue, case .object? = block["input"] else {
+                        throw APIError.invalid("\(at) is a tool_use block without 'id', 'name' and an object 'input'", param: "messages")
+                    }
+                    calls.append(.object([("id", .string(id)), ("type", .string("function")),
+                                          ("function", .object([("name", .string(name)), ("arguments", block["input"]!)]))]))
+                case "tool_result" where role == "user":
+                    guard let id = block["tool_use_id"]?.stringValue else { throw APIError.invalid("\(at) is a tool_result without 'tool_use_id'", param: "messages") }
+                    var result: String
+                    switch block["content"] {
+                    case nil, .null?: result = ""
+                    case .string(let s)?: result = s
+                    case .array(let parts)?: result = try text(of: parts, at: at + ".content")
+                    default: throw APIError.invalid("\(at).content must be a string or text blocks", param: "messages")
+                    }
+                    if block["is_error"]?.boolValue == true { result = "Error: " + result }
+                    // A tool's result is a message of its own, before the user's words, as templates expect.
+                    messages.append(.object([("role", .string("tool")), ("tool_call_id", .string(id)), ("content", .string(result))]))
+                case let type:
+                    throw APIError.invalid("\(at): content blocks of type '\(type ?? "none")' are not supported in a \(role) message here (text\(role == "user" ? ", tool_result" : ", thinking, tool_use") only)", param: "messages")
+                }
+            }
+            if role == "user" && texts.isEmpty && blocks.allSatisfy({ $0["type"]?.stringValue == "tool_result" }) { continue }
+            var fields: [(String, JSONValue)] = [("role", .string(role)), ("content", .string(texts.joined(separator: "\n")))]
+            if !calls.isEmpty { fields.append(("tool_calls", .array(calls))) }
+            if !thinking.isEmpty { fields.append(("reasoning_content", .string(thinking.joined(separator: "\n")))) }
+            messages.append(.object(fields))
+        }
+        var chat: [(String, JSONValue)] = [("messages", .array(messages)), ("max_tokens", .int(maxTokens))]
+        for key in ["temperature", "top_p", "top_k", "stream"] { if let v = body[key], !v.isNull { chat.append((key, v)) } }
+        if let stops = body["stop_sequences"], !stops.isNull { chat.append(("stop", stops)) }
+        if case .array(let tools)? = body["tools"], !tools.isEmpty {
+            chat.append(("tools", .array(try tools.enumerated().map { i, t throws(APIError) in
+                guard let name = t["name"]?.stringValue, !name.isEmpty else { throw APIError.invalid("tools[\(i)] needs a 'name'", param: "tools") }
+                var fn: [(String, JSONValue)] = [("name", .string(name))]
+                if let d = t["description"]?.stringValue { fn.append(("description", .string(d))) }
+                fn.append(("parameters", t["input_schema"] ?? .object([("type", .string("object"))])))
+                return .object([("type", .string("function")), ("function", .object(fn))])
+            })))
+        }
+        if let choice = body["tool_choice"], !choice.isNull {
+            switch choice["type"]?.stringValue {
+            case "auto": chat.append(("tool_choice", .string("auto")))
+            case "none": chat.append(("tool_choice", .string("none")))
+            case "any": chat.append(("tool_choice", .string("required")))
+            case "tool":
+                guard let name = choice["name"]?.stringValue else { throw APIError.invalid("tool_choice {\"type\": \"tool\"} needs a 'name'", param: "tool_choice") }
+                chat.append(("tool_choice", .object([("type", .string("function")), ("function", .object([("name", .string(name))]))])))
+            default: throw APIError.invalid("tool_choice.type must be \"auto\", \"any\", \"tool\" or \"none\"", param: "tool_choice")
+            }
+        }
+        return .object(chat)
+    }
+
+    static func text(of blocks: [JSONValue], at: String) throws(APIError) -> String {
+        var out: [String] = []
+        for (k, b) in blocks.enumerated() {
+            guard b["type"]?.stringValue == "text", let t = b["text"]?.stringValue else {
+                throw APIError.invalid("\(at)[\(k)] must be a text block: this server takes text only", param: "messages")
+            }
+            out.append(t)
+        }
+        return out.joined(separator: "\n")
+    }
+
+    /// Anthropic's stop reason for how a generation ended.
+    static func stopReason(_ finish: FinishReason, calls: Bool) -> String {
+        if calls { return "tool_use" }
+        return finish == .length ? "max_tokens" : "end_turn"
+    }
+
+    /// The answer's content blocks: thinking, text, then each call as `tool_use` (input an object).
+    static func blocks(_ parsed: ParsedOutput, ids: () -> String) -> [JSONValue] {
+        var out: [JSONValue] = []
+        if let r = parsed.reasoning, !r.isEmpty {
+            out.append(.object([("type", .string("thinking")), ("thinking", .string(r)), ("signature", .string(""))]))
+        }
+        if !parsed.content.isEmpty || parsed.toolCalls.isEmpty { out.append(.object([("type", .string("text")), ("text", .string(parsed.content))])) }
+        for c in parsed.toolCalls {
+            out.append(.object([("type", .string("tool_use")), ("id", .string("toolu_" + (c.id ?? ids()))), ("name", .string(c.name)), ("input", c.arguments)]))
+        }
+        return out
+    }
+
+    /// An error as Anthropic words it: `{"type": "error", "error": {"type", "message"}}`.
+    static func errorJSON(_ e: APIError) -> JSONValue {
+        let type: String
+        switch e.status.code {
+        case 400, 413, 422: type = "invalid_request_error"
+        case 401: type = "authentication_error"
+        case 403: type = "permission_error"
+        case 404: type = "not_found_error"
+        case 429: type = "rate_limit_error"
+        case 503: type = "overloaded_error"
+        default: type = "api_error"
+        }
+        return .object([("type", .string("error")), ("error", .object([("type", .string(type)), ("message", .string(e.message))]))])
+    }
+}
+
+extension HTTPAPI {
+    /// The prompt tokens of a Messages request, and how its answer is read.
+    func anthropicPrompt(_ body: JSONValue) async throws(APIError) -> (chat: JSONValue, tokens: [Int32], reading: OutputReading) {
+        let chat = try AnthropicMessages.chatBody(body)
+        let options = try ToolCallOptions(body: chat, format: model.outputFormat)
+        let prompt = try await model.renderAside(chat: chat)
+        var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
+        if !options.parseReasoning { format = format.withoutReasoning() }
+        let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
+        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), OutputReading(format: format, reasoningOpen: open, parallel: options.parallel))
+    }
+
+    func countTokens(_ body: JSONValue) async throws(APIError) -> Response {
+        var b = body
+        // count_tokens takes no max_tokens; the conversion wants one.
+        if case .object(var pairs) = b, !pairs.contains(where: { $0.0 == "max_tokens" }) { pairs.append(("max_tokens", .int(1))); b = .object(pairs) }
+        let (_, tokens, _) = try await anthropicPrompt(b)
+        return json(.object([("input_tokens", .int(tokens.count))]))
+    }
+
+    func messages(_ body: JSONValue) async throws(APIError) -> Response {
+        let (chat, tokens, reading) = try await anthropicPrompt(body)
+        let p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        if let why = health() { throw APIError.unavailable(why) }
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
+        if let e = scheduler.refusal(for: request) { throw APIError(e, param: "messages") }
+        let (sequence, events) = scheduler.submit(request)
+        let id = "msg_" + ids.next()
+        let callIDs: @Sendable () -> String = { [ids] in ids.next() }
+        func message(content: [JSONValue], stop: JSONValue, output: Int) -> JSONValue {
+            .object([("id", .string(id)), ("type", .string("message")), ("role", .string("assistant")), ("model", .string(model.id)),
+                     ("content", .array(content)), ("stop_reason", stop), ("stop_sequence", .null),
+                     ("usage", .object([("input_tokens", .int(tokens.count)), ("output_tokens", .int(output))]))])
+        }
+        if p.stream {
+            return anthropicStream(events, sequence: sequence, start: message(content: [], stop: .null, output: 0), reading: reading, callIDs: callIDs)
+        }
+        let answer = try await collect(events)
+        let parsed = reading.parse(answer.text)
+        return json(message(content: AnthropicMessages.blocks(parsed, ids: callIDs),
+                            stop: .string(AnthropicMessages.stopReason(answer.finish, calls: !parsed.toolCalls.isEmpty)), output: answer.usage.completionTokens))
+    }
+
+    /// Anthropic's events: `message_start`, then per block `content_block_start` / `_delta`s / `_stop`, then
+    /// `message_delta` (stop reason, output tokens) and `message_stop`. Plain text streams as it comes; with
+    /// tools or reasoning to read, the answer's blocks are sent when it is complete.
+    func anthropicStream(_ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, start: JSONValue, reading: OutputReading,
+                         callIDs: @escaping @Sendable () -> String) -> Response {
+        let scheduler = self.scheduler
+        let split = reading.streamSplitter()
+        let holds = split == nil && (reading.format.thinks || reading.format.hasToolCalls)
+        let body = ResponseBody { writer in
+            func send(_ event: String, _ v: JSONValue) async throws {
+                try await writer.write(ByteBuffer(string: "event: \(event)\ndata: " + v.render() + "\n\n"))
+            }
+            func obj(_ pairs: [(String, JSONValue)]) -> JSONValue { .object(pairs) }
+            do {
+                try await send("message_start", obj([("type", .string("message_start")), ("message", start)]))
+                var index = 0, open = false, openKind = ReasoningStream.Kind.content, held = ""
+                var splitter = split
+                func close() async throws {
+                    guard open else { return }
+                    try await send("content_block_stop", obj([("type", .string("content_block_stop")), ("index", .int(index))]))
+                    open = false
+                    index += 1
+                }
+                /// A block of `kind` open (the one before closed when it was of the other kind).
+                func openBlock(_ kind: ReasoningStream.Kind) async throws {
+                    if open && openKind == kind { return }
+                    try await close()
+                    let empty = kind == .reasoning ? obj([("type", .string("thinking")), ("thinking", .string(""))]) : obj([("type", .string("text")), ("text", .string(""))])
+                    try await send("content_block_start", obj([("type", .string("content_block_start")), ("index", .int(index)), ("content_block", empty)]))
+                    open = true
+                    openKind = kind
+                }
+                func openText() async throws { try await openBlock(.content) }
+                func sendSplit(_ parts: [(ReasoningStream.Kind, String)]) async throws {
+                    for (kind, text) in parts {
+                        try await openBlock(kind)
+                        let delta = kind == .reasoning ? obj([("type", .string("thinking_delta")), ("thinking", .string(text))])
+                                                       : obj([("type", .string("text_delta")), ("text", .string(text))])
+                        try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)), ("delta", delta)]))
+                    }
+                }
+                do {
+                    for try await e in events {
+                        switch e {
+                        case .token(_, let piece, _):
+                            if splitter != nil { try await sendSplit(splitter!.feed(piece)); continue }
+                            if holds { held += piece; continue }
+                            guard !piece.isEmpty else { continue }
+                            try await openText()
+                            try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)),
+                                                                       ("delta", obj([("type", .string("text_delta")), ("text", .string(piece))]))]))
+                        case .finished(let reason, let usage):
+                            var calls = false
+                            if holds {
+                                let parsed = reading.parse(held)
+                                calls = !parsed.toolCalls.isEmpty
+                                for block in AnthropicMessages.blocks(parsed, ids: callIDs) {
+                                    let type = block["type"]?.stringValue ?? "text"
+                                    let (empty, delta): (JSONValue, JSONValue)
+                                    switch type {
+                                    case "thinking":
+                                        empty = obj([("type", .string("thinking")), ("thinking", .string(""))])
+                                        delta = obj([("type", .string("thinking_delta")), ("thinking", block["thinking"] ?? .string(""))])
+                                    case "tool_use":
+                                        empty = obj([("type", .string("tool_use")), ("id", block["id"] ?? .null), ("name", block["name"] ?? .null), ("input", .object([]))])
+                                        delta = obj([("type", .string("input_json_delta")), ("partial_json", .string((block["input"] ?? .object([])).render()))])
+                                    default:
+                                        empty = obj([("type", .string("text")), ("text", .string(""))])
+                                        delta = obj([("type", .string("text_delta")), ("text", block["text"] ?? .string(""))])
+                                    }
+                                    try await send("content_block_start", obj([("type", .string("content_block_start")), ("index", .int(index)), ("content_block", empty)]))
+                                    try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)), ("delta", delta)]))
+                                    open = true
+                                    try await close()
+                                }
+                            } else {
+                                if splitter != nil { try await sendSplit(splitter!.finish()) }
+                                // Anthropic's answer always has a text block, if empty.
+                                if !(open && openKind == .content) && !(index > 0 && openKind == .content) { try await openText() }
+                                try await close()
+                            }
+                            try await send("message_delta", obj([("type", .string("message_delta")),
+                                                                 ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: calls))), ("stop_sequence", .null)])),
+                                                                 ("usage", obj([("output_tokens", .int(usage.completionTokens))]))]))
+                            try await send("message_stop", obj([("type", .string("message_stop"))]))
+                        }
+                    }
+                } catch let e as GenerationError {
+                    try await send("error", AnthropicMessages.errorJSON(APIError(e)))
+                } catch is CancellationError {
+                    try await send("error", AnthropicMessages.errorJSON(.internal("the generation was cancelled")))
+                }
+                try await writer.finish(nil)
+            } catch {
+                scheduler.cancel(sequence, clientGone: true)
+                throw error
+            }
+        }
+        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+}
