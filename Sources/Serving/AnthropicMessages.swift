@@ -153,10 +153,7 @@ extension HTTPAPI {
         let chat = try AnthropicMessages.chatBody(body)
         let options = try ToolCallOptions(body: chat, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: chat)
-        var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
-        if !options.parseReasoning { format = format.withoutReasoning() }
-        let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
-        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), OutputReading(format: format, reasoningOpen: open, parallel: options.parallel))
+        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), outputReading(options, prompt: prompt))
     }
 
     func countTokens(_ body: JSONValue) async throws(APIError) -> Response {

@@ -23,6 +23,8 @@ public struct HTTPAPI: Sendable {
     public let metrics: MetricsRegistry?
     public let beforeScrape: @Sendable () -> Void
     let ids = IDSource()
+    /// Responses that `previous_response_id` can continue.
+    let responseStore = ResponseStore()
     /// Largest request body read (a hostile client cannot make the server buffer more).
     public static let maxBody = 16 << 20
 
@@ -65,6 +67,7 @@ public struct HTTPAPI: Sendable {
         router.post("/apply-template") { req, _ in
             await api.handle(req) { body throws(APIError) in api.json(.object([("prompt", .string(try await api.model.renderAside(chat: body)))])) }
         }
+        router.post("/v1/responses") { req, _ in await api.handle(req) { body throws(APIError) in try await api.responses(body) } }
         router.post("/v1/messages") { req, _ in await api.handle(req, shape: AnthropicMessages.errorJSON) { body throws(APIError) in try await api.messages(body) } }
         router.post("/v1/messages/count_tokens") { req, _ in
             await api.handle(req, shape: AnthropicMessages.errorJSON) { body throws(APIError) in try await api.countTokens(body) }
@@ -141,14 +144,7 @@ public struct HTTPAPI: Sendable {
         try checkModel(body)
         let options = try ToolCallOptions(body: body, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: body)
-        var reading: OutputReading?
-        if options.parses(model.outputFormat) {
-            var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
-            if !options.parseReasoning { format = format.withoutReasoning() }
-            // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
-            let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
-            reading = OutputReading(format: format, reasoningOpen: open, parallel: options.parallel)
-        }
+        let reading = options.parses(model.outputFormat) ? outputReading(options, prompt: prompt) : nil
         return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body, reading: reading)
     }
 
@@ -170,6 +166,15 @@ public struct HTTPAPI: Sendable {
             throw APIError.invalid("'prompt' must be a string or a list of token ids", param: "prompt")
         }
         return try await run(kind: .text, tokens: tokens, body: body)
+    }
+
+    /// How the answer to `prompt` is read, by what the request asked (`options`) and the model's family.
+    func outputReading(_ options: ToolCallOptions, prompt: String) -> OutputReading {
+        var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
+        if !options.parseReasoning { format = format.withoutReasoning() }
+        // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
+        let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
+        return OutputReading(format: format, reasoningOpen: open, parallel: options.parallel)
     }
 
     /// How a chat answer is read back into reasoning, content and calls (nil: its text is the content).
@@ -410,7 +415,7 @@ struct RequestCounter<Context: RequestContext>: RouterMiddleware {
     let metrics: MetricsRegistry
     static var endpoints: Set<String> {
         ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
-         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens"]
+         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

@@ -70,6 +70,39 @@ comp = client.completions.create(model=model, prompt="Once upon a time", max_tok
 if comp.choices[0].finish_reason != "length" or comp.usage.completion_tokens != 8:
     fail(f"completions.create: {comp}")
 
+# The Responses API: the same answer as chat for the same conversation and seed, streamed as the same text, a
+# conversation continued by previous_response_id, function tools and call items in the input.
+resp = client.responses.create(model=model, instructions="Be brief.", input="Tell me about caches.", max_output_tokens=16,
+                               temperature=0.7, extra_body={"seed": 3})
+if resp.status not in ("completed", "incomplete") or resp.output_text != text or resp.usage.output_tokens != full.usage.completion_tokens:
+    fail(f"responses.create gave {resp.output_text!r} ({resp.status}, {resp.usage}); chat gave {text!r}")
+deltas, completed = "", None
+for event in client.responses.create(model=model, instructions="Be brief.", input="Tell me about caches.", max_output_tokens=16,
+                                     temperature=0.7, extra_body={"seed": 3}, stream=True):
+    if event.type == "response.output_text.delta":
+        deltas += event.delta
+    elif event.type in ("response.completed", "response.incomplete"):
+        completed = event.response
+if deltas != text or completed is None or completed.output_text != text:
+    fail(f"streamed responses text {deltas!r} / {completed and completed.output_text!r} differs from {text!r}")
+follow = client.responses.create(model=model, previous_response_id=resp.id, input="And more?", max_output_tokens=4, temperature=0)
+if follow.usage.input_tokens <= resp.usage.input_tokens:
+    fail(f"previous_response_id did not carry the conversation: {follow.usage.input_tokens} <= {resp.usage.input_tokens} input tokens")
+tool = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+called = client.responses.create(model=model, tools=[tool], max_output_tokens=4, temperature=0, input=[
+    {"role": "user", "content": "Weather in Paris?"},
+    {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+    {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}])
+if called.status not in ("completed", "incomplete") or not called.output:
+    fail(f"responses with function call items: {called}")
+try:
+    client.responses.create(model=model, previous_response_id="resp_nope", input="x", max_output_tokens=4)
+    fail("an unknown previous_response_id was accepted")
+except openai.BadRequestError as e:
+    if "previous_response_id" not in str(e):
+        fail(f"the 400 does not name the field: {e}")
+
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=4)
     fail("an empty messages list was accepted")

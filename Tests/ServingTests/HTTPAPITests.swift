@@ -447,4 +447,37 @@ import Glibc
             #expect(bad == .badRequest && text.contains("add_generation_prompt"), "\(text)")
         }
     }
+
+    /// /v1/responses with a family whose answers are read (Qwen3: reasoning): the stream's events come in
+    /// OpenAI's order and carry the same text as the response object; what cannot be served is a 400 naming it.
+    @Test func responsesEventsAndErrors() async throws {
+        let qwen3 = try String(contentsOfFile: Fixtures.path("chat-templates/Qwen-Qwen3-0.6B.jinja"), encoding: .utf8)
+        let server = Server(context: 1024, template: qwen3)
+        let body = #"{"input": [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon a time"}], "max_output_tokens": 8, "temperature": 0"#
+        try await server.app.test(.router) { client in
+            let (status, plain) = try await Self.post(client, "/v1/responses", body + "}")
+            #expect(status == .ok, "\(plain)")
+            let response = try JSONValue.parse(plain)
+            #expect(response["object"]?.stringValue == "response" && response["status"]?.stringValue == "incomplete", "\(plain)")
+            let text = response["output"]?.arrayValue?.last?["content"]?.arrayValue?.first?["text"]?.stringValue
+            #expect(text != nil, "\(plain)")
+            let (s2, sse) = try await Self.post(client, "/v1/responses", body + #", "stream": true}"#)
+            #expect(s2 == .ok)
+            let events = sse.components(separatedBy: "\n\n").compactMap { block -> (String, JSONValue)? in
+                guard let line = block.split(separator: "\n").first(where: { $0.hasPrefix("data: ") }), let v = try? JSONValue.parse(String(line.dropFirst(6))) else { return nil }
+                return (v["type"]?.stringValue ?? "", v)
+            }
+            let types = events.map(\.0)
+            #expect(Array(types.prefix(2)) == ["response.created", "response.in_progress"], "\(types)")
+            #expect(types.last == "response.incomplete", "\(types)")
+            #expect(events.map { $0.1["sequence_number"]?.intValue ?? -1 } == Array(0..<events.count))
+            let deltas = events.filter { $0.0 == "response.output_text.delta" }.compactMap { $0.1["delta"]?.stringValue }.joined()
+            #expect(deltas == text, "\(deltas.debugDescription) vs \(String(describing: text))")
+            for (field, message) in [(#""text": {"format": {"type": "json_schema"}}"#, "text.format"), (#""input": [{"type": "image"}]"#, "not supported"),
+                                     (#""previous_response_id": "resp_gone""#, "previous_response_id")] {
+                let (s, b) = try await Self.post(client, "/v1/responses", #"{"input": "x", "#.replacingOccurrences(of: #""input": "x", "#, with: field.hasPrefix(#""input""#) ? "" : #""input": "x", "#) + field + "}")
+                #expect(s == .badRequest && b.contains(message), "\(field): \(b)")
+            }
+        }
+    }
 }
