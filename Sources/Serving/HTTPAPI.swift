@@ -243,8 +243,10 @@ public struct HTTPAPI: Sendable {
     /// Server-sent events as OpenAI sends them: a first chunk with the role, one per piece of text, a last one with
     /// the finish reason, the usage chunk when asked, then `[DONE]`. A failure after the first byte is an `error`
     /// event (the status line has gone); a client that goes away cancels the sequence at the next write.
-    /// With `reading` (tools offered, or a model that reasons), the text is held back and read when the answer
-    /// is complete, then sent as one delta of reasoning, content and calls: clients assemble deltas either way.
+    /// With `reading`: a model that reasons (and no calls to read) streams `reasoning_content` then `content` deltas
+    /// as it goes (`ReasoningStream`); with calls to read (or harmony's channels) the text is held back and read
+    /// when the answer is complete, then sent as one delta of reasoning, content and calls (clients assemble
+    /// deltas either way).
     func stream(_ head: ResponseHead, _ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, includeUsage: Bool,
                 reading: OutputReading? = nil) -> Response {
         let (scheduler, ids) = (self.scheduler, self.ids)
