@@ -153,7 +153,7 @@ extension HTTPAPI {
         let chat = try AnthropicMessages.chatBody(body)
         let options = try ToolCallOptions(body: chat, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: chat)
-        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), outputReading(options, prompt: prompt))
+        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), outputReading(options, prompt: prompt, api: "messages"))
     }
 
     func countTokens(_ body: JSONValue) async throws(APIError) -> Response {

@@ -144,7 +144,7 @@ public struct HTTPAPI: Sendable {
         try checkModel(body)
         let options = try ToolCallOptions(body: body, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: body)
-        let reading = options.parses(model.outputFormat) ? outputReading(options, prompt: prompt) : nil
+        let reading = options.parses(model.outputFormat) ? outputReading(options, prompt: prompt, api: "chat") : nil
         return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body, reading: reading)
     }
 
@@ -169,12 +169,22 @@ public struct HTTPAPI: Sendable {
     }
 
     /// How the answer to `prompt` is read, by what the request asked (`options`) and the model's family.
-    func outputReading(_ options: ToolCallOptions, prompt: String) -> OutputReading {
+    /// `api` labels what it counts (`conclave_tool_calls_total`, `conclave_tool_call_parse_failures_total`).
+    func outputReading(_ options: ToolCallOptions, prompt: String, api: String) -> OutputReading {
         var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
         if !options.parseReasoning { format = format.withoutReasoning() }
         // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
         let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
-        return OutputReading(format: format, reasoningOpen: open, parallel: options.parallel)
+        let metrics = self.metrics
+        return OutputReading(format: format, reasoningOpen: open, parallel: options.parallel) { [format] parsed, text in
+            guard let metrics, format.hasToolCalls else { return }
+            let label = [MetricLabel("api", api)]
+            if !parsed.toolCalls.isEmpty {
+                metrics.handle(ServingMetrics.catalog.toolCalls, label).increment(by: Double(parsed.toolCalls.count))
+            } else if format.opensCall(text) {
+                metrics.handle(ServingMetrics.catalog.toolCallFailures, label).increment()
+            }
+        }
     }
 
     /// How a chat answer is read back into reasoning, content and calls (nil: its text is the content).
@@ -182,6 +192,8 @@ public struct HTTPAPI: Sendable {
         var format: OutputFormat
         var reasoningOpen: Bool
         var parallel: Bool
+        /// Told each answer read and its text (the metrics of calls read and of calls that did not parse).
+        var counted: @Sendable (ParsedOutput, String) -> Void = { _, _ in }
         /// A stream can go out as it comes, reasoning split from content on the way; otherwise (calls to read,
         /// harmony's channels) it is held to the end.
         func streamSplitter() -> ReasoningStream? {
@@ -193,6 +205,7 @@ public struct HTTPAPI: Sendable {
             var p = format.parse(text, reasoningOpen: reasoningOpen)
             // One call asked for: the first is it, the rest are dropped (as llama-server does).
             if !parallel && p.toolCalls.count > 1 { p.toolCalls = [p.toolCalls[0]] }
+            counted(p, text)
             return p
         }
     }

@@ -76,4 +76,16 @@ public struct OutputFormat: Sendable {
     }
 
     public var hasToolCalls: Bool { if case .none = calls { return false } else { return true } }
+
+    /// Whether `text` begins a call in this family's syntax (for counting answers whose calls did not parse).
+    func opensCall(_ text: String) -> Bool {
+        switch calls {
+        case .tagged(let open, _, _): return text.contains(open)
+        case .prefixedList(let prefix): return text.contains(prefix)
+        case .delimited(let begin, _, _, _, _): return text.contains(begin)
+        case .harmony: return text.contains("to=functions.")
+        case .bareObject: return text.trimmingWhitespace.hasPrefix("{\"name\"")
+        case .none: return false
+        }
+    }
 }

@@ -183,7 +183,7 @@ extension HTTPAPI {
         let chat = try ResponsesAPI.chatBody(body, previous: previous)
         let options = try ToolCallOptions(body: chat, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: chat)
-        let reading = outputReading(options, prompt: prompt)
+        let reading = outputReading(options, prompt: prompt, api: "responses")
         // As chat: a model with no calls to read and no reasoning gives its text as it is.
         let reads = options.parses(model.outputFormat)
         let tokens = try model.tokens(ofPrompt: prompt, param: "input")

@@ -29,6 +29,8 @@ public struct ServingMetrics: Sendable {
     public let workerState = MetricSpec(.gauge, "conclave_worker_state", help: "1 for the worker's state as the coordinator sees it (joining, loading, ready, suspect, down).")
     public let workerBudget = MetricSpec(.gauge, "conclave_worker_memory_budget_bytes", help: "The worker's memory budget in force (the smaller of its own and the cluster file's).")
     public let workerHeartbeatAge = MetricSpec(.gauge, "conclave_worker_heartbeat_age_seconds", help: "Seconds since the worker's last heartbeat.")
+    public let toolCalls = MetricSpec(.counter, "conclave_tool_calls_total", help: "Tool calls read from answers, by API (chat, messages, responses).")
+    public let toolCallFailures = MetricSpec(.counter, "conclave_tool_call_parse_failures_total", help: "Answers that began a call in their model's syntax but held none that parses (the text was returned as content), by API.")
 
     /// Every entry, in declaration order: the catalog is this struct's own fields.
     public var all: [MetricSpec] { Mirror(reflecting: self).children.compactMap { $0.value as? MetricSpec } }

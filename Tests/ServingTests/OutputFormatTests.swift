@@ -139,4 +139,19 @@ import TestSupport
             #expect(c.trimmingCharacters(in: .whitespacesAndNewlines) == content, "step \(step): \(c)")
         }
     }
+
+    /// Calls read and answers whose call did not parse are counted by API, as /metrics shows them.
+    @Test func callsAndParseFailuresAreCounted() throws {
+        let qwen = try String(contentsOfFile: Fixtures.path("chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"), encoding: .utf8)
+        let server = HTTPAPITests.Server(template: qwen)
+        let body = try JSONValue.parse(#"{"messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}"#)
+        let options = try ToolCallOptions(body: body, format: server.api.model.outputFormat)
+        let reading = server.api.outputReading(options, prompt: "", api: "chat")
+        _ = reading.parse(#"<tool_call>{"name": "f", "arguments": {}}</tool_call><tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>"#)
+        _ = reading.parse("<tool_call>{\"name\": \"f\", broken")
+        _ = reading.parse("no call at all")
+        let exposition = server.metrics.exposition()
+        #expect(exposition.contains(#"conclave_tool_calls_total{api="chat"} 2"#), "\(exposition)")
+        #expect(exposition.contains(#"conclave_tool_call_parse_failures_total{api="chat"} 1"#), "\(exposition)")
+    }
 }
