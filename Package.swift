@@ -43,7 +43,9 @@ let package = Package(
         .target(name: "JSON"),
         // Chat templates: a jinja2 subset rendering `tokenizer.chat_template` byte for byte as transformers does.
         .target(name: "ChatTemplate", dependencies: ["JSON"]),
-        .target(name: "Model", dependencies: ["GGUF", "Kernels", "Runtime", "Tokenizer"]),
+        // Constrained output: GBNF grammars and JSON Schemas matched over a vocabulary's bytes, token masks per state.
+        .target(name: "Grammar", dependencies: ["JSON", "Tokenizer"]),
+        .target(name: "Model", dependencies: ["GGUF", "Kernels", "Runtime", "Tokenizer", "Grammar"]),
         // Generation as a transport-free state machine (continuous batching over a StepExecutor: a cluster or
         // this process's stages), with the policy that ends each sequence.
         .target(name: "Generation", dependencies: ["Model", "Runtime", "Telemetry", "Tokenizer", .product(name: "CoreMetrics", package: "swift-metrics")]),
@@ -51,7 +53,7 @@ let package = Package(
         .target(name: "Telemetry", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics"),
                                                   .product(name: "Prometheus", package: "swift-prometheus")]),
         // The front door for OpenAI clients: /v1/chat/completions, /v1/completions, SSE, /health, /metrics.
-        .target(name: "Serving", dependencies: ["Generation", "ChatTemplate", "JSON", "Model", "Tokenizer", "Telemetry",
+        .target(name: "Serving", dependencies: ["Generation", "ChatTemplate", "Grammar", "JSON", "Model", "Tokenizer", "Telemetry",
                                                 .product(name: "Hummingbird", package: "hummingbird")]),
         // The wire contract: generated protobuf messages and multipart framing with raw tensor frames.
         // zmq.h is in /usr/include and the module map links libzmq; no pkgConfig, whose -isystem flags SwiftPM
@@ -96,6 +98,7 @@ let package = Package(
         .testTarget(name: "GenerationTests", dependencies: ["Runtime", "Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "ChatTemplate", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        .testTarget(name: "GrammarTests", dependencies: ["Grammar", "JSON", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "CurveKeys", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Runtime", "CurveKeys", "ClusterProtocol", "Worker", "Coordinator", "Generation", "Tokenizer", "Placement", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),

@@ -13,6 +13,9 @@ extension SamplingParams {
         frequencyPenalty = s.frequencyPenalty
         presencePenalty = s.presencePenalty
         if s.repeatLastN > 0 { repeatLastN = Int(min(s.repeatLastN, 1 << 20)) }
+        // Checked with the rest by `problem` (size) and by the last stage's compiler (syntax).
+        grammar = s.grammar.isEmpty ? nil : s.grammar
+        grammarStart = Int(s.grammarStart)
     }
 
     public var wire: Conclave_V1_Sampling {
@@ -26,6 +29,8 @@ extension SamplingParams {
         s.frequencyPenalty = frequencyPenalty
         s.presencePenalty = presencePenalty
         s.repeatLastN = UInt32(clamping: repeatLastN)
+        s.grammar = grammar ?? ""
+        s.grammarStart = UInt32(clamping: grammarStart)
         return s
     }
 }

@@ -21,7 +21,8 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
     /// `capacity` positions per sequence, at most `maxSequences` sequences with caches at once.
     public init(engine: Engine, capacity: Int, maxSequences: Int) {
         self.engine = engine
-        stages = engine.stages.map { StageSequences(stage: $0, capacity: capacity, maxSequences: maxSequences, cacheTypes: engine.cacheTypes) }
+        stages = engine.stages.map { StageSequences(stage: $0, capacity: capacity, maxSequences: maxSequences, cacheTypes: engine.cacheTypes,
+                                                       vocabulary: StageSequences.vocabulary(of: engine.tokenizer)) }
         let t = Thread { [self] in run() }
         t.name = "conclave.local-executor"
         t.start()

@@ -183,7 +183,10 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         }
         let capacity = min(r.contextLength ?? contextLength, contextLength)
         let policy = GenerationPolicy(maxTokens: r.maxTokens, stop: r.stop, capacity: capacity, ignoreEOS: r.ignoreEOS)
-        let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: r.sampling, logprobs: r.logprobs ?? -1,
+        var sampling = r.sampling
+        // A grammar matches what is generated: from the end of the prompt on, also when a recovery replays it.
+        if sampling.grammar != nil { sampling.grammarStart = r.prompt.count }
+        let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: sampling, logprobs: r.logprobs ?? -1,
                               progress: policy.start(tokenizer: tokenizer),
                               continuation: continuation, submitted: clock.now())
         continuation.onTermination = { [weak self] reason in
@@ -206,7 +209,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             return GenerationError(.invalidRequest, "token id \(bad) is outside the vocabulary of \(tokenizer.vocab.count)")
         }
         if r.maxTokens < 0 { return GenerationError(.invalidRequest, "max tokens must not be negative") }
-        if let problem = r.sampling.problem { return GenerationError(.invalidRequest, problem) }
+        if let problem = r.sampling.problem ?? r.sampling.grammarProblem(tokenizer: tokenizer) { return GenerationError(.invalidRequest, problem) }
         if let n = r.logprobs, n < 0 || n > SampledToken.maxTop {
             return GenerationError(.invalidRequest, "top logprobs must be between 0 and \(SampledToken.maxTop), not \(n)")
         }

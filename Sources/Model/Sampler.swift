@@ -1,7 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Grammar
 import Kernels
+import Tokenizer
 
 /// Sampling parameters with llama.cpp's defaults.
 public struct SamplingParams: Sendable, Equatable {
@@ -16,6 +18,14 @@ public struct SamplingParams: Sendable, Equatable {
     public var frequencyPenalty: Float = 0
     public var presencePenalty: Float = 0
     public var seed: UInt64 = 0
+    /// Output constrained to this GBNF grammar (a JSON schema arrives compiled to one), from position
+    /// `grammarStart` on: only tokens that keep the generated text a prefix of the grammar's language are drawn.
+    public var grammar: String?
+    /// The position of the first generated token (the prompt's length): the grammar matches from there.
+    public var grammarStart = 0
+
+    /// A grammar larger than this is refused at every door (a worker compiles what it is sent).
+    public static let maxGrammarBytes = 1 << 20
 
     public init() {}
 
@@ -28,9 +38,30 @@ public struct SamplingParams: Sendable, Equatable {
         }
         if topK < 0 { return "top-k \(topK) is negative (0 keeps every token)" }
         if repeatLastN < 0 || repeatLastN > 1 << 20 { return "repeat-last-n \(repeatLastN) is outside 0...\(1 << 20)" }
+        if let g = grammar, g.utf8.count > Self.maxGrammarBytes { return "grammar of \(g.utf8.count) bytes is above the \(Self.maxGrammarBytes) accepted" }
+        if grammarStart < 0 { return "grammar start \(grammarStart) is negative" }
         return bad("temperature", temperature, 0...100) ?? bad("top-p", topP, 0...1) ?? bad("min-p", minP, 0...1)
             ?? bad("repeat penalty", repeatPenalty, 0.01...100) ?? bad("frequency penalty", frequencyPenalty, -2...2)
             ?? bad("presence penalty", presencePenalty, -2...2)
+    }
+
+    /// Why `grammar` cannot constrain this model's output (it does not parse, is left-recursive, or names a
+    /// token the vocabulary lacks), or nil. The scheduler asks before queueing, so a worker never sees it fail.
+    public func grammarProblem(tokenizer: Tokenizer) -> String? {
+        guard let grammar else { return nil }
+        do {
+            let program = try GrammarProgram(parsing: grammar)
+            for r in program.tokenReferences {
+                switch r {
+                case .id(let id) where id < 0 || Int(id) >= tokenizer.vocab.count: return "grammar: token <[\(id)]> is outside the vocabulary of \(tokenizer.vocab.count)"
+                case .text(let t) where tokenizer.vocab.id(of: Array(t.utf8)) == nil: return "grammar: the vocabulary has no token \(t)"
+                default: continue
+                }
+            }
+            return nil
+        } catch {
+            return error.message
+        }
     }
 
     /// Always the most likely token.
@@ -63,7 +94,13 @@ public struct Sampler: Sendable {
         return Double(z >> 11) / Double(1 << 53)
     }
 
-    public mutating func sample(_ logits: UnsafePointer<Float>, count n: Int, history: [Int32]) -> Int32 {
+    /// The next token from `logits`; under `constraint`, only a token the grammar allows in its state.
+    ///
+    /// Constrained, the draw is the one the unconstrained chain would make on logits where every refused token
+    /// is -∞ (llama.cpp's grammar sampler first in the chain), found cheaply when it can be: the few most likely
+    /// tokens are checked one by one (a walk of their bytes through the grammar's cached transitions), and only
+    /// when fewer of them pass than top-k keeps is the whole vocabulary masked.
+    public mutating func sample(_ logits: UnsafePointer<Float>, count n: Int, history: [Int32], constraint: GrammarConstraint? = nil) -> Int32 {
         var l = Array(UnsafeBufferPointer(start: logits, count: n))
         if params.repeatPenalty != 1 || params.frequencyPenalty != 0 || params.presencePenalty != 0 {
             var counts: [Int32: Int] = [:]
@@ -74,6 +111,26 @@ public struct Sampler: Sendable {
                 l[i] -= Float(c) * params.frequencyPenalty + params.presencePenalty
             }
         }
+        if let constraint {
+            // The most likely tokens first: when k of the top ones pass, they are the top k of the masked logits
+            // (every token outside the list ranks below them), so only the refused ones above them need -∞.
+            let k = params.temperature <= 0 ? 1 : params.topK > 0 ? min(params.topK, n) : n
+            var found = false
+            for tier in Set([k, min(n, 64)]).sorted() where k <= tier && tier <= 64 {
+                let top = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: tier) }
+                let ok = top.filter { constraint.allows(Int32($0)) }
+                guard ok.count >= k else { continue }
+                let kept = Set(ok.prefix(k))
+                for t in top where !kept.contains(t) { l[t] = -.infinity }
+                found = true
+                break
+            }
+            if !found {
+                let mask = constraint.mask()
+                guard mask.contains(where: { $0 != 0 }) else { return constraint.fallback }
+                for i in 0..<n where mask[i >> 6] & (1 << UInt64(i & 63)) == 0 { l[i] = -.infinity }
+            }
+        }
         if params.temperature <= 0 {
             var best = 0
             for i in 1..<n where l[i] > l[best] { best = i }
@@ -82,6 +139,7 @@ public struct Sampler: Sendable {
         // Candidates sorted by logit (top-k first bounds the sort).
         let k = params.topK > 0 ? min(params.topK, n) : n
         var cand = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: k) }
+        if constraint != nil { cand.removeAll { l[$0] == -.infinity } }  // fewer allowed tokens than k
         var probs = cand.map { l[$0] }
         probs.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
         if params.topP < 1 {

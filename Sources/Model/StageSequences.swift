@@ -1,3 +1,6 @@
+import Tokenizer
+import GGUF
+import Grammar
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -62,10 +65,17 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         var cache: KVCache
         var history: [Int32] = []
         var sampler: Sampler?
+        /// Where a constrained sequence is in its grammar (derived from the history, so a replay rebuilds it).
+        var trail: GrammarTrail?
     }
     private var states: [UInt64: State] = [:]
+    /// The grammars of constrained sequences, compiled once per text (the last stage only).
+    public let grammars: GrammarCache
 
-    public init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16) {
+    /// `vocabulary` gives the model's vocabulary to a last stage the first time a request is constrained.
+    public init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16,
+                vocabulary: @escaping () throws -> GrammarVocabulary = { throw GrammarError("no vocabulary was given to this stage") }) {
+        grammars = GrammarCache(vocabulary: vocabulary)
         self.cacheTypes = cacheTypes
         self.stage = stage
         self.capacity = capacity
@@ -97,6 +107,12 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(sampling.count) sampling entries")
         }
         if let problem = sampling.lazy.compactMap(\.problem).first { throw StepError(kind: .malformed, description: problem) }
+        // Grammars are compiled before anything changes, so a bad one fails the step cleanly.
+        if stage.isLast {
+            for g in Set(sampling.compactMap(\.grammar)) {
+                do { _ = try grammars.matcher(for: g) } catch { throw StepError(kind: .malformed, description: error.message) }
+            }
+        }
         guard logprobs.isEmpty || logprobs.count == sampleRows.count, logprobs.allSatisfy({ $0 <= SampledToken.maxTop }) else {
             throw StepError(kind: .malformed, description: "\(sampleRows.count) sample rows but \(logprobs.count) logprobs entries (each at most \(SampledToken.maxTop))")
         }
@@ -138,6 +154,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             lastOf[rows[row].sequence] = i
         }
         var verified: Set<UInt64> = []
+        grammars.trim()
         for (i, row) in sampleRows.enumerated() {
             let seq = rows[row].sequence
             if verified.contains(seq) { continue }
@@ -145,7 +162,22 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             var sampler = state.sampler ?? Sampler(sampling.isEmpty ? .greedy : sampling[i])
             let p = rows[row].position
             let history = state.history.count == p + 1 ? state.history : Array(state.history.prefix(p + 1))
-            let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: history) }
+            var constraint: GrammarConstraint?
+            let started = state.trail != nil || sampler.params.grammar != nil ? ContinuousClock.now : nil
+            if let g = sampler.params.grammar {
+                if state.trail == nil {
+                    do { state.trail = GrammarTrail(matcher: try grammars.matcher(for: g), start: sampler.params.grammarStart) } catch {
+                        throw StepError(kind: .malformed, description: error.message)
+                    }
+                }
+                constraint = GrammarConstraint(matcher: state.trail!.matcher, state: state.trail!.state(after: history))
+            }
+            let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: history, constraint: constraint) }
+            if let started {
+                let d = ContinuousClock.now - started
+                grammars.seconds += Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+                grammars.tokens += 1
+            }
             if let j = nextSample[i] {
                 let proposal = sampleRows[j]
                 if rows[proposal].position != p + 1 || tokens[proposal] != token { verified.insert(seq) }
@@ -161,5 +193,16 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
 
     public func release(_ ids: [UInt64]) {
         for id in ids { states[id] = nil }
+    }
+}
+
+extension StageSequences {
+    /// How a stage reads the vocabulary for grammars: from the model file, when first needed.
+    public static func vocabulary(of file: GGUFFile) -> () throws -> GrammarVocabulary {
+        { GrammarVocabulary(tokenizer: try Tokenizer(file: file)) }
+    }
+
+    public static func vocabulary(of tokenizer: Tokenizer) -> () throws -> GrammarVocabulary {
+        { GrammarVocabulary(tokenizer: tokenizer) }
     }
 }

@@ -149,24 +149,26 @@ enum AnthropicMessages {
 
 extension HTTPAPI {
     /// The prompt tokens of a Messages request, and how its answer is read.
-    func anthropicPrompt(_ body: JSONValue) async throws(APIError) -> (chat: JSONValue, tokens: [Int32], reading: OutputReading) {
+    func anthropicPrompt(_ body: JSONValue) async throws(APIError) -> (chat: JSONValue, tokens: [Int32], reading: OutputReading, grammar: String?) {
         let chat = try AnthropicMessages.chatBody(body)
         let options = try ToolCallOptions(body: chat, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: chat)
-        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), outputReading(options, prompt: prompt, api: "messages"))
+        return (chat, try model.tokens(ofPrompt: prompt, param: "messages"), outputReading(options, prompt: prompt, api: "messages"),
+                try options.grammar(tokenizer: model.tokenizer))
     }
 
     func countTokens(_ body: JSONValue) async throws(APIError) -> Response {
         var b = body
         // count_tokens takes no max_tokens; the conversion wants one.
         if case .object(var pairs) = b, !pairs.contains(where: { $0.0 == "max_tokens" }) { pairs.append(("max_tokens", .int(1))); b = .object(pairs) }
-        let (_, tokens, _) = try await anthropicPrompt(b)
+        let (_, tokens, _, _) = try await anthropicPrompt(b)
         return json(.object([("input_tokens", .int(tokens.count))]))
     }
 
     func messages(_ body: JSONValue) async throws(APIError) -> Response {
-        let (chat, tokens, reading) = try await anthropicPrompt(body)
-        let p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        let (chat, tokens, reading, grammar) = try await anthropicPrompt(body)
+        var p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        if let grammar { p.sampling.grammar = grammar }
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "messages") }

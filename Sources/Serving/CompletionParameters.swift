@@ -1,3 +1,4 @@
+import Grammar
 import JSON
 import Model
 
@@ -59,6 +60,7 @@ public struct CompletionParameters: Sendable, Equatable {
             includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false
         }
         try Self.refuseUnsupported(body, chat: chat)
+        sampling.grammar = try Self.outputGrammar(body)
         if let n = try f.int("n", 0...), n != 1 {
             throw APIError.invalid("only n = 1 is supported (one choice per request); send several requests for several completions", param: "n")
         }
@@ -85,10 +87,55 @@ extension CompletionParameters {
         if let b = body["best_of"], !b.isNull, b.intValue != 1 { try refuse("best_of", "only one candidate is generated per request") }
         if body["echo"]?.boolValue == true { try refuse("echo", "the prompt is not echoed; it is in your request") }
         if let s = body["suffix"]?.stringValue, !s.isEmpty { try refuse("suffix", "insertion (fill-in-the-middle) is not supported") }
-        if let format = body["response_format"], !format.isNull {
-            let type = format["type"]?.stringValue
-            if type != "text" { try refuse("response_format", "structured output (\(type ?? "an object without 'type'")) is not implemented yet; only {\"type\": \"text\"}") }
+    }
+
+    /// The grammar a body asks its output to follow, as GBNF: OpenAI's `response_format` (`json_object`, or
+    /// `json_schema` with its `schema`), or llama-server's `json_schema` (a schema) or `grammar` (GBNF) fields;
+    /// nil for free text. At most one of them; a schema or grammar that cannot be enforced is a 400 naming what.
+    static func outputGrammar(_ body: JSONValue) throws(APIError) -> String? {
+        var found: [(field: String, grammar: String)] = []
+        func compile(_ schema: JSONValue, field: String) throws(APIError) -> String {
+            do { return try JSONSchemaGrammar.compile(schema) } catch { throw APIError.invalid(error.message, param: field) }
         }
+        if let format = body["response_format"], !format.isNull {
+            guard case .object = format, let type = format["type"]?.stringValue else {
+                throw APIError.invalid("'response_format' must be an object with a 'type' (text, json_object or json_schema)", param: "response_format")
+            }
+            switch type {
+            case "text": break
+            case "json_object":
+                // llama-server also takes a schema here.
+                if let schema = format["schema"], !schema.isNull {
+                    found.append(("response_format", try compile(schema, field: "response_format.schema")))
+                } else {
+                    found.append(("response_format", JSONSchemaGrammar.anyObject()))
+                }
+            case "json_schema":
+                guard let wrapper = format["json_schema"], case .object = wrapper else {
+                    throw APIError.invalid("'response_format.json_schema' must be an object with the 'schema'", param: "response_format.json_schema")
+                }
+                guard let schema = wrapper["schema"], !schema.isNull else {
+                    throw APIError.invalid("'response_format.json_schema.schema' is missing", param: "response_format.json_schema.schema")
+                }
+                found.append(("response_format", try compile(schema, field: "response_format.json_schema.schema")))
+            default:
+                throw APIError.invalid("'response_format.type' must be text, json_object or json_schema, not '\(type)'", param: "response_format.type")
+            }
+        }
+        if let schema = body["json_schema"], !schema.isNull {
+            found.append(("json_schema", try compile(schema, field: "json_schema")))
+        }
+        if let g = body["grammar"], !g.isNull {
+            guard let text = g.stringValue else { throw APIError.invalid("'grammar' must be a string of GBNF", param: "grammar") }
+            if !text.isEmpty {
+                do { _ = try GrammarProgram(parsing: text) } catch { throw APIError.invalid(error.message, param: "grammar") }
+                found.append(("grammar", text))
+            }
+        }
+        guard found.count <= 1 else {
+            throw APIError.invalid("send one of \(found.map { "'\($0.field)'" }.joined(separator: " and ")), not both", param: found[1].field)
+        }
+        return found.first?.grammar
     }
 }
 

@@ -144,8 +144,9 @@ public struct HTTPAPI: Sendable {
         try checkModel(body)
         let options = try ToolCallOptions(body: body, format: model.outputFormat)
         let prompt = try await model.renderAside(chat: body)
-        let reading = options.parses(model.outputFormat) ? outputReading(options, prompt: prompt, api: "chat") : nil
-        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body, reading: reading)
+        let reading = options.parses ? outputReading(options, prompt: prompt, api: "chat") : nil
+        return try await run(kind: .chat, tokens: model.tokens(ofPrompt: prompt, param: "messages"), body: body, reading: reading,
+                             grammar: options.grammar(tokenizer: model.tokenizer))
     }
 
     func completion(_ body: JSONValue) async throws(APIError) -> Response {
@@ -171,7 +172,7 @@ public struct HTTPAPI: Sendable {
     /// How the answer to `prompt` is read, by what the request asked (`options`) and the model's family.
     /// `api` labels what it counts (`conclave_tool_calls_total`, `conclave_tool_call_parse_failures_total`).
     func outputReading(_ options: ToolCallOptions, prompt: String, api: String) -> OutputReading {
-        var format = options.parseCalls ? model.outputFormat : model.outputFormat.withoutCalls()
+        var format = options.parseCalls ? options.format : options.format.withoutCalls()
         if !options.parseReasoning { format = format.withoutReasoning() }
         // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
         let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
@@ -210,8 +211,10 @@ public struct HTTPAPI: Sendable {
         }
     }
 
-    func run(kind: Kind, tokens: [Int32], body: JSONValue, reading: OutputReading? = nil) async throws(APIError) -> Response {
-        let p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+    /// `grammar`: a forced call's, which constrains the answer in place of any the body asks for.
+    func run(kind: Kind, tokens: [Int32], body: JSONValue, reading: OutputReading? = nil, grammar: String? = nil) async throws(APIError) -> Response {
+        var p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        if let grammar { p.sampling.grammar = grammar }
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
                                         logprobs: p.logprobs, ignoreEOS: p.ignoreEOS)

@@ -34,8 +34,18 @@ enum ResponsesAPI {
             chat.append(("max_tokens", .int(n)))
         }
         for key in ["temperature", "top_p", "stream", "parallel_tool_calls", "seed"] { if let v = body[key], !v.isNull { chat.append((key, v)) } }
-        if let format = body["text"]?["format"], !format.isNull, format["type"]?.stringValue != "text" {
-            throw APIError.invalid("'text.format' of type '\(format["type"]?.stringValue ?? "?")' (structured output) is not implemented yet; only {\"type\": \"text\"}", param: "text")
+        // Structured output: Responses' flat `text.format` as chat's `response_format`.
+        if let format = body["text"]?["format"], !format.isNull {
+            switch format["type"]?.stringValue {
+            case "text"?: break
+            case "json_object"?: chat.append(("response_format", .object([("type", .string("json_object"))])))
+            case "json_schema"?:
+                guard let schema = format["schema"], !schema.isNull else { throw APIError.invalid("'text.format.schema' is missing", param: "text.format.schema") }
+                chat.append(("response_format", .object([("type", .string("json_schema")),
+                                                         ("json_schema", .object([("name", format["name"] ?? .string("output")), ("schema", schema)]))])))
+            default:
+                throw APIError.invalid("'text.format.type' must be text, json_object or json_schema", param: "text.format.type")
+            }
         }
         if case .array(let tools)? = body["tools"], !tools.isEmpty {
             chat.append(("tools", .array(try tools.enumerated().map { i, t throws(APIError) in
@@ -185,9 +195,10 @@ extension HTTPAPI {
         let prompt = try await model.renderAside(chat: chat)
         let reading = outputReading(options, prompt: prompt, api: "responses")
         // As chat: a model with no calls to read and no reasoning gives its text as it is.
-        let reads = options.parses(model.outputFormat)
+        let reads = options.parses
         let tokens = try model.tokens(ofPrompt: prompt, param: "input")
-        let p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        var p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        if let grammar = try options.grammar(tokenizer: model.tokenizer) { p.sampling.grammar = grammar }
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "input") }
@@ -208,7 +219,7 @@ extension HTTPAPI {
                 ("tools", body["tools"] ?? .array([])), ("tool_choice", body["tool_choice"] ?? .string("auto")),
                 ("parallel_tool_calls", body["parallel_tool_calls"] ?? .bool(true)), ("temperature", body["temperature"] ?? .null),
                 ("top_p", body["top_p"] ?? .null), ("max_output_tokens", body["max_output_tokens"] ?? .null),
-                ("text", .object([("format", .object([("type", .string("text"))]))])), ("store", .bool(store)),
+                ("text", body["text"] ?? .object([("format", .object([("type", .string("text"))]))])), ("store", .bool(store)),
             ]
             if let usage {
                 fields.append(("usage", .object([("input_tokens", .int(usage.promptTokens)), ("input_tokens_details", .object([("cached_tokens", .int(0))])),

@@ -1,10 +1,17 @@
 import JSON
+import Tokenizer
 
 /// What a chat request asks about tool calls and reasoning (OpenAI's `tools`, `tool_choice`,
 /// `parallel_tool_calls`; llama-server's `reasoning_format`), checked, and how the answer is read back.
 struct ToolCallOptions {
     /// The functions the request offers, by name.
     var functions: [String] = []
+    /// Each function's `parameters` schema (an object of any shape when it gives none).
+    var parameters: [JSONValue] = []
+    /// `tool_choice` "required" (any of the functions) or one function by name: the answer must be calls.
+    var forced: [String]?
+    /// The syntax the answer is read in: the model family's, or Hermes' for forced calls in a family without one.
+    var format: OutputFormat
     /// Parse calls out of the answer (tools given, `tool_choice` not "none", and the family has a syntax).
     var parseCalls = false
     /// Split reasoning from the answer (`reasoning_format` other than "none").
@@ -12,6 +19,7 @@ struct ToolCallOptions {
     var parallel = true
 
     init(body: JSONValue, format: OutputFormat) throws(APIError) {
+        self.format = format
         if let t = body["tools"], !t.isNull {
             guard case .array(let list) = t else { throw APIError.invalid("'tools' must be a list", param: "tools") }
             for (i, tool) in list.enumerated() {
@@ -19,6 +27,8 @@ struct ToolCallOptions {
                     throw APIError.invalid("tools[\(i)] must be {\"type\": \"function\", \"function\": {\"name\": …, \"parameters\": …}}", param: "tools")
                 }
                 functions.append(name)
+                let p = tool["function"]?["parameters"] ?? .null
+                parameters.append(p.isNull ? .object([("type", .string("object"))]) : p)
             }
         }
         var choice = "auto"
@@ -30,6 +40,7 @@ struct ToolCallOptions {
                     throw APIError.invalid("tool_choice names the function '\(name)', which is not among 'tools' (\(functions.joined(separator: ", ")))", param: "tool_choice")
                 }
                 choice = "function"
+                forced = [name]
             } else {
                 throw APIError.invalid("'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}", param: "tool_choice")
             }
@@ -37,11 +48,14 @@ struct ToolCallOptions {
         if choice != "auto" && choice != "none" && functions.isEmpty {
             throw APIError.invalid("tool_choice '\(choice)' needs 'tools'", param: "tool_choice")
         }
-        if choice == "required" || choice == "function" {
-            // Forcing a call needs output constrained to the call's syntax: the grammar engine of structured output.
-            throw APIError.invalid("tool_choice '\(choice)' (a forced call) is not implemented yet; use \"auto\"", param: "tool_choice")
+        if choice == "required" { forced = functions }
+        if forced != nil {
+            self.format = format.forcedCallFormat
+            for key in ["response_format", "json_schema", "grammar"] where body[key].map({ !$0.isNull && $0["type"]?.stringValue != "text" }) ?? false {
+                throw APIError.invalid("a forced tool call (tool_choice '\(choice)') and '\(key)' both constrain the answer; send one", param: key)
+            }
         }
-        parseCalls = !functions.isEmpty && choice != "none" && format.hasToolCalls
+        parseCalls = !functions.isEmpty && choice != "none" && self.format.hasToolCalls
         if let p = body["parallel_tool_calls"], !p.isNull {
             guard let b = p.boolValue else { throw APIError.invalid("'parallel_tool_calls' must be a boolean", param: "parallel_tool_calls") }
             parallel = b
@@ -55,7 +69,19 @@ struct ToolCallOptions {
     }
 
     /// Whether the answer is read back at all (else its text is the content, as generated).
-    func parses(_ format: OutputFormat) -> Bool { parseCalls || (parseReasoning && format.thinks) }
+    var parses: Bool { parseCalls || (parseReasoning && format.thinks) }
+
+    /// The grammar of a forced call (nil when calls are not forced); a parameters schema that cannot be
+    /// enforced is a 400 naming the tool.
+    func grammar(tokenizer: Tokenizer) throws(APIError) -> String? {
+        guard let forced else { return nil }
+        let tools = zip(functions, parameters).filter { forced.contains($0.0) }.map { (name: $0.0, parameters: $0.1) }
+        do {
+            return try format.callGrammar(tools: tools, parallel: parallel, tokenizer: tokenizer)
+        } catch {
+            throw APIError.invalid("tools: \(error.message)", param: "tools")
+        }
+    }
 }
 
 extension OutputFormat {

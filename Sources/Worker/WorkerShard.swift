@@ -120,7 +120,8 @@ final class WorkerShard: @unchecked Sendable {
                 ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
-            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: maxSequences, cacheTypes: cacheTypes)
+            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: maxSequences, cacheTypes: cacheTypes,
+                                       vocabulary: StageSequences.vocabulary(of: file))
         } else {
             stage = nil
             sequences = nil

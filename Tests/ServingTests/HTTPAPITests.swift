@@ -142,7 +142,7 @@ import Glibc
                 ("/detokenize", #"{"tokens": [-1]}"#, "tokens"),
                 // Fields that would change the answer and that we do not implement: named, never ignored.
                 ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"15": 100}}"#, "logit_bias"),
-                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#, "response_format"),
+                ("/v1/chat/completions", #"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}"#, "response_format.type"),
                 ("/v1/completions", #"{"prompt": "x", "best_of": 3}"#, "best_of"),
                 ("/v1/completions", #"{"prompt": "x", "echo": true}"#, "echo"),
             ]
@@ -399,7 +399,7 @@ import Glibc
 
             let bad: [(String, String)] = [
                 (#""tool_choice": {"type": "function", "function": {"name": "nope"}}"#, "not among 'tools'"),
-                (#""tool_choice": "required""#, "not implemented yet"),
+                (#""tool_choice": "required", "response_format": {"type": "json_object"}"#, "both constrain the answer"),
                 (#""tool_choice": "sometimes""#, "'tool_choice' must be"),
                 (#""reasoning_format": "loud""#, "'reasoning_format' must be"),
             ]

@@ -605,6 +605,12 @@ public nonisolated struct Conclave_V1_Sampling: Sendable {
   /// 0: 64
   public var repeatLastN: UInt32 = 0
 
+  /// Output constrained to this GBNF grammar (empty: none), matched from position grammar_start (the prompt's
+  /// length) on. The last stage compiles it against its vocabulary; a grammar that does not compile fails the step.
+  public var grammar: String = String()
+
+  public var grammarStart: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1927,7 +1933,7 @@ nonisolated extension Conclave_V1_BatchRow: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Sampling"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_k\0\u{3}top_p\0\u{3}min_p\0\u{3}repeat_penalty\0\u{1}seed\0\u{3}frequency_penalty\0\u{3}presence_penalty\0\u{3}repeat_last_n\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}temperature\0\u{3}top_k\0\u{3}top_p\0\u{3}min_p\0\u{3}repeat_penalty\0\u{1}seed\0\u{3}frequency_penalty\0\u{3}presence_penalty\0\u{3}repeat_last_n\0\u{1}grammar\0\u{3}grammar_start\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1944,6 +1950,8 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularFloatField(value: &self.frequencyPenalty) }()
       case 8: try { try decoder.decodeSingularFloatField(value: &self.presencePenalty) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.repeatLastN) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.grammar) }()
+      case 11: try { try decoder.decodeSingularUInt32Field(value: &self.grammarStart) }()
       default: break
       }
     }
@@ -1977,6 +1985,12 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if self.repeatLastN != 0 {
       try visitor.visitSingularUInt32Field(value: self.repeatLastN, fieldNumber: 9)
     }
+    if !self.grammar.isEmpty {
+      try visitor.visitSingularStringField(value: self.grammar, fieldNumber: 10)
+    }
+    if self.grammarStart != 0 {
+      try visitor.visitSingularUInt32Field(value: self.grammarStart, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1990,6 +2004,8 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.frequencyPenalty != rhs.frequencyPenalty {return false}
     if lhs.presencePenalty != rhs.presencePenalty {return false}
     if lhs.repeatLastN != rhs.repeatLastN {return false}
+    if lhs.grammar != rhs.grammar {return false}
+    if lhs.grammarStart != rhs.grammarStart {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
