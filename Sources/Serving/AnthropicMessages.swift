@@ -97,6 +97,10 @@ enum AnthropicMessages {
                 chat.append(("tool_choice", .object([("type", .string("function")), ("function", .object([("name", .string(name))]))])))
             default: throw APIError.invalid("tool_choice.type must be \"auto\", \"any\", \"tool\" or \"none\"", param: "tool_choice")
             }
+            if let d = choice["disable_parallel_tool_use"], !d.isNull {
+                guard let b = d.boolValue else { throw APIError.invalid("tool_choice.disable_parallel_tool_use must be a boolean", param: "tool_choice") }
+                chat.append(("parallel_tool_calls", .bool(!b)))
+            }
         }
         return .object(chat)
     }

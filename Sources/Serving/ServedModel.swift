@@ -87,11 +87,21 @@ public struct ServedModel: Sendable {
             throw APIError.invalid("'messages' must be a non-empty list of {\"role\", \"content\"} objects", param: "messages")
         }
         var messages: [JSONValue] = []
+        // Ids of the calls the assistant made so far: a tool message answers one of them (as OpenAI checks).
+        var calls: Set<String> = []
         for (i, m) in raw.enumerated() {
             guard case .object(var fields) = m, let role = m["role"]?.stringValue, !role.isEmpty else {
                 throw APIError.invalid("messages[\(i)] must be an object with a string 'role'", param: "messages")
             }
-            _ = role
+            for call in m["tool_calls"]?.arrayValue ?? [] { if let id = call["id"]?.stringValue { calls.insert(id) } }
+            if role == "tool" {
+                guard let id = m["tool_call_id"]?.stringValue else {
+                    throw APIError.invalid("messages[\(i)] (role tool) needs the 'tool_call_id' of the call it answers", param: "messages")
+                }
+                guard calls.contains(id) else {
+                    throw APIError.invalid("messages[\(i)] answers the call '\(id)', which no earlier assistant message made (its tool_calls ids: \(calls.sorted().joined(separator: ", ")))", param: "messages")
+                }
+            }
             // Content as a list of parts: their text joined, as llama-server does for templates that take strings.
             if let idx = fields.firstIndex(where: { $0.0 == "content" }) {
                 switch fields[idx].1 {
