@@ -4,6 +4,7 @@ server has it). Usage: openai_client_check.py BASE_URL [--concurrency 8]. Exits 
 import argparse, concurrent.futures, json, sys, time, urllib.request
 
 import openai
+from server_wait import fail, wait_for_health
 
 ap = argparse.ArgumentParser()
 ap.add_argument("base")
@@ -13,23 +14,7 @@ args = ap.parse_args()
 root = args.base.rstrip("/")
 
 
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-# The server may still be loading: poll /health (bounded).
-deadline = time.time() + args.wait
-while True:
-    try:
-        with urllib.request.urlopen(root + "/health", timeout=10) as r:
-            if r.status == 200:
-                break
-    except Exception:
-        pass
-    if time.time() > deadline:
-        fail(f"{root}/health did not answer 200 within {args.wait} s")
-    time.sleep(0.5)
+wait_for_health(root, args.wait)
 
 client = openai.OpenAI(base_url=root + "/v1", api_key="none", timeout=300, max_retries=0)
 

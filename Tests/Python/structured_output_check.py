@@ -10,26 +10,12 @@ import json, sys, time, urllib.request
 import anthropic
 import jsonschema
 import openai
+from server_wait import fail, wait_for_health
 
 root = sys.argv[1].rstrip("/")
 
 
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-deadline = time.time() + 300
-while True:
-    try:
-        with urllib.request.urlopen(root + "/health", timeout=10) as r:
-            if r.status == 200:
-                break
-    except Exception:
-        pass
-    if time.time() > deadline:
-        fail(f"{root}/health did not answer 200 within 300 s")
-    time.sleep(0.5)
+wait_for_health(root, 300)
 
 client = openai.OpenAI(base_url=root + "/v1", api_key="none", timeout=600, max_retries=0)
 model = client.models.list().data[0].id
