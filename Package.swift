@@ -75,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "conclave",
             dependencies: [
-                "GGUF", "CHost", "Runtime", "JSON", "ChatTemplate", "Generation", "Serving", "Telemetry", "Model", "Kernels", "Tokenizer", "Placement", "CurveKeys", "Wire", "ClusterProtocol", "Worker", "Coordinator",
+                "GGUF", "CHost", "Runtime", "JSON", "ChatTemplate", "Generation", "Grammar", "Serving", "Telemetry", "Model", "Kernels", "Tokenizer", "Placement", "CurveKeys", "Wire", "ClusterProtocol", "Worker", "Coordinator",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -28,6 +28,9 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
         t.start()
     }
 
+    /// Tokens sampled under a grammar and the time sampling them took (the last stage's), for /metrics.
+    public var grammarFigures: (seconds: Double, tokens: Int) { stages.last?.grammars.figures ?? (0, 0) }
+
     /// Ends the step thread once the queued work is done.
     public func close() {
         queue.withLock { $0.open = false }

@@ -98,7 +98,16 @@ public final class GrammarMatcher: @unchecked Sendable {
             transitions = grown
             transitionCapacity *= 2
         }
-        (transitions + 256 * Int(s)).initialize(repeating: Self.unknown, count: 256)
+        // Bytes no stack's top accepts are dead at once: a walk from a literal's state then costs one read per
+        // refused child rather than a transition computed for each.
+        var first = [UInt64](repeating: 0, count: 4)
+        for st in key {
+            guard let top = st.last, program.kinds[Int(top)] == .bytes else { continue }
+            let set = Int(program.args[Int(top)]) * 4
+            for w in 0..<4 { first[w] |= program.byteSets[set + w] }
+        }
+        let row = transitions + 256 * Int(s)
+        for b in 0..<256 { row[b] = first[b >> 6] & (1 << UInt64(b & 63)) != 0 ? Self.unknown : Self.dead }
         return s
     }
 

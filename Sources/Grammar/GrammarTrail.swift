@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Where one sequence is in its grammar: the generated tokens it has matched and the state after each, so the
 /// state for any history is found by matching only what is new. The history is the truth — the trail follows it
 /// back when speculative proposals are rejected, and is rebuilt from it after a recovery replays the sequence on
@@ -65,9 +67,11 @@ public final class GrammarCache: @unchecked Sendable {
     private var matchers: [String: GrammarMatcher] = [:]
     private var order: [String] = []
     public let capacity: Int
-    /// Seconds spent constraining tokens (masks, checks) and tokens constrained, for /metrics.
-    public var seconds = 0.0
-    public var tokens = 0
+    /// Seconds spent sampling constrained tokens (checks and masks included) and how many, for /metrics: written
+    /// by the owner, read by a metrics scrape or heartbeat on another thread.
+    private let counters = Mutex<(seconds: Double, tokens: Int)>((0, 0))
+    public var figures: (seconds: Double, tokens: Int) { counters.withLock { $0 } }
+    public func record(seconds: Double) { counters.withLock { $0.seconds += seconds; $0.tokens += 1 } }
 
     /// `vocabulary` is called once, on the first grammar (building the trie of a 150k vocabulary takes a moment).
     public init(capacity: Int = 16, vocabulary: @escaping () throws -> GrammarVocabulary) {

@@ -146,13 +146,18 @@ public enum Ops {
         }
         var best: [Int] = []
         best.reserveCapacity(k + 1)
+        // The k-th value once the list is full: most of a 150k vocabulary fails this one comparison.
+        var threshold = -Float.infinity
+        var full = false
         for i in 0..<n {
+            let v = x[i]
+            if full, v <= threshold { continue }
             // Insertion into a short sorted list: k is small (experts used per token, sampler top-k).
-            if best.count == k, x[i] <= x[best[k - 1]] { continue }
             var at = best.count
-            while at > 0 && x[best[at - 1]] < x[i] { at -= 1 }
+            while at > 0 && x[best[at - 1]] < v { at -= 1 }
             best.insert(i, at: at)
             if best.count > k { best.removeLast() }
+            if best.count == k { full = true; threshold = x[best[k - 1]] }
         }
         return best
     }

@@ -1,3 +1,4 @@
+import Grammar
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -115,13 +116,25 @@ public final class Engine: @unchecked Sendable {
         var stats = GenerationStats()
         var sampler = Sampler(params)
         var progress = policy.start(tokenizer: tokenizer)
+        // Output under a grammar, matched from the first generated token, as the last stage of a cluster does.
+        var trail: GrammarTrail?
+        if let grammar = params.grammar {
+            do {
+                let matcher = try GrammarMatcher(program: GrammarProgram(parsing: grammar), vocabulary: GrammarVocabulary(tokenizer: tokenizer))
+                trail = GrammarTrail(matcher: matcher, start: seq.tokens.count + prompt.count)
+            } catch {
+                throw ModelError(error.message)
+            }
+        }
         let t0 = MonotonicClock.seconds()
         var logits = try evaluate(prompt, in: seq)
         stats.promptTokens = prompt.count
         stats.prefillSeconds = MonotonicClock.seconds() - t0
         let t1 = MonotonicClock.seconds()
         while true {
-            let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: config.vocabSize, history: seq.tokens) }
+            var constraint: GrammarConstraint?
+            if trail != nil { constraint = GrammarConstraint(matcher: trail!.matcher, state: trail!.state(after: seq.tokens)) }
+            let next = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, count: config.vocabSize, history: seq.tokens, constraint: constraint) }
             let step = progress.accept(next, fed: seq.length)
             if step.counted { stats.generatedTokens += 1 }
             if step.counted || !step.text.isEmpty {

@@ -111,35 +111,51 @@ public struct Sampler: Sendable {
                 l[i] -= Float(c) * params.frequencyPenalty + params.presencePenalty
             }
         }
+        // The top k found under a constraint (sorted, every one allowed): the chain below need not look again.
+        var fastCandidates: [Int]?
         if let constraint {
             // The most likely tokens first: when k of the top ones pass, they are the top k of the masked logits
-            // (every token outside the list ranks below them), so only the refused ones above them need -∞.
+            // (every token outside the list ranks below them); otherwise the top k of the mask's tokens. Either
+            // way the chain below starts from these candidates, as it would from top-k of the masked logits.
             let k = params.temperature <= 0 ? 1 : params.topK > 0 ? min(params.topK, n) : n
             var found = false
-            for tier in Set([k, min(n, 64)]).sorted() where k <= tier && tier <= 64 {
-                let top = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: tier) }
-                let ok = top.filter { constraint.allows(Int32($0)) }
-                guard ok.count >= k else { continue }
-                let kept = Set(ok.prefix(k))
-                for t in top where !kept.contains(t) { l[t] = -.infinity }
-                found = true
-                break
+            fastCandidates = nil
+            if k <= 64 {
+                let top = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: min(n, 64)) }
+                var kept: [Int] = []
+                for t in top where kept.count < k && constraint.allows(Int32(t)) { kept.append(t) }
+                if kept.count == k {
+                    found = true
+                    fastCandidates = kept
+                }
             }
             if !found {
                 let mask = constraint.mask()
-                guard mask.contains(where: { $0 != 0 }) else { return constraint.fallback }
-                for i in 0..<n where mask[i >> 6] & (1 << UInt64(i & 63)) == 0 { l[i] = -.infinity }
+                var allowed: [Int] = []
+                for (w, word) in mask.enumerated() where word != 0 {
+                    var bits = word
+                    while bits != 0 {
+                        let i = w << 6 | bits.trailingZeroBitCount
+                        if i < n { allowed.append(i) }
+                        bits &= bits - 1
+                    }
+                }
+                guard !allowed.isEmpty else { return constraint.fallback }
+                // The top k of the allowed tokens (ties: lower id first, as top-k orders them): the masked top k.
+                let values = allowed.map { l[$0] }
+                let top = values.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: values.count, k: min(k, values.count)) }
+                fastCandidates = top.map { allowed[$0] }
             }
         }
         if params.temperature <= 0 {
+            if let first = fastCandidates?.first { return Int32(first) }
             var best = 0
             for i in 1..<n where l[i] > l[best] { best = i }
             return Int32(best)
         }
         // Candidates sorted by logit (top-k first bounds the sort).
         let k = params.topK > 0 ? min(params.topK, n) : n
-        var cand = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: k) }
-        if constraint != nil { cand.removeAll { l[$0] == -.infinity } }  // fewer allowed tokens than k
+        var cand = fastCandidates ?? l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: k) }
         var probs = cand.map { l[$0] }
         probs.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
         if params.topP < 1 {

@@ -175,8 +175,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             let token = logits.withUnsafeBufferPointer { sampler.sample($0.baseAddress! + i * v, count: v, history: history, constraint: constraint) }
             if let started {
                 let d = ContinuousClock.now - started
-                grammars.seconds += Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-                grammars.tokens += 1
+                grammars.record(seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
             }
             if let j = nextSample[i] {
                 let proposal = sampleRows[j]

@@ -14,6 +14,8 @@ public struct CompletionParameters: Sendable, Equatable {
     public var logprobs: Int?
     /// llama-server's `ignore_eos`: generate to `max_tokens` (or the context's end) through end-of-generation tokens.
     public var ignoreEOS = false
+    /// What `sampling.grammar` came from (json_schema, json_object, grammar, tool_call), for /metrics.
+    public var constraint: String?
 
     /// Fields this server reads; a field that would change the answer and that we do not implement is a 400
     /// naming it (a client must not get an answer that silently ignored what it asked); anything else a client
@@ -60,7 +62,10 @@ public struct CompletionParameters: Sendable, Equatable {
             includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false
         }
         try Self.refuseUnsupported(body, chat: chat)
-        sampling.grammar = try Self.outputGrammar(body)
+        if let (kind, grammar) = try Self.outputGrammar(body) {
+            sampling.grammar = grammar
+            constraint = kind
+        }
         if let n = try f.int("n", 0...), n != 1 {
             throw APIError.invalid("only n = 1 is supported (one choice per request); send several requests for several completions", param: "n")
         }
@@ -92,8 +97,8 @@ extension CompletionParameters {
     /// The grammar a body asks its output to follow, as GBNF: OpenAI's `response_format` (`json_object`, or
     /// `json_schema` with its `schema`), or llama-server's `json_schema` (a schema) or `grammar` (GBNF) fields;
     /// nil for free text. At most one of them; a schema or grammar that cannot be enforced is a 400 naming what.
-    static func outputGrammar(_ body: JSONValue) throws(APIError) -> String? {
-        var found: [(field: String, grammar: String)] = []
+    static func outputGrammar(_ body: JSONValue) throws(APIError) -> (kind: String, grammar: String)? {
+        var found: [(field: String, kind: String, grammar: String)] = []
         func compile(_ schema: JSONValue, field: String) throws(APIError) -> String {
             do { return try JSONSchemaGrammar.compile(schema) } catch { throw APIError.invalid(error.message, param: field) }
         }
@@ -106,9 +111,9 @@ extension CompletionParameters {
             case "json_object":
                 // llama-server also takes a schema here.
                 if let schema = format["schema"], !schema.isNull {
-                    found.append(("response_format", try compile(schema, field: "response_format.schema")))
+                    found.append(("response_format", "json_object", try compile(schema, field: "response_format.schema")))
                 } else {
-                    found.append(("response_format", JSONSchemaGrammar.anyObject()))
+                    found.append(("response_format", "json_object", JSONSchemaGrammar.anyObject()))
                 }
             case "json_schema":
                 guard let wrapper = format["json_schema"], case .object = wrapper else {
@@ -117,25 +122,25 @@ extension CompletionParameters {
                 guard let schema = wrapper["schema"], !schema.isNull else {
                     throw APIError.invalid("'response_format.json_schema.schema' is missing", param: "response_format.json_schema.schema")
                 }
-                found.append(("response_format", try compile(schema, field: "response_format.json_schema.schema")))
+                found.append(("response_format", "json_schema", try compile(schema, field: "response_format.json_schema.schema")))
             default:
                 throw APIError.invalid("'response_format.type' must be text, json_object or json_schema, not '\(type)'", param: "response_format.type")
             }
         }
         if let schema = body["json_schema"], !schema.isNull {
-            found.append(("json_schema", try compile(schema, field: "json_schema")))
+            found.append(("json_schema", "json_schema", try compile(schema, field: "json_schema")))
         }
         if let g = body["grammar"], !g.isNull {
             guard let text = g.stringValue else { throw APIError.invalid("'grammar' must be a string of GBNF", param: "grammar") }
             if !text.isEmpty {
                 do { _ = try GrammarProgram(parsing: text) } catch { throw APIError.invalid(error.message, param: "grammar") }
-                found.append(("grammar", text))
+                found.append(("grammar", "grammar", text))
             }
         }
         guard found.count <= 1 else {
             throw APIError.invalid("send one of \(found.map { "'\($0.field)'" }.joined(separator: " and ")), not both", param: found[1].field)
         }
-        return found.first?.grammar
+        return found.first.map { ($0.kind, $0.grammar) }
     }
 }
 

@@ -211,10 +211,21 @@ public struct HTTPAPI: Sendable {
         }
     }
 
+    /// The sampling and stopping fields of a body; `forced`, a forced call's grammar, constrains the answer in
+    /// place of any the body asks for. Counts a constrained request by its kind.
+    func parameters(_ body: JSONValue, chat: Bool, forced: String?) throws(APIError) -> CompletionParameters {
+        var p = try CompletionParameters(body: body, chat: chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        if let forced {
+            p.sampling.grammar = forced
+            p.constraint = "tool_call"
+        }
+        if let kind = p.constraint { metrics?.handle(ServingMetrics.catalog.constrainedRequests, [MetricLabel("kind", kind)]).increment() }
+        return p
+    }
+
     /// `grammar`: a forced call's, which constrains the answer in place of any the body asks for.
     func run(kind: Kind, tokens: [Int32], body: JSONValue, reading: OutputReading? = nil, grammar: String? = nil) async throws(APIError) -> Response {
-        var p = try CompletionParameters(body: body, chat: kind == .chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
-        if let grammar { p.sampling.grammar = grammar }
+        let p = try parameters(body, chat: kind == .chat, forced: grammar)
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
                                         logprobs: p.logprobs, ignoreEOS: p.ignoreEOS)

@@ -197,8 +197,7 @@ extension HTTPAPI {
         // As chat: a model with no calls to read and no reasoning gives its text as it is.
         let reads = options.parses
         let tokens = try model.tokens(ofPrompt: prompt, param: "input")
-        var p = try CompletionParameters(body: chat, chat: true, randomSeed: { UInt64.random(in: 0...UInt64.max) })
-        if let grammar = try options.grammar(tokenizer: model.tokenizer) { p.sampling.grammar = grammar }
+        let p = try parameters(chat, chat: true, forced: options.grammar(tokenizer: model.tokenizer))
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "input") }

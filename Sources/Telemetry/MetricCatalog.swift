@@ -85,12 +85,15 @@ public enum WorkerMetric {
     public static let offloadPrefetchWasted = MetricSpec(.counter, "conclave_offload_prefetch_wasted_total", help: "Experts read ahead and evicted unused.", status: "offload.prefetch_wasted")
     public static let offloadStall = MetricSpec(.counter, "conclave_offload_stall_seconds_total", help: "Time computation waited for expert reads.", status: "offload.stall_ms", scale: 1000)
 
+    public static let constrainedTokens = MetricSpec(.counter, "conclave_worker_constrained_tokens_total", help: "Tokens this worker's last stage sampled under a grammar (structured output, forced tool calls).", status: "constrained_tokens")
+    public static let grammarSeconds = MetricSpec(.counter, "conclave_worker_grammar_seconds_total", help: "Time sampling those tokens, the grammar's checks and masks included (÷ constrained tokens: the time per token).", status: "grammar_seconds")
     public static let refusedPeers = MetricSpec(.counter, "conclave_worker_refused_peers_total", help: "Peers this worker's endpoint refused (an unlisted CurveZMQ key, or a host without CurveZMQ), each once however often it retries.", status: "refused_peers")
 
     /// Every entry, in the order status shows them.
     public static let all: [MetricSpec] = [
         tokens, expertCalls, forwardedBytes, forwardedRows, expertCallBytes,
         expertServeSeconds, remoteLayers, remoteCalls, remoteLocalSeconds, remoteWaitSeconds, rss, resident, stepP50, stepP99, refusedPeers,
+        constrainedTokens, grammarSeconds,
         offloadSlots, offloadPaged, offloadHits, offloadMisses, offloadReadBytes, offloadReadSeconds,
         offloadPrefetchIssued, offloadPrefetchUsed, offloadPrefetchWasted, offloadStall,
     ]

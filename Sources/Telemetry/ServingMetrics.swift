@@ -30,6 +30,9 @@ public struct ServingMetrics: Sendable {
     public let workerBudget = MetricSpec(.gauge, "conclave_worker_memory_budget_bytes", help: "The worker's memory budget in force (the smaller of its own and the cluster file's).")
     public let workerHeartbeatAge = MetricSpec(.gauge, "conclave_worker_heartbeat_age_seconds", help: "Seconds since the worker's last heartbeat.")
     public let toolCalls = MetricSpec(.counter, "conclave_tool_calls_total", help: "Tool calls read from answers, by API (chat, messages, responses).")
+    public let constrainedRequests = MetricSpec(.counter, "conclave_constrained_requests_total", help: "Requests whose answer was constrained while sampling, by kind (json_schema, json_object, grammar, tool_call).")
+    public let constrainedTokens = MetricSpec(.counter, "conclave_constrained_tokens_total", help: "Tokens sampled under a grammar in this process (serve -m; a cluster's are conclave_worker_constrained_tokens_total).")
+    public let grammarSeconds = MetricSpec(.counter, "conclave_grammar_seconds_total", help: "Time sampling those tokens, the grammar's checks and masks included (÷ constrained tokens: the time per token).")
     public let toolCallFailures = MetricSpec(.counter, "conclave_tool_call_parse_failures_total", help: "Answers that began a call in their model's syntax but held none that parses (the text was returned as content), by API.")
 
     /// Every entry, in declaration order: the catalog is this struct's own fields.

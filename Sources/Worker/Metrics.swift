@@ -45,7 +45,7 @@ public final class WorkerMetrics: Sendable {
     /// Every figure now: the counters as counted, and the gauges read at this moment (memory, latency
     /// quantiles, the figures the shard and its offload cache keep themselves).
     public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0,
-                        remote: RemoteExperts.Timing.Totals? = nil) -> [MetricSample] {
+                        remote: RemoteExperts.Timing.Totals? = nil, grammar: (seconds: Double, tokens: Int)? = nil) -> [MetricSample] {
         let sorted = latencies.withLock { $0.ring }.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000 }
         registry.handle(WorkerMetric.stepP50).set(pct(0.5))
@@ -54,6 +54,10 @@ public final class WorkerMetrics: Sendable {
         registry.handle(WorkerMetric.resident).set(Double(resident))
         registry.handle(WorkerMetric.expertCallBytes).advance(toTotal: Double(expertCallBytes))
         registry.handle(WorkerMetric.refusedPeers).advance(toTotal: Double(refusedPeers))
+        if let grammar {
+            registry.handle(WorkerMetric.constrainedTokens).advance(toTotal: Double(grammar.tokens))
+            registry.handle(WorkerMetric.grammarSeconds).advance(toTotal: grammar.seconds)
+        }
         if let offload { registry.record(offload: offload) }
         if let remote {
             registry.handle(WorkerMetric.remoteLayers).advance(toTotal: Double(remote.layers))

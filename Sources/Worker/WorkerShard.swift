@@ -27,6 +27,8 @@ final class WorkerShard: @unchecked Sendable {
 
     /// The stage's sequences (KV caches, histories, samplers); nil on an experts-only worker.
     private let sequences: StageSequences?
+    /// Tokens the stage sampled under a grammar and the time it took (for the heartbeat's metrics).
+    var grammarFigures: (seconds: Double, tokens: Int)? { sequences?.grammars.figures }
 
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not

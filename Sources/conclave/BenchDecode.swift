@@ -1,4 +1,5 @@
 import ArgumentParser
+import JSON
 import Foundation
 import Kernels
 import Model
@@ -11,18 +12,35 @@ struct BenchDecode: ParsableCommand {
         A prompt of --prompt tokens is evaluated as one batch (prefill tok/s), then --gen tokens one at a time
         (decode tok/s), with fixed token values so sampling stays out of the figure. Peak RSS is reported against
         the model's mapped size plus its KV cache.
+
+        With --schema FILE (a JSON Schema), decoding is measured with sampling instead (llama.cpp's default
+        chain, seed 42), once free and once constrained to the schema, and the ratio reported with what the
+        grammar costs: compiling the schema, the vocabulary's trie (once per process), masks computed and reused.
         """
     )
 
     @OptionGroup var model: ModelOptions
     @Option(help: "Prompt tokens.") var prompt = 128
     @Option(help: "Generated tokens.") var gen = 32
+    @Option(help: "A JSON Schema file: compare decoding constrained to it with free decoding.") var schema: String?
     @Flag(help: "Print {\"prefill_tok_s\": …, \"decode_tok_s\": …, \"threads\": …}.") var json = false
 
     func run() throws {
         let engine = try model.load()
         let vocab = engine.config.vocabSize
         let toks = [engine.tokenizer.bos ?? 1] + (0..<(prompt - 1)).map { Int32(($0 * 7919) % (vocab - 10) + 5) }
+        if let schema {
+            do {
+                let text = try String(contentsOfFile: schema, encoding: .utf8)
+                let bench = ConstrainedDecodeBench(engine: engine, schema: try JSONValue.parse(text), gen: gen,
+                                                   prompt: engine.tokenizer.encode("Answer with the JSON object asked for.\n"))
+                report(try bench.run(), vocab: vocab)
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode(1)
+            }
+            return
+        }
         do {
             let ctx = prompt + gen + 8
             _ = try engine.evaluate(Array(toks.prefix(8)), in: engine.newSequence(capacity: ctx))  // warm-up
@@ -48,6 +66,28 @@ struct BenchDecode: ParsableCommand {
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
+        }
+    }
+}
+
+extension BenchDecode {
+    func report(_ f: ConstrainedDecodeBench.Figures, vocab: Int) {
+        let ms = { (s: Double) in (s * 1e6 / Double(max(1, gen))).rounded() / 1000 }
+        if json {
+            print(JSON.object([("vocab", .int(vocab)), ("gen", .int(gen)), ("threads", .int(model.threads)),
+                               ("free_decode_tok_s", .double((f.freeTokS * 1000).rounded() / 1000)),
+                               ("constrained_decode_tok_s", .double((f.constrainedTokS * 1000).rounded() / 1000)),
+                               ("ratio", .double((f.ratio * 1000).rounded() / 1000)),
+                               ("schema_compile_ms", .double((f.schemaSeconds * 1e6).rounded() / 1000)), ("grammar_rules", .int(f.grammarRules)),
+                               ("vocabulary_trie_ms", .double((f.vocabularySeconds * 1e6).rounded() / 1000)), ("trie_nodes", .int(f.vocabularyNodes)),
+                               ("sample_ms_free", .double(ms(f.freeSampleSeconds))), ("sample_ms_constrained", .double(ms(f.constrainedSampleSeconds))),
+                               ("masks_computed", .int(f.masksComputed)), ("mask_hits", .int(f.maskHits)), ("answers", .int(f.answers)),
+                               ("first_answer", .string(f.firstAnswer))]).render())
+        } else {
+            print("decode \(fixed(f.freeTokS, 1)) tok/s free, \(fixed(f.constrainedTokS, 1)) tok/s under the schema (\(fixed(f.ratio, 3))×), \(gen) tokens, vocabulary \(vocab), \(model.threads) threads")
+            print("schema → grammar \(fixed(f.schemaSeconds * 1000, 2)) ms (\(f.grammarRules) rules); vocabulary trie \(fixed(f.vocabularySeconds * 1000, 1)) ms (\(f.vocabularyNodes) nodes, once per process)")
+            print("sampling \(fixed(ms(f.freeSampleSeconds), 3)) ms/token free, \(fixed(ms(f.constrainedSampleSeconds), 3)) ms/token constrained; masks computed \(f.masksComputed), reused \(f.maskHits); \(f.answers) answers completed")
+            print("first answer: \(f.firstAnswer.debugDescription)")
         }
     }
 }

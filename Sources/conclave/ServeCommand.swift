@@ -231,6 +231,9 @@ struct ServeCommand: AsyncParsableCommand {
         scheduler.maxQueued = maxQueue
         let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, beforeScrape: {
             if let cache { metrics.record(offload: cache) }
+            let grammar = executor.grammarFigures
+            metrics.handle(ServingMetrics.catalog.constrainedTokens).advance(toTotal: Double(grammar.tokens))
+            metrics.handle(ServingMetrics.catalog.grammarSeconds).advance(toTotal: grammar.seconds)
         })
         let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))

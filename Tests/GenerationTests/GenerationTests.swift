@@ -213,10 +213,15 @@ enum GGUFFileOpener {
         var seeded = SamplingParams()
         seeded.seed = 11
         seeded.repeatPenalty = 1.1
+        // Under a grammar the draft proposes freely and the last stage verifies each proposal under the grammar.
+        var constrained = seeded
+        constrained.grammar = #"root ::= "[" [a-z ,]{1,60} "]""#
         let tk = Self.engine.tokenizer
-        let asks: [(String, SamplingParams)] = [("The build system", greedy), ("Once upon a time", seeded), ("A cache line", .greedy)]
+        let asks: [(String, SamplingParams)] = [("The build system", greedy), ("Once upon a time", seeded), ("A cache line", .greedy),
+                                                ("A list of words", constrained)]
         let n = 24
         let want = try asks.map { try alone(tk.encode($0.0), n, $0.1).tokens }
+        #expect(tk.decode(want[3]).hasPrefix("[") && tk.decode(want[3]).dropFirst().allSatisfy { $0.isLowercase || " ,]".contains($0) }, "\(tk.decode(want[3]))")
         for (name, path) in [("self", Fixtures.shippedModel), ("wrong", wrong)] {
             let (s, executor) = scheduler(drafter: Drafter(engine: try Engine(path: path, threads: 2), options: options))
             defer { s.stop(); executor.close() }

@@ -165,4 +165,22 @@ for extra, word in bad:
 if client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2).choices[0].finish_reason is None:
     fail("the server stopped serving after the 400s")
 
-print(json.dumps({"ok": True, "schemas": checked, "forced_calls": calls_seen}))
+# /metrics: constrained requests by kind, and the tokens sampled under a grammar with their time (a cluster's come
+# with the workers' heartbeats, so they may take a second to arrive).
+from prometheus_client.parser import text_string_to_metric_families
+deadline = time.time() + 30
+while True:
+    with urllib.request.urlopen(root + "/metrics", timeout=30) as r:
+        samples = [s for f in text_string_to_metric_families(r.read().decode()) for s in f.samples]
+    kinds = {s.labels.get("kind"): s.value for s in samples if s.name == "conclave_constrained_requests_total"}
+    tokens = sum(s.value for s in samples if s.name in ("conclave_constrained_tokens_total", "conclave_worker_constrained_tokens_total"))
+    seconds = sum(s.value for s in samples if s.name in ("conclave_grammar_seconds_total", "conclave_worker_grammar_seconds_total"))
+    if tokens > 0 or time.time() > deadline:
+        break
+    time.sleep(0.5)
+if kinds.get("json_schema", 0) < len(SCHEMAS) or kinds.get("tool_call", 0) < 4 or kinds.get("json_object", 0) < 1:
+    fail(f"conclave_constrained_requests_total by kind: {kinds}")
+if tokens <= 0 or seconds <= 0:
+    fail(f"constrained tokens {tokens}, grammar seconds {seconds} in /metrics")
+
+print(json.dumps({"ok": True, "schemas": checked, "forced_calls": calls_seen, "grammar_ms_per_token": round(1000 * seconds / tokens, 4)}))
