@@ -9,8 +9,15 @@ import Tokenizer
 extension OutputFormat {
     static let hermes = all.first { $0.name == "hermes" }!
 
-    /// The syntax forced calls are written in.
-    var forcedCallFormat: OutputFormat { hasToolCalls ? self : .hermes }
+    /// The syntax forced calls are written in: the family's own, Hermes' for a family without one or whose
+    /// arguments are text parameters (a schema's JSON does not map onto them; these models read Hermes' too).
+    var forcedCallFormat: OutputFormat {
+        if case .parameters = calls { return .hermes }
+        return hasToolCalls ? self : .hermes
+    }
+
+    /// Whether calls are named `functions.NAME:INDEX` (Kimi-K2; the parser reads the name and id back from it).
+    var writesNamespacedCalls: Bool { name == "kimi-k2" }
 
     /// A GBNF grammar whose matches are one call (or, with `parallel`, one or more) to one of `tools` (name,
     /// parameters schema). `tokenizer` decides how a marker is matched: as a special token when the vocabulary
@@ -35,10 +42,12 @@ extension OutputFormat {
                 let key: String = if case .bareObject(let k) = forcedCallFormat.calls { k } else { "arguments" }
                 call = "\(lit("{\"name\": ")) \(quotedName) \(lit(", \"\(key)\": ")) \(args) \(lit("}"))"
             case .delimited(_, _, let callBegin, let separator, let callEnd):
-                call = "\(marker(callBegin)) \(name) \(marker(separator)) \(args) \(marker(callEnd))"
+                // Kimi-K2 writes `functions.NAME:INDEX` (its call id), as its template shows the model.
+                let written = writesNamespacedCalls ? "\(lit("functions." + tool.name + ":")) [0-9]" : name
+                call = "\(marker(callBegin)) \(written) \(marker(separator)) \(args) \(marker(callEnd))"
             case .harmony:
                 call = "\(lit("<|channel|>commentary to=functions.")) \(name) \(lit(" <|constrain|>json<|message|>")) \(args)"
-            case .none:
+            case .none, .parameters:
                 throw GrammarError("this model's chat template writes no tool calls")
             }
             g.define("call\(i)", call)

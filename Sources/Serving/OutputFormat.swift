@@ -44,13 +44,26 @@ public struct OutputFormat: Sendable {
         case prefixedList(prefix: String)
         /// The whole answer one JSON object `{"name", argumentsKey}` (Llama 3.x).
         case bareObject(argumentsKey: String)
-        /// Between `begin` and `end`, each call `callBegin NAME separator JSON callEnd` (DeepSeek V3.1).
+        /// Between `begin` and `end`, each call `callBegin NAME separator JSON callEnd` (DeepSeek V3.1; Kimi-K2,
+        /// whose NAME is `functions.NAME:INDEX`, also the call's id).
         case delimited(begin: String, end: String, callBegin: String, separator: String, callEnd: String)
+        /// Calls whose arguments are written as named text values, not JSON (Qwen3-Coder, GLM-4.5/4.6, MiniMax-M2).
+        case parameters(ParameterSyntax)
         /// gpt-oss's harmony: messages on channels; `analysis` is reasoning, `final` the answer, and a
         /// `commentary` message `to=functions.NAME` a call.
         case harmony
         /// No tool calls: the text is the answer.
         case none
+    }
+
+    /// Calls written as a name and `key = value` text parameters inside a block:
+    /// `blockOpen [invokeOpen] NAME nameEnd (keyOpen KEY keyClose [valueOpen] VALUE valueClose)* [invokeClose] blockClose`.
+    /// An empty `invokeOpen` means the name follows the block's open tag directly (GLM), one call per block.
+    struct ParameterSyntax: Sendable {
+        let blockOpen: String, blockClose: String
+        let invokeOpen: String, nameEnd: String, invokeClose: String
+        let keyOpen: String, keyClose: String
+        let valueOpen: String, valueClose: String
     }
 
     /// The families, most specific first: the first whose markers the template has is the one.
@@ -59,6 +72,21 @@ public struct OutputFormat: Sendable {
         OutputFormat(name: "deepseek-v3.1", markers: ["<｜tool▁calls▁begin｜>", "<｜tool▁sep｜>"], reasoning: ("<think>", "</think>"),
                      calls: .delimited(begin: "<｜tool▁calls▁begin｜>", end: "<｜tool▁calls▁end｜>", callBegin: "<｜tool▁call▁begin｜>",
                                        separator: "<｜tool▁sep｜>", callEnd: "<｜tool▁call▁end｜>")),
+        OutputFormat(name: "kimi-k2", markers: ["<|tool_calls_section_begin|>"], reasoning: ("<think>", "</think>"),
+                     calls: .delimited(begin: "<|tool_calls_section_begin|>", end: "<|tool_calls_section_end|>", callBegin: "<|tool_call_begin|>",
+                                       separator: "<|tool_call_argument_begin|>", callEnd: "<|tool_call_end|>")),
+        OutputFormat(name: "minimax-m2", markers: ["<minimax:tool_call>"], reasoning: ("<think>", "</think>"),
+                     calls: .parameters(ParameterSyntax(blockOpen: "<minimax:tool_call>", blockClose: "</minimax:tool_call>",
+                                                        invokeOpen: "<invoke name=\"", nameEnd: "\">", invokeClose: "</invoke>",
+                                                        keyOpen: "<parameter name=\"", keyClose: "\">", valueOpen: "", valueClose: "</parameter>"))),
+        OutputFormat(name: "glm-4.5", markers: ["<arg_key>", "<arg_value>"], reasoning: ("<think>", "</think>"),
+                     calls: .parameters(ParameterSyntax(blockOpen: "<tool_call>", blockClose: "</tool_call>",
+                                                        invokeOpen: "", nameEnd: "\n", invokeClose: "",
+                                                        keyOpen: "<arg_key>", keyClose: "</arg_key>", valueOpen: "<arg_value>", valueClose: "</arg_value>"))),
+        OutputFormat(name: "qwen3-coder", markers: ["<tool_call>", "<function=", "<parameter="], reasoning: nil,
+                     calls: .parameters(ParameterSyntax(blockOpen: "<tool_call>", blockClose: "</tool_call>",
+                                                        invokeOpen: "<function=", nameEnd: ">", invokeClose: "</function>",
+                                                        keyOpen: "<parameter=", keyClose: ">", valueOpen: "", valueClose: "</parameter>"))),
         OutputFormat(name: "qwen3", markers: ["<tool_call>", "<think>"], reasoning: ("<think>", "</think>"),
                      calls: .tagged(open: "<tool_call>", close: "</tool_call>", argumentsKey: "arguments")),
         OutputFormat(name: "hermes", markers: ["<tool_call>"], reasoning: nil,
@@ -83,6 +111,7 @@ public struct OutputFormat: Sendable {
         case .tagged(let open, _, _): return text.contains(open)
         case .prefixedList(let prefix): return text.contains(prefix)
         case .delimited(let begin, _, _, _, _): return text.contains(begin)
+        case .parameters(let p): return text.contains(p.blockOpen)
         case .harmony: return text.contains("to=functions.")
         case .bareObject: return text.trimmingWhitespace.hasPrefix("{\"name\"")
         case .none: return false

@@ -33,6 +33,7 @@ extension OutputFormat {
         case .delimited(let begin, let end, let callBegin, let separator, let callEnd):
             out = Self.delimited(rest, begin: begin, end: end, callBegin: callBegin, separator: separator, callEnd: callEnd)
         case .harmony: out = Self.harmony(rest)
+        case .parameters(let syntax): out = Self.parameters(rest, syntax)
         }
         if out.reasoning == nil { out.reasoning = reasoning }
         out.content = out.content.trimmingWhitespace
@@ -101,13 +102,94 @@ extension OutputFormat {
             guard !name.isEmpty, let (v, stop) = JSONValue.parsePrefix(bytes), case .object = v else { return ParsedOutput(content: text) }
             let after = String(decoding: bytes[stop...], as: UTF8.self).drop { $0.isWhitespace }
             guard after.hasPrefix(callEnd) else { return ParsedOutput(content: text) }
-            calls.append(ToolCall(name: name, arguments: v))
+            calls.append(Self.namespaced(name, arguments: v))
             rest = after.dropFirst(callEnd.count)
         }
         guard !calls.isEmpty else { return ParsedOutput(content: text) }
         rest = rest.drop { $0.isWhitespace }
         if rest.hasPrefix(end) { rest = rest.dropFirst(end.count) }
         return ParsedOutput(content: String(text[..<section.lowerBound]) + rest, toolCalls: calls)
+    }
+
+    /// Kimi-K2 names a call `functions.NAME:INDEX`, which is also its id; other names are the function's.
+    static func namespaced(_ written: String, arguments: JSONValue) -> ToolCall {
+        guard written.hasPrefix("functions."), let colon = written.lastIndex(of: ":"), Int(written[written.index(after: colon)...]) != nil else {
+            return ToolCall(name: written, arguments: arguments)
+        }
+        return ToolCall(name: String(written[written.index(written.startIndex, offsetBy: "functions.".count)..<colon]), arguments: arguments, id: written)
+    }
+
+    /// Calls with text parameters (Qwen3-Coder, GLM, MiniMax). A value is the JSON it spells when it spells a
+    /// number, boolean, null, object or array, and text otherwise (the model writes strings unquoted); one
+    /// newline either side of it is the layout, not the value. A block that does not read as calls stays text.
+    static func parameters(_ text: String, _ p: ParameterSyntax) -> ParsedOutput {
+        var content = "", calls: [ToolCall] = []
+        var rest = Substring(text)
+        while let start = rest.range(of: p.blockOpen) {
+            content += rest[..<start.lowerBound]
+            let afterOpen = rest[start.upperBound...]
+            if let close = afterOpen.range(of: p.blockClose), let found = invocations(afterOpen[..<close.lowerBound], p), !found.isEmpty {
+                calls += found
+                rest = afterOpen[close.upperBound...]
+                continue
+            }
+            content += p.blockOpen
+            rest = afterOpen
+        }
+        content += rest
+        return ParsedOutput(content: content, toolCalls: calls)
+    }
+
+    static func invocations(_ block: Substring, _ p: ParameterSyntax) -> [ToolCall]? {
+        var out: [ToolCall] = []
+        var rest = block
+        while true {
+            rest = rest.drop { $0.isWhitespace }
+            if rest.isEmpty { break }
+            var body: Substring
+            let name: String
+            if p.invokeOpen.isEmpty {
+                // GLM: the name first, up to its line's end or the first key.
+                let end = [rest.range(of: p.nameEnd)?.lowerBound, rest.range(of: p.keyOpen)?.lowerBound].compactMap { $0 }.min() ?? rest.endIndex
+                name = String(rest[..<end]).trimmingWhitespace
+                body = rest[end...]
+                rest = rest[rest.endIndex...]
+            } else {
+                guard rest.hasPrefix(p.invokeOpen), let nameEnd = rest.range(of: p.nameEnd) else { return nil }
+                name = String(rest[rest.index(rest.startIndex, offsetBy: p.invokeOpen.count)..<nameEnd.lowerBound]).trimmingWhitespace
+                let after = rest[nameEnd.upperBound...]
+                guard let close = after.range(of: p.invokeClose) else { return nil }
+                body = after[..<close.lowerBound]
+                rest = after[close.upperBound...]
+            }
+            guard !name.isEmpty else { return nil }
+            var args: [(String, JSONValue)] = []
+            while true {
+                body = body.drop { $0.isWhitespace }
+                if body.isEmpty { break }
+                guard body.hasPrefix(p.keyOpen), let keyClose = body.range(of: p.keyClose) else { return nil }
+                let key = String(body[body.index(body.startIndex, offsetBy: p.keyOpen.count)..<keyClose.lowerBound]).trimmingWhitespace
+                var value = body[keyClose.upperBound...]
+                if !p.valueOpen.isEmpty {
+                    value = value.drop { $0.isWhitespace }
+                    guard value.hasPrefix(p.valueOpen) else { return nil }
+                    value = value.dropFirst(p.valueOpen.count)
+                }
+                guard !key.isEmpty, let valueClose = value.range(of: p.valueClose) else { return nil }
+                args.append((key, Self.parameterValue(value[..<valueClose.lowerBound])))
+                body = value[valueClose.upperBound...]
+            }
+            out.append(ToolCall(name: name, arguments: .object(args)))
+        }
+        return out
+    }
+
+    static func parameterValue(_ raw: Substring) -> JSONValue {
+        var v = raw
+        if v.hasPrefix("\n") { v = v.dropFirst() }
+        if v.hasSuffix("\n") { v = v.dropLast() }
+        if let parsed = try? JSONValue.parse(String(v)), parsed.stringValue == nil { return parsed }
+        return .string(String(v))
     }
 
     /// Harmony: `[<|start|>assistant][ to=RECIPIENT]<|channel|>CHANNEL[ to=RECIPIENT][ <|constrain|>TYPE| TYPE]<|message|>BODY`

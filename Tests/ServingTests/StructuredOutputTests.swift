@@ -35,10 +35,10 @@ import Testing
                 #expect(try JSONValue.parse(text)["choices"]?.arrayValue?.first?["finish_reason"]?.stringValue == "stop", "\(text)")
             }
             // llama-server's fields: a grammar, and a schema at the top level.
-            let (s1, yesNo) = try await Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "Well?"}], "max_tokens": 20, "grammar": "root ::= (\"yes\" | \"no\") \"!\""}"#, [:])
+            let (s1, yesNo) = try await Self.post(client, "/v1/chat/completions", #"{"messages": [{"role": "user", "content": "Well?"}], "max_tokens": 20, "seed": 1, "grammar": "root ::= (\"yes\" | \"no\") \"!\""}"#, [:])
             let answer = try Self.content(yesNo) ?? ""
             #expect(s1 == .ok && ["yes!", "no!"].contains(answer), "\(yesNo)")
-            let (s2, list) = try await Self.post(client, "/v1/completions", #"{"prompt": "Numbers:", "max_tokens": 60, "json_schema": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 4}}"#, [:])
+            let (s2, list) = try await Self.post(client, "/v1/completions", #"{"prompt": "Numbers:", "max_tokens": 300, "seed": 2, "json_schema": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 2, "maxItems": 4}}"#, [:])
             #expect(s2 == .ok, "\(list)")
             let items = try JSONValue.parse(try JSONValue.parse(list)["choices"]?.arrayValue?.first?["text"]?.stringValue ?? "").arrayValue
             #expect(items.map { (2...4).contains($0.count) && $0.allSatisfy { ($0.intValue ?? -1) >= 0 && ($0.intValue ?? 10) <= 9 } } == true, "\(list)")
