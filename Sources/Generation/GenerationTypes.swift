@@ -32,6 +32,8 @@ public struct GenerationUsage: Sendable, Equatable {
     /// From submission to the first token (queueing and prefill).
     public var timeToFirstToken = 0.0
     public var decodeSeconds = 0.0
+    /// The stop string that ended the generation (nil: an end token, the length, or none given).
+    public var stopSequence: String?
     public init() {}
     public var prefillTokensPerSecond: Double { timeToFirstToken > 0 ? Double(promptTokens) / timeToFirstToken : 0 }
     public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(0, completionTokens - 1)) / decodeSeconds : 0 }

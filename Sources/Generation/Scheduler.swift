@@ -486,6 +486,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             var u = GenerationUsage()
             u.promptTokens = r.prompt.count
             u.completionTokens = r.progress.generated
+            u.stopSequence = r.progress.matchedStop
             let now = clock.now()
             u.timeToFirstToken = (r.firstToken ?? now) - r.submitted
             u.decodeSeconds = now - (r.firstToken ?? now)

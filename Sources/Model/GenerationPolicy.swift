@@ -35,6 +35,8 @@ public struct GenerationProgress: Sendable {
     let tokenizer: Tokenizer
     public private(set) var generated = 0
     public private(set) var finished: FinishReason?
+    /// The stop string that ended the generation, if one did (Anthropic reports it as `stop_sequence`).
+    public private(set) var matchedStop: String?
     private var pendingBytes: [UInt8] = []  // an incomplete UTF-8 character
     private var held: [Unicode.Scalar] = []  // text that may be the start of a stop string
     private let stops: [[Unicode.Scalar]]
@@ -70,7 +72,8 @@ public struct GenerationProgress: Sendable {
             held += String(decoding: pendingBytes[..<cut], as: UTF8.self).unicodeScalars
             pendingBytes.removeFirst(cut)
         }
-        if let at = firstStopMatch() {
+        if let (at, which) = firstStopMatch() {
+            matchedStop = policy.stop[which]
             let text = String(String.UnicodeScalarView(held[..<at]))
             held.removeAll()
             pendingBytes.removeAll()
@@ -97,13 +100,13 @@ public struct GenerationProgress: Sendable {
         return Step(counted: counted, text: text, finish: reason)
     }
 
-    /// Where the earliest stop string begins in the held text.
-    private func firstStopMatch() -> Int? {
-        var best: Int?
-        for s in stops where s.count <= held.count {
+    /// Where the earliest stop string begins in the held text, and which it is.
+    private func firstStopMatch() -> (at: Int, stop: Int)? {
+        var best: (at: Int, stop: Int)?
+        for (k, s) in stops.enumerated() where s.count <= held.count {
             var i = 0
-            while i + s.count <= held.count, best.map({ i < $0 }) ?? true {
-                if held[i] == s[0], Array(held[i..<(i + s.count)]) == s { best = i; break }
+            while i + s.count <= held.count, best.map({ i < $0.at }) ?? true {
+                if held[i] == s[0], Array(held[i..<(i + s.count)]) == s { best = (i, k); break }
                 i += 1
             }
         }

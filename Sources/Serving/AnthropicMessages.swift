@@ -116,11 +116,15 @@ enum AnthropicMessages {
         return out.joined(separator: "\n")
     }
 
-    /// Anthropic's stop reason for how a generation ended.
-    static func stopReason(_ finish: FinishReason, calls: Bool) -> String {
+    /// Anthropic's stop reason for how a generation ended (a stop string: `stop_sequence`, and the string itself in
+    /// the `stop_sequence` field).
+    static func stopReason(_ finish: FinishReason, calls: Bool, usage: GenerationUsage) -> String {
         if calls { return "tool_use" }
+        if usage.stopSequence != nil { return "stop_sequence" }
         return finish == .length ? "max_tokens" : "end_turn"
     }
+
+    static func stopSequence(_ usage: GenerationUsage) -> JSONValue { usage.stopSequence.map { .string($0) } ?? .null }
 
     /// The answer's content blocks: thinking, text, then each call as `tool_use` (input an object).
     static func blocks(_ parsed: ParsedOutput, ids: () -> String) -> [JSONValue] {
@@ -178,9 +182,9 @@ extension HTTPAPI {
         let (sequence, events) = scheduler.submit(request)
         let id = "msg_" + ids.next()
         let callIDs: @Sendable () -> String = { [ids] in ids.next() }
-        func message(content: [JSONValue], stop: JSONValue, output: Int) -> JSONValue {
+        func message(content: [JSONValue], stop: JSONValue, output: Int, sequence: JSONValue = .null) -> JSONValue {
             .object([("id", .string(id)), ("type", .string("message")), ("role", .string("assistant")), ("model", .string(model.id)),
-                     ("content", .array(content)), ("stop_reason", stop), ("stop_sequence", .null),
+                     ("content", .array(content)), ("stop_reason", stop), ("stop_sequence", sequence),
                      ("usage", .object([("input_tokens", .int(tokens.count)), ("output_tokens", .int(output))]))])
         }
         if p.stream {
@@ -189,7 +193,8 @@ extension HTTPAPI {
         let answer = try await collect(events)
         let parsed = reading.parse(answer.text)
         return json(message(content: AnthropicMessages.blocks(parsed, ids: callIDs),
-                            stop: .string(AnthropicMessages.stopReason(answer.finish, calls: !parsed.toolCalls.isEmpty)), output: answer.usage.completionTokens))
+                            stop: .string(AnthropicMessages.stopReason(answer.finish, calls: !parsed.toolCalls.isEmpty, usage: answer.usage)),
+                            output: answer.usage.completionTokens, sequence: AnthropicMessages.stopSequence(answer.usage)))
     }
 
     /// Anthropic's events: `message_start`, then per block `content_block_start` / `_delta`s / `_stop`, then
@@ -274,7 +279,8 @@ extension HTTPAPI {
                                 try await close()
                             }
                             try await send("message_delta", obj([("type", .string("message_delta")),
-                                                                 ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: calls))), ("stop_sequence", .null)])),
+                                                                 ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: calls, usage: usage))),
+                                                                               ("stop_sequence", AnthropicMessages.stopSequence(usage))])),
                                                                  ("usage", obj([("output_tokens", .int(usage.completionTokens))]))]))
                             try await send("message_stop", obj([("type", .string("message_stop"))]))
                         }

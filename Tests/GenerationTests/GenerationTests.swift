@@ -24,6 +24,16 @@ import Tokenizer
         return (out, counted, nil)
     }
 
+    /// The policy says which stop string ended the generation (the earliest in the text), for Anthropic's
+    /// `stop_sequence`.
+    @Test func theMatchedStopStringIsKnown() {
+        var p = GenerationPolicy(maxTokens: 100, stop: ["zzz", "is a", "this"], capacity: 100).start(tokenizer: Self.tokenizer)
+        for (i, t) in Self.tokenizer.encode("Hello world, this is a test", addSpecial: false).enumerated() where p.finished == nil {
+            _ = p.accept(t, fed: i)
+        }
+        #expect(p.finished == .stop && p.matchedStop == "this")
+    }
+
     @Test func stopStringMatchesAcrossPieces() throws {
         let input = "Hello world, this is a test"
         let pieces = Self.tokenizer.encode(input, addSpecial: false).map { String(decoding: Self.tokenizer.piece($0), as: UTF8.self) }
