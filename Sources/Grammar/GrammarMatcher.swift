@@ -35,8 +35,10 @@ public final class GrammarMatcher: @unchecked Sendable {
     public private(set) var epoch = 0
 
     /// Caches are cleared past these (the transition table is 1 KiB a state, a mask one bit a token).
-    public var maxStates = 16_384
-    public var maxMasks = 512
+    /// At most 8 MiB of transitions and 256 masks (4.7 MiB at a 150k vocabulary) per grammar: JSON output
+    /// meets a few hundred states, and the sampler needs a whole mask only when the top tokens are refused.
+    public var maxStates = 8192
+    public var maxMasks = 256
     /// A state with more live stacks than this is refused (dead): an ambiguous grammar would otherwise grow
     /// without bound.
     static let maxStacks = 4096

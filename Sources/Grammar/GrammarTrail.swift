@@ -74,7 +74,7 @@ public final class GrammarCache: @unchecked Sendable {
     public func record(seconds: Double) { counters.withLock { $0.seconds += seconds; $0.tokens += 1 } }
 
     /// `vocabulary` is called once, on the first grammar (building the trie of a 150k vocabulary takes a moment).
-    public init(capacity: Int = 16, vocabulary: @escaping () throws -> GrammarVocabulary) {
+    public init(capacity: Int = 8, vocabulary: @escaping () throws -> GrammarVocabulary) {
         self.capacity = capacity
         self.vocabulary = vocabulary
     }
