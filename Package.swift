@@ -96,7 +96,7 @@ let package = Package(
         .testTarget(name: "RepositoryTests", dependencies: ["TestSupport"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "GenerationTests", dependencies: ["Runtime", "Generation", "Model", "Kernels", "Tokenizer", "GGUF", "TestSupport"]),
-        .testTarget(name: "ServingTests", dependencies: ["Serving", "ChatTemplate", "Generation", "Model", "JSON", "Telemetry", "TestSupport",
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "ChatTemplate", "Generation", "Grammar", "GGUF", "Model", "JSON", "Telemetry", "Tokenizer", "TestSupport",
                                                      .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "GrammarTests", dependencies: ["Grammar", "JSON", "Tokenizer", "GGUF", "TestSupport"]),
         .testTarget(name: "ChatTemplateTests", dependencies: ["ChatTemplate", "TestSupport"]),

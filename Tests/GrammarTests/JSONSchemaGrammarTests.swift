@@ -28,7 +28,7 @@ struct JSONSchemaGrammarTests {
 
     /// Draws allowed tokens at random until the grammar is complete (or only the end is allowed).
     static func walk(_ m: GrammarMatcher, seed: UInt64, limit: Int = 3000) -> String? {
-        var rng = SplitMix(seed: seed)
+        var rng = SplitMix(state: seed)
         var s = m.initial
         var ids: [Int32] = []
         for _ in 0..<limit {
@@ -126,18 +126,5 @@ struct JSONSchemaGrammarTests {
         var bad = m.initial
         for b in Array(#"{"kids": []}"#.utf8) { bad = m.next(bad, byte: b) }
         #expect(bad == GrammarMatcher.dead)  // "v" is required and comes first
-    }
-}
-
-/// SplitMix64: a seeded generator for reproducible walks.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
