@@ -202,6 +202,14 @@ public struct HTTPAPI: Sendable {
             return ReasoningStream(open: open, close: close, reasoningOpen: reasoningOpen)
         }
 
+        /// Calls streamed as they are written (tagged families): the reasoning splitter first, when the family
+        /// reasons, then the call stream over the content.
+        func callStreamer() -> (reasoning: ReasoningStream?, calls: CallStream)? {
+            guard case .tagged(let open, let close, let key) = format.calls else { return nil }
+            let reasoning = format.reasoning.map { ReasoningStream(open: $0.open, close: $0.close, reasoningOpen: reasoningOpen) }
+            return (reasoning, CallStream(open: open, close: close, argumentsKey: key, parallel: parallel))
+        }
+
         func parse(_ text: String) -> ParsedOutput {
             var p = format.parse(text, reasoningOpen: reasoningOpen)
             // One call asked for: the first is it, the rest are dropped (as llama-server does).
@@ -284,15 +292,39 @@ public struct HTTPAPI: Sendable {
                 do {
                     var held = ""
                     var splitter = reading?.streamSplitter()
+                    var streamer = reading?.callStreamer()
                     func sendSplit(_ parts: [(ReasoningStream.Kind, String)]) async throws {
                         for (kind, text) in parts {
                             try await send(head.chunk(delta: .object([(kind == .reasoning ? "reasoning_content" : "content", .string(text))]), includeUsage: includeUsage))
                         }
                     }
+                    func sendCalls(_ events: [CallStream.Event]) async throws {
+                        for e in events {
+                            let delta: JSONValue
+                            switch e {
+                            case .content(let text): delta = .object([("content", .string(text))])
+                            case .callStart(let i, let name):
+                                delta = .object([("tool_calls", .array([.object([("index", .int(i)), ("id", .string("call_" + ids.next())), ("type", .string("function")),
+                                                                                 ("function", .object([("name", .string(name)), ("arguments", .string(""))]))])]))])
+                            case .arguments(let i, let fragment):
+                                delta = .object([("tool_calls", .array([.object([("index", .int(i)), ("function", .object([("arguments", .string(fragment))]))])]))])
+                            }
+                            try await send(head.chunk(delta: delta, includeUsage: includeUsage))
+                        }
+                    }
+                    /// A piece (nil: the end) through the reasoning split, then the call stream.
+                    func streamCalls(_ piece: String?) async throws {
+                        let parts = piece.map { streamer!.reasoning?.feed($0) ?? [(.content, $0)] } ?? (streamer!.reasoning?.finish() ?? [])
+                        for (kind, text) in parts {
+                            if kind == .reasoning { try await sendSplit([(kind, text)]) } else { try await sendCalls(streamer!.calls.feed(text)) }
+                        }
+                        if piece == nil { try await sendCalls(streamer!.calls.finish()) }
+                    }
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, let lp):
                             if splitter != nil { try await sendSplit(splitter!.feed(piece)); continue }
+                            if streamer != nil { held += piece; try await streamCalls(piece); continue }
                             if reading != nil { held += piece; continue }
                             guard !piece.isEmpty || lp != nil else { continue }
                             try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece),
@@ -301,6 +333,10 @@ public struct HTTPAPI: Sendable {
                             var finish = reason.rawValue
                             if splitter != nil {
                                 try await sendSplit(splitter!.finish())
+                            } else if streamer != nil {
+                                try await streamCalls(nil)
+                                _ = reading?.parse(held)  // counts the calls (and calls that did not parse) for /metrics
+                                if streamer!.calls.calls > 0 { finish = "tool_calls" }
                             } else if let parsed = reading?.parse(held) {
                                 try await send(head.chunk(delta: .object(parsed.messageFields(ids: { "call_" + ids.next() }, indexed: true)), includeUsage: includeUsage))
                                 if !parsed.toolCalls.isEmpty { finish = "tool_calls" }

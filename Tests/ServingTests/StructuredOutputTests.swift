@@ -89,10 +89,22 @@ import Testing
                         #expect(status == .ok, "\(text)")
                         var calls: [JSONValue] = [], finish: String?
                         if stream {
+                            // As OpenAI streams calls: a first delta with index, id and name, then argument fragments.
+                            var names: [Int: String] = [:], arguments: [Int: String] = [:]
                             for event in text.components(separatedBy: "\n\n") where event.hasPrefix("data: {") {
                                 let c = try JSONValue.parse(String(event.dropFirst(6)))["choices"]?.arrayValue?.first
-                                calls += c?["delta"]?["tool_calls"]?.arrayValue ?? []
+                                for d in c?["delta"]?["tool_calls"]?.arrayValue ?? [] {
+                                    let i = d["index"]?.intValue ?? -1
+                                    if let n = d["function"]?["name"]?.stringValue {
+                                        #expect(names[i] == nil && d["id"]?.stringValue?.hasPrefix("call_") == true, "\(text)")
+                                        names[i] = n
+                                    }
+                                    arguments[i, default: ""] += d["function"]?["arguments"]?.stringValue ?? ""
+                                }
                                 finish = c?["finish_reason"]?.stringValue ?? finish
+                            }
+                            calls = names.keys.sorted().map { i in
+                                .object([("function", .object([("name", .string(names[i]!)), ("arguments", .string(arguments[i] ?? ""))]))])
                             }
                         } else {
                             let c = try JSONValue.parse(text)["choices"]?.arrayValue?.first
