@@ -118,18 +118,13 @@ public struct Sampler: Sendable {
             // (every token outside the list ranks below them); otherwise the top k of the mask's tokens. Either
             // way the chain below starts from these candidates, as it would from top-k of the masked logits.
             let k = params.temperature <= 0 ? 1 : params.topK > 0 ? min(params.topK, n) : n
-            var found = false
-            fastCandidates = nil
             if k <= 64 {
                 let top = l.withUnsafeBufferPointer { Ops.topK($0.baseAddress!, count: n, k: min(n, 64)) }
                 var kept: [Int] = []
                 for t in top where kept.count < k && constraint.allows(Int32(t)) { kept.append(t) }
-                if kept.count == k {
-                    found = true
-                    fastCandidates = kept
-                }
+                if kept.count == k { fastCandidates = kept }
             }
-            if !found {
+            if fastCandidates == nil {
                 let mask = constraint.mask()
                 var allowed: [Int] = []
                 for (w, word) in mask.enumerated() where word != 0 {

@@ -163,7 +163,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             let p = rows[row].position
             let history = state.history.count == p + 1 ? state.history : Array(state.history.prefix(p + 1))
             var constraint: GrammarConstraint?
-            let started = state.trail != nil || sampler.params.grammar != nil ? ContinuousClock.now : nil
+            let started = sampler.params.grammar != nil ? ContinuousClock.now : nil
             if let g = sampler.params.grammar {
                 if state.trail == nil {
                     do { state.trail = GrammarTrail(matcher: try grammars.matcher(for: g), start: sampler.params.grammarStart) } catch {
