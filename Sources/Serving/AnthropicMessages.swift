@@ -198,13 +198,12 @@ extension HTTPAPI {
     }
 
     /// Anthropic's events: `message_start`, then per block `content_block_start` / `_delta`s / `_stop`, then
-    /// `message_delta` (stop reason, output tokens) and `message_stop`. Plain text streams as it comes; with
-    /// tools or reasoning to read, the answer's blocks are sent when it is complete.
+    /// `message_delta` (stop reason, output tokens) and `message_stop`. The answer is read as it comes
+    /// (`AnswerStream`): a `thinking` block for the reasoning, `text` blocks for the content, a `tool_use` block per
+    /// call (its input in `input_json_delta` fragments); an answer with neither text nor calls has an empty text block.
     func anthropicStream(_ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, start: JSONValue, reading: OutputReading,
                          callIDs: @escaping @Sendable () -> String) -> Response {
         let scheduler = self.scheduler
-        let split = reading.streamSplitter()
-        let holds = split == nil && (reading.format.thinks || reading.format.hasToolCalls)
         let body = ResponseBody { writer in
             func send(_ event: String, _ v: JSONValue) async throws {
                 try await writer.write(ByteBuffer(string: "event: \(event)\ndata: " + v.render() + "\n\n"))
@@ -212,74 +211,53 @@ extension HTTPAPI {
             func obj(_ pairs: [(String, JSONValue)]) -> JSONValue { .object(pairs) }
             do {
                 try await send("message_start", obj([("type", .string("message_start")), ("message", start)]))
-                var index = 0, open = false, openKind = ReasoningStream.Kind.content, held = ""
-                var splitter = split
+                enum Block { case thinking, text, tool }
+                var index = 0, open: Block?, sawText = false
+                var reader = reading.stream()
                 func close() async throws {
-                    guard open else { return }
+                    guard open != nil else { return }
                     try await send("content_block_stop", obj([("type", .string("content_block_stop")), ("index", .int(index))]))
-                    open = false
+                    open = nil
                     index += 1
                 }
-                /// A block of `kind` open (the one before closed when it was of the other kind).
-                func openBlock(_ kind: ReasoningStream.Kind) async throws {
-                    if open && openKind == kind { return }
+                func begin(_ kind: Block, _ block: JSONValue) async throws {
                     try await close()
-                    let empty = kind == .reasoning ? obj([("type", .string("thinking")), ("thinking", .string(""))]) : obj([("type", .string("text")), ("text", .string(""))])
-                    try await send("content_block_start", obj([("type", .string("content_block_start")), ("index", .int(index)), ("content_block", empty)]))
-                    open = true
-                    openKind = kind
+                    try await send("content_block_start", obj([("type", .string("content_block_start")), ("index", .int(index)), ("content_block", block)]))
+                    open = kind
                 }
-                func openText() async throws { try await openBlock(.content) }
-                func sendSplit(_ parts: [(ReasoningStream.Kind, String)]) async throws {
-                    for (kind, text) in parts {
-                        try await openBlock(kind)
-                        let delta = kind == .reasoning ? obj([("type", .string("thinking_delta")), ("thinking", .string(text))])
-                                                       : obj([("type", .string("text_delta")), ("text", .string(text))])
-                        try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)), ("delta", delta)]))
+                func delta(_ d: JSONValue) async throws {
+                    try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)), ("delta", d)]))
+                }
+                func take(_ read: [AnswerStream.Event]) async throws {
+                    for e in read {
+                        switch e {
+                        case .reasoning(let t):
+                            if open != .thinking { try await begin(.thinking, obj([("type", .string("thinking")), ("thinking", .string(""))])) }
+                            try await delta(obj([("type", .string("thinking_delta")), ("thinking", .string(t))]))
+                        case .content(let t):
+                            if open != .text { try await begin(.text, obj([("type", .string("text")), ("text", .string(""))])); sawText = true }
+                            try await delta(obj([("type", .string("text_delta")), ("text", .string(t))]))
+                        case .callStart(_, let name, let id):
+                            try await begin(.tool, obj([("type", .string("tool_use")), ("id", .string("toolu_" + (id ?? callIDs()))), ("name", .string(name)),
+                                                        ("input", .object([]))]))
+                        case .arguments(_, let fragment):
+                            if open == .tool { try await delta(obj([("type", .string("input_json_delta")), ("partial_json", .string(fragment))])) }
+                        }
                     }
                 }
                 do {
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, _):
-                            if splitter != nil { try await sendSplit(splitter!.feed(piece)); continue }
-                            if holds { held += piece; continue }
-                            guard !piece.isEmpty else { continue }
-                            try await openText()
-                            try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)),
-                                                                       ("delta", obj([("type", .string("text_delta")), ("text", .string(piece))]))]))
+                            try await take(reader.feed(piece))
                         case .finished(let reason, let usage):
-                            var calls = false
-                            if holds {
-                                let parsed = reading.parse(held)
-                                calls = !parsed.toolCalls.isEmpty
-                                for block in AnthropicMessages.blocks(parsed, ids: callIDs) {
-                                    let type = block["type"]?.stringValue ?? "text"
-                                    let (empty, delta): (JSONValue, JSONValue)
-                                    switch type {
-                                    case "thinking":
-                                        empty = obj([("type", .string("thinking")), ("thinking", .string(""))])
-                                        delta = obj([("type", .string("thinking_delta")), ("thinking", block["thinking"] ?? .string(""))])
-                                    case "tool_use":
-                                        empty = obj([("type", .string("tool_use")), ("id", block["id"] ?? .null), ("name", block["name"] ?? .null), ("input", .object([]))])
-                                        delta = obj([("type", .string("input_json_delta")), ("partial_json", .string((block["input"] ?? .object([])).render()))])
-                                    default:
-                                        empty = obj([("type", .string("text")), ("text", .string(""))])
-                                        delta = obj([("type", .string("text_delta")), ("text", block["text"] ?? .string(""))])
-                                    }
-                                    try await send("content_block_start", obj([("type", .string("content_block_start")), ("index", .int(index)), ("content_block", empty)]))
-                                    try await send("content_block_delta", obj([("type", .string("content_block_delta")), ("index", .int(index)), ("delta", delta)]))
-                                    open = true
-                                    try await close()
-                                }
-                            } else {
-                                if splitter != nil { try await sendSplit(splitter!.finish()) }
-                                // Anthropic's answer always has a text block, if empty.
-                                if !(open && openKind == .content) && !(index > 0 && openKind == .content) { try await openText() }
-                                try await close()
-                            }
+                            try await take(reader.finish())
+                            if let parsed = reader.parsed { reading.counted(parsed, reader.text) }
+                            // Anthropic's answer always has a text block, if empty, unless it is calls.
+                            if !sawText && !reader.sentCalls { try await begin(.text, obj([("type", .string("text")), ("text", .string(""))])) }
+                            try await close()
                             try await send("message_delta", obj([("type", .string("message_delta")),
-                                                                 ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: calls, usage: usage))),
+                                                                 ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: reader.sentCalls, usage: usage))),
                                                                                ("stop_sequence", AnthropicMessages.stopSequence(usage))])),
                                                                  ("usage", obj([("output_tokens", .int(usage.completionTokens))]))]))
                             try await send("message_stop", obj([("type", .string("message_stop"))]))

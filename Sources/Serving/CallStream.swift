@@ -4,21 +4,13 @@ import JSON
 /// as OpenAI streams calls: content as it comes, then per call a first delta with its index, id and name, then
 /// its arguments in fragments as the model writes them. Text that could still be the start of a call tag is held
 /// until it is or is not one; a call that turns out not to parse before anything of it was sent goes out as
-/// content, as `OutputFormat.parse` keeps it.
+/// content, as `OutputFormat.parse` keeps it. One stage of `AnswerStream`, which trims the content's edges and
+/// drops the calls not asked for.
 struct CallStream {
-    enum Event: Equatable {
-        case content(String)
-        case callStart(index: Int, name: String)
-        case arguments(index: Int, String)
-    }
+    typealias Event = AnswerStream.Event
 
     let open: String, close: String, argumentsKey: String
-    /// Whether more than one call may be sent (`parallel_tool_calls`); after the first, further calls are dropped.
-    let parallel: Bool
     private var pending = ""
-    /// Whitespace held between pieces of content: sent only when more content follows (parse trims the edges).
-    private var space = ""
-    private var contentStarted = false
     private var inCall = false
     private var call = ""
     private var nameSent = false
@@ -27,11 +19,10 @@ struct CallStream {
     private var argumentsEnd: String.Index?
     private(set) var calls = 0
 
-    init(open: String, close: String, argumentsKey: String, parallel: Bool) {
+    init(open: String, close: String, argumentsKey: String) {
         self.open = open
         self.close = close
         self.argumentsKey = argumentsKey
-        self.parallel = parallel
     }
 
     mutating func feed(_ piece: String) -> [Event] {
@@ -72,27 +63,19 @@ struct CallStream {
         return out
     }
 
-    private mutating func content(_ text: String, into out: inout [Event]) {
-        guard !text.isEmpty else { return }
-        if text.allSatisfy(\.isWhitespace) {
-            if contentStarted { space += text }
-            return
-        }
-        var t = text
-        if !contentStarted { t = String(t.drop { $0.isWhitespace }); contentStarted = true }
-        let trailing = t.reversed().prefix { $0.isWhitespace }.count
-        out.append(.content(space + String(t.dropLast(trailing))))
-        space = String(t.suffix(trailing))
+    private func content(_ text: String, into out: inout [Event]) {
+        if !text.isEmpty { out.append(.content(text)) }
     }
 
     /// Moves the current call on with what has come; true when it ended (and the text after it waits in `pending`).
     private mutating func progressCall(into out: inout [Event]) -> Bool {
-        let dropped = !parallel && calls >= 1
         if !nameSent, let name = Self.stringValue(of: "name", in: call) {
             nameSent = true
-            if !dropped { out.append(.callStart(index: calls, name: name)) }
+            out.append(.callStart(index: calls, name: name, id: nil))
         }
-        if argumentsStart == nil, let start = Self.valueStart(of: argumentsKey, in: call) {
+        // Arguments written as an object stream as written; any other way (a JSON string holding the object) is
+        // left to the parse at the end.
+        if argumentsStart == nil, let start = Self.valueStart(of: argumentsKey, in: call), call[start] == "{" {
             argumentsStart = start
             argumentsSent = start
         }
@@ -100,7 +83,7 @@ struct CallStream {
             if argumentsEnd == nil { argumentsEnd = Self.valueEnd(in: call, from: start) }
             let upTo = argumentsEnd ?? call.endIndex
             if argumentsSent! < upTo {
-                if !dropped { out.append(.arguments(index: calls, String(call[argumentsSent!..<upTo]))) }
+                out.append(.arguments(index: calls, String(call[argumentsSent!..<upTo])))
                 argumentsSent = upTo
             }
         }
@@ -108,7 +91,7 @@ struct CallStream {
         let rest = String(call[c.upperBound...])
         if !nameSent {
             content(open + String(call[..<c.upperBound]), into: &out)  // not a call: text, as parse keeps it
-        } else if !dropped {
+        } else {
             calls += 1
         }
         inCall = false

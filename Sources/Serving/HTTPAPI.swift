@@ -195,26 +195,15 @@ public struct HTTPAPI: Sendable {
         var parallel: Bool
         /// Told each answer read and its text (the metrics of calls read and of calls that did not parse).
         var counted: @Sendable (ParsedOutput, String) -> Void = { _, _ in }
-        /// A stream can go out as it comes, reasoning split from content on the way; otherwise (calls to read,
-        /// harmony's channels) it is held to the end.
-        func streamSplitter() -> ReasoningStream? {
-            guard case .none = format.calls, let (open, close) = format.reasoning else { return nil }
-            return ReasoningStream(open: open, close: close, reasoningOpen: reasoningOpen)
-        }
+        /// The answer read as it is generated.
+        func stream() -> AnswerStream { AnswerStream(reading: self) }
 
-        /// Calls streamed as they are written (tagged families): the reasoning splitter first, when the family
-        /// reasons, then the call stream over the content.
-        func callStreamer() -> (reasoning: ReasoningStream?, calls: CallStream)? {
-            guard case .tagged(let open, let close, let key) = format.calls else { return nil }
-            let reasoning = format.reasoning.map { ReasoningStream(open: $0.open, close: $0.close, reasoningOpen: reasoningOpen) }
-            return (reasoning, CallStream(open: open, close: close, argumentsKey: key, parallel: parallel))
-        }
-
-        func parse(_ text: String) -> ParsedOutput {
+        /// `counting`: told to `counted` (an answer is counted once, where it is complete).
+        func parse(_ text: String, counting: Bool = true) -> ParsedOutput {
             var p = format.parse(text, reasoningOpen: reasoningOpen)
             // One call asked for: the first is it, the rest are dropped (as llama-server does).
             if !parallel && p.toolCalls.count > 1 { p.toolCalls = [p.toolCalls[0]] }
-            counted(p, text)
+            if counting { counted(p, text) }
             return p
         }
     }
@@ -278,10 +267,8 @@ public struct HTTPAPI: Sendable {
     /// Server-sent events as OpenAI sends them: a first chunk with the role, one per piece of text, a last one with
     /// the finish reason, the usage chunk when asked, then `[DONE]`. A failure after the first byte is an `error`
     /// event (the status line has gone); a client that goes away cancels the sequence at the next write.
-    /// With `reading`: a model that reasons (and no calls to read) streams `reasoning_content` then `content` deltas
-    /// as it goes (`ReasoningStream`); with calls to read (or harmony's channels) the text is held back and read
-    /// when the answer is complete, then sent as one delta of reasoning, content and calls (clients assemble
-    /// deltas either way).
+    /// With `reading`: the answer is read as it comes (`AnswerStream`): `reasoning_content` and `content` deltas,
+    /// and each call as OpenAI streams it — a first `tool_calls[i]` delta with its id and name, then its arguments.
     func stream(_ head: ResponseHead, _ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, includeUsage: Bool,
                 reading: OutputReading? = nil) -> Response {
         let (scheduler, ids) = (self.scheduler, self.ids)
@@ -290,56 +277,23 @@ public struct HTTPAPI: Sendable {
             do {
                 if head.kind == .chat { try await send(head.chunk(delta: .object([("role", .string("assistant")), ("content", .string(""))]), includeUsage: includeUsage)) }
                 do {
-                    var held = ""
-                    var splitter = reading?.streamSplitter()
-                    var streamer = reading?.callStreamer()
-                    func sendSplit(_ parts: [(ReasoningStream.Kind, String)]) async throws {
-                        for (kind, text) in parts {
-                            try await send(head.chunk(delta: .object([(kind == .reasoning ? "reasoning_content" : "content", .string(text))]), includeUsage: includeUsage))
-                        }
-                    }
-                    func sendCalls(_ events: [CallStream.Event]) async throws {
-                        for e in events {
-                            let delta: JSONValue
-                            switch e {
-                            case .content(let text): delta = .object([("content", .string(text))])
-                            case .callStart(let i, let name):
-                                delta = .object([("tool_calls", .array([.object([("index", .int(i)), ("id", .string("call_" + ids.next())), ("type", .string("function")),
-                                                                                 ("function", .object([("name", .string(name)), ("arguments", .string(""))]))])]))])
-                            case .arguments(let i, let fragment):
-                                delta = .object([("tool_calls", .array([.object([("index", .int(i)), ("function", .object([("arguments", .string(fragment))]))])]))])
-                            }
-                            try await send(head.chunk(delta: delta, includeUsage: includeUsage))
-                        }
-                    }
-                    /// A piece (nil: the end) through the reasoning split, then the call stream.
-                    func streamCalls(_ piece: String?) async throws {
-                        let parts = piece.map { streamer!.reasoning?.feed($0) ?? [(.content, $0)] } ?? (streamer!.reasoning?.finish() ?? [])
-                        for (kind, text) in parts {
-                            if kind == .reasoning { try await sendSplit([(kind, text)]) } else { try await sendCalls(streamer!.calls.feed(text)) }
-                        }
-                        if piece == nil { try await sendCalls(streamer!.calls.finish()) }
+                    var reader = reading?.stream()
+                    func sendRead(_ events: [AnswerStream.Event]) async throws {
+                        for e in events { try await send(head.chunk(delta: Self.chatDelta(e, ids: ids), includeUsage: includeUsage)) }
                     }
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, let lp):
-                            if splitter != nil { try await sendSplit(splitter!.feed(piece)); continue }
-                            if streamer != nil { held += piece; try await streamCalls(piece); continue }
-                            if reading != nil { held += piece; continue }
+                            if reader != nil { try await sendRead(reader!.feed(piece)); continue }
                             guard !piece.isEmpty || lp != nil else { continue }
                             try await send(head.chunk(delta: head.kind == .chat ? .object([("content", .string(piece))]) : .string(piece),
                                                       logprobs: lp.map { [$0] }, includeUsage: includeUsage))
                         case .finished(let reason, let usage):
                             var finish = reason.rawValue
-                            if splitter != nil {
-                                try await sendSplit(splitter!.finish())
-                            } else if streamer != nil {
-                                try await streamCalls(nil)
-                                _ = reading?.parse(held)  // counts the calls (and calls that did not parse) for /metrics
-                                if streamer!.calls.calls > 0 { finish = "tool_calls" }
-                            } else if let parsed = reading?.parse(held) {
-                                try await send(head.chunk(delta: .object(parsed.messageFields(ids: { "call_" + ids.next() }, indexed: true)), includeUsage: includeUsage))
-                                if !parsed.toolCalls.isEmpty { finish = "tool_calls" }
+                            if reader != nil {
+                                try await sendRead(reader!.finish())
+                                if let parsed = reader!.parsed { reading?.counted(parsed, reader!.text) }
+                                if reader!.sentCalls { finish = "tool_calls" }
                             }
                             try await send(head.chunk(delta: head.kind == .chat ? .object([]) : .string(""), finishReason: finish, includeUsage: includeUsage))
                             if includeUsage { try await send(head.usageChunk(usage)) }
@@ -359,6 +313,19 @@ public struct HTTPAPI: Sendable {
             }
         }
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+
+    /// A chat chunk's delta for one piece of a read answer.
+    static func chatDelta(_ e: AnswerStream.Event, ids: IDSource) -> JSONValue {
+        switch e {
+        case .reasoning(let t): return .object([("reasoning_content", .string(t))])
+        case .content(let t): return .object([("content", .string(t))])
+        case .callStart(let i, let name, let id):
+            return .object([("tool_calls", .array([.object([("index", .int(i)), ("id", .string(id ?? "call_" + ids.next())), ("type", .string("function")),
+                                                            ("function", .object([("name", .string(name)), ("arguments", .string(""))]))])]))])
+        case .arguments(let i, let fragment):
+            return .object([("tool_calls", .array([.object([("index", .int(i)), ("function", .object([("arguments", .string(fragment))]))])]))])
+        }
     }
 
     // MARK: Tokens

@@ -88,6 +88,8 @@ extension OutputFormat {
         return ParsedOutput(content: "", toolCalls: [c])
     }
 
+    /// A call that does not read (cut off, not JSON, no name) ends the section there: the calls before it are
+    /// kept and the rest is text, so a stream that sent those calls as they closed said what the parse says.
     static func delimited(_ text: String, begin: String, end: String, callBegin: String, separator: String, callEnd: String) -> ParsedOutput {
         guard let section = text.range(of: begin) else { return ParsedOutput(content: text) }
         var calls: [ToolCall] = []
@@ -96,14 +98,14 @@ extension OutputFormat {
             rest = rest.drop { $0.isWhitespace }
             guard rest.hasPrefix(callBegin) else { break }
             let afterBegin = rest.dropFirst(callBegin.count)
-            guard let sep = afterBegin.range(of: separator) else { return ParsedOutput(content: text) }
+            guard let sep = afterBegin.range(of: separator) else { break }
             let name = String(afterBegin[..<sep.lowerBound]).trimmingWhitespace
             let bytes = Array(afterBegin[sep.upperBound...].utf8)
-            guard !name.isEmpty, let (v, stop) = JSONValue.parsePrefix(bytes), case .object = v else { return ParsedOutput(content: text) }
+            guard !name.isEmpty, let (v, stop) = JSONValue.parsePrefix(bytes), case .object = v else { break }
             let after = String(decoding: bytes[stop...], as: UTF8.self).drop { $0.isWhitespace }
-            guard after.hasPrefix(callEnd) else { return ParsedOutput(content: text) }
+            guard after.hasPrefix(callEnd) else { break }
             calls.append(Self.namespaced(name, arguments: v))
-            rest = after.dropFirst(callEnd.count)
+            rest = Substring(after.dropFirst(callEnd.count))
         }
         guard !calls.isEmpty else { return ParsedOutput(content: text) }
         rest = rest.drop { $0.isWhitespace }

@@ -125,10 +125,7 @@ enum ResponsesAPI {
     /// The output items of an answer: reasoning, the message, each call.
     static func output(_ parsed: ParsedOutput, ids: () -> String) -> [JSONValue] {
         var items: [JSONValue] = []
-        if let r = parsed.reasoning, !r.isEmpty {
-            items.append(.object([("type", .string("reasoning")), ("id", .string("rs_" + ids())), ("summary", .array([])),
-                                  ("content", .array([.object([("type", .string("reasoning_text")), ("text", .string(r))])]))]))
-        }
+        if let r = parsed.reasoning, !r.isEmpty { items.append(reasoning(r, id: "rs_" + ids())) }
         if !parsed.content.isEmpty || parsed.toolCalls.isEmpty { items.append(message(parsed.content, id: "msg_" + ids(), status: "completed")) }
         for c in parsed.toolCalls { items.append(call(c, id: "fc_" + ids(), callID: c.id ?? "call_" + ids(), status: "completed")) }
         return items
@@ -144,8 +141,17 @@ enum ResponsesAPI {
     }
 
     static func call(_ c: ToolCall, id: String, callID: String, status: String) -> JSONValue {
-        .object([("type", .string("function_call")), ("id", .string(id)), ("call_id", .string(callID)), ("name", .string(c.name)),
-                 ("arguments", .string(status == "in_progress" ? "" : c.arguments.render())), ("status", .string(status))])
+        callItem(name: c.name, arguments: status == "in_progress" ? "" : c.arguments.render(), id: id, callID: callID, status: status)
+    }
+
+    static func callItem(name: String, arguments: String, id: String, callID: String, status: String) -> JSONValue {
+        .object([("type", .string("function_call")), ("id", .string(id)), ("call_id", .string(callID)), ("name", .string(name)),
+                 ("arguments", .string(arguments)), ("status", .string(status))])
+    }
+
+    static func reasoning(_ text: String, id: String) -> JSONValue {
+        .object([("type", .string("reasoning")), ("id", .string(id)), ("summary", .array([])),
+                 ("content", .array([.object([("type", .string("reasoning_text")), ("text", .string(text))])]))])
     }
 
     /// The chat messages an answer adds to the conversation (for `previous_response_id`).
@@ -229,26 +235,27 @@ extension HTTPAPI {
             }
             return .object(fields)
         }
-        let finished: @Sendable (String, FinishReason, GenerationUsage) -> (ParsedOutput, [JSONValue], JSONValue) = { text, finish, usage in
-            let parsed = reads ? reading.parse(text) : ParsedOutput(content: text)
-            let output = ResponsesAPI.output(parsed, ids: { ids.next() })
+        /// The answer's output items kept for `previous_response_id`, then the finished response.
+        let finished: @Sendable (ParsedOutput, [JSONValue], FinishReason, GenerationUsage) -> JSONValue = { parsed, output, finish, usage in
             if store { responseStore.keep(id, conversation + [ResponsesAPI.assistantMessage(parsed, output: output)]) }
-            return (parsed, output, response(finish == .length ? "incomplete" : "completed", output, finish, usage))
+            return response(finish == .length ? "incomplete" : "completed", output, finish, usage)
         }
         if !p.stream {
             let answer = try await collect(events)
-            return json(finished(answer.text, answer.finish, answer.usage).2)
+            let parsed = reads ? reading.parse(answer.text) : ParsedOutput(content: answer.text)
+            return json(finished(parsed, ResponsesAPI.output(parsed, ids: { ids.next() }), answer.finish, answer.usage))
         }
-        return responsesStream(events, sequence: sequence, start: response("in_progress", [], nil, nil), messageID: "msg_" + ids.next(),
-                               live: !reads, finished: finished)
+        return responsesStream(events, sequence: sequence, start: response("in_progress", [], nil, nil), reading: reads ? reading : nil, finished: finished)
     }
 
     /// The `response.*` events: created, in_progress, then per output item added / deltas / done, then
-    /// completed (or incomplete). Plain text streams as it comes; with tools or reasoning to read, the items are
-    /// sent when the answer is complete.
-    func responsesStream(_ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, start: JSONValue, messageID: String, live: Bool,
-                         finished: @escaping @Sendable (String, FinishReason, GenerationUsage) -> (ParsedOutput, [JSONValue], JSONValue)) -> Response {
-        let scheduler = self.scheduler
+    /// completed (or incomplete). The answer is read as it comes (`AnswerStream`, or its text as it is without a
+    /// `reading`): a `reasoning` item (`response.reasoning_text.delta`), `message` items (`response.output_text.delta`)
+    /// and a `function_call` item per call (`response.function_call_arguments.delta`); the final response holds the
+    /// items as they were streamed.
+    func responsesStream(_ events: AsyncThrowingStream<GenerationEvent, Error>, sequence: UInt64, start: JSONValue, reading: OutputReading?,
+                         finished: @escaping @Sendable (ParsedOutput, [JSONValue], FinishReason, GenerationUsage) -> JSONValue) -> Response {
+        let (scheduler, ids) = (self.scheduler, self.ids)
         let body = ResponseBody { writer in
             var number = 0
             func send(_ type: String, _ fields: [(String, JSONValue)]) async throws {
@@ -259,63 +266,86 @@ extension HTTPAPI {
             do {
                 try await send("response.created", [("response", start)])
                 try await send("response.in_progress", [("response", start)])
-                var text = "", opened = false
-                func openMessage() async throws {
-                    guard !opened else { return }
-                    opened = true
-                    try await send("response.output_item.added", [("output_index", .int(0)), ("item", ResponsesAPI.message("", id: messageID, status: "in_progress"))])
-                    try await send("response.content_part.added", [("item_id", .string(messageID)), ("output_index", .int(0)), ("content_index", .int(0)),
-                                                                   ("part", ResponsesAPI.textPart(""))])
+                enum Kind { case reasoning, message, call }
+                /// The item being written: its kind, id, call id and name (calls), and its text so far.
+                var item: (kind: Kind, id: String, callID: String, name: String, text: String)?
+                var output: [JSONValue] = []
+                var reader = reading?.stream()
+                var text = ""
+                func place(_ fields: [(String, JSONValue)] = []) -> [(String, JSONValue)] {
+                    [("item_id", .string(item!.id)), ("output_index", .int(output.count))] + fields
+                }
+                func finishItem() async throws {
+                    guard let it = item else { return }
+                    let done: JSONValue
+                    switch it.kind {
+                    case .reasoning:
+                        try await send("response.reasoning_text.done", place([("content_index", .int(0)), ("text", .string(it.text))]))
+                        done = ResponsesAPI.reasoning(it.text, id: it.id)
+                    case .message:
+                        try await send("response.output_text.done", place([("content_index", .int(0)), ("text", .string(it.text)), ("logprobs", .array([]))]))
+                        try await send("response.content_part.done", place([("content_index", .int(0)), ("part", ResponsesAPI.textPart(it.text))]))
+                        done = ResponsesAPI.message(it.text, id: it.id, status: "completed")
+                    case .call:
+                        try await send("response.function_call_arguments.done", place([("arguments", .string(it.text))]))
+                        done = ResponsesAPI.callItem(name: it.name, arguments: it.text, id: it.id, callID: it.callID, status: "completed")
+                    }
+                    try await send("response.output_item.done", [("output_index", .int(output.count)), ("item", done)])
+                    output.append(done)
+                    item = nil
+                }
+                func begin(_ kind: Kind, name: String = "", callID: String? = nil) async throws {
+                    try await finishItem()
+                    let prefix = kind == .reasoning ? "rs_" : kind == .message ? "msg_" : "fc_"
+                    item = (kind, prefix + ids.next(), callID ?? "call_" + ids.next(), name, "")
+                    let added: JSONValue
+                    switch kind {
+                    case .reasoning: added = .object([("type", .string("reasoning")), ("id", .string(item!.id)), ("summary", .array([]))])
+                    case .message: added = ResponsesAPI.message("", id: item!.id, status: "in_progress")
+                    case .call: added = ResponsesAPI.callItem(name: name, arguments: "", id: item!.id, callID: item!.callID, status: "in_progress")
+                    }
+                    try await send("response.output_item.added", [("output_index", .int(output.count)), ("item", added)])
+                    if kind == .message { try await send("response.content_part.added", place([("content_index", .int(0)), ("part", ResponsesAPI.textPart(""))])) }
+                }
+                func take(_ read: [AnswerStream.Event]) async throws {
+                    for e in read {
+                        switch e {
+                        case .reasoning(let t):
+                            if item?.kind != .reasoning { try await begin(.reasoning) }
+                            item!.text += t
+                            try await send("response.reasoning_text.delta", place([("content_index", .int(0)), ("delta", .string(t))]))
+                        case .content(let t):
+                            if item?.kind != .message { try await begin(.message) }
+                            item!.text += t
+                            try await send("response.output_text.delta", place([("content_index", .int(0)), ("delta", .string(t)), ("logprobs", .array([]))]))
+                        case .callStart(_, let name, let id):
+                            try await begin(.call, name: name, callID: id)
+                        case .arguments(_, let fragment):
+                            guard item?.kind == .call else { continue }
+                            item!.text += fragment
+                            try await send("response.function_call_arguments.delta", place([("delta", .string(fragment))]))
+                        }
+                    }
                 }
                 do {
                     for try await e in events {
                         switch e {
                         case .token(_, let piece, _):
                             text += piece
-                            guard live, !piece.isEmpty else { continue }
-                            try await openMessage()
-                            try await send("response.output_text.delta", [("item_id", .string(messageID)), ("output_index", .int(0)), ("content_index", .int(0)),
-                                                                          ("delta", .string(piece)), ("logprobs", .array([]))])
+                            if reader != nil { try await take(reader!.feed(piece)) } else if !piece.isEmpty { try await take([.content(piece)]) }
                         case .finished(let reason, let usage):
-                            var (_, output, final) = finished(text, reason, usage)
-                            if live {
-                                // The streamed message keeps the id its deltas named.
-                                output = [ResponsesAPI.message(text, id: messageID, status: "completed")]
-                                if case .object(var f) = final, let k = f.firstIndex(where: { $0.0 == "output" }) { f[k].1 = .array(output); final = .object(f) }
-                                try await openMessage()
+                            var parsed = ParsedOutput(content: text)
+                            if reader != nil {
+                                try await take(reader!.finish())
+                                parsed = reader!.parsed ?? parsed
+                                reading?.counted(parsed, text)
                             }
-                            for (index, item) in output.enumerated() {
-                                let itemID = item["id"] ?? .null
-                                if !live || index > 0 {
-                                    var added = item
-                                    if item["type"]?.stringValue == "function_call", case .object(var f) = item, let k = f.firstIndex(where: { $0.0 == "arguments" }) {
-                                        f[k].1 = .string("")
-                                        if let s = f.firstIndex(where: { $0.0 == "status" }) { f[s].1 = .string("in_progress") }
-                                        added = .object(f)
-                                    } else if item["type"]?.stringValue == "message" {
-                                        added = ResponsesAPI.message("", id: itemID.stringValue ?? "", status: "in_progress")
-                                    }
-                                    try await send("response.output_item.added", [("output_index", .int(index)), ("item", added)])
-                                }
-                                switch item["type"]?.stringValue {
-                                case "message":
-                                    let full = item["content"]?.arrayValue?.first?["text"] ?? .string("")
-                                    if !live {
-                                        try await send("response.content_part.added", [("item_id", itemID), ("output_index", .int(index)), ("content_index", .int(0)), ("part", ResponsesAPI.textPart(""))])
-                                        try await send("response.output_text.delta", [("item_id", itemID), ("output_index", .int(index)), ("content_index", .int(0)), ("delta", full), ("logprobs", .array([]))])
-                                    }
-                                    try await send("response.output_text.done", [("item_id", itemID), ("output_index", .int(index)), ("content_index", .int(0)), ("text", full), ("logprobs", .array([]))])
-                                    try await send("response.content_part.done", [("item_id", itemID), ("output_index", .int(index)), ("content_index", .int(0)),
-                                                                                  ("part", ResponsesAPI.textPart(full.stringValue ?? ""))])
-                                case "function_call":
-                                    let args = item["arguments"] ?? .string("")
-                                    try await send("response.function_call_arguments.delta", [("item_id", itemID), ("output_index", .int(index)), ("delta", args)])
-                                    try await send("response.function_call_arguments.done", [("item_id", itemID), ("output_index", .int(index)), ("arguments", args)])
-                                default:
-                                    break
-                                }
-                                try await send("response.output_item.done", [("output_index", .int(index)), ("item", item)])
+                            // An answer with no text and no calls still has its (empty) message.
+                            if !output.contains(where: { $0["type"]?.stringValue == "message" }) && item?.kind != .message && !(reader?.sentCalls ?? false) {
+                                try await begin(.message)
                             }
+                            try await finishItem()
+                            let final = finished(parsed, output, reason, usage)
                             try await send(final["status"]?.stringValue == "incomplete" ? "response.incomplete" : "response.completed", [("response", final)])
                         }
                     }

@@ -93,7 +93,7 @@ for choice, names in [("required", {"get_weather", "get_time"}), ({"type": "func
         kw = dict(model=model, messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=300, seed=11, temperature=0.7,
                   tools=tools, tool_choice=choice, parallel_tool_calls=False)
         if stream:
-            calls, finish = {}, None
+            calls, finish, fragments = {}, None, 0
             for chunk in client.chat.completions.create(**kw, stream=True):
                 for c in chunk.choices:
                     finish = c.finish_reason or finish
@@ -103,7 +103,11 @@ for choice, names in [("required", {"get_weather", "get_time"}), ({"type": "func
                             entry["name"] += d.function.name
                         if d.function and d.function.arguments:
                             entry["arguments"] += d.function.arguments
+                            fragments += 1
             got = [(c["name"], c["arguments"]) for _, c in sorted(calls.items())]
+            # The call streams as it is written, not in one piece at the end.
+            if fragments < 2:
+                fail(f"tool_choice {choice}: the arguments came in {fragments} fragment(s)")
         else:
             m = client.chat.completions.create(**kw).choices[0]
             finish = m.finish_reason
@@ -130,6 +134,18 @@ items = [o for o in fc.output if o.type == "function_call"]
 if len(items) != 1 or items[0].name != "get_time":
     fail(f"responses forced call: {fc.output}")
 jsonschema.validate(json.loads(items[0].arguments), clock)
+# Streamed: the call's arguments in deltas as they are written, adding up to the completed response's item.
+deltas, done = [], None
+for ev in client.responses.create(model=model, input="Time in Tokyo?", max_output_tokens=200, temperature=0, parallel_tool_calls=False,
+                                  tools=[{"type": "function", "name": "get_time", "parameters": clock}], tool_choice="required", stream=True):
+    if ev.type == "response.function_call_arguments.delta":
+        deltas.append(ev.delta)
+    elif ev.type == "response.completed":
+        done = ev.response
+calls_done = [o for o in (done.output if done else []) if o.type == "function_call"]
+if len(deltas) < 2 or len(calls_done) != 1 or calls_done[0].arguments != "".join(deltas):
+    fail(f"responses streamed call: {len(deltas)} deltas, output {done.output if done else None}")
+jsonschema.validate(json.loads(calls_done[0].arguments), clock)
 
 # Anthropic: a forced tool use, whole and streamed.
 ac = anthropic.Anthropic(base_url=root, api_key="none", max_retries=0, timeout=600)
@@ -139,7 +155,10 @@ for stream in (False, True):
               messages=[{"role": "user", "content": "Weather in Paris?"}], extra_body={"seed": 3})
     if stream:
         with ac.messages.stream(**kw) as s:
+            pieces = sum(1 for ev in s if ev.type == "content_block_delta" and ev.delta.type == "input_json_delta")
             msg = s.get_final_message()
+        if pieces < 2:
+            fail(f"anthropic streamed tool use came in {pieces} input_json_delta(s)")
     else:
         msg = ac.messages.create(**kw)
     uses = [b for b in msg.content if b.type == "tool_use"]
