@@ -51,7 +51,7 @@ struct AnswerStream {
             switch format.calls {
             case .none, .harmony: stage = .plain
             case .tagged(let open, let close, let key): stage = .tagged(CallStream(open: open, close: close, argumentsKey: key))
-            default: stage = .section(CallSectionStream(format: format.withoutReasoning()))
+            default: stage = .section(CallSectionStream(format: format.withoutReasoning(), textParameters: reading.textParameters))
             }
         }
         // Harmony's reasoning is its channel's text as written; tag families' reasoning is trimmed, as parse trims it.
@@ -167,6 +167,7 @@ struct TrimmedText {
 /// and the calls it completes go out whole. What remains is left to the parse at the end.
 struct CallSectionStream {
     let format: OutputFormat
+    let textParameters: [String: Set<String>]
     /// What opens the section; `anchored`: only at the start of the answer (Llama 3's object).
     let marker: String, anchored: Bool
     /// What ends a call (nil: calls are known at the end only), and what the section so far needs after it to parse.
@@ -177,8 +178,9 @@ struct CallSectionStream {
     private var plain = false
     private var sent = 0
 
-    init(format: OutputFormat) {
+    init(format: OutputFormat, textParameters: [String: Set<String>] = [:]) {
         self.format = format
+        self.textParameters = textParameters
         switch format.calls {
         case .delimited(let begin, _, _, _, let callEnd): (marker, anchored, closer, closing) = (begin, false, callEnd, "")
         // A block's calls are read together (one that does not parse leaves its whole block text), so when it closes.
@@ -225,7 +227,7 @@ struct CallSectionStream {
     /// have begun in) holds a closing tag: the section is parsed only then, so a long section costs little.
     private mutating func completedCalls(arrived: String) -> [AnswerStream.Event] {
         guard let closer, let s = section, arrived.contains(closer), let last = s.range(of: closer, options: .backwards) else { return [] }
-        let calls = format.parse(String(s[..<last.upperBound]) + closing).toolCalls
+        let calls = format.parse(String(s[..<last.upperBound]) + closing, textParameters: textParameters).toolCalls
         var out: [AnswerStream.Event] = []
         while sent < calls.count {
             out.append(.callStart(index: sent, name: calls[sent].name, id: calls[sent].id))

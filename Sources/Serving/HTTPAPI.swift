@@ -177,7 +177,7 @@ public struct HTTPAPI: Sendable {
         // A template that opens the reasoning block in its generation prompt: the answer starts inside it.
         let open = format.reasoning.map { prompt.trimmingWhitespace.hasSuffix($0.open) } ?? false
         let metrics = self.metrics
-        return OutputReading(format: format, reasoningOpen: open, parallel: options.parallel) { [format] parsed, text in
+        return OutputReading(format: format, reasoningOpen: open, parallel: options.parallel, textParameters: options.textParameters) { [format] parsed, text in
             guard let metrics, format.hasToolCalls else { return }
             let label = [MetricLabel("api", api)]
             if !parsed.toolCalls.isEmpty {
@@ -193,6 +193,8 @@ public struct HTTPAPI: Sendable {
         var format: OutputFormat
         var reasoningOpen: Bool
         var parallel: Bool
+        /// Per tool, the parameters declared strings (read as written in the text-parameter families).
+        var textParameters: [String: Set<String>] = [:]
         /// Told each answer read and its text (the metrics of calls read and of calls that did not parse).
         var counted: @Sendable (ParsedOutput, String) -> Void = { _, _ in }
         /// The answer read as it is generated.
@@ -200,7 +202,7 @@ public struct HTTPAPI: Sendable {
 
         /// `counting`: told to `counted` (an answer is counted once, where it is complete).
         func parse(_ text: String, counting: Bool = true) -> ParsedOutput {
-            var p = format.parse(text, reasoningOpen: reasoningOpen)
+            var p = format.parse(text, reasoningOpen: reasoningOpen, textParameters: textParameters)
             // One call asked for: the first is it, the rest are dropped (as llama-server does).
             if !parallel && p.toolCalls.count > 1 { p.toolCalls = [p.toolCalls[0]] }
             if counting { counted(p, text) }

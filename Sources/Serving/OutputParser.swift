@@ -5,8 +5,10 @@ import JSON
 /// the syntax must not turn into a call, and nothing it wrote is lost.
 extension OutputFormat {
     /// `reasoningOpen`: the prompt ended inside a reasoning block (templates that open `<think>` in the generation
-    /// prompt), so the answer starts with reasoning and only its close tag shows.
-    public func parse(_ text: String, reasoningOpen: Bool = false) -> ParsedOutput {
+    /// prompt), so the answer starts with reasoning and only its close tag shows. `textParameters`: per tool, the
+    /// parameters its schema declares strings — in the text-parameter families their values are the text as written
+    /// ("02139" stays a string), where otherwise a value is the JSON it spells.
+    public func parse(_ text: String, reasoningOpen: Bool = false, textParameters: [String: Set<String>] = [:]) -> ParsedOutput {
         var rest = text
         var reasoning: String?
         if let (open, close) = self.reasoning {
@@ -33,7 +35,7 @@ extension OutputFormat {
         case .delimited(let begin, let end, let callBegin, let separator, let callEnd):
             out = Self.delimited(rest, begin: begin, end: end, callBegin: callBegin, separator: separator, callEnd: callEnd)
         case .harmony: out = Self.harmony(rest)
-        case .parameters(let syntax): out = Self.parameters(rest, syntax)
+        case .parameters(let syntax): out = Self.parameters(rest, syntax, textParameters: textParameters)
         }
         if out.reasoning == nil { out.reasoning = reasoning }
         out.content = out.content.trimmingWhitespace
@@ -124,13 +126,13 @@ extension OutputFormat {
     /// Calls with text parameters (Qwen3-Coder, GLM, MiniMax). A value is the JSON it spells when it spells a
     /// number, boolean, null, object or array, and text otherwise (the model writes strings unquoted); one
     /// newline either side of it is the layout, not the value. A block that does not read as calls stays text.
-    static func parameters(_ text: String, _ p: ParameterSyntax) -> ParsedOutput {
+    static func parameters(_ text: String, _ p: ParameterSyntax, textParameters: [String: Set<String>] = [:]) -> ParsedOutput {
         var content = "", calls: [ToolCall] = []
         var rest = Substring(text)
         while let start = rest.range(of: p.blockOpen) {
             content += rest[..<start.lowerBound]
             let afterOpen = rest[start.upperBound...]
-            if let close = afterOpen.range(of: p.blockClose), let found = invocations(afterOpen[..<close.lowerBound], p), !found.isEmpty {
+            if let close = afterOpen.range(of: p.blockClose), let found = invocations(afterOpen[..<close.lowerBound], p, textParameters: textParameters), !found.isEmpty {
                 calls += found
                 rest = afterOpen[close.upperBound...]
                 continue
@@ -142,7 +144,7 @@ extension OutputFormat {
         return ParsedOutput(content: content, toolCalls: calls)
     }
 
-    static func invocations(_ block: Substring, _ p: ParameterSyntax) -> [ToolCall]? {
+    static func invocations(_ block: Substring, _ p: ParameterSyntax, textParameters: [String: Set<String>]) -> [ToolCall]? {
         var out: [ToolCall] = []
         var rest = block
         while true {
@@ -178,7 +180,7 @@ extension OutputFormat {
                     value = value.dropFirst(p.valueOpen.count)
                 }
                 guard !key.isEmpty, let valueClose = value.range(of: p.valueClose) else { return nil }
-                args.append((key, Self.parameterValue(value[..<valueClose.lowerBound])))
+                args.append((key, Self.parameterValue(value[..<valueClose.lowerBound], text: textParameters[name]?.contains(key) ?? false)))
                 body = value[valueClose.upperBound...]
             }
             out.append(ToolCall(name: name, arguments: .object(args)))
@@ -186,10 +188,11 @@ extension OutputFormat {
         return out
     }
 
-    static func parameterValue(_ raw: Substring) -> JSONValue {
+    static func parameterValue(_ raw: Substring, text: Bool = false) -> JSONValue {
         var v = raw
         if v.hasPrefix("\n") { v = v.dropFirst() }
         if v.hasSuffix("\n") { v = v.dropLast() }
+        if text { return .string(String(v)) }
         if let parsed = try? JSONValue.parse(String(v)), parsed.stringValue == nil { return parsed }
         return .string(String(v))
     }

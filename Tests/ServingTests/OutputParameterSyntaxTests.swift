@@ -64,4 +64,19 @@ import Testing
             #expect(out.toolCalls.isEmpty && out.content == text, "\(family): \(text) → \(out)")
         }
     }
+
+    /// A parameter the tool declares a string stays the text written, though it spells a number or a boolean;
+    /// the same text for an undeclared one is the JSON it spells. Streamed, the same.
+    @Test func declaredStringsStayText() throws {
+        let body = try JSONValue.parse(#"{"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"zip": {"type": "string"}, "flag": {"enum": ["true", "false"]}, "count": {"type": "integer"}}}}}]}"#)
+        let options = try ToolCallOptions(body: body, format: try Self.format("qwen3-coder"))
+        #expect(options.textParameters == ["lookup": ["zip", "flag"]])
+        let text = "<tool_call>\n<function=lookup>\n<parameter=zip>\n02139\n</parameter>\n<parameter=flag>\ntrue\n</parameter>\n<parameter=count>\n3\n</parameter>\n<parameter=other>\n07\n</parameter>\n</function>\n</tool_call>"
+        let want = ToolCall(name: "lookup", arguments: .object([("zip", .string("02139")), ("flag", .string("true")), ("count", .int(3)), ("other", .string("07"))]))
+        #expect(try Self.format("qwen3-coder").parse(text, textParameters: options.textParameters).toolCalls == [want])
+        #expect(try Self.format("qwen3-coder").parse(text).toolCalls.first?.arguments["flag"] == .bool(true))
+        let reading = HTTPAPI.OutputReading(format: try Self.format("qwen3-coder"), reasoningOpen: false, parallel: true, textParameters: options.textParameters)
+        let (streamed, _) = AnswerStreamTests.stream(text.map(String.init), reading)
+        #expect(streamed.calls == [want], "\(streamed)")
+    }
 }
