@@ -25,8 +25,8 @@ public final class GrammarMatcher: @unchecked Sendable {
     private var accepting: [Bool] = []
     /// transitions[state * 256 + byte]: the next state, `dead`, or `unknown` until first asked. A raw buffer
     /// (grown by doubling) because the mask walk reads it once per trie node.
-    private var transitions = UnsafeMutablePointer<Int32>.allocate(capacity: 256 * 64)
-    private var transitionCapacity = 64
+    private var transitions = UnsafeMutablePointer<Int32>.allocate(capacity: 256 * 16)
+    private var transitionCapacity = 16
 
     deinit { transitions.deallocate() }
     private var tokenTransitions: [Int64: Int32] = [:]
@@ -34,15 +34,33 @@ public final class GrammarMatcher: @unchecked Sendable {
     /// Bumped when the caches are cleared: a state number from an older epoch means nothing any more.
     public private(set) var epoch = 0
 
-    /// Caches are cleared past these (the transition table is 1 KiB a state, a mask one bit a token).
-    /// At most 8 MiB of transitions and 256 masks (4.7 MiB at a 150k vocabulary) per grammar: JSON output
-    /// meets a few hundred states, and the sampler needs a whole mask only when the top tokens are refused.
+    /// Caches are cleared past these (the transition table is 1 KiB a state, a mask one bit a token); a
+    /// `GrammarCache` holds all its matchers to a tighter byte limit (`bytes`, `shed`). JSON output meets a few
+    /// hundred states, and the sampler needs a whole mask only when the top tokens are refused.
     public var maxStates = 8192
     public var maxMasks = 256
     /// A state with more live stacks than this is refused (dead): an ambiguous grammar would otherwise grow
     /// without bound.
     static let maxStacks = 4096
     static let maxDepth = 4096
+
+    /// States interned so far (since the caches were last cleared).
+    public var stateCount: Int { stacks.count }
+
+    /// Bytes the interned stack sets take (arrays' storage and headers, the interning table's entry).
+    private var stackBytes = 0
+
+    /// The bytes this matcher's caches hold now: the transition table, the masks, the interned states and the
+    /// token transitions (the program itself is a few KiB, not counted).
+    public var bytes: Int {
+        256 * 4 * transitionCapacity + masks.count * 8 * ((vocabulary.count + 63) / 64) + stackBytes + 48 * tokenTransitions.count
+    }
+
+    /// Gives memory back: first the masks (each found again by one trie walk), then, when `everything`, every
+    /// cache (state numbers held by callers are void after it; compare `epoch`). Between tokens only.
+    public func shed(everything: Bool) {
+        if everything { reset() } else { masks = [:] }
+    }
 
     /// Counters for /metrics and the benchmark.
     public private(set) var masksComputed = 0
@@ -72,6 +90,12 @@ public final class GrammarMatcher: @unchecked Sendable {
         accepting = []
         tokenTransitions = [:]
         masks = [:]
+        stackBytes = 0
+        if transitionCapacity > 16 {
+            transitions.deallocate()
+            transitions = UnsafeMutablePointer<Int32>.allocate(capacity: 256 * 16)
+            transitionCapacity = 16
+        }
         epoch += 1
         var start = Set<[Int32]>()
         for a in program.alternatives[Int(program.root)] {
@@ -90,6 +114,7 @@ public final class GrammarMatcher: @unchecked Sendable {
         let key = set.sorted { $0.lexicographicallyPrecedes($1) }
         if let s = interned[key] { return s }
         let s = Int32(stacks.count)
+        stackBytes += key.reduce(64) { $0 + 32 + 4 * $1.count }
         stacks.append(key)
         interned[key] = s
         accepting.append(key.contains { $0.isEmpty })

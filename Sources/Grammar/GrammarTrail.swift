@@ -67,6 +67,9 @@ public final class GrammarCache: @unchecked Sendable {
     private var matchers: [String: GrammarMatcher] = [:]
     private var order: [String] = []
     public let capacity: Int
+    /// The most bytes the matchers' caches may hold between steps (`byteLimit(vocabularySize:)`, counted in the
+    /// stage's scratch by the memory budget).
+    public let byteLimit: Int
     /// Seconds spent sampling constrained tokens (checks and masks included) and how many, for /metrics: written
     /// by the owner, read by a metrics scrape or heartbeat on another thread.
     private let counters = Mutex<(seconds: Double, tokens: Int)>((0, 0))
@@ -74,10 +77,23 @@ public final class GrammarCache: @unchecked Sendable {
     public func record(seconds: Double) { counters.withLock { $0.seconds += seconds; $0.tokens += 1 } }
 
     /// `vocabulary` is called once, on the first grammar (building the trie of a 150k vocabulary takes a moment).
-    public init(capacity: Int = 8, vocabulary: @escaping () throws -> GrammarVocabulary) {
+    public init(capacity: Int = 8, byteLimit: Int = 64 << 20, vocabulary: @escaping () throws -> GrammarVocabulary) {
         self.capacity = capacity
+        self.byteLimit = byteLimit
         self.vocabulary = vocabulary
     }
+
+    /// What a sampling stage sets aside for grammar caches, by its vocabulary: 1 MiB for states and their
+    /// transitions (1 KiB a state) and 64 token masks. `bench decode --schema` on an 8-field schema meets 133 states
+    /// and 24 masks (0.70 MiB at 152k tokens, of 2.16 set aside); past the limit the caches are shed between steps
+    /// and found again. (The vocabulary's trie is built once per process, like the tokenizer's tables, and
+    /// counted with them in the runtime's fixed overhead.)
+    public static func byteLimit(vocabularySize: Int) -> Int {
+        (1 << 20) + 64 * 8 * ((vocabularySize + 63) / 64)
+    }
+
+    /// The bytes the matchers' caches hold now.
+    public var bytes: Int { matchers.values.reduce(0) { $0 + $1.bytes } }
 
     public func matcher(for text: String) throws(GrammarError) -> GrammarMatcher {
         if let m = matchers[text] { return m }
@@ -93,6 +109,16 @@ public final class GrammarCache: @unchecked Sendable {
         return m
     }
 
-    /// Lets every matcher drop caches grown past their bounds (between steps).
-    public func trim() { for m in matchers.values { m.trim() } }
+    /// Lets every matcher drop caches grown past their bounds, then, while all of them hold more than
+    /// `byteLimit`, sheds the least recently compiled ones' masks and then their whole caches (between steps).
+    public func trim() {
+        for m in matchers.values { m.trim() }
+        guard bytes > byteLimit else { return }
+        for everything in [false, true] {
+            for text in order {
+                matchers[text]?.shed(everything: everything)
+                if bytes <= byteLimit { return }
+            }
+        }
+    }
 }

@@ -75,7 +75,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
     /// `vocabulary` gives the model's vocabulary to a last stage the first time a request is constrained.
     public init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16,
                 vocabulary: @escaping () throws -> GrammarVocabulary = { throw GrammarError("no vocabulary was given to this stage") }) {
-        grammars = GrammarCache(vocabulary: vocabulary)
+        grammars = GrammarCache(byteLimit: GrammarCache.byteLimit(vocabularySize: stage.config.vocabSize), vocabulary: vocabulary)
         self.cacheTypes = cacheTypes
         self.stage = stage
         self.capacity = capacity

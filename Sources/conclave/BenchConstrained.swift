@@ -21,6 +21,8 @@ struct ConstrainedDecodeBench {
         var schemaSeconds = 0.0, vocabularySeconds = 0.0, grammarRules = 0, vocabularyNodes = 0
         var freeTokS = 0.0, constrainedTokS = 0.0
         var answers = 0, masksComputed = 0, maskHits = 0
+        /// The matcher's states and cache bytes at the end, against what a sampling stage sets aside for them.
+        var states = 0, cacheBytes = 0, cacheLimit = 0
         /// Time in the sampler per token, free and constrained (the grammar's share is the difference).
         var freeSampleSeconds = 0.0, constrainedSampleSeconds = 0.0
         var firstAnswer = ""
@@ -60,6 +62,9 @@ struct ConstrainedDecodeBench {
         f.firstAnswer = constrained[0].firstAnswer
         f.masksComputed = matcher.masksComputed
         f.maskHits = matcher.maskHits
+        f.states = matcher.stateCount
+        f.cacheBytes = matcher.bytes
+        f.cacheLimit = GrammarCache.byteLimit(vocabularySize: vocabulary.count)
         return f
     }
 

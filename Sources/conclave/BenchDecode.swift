@@ -81,12 +81,14 @@ extension BenchDecode {
                                ("schema_compile_ms", .double((f.schemaSeconds * 1e6).rounded() / 1000)), ("grammar_rules", .int(f.grammarRules)),
                                ("vocabulary_trie_ms", .double((f.vocabularySeconds * 1e6).rounded() / 1000)), ("trie_nodes", .int(f.vocabularyNodes)),
                                ("sample_ms_free", .double(ms(f.freeSampleSeconds))), ("sample_ms_constrained", .double(ms(f.constrainedSampleSeconds))),
-                               ("masks_computed", .int(f.masksComputed)), ("mask_hits", .int(f.maskHits)), ("answers", .int(f.answers)),
+                               ("masks_computed", .int(f.masksComputed)), ("mask_hits", .int(f.maskHits)),
+                               ("grammar_states", .int(f.states)), ("grammar_cache_bytes", .int(f.cacheBytes)), ("grammar_cache_limit_bytes", .int(f.cacheLimit)), ("answers", .int(f.answers)),
                                ("first_answer", .string(f.firstAnswer))]).render())
         } else {
             print("decode \(fixed(f.freeTokS, 1)) tok/s free, \(fixed(f.constrainedTokS, 1)) tok/s under the schema (\(fixed(f.ratio, 3))×), \(gen) tokens, vocabulary \(vocab), \(model.threads) threads")
             print("schema → grammar \(fixed(f.schemaSeconds * 1000, 2)) ms (\(f.grammarRules) rules); vocabulary trie \(fixed(f.vocabularySeconds * 1000, 1)) ms (\(f.vocabularyNodes) nodes, once per process)")
             print("sampling \(fixed(ms(f.freeSampleSeconds), 3)) ms/token free, \(fixed(ms(f.constrainedSampleSeconds), 3)) ms/token constrained; masks computed \(f.masksComputed), reused \(f.maskHits); \(f.answers) answers completed")
+            print("grammar caches: \(f.states) states, \(fixed(Double(f.cacheBytes) / 1048576, 2)) MiB (a sampling stage sets aside \(fixed(Double(f.cacheLimit) / 1048576, 2)) MiB)")
             print("first answer: \(f.firstAnswer.debugDescription)")
         }
     }

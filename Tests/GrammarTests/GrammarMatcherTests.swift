@@ -108,4 +108,56 @@ struct GrammarMatcherTests {
         for t: Int32 in [0, 1, 2, 3, 4] { s = m.next(s, token: t) }
         #expect(m.isAccepting(s))
     }
+
+    /// A grammar cache over its byte limit sheds masks, then whole caches, between steps, and what it finds again
+    /// is what it found before: the limit costs time, never a different answer.
+    @Test func theCacheKeepsToItsByteLimit() throws {
+        var texts: [String] = ["\"", "{", "}", ":", ","]
+        for i in 0..<600 { texts.append(String(Character(UnicodeScalar(UInt8(97 + i % 26)))) + String(i % 10)) }
+        let v = Self.vocabulary(texts)
+        let grammars = [#"root ::= "\"" [a-z0-9]{0,120} "\"""#, #"root ::= "{" ([a-m] [0-9] ","){0,40} "}""#, #"root ::= ([n-z] [0-9]){1,60} ":""#]
+        /// 50 steps, each taking the allowed token at a seeded position: the allowed lists met on the way.
+        func walk(_ cache: GrammarCache, _ g: String, check: Bool) throws -> [[Int32]] {
+            let m = try cache.matcher(for: g)
+            var s = m.initial, seen: [[Int32]] = []
+            for step in 0..<50 {
+                let allowed = Self.allowed(m, s).filter { $0 < Int32(texts.count) }
+                seen.append(allowed)
+                guard !allowed.isEmpty else { break }
+                s = m.next(s, token: allowed[(step * 7) % allowed.count])
+                if check {
+                    let epoch = m.epoch
+                    cache.trim()
+                    // The state number is void once the caches were cleared: found again from the walk so far.
+                    if m.epoch != epoch { return seen + (try walkAgain(m, seen: seen)) }
+                }
+            }
+            return seen
+        }
+        /// After a full shed: replay the tokens taken so far, then go on.
+        func walkAgain(_ m: GrammarMatcher, seen: [[Int32]]) throws -> [[Int32]] {
+            var s = m.initial
+            for (step, allowed) in seen.enumerated() { s = m.next(s, token: allowed[(step * 7) % allowed.count]) }
+            var more: [[Int32]] = []
+            for step in seen.count..<50 {
+                let allowed = Self.allowed(m, s).filter { $0 < Int32(texts.count) }
+                more.append(allowed)
+                guard !allowed.isEmpty else { break }
+                s = m.next(s, token: allowed[(step * 7) % allowed.count])
+            }
+            return more
+        }
+        let free = GrammarCache(vocabulary: { v })
+        let expected = try grammars.map { try walk(free, $0, check: false) }
+        let limit = free.bytes / 3
+        let tight = GrammarCache(byteLimit: limit, vocabulary: { v })
+        for round in 0..<2 {
+            for (k, g) in grammars.enumerated() {
+                #expect(try walk(tight, g, check: true) == expected[k], "round \(round), grammar \(k)")
+                tight.trim()
+                #expect(tight.bytes <= limit, "\(tight.bytes) bytes held against a limit of \(limit) (\(free.bytes) unbounded)")
+            }
+        }
+        #expect(try grammars.contains { try tight.matcher(for: $0).epoch > 0 }, "the limit made a cache start again")
+    }
 }

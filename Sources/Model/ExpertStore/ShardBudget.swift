@@ -1,4 +1,5 @@
 import GGUF
+import Grammar
 
 /// What a shard costs in memory, by the one formula every part uses: the planner checks each worker's
 /// assignment with it, the worker admits an Assign with it (and derives the sequences it has KV room for), and
@@ -88,7 +89,7 @@ public struct ShardBudget: Sendable, Equatable {
     }
 
     /// Working memory for a micro-batch of up to `ubatch` rows: a stage's (Stage.Scratch, router logits,
-    /// activations quantized once, attention scores, the logits of the rows sampled) and an expert server's (the
+    /// activations quantized once, attention scores, the logits of the rows sampled, the grammar caches) and an expert server's (the
     /// expert arena: each row's inputs, gate, up and down results for every expert it is routed to).
     public static func scratchBytes(config c: ModelConfig, context: Int, ubatch: Int, sequences: Int, stage: Bool = true, experts: Bool = true) -> Int {
         let t = min(ubatch, context)
@@ -96,6 +97,8 @@ public struct ShardBudget: Sendable, Equatable {
         if stage {
             let perRow = 6 * c.embeddingLength + 3 * c.qDim + 2 * c.kvDim + c.expertCount + c.expertsUsed * c.embeddingLength
             bytes += 4 * (t * perRow + c.vocabSize * max(1, sequences) + context * c.headCount)
+            // The sampler's grammar caches (constrained output), bounded by the same figure.
+            bytes += GrammarCache.byteLimit(vocabularySize: c.vocabSize)
         }
         if experts && c.isMoE { bytes += 4 * t * c.expertsUsed * (2 * c.embeddingLength + 2 * c.expertFeedForward) }
         return bytes
