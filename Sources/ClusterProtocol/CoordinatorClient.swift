@@ -53,7 +53,8 @@ public final class CoordinatorClient: @unchecked Sendable {
             if let dropsBefore, socket.disconnections > dropsBefore {
                 // What the coordinator sent before it went (an error saying it shuts down) may still be on its
                 // way from the socket to the inbox: that answer wins over the bare fact of the drop.
-                if inbox.arrived.wait(timeout: .now() + 0.5) == .success { return inbox.messages.withLock { $0.removeFirst() } }
+                // (Generous: on a loaded machine the reader thread can take a while to move it.)
+                if inbox.arrived.wait(timeout: .now() + 2) == .success { return inbox.messages.withLock { $0.removeFirst() } }
                 throw Failure(description: "the connection to the coordinator at \(socket.endpoint) was lost while the request ran (the coordinator stopped or restarted); it was not answered and may be sent again", interrupted: true)
             }
             if deadline.timeIntervalSinceNow <= 0 { return nil }

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Grammar
+import JSON
 import Runtime
 import Kernels
 import Model
@@ -105,9 +107,36 @@ struct SamplingOptions: ParsableArguments {
     // repeating one token (greedy `run` printed only newlines).
     @Option(name: .customLong("repeat-penalty"), parsing: .unconditional, help: "Penalty for tokens among the last 64 (1: none).") var repeatPenalty: Float = 1.1
     @Option(help: "Random seed; the same seed gives the same text.") var seed: UInt64 = 0
+    @Option(name: .customLong("grammar-file"), help: "Constrain the output to this GBNF grammar (llama.cpp's format: root ::= …).") var grammarFile: String?
+    @Option(name: [.customShort("j"), .customLong("json-schema")], help: "Constrain the output to JSON valid under this JSON schema (given inline).") var jsonSchema: String?
+    @Option(name: .customLong("json-schema-file"), help: "Constrain the output to JSON valid under the JSON schema in this file.") var jsonSchemaFile: String?
 
     func validate() throws {
+        _ = try grammarText()
         if let problem = params.problem { throw ValidationError(problem) }
+    }
+
+    /// The grammar the options ask for (nil: none), checked: a file that cannot be read, a schema that is not
+    /// JSON or cannot be enforced, or two constraints at once are errors naming the option.
+    func grammarText() throws -> String? {
+        let given = [grammarFile, jsonSchema, jsonSchemaFile].compactMap { $0 }
+        guard !given.isEmpty else { return nil }
+        guard given.count == 1 else { throw ValidationError("--grammar-file, --json-schema and --json-schema-file each constrain the output; give one") }
+        func read(_ path: String, _ option: String) throws -> String {
+            do { return try String(contentsOfFile: path, encoding: .utf8) } catch {
+                throw ValidationError("\(option) \(path): cannot be read (\(error.localizedDescription))")
+            }
+        }
+        if let grammarFile {
+            let text = try read(grammarFile, "--grammar-file")
+            do { _ = try GrammarProgram(parsing: text) } catch { throw ValidationError("--grammar-file \(grammarFile): \(error.message)") }
+            return text
+        }
+        let (option, source) = jsonSchema.map { ("--json-schema", $0) } ?? ("--json-schema-file", "")
+        let text = jsonSchema == nil ? try read(jsonSchemaFile!, option) : source
+        let schema: JSONValue
+        do { schema = try JSONValue.parse(text) } catch { throw ValidationError("\(option): not JSON (\(error))") }
+        do { return try JSONSchemaGrammar.compile(schema) } catch { throw ValidationError("\(option): \(error.message)") }
     }
 
     var params: SamplingParams {
@@ -118,6 +147,7 @@ struct SamplingOptions: ParsableArguments {
         p.minP = minP
         p.repeatPenalty = repeatPenalty
         p.seed = seed
+        p.grammar = try? grammarText()  // checked by validate()
         return p
     }
 }

@@ -8,7 +8,7 @@ import TestSupport
 /// A worker killed mid-generation (kill -9) does not fail the request: the coordinator re-plans onto the workers
 /// left (a spare, or the killed one restarted), replays every sequence, and the request completes with exactly
 /// the tokens of a clean run — greedy and seeded sampling, whichever worker dies (a stage, the last stage, the
-/// experts worker).
+/// experts worker), and a request under a JSON schema when the last stage, which holds its grammar, dies.
 @Suite(.serialized) struct RecoveryTests {
     static let model = Fixtures.shippedModel
     static let names = ["stage-a", "stage-b", "experts-1", "spare-1"]
@@ -56,6 +56,31 @@ import TestSupport
             if rc == 0 && text == clean[s] { survived += 1 }
         }
         print("recovery: \(survived) of \(kills) kills survived with identical output")
+        // A constrained request (a JSON schema): the grammar lives with the sampler on the last stage, so killing
+        // that stage mid-answer makes its successor rebuild the grammar's state from the replayed history — the
+        // same JSON comes out.
+        let schema = c.dir.appendingPathComponent("schema.json").path
+        try #"{"type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 16, "maxItems": 16}"#.write(toFile: schema, atomically: true, encoding: .utf8)
+        let constrained = ["generate", "--coordinator", endpoint, "-p", "A list of names:", "-n", "450", "--ctx", "512", "--temp", "0.8", "--seed", "5",
+                           "--json-schema-file", schema]
+        let (rc0, cleanJSON, err0) = try c.run(constrained)
+        #expect(rc0 == 0, "\(err0)")
+        let items = try? JSONSerialization.jsonObject(with: Data(cleanJSON.utf8)) as? [String]
+        #expect(items?.count == 16, "the clean constrained answer is JSON of the schema: \(cleanJSON)")
+        func recoveryCount() throws -> Int {
+            let (_, json, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
+            return ((try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["recoveries"] as? [Any])?.count ?? -1
+        }
+        let before = try recoveryCount()
+        let gen = try c.spawn(constrained)
+        usleep(300_000)
+        c.kill(names[1])
+        try startWorker(1)
+        let (rc1, killedJSON, err1) = try gen.finish(timeout: 120)
+        #expect(rc1 == 0 && killedJSON == cleanJSON, "killing the last stage changed the constrained answer: \(err1)\n\(killedJSON)\nvs\n\(cleanJSON)")
+        // The kill landed while the answer was being written: a recovery replayed it (every recovery below replays
+        // at least one sequence).
+        #expect(try recoveryCount() == before + 1, "the last stage's kill was recovered")
         // Status lists the recoveries, each with its cause and time.
         let (rc, json, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(rc == 0)
