@@ -50,7 +50,7 @@ struct ToolCallOptions {
         }
         if choice == "required" { forced = functions }
         if forced != nil {
-            self.format = format.forcedCallFormat
+            self.format = format.forcedCallFormat(tools: zip(functions, parameters).filter { forced!.contains($0.0) }.map { (name: $0.0, parameters: $0.1) })
             for key in ["response_format", "json_schema", "grammar"] where body[key].map({ !$0.isNull && $0["type"]?.stringValue != "text" }) ?? false {
                 throw APIError.invalid("a forced tool call (tool_choice '\(choice)') and '\(key)' both constrain the answer; send one", param: key)
             }
@@ -68,22 +68,9 @@ struct ToolCallOptions {
         }
     }
 
-    /// Per function, the parameters its schema declares strings (`"type": "string"`, or an enum or const of strings
-    /// only): the text-parameter families write them unquoted, so "02139" or "true" must stay text.
-    var textParameters: [String: Set<String>] {
-        var out: [String: Set<String>] = [:]
-        for (name, schema) in zip(functions, parameters) {
-            guard case .object(let properties)? = schema["properties"] else { continue }
-            let text = properties.filter { _, p in
-                if let t = p["type"]?.stringValue { return t == "string" }
-                if case .array(let ts)? = p["type"] { return ts.map(\.stringValue) == ["string"] }
-                if case .array(let values)? = p["enum"] { return !values.isEmpty && values.allSatisfy { $0.stringValue != nil } }
-                return p["const"]?.stringValue != nil
-            }.map(\.0)
-            if !text.isEmpty { out[name, default: []].formUnion(text) }
-        }
-        return out
-    }
+    /// Per function, the parameters its schema declares strings: the text-parameter families write them unquoted,
+    /// so "02139" or "true" must stay text.
+    var textParameters: [String: Set<String>] { OutputFormat.textParameters(Array(zip(functions, parameters))) }
 
     /// Whether the answer is read back at all (else its text is the content, as generated).
     var parses: Bool { parseCalls || (parseReasoning && format.thinks) }

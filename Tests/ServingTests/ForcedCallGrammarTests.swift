@@ -44,7 +44,7 @@ import Tokenizer
             for seed in 1...12 as ClosedRange<UInt64> {
                 guard let text = Self.walk(m, seed: seed) else { continue }
                 walked += 1
-                let parsed = format.forcedCallFormat.parse(text)
+                let parsed = format.forcedCallFormat(tools: tools).parse(text, textParameters: OutputFormat.textParameters(tools))
                 #expect(!parsed.toolCalls.isEmpty && (parallel || parsed.toolCalls.count == 1), "\(family): \(text.debugDescription) → \(parsed)")
                 #expect(parsed.content.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(family): \(text.debugDescription) → \(parsed)")
                 for call in parsed.toolCalls {
@@ -57,5 +57,58 @@ import Tokenizer
             }
             #expect(walked >= 6, "\(family): \(walked) walks ended")
         }
+    }
+
+    static let writeFile = try! JSONValue.parse(#"{"type": "object", "properties": {"path": {"type": "string", "maxLength": 12}, "content": {"type": "string"}, "lines": {"type": "integer"}, "mode": {"enum": ["w", "a"]}}, "required": ["path", "content"]}"#)
+
+    static func accepts(_ m: GrammarMatcher, _ text: String) -> Bool {
+        var s = m.initial
+        for b in text.utf8 { s = m.next(s, token: Int32(b)); if s == GrammarMatcher.dead { return false } }
+        return m.isAccepting(s)
+    }
+
+    /// The text-parameter families are forced in their own syntax: values unquoted, free text up to the closing
+    /// tag (a `<` or a part of the tag inside is fine, the whole tag is not), and every walk reads back as a call
+    /// whose strings stay strings.
+    @Test(arguments: ["qwen3-coder", "glm-4.5", "minimax-m2"])
+    func textParameterFamiliesAreForcedInTheirOwnSyntax(family: String) throws {
+        let format = try #require(OutputFormat.all.first { $0.name == family })
+        let tools = [(name: "write_file", parameters: Self.writeFile)]
+        #expect(format.forcedCallFormat(tools: tools).name == family)
+        let grammar = try format.callGrammar(tools: tools, parallel: false, tokenizer: Self.tokenizer)
+        let m = try GrammarMatcher(program: GrammarProgram(parsing: grammar), vocabulary: Self.bytes)
+        guard case .parameters(let p) = format.calls else { Issue.record("\(family) has no parameter syntax"); return }
+        let nl = "\n"
+        func param(_ k: String, _ v: String) -> String { p.keyOpen + k + p.keyClose + (p.valueOpen.isEmpty ? "" : "\n" + p.valueOpen) + nl + v + nl + p.valueClose + "\n" }
+        func call(_ content: String) -> String {
+            p.blockOpen + (p.invokeOpen.isEmpty ? "" : "\n" + p.invokeOpen) + "write_file" + p.nameEnd + (p.nameEnd.hasSuffix("\n") ? "" : "\n")
+                + param("path", "0123") + param("content", content) + param("lines", "12") + (p.invokeClose.isEmpty ? "" : p.invokeClose + "\n") + p.blockClose
+        }
+        let code = "if a < b {\n  x = \"" + String(p.valueClose.dropLast(2)) + "\"\n}"
+        #expect(Self.accepts(m, call(code)), "\(grammar)\n\(call(code))")
+        let parsed = format.parse(call(code), textParameters: OutputFormat.textParameters(tools))
+        #expect(parsed.toolCalls == [ToolCall(name: "write_file", arguments: .object([("path", .string("0123")), ("content", .string(code)), ("lines", .int(12))]))], "\(parsed)")
+        #expect(!Self.accepts(m, call("a" + p.valueClose + "b")), "the closing tag cannot be inside a value")
+        #expect(!Self.accepts(m, call("x").replacingOccurrences(of: "0123", with: "0123456789abc")), "path is at most 12 characters")
+        // Random walks (bytes at random rarely spell a closing tag, so the content is bounded for them).
+        let bounded = [(name: "write_file", parameters: try JSONValue.parse(Self.writeFile.render().replacingOccurrences(of: #""content":{"type":"string"}"#,
+                                                                                                                     with: #""content":{"type":"string","maxLength":40}"#)))]
+        #expect(bounded[0].parameters["properties"]?["content"]?["maxLength"] == .int(40))
+        let walker = try GrammarMatcher(program: GrammarProgram(parsing: format.callGrammar(tools: bounded, parallel: false, tokenizer: Self.tokenizer)), vocabulary: Self.bytes)
+        var walked = 0
+        for seed in 1...12 as ClosedRange<UInt64> {
+            guard let text = Self.walk(walker, seed: seed) else { continue }
+            walked += 1
+            let back = format.parse(text, textParameters: OutputFormat.textParameters(tools))
+            let args = back.toolCalls.first?.arguments
+            #expect(back.toolCalls.count == 1 && back.toolCalls[0].name == "write_file", "\(text.debugDescription) → \(back)")
+            #expect((args?["path"]?.stringValue?.count ?? 99) <= 12 && args?["content"]?.stringValue != nil, "\(text.debugDescription) → \(back)")
+            if let lines = args?["lines"] { #expect(lines.intValue != nil, "\(text.debugDescription)") }
+            if let mode = args?["mode"] { #expect(["w", "a"].contains(mode.stringValue ?? ""), "\(text.debugDescription)") }
+        }
+        #expect(walked >= 6, "\(walked) walks ended")
+        // A parameter whose text cannot be held to its schema: Hermes' syntax instead.
+        let dated = try JSONValue.parse(#"{"type": "object", "properties": {"day": {"type": "string", "format": "date"}}}"#)
+        #expect(format.forcedCallFormat(tools: [(name: "f", parameters: dated)]).name == "hermes")
     }
 }
