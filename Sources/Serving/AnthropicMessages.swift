@@ -175,7 +175,7 @@ extension HTTPAPI {
 
     func messages(_ body: JSONValue) async throws(APIError) -> Response {
         let (chat, tokens, reading, grammar) = try await anthropicPrompt(body)
-        let p = try parameters(chat, chat: true, forced: grammar)
+        let p = try parameters(chat, chat: true, forced: grammar, reading: reading)
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "messages") }

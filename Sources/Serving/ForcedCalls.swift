@@ -74,7 +74,8 @@ extension OutputFormat {
     enum TextValue { case oneOf([String]), bounded(min: Int, max: Int?), free }
 
     /// Rules for text that never contains `end` (but may end with a part of it): one rule per prefix of `end`
-    /// matched so far, as a string-search automaton; `name`-0 is the start.
+    /// matched so far, as a string-search automaton; `name`-0 is the start. (`name` with an underscore: the
+    /// schema compiler's rule names never have one.)
     static func textAvoiding(_ end: String, name: String, into g: inout JSONSchemaGrammar) -> String {
         let chars = Array(end.unicodeScalars)
         func cls(excluding: [Unicode.Scalar]) -> String {
@@ -169,8 +170,8 @@ extension OutputFormat {
             case .oneOf(let options)?: value = "(" + options.map(lit).joined(separator: " | ") + ")"
             case .bounded(let min, let max)?: value = "[^<\\n]{\(min),\(max.map(String.init) ?? "")}"
             // The parser ends the value at the first closing tag, so the text never holds one.
-            case .free?: value = Self.textAvoiding(p.valueClose, name: "text\(i)x\(k)", into: &g)
-            case nil: value = try g.add(tool.parameters["properties"]?[param.name] ?? .object([]), as: "value\(i)x\(k)")
+            case .free?: value = Self.textAvoiding(p.valueClose, name: "text_\(i)_\(k)", into: &g)
+            case nil: value = try g.add(tool.parameters["properties"]?[param.name] ?? .object([]), as: "value_\(i)_\(k)")
             }
             let written = "\(lit(p.keyOpen + param.name + p.keyClose + (p.valueOpen.isEmpty ? "" : "\n" + p.valueOpen) + nl)) \(value) \(lit(nl + p.valueClose + "\n"))"
             parts.append(param.required ? written : "(\(written))?")
@@ -178,5 +179,24 @@ extension OutputFormat {
         let head = p.blockOpen + (p.invokeOpen.isEmpty ? "" : "\n" + p.invokeOpen) + tool.name + p.nameEnd + (p.nameEnd.hasSuffix("\n") ? "" : "\n")
         let tail = (p.invokeClose.isEmpty ? "" : p.invokeClose + "\n") + p.blockClose
         return ([lit(head)] + parts + [lit(tail)]).joined(separator: " ")
+    }
+
+    /// `grammar` (one of ours: its `root` rule on the first line, referred to by no other) with the family's
+    /// reasoning allowed before its answer: `open` thought `close` and a little space, optional — or, when the
+    /// prompt opened the block (`reasoningOpen`), the thought's rest and `close` first. The thought is any text
+    /// without the close tag. Families without reasoning tags get `grammar` as it is.
+    func reasoningFirst(_ grammar: String, reasoningOpen: Bool) -> String {
+        guard let (open, close) = reasoning, grammar.hasPrefix("root ::= ") else { return grammar }
+        let lit = JSONSchemaGrammar.literal
+        var g = JSONSchemaGrammar()
+        let thought = Self.textAvoiding(close, name: "think_text", into: &g)
+        g.define("think_end", "\(lit(close)) [ \\t\\n]{0,4}")
+        let think = reasoningOpen ? "\(thought) think_end" : "(\(lit(open)) \(thought) think_end)?"
+        let lines = grammar.split(separator: "\n", omittingEmptySubsequences: false)
+        let body = lines[0].dropFirst("root ::= ".count)
+        // The builder's own rules (think_text-0…, think_end; underscores, which schema rules never have) follow the caller's; `text()` puts an empty root first.
+        g.define("root", "x")
+        let extra = g.text().split(separator: "\n").dropFirst().joined(separator: "\n")
+        return (["root ::= \(think) (\(body))"] + lines.dropFirst().filter { !$0.isEmpty }.map(String.init) + [extra]).joined(separator: "\n") + "\n"
     }
 }

@@ -212,11 +212,16 @@ public struct HTTPAPI: Sendable {
 
     /// The sampling and stopping fields of a body; `forced`, a forced call's grammar, constrains the answer in
     /// place of any the body asks for. Counts a constrained request by its kind.
-    func parameters(_ body: JSONValue, chat: Bool, forced: String?) throws(APIError) -> CompletionParameters {
+    /// With `reading`, a model that reasons in tags may think before the constrained answer (a schema's JSON, a
+    /// forced call), as it would unconstrained; a `grammar` of the client's own is left as it is.
+    func parameters(_ body: JSONValue, chat: Bool, forced: String?, reading: OutputReading? = nil) throws(APIError) -> CompletionParameters {
         var p = try CompletionParameters(body: body, chat: chat, randomSeed: { UInt64.random(in: 0...UInt64.max) })
         if let forced {
             p.sampling.grammar = forced
             p.constraint = "tool_call"
+        }
+        if let reading, let g = p.sampling.grammar, p.constraint != "grammar" {
+            p.sampling.grammar = reading.format.reasoningFirst(g, reasoningOpen: reading.reasoningOpen)
         }
         if let kind = p.constraint { metrics?.handle(ServingMetrics.catalog.constrainedRequests, [MetricLabel("kind", kind)]).increment() }
         return p
@@ -224,7 +229,7 @@ public struct HTTPAPI: Sendable {
 
     /// `grammar`: a forced call's, which constrains the answer in place of any the body asks for.
     func run(kind: Kind, tokens: [Int32], body: JSONValue, reading: OutputReading? = nil, grammar: String? = nil) async throws(APIError) -> Response {
-        let p = try parameters(body, chat: kind == .chat, forced: grammar)
+        let p = try parameters(body, chat: kind == .chat, forced: grammar, reading: reading)
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
                                         logprobs: p.logprobs, ignoreEOS: p.ignoreEOS)

@@ -203,7 +203,7 @@ extension HTTPAPI {
         // As chat: a model with no calls to read and no reasoning gives its text as it is.
         let reads = options.parses
         let tokens = try model.tokens(ofPrompt: prompt, param: "input")
-        let p = try parameters(chat, chat: true, forced: options.grammar(tokenizer: model.tokenizer))
+        let p = try parameters(chat, chat: true, forced: options.grammar(tokenizer: model.tokenizer), reading: reads ? reading : nil)
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "input") }

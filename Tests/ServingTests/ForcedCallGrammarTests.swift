@@ -111,4 +111,25 @@ import Tokenizer
         let dated = try JSONValue.parse(#"{"type": "object", "properties": {"day": {"type": "string", "format": "date"}}}"#)
         #expect(format.forcedCallFormat(tools: [(name: "f", parameters: dated)]).name == "hermes")
     }
+
+    /// A model that reasons in tags may think before a constrained answer: the block is optional (required to
+    /// close when the prompt opened it), holds any text but its close tag, and the answer after it is still held
+    /// to the grammar. The parse then splits reasoning from the answer.
+    @Test func reasoningMayComeFirst() throws {
+        let qwen3 = try #require(OutputFormat.all.first { $0.name == "qwen3" })
+        let schema = try JSONSchemaGrammar.compile(JSONValue.parse(#"{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}"#))
+        #expect(OutputFormat.hermes.reasoningFirst(schema, reasoningOpen: false) == schema)
+        let free = try GrammarMatcher(program: GrammarProgram(parsing: qwen3.reasoningFirst(schema, reasoningOpen: false)), vocabulary: Self.bytes)
+        let thought = "<think>is a < b? </thin no</think>\n\n{\"a\": 1}"
+        #expect(Self.accepts(free, thought) && Self.accepts(free, #"{"a": 1}"#))
+        #expect(!Self.accepts(free, #"<think>x</think>y{"a": 1}"#) && !Self.accepts(free, #"<think>x</think></think>{"a": 1}"#))
+        let parsed = qwen3.parse(thought)
+        #expect(parsed.reasoning == "is a < b? </thin no" && parsed.content == #"{"a": 1}"#, "\(parsed)")
+        let opened = try GrammarMatcher(program: GrammarProgram(parsing: qwen3.reasoningFirst(schema, reasoningOpen: true)), vocabulary: Self.bytes)
+        #expect(Self.accepts(opened, "still thinking</think>\n{\"a\": 2}") && !Self.accepts(opened, #"{"a": 2}"#))
+        // A forced call too.
+        let call = try qwen3.callGrammar(tools: [(name: "get_time", parameters: Self.clock)], parallel: false, tokenizer: Self.tokenizer)
+        let m = try GrammarMatcher(program: GrammarProgram(parsing: qwen3.reasoningFirst(call, reasoningOpen: false)), vocabulary: Self.bytes)
+        #expect(Self.accepts(m, "<think>time?</think>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": \"UTC\"}}\n</tool_call>"))
+    }
 }
