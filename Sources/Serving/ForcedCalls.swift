@@ -49,8 +49,8 @@ extension OutputFormat {
             guard isText(p) else {
                 // Anything that could be a string as well as something else has no one way to be read back.
                 if case .array(let ts)? = p["type"], ts.contains(.string("string")) { return nil }
-                // A JSON string among the values would be read back with its quotes (unquoted text is the string).
                 if p["anyOf"] != nil || p["oneOf"] != nil || p["type"] == nil && p["enum"] == nil { return nil }
+                // A JSON string among the values would be read back with its quotes (unquoted text is the string).
                 if p["enum"]?.arrayValue?.contains(where: { $0.stringValue != nil }) ?? false { return nil }
                 out.append((name, required.contains(name), nil))
                 continue
