@@ -64,7 +64,7 @@ struct AnswerStream {
     mutating func feed(_ piece: String) -> [Event] {
         text += piece
         var out: [Event] = []
-        let parts = reasoningSplit.map { _ in reasoningSplit!.feed(piece) } ?? [(.content, piece)]
+        let parts: [(ReasoningStream.Kind, String)] = reasoningSplit != nil ? reasoningSplit!.feed(piece) : [(.content, piece)]
         for (kind, t) in parts {
             if kind == .reasoning { emit(.reasoning(t), into: &out) } else { staged(t, into: &out) }
         }
