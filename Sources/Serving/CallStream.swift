@@ -38,8 +38,7 @@ struct CallStream {
                     continue
                 }
                 // All but the longest tail that could begin the tag.
-                var keep = min(open.count - 1, pending.count)
-                while keep > 0 && !open.hasPrefix(pending.suffix(keep)) { keep -= 1 }
+                let keep = ReasoningStream.partialSuffix(pending, of: open)
                 content(String(pending.dropLast(keep)), into: &out)
                 pending = String(pending.suffix(keep))
                 return out
