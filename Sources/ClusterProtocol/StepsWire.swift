@@ -24,6 +24,51 @@ public extension Conclave_V1_StageInput {
     }
 }
 
+public extension Conclave_V1_StageInput {
+    /// The prefix cache's changes, as a StageInput without rows.
+    init(cacheOps ops: CacheOps) {
+        self.init()
+        release = ops.release
+        retain = ops.retain.map { r in
+            var k = Conclave_V1_KeptSequence()
+            k.sequence = r.sequence
+            k.length = UInt32(clamping: r.length)
+            return k
+        }
+        starts = ops.starts.map { s in
+            var p = Conclave_V1_PrefixStart()
+            p.sequence = s.sequence
+            p.source = s.source
+            p.length = UInt32(clamping: s.length)
+            p.keepSource = s.keepSource
+            return p
+        }
+    }
+
+    /// The cache changes it carries, every id and length checked: ids name sequences as Int (at most Int.max),
+    /// a kept or started prefix has at least one position.
+    func cacheOps() throws(WireError) -> CacheOps {
+        let ids = release + retain.map(\.sequence) + starts.flatMap { [$0.sequence, $0.source] }
+        if let bad = ids.first(where: { $0 > UInt64(Int.max) }) { throw WireError(.malformed, "sequence id \(bad) is out of range (at most \(Int.max))") }
+        guard retain.allSatisfy({ $0.length >= 1 }), starts.allSatisfy({ $0.length >= 1 }) else {
+            throw WireError(.malformed, "a kept or started prefix of 0 positions")
+        }
+        return CacheOps(retain: retain.map { ($0.sequence, Int($0.length)) }, release: release,
+                        starts: starts.map { CacheOps.Start(sequence: $0.sequence, source: $0.source, length: Int($0.length), keepSource: $0.keepSource) })
+    }
+
+    /// Whether it asks anything of a stage: rows to run or caches to change.
+    var hasWork: Bool { !rows.isEmpty || !release.isEmpty || !retain.isEmpty || !starts.isEmpty }
+}
+
+public extension Conclave_V1_Ready {
+    /// The KV room a stage reported (nil: no layers, or a worker that does not say).
+    func kvRoom(context: Int) -> KVRoom? {
+        guard kvPositions > 0 else { return nil }
+        return KVRoom(positions: Int(clamping: kvPositions), overhead: Int(kvOverhead), context: context)
+    }
+}
+
 public extension Conclave_V1_TopLogprobs {
     init(_ top: [TokenLogprob]) {
         self.init()

@@ -54,6 +54,8 @@ final class Assignment: @unchecked Sendable {
         /// Workers that loaded weights (the others held this plan's shard already).
         var reloaded: [String] = []
         var maxSequences = Int.max
+        /// Every stage's KV room (nil: none reported one), which the scheduler keeps prefixes in.
+        var room: KVRoom?
     }
 
     /// What worker `i` holds and whom it talks to.
@@ -163,6 +165,7 @@ final class Assignment: @unchecked Sendable {
             link.info.withLock { $0.layers = 0..<0; $0.experts = 0 }
         }
         var outcome = Outcome()
+        var rooms: [KVRoom] = []
         for (link, waiter) in assigns {
             let deadline = clock.now() + timeout
             var reply: WireMessage?
@@ -189,9 +192,14 @@ final class Assignment: @unchecked Sendable {
             if !r.keptWeights { outcome.reloaded.append(link.worker.name) }
             log("worker '\(link.worker.name)' ready\(r.keptWeights ? " (kept its weights)" : ""): \(r.residentBytes) bytes resident" + (r.maxSequences > 0 ? ", KV for \(r.maxSequences) sequence\(r.maxSequences == 1 ? "" : "s")" : ""))
             if r.maxSequences > 0 { outcome.maxSequences = min(outcome.maxSequences, Int(r.maxSequences)) }
+            if let room = r.kvRoom(context: model.contextLength) { rooms.append(room) }
+        }
+        outcome.room = KVRoom.pipeline(rooms)
+        if let room = outcome.room {
+            log("prefix cache: \(max(0, room.positions - room.overhead)) positions on every stage while nothing runs (\(room))")
         }
         executor.setPlan(first: plan.stages.first.flatMap { membership.link(named: $0.worker) },
-                         workers: Set(plan.workers.map(\.name)), epoch: epoch)
+                         workers: Set(plan.workers.map(\.name)), epoch: epoch, room: outcome.room)
         return outcome
     }
 }

@@ -18,6 +18,8 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         var first: WorkerLink?
         var workers: Set<String> = []
         var epoch: UInt64 = 0
+        /// Every stage's KV room under this plan.
+        var room: KVRoom?
     }
     private let inForce = Mutex(InForce())
     /// Re-plans the cluster after a failure (the coordinator's `Recovery`); nil: failures stand.
@@ -37,9 +39,11 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
 
     var epoch: UInt64 { inForce.withLock { $0.epoch } }
 
-    func setPlan(first link: WorkerLink?, workers: Set<String>, epoch: UInt64) {
-        inForce.withLock { $0 = InForce(first: link, workers: workers, epoch: epoch) }
+    func setPlan(first link: WorkerLink?, workers: Set<String>, epoch: UInt64, room: KVRoom? = nil) {
+        inForce.withLock { $0 = InForce(first: link, workers: workers, epoch: epoch, room: room) }
     }
+
+    var kvRoom: KVRoom? { inForce.withLock { $0.room } }
 
     func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void) {
         let input = Conclave_V1_StageInput(step: step)
@@ -72,12 +76,11 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         if let r = requests.withLock({ $0.removeValue(forKey: id) }) { replies.cancel(r) }
     }
 
-    /// Fire and forget: the release travels the pipeline behind every step already sent, like a step.
-    func release(_ sequences: [UInt64]) {
+    /// Fire and forget: the changes travel the pipeline behind every step already sent, like a step.
+    func apply(_ ops: CacheOps) {
         let plan = inForce.withLock { $0 }
-        guard let link = plan.first else { return }
-        var input = Conclave_V1_StageInput()
-        input.release = sequences
+        guard let link = plan.first, !ops.isEmpty else { return }
+        let input = Conclave_V1_StageInput(cacheOps: ops)
         var e = Envelope()
         e.epoch = plan.epoch
         e.stageInput = input

@@ -13,9 +13,13 @@ public struct GenerationRequest: Sendable {
     public var logprobs: Int?
     /// End-of-generation tokens do not end it (see `GenerationPolicy.ignoreEOS`).
     public var ignoreEOS: Bool
+    /// It may start from a cached prefix of its tokens, and its own KV is kept for reuse when it ends
+    /// (llama-server's `cache_prompt`); false: computed from position 0, nothing kept.
+    public var cachePrompt: Bool
 
     public init(prompt: [Int32], maxTokens: Int, stop: [String] = [], sampling: SamplingParams = SamplingParams(), contextLength: Int? = nil,
-                logprobs: Int? = nil, ignoreEOS: Bool = false) {
+                logprobs: Int? = nil, ignoreEOS: Bool = false, cachePrompt: Bool = true) {
+        self.cachePrompt = cachePrompt
         self.logprobs = logprobs
         self.ignoreEOS = ignoreEOS
         self.prompt = prompt
@@ -28,6 +32,8 @@ public struct GenerationRequest: Sendable {
 
 public struct GenerationUsage: Sendable, Equatable {
     public var promptTokens = 0
+    /// Prompt tokens a cached prefix held (not computed for this request).
+    public var cachedTokens = 0
     public var completionTokens = 0
     /// From submission to the first token (queueing and prefill).
     public var timeToFirstToken = 0.0
@@ -100,8 +106,11 @@ public protocol StepExecutor: AnyObject, Sendable {
     func start(_ step: Step, id: UInt64, done: @escaping @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void)
     /// Forgets step `id`: its `done` may still run, and is ignored.
     func cancel(_ id: UInt64)
-    /// Frees the sequences' caches (after every step already started).
-    func release(_ sequences: [UInt64])
+    /// Changes the sequences' caches on every stage (after every step already started): keeps ended ones for
+    /// reuse, frees ended ones and evicted prefixes, starts sequences from prefixes (see `CacheOps`).
+    func apply(_ ops: CacheOps)
+    /// The KV every stage has room for (nil: unknown — no prefix is kept).
+    var kvRoom: KVRoom? { get }
     /// Why nothing can be computed now (a worker is down); nil when steps can run.
     func unavailable() -> GenerationError?
     /// After `cause` (a worker down, a step lost), makes the executor able to run steps again — a cluster

@@ -9,20 +9,29 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
     private let stages: [StageSequences]
     public let pipelineDepth = 1
     public let stepTimeout: Double? = nil
+    /// Where refused cache changes are told (the scheduler's log).
+    public var log: (@Sendable (String) -> Void)?
 
     enum Work {
         case step(UInt64, Step, @Sendable (Result<[UInt64: [SampledToken]], GenerationError>) -> Void)
-        case release([UInt64])
+        case cache(CacheOps)
         case count(@Sendable (Int) -> Void)
     }
     private let queue = Mutex<(work: [Work], cancelled: Set<UInt64>, open: Bool)>(([], [], true))
     private let ready = DispatchSemaphore(value: 0)
 
-    /// `capacity` positions per sequence, at most `maxSequences` sequences with caches at once.
-    public init(engine: Engine, capacity: Int, maxSequences: Int) {
+    /// `capacity` positions per sequence, at most `maxSequences` sequences with caches at once, and
+    /// `prefixCacheBytes` more of KV (the whole model's) for ended sequences kept for reuse.
+    public init(engine: Engine, capacity: Int, maxSequences: Int, prefixCacheBytes: Int = 0) {
         self.engine = engine
-        stages = engine.stages.map { StageSequences(stage: $0, capacity: capacity, maxSequences: maxSequences, cacheTypes: engine.cacheTypes,
-                                                       vocabulary: StageSequences.vocabulary(of: engine.tokenizer)) }
+        let perPosition = KVRoom.bytesPerPosition(layers: engine.config.layerCount, config: engine.config, types: engine.cacheTypes)
+        let kept = perPosition > 0 ? max(0, prefixCacheBytes) / perPosition : 0
+        stages = engine.stages.map { stage in
+            var room = KVRoom(bytes: 0, layers: stage.layers.count, context: capacity, config: engine.config, types: engine.cacheTypes)
+            room.positions = room.perSequence * maxSequences + kept
+            return StageSequences(stage: stage, room: room, cacheTypes: engine.cacheTypes, vocabulary: StageSequences.vocabulary(of: engine.tokenizer))
+        }
+        kvRoom = KVRoom.pipeline(stages.map(\.room))
         let t = Thread { [self] in run() }
         t.name = "conclave.local-executor"
         t.start()
@@ -44,9 +53,21 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
 
     public func cancel(_ id: UInt64) { queue.withLock { _ = $0.cancelled.insert(id) } }
 
-    public func release(_ sequences: [UInt64]) {
-        queue.withLock { $0.work.append(.release(sequences)) }
+    public let kvRoom: KVRoom?
+
+    public func apply(_ ops: CacheOps) {
+        queue.withLock { $0.work.append(.cache(ops)) }
         ready.signal()
+    }
+
+    /// Kept prefixes and their positions (the first stage's: every stage keeps the same), for tests.
+    public func keptPrefixes() -> (entries: Int, positions: Int) {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex((0, 0))
+        queue.withLock { $0.work.append(.count({ _ in result.withLock { $0 = self.stages.first?.keptFigures ?? (0, 0) }; done.signal() })) }
+        ready.signal()
+        done.wait()
+        return result.withLock { $0 }
     }
 
     public func unavailable() -> GenerationError? { nil }
@@ -72,8 +93,11 @@ public final class LocalExecutor: StepExecutor, @unchecked Sendable {  // the st
                 continue
             }
             switch next {
-            case .release(let ids):
-                for s in stages { s.release(ids) }
+            case .cache(let ops):
+                // A change a stage refuses fails the step that needs it; the others stand.
+                for s in stages {
+                    do { try s.apply(ops) } catch { log?("\(error)") }
+                }
             case .count(let answer):
                 answer(stages.map(\.count).max() ?? 0)
             case .step(let id, let step, let done):

@@ -34,6 +34,12 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var tokens: [Int32]
         var fed = 0  // tokens sent through the pipeline (the sequence's length)
         var samplerSent = false
+        /// It may start from a cached prefix, and is kept for reuse when it ends.
+        let cachePrompt: Bool
+        /// Prompt positions a cached prefix gave it (not computed).
+        var reused = 0
+        /// A step holding it failed: what its caches hold is not known, so they are not kept.
+        var failed = false
         /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
         var awaiting = false
         var done = false
@@ -41,8 +47,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var firstToken: Double?
         var lastToken: Double?
         init(id: UInt64, prompt: [Int32], capacity: Int, sampling: SamplingParams, logprobs: Int, progress: GenerationProgress,
-             continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation, submitted: Double) {
+             continuation: AsyncThrowingStream<GenerationEvent, Error>.Continuation, submitted: Double, cachePrompt: Bool) {
             self.id = id
+            self.cachePrompt = cachePrompt
             self.submitted = submitted
             self.logprobs = logprobs
             self.prompt = prompt
@@ -58,6 +65,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         /// the seed, the position and the history.
         func rewind() {
             fed = 0
+            reused = 0
             awaiting = false
             samplerSent = false
         }
@@ -74,6 +82,9 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         /// Speculative decoding (with a drafter): decode steps that verified a sequence's proposals (one pass
         /// through the pipeline each), the draft's proposals in them, and those accepted.
         public var draft = DraftStats()
+        /// The prefix cache: requests that started from a cached prefix, the prompt tokens that saved, and the
+        /// kept prefixes evicted for room.
+        public var prefixHits = 0, prefixReused = 0, prefixEvictions = 0
     }
 
     struct Shared {
@@ -108,6 +119,11 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
     /// Proposes tokens for decoding sequences (speculative decoding; set before `start`): each decode step then
     /// carries a sequence's pending token and the proposals, verified in one pass.
     public var drafter: Drafter?
+    /// Whether ended sequences are kept for reuse and requests start from them (`--no-prefix-cache`: false).
+    /// Set before `start`.
+    public var prefixCaching = true
+    /// The kept prefixes (the loop thread's).
+    private let prefixes = PrefixCache()
 
     public init(executor: StepExecutor, tokenizer: Tokenizer, contextLength: Int, maxBatch: Int = 512,
                 clock: any Clock = MonotonicClock(), figures: MetricsRegistry = MetricsRegistry(),
@@ -157,6 +173,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         s.recoveries = v(\.recoveries)
         s.replayed = v(\.replayed)
         s.draft = DraftStats(proposed: v(\.draftProposed), accepted: v(\.draftAccepted), passes: v(\.draftPasses))
+        (s.prefixHits, s.prefixReused, s.prefixEvictions) = (v(\.prefixHits), v(\.prefixReused), v(\.prefixEvictions))
         return s
     }
 
@@ -188,7 +205,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         if sampling.grammar != nil { sampling.grammarStart = r.prompt.count }
         let request = Request(id: id, prompt: r.prompt, capacity: capacity, sampling: sampling, logprobs: r.logprobs ?? -1,
                               progress: policy.start(tokenizer: tokenizer),
-                              continuation: continuation, submitted: clock.now())
+                              continuation: continuation, submitted: clock.now(), cachePrompt: r.cachePrompt)
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id, clientGone: true) }
         }
@@ -266,6 +283,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     if !r.awaiting { finished.append(r.id) }
                 }
             }
+            var cachesLost = false
             // A step the executor could not run (a worker restarted, or of a plan now gone: code unavailable), a
             // step lost, or a part of the executor down calls for a recovery; other failures are their requests'.
             var lost: GenerationError?
@@ -295,6 +313,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     ? .failed(GenerationError(.unavailable, "\(e.message) (\(Self.maxFruitlessRecoveries) recoveries in a row produced no token)"))
                     : executor.recover(after: e, sequences: live.count)
                 if case .recovered(let room) = outcome { maxSequences = room }
+                // Every stage's caches are gone with the old placement (or some of them, when it failed).
+                cachesLost = true
                 if case .failed(let failure) = outcome {
                     for r in live { fail(r, failure); finished.append(r.id) }
                     // The count guards these requests from looping; later ones (a worker may be back) try afresh.
@@ -307,23 +327,33 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                 // Cancelled sequences that were waiting for a lost step have no caches left to free.
                 for r in active where r.done { r.awaiting = false }
             }
+            let ended = Set(finished)
+            let endedRequests = active.filter { ended.contains($0.id) }
             active.removeAll { $0.done && !$0.awaiting }
             // Idle and unable to run (a worker down, a recovery that failed): the executor may try again now.
             if inFlight.isEmpty && active.isEmpty, let outcome = executor.heal() {
                 if case .recovered(let room) = outcome {
                     maxSequences = room
+                    cachesLost = true
                     count(\.recoveries)
                 }
             }
-            if !finished.isEmpty {
-                executor.release(finished)
-                drafter?.release(finished)
-            }
+            if cachesLost { _ = prefixes.removeAll() }
+            // Ended sequences are kept for reuse or freed; both travel behind every step already sent.
+            var ops = CacheOps()
+            for r in endedRequests { keepOrFree(r, cachesLost: cachesLost, into: &ops) }
+            for id in ended where !endedRequests.contains(where: { $0.id == id }) { ops.release.append(id) }
+            if !finished.isEmpty { drafter?.release(finished) }
 
-            // Admit only as many sequences as every stage has KV room for; the rest wait their turn in order.
-            let room = max(0, maxSequences - active.count)
-            active += waiting.prefix(room)
-            waiting.removeFirst(min(room, waiting.count))
+            // Admit only as many sequences as every stage has KV room for; the rest wait their turn in order. Each
+            // starts from the longest cached prefix of its prompt, kept prefixes evicted as its context needs.
+            while active.count < maxSequences, let r = waiting.first {
+                guard admit(r, running: active, into: &ops) else { break }
+                waiting.removeFirst()
+                active.append(r)
+            }
+            if !ops.isEmpty { executor.apply(ops) }
+            figurePrefixes(running: active.count)
             while inFlight.count < depth, let step = compose(active) {
                 inFlight.append(step)
             }
@@ -342,6 +372,55 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         gauge(\.running, 0)
         gauge(\.queued, 0)
         stopped.signal()
+    }
+
+    // MARK: The prefix cache
+
+    /// An ended request's caches: kept for reuse (the positions it computed, with the tokens they were computed
+    /// from) when it may be and everything it sent came back, else freed.
+    private func keepOrFree(_ r: Request, cachesLost: Bool, into ops: inout CacheOps) {
+        guard prefixCaching, r.cachePrompt, !r.failed, !cachesLost, r.fed >= 1, executor.kvRoom != nil else {
+            ops.release.append(r.id)
+            return
+        }
+        let (kept, redundant) = prefixes.insert(id: r.id, tokens: Array(r.tokens.prefix(r.fed)))
+        if kept { ops.retain.append((r.id, r.fed)) } else { ops.release.append(r.id) }
+        ops.release += redundant
+    }
+
+    /// Makes room for `r` beside the `running` requests — evicting kept prefixes, least recently used first — and
+    /// starts it from the longest cached prefix of its prompt. False when the room cannot be made (it waits).
+    private func admit(_ r: Request, running: [Request], into ops: inout CacheOps) -> Bool {
+        guard let room = executor.kvRoom, prefixCaching else { return true }
+        var match: PrefixCache.Match?
+        if r.cachePrompt {
+            count(\.prefixLookups)
+            let sources = running.filter { !$0.done && !$0.failed && $0.fed > 0 }.map { (id: $0.id, tokens: $0.tokens.prefix($0.fed)) }
+            match = prefixes.match(r.prompt, running: sources)
+        }
+        // Taking a kept prefix over frees its charge; copying from one must not evict it first.
+        let taken = match.flatMap { $0.kept && !$0.keepSource ? prefixes.entries[$0.source] : nil }
+        let needed = room.perSequence - (taken.map { room.cost(length: $0.tokens.count) } ?? 0)
+        let used = running.count * room.perSequence + prefixes.cost(in: room)
+        guard let evicted = prefixes.evict(toFree: needed, used: used, room: room, sparing: match?.source) else { return false }
+        ops.release += evicted
+        count(\.prefixEvictions, evicted.count)
+        if let m = match {
+            prefixes.use(m)
+            ops.starts.append(CacheOps.Start(sequence: r.id, source: m.source, length: m.length, keepSource: m.keepSource))
+            r.fed = m.length
+            r.reused = m.length
+            count(\.prefixHits)
+            count(\.prefixReused, m.length)
+        }
+        return true
+    }
+
+    /// The prefix cache's gauges.
+    private func figurePrefixes(running: Int) {
+        gauge(\.prefixEntries, prefixes.entries.count)
+        gauge(\.prefixTokens, prefixes.positions)
+        gauge(\.prefixCapacity, prefixCaching ? executor.kvRoom.map { max(0, $0.positions - $0.overhead) } ?? 0 : 0)
     }
 
     /// The next step from the requests that have rows to send, or nil when none has. Decoding sequences are spread
@@ -434,6 +513,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         case .failure(let e):
             for (r, _, _) in f.entries {
                 r.awaiting = false
+                r.failed = true
                 if !r.done { fail(r, e) }
                 finished.append(r.id)
             }
@@ -485,6 +565,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
             r.done = true
             var u = GenerationUsage()
             u.promptTokens = r.prompt.count
+            u.cachedTokens = r.reused
             u.completionTokens = r.progress.generated
             u.stopSequence = r.progress.matchedStop
             let now = clock.now()
@@ -502,6 +583,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
 
     private func fail(_ r: Request, _ e: GenerationError) {
         r.done = true
+        r.failed = true
         count(\.failed)  // before the stream ends
         log("request \(r.id) failed: \(e.message)")
         r.continuation.finish(throwing: e)

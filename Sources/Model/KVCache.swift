@@ -59,10 +59,14 @@ public struct CacheTypes: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Keys and values of one sequence for a range of layers, preallocated for the whole context, each position's
-/// row stored in its `CacheTypes` (f16 unless asked). A row is `keyWidth` keys and `valueWidth` values per layer:
+/// Keys and values of one sequence for a range of layers, mapped for the whole context, each position's row
+/// stored in its `CacheTypes` (f16 unless asked). A row is `keyWidth` keys and `valueWidth` values per layer:
 /// the K and V of every KV head for standard attention; for latent attention the latent and the rope key, and no
 /// values (llama.cpp reads them from the latent).
+///
+/// The storage is one anonymous mapping, each layer's keys and values in a page-aligned region of their own, so
+/// the memory a cache holds is the pages its positions were written to: a cache kept for reuse (`trim`) costs
+/// its length, not its context (`KVRoom` counts both).
 ///
 /// Attention reads the cache through `scores` and `accumulate`, which compute as llama.cpp does for each type:
 /// an f16 key meets the query rounded to f16; a quantized key meets it quantized to Q8_0 (ggml's vec-dot
@@ -75,6 +79,10 @@ public final class KVCache: @unchecked Sendable {
     public let valueWidth: Int
     public let types: CacheTypes
     private let keyRowBytes: Int, valueRowBytes: Int
+    /// Bytes from one layer's region to the next (whole pages).
+    private let keyStride: Int, valueStride: Int
+    private let mapping: UnsafeMutableRawPointer
+    private let mappedBytes: Int
     private let keys: UnsafeMutableRawPointer
     private let values: UnsafeMutableRawPointer
     /// Positions filled so far (the same for every layer once a batch has gone through them all).
@@ -95,6 +103,9 @@ public final class KVCache: @unchecked Sendable {
         }
         return n
     }
+
+    /// The granule the kernel maps memory in (a cache's pages past its length are given back whole).
+    public static let pageSize = max(4096, Int(sysconf(Int32(_SC_PAGESIZE))))
 
     /// Refuses a context whose caches (`sequences` of them, every layer of `config`) cannot fit in this machine's
     /// memory — before anything is allocated: a file may claim any context length.
@@ -122,32 +133,76 @@ public final class KVCache: @unchecked Sendable {
         self.valueWidth = valueWidth
         self.types = types
         keyRowBytes = types.key.rowBytes(elements: keyWidth) ?? 2 * keyWidth
-        valueRowBytes = types.value.rowBytes(elements: valueWidth) ?? 2 * valueWidth
-        let k = max(1, layers.count * capacity * keyRowBytes), v = max(1, layers.count * capacity * valueRowBytes)
-        keys = .allocate(byteCount: k, alignment: 64)
-        values = .allocate(byteCount: v, alignment: 64)
-        keys.initializeMemory(as: UInt8.self, repeating: 0, count: k)
-        values.initializeMemory(as: UInt8.self, repeating: 0, count: v)
+        valueRowBytes = valueWidth > 0 ? types.value.rowBytes(elements: valueWidth) ?? 2 * valueWidth : 0
+        let page = Self.pageSize
+        func pages(_ n: Int) -> Int { (n + page - 1) / page * page }
+        keyStride = pages(capacity * keyRowBytes)
+        valueStride = pages(capacity * valueRowBytes)
+        mappedBytes = max(page, layers.count * (keyStride + valueStride))
+        // Anonymous pages read as zero until written and cost nothing before: the budget counts what is written.
+        guard let m = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), m != MAP_FAILED else {
+            fatalError("cannot map \(mappedBytes) bytes for a KV cache: \(String(cString: strerror(errno)))")
+        }
+        mapping = m
+        keys = m
+        values = m + layers.count * keyStride
     }
 
     deinit {
-        keys.deallocate()
-        values.deallocate()
+        munmap(mapping, mappedBytes)
     }
 
-    /// Bytes held (what the memory budget counts).
+    /// Bytes of its rows for the whole context (the figure the budget tests check against the formula).
     public var bytes: Int { Self.bytes(layers: layers.count, capacity: capacity, rowBytes: keyRowBytes + valueRowBytes) }
 
-    @inline(__always) func slot(_ layer: Int, _ pos: Int) -> Int { (layer - layers.lowerBound) * capacity + pos }
+    /// Bytes of memory the written positions can occupy: every layer's rows up to `length`, whole pages.
+    public var residentBytes: Int {
+        let page = Self.pageSize
+        func pages(_ n: Int) -> Int { (n + page - 1) / page * page }
+        return layers.count * (pages(length * keyRowBytes) + pages(length * valueRowBytes))
+    }
+
+    /// Bytes of the mapping the kernel holds in memory now (mincore): what the cache really costs.
+    public var mappedResidentBytes: Int {
+        let page = Self.pageSize
+        var present = [UInt8](repeating: 0, count: (mappedBytes + page - 1) / page)
+        guard mincore(mapping, mappedBytes, &present) == 0 else { return mappedBytes }
+        return present.reduce(0) { $0 + Int($1 & 1) } * page
+    }
+
+    /// Copies the first `count` positions of `source` (a cache of the same layers, widths and types): a sequence
+    /// that starts from a prefix another one computed.
+    public func copyPrefix(of source: KVCache, count: Int) {
+        precondition(source.layers == layers && source.keyRowBytes == keyRowBytes && source.valueRowBytes == valueRowBytes && count <= capacity && count <= source.length)
+        for l in 0..<layers.count {
+            (keys + l * keyStride).copyMemory(from: source.keys + l * source.keyStride, byteCount: count * keyRowBytes)
+            if valueRowBytes > 0 { (values + l * valueStride).copyMemory(from: source.values + l * source.valueStride, byteCount: count * valueRowBytes) }
+        }
+        length = count
+    }
+
+    /// Gives back the pages wholly past `length` (written by proposals a later step rejected): a cache kept for
+    /// reuse then holds `residentBytes` at most.
+    public func trim() {
+        let page = Self.pageSize
+        for (base, stride, row) in [(keys, keyStride, keyRowBytes), (values, valueStride, valueRowBytes)] where row > 0 {
+            let keep = (length * row + page - 1) / page * page
+            guard keep < stride else { continue }
+            for l in 0..<layers.count { madvise(base + l * stride + keep, stride - keep, MADV_DONTNEED) }
+        }
+    }
+
+    @inline(__always) private func keyRow(_ layer: Int, _ pos: Int) -> UnsafeMutableRawPointer { keys + (layer - layers.lowerBound) * keyStride + pos * keyRowBytes }
+    @inline(__always) private func valueRow(_ layer: Int, _ pos: Int) -> UnsafeMutableRawPointer { values + (layer - layers.lowerBound) * valueStride + pos * valueRowBytes }
 
     /// An f16 cache's keys and values at a position (latent attention's, which is always f16).
-    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { (keys + slot(layer, pos) * keyRowBytes).assumingMemoryBound(to: UInt16.self) }
-    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { (values + slot(layer, pos) * valueRowBytes).assumingMemoryBound(to: UInt16.self) }
+    func key(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { keyRow(layer, pos).assumingMemoryBound(to: UInt16.self) }
+    func value(_ layer: Int, _ pos: Int) -> UnsafeMutablePointer<UInt16> { valueRow(layer, pos).assumingMemoryBound(to: UInt16.self) }
 
     /// Stores a position's keys and (when this cache has them) values in the cache's types.
     func store(layer: Int, position: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>?) throws {
-        try Self.write(k, count: keyWidth, type: types.key, to: keys + slot(layer, position) * keyRowBytes)
-        if let v, valueWidth > 0 { try Self.write(v, count: valueWidth, type: types.value, to: values + slot(layer, position) * valueRowBytes) }
+        try Self.write(k, count: keyWidth, type: types.key, to: keyRow(layer, position))
+        if let v, valueWidth > 0 { try Self.write(v, count: valueWidth, type: types.value, to: valueRow(layer, position)) }
     }
 
     private static func write(_ x: UnsafePointer<Float>, count: Int, type: GGMLType, to dst: UnsafeMutableRawPointer) throws {
@@ -169,7 +224,7 @@ public final class KVCache: @unchecked Sendable {
     /// scores[j] = scale · key(first + j)[offset ..< offset + width] · query, for j < count: one kernel call over
     /// the cached rows, as ggml's mul_mat runs K·Q.
     func scores(layer l: Int, first: Int, count n: Int, offset: Int, query: Query, scale: Float, into scores: UnsafeMutablePointer<Float>) throws {
-        let start = keys + slot(l, first) * keyRowBytes + types.key.rowBytes(elements: offset)!
+        let start = keyRow(l, first) + types.key.rowBytes(elements: offset)!
         try MatMul.rowDots(WeightMatrix(type: types.key, rows: n, cols: query.width, data: start, rowStride: keyRowBytes), query.converted, into: scores)
         for j in 0..<n { scores[j] *= scale }
     }
@@ -182,9 +237,9 @@ public final class KVCache: @unchecked Sendable {
             return
         }
         let skip = types.value.rowBytes(elements: offset)!
-        if Ops.weightedSum(types.value, rows: n, weights, values + slot(l, first) * valueRowBytes + skip, stride: valueRowBytes, out, count: width) { return }
+        if Ops.weightedSum(types.value, rows: n, weights, valueRow(l, first) + skip, stride: valueRowBytes, out, count: width) { return }
         for j in 0..<n {
-            try Dequantize.row(types.value, values + slot(l, first + j) * valueRowBytes + skip, scratch, count: width)
+            try Dequantize.row(types.value, valueRow(l, first + j) + skip, scratch, count: width)
             let w = weights[j]
             for i in 0..<width { out[i] += w * scratch[i] }
         }

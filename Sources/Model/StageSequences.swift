@@ -45,13 +45,18 @@ public struct SampledToken: Sendable, Equatable {
 }
 
 /// The sequences one stage of this process is generating, and one step over them: a KV cache per sequence
-/// (created at position 0 or when first seen, at most `maxSequences` at once), the tokens each has seen (for the
-/// repetition penalty) and, on the last stage, each one's sampler. A worker's pipeline stage and the in-process
+/// (created at position 0, or from a prefix another cache holds), the tokens each has seen (for the repetition
+/// penalty) and, on the last stage, each one's sampler. Ended sequences the scheduler keeps for reuse stay here
+/// as prefixes (`apply`). Everything is counted in the stage's `KVRoom`: a running sequence reserves its context,
+/// a kept prefix its length, and what would pass the room is refused. A worker's pipeline stage and the in-process
 /// executor of `conclave serve -m` both step through this, so they compute and sample the same way.
 public final class StageSequences: @unchecked Sendable {  // used from one thread at a time (the stage's queue)
     public let stage: Stage
     public let capacity: Int
-    public let maxSequences: Int
+    /// The KV this stage may hold, in positions.
+    public let room: KVRoom
+    /// Running sequences that fit with nothing kept.
+    public var maxSequences: Int { room.sequences }
     /// What each sequence's cache stores keys and values in.
     public let cacheTypes: CacheTypes
 
@@ -69,20 +74,98 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         var trail: GrammarTrail?
     }
     private var states: [UInt64: State] = [:]
+    /// Ended sequences kept for reuse: their caches and histories, trimmed to the length kept.
+    private var kept: [UInt64: State] = [:]
+    /// Positions charged to the room: every running sequence's context and every kept prefix's length, each
+    /// with the room's overhead.
+    private var charged = 0
     /// The grammars of constrained sequences, compiled once per text (the last stage only).
     public let grammars: GrammarCache
 
     /// `vocabulary` gives the model's vocabulary to a last stage the first time a request is constrained.
-    public init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16,
+    public init(stage: Stage, room: KVRoom, cacheTypes: CacheTypes = .f16,
                 vocabulary: @escaping () throws -> GrammarVocabulary = { throw GrammarError("no vocabulary was given to this stage") }) {
         grammars = GrammarCache(byteLimit: GrammarCache.byteLimit(vocabularySize: stage.config.vocabSize), vocabulary: vocabulary)
         self.cacheTypes = cacheTypes
         self.stage = stage
-        self.capacity = capacity
-        self.maxSequences = maxSequences
+        self.capacity = room.context
+        self.room = room
     }
 
+    /// Room for exactly `maxSequences` running sequences of `capacity` positions and nothing kept.
+    public convenience init(stage: Stage, capacity: Int, maxSequences: Int, cacheTypes: CacheTypes = .f16,
+                            vocabulary: @escaping () throws -> GrammarVocabulary = { throw GrammarError("no vocabulary was given to this stage") }) {
+        let one = KVRoom(bytes: 0, layers: stage.layers.count, context: capacity, config: stage.config, types: cacheTypes)
+        self.init(stage: stage, room: KVRoom(positions: one.perSequence * maxSequences, overhead: one.overhead, context: capacity),
+                  cacheTypes: cacheTypes, vocabulary: vocabulary)
+    }
+
+    /// Running sequences.
     public var count: Int { states.count }
+    /// Kept prefixes and the positions they hold.
+    public var keptFigures: (entries: Int, positions: Int) { (kept.count, kept.values.reduce(0) { $0 + $1.history.count }) }
+
+    private func full(_ what: String) -> StepError {
+        StepError(kind: .full, description: "the memory budget holds \(room) of KV; \(what) would pass it (\(charged) in use); wait for a sequence to finish, or give more memory or a shorter context")
+    }
+
+    /// A fresh cache for a running sequence, charged to the room.
+    private func newState(_ sequence: UInt64) throws -> State {
+        guard charged + room.perSequence <= room.positions else { throw full("sequence \(sequence)'s context") }
+        charged += room.perSequence
+        return State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config, types: cacheTypes))
+    }
+
+    /// Applies the scheduler's changes to the caches (see `CacheOps`). Each change is checked on its own: one that
+    /// names a sequence this stage does not hold, or more positions than it holds, or would pass the room, is
+    /// skipped and reported in the error thrown after the rest are applied — the step that needs it then fails.
+    public func apply(_ ops: CacheOps) throws {
+        var problems: [String] = []
+        for (id, length) in ops.retain {
+            guard var s = states.removeValue(forKey: id) else { problems.append("sequence \(id) is not running here"); continue }
+            charged -= room.perSequence
+            guard length >= 1, length <= s.history.count else {
+                problems.append("sequence \(id) holds \(s.history.count) positions, not \(length)")
+                continue
+            }
+            s.history.removeLast(s.history.count - length)
+            s.cache.truncate(to: length)
+            s.cache.trim()
+            s.sampler = nil
+            s.trail = nil
+            kept[id] = s
+            charged += room.cost(length: length)
+        }
+        release(ops.release)
+        for start in ops.starts {
+            guard states[start.sequence] == nil, kept[start.sequence] == nil else { problems.append("sequence \(start.sequence) exists already"); continue }
+            let source = kept[start.source] ?? states[start.source]
+            guard let source, start.length >= 1, start.length <= source.history.count, start.length <= source.cache.length else {
+                problems.append("sequence \(start.sequence) cannot start from \(start.length) positions of \(start.source)")
+                continue
+            }
+            if !start.keepSource, kept[start.source] != nil {
+                // Taken over: the prefix's charge becomes a running sequence's.
+                let extra = room.perSequence - room.cost(length: source.history.count)
+                guard charged + extra <= room.positions else { problems.append(full("sequence \(start.sequence)'s context").description); continue }
+                charged += extra
+                var s = kept.removeValue(forKey: start.source)!
+                s.history.removeLast(s.history.count - start.length)
+                s.cache.truncate(to: start.length)
+                states[start.sequence] = s
+            } else {
+                do {
+                    var s = try newState(start.sequence)
+                    s.cache.copyPrefix(of: source.cache, count: start.length)
+                    s.history = Array(source.history.prefix(start.length))
+                    states[start.sequence] = s
+                } catch {
+                    problems.append("\(error)")
+                }
+            }
+        }
+        if !problems.isEmpty { throw StepError(kind: .malformed, description: "cache changes refused: " + problems.joined(separator: "; ")) }
+    }
 
     /// Runs `rows` (sequence, position) through the stage. The first stage embeds `tokens` into `hidden`; others
     /// take `hidden` as given; it holds the stage's output after. The last stage samples the rows `sampleRows` with
@@ -119,14 +202,18 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         if stage.isFirst {
             do { try stage.embed(tokens, into: hidden) } catch { throw StepError(kind: .malformed, description: "\(error)") }
         }
+        // A sequence this stage does not hold starts at position 0 (or from a prefix, by `apply`): a row further on
+        // would attend to positions nobody computed.
+        var seen = Set<UInt64>()
+        if let r = rows.first(where: { seen.insert($0.sequence).inserted && states[$0.sequence] == nil && $0.position > 0 }) {
+            throw StepError(kind: .malformed, description: "sequence \(r.sequence) has no cache on this stage, so it cannot go on at position \(r.position)")
+        }
         var caches: [Int: KVCache] = [:]
         for r in rows {
-            if states[r.sequence] == nil, states.count >= maxSequences {
-                throw StepError(kind: .full, description: "the memory budget holds KV caches for \(maxSequences) sequence\(maxSequences == 1 ? "" : "s") of \(capacity) positions, all in use; wait for one to finish, or give more memory or a shorter context")
-            }
-            if r.position == 0 || states[r.sequence] == nil {
+            if r.position == 0 && caches[Int(r.sequence)] == nil {
                 // Position 0 starts the sequence afresh (a reused id, or a replay).
-                states[r.sequence] = State(cache: KVCache(layers: stage.layers, capacity: capacity, config: stage.config, types: cacheTypes))
+                release([r.sequence])
+                states[r.sequence] = try newState(r.sequence)
             } else if caches[Int(r.sequence)] == nil, r.position < states[r.sequence]!.history.count {
                 // A sequence going back (speculative proposals its last step rejected): what it held from here on
                 // is forgotten, so the history (repetition penalty) and the cache hold only accepted tokens.
@@ -190,8 +277,12 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
         return out
     }
 
+    /// Frees running sequences and kept prefixes.
     public func release(_ ids: [UInt64]) {
-        for id in ids { states[id] = nil }
+        for id in ids {
+            if states.removeValue(forKey: id) != nil { charged -= room.perSequence }
+            if let s = kept.removeValue(forKey: id) { charged -= room.cost(length: s.history.count) }
+        }
     }
 }
 

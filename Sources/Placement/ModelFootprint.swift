@@ -67,7 +67,11 @@ public struct ModelFootprint: Sendable, Equatable {
         // A tied head reads the embedding; the last stage then needs those bytes too.
         if layout.tiedHead { head += embd }
         // Capped at an exabyte (a file may claim any context): no plan fits it, and sums below cannot overflow.
-        let (kvAll, overflow) = KVCache.bytes(layers: 1, capacity: context, config: config, types: cacheTypes).multipliedReportingOverflow(by: sequences)
+        // A sequence's cache is its rows plus, per layer, at most a page for keys and one for values and one
+        // row of rounding (`KVRoom`'s overhead, which `ShardBudget` counts for a whole stage).
+        let row = KVRoom.bytesPerPosition(layers: 1, config: config, types: cacheTypes)
+        let rows = KVCache.bytes(layers: 1, capacity: context, config: config, types: cacheTypes)
+        let (kvAll, overflow) = rows >= 1 << 60 ? (Int.max, true) : (rows + 2 * KVCache.pageSize + row).multipliedReportingOverflow(by: sequences)
         let kv = overflow ? 1 << 60 : min(kvAll, 1 << 60)
         self.init(layerBytes: layer.map { $0 + kv }, expertBytes: expert, expertCount: config.expertCount,
                   embeddingBytes: embd, headBytes: head, slotBytes: (0..<config.layerCount).map(layout.slotBytes).max() ?? 0,

@@ -124,6 +124,13 @@ enum AnthropicMessages {
         return finish == .length ? "max_tokens" : "end_turn"
     }
 
+    /// Anthropic's usage: `input_tokens` are the prompt tokens computed, those a cached prefix held are
+    /// `cache_read_input_tokens` (the three input figures add up to the prompt).
+    static func usage(input: Int, cached: Int, output: Int) -> JSONValue {
+        .object([("input_tokens", .int(input - cached)), ("cache_creation_input_tokens", .int(0)), ("cache_read_input_tokens", .int(cached)),
+                 ("output_tokens", .int(output))])
+    }
+
     static func stopSequence(_ usage: GenerationUsage) -> JSONValue { usage.stopSequence.map { .string($0) } ?? .null }
 
     /// The answer's content blocks: thinking, text, then each call as `tool_use` (input an object).
@@ -177,15 +184,16 @@ extension HTTPAPI {
         let (chat, tokens, reading, grammar) = try await anthropicPrompt(body)
         let p = try parameters(chat, chat: true, forced: grammar, reading: reading)
         if let why = health() { throw APIError.unavailable(why) }
-        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
+                                        cachePrompt: p.cachePrompt)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "messages") }
         let (sequence, events) = scheduler.submit(request)
         let id = "msg_" + ids.next()
         let callIDs: @Sendable () -> String = { [ids] in ids.next() }
-        func message(content: [JSONValue], stop: JSONValue, output: Int, sequence: JSONValue = .null) -> JSONValue {
+        func message(content: [JSONValue], stop: JSONValue, output: Int, sequence: JSONValue = .null, cached: Int = 0) -> JSONValue {
             .object([("id", .string(id)), ("type", .string("message")), ("role", .string("assistant")), ("model", .string(model.id)),
                      ("content", .array(content)), ("stop_reason", stop), ("stop_sequence", sequence),
-                     ("usage", .object([("input_tokens", .int(tokens.count)), ("output_tokens", .int(output))]))])
+                     ("usage", AnthropicMessages.usage(input: tokens.count, cached: cached, output: output))])
         }
         if p.stream {
             return anthropicStream(events, sequence: sequence, start: message(content: [], stop: .null, output: 0), reading: reading, callIDs: callIDs)
@@ -194,7 +202,7 @@ extension HTTPAPI {
         let parsed = reading.parse(answer.text)
         return json(message(content: AnthropicMessages.blocks(parsed, ids: callIDs),
                             stop: .string(AnthropicMessages.stopReason(answer.finish, calls: !parsed.toolCalls.isEmpty, usage: answer.usage)),
-                            output: answer.usage.completionTokens, sequence: AnthropicMessages.stopSequence(answer.usage)))
+                            output: answer.usage.completionTokens, sequence: AnthropicMessages.stopSequence(answer.usage), cached: answer.usage.cachedTokens))
     }
 
     /// Anthropic's events: `message_start`, then per block `content_block_start` / `_delta`s / `_stop`, then
@@ -259,7 +267,7 @@ extension HTTPAPI {
                             try await send("message_delta", obj([("type", .string("message_delta")),
                                                                  ("delta", obj([("stop_reason", .string(AnthropicMessages.stopReason(reason, calls: reader.sentCalls, usage: usage))),
                                                                                ("stop_sequence", AnthropicMessages.stopSequence(usage))])),
-                                                                 ("usage", obj([("output_tokens", .int(usage.completionTokens))]))]))
+                                                                 ("usage", AnthropicMessages.usage(input: usage.promptTokens, cached: usage.cachedTokens, output: usage.completionTokens))]))
                             try await send("message_stop", obj([("type", .string("message_stop"))]))
                         }
                     }

@@ -14,6 +14,8 @@ public struct CompletionParameters: Sendable, Equatable {
     public var logprobs: Int?
     /// llama-server's `ignore_eos`: generate to `max_tokens` (or the context's end) through end-of-generation tokens.
     public var ignoreEOS = false
+    /// llama-server's `cache_prompt`: start from a cached prefix and keep this request's KV (false: neither).
+    public var cachePrompt = true
     /// What `sampling.grammar` came from (json_schema, json_object, grammar, tool_call), for /metrics.
     public var constraint: String?
 
@@ -57,6 +59,7 @@ public struct CompletionParameters: Sendable, Equatable {
         }
         stream = try f.bool("stream") ?? false
         ignoreEOS = try f.bool("ignore_eos") ?? false
+        cachePrompt = try f.bool("cache_prompt") ?? true
         if let options = body["stream_options"], !options.isNull {
             guard case .object = options else { throw APIError.invalid("'stream_options' must be an object", param: "stream_options") }
             includeUsage = try Fields(options).bool("include_usage", path: "stream_options.include_usage") ?? false

@@ -232,7 +232,7 @@ public struct HTTPAPI: Sendable {
         let p = try parameters(body, chat: kind == .chat, forced: grammar, reading: reading)
         if let why = health() { throw APIError.unavailable(why) }
         let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
-                                        logprobs: p.logprobs, ignoreEOS: p.ignoreEOS)
+                                        logprobs: p.logprobs, ignoreEOS: p.ignoreEOS, cachePrompt: p.cachePrompt)
         // The scheduler's own checks, asked before the status line goes out (a stream cannot turn into a 400).
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: kind == .chat ? "messages" : "prompt") }
         let (sequence, events) = scheduler.submit(request)
@@ -409,7 +409,8 @@ struct ResponseHead: Sendable {
 
     func usage(_ u: GenerationUsage) -> JSONValue {
         .object([("prompt_tokens", .int(u.promptTokens)), ("completion_tokens", .int(u.completionTokens)),
-                 ("total_tokens", .int(u.promptTokens + u.completionTokens))])
+                 ("total_tokens", .int(u.promptTokens + u.completionTokens)),
+                 ("prompt_tokens_details", .object([("cached_tokens", .int(u.cachedTokens))]))])
     }
 
     func complete(text: String, finish: FinishReason, usage u: GenerationUsage, logprobs: [SampledToken]? = nil,

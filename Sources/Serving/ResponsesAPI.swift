@@ -205,7 +205,8 @@ extension HTTPAPI {
         let tokens = try model.tokens(ofPrompt: prompt, param: "input")
         let p = try parameters(chat, chat: true, forced: options.grammar(tokenizer: model.tokenizer), reading: reads ? reading : nil)
         if let why = health() { throw APIError.unavailable(why) }
-        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling)
+        let request = GenerationRequest(prompt: tokens, maxTokens: p.maxTokens ?? max(0, model.contextLength - tokens.count), stop: p.stop, sampling: p.sampling,
+                                        cachePrompt: p.cachePrompt)
         if let e = scheduler.refusal(for: request) { throw APIError(e, param: "input") }
         let (sequence, events) = scheduler.submit(request)
         let id = "resp_" + ids.next()
@@ -227,7 +228,7 @@ extension HTTPAPI {
                 ("text", body["text"] ?? .object([("format", .object([("type", .string("text"))]))])), ("store", .bool(store)),
             ]
             if let usage {
-                fields.append(("usage", .object([("input_tokens", .int(usage.promptTokens)), ("input_tokens_details", .object([("cached_tokens", .int(0))])),
+                fields.append(("usage", .object([("input_tokens", .int(usage.promptTokens)), ("input_tokens_details", .object([("cached_tokens", .int(usage.cachedTokens))])),
                                                  ("output_tokens", .int(usage.completionTokens)), ("output_tokens_details", .object([("reasoning_tokens", .int(0))])),
                                                  ("total_tokens", .int(usage.promptTokens + usage.completionTokens))])))
             } else {

@@ -23,6 +23,13 @@ public struct ServingMetrics: Sendable {
     public let draftProposed = MetricSpec(.counter, "conclave_draft_tokens_proposed_total", help: "Tokens the draft model proposed.", status: "draft.proposed")
     public let draftAccepted = MetricSpec(.counter, "conclave_draft_tokens_accepted_total", help: "Proposed tokens the model accepted.", status: "draft.accepted")
     public let draftPasses = MetricSpec(.counter, "conclave_draft_verify_passes_total", help: "Pipeline passes that verified proposals.", status: "draft.passes")
+    public let prefixCapacity = MetricSpec(.gauge, "conclave_prefix_cache_capacity_tokens", help: "Positions of KV every stage can keep for reuse while no request runs (the smallest stage's room beyond nothing).", status: "prefix_cache.capacity_tokens")
+    public let prefixEntries = MetricSpec(.gauge, "conclave_prefix_cache_entries", help: "Ended sequences every stage keeps for reuse.", status: "prefix_cache.entries")
+    public let prefixTokens = MetricSpec(.gauge, "conclave_prefix_cache_tokens", help: "Positions the kept sequences hold (on every stage, each its own layers).", status: "prefix_cache.tokens")
+    public let prefixLookups = MetricSpec(.counter, "conclave_prefix_cache_lookups_total", help: "Requests that looked for a cached prefix.", status: "prefix_cache.lookups")
+    public let prefixHits = MetricSpec(.counter, "conclave_prefix_cache_hits_total", help: "Requests that started from a cached prefix.", status: "prefix_cache.hits")
+    public let prefixReused = MetricSpec(.counter, "conclave_prefix_cache_reused_tokens_total", help: "Prompt tokens not computed because a cached prefix held them.", status: "prefix_cache.reused_tokens")
+    public let prefixEvictions = MetricSpec(.counter, "conclave_prefix_cache_evictions_total", help: "Kept sequences evicted to make room (least recently used first).", status: "prefix_cache.evictions")
     // Labelled per request or per worker where they are counted; status shows these from its own fields.
     public let httpRequests = MetricSpec(.counter, "conclave_http_requests_total", help: "HTTP requests by endpoint (unknown paths as \"other\") and status code.")
     public let refusedPeers = MetricSpec(.counter, "conclave_refused_peers_total", help: "Peers the coordinator's client endpoint refused (CurveZMQ: an unlisted key, or a host without it), each once however often it retries; each worker's are conclave_worker_refused_peers_total.")

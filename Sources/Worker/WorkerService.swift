@@ -317,6 +317,10 @@ public final class WorkerService: Service, @unchecked Sendable {
             r.residentBytes = UInt64(shard.residentBytes)
             r.maxSequences = UInt32(clamping: shard.layers.isEmpty ? 0 : shard.maxSequences)
             r.keptWeights = shard.keptWeights
+            if !shard.layers.isEmpty {
+                r.kvPositions = UInt64(shard.room.positions)
+                r.kvOverhead = UInt32(clamping: shard.room.overhead)
+            }
             e.ready = r
             reply(peer, WireMessage.make(e))
         } catch {
@@ -335,13 +339,13 @@ public final class WorkerService: Service, @unchecked Sendable {
         // A step of neither rows nor sequences to free does nothing, and at the last stage its (empty) output would
         // go to the coordinator under the sender's request id.
         let input = msg.envelope.stageInput
-        guard !input.rows.isEmpty || !input.release.isEmpty else {
-            return replyError(peer, id: id, WireError(.malformed, "a StageInput with neither rows nor sequences to free"))
+        guard input.hasWork else {
+            return replyError(peer, id: id, WireError(.malformed, "a StageInput with neither rows nor cache changes"))
         }
         let t0 = options.clock.now()
         do {
             let rows = input.rows.count
-            let out = try shard.step(msg)
+            let out = try shard.step(msg, log: log)
             if rows > 0 { metrics.recordStep(tokens: rows, ms: (options.clock.now() - t0) * 1000) }
             switch out {
             case .tokens(let m): reply(coordinator, m)

@@ -67,7 +67,7 @@ final class WorkerShard: @unchecked Sendable {
         } catch {
             throw WireError(.overBudget, "\(error.description) (this worker's --memory)")
         }
-        maxSequences = budget.sequences(within: memory)
+        room = budget.room(within: memory)
         let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads)
         self.holding = holding
         let kept = previous.flatMap { $0.holding == holding ? $0 : nil }
@@ -122,8 +122,7 @@ final class WorkerShard: @unchecked Sendable {
                 ?? Stage(file: file, config: config, layers: layers, pool: pool, experts: provider, heldExperts: .none)
             resident += stage.residentBytes
             self.stage = stage
-            sequences = StageSequences(stage: stage, capacity: contextLength, maxSequences: maxSequences, cacheTypes: cacheTypes,
-                                       vocabulary: StageSequences.vocabulary(of: file))
+            sequences = StageSequences(stage: stage, room: room, cacheTypes: cacheTypes, vocabulary: StageSequences.vocabulary(of: file))
         } else {
             stage = nil
             sequences = nil
@@ -150,8 +149,12 @@ final class WorkerShard: @unchecked Sendable {
     let holding: Holding
     /// Made from a previous shard's weights (nothing loaded).
     let keptWeights: Bool
+    /// The KV the budget holds beside everything else: running sequences, and kept prefixes in what they leave.
+    let room: KVRoom
     /// Sequences whose KV fits the budget beside everything else.
-    let maxSequences: Int
+    var maxSequences: Int { room.sequences }
+    /// Kept prefixes and the positions they hold (for the heartbeat's metrics).
+    var keptFigures: (entries: Int, positions: Int) { sequences?.keptFigures ?? (0, 0) }
     /// Most rows in one StageInput: the micro-batch the budget holds scratch for.
     let ubatch: Int
 
@@ -171,8 +174,9 @@ final class WorkerShard: @unchecked Sendable {
         case tokens(WireMessage)  // TokenOut, to the coordinator
     }
 
-    /// Runs one StageInput through this stage's layers.
-    func step(_ msg: WireMessage) throws -> StepOutput {
+    /// Runs one StageInput through this stage's layers, or applies the cache changes it carries (a change this
+    /// stage refuses is told to `log`, and the input still goes on, so every stage applies the rest).
+    func step(_ msg: WireMessage, log: (String) -> Void = { _ in }) throws -> StepOutput {
         guard let stage else { throw WireError(.malformed, "this worker holds no layers; it serves expert calls only") }
         guard case .stageInput(let input) = msg.envelope.kind else { throw WireError(.malformed, "expected a StageInput") }
         let e = config.embeddingLength
@@ -211,7 +215,10 @@ final class WorkerShard: @unchecked Sendable {
                 hiddenData = Data(bytes: hidden, count: n * e * 4)
             }
         }
-        sequences?.release(input.release)
+        let ops = try input.cacheOps()
+        if !ops.isEmpty, let sequences {
+            do { try sequences.apply(ops) } catch { log("\(error)") }
+        }
         if stage.isLast {
             out.tokenOut = tokenOut
             return .tokens(WireMessage.make(out))

@@ -23,6 +23,13 @@ struct BenchServe: ParsableCommand {
         with the same threads (-t), slots (-np) and context, in the same sitting. With --draft DRAFT.gguf, the rounds
         run again on a server with that draft (speculative decoding: "conclave+draft"), and each round reports the
         draft's acceptance rate and the tokens each verifying pass produced (from the server's /metrics).
+
+        With --turns N, a multi-turn chat workload instead: --conversations clients at once, each sending its whole
+        conversation again every turn (a shared --system prompt, then per turn --user tokens of its own and the
+        reply of --gen tokens, sent back as text). It runs on a server with the prefix cache ("conclave"), one
+        without ("conclave (no cache)") and llama-server with its prompt cache, and reports each turn's median time
+        to first token and the prompt tokens reused, each server's aggregate throughput, the ratios at the last
+        turn, and whether the text with the cache is the text without.
         """
     )
 
@@ -35,6 +42,10 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Path to llama.cpp's llama-server, to measure it the same way.") var vsLlamaServer: String?
     @OptionGroup var draft: DraftModelOptions
     @Option(help: "Seconds to wait for a server to become healthy.") var startTimeout: Double = 300
+    @Option(help: "Multi-turn mode: turns per conversation (0: the concurrency rounds).") var turns = 0
+    @Option(help: "Multi-turn mode: conversations at once.") var conversations = 8
+    @Option(help: "Multi-turn mode: tokens of the system prompt every conversation shares.") var system = 2000
+    @Option(help: "Multi-turn mode: tokens of user text each turn adds.") var user = 300
     @Flag(help: "Print JSON.") var json = false
 
     struct Round {
@@ -60,6 +71,7 @@ struct BenchServe: ParsableCommand {
     }
 
     func run() throws {
+        if turns > 0 { return try runTurns() }
         let levels = concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !levels.isEmpty, levels.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--concurrency takes positive integers, e.g. 1,4,8") }
         guard prompt >= 1, gen >= 1 else { throw ValidationError("--prompt and --gen need at least 1") }
@@ -126,12 +138,41 @@ struct BenchServe: ParsableCommand {
         }
     }
 
-    /// Starts a server, waits for /health, runs every round, stops it.
-    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false) throws -> [Round] {
+    /// The multi-turn workload on each server (see the discussion).
+    func runTurns() throws {
+        guard conversations >= 1, system >= 1, user >= 1, gen >= 1 else { throw ValidationError("--conversations, --system, --user and --gen need at least 1") }
+        let tokenizer: Tokenizer
+        do { tokenizer = try Tokenizer(file: try GGUFFile(path: model.model)) } catch { printError("error: \(error)"); throw ExitCode(1) }
+        let work = MultiTurnWorkload(tokenizer: tokenizer, conversations: conversations, turns: turns, system: system, user: user, gen: gen)
+        let ctx = work.context
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
+        func serve(port: Int) -> [String] {
+            var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(conversations)]
+            if let cluster { args += ["--cluster", cluster] }
+            if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
+            return args
+        }
+        var runs: [MultiTurnWorkload.Run] = []
+        for (name, extra) in [("conclave", [String]()), ("conclave (no cache)", ["--no-prefix-cache"])] {
+            let port = Self.freePort()
+            runs.append(try serving(name: name, exe: exe, args: serve(port: port) + extra, port: port) { work.run(server: name, port: port) })
+        }
+        if let path = vsLlamaServer {
+            let port = Self.freePort()
+            let largs = ["-m", model.model, "--host", "127.0.0.1", "--port", String(port), "-t", String(model.threads), "-tb", String(model.threads),
+                         "-np", String(conversations), "-c", String(ctx * conversations), "-b", "512", "-ub", "512"]
+            runs.append(try serving(name: "llama-server", exe: path, args: largs, port: port) { work.run(server: "llama-server", port: port) })
+        }
+        printError("bench serve: \(conversations) conversations × \(turns) turns, system \(work.system.count) tokens, \(user) user tokens and \(gen) generated per turn, context \(ctx)")
+        MultiTurnWorkload.report(runs, turns: turns, json: json)
+    }
+
+    /// Starts a server, waits for /health, does `work`, stops it.
+    func serving<T>(name: String, exe: String, args: [String], port: Int, _ work: () throws -> T) throws -> T {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("bench-serve-\(name)-\(port).log")
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("bench-serve-\(name.filter { $0.isLetter })-\(port).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         p.standardOutput = try FileHandle(forWritingTo: log)
         p.standardError = try FileHandle(forWritingTo: log)
@@ -153,8 +194,18 @@ struct BenchServe: ParsableCommand {
             }
             usleep(200_000)
         }
-        // One short request first: the first request pays for faulting the weights in, on both servers.
-        _ = try? HTTPClient.stream(port: port, body: Self.body(prompts[0].prefix(8).map { $0 }, gen: 4))
+        // One short request first: the first request pays for faulting the weights in, on every server.
+        _ = try? HTTPClient.stream(port: port, body: Self.body([1, 2, 3, 4], gen: 4))
+        return try work()
+    }
+
+    /// Starts a server, waits for /health, runs every round, stops it.
+    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false) throws -> [Round] {
+        try serving(name: name, exe: exe, args: args, port: port) { rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics) }
+    }
+
+    /// Each --concurrency round against the server at `port`.
+    func rounds(name: String, port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool) -> [Round] {
         var out: [Round] = []
         for c in levels {
             let before = draftMetrics ? Self.draftCounters(port: port) : nil
@@ -247,6 +298,10 @@ enum HTTPClient {
         /// Arrival time of each event that carried generated text.
         var events: [Double] = []
         var tokens = 0
+        /// With `text`: what the events said, and the prompt tokens the server says it reused (OpenAI's
+        /// `usage.prompt_tokens_details.cached_tokens`, or llama-server's `timings.cache_n`).
+        var text = ""
+        var cached: Int?
     }
 
     struct Failure: Error, CustomStringConvertible { let description: String }
@@ -305,7 +360,7 @@ enum HTTPClient {
     }
 
     /// POSTs a streaming completion and timestamps each text event.
-    static func stream(port: Int, body: String) throws -> StreamResult {
+    static func stream(port: Int, body: String, text collect: Bool = false) throws -> StreamResult {
         let fd = try connect(port: port)
         defer { close(fd) }
         var r = StreamResult()
@@ -345,7 +400,15 @@ enum HTTPClient {
                 if event == Array("data: [DONE]".utf8) { finished = true; continue }
                 // Cheap on purpose (the client shares the cores with the server it measures): only the usage
                 // chunk is parsed; a text event is one whose "text" is not empty.
-                if find(event, Array(#""usage":{"#.utf8)) != nil,
+                if collect, let v = try? JSONValue.parse(Array(event.dropFirst(6))) {
+                    if let c = v["usage"]?["prompt_tokens_details"]?["cached_tokens"]?.intValue ?? v["timings"]?["cache_n"]?.intValue { r.cached = c }
+                    if let n = v["usage"]?["completion_tokens"]?.intValue { r.tokens = n }
+                    if let t = v["choices"]?.arrayValue?.first?["text"]?.stringValue, !t.isEmpty {
+                        r.text += t
+                        r.events.append(now)
+                        eventsText += 1
+                    }
+                } else if find(event, Array(#""usage":{"#.utf8)) != nil,
                    let v = try? JSONValue.parse(Array(event.dropFirst(6))), let n = v["usage"]?["completion_tokens"]?.intValue {
                     r.tokens = n
                 } else if let at = find(event, Array(#""text":""#.utf8)), at + 8 < event.count, event[at + 8] != UInt8(ascii: "\"") {

@@ -29,14 +29,15 @@ struct OffloadOptions: ParsableArguments {
 
     /// The same for `sequences` sequences generating at once, each with KV for `context` positions, in
     /// micro-batches of up to `ubatch` rows (the scratch the budget sets aside).
-    func load(path: String, threads: Int, context: Int?, sequences: Int, cacheTypes: CacheTypes, ubatch: Int = 512) throws -> (Engine, BudgetedExperts?) {
+    /// `prefixCache`: bytes of the budget given to kept prefixes before the experts (nil: only what they leave).
+    func load(path: String, threads: Int, context: Int?, sequences: Int, prefixCache: Int? = nil, cacheTypes: CacheTypes, ubatch: Int = 512) throws -> (Engine, BudgetedExperts?) {
         do {
             let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file)
             try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences, types: cacheTypes)
             guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
-                                        sequences: sequences, ubatch: ubatch, budget: budget, cacheTypes: cacheTypes)
+                                        sequences: sequences, ubatch: ubatch, budget: budget, cacheTypes: cacheTypes, prefixCache: prefixCache)
             if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
             var cache: BudgetedExperts?
             let engine = try Engine(file: file, threads: threads, cacheTypes: cacheTypes) { pool in
@@ -45,7 +46,7 @@ struct OffloadOptions: ParsableArguments {
                 cache = c
                 return c
             }
-            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence))\(sequences > 1 ? " × \(sequences) sequences" : ""), scratch \(formatBytes(plan.scratchBytes)) for \(ubatch)-row micro-batches, slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(path), policy \(policy)")
+            printError("offload: \(plan.slots) of \(plan.expertCount) experts fit in --memory \(formatBytes(budget)) (weights \(formatBytes(plan.fixedBytes)), KV \(formatBytes(plan.kvBytesPerSequence))\(sequences > 1 ? " × \(sequences) sequences" : ""), scratch \(formatBytes(plan.scratchBytes)) for \(ubatch)-row micro-batches\(plan.prefixCacheBytes > 0 ? ", kept prefixes \(formatBytes(plan.prefixCacheBytes))" : ""), slots \(formatBytes(plan.slots * plan.slotBytes))); the rest are read from \(path), policy \(policy)")
             return (engine, cache)
         } catch {
             printError("error: \(error)")

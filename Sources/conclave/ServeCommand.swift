@@ -68,6 +68,10 @@ struct ServeCommand: AsyncParsableCommand {
     var prefillAssistant = true
     @Option(help: "In one process: sequences generated at once (llama-server's -np); each gets KV for --ctx positions.")
     var parallel = 4
+    @Flag(inversion: .prefixedNo, help: "Keep each ended request's KV and start a request from the longest cached prefix of its tokens, so a conversation's next turn computes only what is new (a request can say \"cache_prompt\": false). A cluster keeps prefixes in what its workers' --memory leaves beside the running sequences.")
+    var prefixCache = true
+    @Option(help: ArgumentHelp("In one process: memory for kept prefixes beyond the running sequences' KV (e.g. 2GiB). Default: with --memory, what it leaves when every expert is resident (taken from the experts' share if given); without, the smaller of 4 GiB and an eighth of this machine's memory.", valueName: "BYTES"))
+    var prefixCacheMemory: String?
     @OptionGroup var offload: OffloadOptions
     @OptionGroup var draft: DraftModelOptions
     @Option(help: "A routing trace (from `conclave trace-experts`) to plan with: a layer split over workers spreads its most used experts first, and when the cluster must page, the least used experts are the ones paged.")
@@ -206,7 +210,7 @@ struct ServeCommand: AsyncParsableCommand {
         let cache: BudgetedExperts?
         let model: ServedModel
         do {
-            (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel,
+            (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel, prefixCache: try prefixCacheAsked(),
                                               cacheTypes: try kvCache.types, ubatch: ubatch)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
@@ -217,11 +221,17 @@ struct ServeCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         guard http != "off" else { throw ValidationError("serving from one process needs the HTTP API: give --http HOST:PORT") }
-        let executor = LocalExecutor(engine: engine, capacity: model.contextLength, maxSequences: parallel)
+        let cacheBytes = try prefixCacheBytes(engine: engine, context: model.contextLength)
+        let executor = LocalExecutor(engine: engine, capacity: model.contextLength, maxSequences: parallel, prefixCacheBytes: cacheBytes)
         let metrics = MetricsRegistry()
         let scheduler = Scheduler(executor: executor, tokenizer: engine.tokenizer, contextLength: model.contextLength, maxBatch: ubatch,
                                   figures: metrics, log: { printError("[serve] \($0)") })
         scheduler.maxSequences = parallel
+        scheduler.prefixCaching = prefixCache
+        executor.log = { printError("[serve] \($0)") }
+        if let room = executor.kvRoom, prefixCache {
+            printError("[serve] prefix cache: \(formatBytes(cacheBytes)) beyond \(parallel) running sequences (\(room.cacheable(running: parallel)) positions; \(room.cacheable(running: 0)) while none runs)")
+        }
         do { scheduler.drafter = try drafter(for: engine.tokenizer, vocabSize: engine.config.vocabSize) } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -238,6 +248,30 @@ struct ServeCommand: AsyncParsableCommand {
         let group = ServiceGroup(services: [SchedulerService(scheduler: scheduler, onStop: executor.close)] + httpService(api),
                                  gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
         try await run(group)
+    }
+
+    /// Bytes for kept prefixes in one process: --prefix-cache-memory, else what --memory leaves when every expert
+    /// is resident, else the smaller of 4 GiB and an eighth of the machine (0 with --no-prefix-cache).
+    func prefixCacheBytes(engine: Engine, context: Int) throws -> Int {
+        guard prefixCache else { return 0 }
+        let asked = try prefixCacheAsked()
+        if let budget = offload.budget {
+            let plan = try MemoryBudget(file: engine.file, config: engine.config, layers: 0..<engine.config.layerCount, context: context,
+                                        sequences: parallel, ubatch: ubatch, budget: budget, cacheTypes: engine.cacheTypes, prefixCache: asked)
+            return plan.prefixCacheBytes
+        }
+        if let asked { return asked }
+        let physical = Int(clamping: UInt64(sysconf(Int32(_SC_PHYS_PAGES))) &* UInt64(sysconf(Int32(_SC_PAGESIZE))))
+        return min(4 << 30, physical / 8)
+    }
+
+    /// --prefix-cache-memory in bytes (nil: not given; 0 with --no-prefix-cache).
+    func prefixCacheAsked() throws -> Int? {
+        guard prefixCache else { return 0 }
+        return try prefixCacheMemory.map { text -> Int in
+            guard let n = ClusterFile.parseBytes(text) else { throw ValidationError("--prefix-cache-memory '\(text)' is not a size like 512MiB, 2GiB or a number of bytes") }
+            return n
+        }
     }
 
     /// Runs the services; a failure (the HTTP port taken) ends the process with a message saying what to change.
@@ -303,6 +337,7 @@ struct ServeCommand: AsyncParsableCommand {
             coordinator = try Coordinator(modelPath: model, cluster: clusterFile, options: options, clients: socket, transports: transports,
                                           figures: metrics, log: { printError("[coordinator] \($0)") })
             coordinator.scheduler.drafter = try drafter(for: coordinator.tokenizer, vocabSize: coordinator.config.vocabSize)
+            coordinator.scheduler.prefixCaching = prefixCache
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

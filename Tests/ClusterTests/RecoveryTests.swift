@@ -60,13 +60,13 @@ import TestSupport
         // that stage mid-answer makes its successor rebuild the grammar's state from the replayed history — the
         // same JSON comes out.
         let schema = c.dir.appendingPathComponent("schema.json").path
-        try #"{"type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 16, "maxItems": 16}"#.write(toFile: schema, atomically: true, encoding: .utf8)
+        try #"{"type": "array", "items": {"type": "string", "maxLength": 6}, "minItems": 28, "maxItems": 28}"#.write(toFile: schema, atomically: true, encoding: .utf8)
         let constrained = ["generate", "--coordinator", endpoint, "-p", "A list of names:", "-n", "450", "--ctx", "512", "--temp", "0.8", "--seed", "5",
                            "--json-schema-file", schema]
         let (rc0, cleanJSON, err0) = try c.run(constrained)
         #expect(rc0 == 0, "\(err0)")
         let items = try? JSONSerialization.jsonObject(with: Data(cleanJSON.utf8)) as? [String]
-        #expect(items?.count == 16, "the clean constrained answer is JSON of the schema: \(cleanJSON)")
+        #expect(items?.count == 28, "the clean constrained answer is JSON of the schema: \(cleanJSON)")
         func recoveryCount() throws -> Int {
             let (_, json, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
             return ((try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])?["recoveries"] as? [Any])?.count ?? -1
@@ -80,7 +80,8 @@ import TestSupport
         #expect(rc1 == 0 && killedJSON == cleanJSON, "killing the last stage changed the constrained answer: \(err1)\n\(killedJSON)\nvs\n\(cleanJSON)")
         // The kill landed while the answer was being written: a recovery replayed it (every recovery below replays
         // at least one sequence).
-        #expect(try recoveryCount() == before + 1, "the last stage's kill was recovered")
+        let after = try recoveryCount()
+        #expect(after == before + 1, "the last stage's kill was recovered: recoveries \(before) → \(after)")
         // Status lists the recoveries, each with its cause and time.
         let (rc, json, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(rc == 0)

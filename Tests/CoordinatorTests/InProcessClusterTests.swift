@@ -59,6 +59,41 @@ import Wire
         #expect(status.workers.map(\.state) == ["ready", "ready", "ready"])
     }
 
+    /// The prefix cache over a pipeline: each stage keeps its own layers' KV of an ended turn, the coordinator's
+    /// scheduler starts the next turn from it (a StageInput of cache changes travels the pipeline before the
+    /// turn's rows), and every turn's tokens are the one process's for the whole context.
+    @Test func aConversationReusesItsPrefixOverThePipeline() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        let room = try #require(c.coordinator.executor.kvRoom, "every stage reports its KV room in Ready")
+        #expect(room.positions >= room.perSequence)
+        let tk = Self.engine.tokenizer
+        var context = tk.encode("Once upon a time")
+        var previous: (prompt: Int, fed: Int)?
+        for turn in [" there was a cache.", " It kept what it computed.", " And then?"] {
+            context += tk.encode(turn, addSpecial: false)
+            let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: context, maxTokens: 10, sampling: Self.seeded()))
+            var tokens: [Int32] = []
+            var usage: GenerationUsage?
+            for try await e in events {
+                if case .token(let t?, _, _) = e { tokens.append(t) }
+                if case .finished(_, let u) = e { usage = u }
+            }
+            var want: [Int32] = []
+            try Self.engine.generate(prompt: context, maxTokens: 10, params: Self.seeded(), in: Self.engine.newSequence(capacity: 256)) { t, _ in
+                if let t { want.append(t) }
+                return true
+            }
+            #expect(tokens == want)
+            // The turn before computed its prompt and all but its last token (it ended on the length).
+            #expect(usage?.cachedTokens == previous.map { $0.fed } ?? 0)
+            previous = (context.count, context.count + tokens.count - 1)
+            context += tokens
+        }
+        #expect(c.coordinator.scheduler.stats().prefixHits == 2)
+    }
+
     /// The ZeroMQ client API is a front door of its own over the same scheduler: Generate streams TokenOuts
     /// whose text is the one process's, StatusQuery answers, anything else is an Error with its code.
     @Test func clientAPIOverTheTwin() async throws {

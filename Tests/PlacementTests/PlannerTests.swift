@@ -309,7 +309,8 @@ struct PlannerTests {
         let file = try GGUFFile(path: Fixtures.shippedModel)
         let config = try ModelConfig(file: file)
         let f = ModelFootprint(file: file, config: config, context: 512)
-        #expect(f.totalBytes == file.tensorInfos.reduce(0) { $0 + $1.byteCount } + 4 * 2 * 2 * config.kvDim * 512)
+        // Each layer's KV: 512 rows of K and V (f16), a page of rounding for each and a row (`KVRoom`'s overhead).
+        #expect(f.totalBytes == file.tensorInfos.reduce(0) { $0 + $1.byteCount } + 4 * (2 * 2 * config.kvDim * 513 + 2 * KVCache.pageSize))
         let p = try Planner.plan(f, cluster: ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/local.yaml").path))
         checkInvariants(p, f)
         #expect(p.stages.map(\.worker) == ["stage-a", "stage-b"])

@@ -90,7 +90,12 @@ struct WorkerBudgetTests {
         a.cacheTypeV = "q4_0"
         let f16 = try WorkerShard(file: Self.file, assign: Self.assign(), threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
         let q4 = try WorkerShard(file: Self.file, assign: a, threads: 1, memory: memory, connect: { _ in throw WireError(.internalError, "no peers") })
-        #expect(f16.maxSequences == 2 && q4.maxSequences == 7)  // 18 bytes per 32 values instead of 64
+        // 18 bytes per 32 values instead of 64: the rows of 7 sequences in the room of 2, less each cache's page
+        // rounding (`KVRoom`'s overhead: large beside a 256-position context).
+        let types = try CacheTypes(key: "q4_0", value: "q4_0")
+        let q4Budget = ShardBudget(file: Self.file, config: Self.config, shard: b.shard, context: 256, ubatch: 512, cacheTypes: types)
+        #expect(f16.maxSequences == 2 && q4.maxSequences == q4Budget.sequences(within: memory) && q4.maxSequences > 2, "\(q4.maxSequences)")
+        #expect(q4.room.positions * KVRoom.bytesPerPosition(layers: Self.config.layerCount, config: Self.config, types: types) > 6 * 256 * KVRoom.bytesPerPosition(layers: Self.config.layerCount, config: Self.config, types: .f16) * 18 / 64)
         #expect(q4.cacheTypes == (try CacheTypes(key: "q4_0", value: "q4_0")))
         guard case .tokens = try Self.step(q4, sequence: 1, positions: 0..<4) else { Issue.record("no tokens"); return }
     }

@@ -17,12 +17,16 @@ public struct MemoryBudget: Sendable, Equatable {
     public let expertCount: Int
     /// Bytes of one cache slot (the largest expert, parts aligned for O_DIRECT).
     public let slotBytes: Int
+    /// Bytes of KV for prefixes kept for reuse, beyond the running sequences'.
+    public let prefixCacheBytes: Int
 
     /// For a process running `layers` (and holding their experts) with `sequences` caches of `context` positions
     /// (in `cacheTypes`) and micro-batches of up to `ubatch` rows. Throws when even the fixed part and one slot do
     /// not fit.
+    /// `prefixCache`: bytes set aside for prefixes kept for reuse, taken before the experts' share; nil: what is
+    /// left when every expert is resident (none when they page).
     public init(file: GGUFFile, config: ModelConfig, layers: Range<Int>, context: Int, sequences: Int, ubatch: Int = 512,
-                budget: Int, cacheTypes: CacheTypes = .f16) throws(ModelError) {
+                budget: Int, cacheTypes: CacheTypes = .f16, prefixCache: Int? = nil) throws(ModelError) {
         // The shard with every expert resident: its pieces are what this process needs, by the one formula.
         let all = ShardBudget(file: file, config: config, shard: .init(layers: layers, resident: config.isMoE ? .every(layers: layers, expertCount: config.expertCount) : .none),
                               context: context, ubatch: ubatch, cacheTypes: cacheTypes, sampledRows: sequences)
@@ -36,11 +40,16 @@ public struct MemoryBudget: Sendable, Equatable {
         expertCount = layers.count * config.expertCount
         slotBytes = layers.map(layout.slotBytes).max() ?? 0
         let fixed = fixedBytes
-        guard config.isMoE || budget >= fixed + kvBytesPerSequence * sequences + scratchBytes else {
-            throw ModelError("--memory \(mib(budget)) is below the \(mib(fixed + kvBytesPerSequence * sequences + scratchBytes)) this model needs (weights \(mib(fixed)), KV \(mib(kvBytesPerSequence * sequences)), scratch \(mib(scratchBytes)))")
+        let base = fixed + kvBytesPerSequence * sequences + scratchBytes
+        allResident = budget - base - max(0, prefixCache ?? 0) >= expertBytes
+        prefixCacheBytes = prefixCache.map { max(0, $0) } ?? (allResident ? max(0, budget - base - expertBytes) : 0)
+        let asked = prefixCache.map { max(0, $0) } ?? 0
+        let cacheNote = asked > 0 ? ", the prefix cache's \(mib(asked))" : ""
+        guard config.isMoE || budget >= base + asked else {
+            throw ModelError("--memory \(mib(budget)) is below the \(mib(base + asked)) this model needs (weights \(mib(fixed)), KV \(mib(kvBytesPerSequence * sequences)), scratch \(mib(scratchBytes))\(cacheNote))")
         }
         guard !config.isMoE || forExperts >= slotBytes else {
-            throw ModelError("--memory \(mib(budget)) is too small: layers \(layers.lowerBound)..<\(layers.upperBound) need \(mib(fixed)) of weights, \(mib(kvBytesPerSequence)) of KV per sequence × \(sequences), \(mib(scratchBytes)) of scratch for \(ubatch)-row micro-batches and at least one expert slot of \(mib(slotBytes)); give at least \(mib(fixed + kvBytesPerSequence * sequences + scratchBytes + slotBytes)), a shorter --ctx, a smaller --ubatch or fewer sequences")
+            throw ModelError("--memory \(mib(budget)) is too small: layers \(layers.lowerBound)..<\(layers.upperBound) need \(mib(fixed)) of weights, \(mib(kvBytesPerSequence)) of KV per sequence × \(sequences), \(mib(scratchBytes)) of scratch for \(ubatch)-row micro-batches\(cacheNote) and at least one expert slot of \(mib(slotBytes)); give at least \(mib(base + asked + slotBytes)), a shorter --ctx, a smaller --ubatch or fewer sequences")
         }
     }
 
@@ -49,9 +58,9 @@ public struct MemoryBudget: Sendable, Equatable {
     func mib(_ n: Int) -> String { Self.mib(n) }
 
     /// Bytes left for experts.
-    public var forExperts: Int { budget - fixedBytes - kvBytesPerSequence * sequences - scratchBytes }
-    /// Whether every expert fits resident (no cache needed).
-    public var allResident: Bool { forExperts >= expertBytes }
+    public var forExperts: Int { budget - fixedBytes - kvBytesPerSequence * sequences - scratchBytes - prefixCacheBytes }
+    /// Whether every expert fits resident (no cache needed) beside what the prefix cache was given.
+    public let allResident: Bool
     /// Cache slots that fit (when not all resident).
     public var slots: Int { slotBytes > 0 ? min(expertCount, forExperts / slotBytes) : 0 }
 }

@@ -52,7 +52,20 @@ public struct ShardBudget: Sendable, Equatable {
         slotBytes = (0..<config.layerCount).filter { !shard.paged.experts(inLayer: $0, of: config.expertCount).isEmpty }.map(layout.slotBytes).max() ?? 0
         scratchBytes = Self.scratchBytes(config: config, context: context, ubatch: self.ubatch, sequences: sampledRows,
                                          stage: !shard.layers.isEmpty, experts: shard.computesExperts)
-        kvBytesPerSequence = KVCache.bytes(layers: shard.layers.count, capacity: context, config: config, types: cacheTypes)
+        kvBytesPerPosition = KVRoom.bytesPerPosition(layers: shard.layers.count, config: config, types: cacheTypes)
+        kvOneSequence = KVRoom(bytes: 0, layers: shard.layers.count, context: context, config: config, types: cacheTypes)
+        kvBytesPerSequence = shard.layers.isEmpty ? 0 : KVCache.bytes(layers: 1, capacity: kvOneSequence.perSequence, rowBytes: kvBytesPerPosition)
+    }
+
+    /// Bytes of one position of the shard's layers, and what one running sequence costs in positions.
+    public let kvBytesPerPosition: Int
+    let kvOneSequence: KVRoom
+
+    /// The KV room `memory` leaves beside the rest: running sequences and, in what they leave, kept prefixes.
+    public func room(within memory: Int) -> KVRoom {
+        var r = kvOneSequence
+        r.positions = kvBytesPerPosition > 0 ? max(0, memory - baseBytes) / kvBytesPerPosition : 0
+        return r
     }
 
     /// Everything but KV: weights, resident experts, slots, scratch.
@@ -64,7 +77,7 @@ public struct ShardBudget: Sendable, Equatable {
     /// Sequences whose KV fits in `memory` beside the rest (0 for a shard without layers, which holds no KV).
     public func sequences(within memory: Int) -> Int {
         guard kvBytesPerSequence > 0 else { return 0 }
-        return max(0, (memory - baseBytes) / kvBytesPerSequence)
+        return room(within: memory).sequences
     }
 
     /// Refuses a shard that does not fit `memory` with one sequence, naming every part.

@@ -516,6 +516,12 @@ public nonisolated struct Conclave_V1_Ready: Sendable {
   /// The worker held this shard's weights already (a re-plan that kept its layers and experts): nothing loaded.
   public var keptWeights: Bool = false
 
+  /// Its KV room in positions (every layer of its stage; a running sequence reserves its context, a kept prefix its
+  /// length) and what each cache costs beyond its length, in positions. 0: no layers.
+  public var kvPositions: UInt64 = 0
+
+  public var kvOverhead: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -637,6 +643,46 @@ public nonisolated struct Conclave_V1_StageInput: Sendable {
 
   /// Empty (no log-probabilities) or one per sample row: -1 none, 0 the sampled token's, N also the top N (≤ 20).
   public var logprobs: [Int32] = []
+
+  /// The prefix cache (sent without rows): ended sequences every stage keeps, their first `length` positions
+  /// (applied before `release`), and sequences that start from a kept or running sequence's first positions
+  /// (applied after it).
+  public var retain: [Conclave_V1_KeptSequence] = []
+
+  public var starts: [Conclave_V1_PrefixStart] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Conclave_V1_KeptSequence: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var length: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Conclave_V1_PrefixStart: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var source: UInt64 = 0
+
+  public var length: UInt32 = 0
+
+  /// The source stays (its positions are copied); else a kept source is taken over.
+  public var keepSource: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1753,7 +1799,7 @@ nonisolated extension Conclave_V1_RemoteExperts: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Ready"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0\u{3}max_sequences\0\u{3}kept_weights\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}resident_bytes\0\u{3}max_sequences\0\u{3}kept_weights\0\u{3}kv_positions\0\u{3}kv_overhead\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1764,6 +1810,8 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxSequences) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.keptWeights) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.kvPositions) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.kvOverhead) }()
       default: break
       }
     }
@@ -1779,6 +1827,12 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.keptWeights != false {
       try visitor.visitSingularBoolField(value: self.keptWeights, fieldNumber: 3)
     }
+    if self.kvPositions != 0 {
+      try visitor.visitSingularUInt64Field(value: self.kvPositions, fieldNumber: 4)
+    }
+    if self.kvOverhead != 0 {
+      try visitor.visitSingularUInt32Field(value: self.kvOverhead, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1786,6 +1840,8 @@ nonisolated extension Conclave_V1_Ready: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.residentBytes != rhs.residentBytes {return false}
     if lhs.maxSequences != rhs.maxSequences {return false}
     if lhs.keptWeights != rhs.keptWeights {return false}
+    if lhs.kvPositions != rhs.kvPositions {return false}
+    if lhs.kvOverhead != rhs.kvOverhead {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2013,7 +2069,7 @@ nonisolated extension Conclave_V1_Sampling: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StageInput"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0\u{1}release\0\u{1}logprobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}rows\0\u{1}tokens\0\u{3}sample_rows\0\u{1}sampling\0\u{1}release\0\u{1}logprobs\0\u{1}retain\0\u{1}starts\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2027,6 +2083,8 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.sampling) }()
       case 5: try { try decoder.decodeRepeatedUInt64Field(value: &self.release) }()
       case 6: try { try decoder.decodeRepeatedInt32Field(value: &self.logprobs) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.retain) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.starts) }()
       default: break
       }
     }
@@ -2051,6 +2109,12 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if !self.logprobs.isEmpty {
       try visitor.visitPackedInt32Field(value: self.logprobs, fieldNumber: 6)
     }
+    if !self.retain.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.retain, fieldNumber: 7)
+    }
+    if !self.starts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.starts, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2061,6 +2125,88 @@ nonisolated extension Conclave_V1_StageInput: SwiftProtobuf.Message, SwiftProtob
     if lhs.sampling != rhs.sampling {return false}
     if lhs.release != rhs.release {return false}
     if lhs.logprobs != rhs.logprobs {return false}
+    if lhs.retain != rhs.retain {return false}
+    if lhs.starts != rhs.starts {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_KeptSequence: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".KeptSequence"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}length\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.length) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if self.length != 0 {
+      try visitor.visitSingularUInt32Field(value: self.length, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_KeptSequence, rhs: Conclave_V1_KeptSequence) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.length != rhs.length {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_PrefixStart: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PrefixStart"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}source\0\u{1}length\0\u{3}keep_source\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.source) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.length) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.keepSource) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if self.source != 0 {
+      try visitor.visitSingularUInt64Field(value: self.source, fieldNumber: 2)
+    }
+    if self.length != 0 {
+      try visitor.visitSingularUInt32Field(value: self.length, fieldNumber: 3)
+    }
+    if self.keepSource != false {
+      try visitor.visitSingularBoolField(value: self.keepSource, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_PrefixStart, rhs: Conclave_V1_PrefixStart) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.length != rhs.length {return false}
+    if lhs.keepSource != rhs.keepSource {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
