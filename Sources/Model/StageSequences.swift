@@ -5,6 +5,7 @@ import Grammar
 import Glibc
 #endif
 import Kernels
+import Synchronization
 
 /// A token's log-probability under the model (log-softmax of the raw logits, before any sampling setting).
 public struct TokenLogprob: Sendable, Equatable {
@@ -102,8 +103,13 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
 
     /// Running sequences.
     public var count: Int { states.count }
-    /// Kept prefixes and the positions they hold.
-    public var keptFigures: (entries: Int, positions: Int) { (kept.count, kept.values.reduce(0) { $0 + $1.history.count }) }
+    /// Kept prefixes and the positions they hold (readable from any thread: the heartbeat's).
+    public var keptFigures: (entries: Int, positions: Int) { keptCount.withLock { $0 } }
+    private let keptCount = Mutex((entries: 0, positions: 0))
+    private func countKept() {
+        let now = (kept.count, kept.values.reduce(0) { $0 + $1.history.count })
+        keptCount.withLock { $0 = now }
+    }
 
     private func full(_ what: String) -> StepError {
         StepError(kind: .full, description: "the memory budget holds \(room) of KV; \(what) would pass it (\(charged) in use); wait for a sequence to finish, or give more memory or a shorter context")
@@ -164,6 +170,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
                 }
             }
         }
+        countKept()
         if !problems.isEmpty { throw StepError(kind: .malformed, description: "cache changes refused: " + problems.joined(separator: "; ")) }
     }
 
@@ -283,6 +290,7 @@ public final class StageSequences: @unchecked Sendable {  // used from one threa
             if states.removeValue(forKey: id) != nil { charged -= room.perSequence }
             if let s = kept.removeValue(forKey: id) { charged -= room.cost(length: s.history.count) }
         }
+        countKept()
     }
 }
 

@@ -87,13 +87,16 @@ public enum WorkerMetric {
 
     public static let constrainedTokens = MetricSpec(.counter, "conclave_worker_constrained_tokens_total", help: "Tokens this worker's last stage sampled under a grammar (structured output, forced tool calls).", status: "constrained_tokens")
     public static let grammarSeconds = MetricSpec(.counter, "conclave_worker_grammar_seconds_total", help: "Time sampling those tokens, the grammar's checks and masks included (÷ constrained tokens: the time per token).", status: "grammar_seconds")
+    public static let keptPrefixes = MetricSpec(.gauge, "conclave_worker_prefix_cache_entries", help: "Ended sequences this worker's stage keeps for reuse (the prefix cache).", status: "prefix_entries")
+    public static let keptPositions = MetricSpec(.gauge, "conclave_worker_prefix_cache_tokens", help: "Positions of its own layers' KV those kept sequences hold.", status: "prefix_tokens")
+    public static let kvRoom = MetricSpec(.gauge, "conclave_worker_kv_room_tokens", help: "Positions of KV this worker's --memory holds beside its weights and scratch: running sequences reserve their context, kept prefixes their length.", status: "kv_room_tokens")
     public static let refusedPeers = MetricSpec(.counter, "conclave_worker_refused_peers_total", help: "Peers this worker's endpoint refused (an unlisted CurveZMQ key, or a host without CurveZMQ), each once however often it retries.", status: "refused_peers")
 
     /// Every entry, in the order status shows them.
     public static let all: [MetricSpec] = [
         tokens, expertCalls, forwardedBytes, forwardedRows, expertCallBytes,
         expertServeSeconds, remoteLayers, remoteCalls, remoteLocalSeconds, remoteWaitSeconds, rss, resident, stepP50, stepP99, refusedPeers,
-        constrainedTokens, grammarSeconds,
+        constrainedTokens, grammarSeconds, keptPrefixes, keptPositions, kvRoom,
         offloadSlots, offloadPaged, offloadHits, offloadMisses, offloadReadBytes, offloadReadSeconds,
         offloadPrefetchIssued, offloadPrefetchUsed, offloadPrefetchWasted, offloadStall,
     ]

@@ -45,7 +45,8 @@ public final class WorkerMetrics: Sendable {
     /// Every figure now: the counters as counted, and the gauges read at this moment (memory, latency
     /// quantiles, the figures the shard and its offload cache keep themselves).
     public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0,
-                        remote: RemoteExperts.Timing.Totals? = nil, grammar: (seconds: Double, tokens: Int)? = nil) -> [MetricSample] {
+                        remote: RemoteExperts.Timing.Totals? = nil, grammar: (seconds: Double, tokens: Int)? = nil,
+                        kept: (entries: Int, positions: Int, room: Int)? = nil) -> [MetricSample] {
         let sorted = latencies.withLock { $0.ring }.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000 }
         registry.handle(WorkerMetric.stepP50).set(pct(0.5))
@@ -57,6 +58,11 @@ public final class WorkerMetrics: Sendable {
         if let grammar {
             registry.handle(WorkerMetric.constrainedTokens).advance(toTotal: Double(grammar.tokens))
             registry.handle(WorkerMetric.grammarSeconds).advance(toTotal: grammar.seconds)
+        }
+        if let kept {
+            registry.handle(WorkerMetric.keptPrefixes).set(Double(kept.entries))
+            registry.handle(WorkerMetric.keptPositions).set(Double(kept.positions))
+            registry.handle(WorkerMetric.kvRoom).set(Double(kept.room))
         }
         if let offload { registry.record(offload: offload) }
         if let remote {

@@ -292,7 +292,9 @@ public final class WorkerService: Service, @unchecked Sendable {
         var hb = Conclave_V1_Heartbeat()
         hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
                                      offload: shard?.offload, refusedPeers: transports.refusedPeers,
-                                     remote: shard?.remoteTiming, grammar: shard?.grammarFigures).map(Conclave_V1_MetricSample.init)
+                                     remote: shard?.remoteTiming, grammar: shard?.grammarFigures,
+                                     kept: shard.flatMap { s in s.layers.isEmpty ? nil : (s.keptFigures.entries, s.keptFigures.positions, s.room.positions) })
+                .map(Conclave_V1_MetricSample.init)
         var e = Envelope()
         e.heartbeat = hb
         return WireMessage.make(e)

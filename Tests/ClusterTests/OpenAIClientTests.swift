@@ -90,4 +90,30 @@ import Testing
             #expect(r["server"] as? String == "conclave")
         }
     }
+
+    /// `bench serve --turns`: the multi-turn workload on a server with the prefix cache and one without. From
+    /// the second turn on, the cached server reuses each conversation's context (the shared system prompt on the
+    /// first), the other reuses nothing, and both generate every token asked.
+    @Test func multiTurnReportsReuse() async throws { try await onThread { [self] in try self.multiTurnReportsReuseBlocking() } }
+    func multiTurnReportsReuseBlocking() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let (code, out, err) = try c.run(["bench", "serve", "--threads", "1", "--turns", "3", "--conversations", "2", "--system", "40", "--user", "12",
+                                          "--gen", "6", "--json"], timeout: 300)
+        #expect(code == 0, "\(err)")
+        let runs = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])
+        #expect(runs.map { $0["server"] as? String } == ["conclave", "conclave (no cache)"])
+        for r in runs {
+            #expect(r["tokens"] as? Int == 2 * 3 * 6, "every turn generated --gen tokens")
+            let turns = try #require(r["turns"] as? [[String: Any]])
+            #expect(turns.count == 3)
+            let reused = turns.map { $0["reused_tokens"] as? Int ?? -1 }
+            if r["server"] as? String == "conclave" {
+                // Turn 2 and 3: at least each conversation's whole previous prompt.
+                #expect(reused[1] >= 2 * (40 + 12) && reused[2] >= 2 * (40 + 2 * 12), "\(reused)")
+            } else {
+                #expect(reused == [0, 0, 0])
+            }
+        }
+    }
 }

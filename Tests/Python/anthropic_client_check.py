@@ -22,6 +22,11 @@ with client.messages.stream(model="any-model-name", max_tokens=16, system="Be br
 assert streamed.strip() == m.content[-1].text.strip(), (streamed, m.content[-1].text)
 assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 16, final
 
+# Asked again, the prompt comes from the prefix cache: Anthropic counts those tokens as cache reads.
+again = client.messages.create(model="any-model-name", max_tokens=16, system="Be brief.", extra_body={"temperature": 0}, messages=turns)
+assert again.content[-1].text == m.content[-1].text, (again, m)
+assert again.usage.cache_read_input_tokens > 0 and again.usage.input_tokens + again.usage.cache_read_input_tokens == m.usage.input_tokens, again.usage
+
 n = client.messages.count_tokens(model="any-model-name", system="Be brief.", messages=turns)
 assert n.input_tokens == m.usage.input_tokens, (n, m.usage)
 

@@ -42,6 +42,10 @@ if streamed != text:
     fail(f"streamed chat text {streamed!r} differs from the non-streamed {text!r} (same seed)")
 if finish != full.choices[0].finish_reason or usage is None or usage.completion_tokens != full.usage.completion_tokens:
     fail(f"stream finish {finish} usage {usage} against {full.choices[0].finish_reason} {full.usage}")
+# The same conversation again starts from the first one's KV (the prefix cache): all of its prompt but the last token.
+if full.usage.prompt_tokens_details is None or usage.prompt_tokens_details is None \
+        or usage.prompt_tokens_details.cached_tokens != usage.prompt_tokens - 1:
+    fail(f"cached_tokens of a repeated conversation: {usage}")
 
 # Log-probabilities (computed on the last stage, carried back over the wire in a cluster).
 lp = client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
