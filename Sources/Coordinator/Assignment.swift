@@ -109,13 +109,7 @@ final class Assignment: @unchecked Sendable {
     /// any worker more than its budget is refused here, with the figures, rather than by the worker at Assign.
     func checkBudgets(_ plan: Plan) throws(CoordinatorError) {
         for (i, w) in plan.workers.enumerated() {
-            let layers = plan.stages.first { $0.worker == w.name }?.layers ?? 0..<0
-            func set(_ pairs: [(layer: Int, expert: Int)]) -> ExpertSet {
-                ExpertSet(Dictionary(grouping: pairs, by: \.layer).mapValues { $0.map(\.expert) })
-            }
-            let shard = ShardBudget.Shard(layers: layers, resident: set(plan.experts(of: i, paged: false)), paged: set(plan.experts(of: i, paged: true)),
-                                          slots: plan.slots[i])
-            let budget = ShardBudget(file: model.file, config: model.config, shard: shard, context: model.contextLength, ubatch: model.ubatch,
+            let budget = ShardBudget(file: model.file, config: model.config, shard: plan.shard(of: i), context: model.contextLength, ubatch: model.ubatch,
                                      cacheTypes: model.cacheTypes)
             do {
                 try budget.check(memory: w.memory)

@@ -40,6 +40,8 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         var reused = 0
         /// A step holding it failed: what its caches hold is not known, so they are not kept.
         var failed = false
+        /// It looked for a cached prefix (counted once, however often it waits for room).
+        var looked = false
         /// A step holding this sequence's prompt end or last token is in flight: nothing to send until it returns.
         var awaiting = false
         var done = false
@@ -394,15 +396,26 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
         guard let room = executor.kvRoom, prefixCaching else { return true }
         var match: PrefixCache.Match?
         if r.cachePrompt {
-            count(\.prefixLookups)
+            if !r.looked { count(\.prefixLookups) }
+            r.looked = true
             let sources = running.filter { !$0.done && !$0.failed && $0.fed > 0 }.map { (id: $0.id, tokens: $0.tokens.prefix($0.fed)) }
             match = prefixes.match(r.prompt, running: sources)
         }
-        // Taking a kept prefix over frees its charge; copying from one must not evict it first.
-        let taken = match.flatMap { $0.kept && !$0.keepSource ? prefixes.entries[$0.source] : nil }
-        let needed = room.perSequence - (taken.map { room.cost(length: $0.tokens.count) } ?? 0)
         let used = running.count * room.perSequence + prefixes.cost(in: room)
-        guard let evicted = prefixes.evict(toFree: needed, used: used, room: room, sparing: match?.source) else { return false }
+        // Taking a kept prefix over frees its charge; copying from one must not evict it first.
+        func evictions(for m: PrefixCache.Match?) -> [UInt64]? {
+            let taken = m.flatMap { $0.kept && !$0.keepSource ? prefixes.entries[$0.source] : nil }
+            let needed = room.perSequence - (taken.map { room.cost(length: $0.tokens.count) } ?? 0)
+            return prefixes.evict(toFree: needed, used: used, room: room, sparing: m?.kept == true ? m?.source : nil)
+        }
+        var evicted = evictions(for: match)
+        if evicted == nil, var m = match, m.kept, m.keepSource {
+            // No room beside the prefix it copies from: it takes the prefix over instead (its tail is lost).
+            m.keepSource = false
+            match = m
+            evicted = evictions(for: m)
+        }
+        guard let evicted else { return false }
         ops.release += evicted
         count(\.prefixEvictions, evicted.count)
         if let m = match {

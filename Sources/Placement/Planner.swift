@@ -1,3 +1,4 @@
+import Model
 /// Where everything lives: contiguous layer ranges per stage worker (pipeline parallelism) and, per MoE layer,
 /// which worker holds each expert (expert parallelism). Deterministic; checked before anything loads.
 public struct Plan: Sendable, Equatable {
@@ -30,6 +31,16 @@ public struct Plan: Sendable, Equatable {
     /// The worker's experts it keeps in memory, or (`paged: true`) reads on use.
     public func experts(of worker: Int, paged: Bool) -> [(layer: Int, expert: Int)] {
         experts(of: worker).filter { self.paged[$0.layer][$0.expert] == paged }
+    }
+
+    /// The worker's part as the budget formula (`ShardBudget`) reads it: its layers, resident and paged experts, slots.
+    public func shard(of worker: Int) -> ShardBudget.Shard {
+        let layers = stages.first { $0.worker == workers[worker].name }?.layers ?? 0..<0
+        func set(_ pairs: [(layer: Int, expert: Int)]) -> ExpertSet {
+            ExpertSet(Dictionary(grouping: pairs, by: \.layer).mapValues { $0.map(\.expert) })
+        }
+        return ShardBudget.Shard(layers: layers, resident: set(experts(of: worker, paged: false)), paged: set(experts(of: worker, paged: true)),
+                                 slots: slots[worker])
     }
 }
 

@@ -48,7 +48,19 @@ struct PlanCommand: ParsableCommand {
             }
             let plan = try Planner.plan(footprint, cluster: ClusterFile(coordinator: clusterFile.coordinator, workers: measured, coordinatorKey: clusterFile.coordinatorKey, clientKeys: clusterFile.clientKeys))
             let estimate = DecodeEstimate(plan: plan, weights: weights)
+            // Each stage's KV room by the workers' own formula: running sequences, then kept prefixes.
+            let context = min(ctx ?? config.contextLength, config.contextLength)
+            let rooms = plan.workers.indices.compactMap { i -> (String, KVRoom)? in
+                let shard = plan.shard(of: i)
+                guard !shard.layers.isEmpty else { return nil }
+                let budget = ShardBudget(file: file, config: config, shard: shard, context: context, ubatch: 512, cacheTypes: cacheTypes)
+                return (plan.workers[i].name, budget.room(within: plan.workers[i].memory))
+            }
             print(json ? PlanReport.json(plan, estimate: estimate).render(indent: 2) : PlanReport.text(plan, footprint: footprint, estimate: estimate))
+            if !json, let all = KVRoom.pipeline(rooms.map(\.1)) {
+                print("KV room: " + rooms.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
+                      + "; prefixes are kept in what running sequences leave: up to \(all.cacheable(running: 0) - all.overhead) positions of context while none runs")
+            }
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)

@@ -178,6 +178,30 @@ import TestSupport
             #expect((o["paged_experts"] as? Int ?? 0) > (o["slots"] as? Int ?? 0))
         }
         #expect(pagers >= 1, "no worker paged experts: \(out)")
+        // Many long conversations under the same budgets: the kept prefixes fill what the running sequences leave
+        // and are evicted, least recently used first, and the KV a stage keeps never passes its room.
+        let room = workers.compactMap { $0["kv_room_tokens"] as? Int }.filter { $0 > 0 }.min() ?? 0
+        #expect(room > 0, "the stages report their KV room: \(out)")
+        let perConversation = 200
+        let conversations = min(60, room / perConversation + 3)
+        for k in 0..<conversations {
+            let text = "Conversation \(k) begins here. " + String(repeating: "word\(k % 10) and more text ", count: 30)
+            let (rc, _, err) = try c.run(["generate", "--coordinator", endpoint, "-p", text, "-n", "8", "--temp", "0", "--ctx", "256"])
+            #expect(rc == 0, "conversation \(k): \(err)")
+        }
+        usleep(1_300_000)
+        let (_, after, _) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        let status = try #require(try JSONSerialization.jsonObject(with: Data(after.utf8)) as? [String: Any])
+        let prefix = try #require(status["prefix_cache"] as? [String: Any], "\(after)")
+        // The room holds one running sequence and little more: each conversation evicted the one kept before, or
+        // (sharing its first token) took it over.
+        let (evictions, hits) = (prefix["evictions"] as? Int ?? 0, prefix["hits"] as? Int ?? 0)
+        if conversations * perConversation > room { #expect(evictions + hits >= conversations - 1, "\(prefix) with a room of \(room)") }
+        #expect((prefix["tokens"] as? Int ?? .max) <= (prefix["capacity_tokens"] as? Int ?? 0), "\(prefix)")
+        for w in try #require(status["workers"] as? [[String: Any]]) where (w["kv_room_tokens"] as? Int ?? 0) > 0 {
+            #expect((w["prefix_tokens"] as? Int ?? .max) <= (w["kv_room_tokens"] as? Int ?? 0), "\(w)")
+        }
+        print("prefix cache under 13.5 MiB workers: room \(room) positions, \(conversations) conversations: \(prefix)")
         // The budget holds: each worker's peak RSS stays within its budget plus the runtime's overhead.
         for n in ["a", "b"] {
             let pid = try #require(c.processes[n]?.processIdentifier)
