@@ -83,13 +83,7 @@ struct BenchServe: ParsableCommand {
         var rounds: [Round] = []
 
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
-        // Each server on fresh ports (its own workers' too: the previous server's may not be free yet).
-        func serve(port: Int) -> [String] {
-            var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(slots)]
-            if let cluster { args += ["--cluster", cluster] }
-            if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
-            return args
-        }
+        func serve(port: Int) -> [String] { serveArguments(port: port, context: ctx, slots: slots) }
         let port = Self.freePort()
         rounds += try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts)
         if draft.path != nil {
@@ -98,9 +92,7 @@ struct BenchServe: ParsableCommand {
         }
         if let path = vsLlamaServer {
             let lport = Self.freePort()
-            // llama-server divides -c among its -np slots: give each slot the same context as ours.
-            let largs = ["-m", model.model, "--host", "127.0.0.1", "--port", String(lport), "-t", String(model.threads), "-tb", String(model.threads),
-                         "-np", String(slots), "-c", String(ctx * slots), "-b", "512", "-ub", "512"]
+            let largs = llamaServerArguments(port: lport, context: ctx, slots: slots)
             rounds += try measure(name: "llama-server", exe: path, args: largs, port: lport, levels: levels, prompts: prompts)
         }
         if json {
@@ -146,12 +138,7 @@ struct BenchServe: ParsableCommand {
         let work = MultiTurnWorkload(tokenizer: tokenizer, conversations: conversations, turns: turns, system: system, user: user, gen: gen)
         let ctx = work.context
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
-        func serve(port: Int) -> [String] {
-            var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(ctx), "--parallel", String(conversations)]
-            if let cluster { args += ["--cluster", cluster] }
-            if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
-            return args
-        }
+        func serve(port: Int) -> [String] { serveArguments(port: port, context: ctx, slots: conversations) }
         var runs: [MultiTurnWorkload.Run] = []
         for (name, extra) in [("conclave", [String]()), ("conclave (no cache)", ["--no-prefix-cache"])] {
             let port = Self.freePort()
@@ -159,12 +146,27 @@ struct BenchServe: ParsableCommand {
         }
         if let path = vsLlamaServer {
             let port = Self.freePort()
-            let largs = ["-m", model.model, "--host", "127.0.0.1", "--port", String(port), "-t", String(model.threads), "-tb", String(model.threads),
-                         "-np", String(conversations), "-c", String(ctx * conversations), "-b", "512", "-ub", "512"]
+            let largs = llamaServerArguments(port: port, context: ctx, slots: conversations)
             runs.append(try serving(name: "llama-server", exe: path, args: largs, port: port) { work.run(server: "llama-server", port: port) })
         }
         printError("bench serve: \(conversations) conversations × \(turns) turns, system \(work.system.count) tokens, \(user) user tokens and \(gen) generated per turn, context \(ctx)")
         MultiTurnWorkload.report(runs, turns: turns, json: json)
+    }
+
+    /// `conclave serve` on `port` with `slots` sequences of `context` positions (one process, or the cluster asked
+    /// for). Each server gets fresh ports (its own workers' too: the previous server's may not be free yet).
+    func serveArguments(port: Int, context: Int, slots: Int) -> [String] {
+        var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(context), "--parallel", String(slots)]
+        if let cluster { args += ["--cluster", cluster] }
+        if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
+        return args
+    }
+
+    /// llama-server on the same file, threads and slots. It divides -c among its -np slots: each slot gets the same
+    /// context as ours.
+    func llamaServerArguments(port: Int, context: Int, slots: Int) -> [String] {
+        ["-m", model.model, "--host", "127.0.0.1", "--port", String(port), "-t", String(model.threads), "-tb", String(model.threads),
+         "-np", String(slots), "-c", String(context * slots), "-b", "512", "-ub", "512"]
     }
 
     /// Starts a server, waits for /health, does `work`, stops it.
