@@ -10,7 +10,7 @@ import Wire
 /// The ZeroMQ front door (`conclave generate`, `status`, the benches), a Service of its own beside the HTTP API:
 /// Generate requests are tokenized and run by the scheduler, each event answered as a TokenOut (an Error when it
 /// fails, with the failure's class as its code); StatusQuery is answered at once, even mid-generation. On
-/// shutdown it lets the answers already under way reach their clients (2 s at most), then closes its socket.
+/// shutdown it lets the answers already under way reach their clients (5 s at most), then closes its socket.
 public final class ClientAPI: Service, @unchecked Sendable {
     let clients: Transport
     let scheduler: Scheduler
@@ -36,8 +36,9 @@ public final class ClientAPI: Service, @unchecked Sendable {
             await self.serve()
         } onGracefulShutdown: {
             // The scheduler (stopped before us) has ended every stream; let their last answers go out. Real
-            // time: a shutdown's grace is the machine's.
-            let deadline = MonotonicClock.seconds() + 2
+            // time: a shutdown's grace is the machine's (generous: it ends as soon as the last answer is queued,
+            // and on a loaded machine the tasks that write them can wait a while for a thread).
+            let deadline = MonotonicClock.seconds() + 5
             while self.answering.withLock({ $0 }) > 0 && MonotonicClock.seconds() < deadline { usleep(5_000) }
             self.clients.close()
         }

@@ -233,8 +233,10 @@ public final class ZMQSocket: @unchecked Sendable {
             }
             receiveAll()
         }
-        // Whoever still waits hears that nothing was sent.
-        for (_, outcome) in queue.withLock({ q in defer { q.removeAll() }; return q }) { outcome?(false) }
+        // What was queued before `close` was accepted (enqueue checks `closed` under the same lock): it still
+        // goes out, e.g. the error a stopping coordinator sends each running request. The loop can see `closed`
+        // between a send of the queue and the next wake, so this is not only a nicety.
+        for (f, outcome) in queue.withLock({ q in defer { q.removeAll() }; return q }) { outcome?(transmit(f)) }
         var linger: Int32 = 500
         zmq_setsockopt(socket, ZMQ_LINGER, &linger, 4)
         if let monitor {
