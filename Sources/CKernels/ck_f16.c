@@ -2,8 +2,7 @@
 #include "ck_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#include "ck_avx2.h"
 
 AVX2 void ck_f32_to_f16_avx2(int n, const float *x, uint16_t *y) {
     int i = 0;

@@ -6,9 +6,8 @@
 #include "ck_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "ck_avx2.h"
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 int ck_cpu_isa(void) {
@@ -25,13 +24,6 @@ int ck_cpu_isa(void) {
     }
     cached = isa;
     return isa;
-}
-
-static inline AVX2 float hsum8(__m256 x) {
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
 }
 
 static inline AVX2 float h2f(uint16_t h) { return _cvtsh_ss(h); }

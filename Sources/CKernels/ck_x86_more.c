@@ -6,19 +6,11 @@
 #include "ck_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#include "ck_avx2.h"
 #ifndef CK_PREFETCH
 #define CK_PREFETCH 1024
 #endif
 
-static inline AVX2 float hsum8m(__m256 x) {
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
 static inline AVX2 int hsum_i32(__m256i a) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -60,7 +52,7 @@ static inline AVX2 float dot_q5_0(int n, const blk_q5_0 *x, const blk_q8_0 *y, c
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * ya[2 * b]), _mm256_cvtepi32_ps(p), acc);
         corr += dx * ya[2 * b + 1];
     }
-    return hsum8m(acc) - 16 * corr;
+    return hsum8(acc) - 16 * corr;
 }
 
 // ---- Q4_1 / Q5_1 × Q8_1: value d·q + m; Σ = dx·dy·Σq·y + m·s where s = dy·Σy is stored in the Q8_1 block.
@@ -73,7 +65,7 @@ static inline AVX2 float dot_q4_1(int n, const blk_q4_1 *x, const blk_q8_1 *y) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * f16(y[b].d)), _mm256_cvtepi32_ps(p), acc);
         mins += f16(x[b].m) * f16(y[b].s);
     }
-    return hsum8m(acc) + mins;
+    return hsum8(acc) + mins;
 }
 static inline AVX2 float dot_q5_1(int n, const blk_q5_1 *x, const blk_q8_1 *y) {
     __m256 acc = _mm256_setzero_ps();
@@ -85,7 +77,7 @@ static inline AVX2 float dot_q5_1(int n, const blk_q5_1 *x, const blk_q8_1 *y) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * f16(y[b].d)), _mm256_cvtepi32_ps(p), acc);
         mins += f16(x[b].m) * f16(y[b].s);
     }
-    return hsum8m(acc) + mins;
+    return hsum8(acc) + mins;
 }
 
 // ---- IQ4_NL and MXFP4 × Q8_0: codebook lookup with vpshufb, then a signed dot.
@@ -101,7 +93,7 @@ static inline AVX2 float dot_iq4_nl(int n, const blk_iq4_nl *x, const blk_q8_0 *
         const __m256i p = dot_ss(v, _mm256_loadu_si256((const __m256i *)y[b].qs));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * ya[2 * b]), _mm256_cvtepi32_ps(p), acc);
     }
-    return hsum8m(acc);
+    return hsum8(acc);
 }
 static inline AVX2 float dot_mxfp4(int n, const blk_mxfp4 *x, const blk_q8_0 *y, const float *ya) {
     __m256 acc = _mm256_setzero_ps();
@@ -111,7 +103,7 @@ static inline AVX2 float dot_mxfp4(int n, const blk_mxfp4 *x, const blk_q8_0 *y,
         const __m256i p = dot_ss(v, _mm256_loadu_si256((const __m256i *)y[b].qs));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(ck_e8m0_half(x[b].e) * ya[2 * b]), _mm256_cvtepi32_ps(p), acc);
     }
-    return hsum8m(acc);
+    return hsum8(acc);
 }
 
 // ---- IQ4_XS × Q8_K: eight 32-groups with 6-bit scales (ls − 32).
@@ -132,7 +124,7 @@ static inline AVX2 float dot_iq4_xs(int n, const blk_iq4_xs *x, const blk_q8_K *
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8m(acc);
+    return hsum8(acc);
 }
 
 // ---- Q5_K × Q8_K: Q4_K plus a fifth bit from qh (bit 2g for the low half of group g, 2g+1 for the high).
@@ -166,7 +158,7 @@ static inline AVX2 float dot_q5_K(int n, const blk_q5_K *x, const blk_q8_K *y) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
         mins += f16(x[b].dmin) * y[b].d * (float)summ;
     }
-    return hsum8m(acc) - mins;
+    return hsum8(acc) - mins;
 }
 
 // ---- Q2_K × Q8_K: 2-bit values, sixteen 16-groups with 4-bit scale and 4-bit min.
@@ -197,7 +189,7 @@ static inline AVX2 float dot_q2_K(int n, const blk_q2_K *x, const blk_q8_K *y) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
         mins += f16(x[b].dmin) * y[b].d * (float)summ;
     }
-    return hsum8m(acc) - mins;
+    return hsum8(acc) - mins;
 }
 
 // ---- Q3_K × Q8_K: value (2 low bits) − (high bit clear ? 4 : 0), i.e. u − 4 with u = low + 4·high in 0..7;
@@ -231,7 +223,7 @@ static inline AVX2 float dot_q3_K(int n, const blk_q3_K *x, const blk_q8_K *y) {
         sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[b].bsums)), 2));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(x[b].d) * y[b].d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum8m(acc);
+    return hsum8(acc);
 }
 
 // ---- BF16 × BF16: widen by shifting into the top half of a float.
@@ -246,7 +238,7 @@ static inline AVX2 float dot_bf16(int n, const uint16_t *x, const uint16_t *y) {
         a0 = _mm256_fmadd_ps(load_bf16x8(x + i), load_bf16x8(y + i), a0);
         a1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), load_bf16x8(y + i + 8), a1);
     }
-    float s = hsum8m(_mm256_add_ps(a0, a1));
+    float s = hsum8(_mm256_add_ps(a0, a1));
     for (; i < n; i++) s += ck_bf16(x[i]) * ck_bf16(y[i]);
     return s;
 }

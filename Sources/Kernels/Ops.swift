@@ -189,6 +189,23 @@ public enum Ops {
         ck_weighted_sum_f16(Int32(rows), Int32(n), w, x, stride, y)
     }
 
+    /// Whether `attendF16` runs on this CPU (AVX2 and up, or what CONCLAVE_ISA leaves).
+    public static var attendsF16InOnePass: Bool { ck_active_isa() >= CK_ISA_AVX2 }
+
+    /// Floats of work space `attendF16` needs.
+    public static func attendF16Work(heads: Int, width: Int, count: Int) -> Int { ck_attend_f16_work(Int32(heads), Int32(width), Int32(count)) }
+
+    /// Attention of `heads` query heads sharing one KV head over `count` cached f16 positions in one pass
+    /// (ck_attend_f16): scores against the keys, their softmax with each head's sink, the weighted sum of the
+    /// values. Strides in elements. False when the kernel does not take the shape or CPU (nothing written).
+    public static func attendF16(heads: Int, width: Int, count: Int, queries: UnsafePointer<Float>, queryStride: Int,
+                                 keys: UnsafePointer<UInt16>, keyStride: Int, values: UnsafePointer<UInt16>, valueStride: Int,
+                                 scale: Float, sinks: UnsafePointer<Float>?, work: UnsafeMutablePointer<Float>,
+                                 into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool {
+        ck_attend_f16(Int32(heads), Int32(width), Int32(count), queries, queryStride, keys, keyStride, values, valueStride,
+                      scale, sinks, work, out, outStride) != 0
+    }
+
     /// The same over Q8_0 or Q4_0 rows `stride` bytes apart, each value dequantized first; false when this CPU
     /// or type has no such kernel.
     public static func weightedSum(_ type: GGMLType, rows: Int, _ w: UnsafePointer<Float>, _ x: UnsafeRawPointer, stride: Int,

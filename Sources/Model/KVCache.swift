@@ -229,6 +229,25 @@ public final class KVCache: @unchecked Sendable {
         for j in 0..<n { scores[j] *= scale }
     }
 
+    /// Whether `attend(layer:…)` runs here: f16 keys and values, and a CPU with the kernel (AVX2).
+    var attendsInOnePass: Bool { types.key == .f16 && types.value == .f16 && valueRowBytes > 0 && Ops.attendsF16InOnePass }
+
+    /// Floats of `work` that `attend` needs for `heads` heads of `width` over `count` positions.
+    static func attendWork(heads: Int, width: Int, count: Int) -> Int { Ops.attendF16Work(heads: heads, width: width, count: count) }
+
+    /// Attention of `heads` query heads that share the KV head at `offset` (one row's queries, `queryStride` apart)
+    /// over positions first ..< first + count, in one kernel call: the softmax of their scaled scores (with each
+    /// head's sink) weighting the values, written to out + h·outStride. False (nothing written) when the kernel
+    /// does not take this cache or shape; the caller then runs `scores` and `accumulate` per head.
+    func attend(layer l: Int, first: Int, count n: Int, offset: Int, heads: Int, width: Int, queries: UnsafePointer<Float>,
+                queryStride: Int, scale: Float, sinks: UnsafePointer<Float>?, work: UnsafeMutablePointer<Float>,
+                into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool {
+        guard attendsInOnePass else { return false }
+        return Ops.attendF16(heads: heads, width: width, count: n, queries: queries, queryStride: queryStride,
+                             keys: key(l, first) + offset, keyStride: keyRowBytes / 2, values: value(l, first) + offset,
+                             valueStride: valueRowBytes / 2, scale: scale, sinks: sinks, work: work, into: out, outStride: outStride)
+    }
+
     /// out[0 ..< width] += Σ_j weights[j] · value(first + j)[offset ..< offset + width].
     func accumulate(layer l: Int, first: Int, count n: Int, offset: Int, width: Int, weights: UnsafePointer<Float>,
                     into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) throws {

@@ -96,6 +96,16 @@ void ck_weighted_sum_f16(int rows, int n, const float *w, const uint16_t *x, siz
 /// Returns 0 (and does nothing) where there is no such kernel; the caller then dequantizes row by row.
 int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void *x, size_t stride, float *y);
 
+/// Attention of one query row's `g` heads that share a KV head (g ≤ 64, head width d a multiple of 8) over `n`
+/// cached f16 positions, in one pass: s_hj = scale · (q_h rounded to f16) · k_j, p_h = softmax(s_h with the
+/// head's sink, if `sinks`), out_h = Σ_j p_hj · v_j. q_h is at q + h·q_stride, k_j at k + j·k_stride (and v_j
+/// likewise, in elements), out_h at out + h·out_stride. `work` holds ck_attend_f16_work(g, d, n) floats.
+/// Returns 0 (and does nothing) below AVX2 or for a shape it does not take; the caller then runs the
+/// per-head path.
+int ck_attend_f16(int g, int d, int n, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
+                  const uint16_t *v, size_t v_stride, float scale, const float *sinks, float *work, float *out, size_t out_stride);
+size_t ck_attend_f16_work(int g, int d, int n);
+
 /// Reads `bytes` bytes from `p` with 32-byte aligned loads, returning a checksum so the loads
 /// are not optimised away (memory bandwidth measurement).
 uint64_t ck_stream_read(const void *p, size_t bytes);

@@ -112,36 +112,52 @@ public struct AttentionBlock: Sendable {
     }
 
     /// Causal attention of each row over its sequence's cached positions 0...position (in a sliding-window layer
-    /// only the last `slidingWindow` of them: llama.cpp masks p − j ≥ window), heads in parallel; a head's sink,
-    /// if any, joins its softmax. The cache computes each product as llama.cpp does for its types.
+    /// only the last `slidingWindow` of them: llama.cpp masks p − j ≥ window); a head's sink, if any, joins its
+    /// softmax. The work is (row, KV head) items — the query heads that share a KV head read its cache together,
+    /// in one kernel call where the cache is f16 (`KVCache.attend`) — split into single heads when there are
+    /// fewer items than threads (one row of a decode step). Other cache types compute each product as llama.cpp
+    /// does for them, head by head.
     private func attend(_ l: Int, _ buf: Scratch, rows: [BatchRow], caches: [Int: KVCache], config c: ModelConfig, pool: ThreadPool) throws {
         let group = c.headCount / c.headCountKV
         let scale = c.attentionScale
         let window = c.slides(layer: l) ? c.slidingWindow : Int.max
-        let work = rows.count * c.headCount
+        let perItem = rows.count * c.headCountKV >= pool.size ? group : 1
+        let itemsPerRow = c.headCount / perItem
+        let longest = rows.map { $0.position + 1 }.max() ?? 1
         let failure = FirstError()
-        pool.parallelFor(work) { range in
+        let sinkValues = sinks
+        pool.parallelFor(rows.count * itemsPerRow) { range in
             var scores = [Float](repeating: 0, count: 0)
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: c.headDim)
-            defer { scratch.deallocate() }
+            let work = UnsafeMutablePointer<Float>.allocate(capacity: KVCache.attendWork(heads: perItem, width: c.headDim, count: min(longest, window)))
+            defer { scratch.deallocate(); work.deallocate() }
             for item in range {
-                let r = item / c.headCount, h = item % c.headCount
+                let r = item / itemsPerRow, h0 = (item % itemsPerRow) * perItem
                 let row = rows[r], cache = caches[row.sequence]!
                 let first = max(0, row.position + 1 - window), n = row.position + 1 - first
+                let kvOff = (h0 / group) * c.headDim
+                let queries = buf.q + r * c.qDim + h0 * c.headDim
+                let out = buf.attn + r * c.qDim + h0 * c.headDim
+                let fused = sinkValues.withOptionalPointer(at: h0) { sink in
+                    cache.attend(layer: l, first: first, count: n, offset: kvOff, heads: perItem, width: c.headDim, queries: queries,
+                                 queryStride: c.headDim, scale: scale, sinks: sink, work: work, into: out, outStride: c.headDim)
+                }
+                if fused { continue }
                 if scores.count < n { scores = [Float](repeating: 0, count: n) }
-                let kvOff = (h / group) * c.headDim
-                let out = buf.attn + r * c.qDim + h * c.headDim
-                out.initialize(repeating: 0, count: c.headDim)
-                do {
-                    let query = try KVCache.Query(buf.q + r * c.qDim + h * c.headDim, width: c.headDim, keyType: cache.types.key)
-                    try scores.withUnsafeMutableBufferPointer { s in
-                        try cache.scores(layer: l, first: first, count: n, offset: kvOff, query: query, scale: scale, into: s.baseAddress!)
-                        Ops.softmax(s.baseAddress!, count: n, sink: sinks?[h])
-                        try cache.accumulate(layer: l, first: first, count: n, offset: kvOff, width: c.headDim, weights: s.baseAddress!,
-                                             into: out, scratch: scratch)
+                for h in h0..<(h0 + perItem) {
+                    let out = buf.attn + r * c.qDim + h * c.headDim
+                    out.initialize(repeating: 0, count: c.headDim)
+                    do {
+                        let query = try KVCache.Query(buf.q + r * c.qDim + h * c.headDim, width: c.headDim, keyType: cache.types.key)
+                        try scores.withUnsafeMutableBufferPointer { s in
+                            try cache.scores(layer: l, first: first, count: n, offset: kvOff, query: query, scale: scale, into: s.baseAddress!)
+                            Ops.softmax(s.baseAddress!, count: n, sink: sinkValues?[h])
+                            try cache.accumulate(layer: l, first: first, count: n, offset: kvOff, width: c.headDim, weights: s.baseAddress!,
+                                                 into: out, scratch: scratch)
+                        }
+                    } catch {
+                        failure.record(error)
                     }
-                } catch {
-                    failure.record(error)
                 }
             }
         }
@@ -161,5 +177,13 @@ public struct AttentionBlock: Sendable {
         func free() {
             for p in [normed, q, k, v, attn] { p.deallocate() }
         }
+    }
+}
+
+private extension Optional where Wrapped == [Float] {
+    /// `body` with a pointer to element `i` of the array, or nil when there is none.
+    func withOptionalPointer<R>(at i: Int, _ body: (UnsafePointer<Float>?) -> R) -> R {
+        guard let a = self else { return body(nil) }
+        return a.withUnsafeBufferPointer { body($0.baseAddress! + i) }
     }
 }
