@@ -99,7 +99,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         self.transports = transports
         self.log = log
         let digest = try ModelDigest.of(file, log: log)
-        membership = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, dataSHA: digest.bytes, log: log)
+        membership = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, dataSHA: digest.bytes,
+                                    activity: config.isMoE ? ExpertActivity(layers: config.layerCount, experts: config.expertCount) : nil, log: log)
         executor = ClusterExecutor(links: membership.links, replies: membership.replies, pipelineDepth: options.microBatches ?? initial.stages.count)
         assignment = Assignment(initial: initial,
                                 model: .init(file: file, config: config, sha: file.metadataSHA256, dataSHA: digest.bytes, contextLength: contextLength,
@@ -262,6 +263,16 @@ public final class Coordinator: Service, @unchecked Sendable {
             return "worker '\(bad.worker.name)' at \(bad.worker.endpoint) is \(bad.state.rawValue)"
         }
         return recovery.broken?.message
+    }
+
+    /// The stages' routing counts now and the plan's holder of each expert (nil for a dense model): what
+    /// `GET /v1/cluster/experts` answers and /metrics mirrors.
+    public func expertActivity() -> (snapshot: ExpertActivity.Snapshot, halfLife: Double, holder: (Int, Int) -> String)? {
+        guard let activity = membership.activity else { return nil }
+        let plan = assignment.plan
+        return (activity.snapshot(now: options.clock.now()), activity.halfLife, { l, x in
+            l < plan.experts.count && x < plan.experts[l].count ? plan.workers[plan.experts[l][x]].name : "?"
+        })
     }
 
     public func status() -> Conclave_V1_StatusReply {

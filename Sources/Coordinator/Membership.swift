@@ -1,5 +1,6 @@
 import ClusterProtocol
 import Foundation
+import Model
 import Placement
 import Runtime
 import Synchronization
@@ -21,8 +22,13 @@ final class Membership: @unchecked Sendable {
     let dataSHA: [UInt8]
     private var readers: [Task<Void, Never>] = []
 
-    init(cluster: ClusterFile, transports: TransportFactory, clock: any Clock, sha: [UInt8], dataSHA: [UInt8], log: @escaping @Sendable (String) -> Void) throws {
+    /// The routers' choices the stages report in their heartbeats (nil for a dense model).
+    let activity: ExpertActivity?
+
+    init(cluster: ClusterFile, transports: TransportFactory, clock: any Clock, sha: [UInt8], dataSHA: [UInt8], activity: ExpertActivity?,
+         log: @escaping @Sendable (String) -> Void) throws {
         self.clock = clock
+        self.activity = activity
         self.sha = sha
         self.dataSHA = dataSHA
         self.log = log
@@ -140,6 +146,14 @@ final class Membership: @unchecked Sendable {
                     link.info.withLock { $0.metrics = checked }
                 } catch {
                     log("worker '\(link.worker.name)' sent a heartbeat with bad figures (kept the last good ones): \(error)")
+                }
+                if hb.hasExpertCounts, let activity {
+                    do {
+                        let (first, deltas) = try hb.expertCounts.checked(for: activity)
+                        activity.add(firstLayer: first, deltas: deltas, now: clock.now())
+                    } catch {
+                        log("worker '\(link.worker.name)' sent expert counts that do not fit the model (ignored): \(error)")
+                    }
                 }
             case .fetchModel(let f):
                 onFetch(f, msg.envelope.requestID, link)

@@ -24,6 +24,8 @@ public final class Stage: @unchecked Sendable {
     public let weights: [Int: LayerWeights]
     public let global: GlobalWeights?
     public let experts: ExpertProvider
+    /// How often this stage's routers chose each expert (nil for a dense model): kept across `with(experts:)`.
+    public let heat: ExpertHeat?
     let pool: ThreadPool
 
     public var isFirst: Bool { layers.lowerBound == 0 }
@@ -63,13 +65,15 @@ public final class Stage: @unchecked Sendable {
         self.pool = pool
         self.residentBytes = resident
         self.experts = experts ?? ResidentExperts(weights: w.compactMapValues(\.ffn.experts), pool: pool, held: heldExperts)
+        heat = config.isMoE ? ExpertHeat(layers: layers, experts: config.expertCount) : nil
     }
 
     /// Bytes of weights this stage faulted in (its share of the mapped file).
     public let residentBytes: Int
 
     private init(config: ModelConfig, layers: Range<Int>, weights: [Int: LayerWeights], global: GlobalWeights?, experts: ExpertProvider,
-                 pool: ThreadPool, residentBytes: Int) {
+                 heat: ExpertHeat?, pool: ThreadPool, residentBytes: Int) {
+        self.heat = heat
         self.config = config
         self.layers = layers
         self.weights = weights
@@ -82,7 +86,7 @@ public final class Stage: @unchecked Sendable {
     /// The same layers, weights and all (nothing bound, packed or faulted again), computing their routed experts
     /// with `experts`: a worker whose layers survive a re-plan keeps them while the experts' owners change.
     public func with(experts: ExpertProvider) -> Stage {
-        Stage(config: config, layers: layers, weights: weights, global: global, experts: experts, pool: pool, residentBytes: residentBytes)
+        Stage(config: config, layers: layers, weights: weights, global: global, experts: experts, heat: heat, pool: pool, residentBytes: residentBytes)
     }
 
     /// Token embeddings (first stage only): rows of `token_embd`, dequantized.
@@ -131,7 +135,7 @@ public final class Stage: @unchecked Sendable {
     func layer(_ l: Int, _ hidden: UnsafeMutablePointer<Float>, rows: [BatchRow], caches: [Int: KVCache]) throws {
         let w = weights[l]!
         try w.attention.forward(layer: l, hidden, rows: rows, caches: caches, config: config, pool: pool)
-        try w.feedForward.forward(layer: l, hidden, rows: rows.count, config: config, experts: experts, pool: pool) {
+        try w.feedForward.forward(layer: l, hidden, rows: rows.count, config: config, experts: experts, heat: heat, pool: pool) {
             try prefetch(layer: l + 1, from: hidden, rows.count)
         }
     }

@@ -18,6 +18,8 @@ public struct HTTPAPI: Sendable {
     public let health: @Sendable () -> String?
     /// The cluster's status as `conclave status --json` prints it (GET /v1/cluster); nil in one process.
     public let cluster: @Sendable () -> JSONValue?
+    /// `GET /v1/cluster/experts`: the routers' choices per layer and expert (nil for a dense model).
+    public let experts: @Sendable () -> JSONValue?
     public let apiKey: String?
     /// The registry GET /metrics exposes; `beforeScrape` mirrors other processes' figures into it first.
     public let metrics: MetricsRegistry?
@@ -30,7 +32,8 @@ public struct HTTPAPI: Sendable {
 
     public init(scheduler: Scheduler, model: ServedModel, apiKey: String? = nil, metrics: MetricsRegistry? = nil,
                 health: @escaping @Sendable () -> String? = { nil }, cluster: @escaping @Sendable () -> JSONValue? = { nil },
-                beforeScrape: @escaping @Sendable () -> Void = {}) {
+                experts: @escaping @Sendable () -> JSONValue? = { nil }, beforeScrape: @escaping @Sendable () -> Void = {}) {
+        self.experts = experts
         self.scheduler = scheduler
         self.metrics = metrics
         self.beforeScrape = beforeScrape
@@ -59,6 +62,10 @@ public struct HTTPAPI: Sendable {
         router.get("/v1/cluster") { _, _ in
             guard let c = api.cluster() else { return api.error(.invalid("this server runs the model in one process; there is no cluster to report", code: "no_cluster")) }
             return api.json(c)
+        }
+        router.get("/v1/cluster/experts") { _, _ in
+            guard let x = api.experts() else { return api.error(.invalid("the model has no routed experts to count", code: "no_experts")) }
+            return api.json(x)
         }
         router.post("/v1/chat/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.chat(body) } }
         router.post("/chat/completions") { req, _ in await api.handle(req) { body throws(APIError) in try await api.chat(body) } }
@@ -455,7 +462,7 @@ struct RequestCounter<Context: RequestContext>: RouterMiddleware {
     let metrics: MetricsRegistry
     static var endpoints: Set<String> {
         ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
-         "/v1/cluster", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
+         "/v1/cluster", "/v1/cluster/experts", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

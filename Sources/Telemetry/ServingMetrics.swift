@@ -36,6 +36,8 @@ public struct ServingMetrics: Sendable {
     public let workerState = MetricSpec(.gauge, "conclave_worker_state", help: "1 for the worker's state as the coordinator sees it (joining, loading, ready, suspect, down).")
     public let workerBudget = MetricSpec(.gauge, "conclave_worker_memory_budget_bytes", help: "The worker's memory budget in force (the smaller of its own and the cluster file's).")
     public let workerHeartbeatAge = MetricSpec(.gauge, "conclave_worker_heartbeat_age_seconds", help: "Seconds since the worker's last heartbeat.")
+    public let expertImbalance = MetricSpec(.gauge, "conclave_expert_layer_imbalance", help: "Per MoE layer, the busiest holder's share of the routers' recent choices (1/holders is even, 1 is one worker taking them all); 0 before any.")
+    public let expertChoices = MetricSpec(.counter, "conclave_expert_choices_total", help: "Router choices (rows × experts used) of experts this worker computes, since start.")
     public let toolCalls = MetricSpec(.counter, "conclave_tool_calls_total", help: "Tool calls read from answers, by API (chat, messages, responses).")
     public let constrainedRequests = MetricSpec(.counter, "conclave_constrained_requests_total", help: "Requests whose answer was constrained while sampling, by kind (json_schema, json_object, grammar, tool_call).")
     public let constrainedTokens = MetricSpec(.counter, "conclave_constrained_tokens_total", help: "Tokens sampled under a grammar in this process (serve -m; a cluster's are conclave_worker_constrained_tokens_total).")

@@ -295,6 +295,10 @@ public final class WorkerService: Service, @unchecked Sendable {
                                      remote: shard?.remoteTiming, grammar: shard?.grammarFigures,
                                      kept: shard.flatMap { s in s.layers.isEmpty ? nil : (s.keptFigures.entries, s.keptFigures.positions, s.room.positions) })
                 .map(Conclave_V1_MetricSample.init)
+        if let heat = shard?.stage?.heat {
+            let deltas = heat.takeDeltas()
+            if !deltas.isEmpty { hb.expertCounts = Conclave_V1_ExpertCounts(heat: heat, deltas: deltas) }
+        }
         var e = Envelope()
         e.heartbeat = hb
         return WireMessage.make(e)

@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import CurveKeys
 import ChatTemplate
+import ClusterProtocol
 import Coordinator
 import Foundation
 import Runtime
@@ -239,7 +240,19 @@ struct ServeCommand: AsyncParsableCommand {
         scheduler.start()
         printError("[serve] \(model.id) in this process: \(threads) threads, \(parallel) sequences at once, context \(model.contextLength), chat template: \(model.templateOrigin)")
         scheduler.maxQueued = maxQueue
-        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, beforeScrape: {
+        let activity = engine.config.isMoE ? ExpertActivity(layers: engine.config.layerCount, experts: engine.config.expertCount) : nil
+        let heats = engine.stages.compactMap(\.heat)
+        // One process: the counts grow in the engine's stages, taken into the activity when asked for.
+        let experts = { @Sendable () -> ExpertActivity.Snapshot? in
+            guard let activity else { return nil }
+            let now = MonotonicClock.seconds()
+            for heat in heats { activity.add(firstLayer: heat.layers.lowerBound, deltas: heat.takeDeltas(), now: now) }
+            return activity.snapshot(now: now)
+        }
+        let api = HTTPAPI(scheduler: scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, experts: {
+            experts()?.json(halfLife: activity?.halfLife ?? 0) { _, _ in "local" }
+        }, beforeScrape: {
+            experts()?.mirror(into: metrics) { _, _ in "local" }
             if let cache { metrics.record(offload: cache) }
             let grammar = executor.grammarFigures
             metrics.handle(ServingMetrics.catalog.constrainedTokens).advance(toTotal: Double(grammar.tokens))
@@ -352,7 +365,12 @@ struct ServeCommand: AsyncParsableCommand {
         }
         coordinator.scheduler.maxQueued = maxQueue
         let api = HTTPAPI(scheduler: coordinator.scheduler, model: model, apiKey: try resolvedAPIKey(), metrics: metrics, health: { coordinator.healthProblem() },
-                          cluster: { coordinator.status().json }, beforeScrape: { coordinator.status().mirror(into: metrics) })
+                          cluster: { coordinator.status().json },
+                          experts: { coordinator.expertActivity().map { $0.snapshot.json(halfLife: $0.halfLife, holder: $0.holder) } },
+                          beforeScrape: {
+                              coordinator.status().mirror(into: metrics)
+                              if let a = coordinator.expertActivity() { a.snapshot.mirror(into: metrics, holder: a.holder) }
+                          })
         // Start-up (join, assign, load) runs inside the coordinator's service: SIGTERM while workers load is graceful.
         let group = ServiceGroup(services: coordinator.services + httpService(api), gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "conclave.serve"))
         try await run(group)

@@ -48,6 +48,33 @@ import Testing
         try c.waitFor("serve", "OpenAI-compatible API on", timeout: 120)
         let out = try check("http://127.0.0.1:\(port)", cluster: c)
         #expect(out.contains(#""ok": true"#))
+        try expectRoutedRowsInEveryLayer("http://127.0.0.1:\(port)", holders: ["local"])
+    }
+
+    /// `GET /v1/cluster/experts` after the client check's traffic: every layer counted the same rows (each row
+    /// passes every layer — in a cluster, once every stage's heartbeat has brought its counts), the routers'
+    /// choices add up to rows × experts used, and each expert has a holder of the plan.
+    func expectRoutedRowsInEveryLayer(_ base: String, holders: Set<String>) throws {
+        var layers: [[String: Any]] = []
+        for _ in 0..<60 {
+            let body = try Data(contentsOf: URL(string: "\(base)/v1/cluster/experts")!)
+            let json = try #require(try JSONSerialization.jsonObject(with: body) as? [String: Any])
+            #expect(json["object"] as? String == "cluster.experts")
+            layers = json["layers"] as? [[String: Any]] ?? []
+            let rows = Set(layers.map { $0["choices"] as? Int ?? 0 })
+            if rows.count == 1, rows.first! > 0 { break }
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        #expect(layers.count == 4)
+        let rows = layers.map { $0["choices"] as? Int ?? 0 }
+        #expect(Set(rows).count == 1 && rows[0] > 0, "\(rows)")
+        for l in layers {
+            let total = l["total"] as? [Int] ?? []
+            #expect(total.count == 8 && total.reduce(0, +) == l["choices"] as? Int)
+            let named = Set((l["holders"] as? [[String: Any]] ?? []).compactMap { $0["worker"] as? String })
+            #expect(!named.isEmpty && named.isSubset(of: holders), "\(named)")
+            #expect((l["imbalance"] as? Double ?? 0) > 0)
+        }
     }
 
     @Test func localCluster() async throws { try await onThread { [self] in try self.localClusterBlocking() } }
@@ -69,6 +96,7 @@ import Testing
             #expect(http.contains(#""name":"\#(name)""#) && status.contains(#""name":"\#(name)""#), "\(http)")
         }
         #expect(http.hasPrefix(#"{"model":"#) && status.hasPrefix(#"{"model":"#))
+        try expectRoutedRowsInEveryLayer("http://127.0.0.1:\(base + 4)", holders: ["local-1", "local-2", "local-3"])
     }
 }
 

@@ -98,11 +98,12 @@ public struct FeedForwardBlock: Sendable {
         }
     }
 
-    /// hidden += FFN(norm(hidden)) for the batch's rows: layer `l`'s routed experts through `experts` (after
+    /// hidden += FFN(norm(hidden)) for the batch's rows: layer `l`'s routed experts through `experts` (counted in
+    /// `heat`; after
     /// `beforeExperts`, the stage's moment to read the next layer's experts ahead) plus the shared expert, or
     /// the dense FFN.
     func forward(layer l: Int, _ hidden: UnsafeMutablePointer<Float>, rows t: Int, config c: ModelConfig, experts: ExpertProvider,
-                 pool: ThreadPool, beforeExperts: () throws -> Void) throws {
+                 heat: ExpertHeat? = nil, pool: ThreadPool, beforeExperts: () throws -> Void) throws {
         let e = c.embeddingLength
         let normed = UnsafeMutablePointer<Float>.allocate(capacity: t * e), out = UnsafeMutablePointer<Float>.allocate(capacity: t * e)
         defer { normed.deallocate(); out.deallocate() }
@@ -111,6 +112,7 @@ public struct FeedForwardBlock: Sendable {
         switch weights {
         case .moe(_, _, let shared):
             let routes = try route(normed, t, config: c, pool: pool)!
+            heat?.record(layer: l, routes: routes)
             try beforeExperts()
             try experts.apply(layer: l, input: normed, rows: t, embedding: e, routes: routes, output: out)
             if let shared { try sharedExpert(shared, normed, t, config: c, pool: pool, into: out) }

@@ -568,6 +568,39 @@ public nonisolated struct Conclave_V1_Heartbeat: Sendable {
 
   public var metrics: [Conclave_V1_MetricSample] = []
 
+  /// How often this stage's routers chose each expert since the last heartbeat (absent: no stage, a dense model,
+  /// or nothing routed).
+  public var expertCounts: Conclave_V1_ExpertCounts {
+    get {_expertCounts ?? Conclave_V1_ExpertCounts()}
+    set {_expertCounts = newValue}
+  }
+  /// Returns true if `expertCounts` has been explicitly set.
+  public var hasExpertCounts: Bool {self._expertCounts != nil}
+  /// Clears the value of `expertCounts`. Subsequent reads from it will return its default value.
+  public mutating func clearExpertCounts() {self._expertCounts = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _expertCounts: Conclave_V1_ExpertCounts? = nil
+}
+
+/// Growth of a stage's (layer, expert) counters: cell index = (layer - first_layer) * experts + expert. Only
+/// cells that grew are listed; at most layers × experts of them.
+public nonisolated struct Conclave_V1_ExpertCounts: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var firstLayer: UInt32 = 0
+
+  public var experts: UInt32 = 0
+
+  public var index: [UInt32] = []
+
+  public var delta: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1924,7 +1957,7 @@ nonisolated extension Conclave_V1_MetricSample: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{b}metrics\0\u{c}\u{1}\u{a}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\u{b}metrics\0\u{3}expert_counts\0\u{c}\u{1}\u{a}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1933,20 +1966,74 @@ nonisolated extension Conclave_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobu
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      case 12: try { try decoder.decodeSingularMessageField(value: &self._expertCounts) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.metrics.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 11)
     }
+    try { if let v = self._expertCounts {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Conclave_V1_Heartbeat, rhs: Conclave_V1_Heartbeat) -> Bool {
     if lhs.metrics != rhs.metrics {return false}
+    if lhs._expertCounts != rhs._expertCounts {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_ExpertCounts: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExpertCounts"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}first_layer\0\u{1}experts\0\u{1}index\0\u{1}delta\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.firstLayer) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.experts) }()
+      case 3: try { try decoder.decodeRepeatedUInt32Field(value: &self.index) }()
+      case 4: try { try decoder.decodeRepeatedUInt64Field(value: &self.delta) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.firstLayer != 0 {
+      try visitor.visitSingularUInt32Field(value: self.firstLayer, fieldNumber: 1)
+    }
+    if self.experts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.experts, fieldNumber: 2)
+    }
+    if !self.index.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.index, fieldNumber: 3)
+    }
+    if !self.delta.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.delta, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_ExpertCounts, rhs: Conclave_V1_ExpertCounts) -> Bool {
+    if lhs.firstLayer != rhs.firstLayer {return false}
+    if lhs.experts != rhs.experts {return false}
+    if lhs.index != rhs.index {return false}
+    if lhs.delta != rhs.delta {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
