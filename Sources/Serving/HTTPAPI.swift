@@ -55,6 +55,13 @@ public struct HTTPAPI: Sendable {
                                 body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.exposition())))
             }
         }
+        // The dashboard: a page for people, polling the JSON and metrics routes below.
+        for path in ["/", "/dashboard"] {
+            router.get(RouterPath(path)) { _, _ in
+                Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"],
+                         body: ResponseBody(byteBuffer: ByteBuffer(string: Dashboard.html)))
+            }
+        }
         router.get("/health") { _, _ in api.healthResponse() }
         router.get("/v1/health") { _, _ in api.healthResponse() }
         router.get("/v1/models") { _, _ in api.json(api.modelsBody()) }
@@ -462,7 +469,7 @@ struct RequestCounter<Context: RequestContext>: RouterMiddleware {
     let metrics: MetricsRegistry
     static var endpoints: Set<String> {
         ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions", "/v1/models", "/models", "/health", "/v1/health",
-         "/v1/cluster", "/v1/cluster/experts", "/metrics", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
+         "/v1/cluster", "/v1/cluster/experts", "/metrics", "/", "/dashboard", "/tokenize", "/detokenize", "/apply-template", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -497,12 +504,21 @@ struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
         let scheme = header[..<space].lowercased()
         // Anthropic's clients send the key as `x-api-key` instead.
         let anthropic = HTTPField.Name("x-api-key").flatMap { request.headers[$0] }
-        let given = Array((scheme == "bearer" ? header[space...].trimmingCharacters(in: .whitespaces) : anthropic ?? "").utf8)
+        // A browser (the dashboard) sends it as HTTP Basic's password, which it asks for once and then sends
+        // with every request of the page.
+        var basic: String?
+        if scheme == "basic", let raw = Data(base64Encoded: header[space...].trimmingCharacters(in: .whitespaces)) {
+            let pair = String(decoding: raw, as: UTF8.self)
+            basic = pair.firstIndex(of: ":").map { String(pair[pair.index(after: $0)...]) } ?? ""
+        }
+        let given = Array((scheme == "bearer" ? header[space...].trimmingCharacters(in: .whitespaces) : basic ?? anthropic ?? "").utf8)
         let want = Array(key.utf8)
         var diff = given.count ^ want.count
         for i in 0..<want.count { diff |= Int(want[i] ^ (i < given.count ? given[i] : 0)) }
         guard diff == 0 else {
-            return Response(status: .unauthorized, headers: [.contentType: "application/json", .wwwAuthenticate: "Bearer"],
+            // The dashboard's pages ask the browser for the key (Basic); the API says Bearer.
+            let challenge = path == "/" || path == "/dashboard" ? #"Basic realm="conclave", charset="UTF-8""# : "Bearer"
+            return Response(status: .unauthorized, headers: [.contentType: "application/json", .wwwAuthenticate: challenge],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: APIError.unauthorized.json.render())))
         }
         return try await next(request, context)
