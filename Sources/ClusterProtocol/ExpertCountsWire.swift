@@ -23,3 +23,28 @@ public extension Conclave_V1_ExpertCounts {
         return (Int(firstLayer), deltas)
     }
 }
+
+public extension Array where Element == Conclave_V1_LayerHeat {
+    /// A status reply's heat rows: each layer's recent choices, choices since start and imbalance.
+    init(_ snapshot: ExpertActivity.Snapshot, holder: (Int, Int) -> String) {
+        let imbalance = snapshot.imbalance(holder: holder)
+        self = snapshot.recent.indices.map { l in
+            var row = Conclave_V1_LayerHeat()
+            row.recent = snapshot.recent[l].map(Float.init)
+            row.choices = snapshot.total[l].reduce(0, +)
+            row.imbalance = imbalance[l] ?? -1
+            return row
+        }
+    }
+
+    /// Why these rows cannot be drawn (too many, non-finite values), or nil: a client checks what it shows.
+    var problem: String? {
+        guard count <= 4096 else { return "\(count) layers of expert heat" }
+        for (l, row) in enumerated() {
+            guard row.recent.count <= 65536, row.recent.allSatisfy({ $0.isFinite && $0 >= 0 }), row.imbalance.isFinite, row.imbalance <= 1 else {
+                return "layer \(l)'s expert heat is out of range"
+            }
+        }
+        return nil
+    }
+}

@@ -291,6 +291,7 @@ public final class Coordinator: Service, @unchecked Sendable {
         s.recoveries = recovery.history
         s.refusedPeers = UInt64(transports.refusedPeers)
         s.security = transports.authenticates ? "curve" : "none"
+        if let a = expertActivity() { s.heat = [Conclave_V1_LayerHeat](a.snapshot, holder: a.holder) }
         return s
     }
 }

@@ -19,7 +19,7 @@ struct Conclave: AsyncParsableCommand {
         and `bench` as tools.
         """,
         version: ConclaveVersion.text,
-        subcommands: [WorkerCommand.self, ServeCommand.self, GenerateCommand.self, StatusCommand.self, KeysCommand.self, RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, TraceExpertsCommand.self, PruneCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
+        subcommands: [WorkerCommand.self, ServeCommand.self, GenerateCommand.self, StatusCommand.self, TopCommand.self, KeysCommand.self, RunCommand.self, PerplexityCommand.self, LogitsCommand.self, TokenizeCommand.self, TraceExpertsCommand.self, PruneCommand.self, Inspect.self, QuantizeCommand.self, SynthCommand.self, PlanCommand.self, Bench.self]
     )
 
     /// ArgumentParser's own entry, with one difference: its errors read `error: …` as ours do (it writes

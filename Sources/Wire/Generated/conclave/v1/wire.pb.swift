@@ -966,6 +966,27 @@ public nonisolated struct Conclave_V1_StatusReply: Sendable {
   /// draft's when speculative decoding is on), as the registry holds them; status renders them by the catalog.
   public var metrics: [Conclave_V1_MetricSample] = []
 
+  /// The routers' recent choices per MoE layer (what GET /v1/cluster/experts shows), for `conclave top`.
+  public var heat: [Conclave_V1_LayerHeat] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One layer's expert heat: each expert's recent choices (halving every minute), the choices since start, and the
+/// busiest holder's share of the recent ones (negative: none lately).
+public nonisolated struct Conclave_V1_LayerHeat: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var recent: [Float] = []
+
+  public var choices: UInt64 = 0
+
+  public var imbalance: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2769,7 +2790,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{2}\u{4}plan\0\u{3}micro_batches\0\u{2}\u{2}epoch\0\u{1}recoveries\0\u{3}refused_peers\0\u{1}security\0\u{2}\u{2}metrics\0\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{5}\u{1}\u{c}\u{8}\u{1}\u{c}\u{d}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}model\0\u{1}workers\0\u{2}\u{4}plan\0\u{3}micro_batches\0\u{2}\u{2}epoch\0\u{1}recoveries\0\u{3}refused_peers\0\u{1}security\0\u{2}\u{2}metrics\0\u{1}heat\0\u{c}\u{3}\u{1}\u{c}\u{4}\u{1}\u{c}\u{5}\u{1}\u{c}\u{8}\u{1}\u{c}\u{d}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2786,6 +2807,7 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.refusedPeers) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.security) }()
       case 14: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
+      case 15: try { try decoder.decodeRepeatedMessageField(value: &self.heat) }()
       default: break
       }
     }
@@ -2819,6 +2841,9 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if !self.metrics.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.metrics, fieldNumber: 14)
     }
+    if !self.heat.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.heat, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2832,6 +2857,47 @@ nonisolated extension Conclave_V1_StatusReply: SwiftProtobuf.Message, SwiftProto
     if lhs.refusedPeers != rhs.refusedPeers {return false}
     if lhs.security != rhs.security {return false}
     if lhs.metrics != rhs.metrics {return false}
+    if lhs.heat != rhs.heat {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_LayerHeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LayerHeat"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}recent\0\u{1}choices\0\u{1}imbalance\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedFloatField(value: &self.recent) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.choices) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.imbalance) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.recent.isEmpty {
+      try visitor.visitPackedFloatField(value: self.recent, fieldNumber: 1)
+    }
+    if self.choices != 0 {
+      try visitor.visitSingularUInt64Field(value: self.choices, fieldNumber: 2)
+    }
+    if self.imbalance.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.imbalance, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_LayerHeat, rhs: Conclave_V1_LayerHeat) -> Bool {
+    if lhs.recent != rhs.recent {return false}
+    if lhs.choices != rhs.choices {return false}
+    if lhs.imbalance != rhs.imbalance {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
