@@ -10,7 +10,8 @@ import Wire
 /// The ZeroMQ front door (`conclave generate`, `status`, the benches), a Service of its own beside the HTTP API:
 /// Generate requests are tokenized and run by the scheduler, each event answered as a TokenOut (an Error when it
 /// fails, with the failure's class as its code); StatusQuery is answered at once, even mid-generation. On
-/// shutdown it lets the answers already under way reach their clients (5 s at most), then closes its socket.
+/// shutdown it lets the answers already under way reach their clients (5 s at most, then 250 ms for libzmq to write
+/// them), then closes its socket.
 public final class ClientAPI: Service, @unchecked Sendable {
     let clients: Transport
     let scheduler: Scheduler
@@ -40,6 +41,10 @@ public final class ClientAPI: Service, @unchecked Sendable {
             // and on a loaded machine the tasks that write them can wait a while for a thread).
             let deadline = MonotonicClock.seconds() + 5
             while self.answering.withLock({ $0 }) > 0 && MonotonicClock.seconds() < deadline { usleep(5_000) }
+            // The process ends soon after this service, and a reply queued in libzmq is written to its connection
+            // by libzmq's I/O thread: its linger cannot outlive the process. A moment for the last answers (sent
+            // when the scheduler stopped, just before) to leave; without it about one shutdown in eight lost them.
+            usleep(250_000)
             self.clients.close()
         }
     }

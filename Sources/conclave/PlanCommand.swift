@@ -19,7 +19,7 @@ struct PlanCommand: ParsableCommand {
     @OptionGroup var kvCache: CacheTypeOptions
     @Option(help: "Bytes of weights each worker reads per second, in GB/s, times its 'speed:' (default: this host, measured in about 0.1 s with one thread; a coordinator uses what each worker measured).") var readRateGbps: Double?
     @Option(help: "An expert call's round trip in milliseconds (a coordinator measures each worker's; 0.25 is loopback on a small VM, a LAN is often 0.05-0.2).") var roundTripMs = 0.25
-    @Option(help: "A routing trace (from `conclave trace-experts`): split layers spread their most used experts first, the least used are paged first, and the expected times count how often each expert is chosen (default: uniform routing).")
+    @Option(help: "A routing trace (from `conclave trace-experts`), or a serving cluster's own counts (the URL of its GET /v1/cluster/experts, or that JSON saved to a .json file): split layers spread their most used experts first, the least used are paged first, and the expected times count how often each expert is chosen (default: uniform routing).")
     var trace: String?
     @Flag(help: "Print the plan as JSON.") var json = false
 

@@ -1,6 +1,10 @@
 import ArgumentParser
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import GGUF
+import JSON
 import Model
 import Tokenizer
 
@@ -53,9 +57,62 @@ enum RoutingTraceFile {
         }
     }
 
-    /// The trace at `path` as how often a token chooses each expert of `config`'s model (what planning takes).
+    /// How often a token chooses each expert of `config`'s model (what planning takes), from a trace file, or
+    /// from a serving cluster's own counts: the URL of its `GET /v1/cluster/experts` (the key, if it has one,
+    /// from $CONCLAVE_API_KEY), or that JSON saved to a `.json` file.
     static func expertUse(_ path: String, config: ModelConfig) throws -> [[Double]] {
-        try read(path).expertUse(layers: config.layerCount, experts: config.expertCount)
+        let live = path.hasPrefix("http://") || path.hasPrefix("https://")
+        if live || path.hasSuffix(".json") {
+            let bytes: [UInt8]
+            if live { bytes = try fetch(path) } else {
+                guard let data = FileManager.default.contents(atPath: path) else { throw ModelError("cannot read \(path)") }
+                bytes = Array(data)
+            }
+            return try countsUse(bytes, source: path, config: config)
+        }
+        return try read(path).expertUse(layers: config.layerCount, experts: config.expertCount)
+    }
+
+    /// `GET /v1/cluster/experts`'s totals as use per token: each expert's choices ÷ the rows its layer routed
+    /// (choices ÷ experts used per token). A layer without choices has an empty row, as an untraced one.
+    static func countsUse(_ bytes: [UInt8], source: String, config: ModelConfig) throws -> [[Double]] {
+        let json: JSONValue
+        do { json = try JSONValue.parse(bytes) } catch { throw ModelError("\(source) is not JSON: \(error)") }
+        guard json["object"]?.stringValue == "cluster.experts", let layers = json["layers"]?.arrayValue else {
+            throw ModelError("\(source) is not the routing counts of GET /v1/cluster/experts (no \"object\": \"cluster.experts\" with layers)")
+        }
+        var use = [[Double]](repeating: [], count: config.layerCount)
+        for entry in layers {
+            guard let l = entry["layer"]?.intValue, (0..<config.layerCount).contains(l), let total = entry["total"]?.arrayValue else {
+                throw ModelError("\(source): a layer entry without a layer of the model's 0..<\(config.layerCount) and its totals")
+            }
+            let counts = total.compactMap { $0.intValue }.filter { $0 >= 0 }
+            guard counts.count == total.count, counts.count == config.expertCount else {
+                throw ModelError("\(source): layer \(l) counts \(total.count) experts, but the model has \(config.expertCount) per layer: counts of another model?")
+            }
+            let rows = Double(counts.reduce(0, +)) / Double(max(1, config.expertsUsed))
+            if rows > 0 { use[l] = counts.map { Double($0) / rows } }
+        }
+        return use
+    }
+
+    private static func fetch(_ url: String) throws -> [UInt8] {
+        guard let u = URL(string: url) else { throw ModelError("\(url) is not a URL") }
+        var request = URLRequest(url: u)
+        request.timeoutInterval = 30
+        if let key = ProcessInfo.processInfo.environment["CONCLAVE_API_KEY"], !key.isEmpty {
+            request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization")
+        }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Data?, URLResponse?, Error?) = (nil, nil, nil)
+        URLSession.shared.dataTask(with: request) { d, r, e in result = (d, r, e); done.signal() }.resume()
+        done.wait()
+        if let e = result.2 { throw ModelError("cannot read \(url): \(e.localizedDescription)") }
+        let status = (result.1 as? HTTPURLResponse)?.statusCode ?? 0
+        guard status == 200 else {
+            throw ModelError("\(url) answered \(status)\(status == 401 ? " (set CONCLAVE_API_KEY to the server's --api-key)" : "")")
+        }
+        return Array(result.0 ?? Data())
     }
 
     static func read(_ path: String) throws -> RoutingTrace {

@@ -297,7 +297,7 @@ import Worker
         let (p, err) = try Self.startLongGeneration(c, endpoint)
         Thread { c.kill("coordinator", signal: SIGTERM) }.start()
         let message = Self.failure(of: p, err, because: "the coordinator stopped")
-        #expect(message.contains("shutting down"), "\(message)")
+        #expect(message.contains("shutting down"), "\(message)\n\(c.logs())")
         try c.waitFor("coordinator", "shutting down")
         #expect(c.exitStatus("coordinator", within: 10) == 0, "\(c.logs())")
     }

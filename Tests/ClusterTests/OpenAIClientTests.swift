@@ -49,6 +49,14 @@ import Testing
         let out = try check("http://127.0.0.1:\(port)", cluster: c)
         #expect(out.contains(#""ok": true"#))
         try expectRoutedRowsInEveryLayer("http://127.0.0.1:\(port)", holders: ["local"])
+        // `plan --trace` takes the live counts as it takes a trace; counts of another model are refused.
+        let cluster = Fixtures.root.appendingPathComponent("cluster/local.yaml").path
+        let (rc, planned, why) = try c.run(["plan", "--cluster", cluster, "--trace", "http://127.0.0.1:\(port)/v1/cluster/experts"])
+        #expect(rc == 0 && planned.contains("routing from the trace"), "\(planned)\(why)")
+        let other = c.dir.appendingPathComponent("other.json").path
+        try Data(#"{"object":"cluster.experts","layers":[{"layer":0,"total":[1,2,3]}]}"#.utf8).write(to: URL(fileURLWithPath: other))
+        let (bad, _, refused) = try c.run(["plan", "--cluster", cluster, "--trace", other])
+        #expect(bad != 0 && refused.contains("counts 3 experts, but the model has 8"), "\(refused)")
     }
 
     /// `GET /v1/cluster/experts` after the client check's traffic: every layer counted the same rows (each row
