@@ -142,7 +142,7 @@ final class RawTerminal {
         }
     }
 
-    /// Waits `seconds` for a key; true when it was q (or stdin ended).
+    /// Waits `seconds` for a key; true when it was q (or the terminal closed).
     func waitForQuit(seconds: Double) -> Bool {
         let deadline = MonotonicClock.seconds() + seconds
         while true {
@@ -152,7 +152,13 @@ final class RawTerminal {
             guard poll(&p, 1, Int32(left * 1000)) > 0 else { continue }
             var byte: UInt8 = 0
             let n = read(0, &byte, 1)
-            if n <= 0 { return !raw ? false : true }
+            if n <= 0 {
+                // A terminal that closed: quit. Input from a file or pipe that ended: keep refreshing (poll would
+                // report the end at once, every time), waiting out the interval.
+                if raw { return true }
+                usleep(useconds_t(max(0, deadline - MonotonicClock.seconds()) * 1_000_000))
+                return false
+            }
             if byte == UInt8(ascii: "q") || byte == UInt8(ascii: "Q") { return true }
         }
     }
