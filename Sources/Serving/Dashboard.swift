@@ -63,7 +63,7 @@ details summary { cursor:pointer; color:var(--dim); margin-top:6px; }
     <h2 id="h-workers">Workers</h2>
     <table id="workers"><thead><tr>
       <th>worker</th><th>state</th><th>layers</th><th>experts</th><th>budget</th><th>resident</th><th>RSS</th>
-      <th>offload hits</th><th>read GB/s</th><th>expert calls</th><th>step p50 / p99 ms</th><th>round trip ms</th>
+      <th>offload hits</th><th>read GB/s</th><th>expert calls</th><th title="over the last 10 s: time a served call took on this worker / time this worker's stage waited per layer for other workers' experts">expert ms served / waited</th><th>step p50 / p99 ms</th><th>round trip ms</th>
       <th>heartbeat age s</th><th>prefix cache</th></tr></thead><tbody></tbody></table>
   </section>
   <section aria-labelledby="h-events">
@@ -87,6 +87,7 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&
 const bytes = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(2) + " GiB" : (n / (1 << 20)).toFixed(1) + " MiB";
 const ms = (s) => s == null ? "—" : (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms";
 const history = [];        // [{t, metrics}] over the last five minutes
+const seen = [];           // [{t, workers: {name: worker}}] over the last ten seconds, for rates per call
 let lastStates = {}, events = [], seenRecoveries = 0;
 
 function parseMetrics(text) {
@@ -131,7 +132,20 @@ async function get(path, kind) {
   return kind === "text" ? r.text() : r.json();
 }
 
+// Time per unit over the window: Δseconds ÷ Δcount of two of a worker's counters (null when nothing happened).
+function per(w, seconds, count) {
+  const then = seen.length > 1 ? seen[0].workers[w.name] : null;
+  if (!then) return null;
+  const n = w[count] - then[count];
+  return n > 0 ? (w[seconds] - then[seconds]) / n : null;
+}
+
 function drawWorkers(cluster) {
+  const now = Date.now();
+  if (cluster) {
+    seen.push({ t: now, workers: Object.fromEntries(cluster.workers.map((w) => [w.name, w])) });
+    while (seen.length > 2 && now - seen[1].t >= 10000) seen.shift();
+  }
   const rows = (cluster ? cluster.workers : []).map((w) => {
     const o = w.offload || {};
     const experts = o.paged_experts ? `${w.experts} (${o.paged_experts} paged)` : `${w.experts}`;
@@ -139,10 +153,11 @@ function drawWorkers(cluster) {
     return `<tr data-worker="${esc(w.name)}"><td>${esc(w.name)}</td><td class="state state-${esc(w.state)}">${esc(w.state)}</td>` +
       `<td>${layers}</td><td>${experts}</td><td>${bytes(w.memory_budget)}</td><td>${bytes(w.resident_bytes)}</td><td>${bytes(w.rss_bytes)}</td>` +
       `<td>${o.slots ? (100 * o.hit_rate).toFixed(1) + "%" : "—"}</td><td>${o.slots ? o.read_gbps : w.read_gbps}</td><td>${w.expert_calls}</td>` +
+      `<td class="expert-ms">${ms(per(w, "expert_serve_seconds", "expert_calls"))} / ${ms(per(w, "remote_wait_seconds", "remote_layers"))}</td>` +
       `<td>${w.p50_ms.toFixed(2)} / ${w.p99_ms.toFixed(2)}</td><td>${w.round_trip_ms}</td><td>${w.heartbeat_age_s.toFixed(1)}</td>` +
       `<td>${w.prefix_entries} entries, ${w.prefix_tokens} tokens</td></tr>`;
   });
-  $("workers").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="14" class="dim">one process: no workers</td></tr>`;
+  $("workers").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="15" class="dim">one process: no workers</td></tr>`;
 }
 
 function drawPlacement(cluster, experts) {

@@ -30,6 +30,12 @@ struct BenchServe: ParsableCommand {
         without ("conclave (no cache)") and llama-server with its prompt cache, and reports each turn's median time
         to first token and the prompt tokens reused, each server's aggregate throughput, the ratios at the last
         turn, and whether the text with the cache is the text without.
+
+        With --page-watchers N, what the dashboard costs the server: N watchers fetch what an open page fetches each
+        second (/v1/cluster, /v1/cluster/experts, /metrics, /v1/models). Each round runs --page-repeats times with
+        the page closed ("conclave") and open ("conclave+page"), alternating, and the medians are compared; then the
+        idle server's CPU time over --page-idle-seconds with the page closed and open gives the CPU one refresh costs
+        and the feed's share of the machine.
         """
     )
 
@@ -46,6 +52,9 @@ struct BenchServe: ParsableCommand {
     @Option(help: "Multi-turn mode: conversations at once.") var conversations = 8
     @Option(help: "Multi-turn mode: tokens of the system prompt every conversation shares.") var system = 2000
     @Option(help: "Multi-turn mode: tokens of user text each turn adds.") var user = 300
+    @Option(help: "Also measure what an open dashboard costs: N watchers poll what the page polls, once a second each; every concurrency round runs with the page closed and open, alternating.") var pageWatchers = 0
+    @Option(help: "With --page-watchers: closed/open pairs per concurrency round (the median of each is reported).") var pageRepeats = 3
+    @Option(help: "With --page-watchers: seconds of the idle server's CPU measured with the page closed, then open.") var pageIdleSeconds: Double = 20
     @Flag(help: "Print JSON.") var json = false
 
     struct Round {
@@ -85,7 +94,10 @@ struct BenchServe: ParsableCommand {
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().path
         func serve(port: Int) -> [String] { serveArguments(port: port, context: ctx, slots: slots) }
         let port = Self.freePort()
-        rounds += try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts)
+        var pageCost: PageWatchers.IdleCost?
+        rounds += try withUnsafeMutablePointer(to: &pageCost) { cost in
+            try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts, pageCost: pageWatchers > 0 ? cost : nil)
+        }
         if draft.path != nil {
             let dport = Self.freePort()
             rounds += try measure(name: "conclave+draft", exe: exe, args: serve(port: dport) + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true)
@@ -95,8 +107,10 @@ struct BenchServe: ParsableCommand {
             let largs = llamaServerArguments(port: lport, context: ctx, slots: slots)
             rounds += try measure(name: "llama-server", exe: path, args: largs, port: lport, levels: levels, prompts: prompts)
         }
+        let page = pageWatchers > 0 ? pageReport(rounds: rounds, levels: levels, cost: pageCost) : nil
         if json {
-            print(JSON.array(rounds.map(\.json)).render())
+            let list = JSON.array(rounds.map(\.json))
+            print((page.map { JSONValue.object([("rounds", list), ("page", $0.json)]) } ?? list).render())
             return
         }
         print("prompt \(prompt) tokens, \(gen) generated per stream, \(model.threads) threads")
@@ -128,6 +142,32 @@ struct BenchServe: ParsableCommand {
                 }
             }
         }
+        for line in page?.lines ?? [] { print(line) }
+    }
+
+    /// The dashboard's cost, from the rounds with the page closed and open and the idle server's CPU.
+    func pageReport(rounds: [Round], levels: [Int], cost: PageWatchers.IdleCost?) -> (json: JSONValue, lines: [String]) {
+        var lines: [String] = [], ratios: [(String, JSONValue)] = []
+        for c in levels {
+            guard let closed = rounds.first(where: { $0.server == "conclave" && $0.streams == c }),
+                  let open = rounds.first(where: { $0.server == "conclave+page" && $0.streams == c }), closed.aggregate > 0 else { continue }
+            let r = open.aggregate / closed.aggregate
+            ratios.append((String(c), .double((r * 1000).rounded() / 1000)))
+            lines.append("\(c) stream\(c == 1 ? "" : "s"): page open / closed aggregate = \(fixed(r, 3))× (medians of \(max(1, pageRepeats)) alternating rounds each)")
+        }
+        var fields: [(String, JSONValue)] = [("watchers", .int(pageWatchers)), ("open_over_closed", .object(ratios))]
+        if let cost {
+            let share = cost.share(cores: ProcessInfo.processInfo.activeProcessorCount, watchers: pageWatchers)
+            fields += [("idle_seconds", .double(cost.seconds)), ("idle_cpu_closed_s", .double(cost.closedCPU)), ("idle_cpu_open_s", .double(cost.openCPU)),
+                       ("refreshes", .int(cost.refreshes)), ("cpu_ms_per_refresh", .double((cost.perRefresh * 1e6).rounded() / 1000)),
+                       ("cpu_share_per_open_page", .double((share / Double(max(1, pageWatchers)) * 1e6).rounded() / 1e6))]
+            lines.append("idle server over \(fixed(cost.seconds, 0)) s: CPU \(fixed(cost.closedCPU * 1000, 0)) ms page closed, \(fixed(cost.openCPU * 1000, 0)) ms open "
+                + "(\(cost.refreshes) refreshes by \(pageWatchers) watchers): \(fixed(cost.perRefresh * 1000, 2)) ms a refresh, "
+                + "\(fixed(share / Double(max(1, pageWatchers)) * 100, 3))% of \(ProcessInfo.processInfo.activeProcessorCount) cores per open page")
+        } else {
+            lines.append("the idle server's CPU could not be read from /proc")
+        }
+        return (.object(fields), lines)
     }
 
     /// The multi-turn workload on each server (see the discussion).
@@ -142,12 +182,12 @@ struct BenchServe: ParsableCommand {
         var runs: [MultiTurnWorkload.Run] = []
         for (name, extra) in [("conclave", [String]()), ("conclave (no cache)", ["--no-prefix-cache"])] {
             let port = Self.freePort()
-            runs.append(try serving(name: name, exe: exe, args: serve(port: port) + extra, port: port) { work.run(server: name, port: port) })
+            runs.append(try serving(name: name, exe: exe, args: serve(port: port) + extra, port: port) { _ in work.run(server: name, port: port) })
         }
         if let path = vsLlamaServer {
             let port = Self.freePort()
             let largs = llamaServerArguments(port: port, context: ctx, slots: conversations)
-            runs.append(try serving(name: "llama-server", exe: path, args: largs, port: port) { work.run(server: "llama-server", port: port) })
+            runs.append(try serving(name: "llama-server", exe: path, args: largs, port: port) { _ in work.run(server: "llama-server", port: port) })
         }
         printError("bench serve: \(conversations) conversations × \(turns) turns, system \(work.system.count) tokens, \(user) user tokens and \(gen) generated per turn, context \(ctx)")
         MultiTurnWorkload.report(runs, turns: turns, json: json)
@@ -170,7 +210,7 @@ struct BenchServe: ParsableCommand {
     }
 
     /// Starts a server, waits for /health, does `work`, stops it.
-    func serving<T>(name: String, exe: String, args: [String], port: Int, _ work: () throws -> T) throws -> T {
+    func serving<T>(name: String, exe: String, args: [String], port: Int, _ work: (_ pid: Int32) throws -> T) throws -> T {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
@@ -198,12 +238,31 @@ struct BenchServe: ParsableCommand {
         }
         // One short request first: the first request pays for faulting the weights in, on every server.
         _ = try? HTTPClient.stream(port: port, body: Self.body([1, 2, 3, 4], gen: 4))
-        return try work()
+        return try work(p.processIdentifier)
     }
 
     /// Starts a server, waits for /health, runs every round, stops it.
-    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false) throws -> [Round] {
-        try serving(name: name, exe: exe, args: args, port: port) { rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics) }
+    /// With --page-watchers, the first server's rounds alternate page closed / open, and `pageCost` gets what the
+    /// feed costs the idle server.
+    func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false,
+                 pageCost: UnsafeMutablePointer<PageWatchers.IdleCost?>? = nil) throws -> [Round] {
+        try serving(name: name, exe: exe, args: args, port: port) { pid in
+            guard pageWatchers > 0, let pageCost else {
+                return rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+            }
+            var all: [Round] = []
+            for _ in 0..<max(1, pageRepeats) {
+                all += rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+                let page = PageWatchers(port: port, count: pageWatchers)
+                all += rounds(name: name + "+page", port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+                _ = page.stop()
+            }
+            pageCost.pointee = PageWatchers.idleCost(port: port, pid: pid, watchers: pageWatchers, seconds: pageIdleSeconds)
+            // The median round of each (server, streams) by aggregate throughput.
+            return Dictionary(grouping: all) { "\($0.server)/\($0.streams)" }.values
+                .map { $0.sorted { $0.aggregate < $1.aggregate }[$0.count / 2] }
+                .sorted { ($0.streams, $0.server) < ($1.streams, $1.server) }
+        }
     }
 
     /// Each --concurrency round against the server at `port`.

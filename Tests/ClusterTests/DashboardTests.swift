@@ -9,8 +9,9 @@ import Testing
 /// behind `--api-key` (HTTP Basic, which a browser asks for and then sends with the page's requests).
 @Suite(.serialized) struct DashboardTests {
     /// The page shows three ready workers, heat in every layer and tokens per second; after `kill -9` of the
-    /// first stage's worker it shows that worker down and then the recovery (the other stage takes its layers). Screenshots go to .build/ for people
-    /// to look at (dashboard.png, dashboard-recovered.png).
+    /// first stage's worker it shows that worker down and then the recovery (the other stage takes its layers). It also shows the experts worker's
+    /// time per served call, and on a phone-wide screen it does not scroll sideways. Screenshots go to .build/ for
+    /// people to look at (dashboard.png, -full, -narrow, -recovered).
     @Test func pageShowsTheClusterAndAWorkersDeath() async throws { try await onThread { [self] in try self.pageBlocking() } }
     func pageBlocking() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver") else {
@@ -24,7 +25,7 @@ import Testing
         try c.waitFor("serve", "[coordinator] serving", timeout: 180)
         let shot = Fixtures.root.appendingPathComponent(".build/dashboard.png").path
         let out = try OpenAIClientTests.runCheck("dashboard_check.py", [
-            "http://127.0.0.1:\(base + 4)", shot,
+            "http://127.0.0.1:\(base + 4)", shot, "--serves-experts", "local-3",
             "--kill", "worker --listen tcp://127.0.0.1:\(base + 1) --name local-1", "--worker", "local-1",
         ], cluster: c)
         let figures = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any], "\(out)")
@@ -35,6 +36,10 @@ import Testing
         let event = figures["recovery_event"] as? String ?? ""
         #expect(event.contains("local-1") && !event.contains("failed"), "\(event)")
         #expect(FileManager.default.fileExists(atPath: shot))
+        // The experts worker's served calls have a time (the script waited for a figure above zero).
+        #expect((figures["expert_ms"] as? String)?.contains(" ms /") == true, "\(out)")
+        let narrow = figures["narrow"] as? [String: Any] ?? [:]
+        #expect((narrow["scroll_width"] as? Int ?? .max) <= (narrow["inner_width"] as? Int ?? 0) + 1, "\(out)")
         print("dashboard: \(out)")
     }
 

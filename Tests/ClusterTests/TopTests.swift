@@ -19,7 +19,10 @@ import Testing
         try c.waitFor("serve", "[coordinator] serving", timeout: 180)
         let (rc, _, err) = try c.run(["generate", "--coordinator", "tcp://127.0.0.1:\(base)", "-p", "Once upon a time", "-n", "16"])
         #expect(rc == 0, "\(err)")
-        let out = try OpenAIClientTests.runCheck("top_check.py", [c.binary, "tcp://127.0.0.1:\(base)", c.dir.path], cluster: c)
+        // The screen as a picture for people to look at (docs/top.png is one).
+        let shot = Fixtures.root.appendingPathComponent(".build/top.png").path
+        let hasChromium = FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver")
+        let out = try OpenAIClientTests.runCheck("top_check.py", [c.binary, "tcp://127.0.0.1:\(base)", c.dir.path] + (hasChromium ? [shot] : []), cluster: c)
         let result = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: String], "\(out)")
         let screen = result["screen"] ?? ""
         #expect(screen.contains("workers 3 ready / 0 suspect / 0 down"), "\(screen)")
@@ -28,6 +31,7 @@ import Testing
         }
         #expect(screen.contains("expert heat") && screen.contains("L0 ") && screen.contains("L3 "), "\(screen)")
         #expect(result["exit"] == "EXIT:0", "top did not quit cleanly on q: \(result["exit"] ?? "")")
+        #expect(!hasChromium || FileManager.default.fileExists(atPath: shot))
         print("top:\n\(screen)")
     }
 }

@@ -2,12 +2,15 @@
 `conclave serve --local 3`, while a client generates:
 
 1. the page loads; the workers table shows three ready workers, the heat map has non-zero cells in every layer,
-   tokens per second is above zero; a screenshot goes to SCREENSHOT;
-2. with --kill PATTERN, the process matching it (a worker) gets SIGKILL; the page must show that worker down, and
+   tokens per second is above zero; with --serves-experts NAME, that worker's row shows the time a served expert
+   call took; a screenshot goes to SCREENSHOT;
+2. on a narrow screen (390×844, a phone) the page does not scroll sideways: it flows to one column and wide tables
+   scroll inside their boxes; a screenshot goes to SCREENSHOT with -narrow;
+3. with --kill PATTERN, the process matching it (a worker) gets SIGKILL; the page must show that worker down, and
    then a recovery event.
 
 Prints one JSON line of what it measured; exits 1 (with the reason on stderr) when something is not shown within
-its bound. Usage: dashboard_check.py BASE SCREENSHOT [--kill PATTERN --worker NAME]
+its bound. Usage: dashboard_check.py BASE SCREENSHOT [--serves-experts NAME] [--kill PATTERN --worker NAME]
 """
 import argparse
 import json
@@ -19,10 +22,9 @@ import threading
 import time
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+from browser import chromium
 
 
 def fail(why):
@@ -61,19 +63,14 @@ def main():
     ap.add_argument("--kill")
     ap.add_argument("--worker")
     ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--serves-experts")
     a = ap.parse_args()
 
     stop = threading.Event()
     client = threading.Thread(target=generate, args=(a.base, stop), daemon=True)
     client.start()
 
-    opts = Options()
-    for flag in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,800"]:
-        opts.add_argument(flag)
-    if os.path.exists("/usr/bin/chromium"):
-        opts.binary_location = "/usr/bin/chromium"
-    service = Service("/usr/bin/chromedriver") if os.path.exists("/usr/bin/chromedriver") else Service()
-    driver = webdriver.Chrome(service=service, options=opts)
+    driver = chromium(1280, 800)
     out = {}
     try:
         driver.get(a.base + "/")
@@ -101,11 +98,26 @@ def main():
             t = driver.find_element(By.ID, "tokps").text
             return float(t) if t not in ("", "—") and float(t) > 0 else None
         _, out["tok_s"] = wait("tokens per second above zero", 60, tokps)
+        if a.serves_experts:
+            def served():
+                cell = driver.find_element(By.CSS_SELECTOR, f'#workers tbody tr[data-worker="{a.serves_experts}"] td.expert-ms').text
+                first = cell.split("/")[0].strip()
+                return cell if first.endswith(" ms") and float(first[:-3]) > 0 else None
+            # The window of the per-call figures is ten seconds; the first needs two snapshots.
+            _, out["expert_ms"] = wait(f"{a.serves_experts}'s time per served expert call", 60, served)
         driver.save_screenshot(a.screenshot)
         # The whole page at the same width, for the README (the window goes back to 1280×800 after).
         height = driver.execute_script("return document.documentElement.scrollHeight;")
         driver.set_window_size(1280, height + 120)
         driver.save_screenshot(a.screenshot.replace(".png", "-full.png"))
+        driver.set_window_size(390, 844)
+        time.sleep(1.5)
+        widths = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth, "
+                                       "Math.max(...[...document.querySelectorAll('section')].map((s) => s.getBoundingClientRect().right))];")
+        out["narrow"] = {"scroll_width": widths[0], "inner_width": widths[1], "sections_right": round(widths[2], 1)}
+        driver.save_screenshot(a.screenshot.replace(".png", "-narrow.png"))
+        if widths[0] > widths[1] + 1 or widths[2] > widths[1] + 1:
+            fail(f"on a 390 px wide screen the page scrolls sideways: {out['narrow']}")
         driver.set_window_size(1280, 800)
 
         if a.kill:

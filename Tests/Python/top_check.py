@@ -1,8 +1,11 @@
 """`conclave top` in a real terminal: a private tmux server (-L) runs it, `capture-pane` reads the screen until
 the three workers show ready with the heat map, `send-keys q` quits, and the exit status must be 0.
 Prints one JSON line: {"screen": …, "exit": …}; exits 1 with the reason on stderr when a bound passes.
-Usage: top_check.py CONCLAVE COORDINATOR WORKDIR
+With SCREENSHOT, the captured screen (plain text: top draws no colours) is also drawn as a terminal in headless
+Chromium and saved there as a PNG, for people to look at.
+Usage: top_check.py CONCLAVE COORDINATOR WORKDIR [SCREENSHOT]
 """
+import html
 import json
 import os
 import subprocess
@@ -10,8 +13,29 @@ import sys
 import time
 
 
+def picture(screen, path):
+    """The screen as a dark terminal, 8.4 px a column, in a PNG."""
+    from selenium.webdriver.common.by import By
+
+    from browser import chromium
+
+    lines = screen.rstrip("\n").splitlines()
+    page = os.path.join(os.path.dirname(path) or ".", "top-screen.html")
+    with open(page, "w") as f:
+        f.write("<!doctype html><meta charset=utf-8><body style='margin:0;background:#1e1e1e'>"
+                "<pre id=t style='display:inline-block;margin:0;padding:10px 14px;font:14px/1.25 monospace;color:#e6e6e6;"
+                "background:#1e1e1e'>" + html.escape("\n".join(l.rstrip() for l in lines)) + "</pre>")
+    driver = chromium(1400, 900)
+    try:
+        driver.get("file://" + os.path.abspath(page))
+        driver.find_element(By.ID, "t").screenshot(path)
+    finally:
+        driver.quit()
+
+
 def main():
     conclave, coordinator, workdir = sys.argv[1:4]
+    shot = sys.argv[4] if len(sys.argv) > 4 else None
     sock = f"conclave-top-{os.getpid()}"
     exit_file = os.path.join(workdir, "top.exit")
 
@@ -38,6 +62,8 @@ def main():
             if os.path.exists(exit_file):
                 status = open(exit_file).read().strip()
             time.sleep(0.1)
+        if shot:
+            picture(screen, shot)
         print(json.dumps({"screen": screen, "exit": status}))
     finally:
         tmux("kill-server")
