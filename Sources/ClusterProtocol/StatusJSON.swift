@@ -79,7 +79,7 @@ public extension Conclave_V1_WorkerStatus {
             ("name", .string(name)), ("endpoint", .string(endpoint)), ("state", .string(state)),
             ("layers", .array(endLayer > firstLayer ? [.int(Int(firstLayer)), .int(Int(endLayer))] : [])),
             ("experts", .int(Int(experts))), ("memory_budget", .uint(memoryBudget)),
-            ("resident_bytes", .uint(residentBytes)), ("heartbeat_age_s", .double(heartbeatAgeS)),
+            ("planned_bytes", .uint(plannedBytes)), ("resident_bytes", .uint(residentBytes)), ("heartbeat_age_s", .double(heartbeatAgeS)),
             ("read_gbps", .double((readBytesPerSecond / 1e6).rounded() / 1000)), ("round_trip_ms", .double((roundTripS * 1e6).rounded() / 1000)),
         ]
         var offload: [(String, JSONValue)] = []

@@ -144,6 +144,7 @@ final class Assignment: @unchecked Sendable {
             link.info.withLock {
                 $0.layers = Int(a.firstLayer)..<Int(a.endLayer)
                 $0.experts = (a.experts + a.paged).reduce(0) { $0 + $1.experts.count }
+                $0.plannedBytes = i < plan.bytes.count ? plan.bytes[i] : 0
                 $0.state = .loading
             }
             let waiter = membership.replies.waiter()
@@ -156,7 +157,7 @@ final class Assignment: @unchecked Sendable {
         }
         // Workers the plan leaves out hold nothing of it.
         for link in membership.links where !plan.workers.contains(where: { $0.name == link.worker.name }) {
-            link.info.withLock { $0.layers = 0..<0; $0.experts = 0 }
+            link.info.withLock { $0.layers = 0..<0; $0.experts = 0; $0.plannedBytes = 0 }
         }
         var outcome = Outcome()
         var rooms: [KVRoom] = []

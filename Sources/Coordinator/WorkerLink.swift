@@ -26,6 +26,8 @@ public final class WorkerLink: @unchecked Sendable {
         var layers: Range<Int> = 0..<0
         var experts = 0
         var residentBytes: UInt64 = 0
+        /// What the plan in force expects it to hold (weights, KV, scratch).
+        var plannedBytes = 0
         var failed: String?
     }
     let info = Mutex(Info())
@@ -80,6 +82,7 @@ public final class WorkerLink: @unchecked Sendable {
             w.metrics = i.metrics.map(Conclave_V1_MetricSample.init)
             w.readBytesPerSecond = i.hello?.readBytesPerSecond ?? 0
             w.roundTripS = i.roundTrip ?? 0
+            w.plannedBytes = UInt64(max(0, i.plannedBytes))
             return w
         }
     }

@@ -26,11 +26,13 @@ h2 { font-size:15px; margin:0 0 8px; }
 .tile { min-width:120px; padding:6px 10px; border:1px solid var(--line); border-radius:4px; }
 .tile b { display:block; font-size:20px; font-variant-numeric: tabular-nums; }
 table { border-collapse:collapse; width:100%; font-variant-numeric: tabular-nums; }
-th, td { text-align:left; padding:3px 8px; border-bottom:1px solid var(--line); white-space:nowrap; }
+th, td { text-align:left; padding:3px 6px; border-bottom:1px solid var(--line); white-space:nowrap; }
 th { font-weight:600; color:var(--dim); }
 .state-ready { color:var(--ok); } .state-suspect, .state-loading, .state-joining { color:var(--warn); } .state-down { color:var(--bad); font-weight:700; }
 .state::before { content:"● "; }
 #events li { margin:2px 0; }
+#workers { font-size:13px; }
+#workers th { white-space:normal; vertical-align:bottom; }
 #heat svg { display:block; }
 #heat rect { stroke:#fff; stroke-width:1; }
 details summary { cursor:pointer; color:var(--dim); margin-top:6px; }
@@ -62,9 +64,11 @@ details summary { cursor:pointer; color:var(--dim); margin-top:6px; }
   <section class="wide" aria-labelledby="h-workers">
     <h2 id="h-workers">Workers</h2>
     <table id="workers"><thead><tr>
-      <th>worker</th><th>state</th><th>layers</th><th>experts</th><th>budget</th><th>resident</th><th>RSS</th>
-      <th>offload hits</th><th>read GB/s</th><th>expert calls</th><th title="over the last 10 s: time a served call took on this worker / time this worker's stage waited per layer for other workers' experts">expert ms served / waited</th><th>step p50 / p99 ms</th><th>round trip ms</th>
-      <th>heartbeat age s</th><th>prefix cache</th></tr></thead><tbody></tbody></table>
+      <th>worker</th><th>state</th><th>layers</th><th>experts</th>
+      <th title="bytes it holds / bytes the plan gives it / its --memory">resident / planned / budget</th><th>RSS</th>
+      <th>offload hits</th><th>read GB/s</th><th>expert calls</th>
+      <th title="over the last 10 s: time a served call took on this worker / time this worker's stage waited per layer for other workers' experts">call ms served / waited</th>
+      <th>step p50 / p99 ms</th><th>round trip ms</th><th>heartbeat s</th><th title="ended sequences kept for reuse / their positions">prefix kept</th></tr></thead><tbody></tbody></table>
   </section>
   <section aria-labelledby="h-events">
     <h2 id="h-events">Events</h2>
@@ -151,13 +155,13 @@ function drawWorkers(cluster) {
     const experts = o.paged_experts ? `${w.experts} (${o.paged_experts} paged)` : `${w.experts}`;
     const layers = w.layers && w.layers.length === 2 ? `${w.layers[0]}..<${w.layers[1]}` : "—";
     return `<tr data-worker="${esc(w.name)}"><td>${esc(w.name)}</td><td class="state state-${esc(w.state)}">${esc(w.state)}</td>` +
-      `<td>${layers}</td><td>${experts}</td><td>${bytes(w.memory_budget)}</td><td>${bytes(w.resident_bytes)}</td><td>${bytes(w.rss_bytes)}</td>` +
+      `<td>${layers}</td><td>${experts}</td><td>${bytes(w.resident_bytes)} / ${bytes(w.planned_bytes)} / ${bytes(w.memory_budget)}</td><td>${bytes(w.rss_bytes)}</td>` +
       `<td>${o.slots ? (100 * o.hit_rate).toFixed(1) + "%" : "—"}</td><td>${o.slots ? o.read_gbps : w.read_gbps}</td><td>${w.expert_calls}</td>` +
       `<td class="expert-ms">${ms(per(w, "expert_serve_seconds", "expert_calls"))} / ${ms(per(w, "remote_wait_seconds", "remote_layers"))}</td>` +
       `<td>${w.p50_ms.toFixed(2)} / ${w.p99_ms.toFixed(2)}</td><td>${w.round_trip_ms}</td><td>${w.heartbeat_age_s.toFixed(1)}</td>` +
-      `<td>${w.prefix_entries} entries, ${w.prefix_tokens} tokens</td></tr>`;
+      `<td title="${w.prefix_entries} sequences, ${w.prefix_tokens} positions">${w.prefix_entries} / ${w.prefix_tokens}</td></tr>`;
   });
-  $("workers").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="15" class="dim">one process: no workers</td></tr>`;
+  $("workers").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="14" class="dim">one process: no workers</td></tr>`;
 }
 
 function drawPlacement(cluster, experts) {

@@ -76,11 +76,11 @@ enum TopScreen {
         let rows = s.workers.map { w -> [String] in
             let m = w.samples
             return [w.name, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
-                    "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(m.value(WorkerMetric.rss))),
+                    "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.plannedBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(m.value(WorkerMetric.rss))),
                     String(Int(m.value(WorkerMetric.tokens))), String(Int(m.value(WorkerMetric.expertCalls))),
                     fixed(m.value(WorkerMetric.stepP50) * 1000, 2), fixed(w.heartbeatAgeS, 1)]
         }
-        out += table(headers: ["worker", "state", "layers", "experts", "resident / budget", "RSS", "tokens", "expert calls", "step p50 ms", "heartbeat s"], rows: rows)
+        out += table(headers: ["worker", "state", "layers", "experts", "resident / planned / budget", "RSS", "tokens", "expert calls", "step p50 ms", "heartbeat s"], rows: rows)
         if let last = s.recoveries.last {
             out += ["", "last recovery: epoch \(last.epoch), \(last.recovered ? "recovered" : "failed") in \(fixed(last.seconds, 2)) s — \(last.cause)"]
         }

@@ -169,6 +169,9 @@ import TestSupport
         var pagers = 0
         for w in workers {
             #expect(w["memory_budget"] as? Int == Self.budget, "\(w)")
+            // The plan's bytes for the worker: something, within its budget (what the dashboard shows beside RSS).
+            let planned = w["planned_bytes"] as? Int ?? 0
+            #expect(planned > 0 && planned <= Self.budget, "\(w)")
             let o = try #require(w["offload"] as? [String: Any])
             guard (o["slots"] as? Int ?? 0) > 0 else { continue }
             pagers += 1

@@ -105,6 +105,11 @@ def main():
                 return cell if first.endswith(" ms") and float(first[:-3]) > 0 else None
             # The window of the per-call figures is ten seconds; the first needs two snapshots.
             _, out["expert_ms"] = wait(f"{a.serves_experts}'s time per served expert call", 60, served)
+        # At 1280×800 the workers table fits its box (no scrolling sideways to see a worker's figures).
+        fits = driver.execute_script("const s = document.getElementById('workers').parentElement; return [s.scrollWidth, s.clientWidth];")
+        out["workers_table"] = {"scroll_width": fits[0], "client_width": fits[1]}
+        if fits[0] > fits[1] + 1:
+            fail(f"at 1280×800 the workers table is wider than its box: {out['workers_table']}")
         driver.save_screenshot(a.screenshot)
         # The whole page at the same width, for the README (the window goes back to 1280×800 after).
         height = driver.execute_script("return document.documentElement.scrollHeight;")

@@ -931,6 +931,9 @@ public nonisolated struct Conclave_V1_WorkerStatus: Sendable {
 
   public var roundTripS: Double = 0
 
+  /// what the plan in force expects the worker to hold (0: nothing of it)
+  public var plannedBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2705,7 +2708,7 @@ nonisolated extension Conclave_V1_StatusQuery: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{4}\u{6}heartbeat_age_s\0\u{2}\u{5}metrics\0\u{3}read_bytes_per_second\0\u{3}round_trip_s\0\u{c}\u{9}\u{5}\u{c}\u{f}\u{4}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}endpoint\0\u{1}state\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}memory_budget\0\u{3}resident_bytes\0\u{4}\u{6}heartbeat_age_s\0\u{2}\u{5}metrics\0\u{3}read_bytes_per_second\0\u{3}round_trip_s\0\u{3}planned_bytes\0\u{c}\u{9}\u{5}\u{c}\u{f}\u{4}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2725,6 +2728,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
       case 19: try { try decoder.decodeRepeatedMessageField(value: &self.metrics) }()
       case 20: try { try decoder.decodeSingularDoubleField(value: &self.readBytesPerSecond) }()
       case 21: try { try decoder.decodeSingularDoubleField(value: &self.roundTripS) }()
+      case 22: try { try decoder.decodeSingularUInt64Field(value: &self.plannedBytes) }()
       default: break
       }
     }
@@ -2767,6 +2771,9 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
     if self.roundTripS.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.roundTripS, fieldNumber: 21)
     }
+    if self.plannedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.plannedBytes, fieldNumber: 22)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2783,6 +2790,7 @@ nonisolated extension Conclave_V1_WorkerStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.metrics != rhs.metrics {return false}
     if lhs.readBytesPerSecond != rhs.readBytesPerSecond {return false}
     if lhs.roundTripS != rhs.roundTripS {return false}
+    if lhs.plannedBytes != rhs.plannedBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
