@@ -18,6 +18,8 @@ final class Assignment: @unchecked Sendable {
         let dataSHA: [UInt8]
         let contextLength: Int
         let cacheTypes: CacheTypes
+        /// Fewer experts per token than the file's (every stage routes the same way).
+        let selection: ExpertSelection
         let workerThreads: Int
         /// Most rows in one step: each worker budgets scratch for it.
         let ubatch: Int
@@ -66,6 +68,8 @@ final class Assignment: @unchecked Sendable {
         a.contextLength = UInt32(model.contextLength)
         a.cacheTypeK = model.cacheTypes.key.name.lowercased()
         a.cacheTypeV = model.cacheTypes.value.name.lowercased()
+        a.expertsUsed = UInt32(model.selection.used ?? 0)
+        a.expertMinWeight = model.selection.minWeight
         a.modelBytes = UInt64(model.file.fileSize)
         a.threads = UInt32(model.workerThreads)
         a.ubatch = UInt32(clamping: model.ubatch)

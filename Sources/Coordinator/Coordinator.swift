@@ -49,6 +49,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         public var expertUse: [[Double]]?
         /// What every stage's KV caches store keys and values in (sent in each Assign; the plan counts it).
         public var cacheTypes = CacheTypes.f16
+        /// Fewer experts per token than the file routes to (sent in each Assign; off by default).
+        public var expertSelection = ExpertSelection.file
         /// Deadlines, heartbeat silence and the scheduler's timeouts are measured on it (a test's manual clock).
         public var clock: any Clock = MonotonicClock()
         /// Measure each worker's round trip after the join (five Hellos each) for the planner: a measurement of
@@ -87,7 +89,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     public init(modelPath: String, cluster: ClusterFile, options: Options, clients: Transport,
                 transports: TransportFactory, figures: MetricsRegistry = MetricsRegistry(), log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         file = try GGUFFile(path: modelPath)
-        config = try ModelConfig(file: file)
+        config = try ModelConfig(file: file).selecting(options.expertSelection)
         tokenizer = try Tokenizer(file: file)
         contextLength = min(options.contextLength ?? config.contextLength, config.contextLength)
         try options.cacheTypes.check(config)
@@ -104,7 +106,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         executor = ClusterExecutor(links: membership.links, replies: membership.replies, pipelineDepth: options.microBatches ?? initial.stages.count)
         assignment = Assignment(initial: initial,
                                 model: .init(file: file, config: config, sha: file.metadataSHA256, dataSHA: digest.bytes, contextLength: contextLength,
-                                             cacheTypes: options.cacheTypes, workerThreads: options.workerThreads, ubatch: options.maxBatch),
+                                             cacheTypes: options.cacheTypes, selection: options.expertSelection, workerThreads: options.workerThreads,
+                                             ubatch: options.maxBatch),
                                 footprint: footprint, membership: membership, executor: executor, log: log)
         recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, loadTimeout: options.loadTimeout, log: log)
         chunks = ModelChunkServer(file: file)

@@ -34,17 +34,18 @@ public final class Engine: @unchecked Sendable {
     private var nextSequence = 0
 
     /// `split` cuts the layers into stages (e.g. [2] makes 0..<2 and 2..<n); empty for one stage.
-    public convenience init(path: String, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16) throws {
-        try self.init(file: try GGUFFile(path: path), threads: threads, split: split, cacheTypes: cacheTypes)
+    public convenience init(path: String, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16, selection: ExpertSelection = .file) throws {
+        try self.init(file: try GGUFFile(path: path), threads: threads, split: split, cacheTypes: cacheTypes, selection: selection)
     }
 
     /// The same over a file already open (stages of several engines may share one mapping). `experts`, when
     /// given, makes the provider every stage computes its routed experts with (the offload cache under a
     /// memory budget); the stages then fault in none of the expert tensors themselves.
-    public init(file: GGUFFile, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16,
+    /// `selection`: fewer experts per token than the file routes to (`ExpertSelection`; off by default).
+    public init(file: GGUFFile, threads: Int, split: [Int] = [], cacheTypes: CacheTypes = .f16, selection: ExpertSelection = .file,
                 experts: ((ThreadPool) throws -> ExpertProvider)? = nil) throws {
         self.file = file
-        config = try ModelConfig(file: file)
+        config = try ModelConfig(file: file).selecting(selection)
         try cacheTypes.check(config)
         self.cacheTypes = cacheTypes
         tokenizer = try Tokenizer(file: file)

@@ -109,7 +109,8 @@ public struct ModelConfig: Sendable {
     public let headDim: Int
     public let valueDim: Int
     public let expertCount: Int
-    public let expertsUsed: Int
+    /// Experts each token is routed to: the file's `expert_used_count`, or fewer (`selecting`).
+    public private(set) var expertsUsed: Int
     public let expertFeedForward: Int
     /// Dense feed-forward width (dense layers, and llama without experts).
     public let feedForward: Int
@@ -127,7 +128,7 @@ public struct ModelConfig: Sendable {
     public let yarn: Ops.Yarn?
     /// How router logits become routes: the traits' rule, adjusted by the file's `expert_gating_func`,
     /// `expert_weights_norm`, `expert_weights_scale` and expert groups where it has them.
-    public let routing: RoutingRule
+    public private(set) var routing: RoutingRule
     /// Multi-head latent attention's sizes (deepseek2), nil for standard attention.
     public let latent: LatentAttentionShape?
     /// Layers before this one have a dense FFN (deepseek2's `leading_dense_block_count`).
@@ -302,5 +303,15 @@ public struct ModelConfig: Sendable {
         case .ifPresent: selectionBias = expertCount > 0 && layerCount > leadingDenseLayers
             && file.tensorInfo(named: TensorName.block(leadingDenseLayers, .expertProbBias, "bias").description) != nil
         }
+    }
+
+    /// This model routing as `selection` says (fewer experts per token, or skipping small weights); the file's
+    /// routing for `.file`.
+    public func selecting(_ selection: ExpertSelection) throws(ModelError) -> ModelConfig {
+        if let problem = selection.problem(fileUsed: expertsUsed, expertCount: expertCount) { throw ModelError(problem) }
+        var c = self
+        if let used = selection.used { c.expertsUsed = used }
+        c.routing.minWeight = selection.minWeight
+        return c
     }
 }

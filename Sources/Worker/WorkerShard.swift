@@ -38,7 +38,13 @@ final class WorkerShard: @unchecked Sendable {
     /// (the offload cache warm), and only the routing to other workers and the sequences are made anew.
     init(file: GGUFFile, assign: Conclave_V1_Assign, threads: Int, memory: Int, previous: WorkerShard? = nil,
          clock: any Clock = MonotonicClock(), connect: @escaping @Sendable (String) throws -> Transport) throws {
-        let config = try ModelConfig(file: file)
+        let fileConfig = try ModelConfig(file: file)
+        // The coordinator's expert selection (checked: a count past the file's or a weight outside 0..<1 is refused).
+        let selection = ExpertSelection(used: assign.expertsUsed > 0 ? Int(assign.expertsUsed) : nil, minWeight: assign.expertMinWeight)
+        if let problem = selection.problem(fileUsed: fileConfig.expertsUsed, expertCount: fileConfig.expertCount) {
+            throw WireError(.malformed, "Assign's expert selection: \(problem)")
+        }
+        let config = try fileConfig.selecting(selection)
         // Every field checked before it sizes or indexes anything (found by the wire fuzzer: first > end trapped).
         guard assign.firstLayer <= assign.endLayer, Int(assign.endLayer) <= config.layerCount, assign.slots <= 1 << 20 else {
             throw WireError(.malformed, "Assign names layers \(assign.firstLayer)..<\(assign.endLayer) of a \(config.layerCount)-layer model and \(assign.slots) slots")
@@ -68,7 +74,7 @@ final class WorkerShard: @unchecked Sendable {
             throw WireError(.overBudget, "\(error.description) (this worker's --memory)")
         }
         room = budget.room(within: memory)
-        let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads)
+        let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads, selection: selection)
         self.holding = holding
         let kept = previous.flatMap { $0.holding == holding ? $0 : nil }
         keptWeights = kept != nil
@@ -145,6 +151,8 @@ final class WorkerShard: @unchecked Sendable {
         let layers: Range<Int>
         let held, paged: ExpertSet
         let slots, threads: Int
+        /// The stage routes by it: another selection makes a new stage.
+        let selection: ExpertSelection
     }
     let holding: Holding
     /// Made from a previous shard's weights (nothing loaded).

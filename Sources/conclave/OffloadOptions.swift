@@ -24,23 +24,24 @@ struct OffloadOptions: ParsableArguments {
 
     /// The engine under the budget (all experts resident when they fit), and the cache when one is used.
     func load(_ model: ModelOptions, context: Int?) throws -> (Engine, BudgetedExperts?) {
-        try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes)
+        try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes, selection: model.experts.selection)
     }
 
     /// The same for `sequences` sequences generating at once, each with KV for `context` positions, in
     /// micro-batches of up to `ubatch` rows (the scratch the budget sets aside).
     /// `prefixCache`: bytes of the budget given to kept prefixes before the experts (nil: only what they leave).
-    func load(path: String, threads: Int, context: Int?, sequences: Int, prefixCache: Int? = nil, cacheTypes: CacheTypes, ubatch: Int = 512) throws -> (Engine, BudgetedExperts?) {
+    func load(path: String, threads: Int, context: Int?, sequences: Int, prefixCache: Int? = nil, cacheTypes: CacheTypes, ubatch: Int = 512,
+              selection: ExpertSelection = .file) throws -> (Engine, BudgetedExperts?) {
         do {
             let file = try GGUFFile(path: path)
-            let config = try ModelConfig(file: file)
+            let config = try ModelConfig(file: file).selecting(selection)
             try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences, types: cacheTypes)
-            guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
+            guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection), nil) }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
                                         sequences: sequences, ubatch: ubatch, budget: budget, cacheTypes: cacheTypes, prefixCache: prefixCache)
-            if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes), nil) }
+            if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection), nil) }
             var cache: BudgetedExperts?
-            let engine = try Engine(file: file, threads: threads, cacheTypes: cacheTypes) { pool in
+            let engine = try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection) { pool in
                 let c = try BudgetedExperts(file: file, config: config, paged: .every(layers: 0..<config.layerCount, expertCount: config.expertCount),
                                             slots: plan.slots, policy: EvictionPolicies.make(policy)!, pool: pool)
                 cache = c

@@ -17,6 +17,8 @@ struct ModelOptions: ParsableArguments {
 
     @OptionGroup var kvCache: CacheTypeOptions
 
+    @OptionGroup var experts: ExpertSelectionOptions
+
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
     }
@@ -25,11 +27,28 @@ struct ModelOptions: ParsableArguments {
 
     func load(split: [Int] = []) throws -> Engine {
         do {
-            return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes)
+            return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes, selection: experts.selection)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
         }
+    }
+}
+
+/// `--experts-used` / `--expert-min-weight`: fewer routed experts per token than the file asks for (off by default).
+struct ExpertSelectionOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Route each token to N experts instead of the model's expert_used_count (at most that): fewer bytes read per token, some quality lost (bench decode and perplexity measure both). Off by default.", valueName: "N"))
+    var expertsUsed: Int?
+
+    @Option(help: ArgumentHelp("Skip a token's chosen experts whose share of its expert weights is below W (0–1; the best one always stays, the rest are scaled back to the same sum). 0: off.", valueName: "W"))
+    var expertMinWeight: Float = 0
+
+    var selection: ExpertSelection { ExpertSelection(used: expertsUsed, minWeight: expertMinWeight) }
+
+    func validate() throws {
+        // The model's own limits are checked when it loads; here only what no model accepts.
+        if let n = expertsUsed, n < 1 { throw ValidationError("--experts-used \(n) must be at least 1") }
+        if !(expertMinWeight >= 0 && expertMinWeight < 1) { throw ValidationError("--expert-min-weight \(expertMinWeight) must be at least 0 and below 1") }
     }
 }
 

@@ -47,6 +47,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "With --local: the coordinator's port; workers take the ports after it.") var port: Int = 7000
     @Option(help: "Context length per sequence (default: the model's).") var ctx: Int?
     @OptionGroup var kvCache: CacheTypeOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(help: "Threads per worker (assigned to workers; default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Seconds to wait for the cluster's workers to answer.") var joinTimeout: Double = 30
     @Flag(help: "A standby coordinator: while another coordinator holds the workers, wait; take them over when it goes (workers notice a dead coordinator within 5 s).")
@@ -212,7 +213,7 @@ struct ServeCommand: AsyncParsableCommand {
         let model: ServedModel
         do {
             (engine, cache) = try offload.load(path: self.model, threads: threads, context: ctx, sequences: parallel, prefixCache: try prefixCacheAsked(),
-                                              cacheTypes: try kvCache.types, ubatch: ubatch)
+                                              cacheTypes: try kvCache.types, ubatch: ubatch, selection: experts.selection)
             let context = min(ctx ?? engine.config.contextLength, engine.config.contextLength)
             model = try servedModel(file: engine.file, tokenizer: engine.tokenizer, context: context)
         } catch let e as ExitCode {
@@ -343,6 +344,7 @@ struct ServeCommand: AsyncParsableCommand {
             options.microBatches = microBatches
             options.maxBatch = ubatch
             options.cacheTypes = try kvCache.types
+            options.expertSelection = experts.selection
             if let trace {
                 let config = try ModelConfig(file: GGUFFile(path: model))
                 options.expertUse = try RoutingTraceFile.expertUse(trace, config: config)

@@ -118,8 +118,13 @@ import Worker
         let (c, endpoint) = try Self.startCluster(serve: types)
         defer { c.stop() }
         // Sampled (seeded): greedy text on this small model is the same with either cache.
-        let args = ["-p", "Once upon a time", "-n", "48", "--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]
-        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + types + args)
+        try Self.expectClusterMatchesRun(c, endpoint, options: types, ["-p", "Once upon a time", "-n", "48", "--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"],
+                                         unchanged: "the quantized cache changed nothing: is it used?")
+    }
+
+    /// A cluster served with `options` generates what `run` with them prints, which differs from `run` without.
+    static func expectClusterMatchesRun(_ c: ProcessCluster, _ endpoint: String, options: [String], _ args: [String], unchanged: String) throws {
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + options + args)
         #expect(rc1 == 0, "run failed: \(err1)")
         let (rc0, plain, _) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
         #expect(rc0 == 0)
@@ -127,7 +132,21 @@ import Worker
         #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
         #expect(!single.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
         #expect(distributed == single)
-        #expect(plain != single, "the quantized cache changed nothing: is it used?")
+        #expect(plain != single, "\(unchanged)")
+    }
+
+    /// Fewer experts per token (`serve --experts-used`, `--expert-min-weight`, sent in each Assign): every stage
+    /// routes as one process does with the same options, experts on another worker included.
+    @Test func fewerExpertsClusterMatchesOneProcess() async throws { try await onThread { [self] in try self.fewerExpertsBlocking() } }
+    func fewerExpertsBlocking() throws {
+        let selection = ["--expert-min-weight", "0.45"]
+        let (c, endpoint) = try Self.startCluster(serve: selection)
+        defer { c.stop() }
+        try Self.expectClusterMatchesRun(c, endpoint, options: selection, ["-p", "Once upon a time", "-n", "48", "--temp", "0", "--repeat-penalty", "1.3"],
+                                         unchanged: "skipping experts changed nothing: is the selection used?")
+        // A count past the model's is refused before anything starts.
+        let (rc3, _, err3) = try c.run(["run", "-m", Self.model, "--threads", "1", "--experts-used", "3", "-p", "x", "-n", "1"])
+        #expect(rc3 != 0 && err3.contains("--experts-used 3 must be between 1 and the 2"), "\(err3)")
     }
 
     /// Speculative decoding across the cluster (`serve --draft`, the model drafting for itself on the

@@ -55,6 +55,9 @@ struct WorkerBudgetTests {
             ("end past the model", { $0.endLayer = 99 }),
             ("a huge slot count", { $0.slots = UInt32.max }),
             ("an unknown cache type", { $0.cacheTypeK = "q5_1" }),
+            ("more experts per token than the model routes", { $0.expertsUsed = 9 }),
+            ("an expert weight share of 1 or more", { $0.expertMinWeight = 1.5 }),
+            ("a NaN expert weight share", { $0.expertMinWeight = .nan }),
         ]
         edits.append(("an expert past the layer's", { a in a.experts[0].experts.append(999) }))
         edits.append(("a layer past the model", { a in a.paged = [a.experts[0]]; a.paged[0].layer = 77 }))

@@ -69,6 +69,8 @@ public struct RoutingRule: Sendable, Equatable {
     /// Experts fall into this many equal groups; only the best `groupsUsed` groups may be chosen (0: no groups).
     public var groupCount = 0
     public var groupsUsed = 0
+    /// Skip a chosen expert under this share of the chosen weights (`ExpertSelection.minWeight`; 0: none).
+    public var minWeight: Float = 0
 
     public init(probabilities: Probabilities, normalize: Bool, scale: Float = 1, groupCount: Int = 0, groupsUsed: Int = 0) {
         self.probabilities = probabilities
@@ -117,6 +119,7 @@ public enum Gating {
             w = w.map { $0 / sum }
         }
         if rule.scale != 1 { w = w.map { $0 * rule.scale } }
-        return Route(experts: top, weights: w)
+        let route = Route(experts: top, weights: w)
+        return rule.minWeight > 0 ? ExpertSelection(minWeight: rule.minWeight).thin(route) : route
     }
 }

@@ -465,6 +465,18 @@ public nonisolated struct Conclave_V1_Assign: @unchecked Sendable {
     set {_uniqueStorage()._modelDataSha256 = newValue}
   }
 
+  /// Fewer routed experts per token than the file's expert_used_count (serve --experts-used; 0: the file's), and
+  /// chosen experts under this share of a token's weights skipped (--expert-min-weight; 0: none).
+  public var expertsUsed: UInt32 {
+    get {_storage._expertsUsed}
+    set {_uniqueStorage()._expertsUsed = newValue}
+  }
+
+  public var expertMinWeight: Float {
+    get {_storage._expertMinWeight}
+    set {_uniqueStorage()._expertMinWeight = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1603,7 +1615,7 @@ nonisolated extension Conclave_V1_ExpertSet: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assign"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0\u{1}ubatch\0\u{3}model_data_sha256\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}model_metadata_sha256\0\u{3}first_layer\0\u{3}end_layer\0\u{1}experts\0\u{3}context_length\0\u{3}next_stage_endpoint\0\u{1}remote\0\u{3}model_bytes\0\u{1}threads\0\u{1}paged\0\u{1}slots\0\u{1}peers\0\u{3}previous_stage\0\u{3}cache_type_k\0\u{3}cache_type_v\0\u{1}ubatch\0\u{3}model_data_sha256\0\u{3}experts_used\0\u{3}expert_min_weight\0")
 
   fileprivate class _StorageClass {
     var _modelMetadataSha256: Data = Data()
@@ -1623,6 +1635,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
     var _cacheTypeV: String = String()
     var _ubatch: UInt32 = 0
     var _modelDataSha256: Data = Data()
+    var _expertsUsed: UInt32 = 0
+    var _expertMinWeight: Float = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1650,6 +1664,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       _cacheTypeV = source._cacheTypeV
       _ubatch = source._ubatch
       _modelDataSha256 = source._modelDataSha256
+      _expertsUsed = source._expertsUsed
+      _expertMinWeight = source._expertMinWeight
     }
   }
 
@@ -1685,6 +1701,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._cacheTypeV) }()
         case 16: try { try decoder.decodeSingularUInt32Field(value: &_storage._ubatch) }()
         case 17: try { try decoder.decodeSingularBytesField(value: &_storage._modelDataSha256) }()
+        case 18: try { try decoder.decodeSingularUInt32Field(value: &_storage._expertsUsed) }()
+        case 19: try { try decoder.decodeSingularFloatField(value: &_storage._expertMinWeight) }()
         default: break
         }
       }
@@ -1744,6 +1762,12 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
       if !_storage._modelDataSha256.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._modelDataSha256, fieldNumber: 17)
       }
+      if _storage._expertsUsed != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._expertsUsed, fieldNumber: 18)
+      }
+      if _storage._expertMinWeight.bitPattern != 0 {
+        try visitor.visitSingularFloatField(value: _storage._expertMinWeight, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1770,6 +1794,8 @@ nonisolated extension Conclave_V1_Assign: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._cacheTypeV != rhs_storage._cacheTypeV {return false}
         if _storage._ubatch != rhs_storage._ubatch {return false}
         if _storage._modelDataSha256 != rhs_storage._modelDataSha256 {return false}
+        if _storage._expertsUsed != rhs_storage._expertsUsed {return false}
+        if _storage._expertMinWeight != rhs_storage._expertMinWeight {return false}
         return true
       }
       if !storagesAreEqual {return false}
