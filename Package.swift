@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ClusterProtocol", "Worker", "Wire", "Runtime", "Generation", "Model",
                                                          "Placement", "Telemetry", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
-        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "ClusterProtocol", "Worker", "Model"]),
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "ClusterProtocol", "Worker", "Model", "GGUF"]),
         .testTarget(name: "PlacementTests", dependencies: ["Runtime", "Placement", "CurveKeys", "Model", "GGUF", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["Runtime", "Model", "GGUF", "Kernels", "Tokenizer", "TestSupport"]),
     ],

@@ -84,4 +84,23 @@ public struct ModelFootprint: Sendable, Equatable {
     public var totalBytes: Int {
         layerBytes.reduce(0, +) + expertBytes.reduce(0, +) * expertCount + embeddingBytes + headBytes
     }
+
+    /// Bytes of weights one decoded token reads: every layer's attention, norms and router, its chosen experts
+    /// (`config.expertsUsed` per MoE layer, each read once), the head, and one row of the embedding (a tied head
+    /// reads the whole table as the head). The KV a token reads comes on top (`KVRoom.bytesPerPosition` a position).
+    public static func decodeWeightBytes(file: GGUFFile, config: ModelConfig) -> Int {
+        let layout = WeightLayout(file: file, config: config)
+        var bytes = 0
+        for info in file.tensorInfos {
+            switch layout.holder(of: info.name) {
+            case .layer, .head: bytes += info.byteCount
+            case .embedding: bytes += layout.tiedHead ? info.byteCount : info.byteCount / max(1, config.vocabSize)
+            case .experts, nil: break
+            }
+        }
+        if config.expertCount > 0 {
+            bytes += (0..<config.layerCount).reduce(0) { $0 + layout.bytesPerExpert(layer: $1) * config.expertsUsed }
+        }
+        return bytes
+    }
 }

@@ -32,6 +32,7 @@ struct BenchCluster: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(help: "Cluster file with 127.0.0.1 endpoints.") var cluster: String = "cluster/local.yaml"
     @Option(help: "Generated tokens.") var gen = 64
     @Option(help: "Then this many sequences at once (different prompts), for the aggregate throughput of the pipeline; 1: skip.")
@@ -78,7 +79,7 @@ struct BenchCluster: ParsableCommand {
         params.repeatPenalty = 1.3
 
         // 1. One process.
-        let engine = try model.load()
+        let engine = try model.load(selection: experts.selection)
         let ids = engine.tokenizer.encode(prompt)
         _ = try engine.generate(prompt: ids, maxTokens: 4, params: params, in: engine.newSequence(capacity: 512)) { _, _ in true }
         var singleText: [UInt8] = []
@@ -146,7 +147,7 @@ struct BenchCluster: ParsableCommand {
         defer { LocalCluster.stop(children) }
         let coordinator = Process()
         coordinator.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        coordinator.arguments = ["serve", "-m", model.model, "--cluster", clusterPath, "--threads", String(model.threads)]
+        coordinator.arguments = ["serve", "-m", model.model, "--cluster", clusterPath, "--threads", String(model.threads)] + model.serveArguments + experts.serveArguments
             + (microBatches.map { ["--micro-batches", String($0)] } ?? []) + (keyDir.map { ["--key-dir", $0] } ?? [])
             + (trace.map { ["--trace", $0] } ?? [])
         let errors = Pipe()

@@ -3,6 +3,7 @@ import JSON
 import Foundation
 import Kernels
 import Model
+import Placement
 
 struct BenchDecode: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,6 +14,12 @@ struct BenchDecode: ParsableCommand {
         (decode tok/s), with fixed token values so sampling stays out of the figure. Peak RSS is reported against
         the model's mapped size plus its KV cache.
 
+        Decode on a CPU is bound by the bytes it reads: the bench counts what one decoded token reads from the
+        file's tensor sizes (every layer's attention, norms and router, the chosen experts of each MoE layer, the
+        head, an embedding row, and the KV cache at the run's average position), measures this machine's read
+        bandwidth with the same threads, and reports the limit that gives (bandwidth ÷ bytes) and the fraction of
+        it reached.
+
         With --schema FILE (a JSON Schema), decoding is measured with sampling instead (llama.cpp's default
         chain, seed 42), once free and once constrained to the schema, and the ratio reported with what the
         grammar costs: compiling the schema, the vocabulary's trie (once per process), masks computed and reused.
@@ -20,13 +27,14 @@ struct BenchDecode: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(help: "Prompt tokens.") var prompt = 128
     @Option(help: "Generated tokens.") var gen = 32
     @Option(help: "A JSON Schema file: compare decoding constrained to it with free decoding.") var schema: String?
     @Flag(help: "Print {\"prefill_tok_s\": …, \"decode_tok_s\": …, \"threads\": …}.") var json = false
 
     func run() throws {
-        let engine = try model.load()
+        let engine = try model.load(selection: experts.selection)
         let vocab = engine.config.vocabSize
         let toks = [engine.tokenizer.bos ?? 1] + (0..<(prompt - 1)).map { Int32(($0 * 7919) % (vocab - 10) + 5) }
         if let schema {
@@ -53,14 +61,23 @@ struct BenchDecode: ParsableCommand {
             let tg = Double(gen) / (KernelBench.now() - t)
             let rss = peakRSS()
             let kv = seq.caches.reduce(0) { $0 + $1.bytes }
+            // The physical limit: bytes a decoded token reads, against the read bandwidth with the same threads.
+            let kvRead = KVRoom.bytesPerPosition(layers: engine.config.layerCount, config: engine.config, types: engine.cacheTypes) * (prompt + gen / 2)
+            let perToken = ModelFootprint.decodeWeightBytes(file: engine.file, config: engine.config) + kvRead
+            let bandwidth = KernelBench.bandwidth(pool: engine.pool).gbps * 1e9
+            let limit = Double(perToken) / bandwidth
+            let fraction = tg * limit
             if json {
                 print(JSON.object([("prefill_tok_s", .double((pp * 1000).rounded() / 1000)), ("decode_tok_s", .double((tg * 1000).rounded() / 1000)),
                                    ("threads", .int(model.threads)), ("peak_rss_bytes", .int(rss)), ("model_bytes", .int(engine.file.fileSize)),
                                    ("kv_bytes", .int(kv)), ("kv_bytes_per_token", .int(kv / ctx)),
                                    ("cache_type_k", .string(engine.cacheTypes.key.name.lowercased())),
-                                   ("cache_type_v", .string(engine.cacheTypes.value.name.lowercased()))]).render())
+                                   ("cache_type_v", .string(engine.cacheTypes.value.name.lowercased())),
+                                   ("decode_bytes_per_token", .int(perToken)), ("read_gbps", .double((bandwidth / 1e6).rounded() / 1000)),
+                                   ("decode_limit_tok_s", .double((1 / limit * 10).rounded() / 10)), ("decode_fraction_of_limit", .double((fraction * 1000).rounded() / 1000))]).render())
             } else {
                 print("prefill \(fixed(pp, 1)) tok/s (\(prompt) tokens), decode \(fixed(tg, 1)) tok/s (\(gen) tokens), \(model.threads) threads")
+                print("decode reads \(formatBytes(perToken)) a token; this machine reads \(fixed(bandwidth / 1e9, 1)) GB/s on \(model.threads) threads: limit \(fixed(1 / limit, 1)) tok/s, reached \(fixed(fraction * 100, 1))%")
                 print("peak RSS \(formatBytes(rss)); model \(formatBytes(engine.file.fileSize)) mapped + KV \(formatBytes(kv)) (\(kv / ctx) bytes per position, \(engine.cacheTypes))")
             }
         } catch {

@@ -40,6 +40,7 @@ struct BenchServe: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(help: "Serve from this cluster file instead of one process.") var cluster: String?
     @Option(help: "Serve from N local workers instead of one process.") var local: Int?
     @Option(help: "Concurrent streams per round, comma-separated.") var concurrency = "1,4,8"
@@ -197,6 +198,7 @@ struct BenchServe: ParsableCommand {
     /// for). Each server gets fresh ports (its own workers' too: the previous server's may not be free yet).
     func serveArguments(port: Int, context: Int, slots: Int) -> [String] {
         var args = ["serve", "-m", model.model, "--http", "127.0.0.1:\(port)", "--threads", String(model.threads), "--ctx", String(context), "--parallel", String(slots)]
+            + model.serveArguments + experts.serveArguments
         if let cluster { args += ["--cluster", cluster] }
         if let local { args += ["--local", String(local), "--port", String(Self.freePort())] }
         return args

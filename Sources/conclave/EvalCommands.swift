@@ -51,12 +51,13 @@ struct LogitsCommand: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(name: .short, help: "Text file.") var file: String
     @Option(name: .short, help: "Positions to run.") var n: Int = 256
     @Option(help: "Logits to print per position.") var top: Int = 10
 
     func run() throws {
-        let engine = try model.load()
+        let engine = try model.load(selection: experts.selection)
         let ids = Array(engine.tokenizer.encode(bytes: try readInput(prompt: nil, file: file)).prefix(n))
         let seq = engine.newSequence(capacity: max(ids.count, 1))
         let v = engine.config.vocabSize
@@ -83,12 +84,13 @@ struct PerplexityCommand: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(name: .short, help: "Text file.") var file: String
     @Option(help: "Tokens per chunk.") var ctx: Int = 512
     @Flag(help: "Print {\"ppl\": …, \"chunks\": …}.") var json = false
 
     func run() throws {
-        let engine = try model.load()
+        let engine = try model.load(selection: experts.selection)
         let ids = engine.tokenizer.encode(bytes: try readInput(prompt: nil, file: file))
         let start = MonotonicClock.seconds()
         do {

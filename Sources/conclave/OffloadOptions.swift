@@ -23,8 +23,8 @@ struct OffloadOptions: ParsableArguments {
     var budget: Int? { memory.flatMap(ClusterFile.parseBytes) }
 
     /// The engine under the budget (all experts resident when they fit), and the cache when one is used.
-    func load(_ model: ModelOptions, context: Int?) throws -> (Engine, BudgetedExperts?) {
-        try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes, selection: model.experts.selection)
+    func load(_ model: ModelOptions, context: Int?, selection: ExpertSelection = .file) throws -> (Engine, BudgetedExperts?) {
+        try load(path: model.model, threads: model.threads, context: context, sequences: 1, cacheTypes: try model.cacheTypes, selection: selection)
     }
 
     /// The same for `sequences` sequences generating at once, each with KV for `context` positions, in

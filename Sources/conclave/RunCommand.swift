@@ -17,17 +17,18 @@ struct ModelOptions: ParsableArguments {
 
     @OptionGroup var kvCache: CacheTypeOptions
 
-    @OptionGroup var experts: ExpertSelectionOptions
-
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
     }
 
     var cacheTypes: CacheTypes { get throws { try kvCache.types } }
 
-    func load(split: [Int] = []) throws -> Engine {
+    /// The options a command passes to the `conclave serve` it starts, so the server runs as this command asked.
+    var serveArguments: [String] { ["--cache-type-k", kvCache.key, "--cache-type-v", kvCache.value] }
+
+    func load(split: [Int] = [], selection: ExpertSelection = .file) throws -> Engine {
         do {
-            return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes, selection: experts.selection)
+            return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes, selection: selection)
         } catch {
             printError("error: \(error)")
             throw ExitCode(1)
@@ -44,6 +45,9 @@ struct ExpertSelectionOptions: ParsableArguments {
     var expertMinWeight: Float = 0
 
     var selection: ExpertSelection { ExpertSelection(used: expertsUsed, minWeight: expertMinWeight) }
+
+    /// The same options for a `conclave serve` a command starts.
+    var serveArguments: [String] { (expertsUsed.map { ["--experts-used", String($0)] } ?? []) + (expertMinWeight > 0 ? ["--expert-min-weight", String(expertMinWeight)] : []) }
 
     func validate() throws {
         // The model's own limits are checked when it loads; here only what no model accepts.
@@ -179,6 +183,7 @@ struct RunCommand: ParsableCommand {
     )
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var experts: ExpertSelectionOptions
     @Option(name: [.short, .long], help: "Prompt text.") var prompt: String = "The"
     @Option(name: .short, help: "Tokens to generate.") var n: Int = 64
     @Option(help: "Context length (default: the model's).") var ctx: Int?
@@ -189,7 +194,7 @@ struct RunCommand: ParsableCommand {
     @OptionGroup var draft: DraftModelOptions
 
     func run() throws {
-        let (engine, cache) = try offload.load(model, context: ctx)
+        let (engine, cache) = try offload.load(model, context: ctx, selection: experts.selection)
         let ids = engine.tokenizer.encode(prompt)
         let seq = engine.newSequence(capacity: ctx)
         var text = TextStream()
