@@ -36,7 +36,11 @@ struct OffloadOptions: ParsableArguments {
             let file = try GGUFFile(path: path)
             let config = try ModelConfig(file: file).selecting(selection)
             try KVCache.checkFits(config: config, capacity: context ?? config.contextLength, sequences: sequences, types: cacheTypes)
-            guard let budget else { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection), nil) }
+            guard let budget else {
+                // No budget: freed scratch may stay with the process (faster prompts; see ScratchMemory).
+                ScratchMemory.keepFreedScratch()
+                return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection), nil)
+            }
             let plan = try MemoryBudget(file: file, config: config, layers: 0..<config.layerCount, context: min(context ?? config.contextLength, config.contextLength),
                                         sequences: sequences, ubatch: ubatch, budget: budget, cacheTypes: cacheTypes, prefixCache: prefixCache)
             if plan.allResident { return (try Engine(file: file, threads: threads, cacheTypes: cacheTypes, selection: selection), nil) }

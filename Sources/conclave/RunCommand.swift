@@ -27,6 +27,8 @@ struct ModelOptions: ParsableArguments {
     var serveArguments: [String] { ["--cache-type-k", kvCache.key, "--cache-type-v", kvCache.value] }
 
     func load(split: [Int] = [], selection: ExpertSelection = .file) throws -> Engine {
+        // No --memory here: freed scratch may stay with the process (faster prompts).
+        ScratchMemory.keepFreedScratch()
         do {
             return try Engine(path: model, threads: threads, split: split, cacheTypes: try cacheTypes, selection: selection)
         } catch {

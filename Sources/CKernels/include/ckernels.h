@@ -110,8 +110,12 @@ size_t ck_attend_f16_work(int g, int d, int n);
 /// are not optimised away (memory bandwidth measurement).
 uint64_t ck_stream_read(const void *p, size_t bytes);
 
+// Raises glibc's mmap and trim thresholds to `bytes` (ScratchMemory.keepFreedScratch).
+void ck_keep_freed_scratch(int bytes);
+
 #ifdef __cplusplus
 }
 #endif
 
 #endif
+
