@@ -16,6 +16,11 @@ struct BenchOffload: ParsableCommand {
         cache's access pattern (page cache dropped), and the physical limit 1 / max(compute time per token,
         missed bytes per token ÷ disk bandwidth) with our speed as a fraction of it.
 
+        Each share below 100% runs twice (--page-cache both): "warm", with the file's pages where the runs
+        before left them (the resident run read every expert through the mapping, so buffered reads of a miss
+        may come from the page cache), and "cold", with every expert dropped from the mapping and the page cache
+        first, so every miss is read from the disk — the case of a model larger than the host's memory.
+
         With --trace FILE (from `conclave trace-experts`) nothing runs: the trace is replayed against every
         eviction policy and Belady's optimum (MIN, the ceiling) at each --cache-fractions size.
         """
@@ -28,6 +33,7 @@ struct BenchOffload: ParsableCommand {
     @Option(help: "Prompt tokens.") var prompt = 128
     @Option(help: "Generated tokens.") var gen = 64
     @Option(help: "Replay this routing trace instead of running the model.") var trace: String?
+    @Option(help: "warm (the page cache as the runs before left it), cold (experts dropped from it before each run) or both.") var pageCache = "both"
     @Option(name: .customLong("cache-fractions"), help: "Cache sizes for --trace, as fractions of all experts.") var cacheFractions = "0.25,0.5,0.75"
     @Flag(help: "Print a JSON array, one object per measurement.") var json = false
 
@@ -35,6 +41,7 @@ struct BenchOffload: ParsableCommand {
         guard EvictionPolicies.make(policy) != nil else { throw ValidationError("--policy '\(policy)' is not one of \(EvictionPolicies.names.joined(separator: ", "))") }
         guard parse(resident).map({ $0.allSatisfy { $0 > 0 && $0 <= 100 } }) == true else { throw ValidationError("--resident takes percentages in 1...100, like 25,50,100") }
         guard parse(cacheFractions).map({ $0.allSatisfy { $0 > 0 && $0 <= 1 } }) == true else { throw ValidationError("--cache-fractions takes fractions in (0, 1], like 0.25,0.5") }
+        guard ["warm", "cold", "both"].contains(pageCache) else { throw ValidationError("--page-cache is warm, cold or both, not '\(pageCache)'") }
     }
 
     func parse(_ list: String) -> [Double]? {
@@ -101,7 +108,8 @@ struct BenchOffload: ParsableCommand {
         }
         let total = config.layerCount * config.expertCount
         let every = ExpertSet.every(layers: 0..<config.layerCount, expertCount: config.expertCount)
-        func run(percent: Double) throws -> Run {
+        func run(percent: Double, cold: Bool = false) throws -> Run {
+            if cold { try ExpertDisk.dropExperts(file: file, config: config) }
             var cache: BudgetedExperts?
             let slots = max(1, Int((percent / 100 * Double(total)).rounded()))
             let engine = percent >= 100 ? try Engine(file: file, threads: model.threads) : try Engine(file: file, threads: model.threads) { pool in
@@ -129,10 +137,12 @@ struct BenchOffload: ParsableCommand {
         var rows: [JSON] = []
         if !json {
             print("disk read \(fixed(disk / 1e9, 2)) GB/s (experts in shuffled order, page cache dropped); \(total) experts of \(formatBytes(WeightLayout(file: file, config: config).bytesPerExpert(layer: 0))); policy \(policy), \(model.threads) threads")
-            print("resident  decode tok/s  prefill tok/s  hit rate  read/token  stall ms/token  vs resident  limit tok/s  of limit  prefetch precision / recall")
+            print("resident  pages  decode tok/s  prefill tok/s  hit rate  read/token  stall ms/token  vs resident  limit tok/s  of limit  prefetch precision / recall")
         }
+        let caches = pageCache == "both" ? ["warm", "cold"] : [pageCache]
         for p in parse(resident)! {
-            let r = p >= 100 ? full : try run(percent: p)
+          for pages in p >= 100 ? ["warm"] : caches {
+            let r = p >= 100 ? full : try run(percent: p, cold: pages == "cold")
             let c = r.counters, g = Double(gen)
             let missed = Double(c.bytesRead) / g
             let limit = 1 / max(1 / full.decode, missed / disk)
@@ -143,12 +153,13 @@ struct BenchOffload: ParsableCommand {
                 ("disk_gbps", .double(round4(disk / 1e9))), ("limit_tok_s", .double(round4(limit))), ("fraction_of_limit", .double(round4(r.decode / limit))),
                 ("prefetch_issued", .int(c.prefetchIssued)), ("prefetch_used", .int(c.prefetchUsed)),
                 ("prefetch_precision", .double(round4(c.prefetchPrecision))), ("prefetch_recall", .double(round4(c.prefetchRecall))),
-                ("policy", .string(policy)),
+                ("policy", .string(policy)), ("page_cache", .string(pages)),
             ]
             rows.append(.object(obj))
             if !json {
-                print("\(pad(fixed(p, 0) + "%", 8))  \(pad(fixed(r.decode, 1), 12))  \(pad(fixed(r.prefill, 1), 13))  \(pad(fixed((p >= 100 ? 1 : c.hitRate) * 100, 1) + "%", 8))  \(pad(formatBytes(Int(missed)), 10))  \(pad(fixed(c.stallSeconds * 1000 / g, 2), 14))  \(pad(fixed(r.decode / full.decode, 2) + "×", 11))  \(pad(fixed(limit, 1), 11))  \(pad(fixed(r.decode / limit, 2), 8))  \(fixed(c.prefetchPrecision, 2)) / \(fixed(c.prefetchRecall, 2))")
+                print("\(pad(fixed(p, 0) + "%", 8))  \(pad(pages, 5))  \(pad(fixed(r.decode, 1), 12))  \(pad(fixed(r.prefill, 1), 13))  \(pad(fixed((p >= 100 ? 1 : c.hitRate) * 100, 1) + "%", 8))  \(pad(formatBytes(Int(missed)), 10))  \(pad(fixed(c.stallSeconds * 1000 / g, 2), 14))  \(pad(fixed(r.decode / full.decode, 2) + "×", 11))  \(pad(fixed(limit, 1), 11))  \(pad(fixed(r.decode / limit, 2), 8))  \(fixed(c.prefetchPrecision, 2)) / \(fixed(c.prefetchRecall, 2))")
             }
+          }
         }
         if json { print(JSON.array(rows).render()) }
     }

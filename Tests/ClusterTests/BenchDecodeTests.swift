@@ -36,4 +36,20 @@ import TestSupport
         let one = try bench(["--experts-used", "1"])
         #expect(one["decode_bytes_per_token"] as? Int == expected(used: 1, positions: 20), "\(one)")
     }
+
+    /// `bench offload` runs each share twice, with the page cache as it was and with the experts dropped from it,
+    /// and every miss of the cold run is a read of the file.
+    @Test func offloadRunsWarmAndCold() async throws { try await onThread { [self] in try self.offloadBlocking() } }
+    func offloadBlocking() throws {
+        let c = try ProcessCluster()
+        defer { c.stop() }
+        let (rc, out, err) = try c.run(["bench", "offload", "-m", Fixtures.shippedModel, "--threads", "1", "--resident", "25,100",
+                                        "--prompt", "16", "--gen", "32", "--json"], timeout: 600)
+        #expect(rc == 0, "\(err)")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]], "\(out)")
+        #expect(rows.map { "\($0["resident_fraction"] ?? "")/\($0["page_cache"] ?? "")" } == ["0.25/warm", "0.25/cold", "1/warm"], "\(rows)")
+        for r in rows { #expect((r["decode_tok_s"] as? Double ?? 0) > 0, "\(r)") }
+        let cold = try #require(rows.first { $0["page_cache"] as? String == "cold" })
+        #expect((cold["bytes_read_per_token"] as? Double ?? 0) > 0 && (cold["hit_rate"] as? Double ?? 1) < 1, "\(cold)")
+    }
 }

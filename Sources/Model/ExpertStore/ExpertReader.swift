@@ -89,6 +89,26 @@ final class ExpertReader: @unchecked Sendable {
 
 /// The disk as the offload cache sees it.
 public enum ExpertDisk {
+    /// Drops every routed expert's bytes from this process's mapping of `file` and then from the page cache, so
+    /// the next reads of them come from the disk (pages a process maps are not evicted: the mapping goes first).
+    /// What `bench offload` does before a cold run; the file's other tensors stay where they are.
+    public static func dropExperts(file: GGUFFile, config: ModelConfig) throws(ModelError) {
+        let layout = WeightLayout(file: file, config: config)
+        let reader = try ExpertReader(path: file.path)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        for l in 0..<config.layerCount where !layout.expertSlices[l].isEmpty {
+            for e in 0..<config.expertCount {
+                for r in layout.expertRanges(layer: l, expert: e) {
+                    if let base = file.mapping.base {
+                        let start = r.offset / page * page, end = min(file.fileSize, (r.offset + r.count + page - 1) / page * page)
+                        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+                    }
+                    reader.drop(offset: r.offset, count: r.count)
+                }
+            }
+        }
+    }
+
     /// Read bandwidth, bytes per second, for the cache's access pattern: every expert of the model once, in a
     /// shuffled order, through the same reader (the page cache dropped for those ranges first and after each read).
     public static func readBandwidth(file: GGUFFile, config: ModelConfig) throws(ModelError) -> Double {
