@@ -164,8 +164,8 @@ static AVX2 void attend_values(int g, int d, int n, const float *p, const uint16
 }
 
 AVX2 static void attend_f16_avx2(int g, int d, int n, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
-                                 const uint16_t *v, size_t v_stride, float scale, const float *sinks, float *work,
-                                 float *out, size_t out_stride) {
+                                 const uint16_t *v, size_t v_stride, float scale, const float *sinks, int round_weights,
+                                 float *work, float *out, size_t out_stride) {
     float *scores = work, *qf = scores + (size_t)g * n, *tile = qf + (size_t)g * d, inv[64];
     // The query as ggml's K·Q takes it: rounded to f16.
     for (int h = 0; h < g; h++)
@@ -174,6 +174,18 @@ AVX2 static void attend_f16_avx2(int g, int d, int n, const float *q, size_t q_s
                              _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(q + (size_t)h * q_stride + c), _MM_FROUND_TO_NEAREST_INT)));
     attend_scores(g, d, n, qf, k, k_stride, scale, tile, scores);
     for (int h = 0; h < g; h++) inv[h] = attend_softmax(n, scores + (size_t)h * n, sinks ? sinks + h : 0);
+    if (round_weights) {
+        // ggml's K·Q·V without flash attention: the normalised weights meet the f16 values as f16.
+        for (int h = 0; h < g; h++) {
+            float *row = scores + (size_t)h * n;
+            const __m256 s = _mm256_set1_ps(inv[h]);
+            int j = 0;
+            for (; j + 8 <= n; j += 8)
+                _mm256_storeu_ps(row + j, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(row + j), s), _MM_FROUND_TO_NEAREST_INT)));
+            for (; j < n; j++) row[j] = _cvtsh_ss(_cvtss_sh(row[j] * inv[h], _MM_FROUND_TO_NEAREST_INT));
+            inv[h] = 1.0f;
+        }
+    }
     attend_values(g, d, n, scores, v, v_stride, inv, out, out_stride);
 }
 #define HAVE_X86 1
@@ -182,14 +194,15 @@ AVX2 static void attend_f16_avx2(int g, int d, int n, const float *q, size_t q_s
 size_t ck_attend_f16_work(int g, int d, int n) { return (size_t)g * n + (size_t)(g + TILE) * d; }
 
 int ck_attend_f16(int g, int d, int n, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
-                  const uint16_t *v, size_t v_stride, float scale, const float *sinks, float *work, float *out, size_t out_stride) {
+                  const uint16_t *v, size_t v_stride, float scale, const float *sinks, int round_weights, float *work, float *out,
+                  size_t out_stride) {
 #ifdef HAVE_X86
     if (ck_active_isa() >= CK_ISA_AVX2 && d % 8 == 0 && g >= 1 && g <= 64 && n >= 1) {
-        attend_f16_avx2(g, d, n, q, q_stride, k, k_stride, v, v_stride, scale, sinks, work, out, out_stride);
+        attend_f16_avx2(g, d, n, q, q_stride, k, k_stride, v, v_stride, scale, sinks, round_weights, work, out, out_stride);
         return 1;
     }
 #endif
     (void)g; (void)d; (void)n; (void)q; (void)q_stride; (void)k; (void)k_stride; (void)v; (void)v_stride;
-    (void)scale; (void)sinks; (void)work; (void)out; (void)out_stride;
+    (void)scale; (void)sinks; (void)round_weights; (void)work; (void)out; (void)out_stride;
     return 0;
 }

@@ -197,13 +197,15 @@ public enum Ops {
 
     /// Attention of `heads` query heads sharing one KV head over `count` cached f16 positions in one pass
     /// (ck_attend_f16): scores against the keys, their softmax with each head's sink, the weighted sum of the
-    /// values. Strides in elements. False when the kernel does not take the shape or CPU (nothing written).
+    /// values. Strides in elements. `roundWeights`: the normalised weights meet the values as f16 (ggml without
+    /// flash attention) instead of being applied unnormalised and scaled once. False when the kernel does not take
+    /// the shape or CPU (nothing written).
     public static func attendF16(heads: Int, width: Int, count: Int, queries: UnsafePointer<Float>, queryStride: Int,
                                  keys: UnsafePointer<UInt16>, keyStride: Int, values: UnsafePointer<UInt16>, valueStride: Int,
-                                 scale: Float, sinks: UnsafePointer<Float>?, work: UnsafeMutablePointer<Float>,
+                                 scale: Float, sinks: UnsafePointer<Float>?, roundWeights: Bool = false, work: UnsafeMutablePointer<Float>,
                                  into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool {
         ck_attend_f16(Int32(heads), Int32(width), Int32(count), queries, queryStride, keys, keyStride, values, valueStride,
-                      scale, sinks, work, out, outStride) != 0
+                      scale, sinks, roundWeights ? 1 : 0, work, out, outStride) != 0
     }
 
     /// The same over Q8_0 or Q4_0 rows `stride` bytes apart, each value dequantized first; false when this CPU

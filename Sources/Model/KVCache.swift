@@ -248,6 +248,22 @@ public final class KVCache: @unchecked Sendable {
                              valueStride: valueRowBytes / 2, scale: scale, sinks: sinks, work: work, into: out, outStride: outStride)
     }
 
+    /// Whether `attendLatent` runs here: f16 rows that hold their own values (deepseek2's latent cache).
+    var attendsLatentInOnePass: Bool { types.key == .f16 && valueRowBytes == 0 && keyWidth % 8 == 0 && Ops.attendsF16InOnePass }
+
+    /// `attend` over a cache whose rows are the values too (the latent and its rope key): `heads` queries of the
+    /// whole row's width against positions 0 ..< count; each out row gets the whole width, of which the caller
+    /// uses the latent part (the rope tail costs a ninth more value work and spares a second kernel). The weights
+    /// meet the values as f16, as the per-head path and llama.cpp's MLA attention do.
+    func attendLatent(layer l: Int, count n: Int, heads: Int, queries: UnsafePointer<Float>, queryStride: Int, scale: Float,
+                      work: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool {
+        guard attendsLatentInOnePass else { return false }
+        let rows = UnsafePointer(key(l, 0))
+        return Ops.attendF16(heads: heads, width: keyWidth, count: n, queries: queries, queryStride: queryStride, keys: rows,
+                             keyStride: keyRowBytes / 2, values: rows, valueStride: keyRowBytes / 2, scale: scale, sinks: nil,
+                             roundWeights: true, work: work, into: out, outStride: outStride)
+    }
+
     /// out[0 ..< width] += Σ_j weights[j] · value(first + j)[offset ..< offset + width].
     func accumulate(layer l: Int, first: Int, count n: Int, offset: Int, width: Int, weights: UnsafePointer<Float>,
                     into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) throws {

@@ -132,11 +132,13 @@ struct OpsTests {
 
     /// The one-pass f16 attention against a double-precision reference (query rounded to f16 as ggml's K·Q takes
     /// it): head groups of every size the loops block by, head widths with and without a 16-column tail, position
-    /// counts off the 8-key tile, sinks, and strides wider than a head (several KV heads per cache row).
-    @Test mutating func attentionInOnePassMatchesTheReference() throws {
+    /// counts off the 8-key tile, sinks, and strides wider than a head (several KV heads per cache row). With
+    /// `roundWeights` (deepseek2's latent attention, as ggml without flash attention), the normalised weights are
+    /// rounded to f16 before they meet the values, and the reference rounds them the same way.
+    @Test(arguments: [false, true]) mutating func attentionInOnePassMatchesTheReference(roundWeights: Bool) throws {
         guard Ops.attendsF16InOnePass else { return }
         for (g, d, n, sink) in [(1, 64, 1, false), (4, 64, 37, false), (4, 128, 200, true), (6, 72, 9, true), (8, 64, 1000, false),
-                                (2, 128, 8, true), (5, 16, 3, false)] {
+                                (2, 128, 8, true), (5, 16, 3, false), (16, 576, 40, false)] {
             let kvStride = 2 * d + 8, qStride = d + 4, outStride = d + 12
             let keys = randoms(n * kvStride), values = randoms(n * kvStride), queries = randoms(g * qStride), sinks = randoms(g)
             var k16 = [UInt16](repeating: 0, count: keys.count), v16 = k16
@@ -149,7 +151,7 @@ struct OpsTests {
             let done = k16.withUnsafeBufferPointer { k in v16.withUnsafeBufferPointer { v in
                 Ops.attendF16(heads: g, width: d, count: n, queries: queries, queryStride: qStride, keys: k.baseAddress! + offset,
                               keyStride: kvStride, values: v.baseAddress! + offset, valueStride: kvStride, scale: scale,
-                              sinks: sink ? sinks : nil, work: &work, into: &out, outStride: outStride)
+                              sinks: sink ? sinks : nil, roundWeights: roundWeights, work: &work, into: &out, outStride: outStride)
             } }
             #expect(done)
             for h in 0..<g {
@@ -158,8 +160,9 @@ struct OpsTests {
                 let m = max(s.max()!, sink ? Double(sinks[h]) : -.infinity)
                 let e = s.map { exp($0 - m) }
                 let total = e.reduce(0, +) + (sink ? exp(Double(sinks[h]) - m) : 0)
+                let p = e.map { roundWeights ? Double(Float(Float16(Float($0 / total)))) : $0 / total }
                 for c in 0..<d {
-                    let want = (0..<n).reduce(0.0) { $0 + e[$1] * Double(Float(Float16(values[$1 * kvStride + offset + c]))) } / total
+                    let want = (0..<n).reduce(0.0) { $0 + p[$1] * Double(Float(Float16(values[$1 * kvStride + offset + c]))) }
                     #expect(abs(Double(out[h * outStride + c]) - want) < 2e-5 * max(1, abs(want)), "g \(g) d \(d) n \(n) head \(h) [\(c)]")
                 }
             }

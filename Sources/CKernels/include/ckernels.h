@@ -100,10 +100,14 @@ int ck_weighted_sum_quant(int type, int rows, int n, const float *w, const void 
 /// cached f16 positions, in one pass: s_hj = scale · (q_h rounded to f16) · k_j, p_h = softmax(s_h with the
 /// head's sink, if `sinks`), out_h = Σ_j p_hj · v_j. q_h is at q + h·q_stride, k_j at k + j·k_stride (and v_j
 /// likewise, in elements), out_h at out + h·out_stride. `work` holds ck_attend_f16_work(g, d, n) floats.
+/// With `round_weights`, the normalised weights are rounded to f16 before they meet the values (ggml's K·Q·V
+/// without flash attention); without, the values are summed with the unnormalised weights and scaled once (its
+/// flash attention).
 /// Returns 0 (and does nothing) below AVX2 or for a shape it does not take; the caller then runs the
 /// per-head path.
 int ck_attend_f16(int g, int d, int n, const float *q, size_t q_stride, const uint16_t *k, size_t k_stride,
-                  const uint16_t *v, size_t v_stride, float scale, const float *sinks, float *work, float *out, size_t out_stride);
+                  const uint16_t *v, size_t v_stride, float scale, const float *sinks, int round_weights, float *work, float *out,
+                  size_t out_stride);
 size_t ck_attend_f16_work(int g, int d, int n);
 
 /// Reads `bytes` bytes from `p` with 32-byte aligned loads, returning a checksum so the loads

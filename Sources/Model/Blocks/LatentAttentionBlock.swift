@@ -1,6 +1,7 @@
 import GGUF
 import Runtime
 import Kernels
+import Synchronization
 
 /// DeepSeek's multi-head latent attention, as llama.cpp computes it with the absorption optimisation: each
 /// position caches only a normed `latentRank` latent and a roped `ropeDim` key shared by all heads; a head's
@@ -159,6 +160,35 @@ public struct LatentAttentionBlock: Sendable {
         let heads = c.headCount, scale = c.attentionScale
         nonisolated(unsafe) let queries = queries, out = out
         let failure = FirstError()
+        if valuesInKeys, rows.allSatisfy({ caches[$0.sequence]!.attendsLatentInOnePass }) {
+            // Every head shares the one latent row per position: the one-pass kernel reads each cached row once
+            // for a group of heads (ck_attend_f16), a row's heads split in groups so that every thread has one.
+            let groups = max(1, min(heads, (pool.size + rows.count - 1) / rows.count)), per = (heads + groups - 1) / groups
+            let fallback = Mutex(false)
+            pool.parallelFor(rows.count * groups) { range in
+                var work = [Float](), whole = [Float]()
+                for item in range {
+                    let r = item / groups, h0 = (item % groups) * per, g = min(per, heads - h0)
+                    guard g > 0 else { continue }
+                    let cache = caches[rows[r].sequence]!, n = rows[r].position + 1
+                    let need = KVCache.attendWork(heads: g, width: width, count: n)
+                    if work.count < need { work = [Float](repeating: 0, count: need) }
+                    if whole.count < g * width { whole = [Float](repeating: 0, count: g * width) }
+                    let ok = work.withUnsafeMutableBufferPointer { w in
+                        whole.withUnsafeMutableBufferPointer { o in
+                            cache.attendLatent(layer: l, count: n, heads: g, queries: queries + (r * heads + h0) * width, queryStride: width,
+                                               scale: scale, work: w.baseAddress!, into: o.baseAddress!, outStride: width)
+                        }
+                    }
+                    guard ok else { fallback.withLock { $0 = true }; continue }
+                    whole.withUnsafeBufferPointer { o in
+                        for k in 0..<g { (out + (r * heads + h0 + k) * valueWidth).update(from: o.baseAddress! + k * width, count: valueWidth) }
+                    }
+                }
+            }
+            // A shape the kernel does not take (it writes nothing then): every head the long way below.
+            if !fallback.withLock({ $0 }) { return }
+        }
         pool.parallelFor(rows.count * heads) { range in
             var scores = [Float]()
             var half = [UInt16]()
