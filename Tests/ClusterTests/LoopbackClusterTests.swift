@@ -38,6 +38,25 @@ import Worker
         return (c, "tcp://127.0.0.1:\(base)")
     }
 
+    /// Resident bytes of process `pid`'s mappings of `path` (/proc/PID/smaps), nil when it maps none.
+    static func residentBytes(of path: String, in pid: Int32) -> Int? {
+        // Read to the end: /proc files report no size, and a one-shot read of this one stops at a page.
+        guard let h = FileHandle(forReadingAtPath: "/proc/\(pid)/smaps") else { return nil }
+        defer { try? h.close() }
+        let smaps = String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        var inside = false, total: Int?
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let first = fields.first, first.contains("-"), fields.count >= 5 {
+                inside = fields.count >= 6 && fields[5...].joined(separator: " ") == real
+            } else if inside, fields.first == "Rss:", fields.count >= 2, let kb = Int(fields[1]) {
+                total = (total ?? 0) + kb * 1024
+            }
+        }
+        return total
+    }
+
     @Test func distributedGenerationMatchesOneProcess() async throws { try await onThread { [self] in try self.distributedGenerationMatchesOneProcessBlocking() } }
     func distributedGenerationMatchesOneProcessBlocking() throws {
         let (c, endpoint) = try Self.startCluster(fetch: true)
@@ -50,6 +69,12 @@ import Worker
         let cached = try FileManager.default.contentsOfDirectory(atPath: c.dir.appendingPathComponent("cache").path).filter { $0.hasSuffix(".gguf") }
         #expect(cached.count == 1, "\(cached)")
         #expect(FileManager.default.contents(atPath: c.dir.appendingPathComponent("cache/\(cached[0])").path) == FileManager.default.contents(atPath: Self.model))
+        // Serving the whole file left little of it in the coordinator's memory (chunks are read with pread, not
+        // through its mapping): its mapping of the model holds the header and vocabulary, not the weights.
+        let coordinatorPid = try #require(c.processes["coordinator"]?.processIdentifier)
+        let mapped = try #require(Self.residentBytes(of: Self.model, in: coordinatorPid), "no mapping of \(Self.model) in the coordinator")
+        let size = try FileManager.default.attributesOfItem(atPath: Self.model)[.size] as! Int
+        #expect(mapped < size / 2, "the coordinator holds \(mapped) of the model's \(size) bytes after serving it")
         // Greedy with a repetition penalty (plain greedy emits only newlines on this model), then sampled.
         for options in [["--temp", "0", "--repeat-penalty", "1.3"], ["--temp", "0.8", "--seed", "7", "--repeat-penalty", "1.1"]] {
             let args = ["-p", "Once upon a time", "-n", "32"] + options
