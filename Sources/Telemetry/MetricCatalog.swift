@@ -90,13 +90,15 @@ public enum WorkerMetric {
     public static let keptPrefixes = MetricSpec(.gauge, "conclave_worker_prefix_cache_entries", help: "Ended sequences this worker's stage keeps for reuse (the prefix cache).", status: "prefix_entries")
     public static let keptPositions = MetricSpec(.gauge, "conclave_worker_prefix_cache_tokens", help: "Positions of its own layers' KV those kept sequences hold.", status: "prefix_tokens")
     public static let kvRoom = MetricSpec(.gauge, "conclave_worker_kv_room_tokens", help: "Positions of KV this worker's --memory holds beside its weights and scratch: running sequences reserve their context, kept prefixes their length.", status: "kv_room_tokens")
+    public static let expertPasses = MetricSpec(.counter, "conclave_worker_expert_layer_passes_total", help: "MoE layer passes this worker's stage routed (one per layer per step).", status: "expert_layer_passes")
+    public static let expertReads = MetricSpec(.counter, "conclave_worker_expert_reads_total", help: "Distinct experts those passes chose, summed: each is read once for all the rows that chose it (÷ passes: experts a layer reads per step).", status: "expert_reads")
     public static let refusedPeers = MetricSpec(.counter, "conclave_worker_refused_peers_total", help: "Peers this worker's endpoint refused (an unlisted CurveZMQ key, or a host without CurveZMQ), each once however often it retries.", status: "refused_peers")
 
     /// Every entry, in the order status shows them.
     public static let all: [MetricSpec] = [
         tokens, expertCalls, forwardedBytes, forwardedRows, expertCallBytes,
         expertServeSeconds, remoteLayers, remoteCalls, remoteLocalSeconds, remoteWaitSeconds, rss, resident, stepP50, stepP99, refusedPeers,
-        constrainedTokens, grammarSeconds, keptPrefixes, keptPositions, kvRoom,
+        constrainedTokens, grammarSeconds, keptPrefixes, keptPositions, kvRoom, expertPasses, expertReads,
         offloadSlots, offloadPaged, offloadHits, offloadMisses, offloadReadBytes, offloadReadSeconds,
         offloadPrefetchIssued, offloadPrefetchUsed, offloadPrefetchWasted, offloadStall,
     ]
@@ -109,5 +111,14 @@ public extension Array where Element == MetricSample {
     /// The value of `spec`'s series in these samples (0 when absent: a counter not yet moved, an old worker).
     func value(_ spec: MetricSpec) -> Double {
         first { $0.name == spec.name && $0.labels == spec.labels }?.value ?? 0
+    }
+}
+
+public extension MetricsRegistry {
+    /// A stage's layer passes and the distinct experts they read (`ExpertHeat.reads`), as the worker catalog's
+    /// counters: a worker's heartbeat carries them, and one process exports them itself.
+    func record(expertReads r: (passes: UInt64, experts: UInt64)) {
+        handle(WorkerMetric.expertPasses).advance(toTotal: Double(r.passes))
+        handle(WorkerMetric.expertReads).advance(toTotal: Double(r.experts))
     }
 }

@@ -46,7 +46,7 @@ public final class WorkerMetrics: Sendable {
     /// quantiles, the figures the shard and its offload cache keep themselves).
     public func samples(resident: Int, expertCallBytes: UInt64, offload: BudgetedExperts?, refusedPeers: Int = 0,
                         remote: RemoteExperts.Timing.Totals? = nil, grammar: (seconds: Double, tokens: Int)? = nil,
-                        kept: (entries: Int, positions: Int, room: Int)? = nil) -> [MetricSample] {
+                        kept: (entries: Int, positions: Int, room: Int)? = nil, expertReads: (passes: UInt64, experts: UInt64)? = nil) -> [MetricSample] {
         let sorted = latencies.withLock { $0.ring }.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000 }
         registry.handle(WorkerMetric.stepP50).set(pct(0.5))
@@ -64,6 +64,7 @@ public final class WorkerMetrics: Sendable {
             registry.handle(WorkerMetric.keptPositions).set(Double(kept.positions))
             registry.handle(WorkerMetric.kvRoom).set(Double(kept.room))
         }
+        if let expertReads { registry.record(expertReads: expertReads) }
         if let offload { registry.record(offload: offload) }
         if let remote {
             registry.handle(WorkerMetric.remoteLayers).advance(toTotal: Double(remote.layers))

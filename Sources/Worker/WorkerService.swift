@@ -293,7 +293,8 @@ public final class WorkerService: Service, @unchecked Sendable {
         hb.metrics = metrics.samples(resident: shard?.residentBytes ?? 0, expertCallBytes: shard?.expertCallBytes ?? 0,
                                      offload: shard?.offload, refusedPeers: transports.refusedPeers,
                                      remote: shard?.remoteTiming, grammar: shard?.grammarFigures,
-                                     kept: shard.flatMap { s in s.layers.isEmpty ? nil : (s.keptFigures.entries, s.keptFigures.positions, s.room.positions) })
+                                     kept: shard.flatMap { s in s.layers.isEmpty ? nil : (s.keptFigures.entries, s.keptFigures.positions, s.room.positions) },
+                                     expertReads: shard?.stage?.heat?.reads)
                 .map(Conclave_V1_MetricSample.init)
         if let heat = shard?.stage?.heat {
             let deltas = heat.takeDeltas()

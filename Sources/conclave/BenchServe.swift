@@ -7,6 +7,8 @@ import GGUF
 import JSON
 import Kernels
 import Model
+import Placement
+import Runtime
 import Synchronization
 import Tokenizer
 
@@ -19,7 +21,9 @@ struct BenchServe: ParsableCommand {
         --concurrency level sends that many streaming /v1/completions requests at once (--prompt token ids each,
         different per stream, --gen tokens, greedy) and times every SSE event. Aggregate tok/s = tokens generated
         by all streams ÷ the wall time of the round; per-stream tok/s = a stream's tokens ÷ its time after the first
-        token. With --vs-llama-server PATH, the same rounds run against llama.cpp's llama-server on the same file
+        token. Each round also gets its byte ceiling, from the server's counts of layer passes and the distinct
+        experts they chose (each read once for all the rows that chose it): the aggregate the read bandwidth
+        (measured on --threads threads) allows for the bytes those steps read. With --vs-llama-server PATH, the same rounds run against llama.cpp's llama-server on the same file
         with the same threads (-t), slots (-np) and context, in the same sitting. With --draft DRAFT.gguf, the rounds
         run again on a server with that draft (speculative decoding: "conclave+draft"), and each round reports the
         draft's acceptance rate and the tokens each verifying pass produced (from the server's /metrics).
@@ -66,11 +70,20 @@ struct BenchServe: ParsableCommand {
         var tokens = 0
         /// With a draft: what it did during the round.
         var draft: DraftStats?
+        /// The round's byte ceiling: the aggregate the read bandwidth allows for the bytes its steps read (each
+        /// layer pass its weights once, and each distinct expert it chose once); nil without the server's counts.
+        var ceiling: Double?
+        /// Distinct experts a layer pass read, on average.
+        var expertsPerPass: Double?
 
         var json: JSONValue {
             var fields: [(String, JSONValue)] = [("server", .string(server)), ("concurrency", .int(streams)), ("aggregate_tok_s", .double(r3(aggregate))),
                      ("per_stream_tok_s", .double(r3(perStream))), ("ttft_p50_ms", .double(r3(ttft50 * 1000))), ("ttft_p99_ms", .double(r3(ttft99 * 1000))),
                      ("itl_p50_ms", .double(r3(itl50 * 1000))), ("itl_p99_ms", .double(r3(itl99 * 1000))), ("tokens", .int(tokens))]
+            if let c = ceiling, let e = expertsPerPass {
+                fields += [("byte_ceiling_tok_s", .double(r3(c))), ("fraction_of_ceiling", .double(r3(aggregate / max(1e-9, c)))),
+                           ("experts_per_layer_pass", .double(r3(e)))]
+            }
             if let d = draft {
                 fields += [("draft_proposed", .int(d.proposed)), ("draft_accepted", .int(d.accepted)), ("draft_acceptance", .double(r3(d.acceptanceRate))),
                            ("tokens_per_pass", .double(r3(d.tokensPerPass)))]
@@ -96,12 +109,15 @@ struct BenchServe: ParsableCommand {
         func serve(port: Int) -> [String] { serveArguments(port: port, context: ctx, slots: slots) }
         let port = Self.freePort()
         var pageCost: PageWatchers.IdleCost?
+        let bytes = try stepBytes()
         rounds += try withUnsafeMutablePointer(to: &pageCost) { cost in
-            try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts, pageCost: pageWatchers > 0 ? cost : nil)
+            try measure(name: "conclave", exe: exe, args: serve(port: port), port: port, levels: levels, prompts: prompts, pageCost: pageWatchers > 0 ? cost : nil,
+                        stepBytes: bytes)
         }
         if draft.path != nil {
             let dport = Self.freePort()
-            rounds += try measure(name: "conclave+draft", exe: exe, args: serve(port: dport) + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true)
+            rounds += try measure(name: "conclave+draft", exe: exe, args: serve(port: dport) + draft.arguments, port: dport, levels: levels, prompts: prompts, draftMetrics: true,
+                                  stepBytes: bytes)
         }
         if let path = vsLlamaServer {
             let lport = Self.freePort()
@@ -142,6 +158,9 @@ struct BenchServe: ParsableCommand {
                     print("\(c) streams: conclave / llama-server aggregate = \(fixed(a.aggregate / b.aggregate, 2))×")
                 }
             }
+        }
+        for r in rounds where r.ceiling != nil {
+            print("\(r.server) × \(r.streams): \(fixed(r.aggregate, 1)) tok/s of a byte ceiling of \(fixed(r.ceiling!, 1)) (\(fixed(r.aggregate / r.ceiling! * 100, 1))%), \(fixed(r.expertsPerPass!, 1)) distinct experts read per layer pass")
         }
         for line in page?.lines ?? [] { print(line) }
     }
@@ -247,16 +266,16 @@ struct BenchServe: ParsableCommand {
     /// With --page-watchers, the first server's rounds alternate page closed / open, and `pageCost` gets what the
     /// feed costs the idle server.
     func measure(name: String, exe: String, args: [String], port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool = false,
-                 pageCost: UnsafeMutablePointer<PageWatchers.IdleCost?>? = nil) throws -> [Round] {
+                 pageCost: UnsafeMutablePointer<PageWatchers.IdleCost?>? = nil, stepBytes: StepBytes? = nil) throws -> [Round] {
         try serving(name: name, exe: exe, args: args, port: port) { pid in
             guard pageWatchers > 0, let pageCost else {
-                return rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+                return rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics, stepBytes: stepBytes)
             }
             var all: [Round] = []
             for _ in 0..<max(1, pageRepeats) {
-                all += rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+                all += rounds(name: name, port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics, stepBytes: stepBytes)
                 let page = PageWatchers(port: port, count: pageWatchers)
-                all += rounds(name: name + "+page", port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics)
+                all += rounds(name: name + "+page", port: port, levels: levels, prompts: prompts, draftMetrics: draftMetrics, stepBytes: stepBytes)
                 _ = page.stop()
             }
             pageCost.pointee = PageWatchers.idleCost(port: port, pid: pid, watchers: pageWatchers, seconds: pageIdleSeconds)
@@ -268,10 +287,11 @@ struct BenchServe: ParsableCommand {
     }
 
     /// Each --concurrency round against the server at `port`.
-    func rounds(name: String, port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool) -> [Round] {
+    func rounds(name: String, port: Int, levels: [Int], prompts: [[Int32]], draftMetrics: Bool, stepBytes: StepBytes? = nil) -> [Round] {
         var out: [Round] = []
         for c in levels {
             let before = draftMetrics ? Self.draftCounters(port: port) : nil
+            let readsBefore = Self.expertReads(port: port)
             let results = Mutex<[HTTPClient.StreamResult]>([])
             let t0 = KernelBench.now()
             // A thread per stream (concurrentPerform would run only one per core at a time).
@@ -300,6 +320,12 @@ struct BenchServe: ParsableCommand {
             let gaps = rs.flatMap { r in zip(r.events.dropFirst(), r.events).map { $0 - $1 } }.sorted()
             (round.ttft50, round.ttft99) = (Self.quantile(ttft, 0.5), Self.quantile(ttft, 0.99))
             (round.itl50, round.itl99) = (Self.quantile(gaps, 0.5), Self.quantile(gaps, 0.99))
+            if let bytes = stepBytes, let a = readsBefore, let b = Self.expertReads(port: port), b.passes > a.passes, wall > 0 {
+                let passes = b.passes - a.passes, reads = b.experts - a.experts
+                let seconds = (passes / Double(bytes.moeLayers) * bytes.perStep + reads * bytes.perExpert) / bytes.bandwidth
+                round.ceiling = Double(round.tokens) / seconds
+                round.expertsPerPass = reads / passes
+            }
             if let before, let after = Self.draftCounters(port: port) {
                 round.draft = DraftStats(proposed: after.proposed - before.proposed, accepted: after.accepted - before.accepted, passes: after.passes - before.passes)
             }
@@ -308,6 +334,38 @@ struct BenchServe: ParsableCommand {
             out.append(round)
         }
         return out
+    }
+
+    /// Layer passes and distinct experts read so far, summed over a server's workers (nil when it has none:
+    /// llama-server, a dense model).
+    static func expertReads(port: Int) -> (passes: Double, experts: Double)? {
+        guard let text = try? HTTPClient.fetch(port: port, path: "/metrics") else { return nil }
+        func sum(_ name: String) -> Double {
+            text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
+                .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        }
+        let passes = sum("conclave_worker_expert_layer_passes_total")
+        return passes > 0 ? (passes, sum("conclave_worker_expert_reads_total")) : nil
+    }
+
+    /// What a step reads, for the byte ceiling: the weights of every layer but its routed experts, the head and an
+    /// embedding row once per step (`perStep`), and an expert's bytes (`perExpert`, the MoE layers' average) for
+    /// each distinct expert a layer pass chose; with the read bandwidth measured on the bench's threads.
+    struct StepBytes { let perStep: Double, perExpert: Double, moeLayers: Int, bandwidth: Double }
+
+    /// This model's `StepBytes` (nil for a dense model), the bandwidth measured now on --threads threads.
+    func stepBytes() throws -> StepBytes? {
+        let file = try GGUFFile(path: model.model)
+        let config = try ModelConfig(file: file).selecting(experts.selection)
+        guard config.isMoE else { return nil }
+        let layout = WeightLayout(file: file, config: config)
+        let moe = (0..<config.layerCount).filter { !layout.expertSlices[$0].isEmpty }
+        guard !moe.isEmpty else { return nil }
+        let expertBytes = moe.reduce(0) { $0 + layout.bytesPerExpert(layer: $1) }
+        let perStep = ModelFootprint.decodeWeightBytes(file: file, config: config) - expertBytes * config.expertsUsed
+        let bandwidth = KernelBench.bandwidth(pool: ThreadPool(threads: model.threads)).gbps * 1e9
+        printError("bench serve: a step reads \(formatBytes(perStep)) besides its experts (\(formatBytes(expertBytes / moe.count)) each); this machine reads \(fixed(bandwidth / 1e9, 1)) GB/s on \(model.threads) threads")
+        return StepBytes(perStep: Double(perStep), perExpert: Double(expertBytes) / Double(moe.count), moeLayers: moe.count, bandwidth: bandwidth)
     }
 
     /// The draft's counters in a server's /metrics (nil when it has none).

@@ -254,6 +254,9 @@ struct ServeCommand: AsyncParsableCommand {
             experts()?.json(halfLife: activity?.halfLife ?? 0) { _, _ in "local" }
         }, beforeScrape: {
             experts()?.mirror(into: metrics) { _, _ in "local" }
+            // The experts each layer pass read, as a worker reports them (bench serve's byte ceiling).
+            let reads = heats.reduce((passes: UInt64(0), experts: UInt64(0))) { ($0.passes + $1.reads.passes, $0.experts + $1.reads.experts) }
+            if !heats.isEmpty { metrics.record(expertReads: reads) }
             if let cache { metrics.record(offload: cache) }
             let grammar = executor.grammarFigures
             metrics.handle(ServingMetrics.catalog.constrainedTokens).advance(toTotal: Double(grammar.tokens))

@@ -18,6 +18,15 @@ struct ExpertHeatTests {
         let heat = try #require(engine.stages.first?.heat)
         let c = OffloadTests.config
         #expect(heat.layers == 0..<c.layerCount && heat.experts == c.expertCount)
+        // Layer passes and the distinct experts they read: the prompt's pass reads every expert some row chose,
+        // each decode step's pass its one row's k.
+        let afterPrompt = try Engine(file: OffloadTests.file, threads: 2)
+        _ = try afterPrompt.evaluate(Array(tokens[0..<80]), in: afterPrompt.newSequence(capacity: 128))
+        let prompt = try #require(afterPrompt.stages.first?.heat)
+        let promptReads = (0..<c.layerCount).reduce(UInt64(0)) { sum, l in sum + UInt64(prompt.totals[(l * c.expertCount)..<((l + 1) * c.expertCount)].filter { $0 > 0 }.count) }
+        #expect(prompt.reads.passes == UInt64(c.layerCount) && prompt.reads.experts == promptReads)
+        #expect(heat.reads.passes == UInt64(11 * c.layerCount))
+        #expect(heat.reads.experts == promptReads + UInt64(10 * c.layerCount * c.expertsUsed))
 
         let trace = try RoutingTrace.record(file: OffloadTests.file, threads: 2, tokens: tokens, chunk: 200)
         var want = [UInt64](repeating: 0, count: c.layerCount * c.expertCount)

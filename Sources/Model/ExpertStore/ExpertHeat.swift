@@ -11,6 +11,10 @@ public final class ExpertHeat: Sendable {
         var total: [UInt64]
         /// `total` when the deltas were last taken.
         var sent: [UInt64]
+        /// Layer passes recorded, and the distinct experts they chose summed: what a pass reads of the layer's
+        /// experts (each chosen expert once for all the rows that chose it), the bytes `bench serve`'s ceiling counts.
+        var passes: UInt64 = 0
+        var reads: UInt64 = 0
     }
     private let counts: Mutex<Counts>
 
@@ -25,12 +29,21 @@ public final class ExpertHeat: Sendable {
     public func record(layer: Int, routes: [Route]) {
         guard layers.contains(layer) else { return }
         let base = (layer - layers.lowerBound) * experts, n = experts
+        var chosen = Set<Int>()
+        for route in routes { for x in route.experts where x >= 0 && x < n { chosen.insert(x) } }
         counts.withLock { c in
             for route in routes {
                 for x in route.experts where x >= 0 && x < n { c.total[base + x] += 1 }
             }
+            if !routes.isEmpty {
+                c.passes += 1
+                c.reads += UInt64(chosen.count)
+            }
         }
     }
+
+    /// Layer passes recorded and the distinct experts they read, since start.
+    public var reads: (passes: UInt64, experts: UInt64) { counts.withLock { ($0.passes, $0.reads) } }
 
     /// Counts since start, row-major: layer (from `layers.lowerBound`), then expert.
     public var totals: [UInt64] { counts.withLock { $0.total } }
