@@ -95,13 +95,12 @@ enum StatusReport {
         lines.append("")
         let rows = s.workers.map { w -> [String] in
             let m = w.samples
-            return [w.name, w.endpoint, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
-             "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(m.value(WorkerMetric.rss))),
+            return [w.name, w.endpoint, w.state, w.layersCell, String(w.experts), w.memoryCell, formatBytes(Int(m.value(WorkerMetric.rss))),
                     String(Int(m.value(WorkerMetric.tokens))), String(Int(m.value(WorkerMetric.expertCalls))),
                     "\(fixed(m.value(WorkerMetric.stepP50) * 1000, 2)) / \(fixed(m.value(WorkerMetric.stepP99) * 1000, 2))",
                     w.heartbeatAgeS < 0 ? "-" : "\(fixed(w.heartbeatAgeS, 1)) s", offloadCell(m)]
         }
-        lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
+        lines += table(headers: ["worker", "endpoint", "state", "layers", "experts", "resident / planned / budget", "rss", "tokens", "expert calls", "p50 / p99 ms", "heartbeat", "offload"], rows: rows)
         let refused = s.totalRefusedPeers
         lines += ["", s.security == "curve" ? "CurveZMQ: peers authenticated; \(refused) connection\(refused == 1 ? "" : "s") refused (coordinator \(s.refusedPeers), workers \(refused - s.refusedPeers))"
                                             : "no CurveZMQ: any process that reaches these endpoints may talk to them"]
@@ -143,4 +142,12 @@ struct ClientKeyOptions: ParsableArguments {
             throw ValidationError("--key-dir \(keyDir): \(error)")
         }
     }
+}
+
+/// The worker cells `status` and `top` both show.
+extension Conclave_V1_WorkerStatus {
+    /// Its stage's layers, or "-" for an experts-only worker.
+    var layersCell: String { endLayer > firstLayer ? "\(firstLayer)..<\(endLayer)" : "-" }
+    /// What it holds, what the plan gives it and its budget.
+    var memoryCell: String { "\(formatBytes(Int(residentBytes))) / \(formatBytes(Int(plannedBytes))) / \(formatBytes(Int(memoryBudget)))" }
 }

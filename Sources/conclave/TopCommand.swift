@@ -75,8 +75,7 @@ enum TopScreen {
         ]
         let rows = s.workers.map { w -> [String] in
             let m = w.samples
-            return [w.name, w.state, w.endLayer > w.firstLayer ? "\(w.firstLayer)..<\(w.endLayer)" : "-", String(w.experts),
-                    "\(formatBytes(Int(w.residentBytes))) / \(formatBytes(Int(w.plannedBytes))) / \(formatBytes(Int(w.memoryBudget)))", formatBytes(Int(m.value(WorkerMetric.rss))),
+            return [w.name, w.state, w.layersCell, String(w.experts), w.memoryCell, formatBytes(Int(m.value(WorkerMetric.rss))),
                     String(Int(m.value(WorkerMetric.tokens))), String(Int(m.value(WorkerMetric.expertCalls))),
                     fixed(m.value(WorkerMetric.stepP50) * 1000, 2), fixed(w.heartbeatAgeS, 1)]
         }

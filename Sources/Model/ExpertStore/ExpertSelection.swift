@@ -34,8 +34,9 @@ public struct ExpertSelection: Sendable, Equatable, CustomStringConvertible {
         return nil
     }
 
-    /// Drops the experts of `route` under `minWeight` of its weights (see the type's comment).
-    func thin(_ route: Route) -> Route {
+    /// Drops the experts of `route` under `minWeight` of its weights (see the type's comment); what `Gating`
+    /// does with a rule's `minWeight`.
+    static func thin(_ route: Route, minWeight: Float) -> Route {
         guard minWeight > 0, route.experts.count > 1 else { return route }
         let total = route.weights.reduce(Float(0), +)
         guard total > 0 else { return route }

@@ -119,7 +119,6 @@ public enum Gating {
             w = w.map { $0 / sum }
         }
         if rule.scale != 1 { w = w.map { $0 * rule.scale } }
-        let route = Route(experts: top, weights: w)
-        return rule.minWeight > 0 ? ExpertSelection(minWeight: rule.minWeight).thin(route) : route
+        return ExpertSelection.thin(Route(experts: top, weights: w), minWeight: rule.minWeight)
     }
 }
