@@ -4,7 +4,6 @@ import Glibc
 import CKernels
 import GGUF
 import Runtime
-import Runtime
 
 /// Measurements behind `conclave bench kernels`: the machine's read bandwidth and each weight type's matrix
 /// products, in one run so that ratios between them are meaningful.
@@ -63,9 +62,10 @@ public enum KernelBench {
 
     /// Matrix products of `type` weights (rows × cols) with `batch` activation rows. Weights are spread over
     /// enough copies to exceed the last-level cache several times, and the copies are taken in turn, so every
-    /// call streams its weights from memory as decoding does.
-    public static func matmul(type: GGMLType, rows: Int, cols: Int, batch: Int, pool: ThreadPool,
-                              totalBytes: Int = 256 << 20, minSeconds: Double = 0.5) throws(KernelError) -> Result {
+    /// call streams its weights from memory as decoding does. `packed` repacks the copies into the eight-row
+    /// layout a model's Q4_0 and Q8_0 matrices are computed from (`Packing`; nil when the type has none here).
+    public static func matmul(type: GGMLType, rows: Int, cols: Int, batch: Int, pool: ThreadPool, packed: Bool = false,
+                              totalBytes: Int = 256 << 20, minSeconds: Double = 0.5) throws(KernelError) -> Result? {
         guard let rowBytes = type.rowBytes(elements: cols) else { throw KernelError("\(cols) is not a whole number of \(type.name) blocks") }
         let matrixBytes = rowBytes * rows
         let copies = max(2, totalBytes / matrixBytes)
@@ -76,7 +76,18 @@ public enum KernelBench {
         var state: UInt64 = 0x1234_5678
         for i in x.indices { x[i] = Float(Int(next(&state) % 2001) - 1000) / 1000 }
         var y = [Float](repeating: 0, count: batch * rows)
-        let matrices = try (0..<copies).map { c throws(KernelError) in try WeightMatrix(type: type, rows: rows, cols: cols, data: buf.p + c * matrixBytes) }
+        var matrices = try (0..<copies).map { c throws(KernelError) in try WeightMatrix(type: type, rows: rows, cols: cols, data: buf.p + c * matrixBytes) }
+        if packed {
+            guard Packing.canPack(matrices[0]) else { return nil }
+            let scratch = UnsafeMutableRawPointer.allocate(byteCount: 8 * rowBytes, alignment: 64)
+            defer { scratch.deallocate() }
+            matrices = matrices.map { m in
+                for g in stride(from: 0, to: rows, by: 8) {
+                    Packing.packGroup(UnsafeMutableRawPointer(mutating: m.data) + g * rowBytes, type: type, rowStride: rowBytes, cols: cols, scratch: scratch)
+                }
+                return Packing.view(m)
+            }
+        }
         var turn = 0
         var failure: KernelError?
         // Activations are quantized once per call, as in a model where one input feeds one matrix.
@@ -94,7 +105,7 @@ public enum KernelBench {
         return Result(type: type.name, op: batch == 1 ? "matvec" : "matmul", rows: rows, cols: cols, batch: batch,
                       threads: pool.size, gbps: Double(matrixBytes) / seconds / 1e9,
                       gflops: 2 * Double(rows) * Double(cols) * Double(batch) / seconds / 1e9,
-                      kernel: MatMul.hasKernel(type) ? ISA.active.rawValue : "dequantize")
+                      kernel: MatMul.hasKernel(type) ? ISA.active.rawValue + (packed ? " x8" : "") : "dequantize")
     }
 
     static func next(_ s: inout UInt64) -> UInt64 {

@@ -18,6 +18,8 @@ struct BenchKernels: ParsableCommand {
         Decoding streams every active weight once per token, so a matvec kernel is judged by how close it
         comes to the machine's read bandwidth, measured in the same run (1 thread and all threads). Shapes are
         a 14336×4096 up-projection and a 4096×14336 down-projection; batched matmul uses 32 activation rows.
+        Q4_0 and Q8_0 are measured in the file's row layout and in the eight-row packed layout ("x8") that a
+        loaded model computes from.
         Build with -c release: `swift run -c release conclave bench kernels`.
         """
     )
@@ -57,15 +59,17 @@ struct BenchKernels: ParsableCommand {
         for type in list {
             for t in counts {
                 let pool = ThreadPool(threads: t)
-                for (rows, cols) in [(14336, 4096), (4096, 14336)] {
-                    let r = try KernelBench.matmul(type: type, rows: rows, cols: cols, batch: 1, pool: pool, minSeconds: seconds)
-                    results.append(r)
-                    if !json { printError(line(r, bandwidth)) }
-                }
-                if t == counts.last {
-                    let r = try KernelBench.matmul(type: type, rows: 14336, cols: 4096, batch: 32, pool: pool, minSeconds: seconds)
-                    results.append(r)
-                    if !json { printError(line(r, bandwidth)) }
+                // Each shape in the row layout, then in the packed layout where the type has one (what a model runs).
+                for packed in [false, true] {
+                    for (rows, cols) in [(14336, 4096), (4096, 14336)] {
+                        guard let r = try KernelBench.matmul(type: type, rows: rows, cols: cols, batch: 1, pool: pool, packed: packed, minSeconds: seconds) else { continue }
+                        results.append(r)
+                        if !json { printError(line(r, bandwidth)) }
+                    }
+                    if t == counts.last, let r = try KernelBench.matmul(type: type, rows: 14336, cols: 4096, batch: 32, pool: pool, packed: packed, minSeconds: seconds) {
+                        results.append(r)
+                        if !json { printError(line(r, bandwidth)) }
+                    }
                 }
             }
         }

@@ -38,7 +38,7 @@ struct PlanCommand: ParsableCommand {
                 throw ValidationError("--round-trip-ms must be 0 or more and --read-rate-gbps above 0")
             }
             let rate = try readRateGbps.map { $0 * 1e9 }
-                ?? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: 1), totalBytes: 32 << 20, minSeconds: 0.05).gbps * 1e9
+                ?? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: 1), totalBytes: 32 << 20, minSeconds: 0.05)!.gbps * 1e9
             let clusterFile = try ClusterFile(path: cluster)
             let measured = clusterFile.workers.map { w in
                 var w = w

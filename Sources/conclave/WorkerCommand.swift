@@ -89,7 +89,7 @@ struct WorkerCommand: AsyncParsableCommand {
         // layers so that each worker's share takes the same time.
         var options = WorkerService.Options(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir)
         if let rate = try? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: threads),
-                                              totalBytes: 32 << 20, minSeconds: 0.05) {
+                                              totalBytes: 32 << 20, minSeconds: 0.05) ?? nil {
             options.readRate = rate.gbps * 1e9
             printError("[\(label)] reads Q4_0 weights at \(String(format: "%.1f", rate.gbps)) GB/s with \(threads) threads")
         }

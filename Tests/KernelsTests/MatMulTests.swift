@@ -193,3 +193,18 @@ extension MatMulTests {
         }
     }
 }
+
+extension MatMulTests {
+    /// `bench kernels` measures the packed layout a model runs (Q4_0 here whenever the CPU has the packed kernel)
+    /// and skips types without one, rather than reporting the row layout under the packed name.
+    @Test func kernelBenchMeasuresThePackedLayout() throws {
+        let pool = ThreadPool(threads: 1)
+        let hasPacked = Packing.canPack(try WeightMatrix(type: .q4_0, rows: 8, cols: 64, data: UnsafeRawPointer(bitPattern: 64)!))
+        let packed = try KernelBench.matmul(type: .q4_0, rows: 64, cols: 256, batch: 1, pool: pool, packed: true, totalBytes: 1 << 20, minSeconds: 0.01)
+        #expect((packed != nil) == hasPacked)
+        if let packed { #expect(packed.kernel.hasSuffix(" x8") && packed.gbps > 0) }
+        #expect(try KernelBench.matmul(type: .q6_K, rows: 64, cols: 256, batch: 1, pool: pool, packed: true, totalBytes: 1 << 20, minSeconds: 0.01) == nil)
+        let plain = try #require(try KernelBench.matmul(type: .q4_0, rows: 64, cols: 256, batch: 1, pool: pool, totalBytes: 1 << 20, minSeconds: 0.01))
+        #expect(!plain.kernel.hasSuffix(" x8"))
+    }
+}
