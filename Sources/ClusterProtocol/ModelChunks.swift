@@ -42,4 +42,19 @@ public enum ModelChunks {
         e.modelChunk = c
         return WireMessage.make(e, tensors: [(.u8, [length], bytes)])
     }
+
+    /// The coordinator's answer to a FetchPieces: every piece of the model with its hash.
+    public static func pieceTable(_ digest: ModelDigest, id: UInt64) -> WireMessage {
+        var t = Conclave_V1_PieceTable()
+        t.dataOffset = UInt64(digest.dataOffset)
+        t.offsets = digest.pieces.map { UInt64($0.offset) }
+        t.counts = digest.pieces.map { UInt64($0.count) }
+        var hashes = Data(capacity: 32 * digest.pieces.count)
+        for p in digest.pieces { hashes.append(contentsOf: ModelDigest.bytes(hex: p.sha256)) }
+        t.sha256 = hashes
+        var e = Envelope()
+        e.requestID = id
+        e.pieceTable = t
+        return WireMessage.make(e)
+    }
 }

@@ -110,11 +110,11 @@ public final class Coordinator: Service, @unchecked Sendable {
                                              ubatch: options.maxBatch),
                                 footprint: footprint, membership: membership, executor: executor, log: log)
         recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, loadTimeout: options.loadTimeout, log: log)
-        chunks = ModelChunkServer(file: file)
+        chunks = ModelChunkServer(file: file, digest: digest)
         scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch,
                               clock: options.clock, figures: figures, log: log)
         clientAPI = ClientAPI(clients: clients, scheduler: scheduler, tokenizer: tokenizer, status: { [unowned self] in self.status() }, log: log)
-        membership.startReading { [chunks] f, id, link in chunks.serve(f, id: id, to: link) }
+        membership.startReading { [chunks] msg, link in chunks.serve(msg, to: link) }
     }
 
     public var modelName: String { file.string("general.name") ?? URL(fileURLWithPath: file.path).lastPathComponent }

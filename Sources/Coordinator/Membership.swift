@@ -44,8 +44,8 @@ final class Membership: @unchecked Sendable {
 
     deinit { for r in readers { r.cancel() } }
 
-    /// Starts reading every link; `onFetch` serves a worker's model-chunk request.
-    func startReading(onFetch: @escaping @Sendable (Conclave_V1_FetchModel, UInt64, WorkerLink) -> Void) {
+    /// Starts reading every link; `onFetch` serves a worker's request for model chunks or the model's pieces.
+    func startReading(onFetch: @escaping @Sendable (WireMessage, WorkerLink) -> Void) {
         for link in links {
             readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch) })
         }
@@ -129,7 +129,7 @@ final class Membership: @unchecked Sendable {
         return w
     }
 
-    private func read(_ link: WorkerLink, onFetch: @Sendable (Conclave_V1_FetchModel, UInt64, WorkerLink) -> Void) async {
+    private func read(_ link: WorkerLink, onFetch: @Sendable (WireMessage, WorkerLink) -> Void) async {
         for await frames in link.transport.messages {
             let msg: WireMessage
             do {
@@ -155,8 +155,8 @@ final class Membership: @unchecked Sendable {
                         log("worker '\(link.worker.name)' sent expert counts that do not fit the model (ignored): \(error)")
                     }
                 }
-            case .fetchModel(let f):
-                onFetch(f, msg.envelope.requestID, link)
+            case .fetchModel, .fetchPieces:
+                onFetch(msg, link)
             default:
                 if !replies.resolve(msg), case .error(let e) = msg.envelope.kind {
                     log("worker '\(link.worker.name)': \(e.message)")

@@ -76,11 +76,13 @@ public final class WorkerService: Service, @unchecked Sendable {
         var fetched: Model?
     }
     private let shared = Mutex(Shared())
-    /// A model file with its metadata hash and the digest of its tensor data.
+    /// A model file with its metadata hash and the digest of its tensor data; for a shard-only fetch, the cache
+    /// that holds the pieces fetched so far.
     struct Model {
         let file: GGUFFile
         let sha: [UInt8]
         let data: [UInt8]
+        var shard: ShardCache? = nil
     }
     /// The model this worker was started with (`--model`).
     private let ownModel: Model?
@@ -226,7 +228,7 @@ public final class WorkerService: Service, @unchecked Sendable {
             stageQueue.async { self.runStep(msg, peer: peer) }
         case .expertCall:
             expertQueue.async { self.runExpertCall(msg, peer: peer) }
-        case .modelChunk, .error:
+        case .modelChunk, .pieceTable, .error:
             if !replies.resolve(msg) { log("dropped a reply nobody waits for (request \(id))") }
         default:
             replyError(peer, id: id, WireError(.malformed, "a worker does not take \(kindName(msg.envelope))"))
@@ -242,7 +244,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         let previous = shared.withLock { $0.previousStage }
         switch (e.kind, role) {
         case (.hello, .coordinator), (.hello, .worker): return nil
-        case (.assign, .coordinator), (.modelChunk, .coordinator), (.error, .coordinator): return nil
+        case (.assign, .coordinator), (.modelChunk, .coordinator), (.pieceTable, .coordinator), (.error, .coordinator): return nil
         case (.stageInput, .coordinator): return nil
         case (.stageInput, .worker(let name)):
             return name == previous ? nil : WireError(.malformed, "a StageInput from worker '\(name)', which does not feed this stage in the plan in force")
@@ -417,10 +419,16 @@ public final class WorkerService: Service, @unchecked Sendable {
             }
             return m.file
         }
-        if let f = shared.withLock({ $0.fetched }), f.sha == want, weights.isEmpty || f.data == weights { return f.file }
-        let (file, digest) = try ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
-            .fetch(sha: want, data: weights, total: Int(a.modelBytes), into: options.cacheDirectory)
-        shared.withLock { $0.fetched = Model(file: file, sha: want, data: digest.bytes) }
+        let fetch = ModelFetch(replies: replies, send: { [router] m in router.send(Frames(peer: peer, parts: try m.encode())) }, log: log)
+        let needs = { (file: GGUFFile) throws -> [Range<Int>] in try WorkerShard.fileRanges(of: file, assign: a) }
+        if let f = shared.withLock({ $0.fetched }), f.sha == want, weights.isEmpty || f.data == weights {
+            // A re-plan: what the new assignment adds is fetched into the same cache, which the mapping shows.
+            try f.shard?.ensure(try needs(f.file), fetch: fetch)
+            return f.file
+        }
+        let fetched = try fetch.fetch(sha: want, data: weights, total: Int(a.modelBytes), into: options.cacheDirectory, needs: needs)
+        let file = fetched.file
+        shared.withLock { $0.fetched = Model(file: file, sha: want, data: fetched.digest, shard: fetched.shard) }
         return file
     }
 }

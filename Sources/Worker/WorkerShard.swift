@@ -30,6 +30,19 @@ final class WorkerShard: @unchecked Sendable {
     /// Tokens the stage sampled under a grammar and the time it took (for the heartbeat's metrics).
     var grammarFigures: (seconds: Double, tokens: Int)? { sequences?.grammars.figures }
 
+    /// The byte ranges of `file` that the shard `assign` names reads (its layers' tensors, and the experts it
+    /// keeps resident or pages): what a worker without its own copy fetches (`ModelFetch`). Only the header is
+    /// read; names outside the model are left to the Assign's own checks.
+    static func fileRanges(of file: GGUFFile, assign: Conclave_V1_Assign) throws -> [Range<Int>] {
+        let config = try ModelConfig(file: file)
+        let first = min(Int(assign.firstLayer), config.layerCount), end = min(max(first, Int(assign.endLayer)), config.layerCount)
+        var experts: [Int: [Int]] = [:]
+        for set in assign.experts + assign.paged where Int(set.layer) < config.layerCount {
+            experts[Int(set.layer), default: []] += set.experts.map(Int.init)
+        }
+        return WeightLayout(file: file, config: config).fileRanges(of: file, layers: first..<end, experts: ExpertSet(experts))
+    }
+
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not
     /// fit is refused with the figures (the coordinator plans with the budget we report, so this is a safeguard).

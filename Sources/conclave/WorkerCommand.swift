@@ -20,8 +20,10 @@ struct WorkerCommand: AsyncParsableCommand {
         discussion: """
         Binds --listen and waits for the coordinator (`conclave serve`), which connects to the endpoint its cluster
         file names for this worker. With --model the worker maps its own copy of the GGUF file (it must be the same
-        file as the coordinator's); without one it fetches the file from the coordinator in checksummed chunks and
-        caches it in --cache-dir for the next start. SIGTERM or SIGINT finish the queued work and exit.
+        file as the coordinator's); without one it fetches from the coordinator only its shard — the header, its
+        layers' tensors and its experts' slices, each checked against the coordinator's SHA-256 of that piece — into
+        a sparse file in --cache-dir (the rest of the model takes no disk), kept for the next start; a re-plan that
+        gives it more fetches only what it adds. SIGTERM or SIGINT finish the queued work and exit.
         """
     )
 
@@ -30,7 +32,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Hard memory budget for weights, KV caches, expert cache slots and scratch, e.g. 12GiB (default: all physical memory). Reported to the coordinator, which plans with it; experts beyond it are paged from the model file.") var memory: String?
     @Option(help: "Name reported to the coordinator (default: the host name).") var name: String?
     @Option(help: "Threads for this worker's kernels (default: every core).") var threads: Int = ThreadPool.availableCores
-    @Option(help: "Where a fetched model is cached.") var cacheDir: String = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/conclave").path
+    @Option(help: "Where the fetched shard of a model is kept (one sparse file per model, shared by workers of this host).") var cacheDir: String = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/conclave").path
     @Option(help: ArgumentHelp("CurveZMQ: this worker's key pair is DIR/NAME.key_secret (NAME: --name) and the coordinator's public key DIR/coordinator.key (`conclave keys generate`). Only the coordinator and the workers of its plan are then admitted.", valueName: "dir"))
     var keyDir: String?
     @Option(help: ArgumentHelp("The coordinator's public key (40 Z85 characters, or a .key file), instead of DIR/coordinator.key.", valueName: "key"))

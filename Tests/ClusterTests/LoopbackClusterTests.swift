@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import GGUF
 import Model
 import Testing
 import TestSupport
@@ -14,8 +15,8 @@ import Worker
     static let model = Fixtures.shippedModel
 
     /// Starts the cluster; returns it with the coordinator endpoint.
-    /// With `fetch`, the experts worker and the second stage have no model file and fetch it from the coordinator
-    /// into one cache at once, as two workers on one host do.
+    /// With `fetch`, no worker has a model file: each fetches its shard from the coordinator into its own cache
+    /// (`cache-NAME`), as workers on separate hosts do.
     /// `model`: writes the model the cluster serves into the cluster's directory (default: the shipped model).
     static func startCluster(fetch: Bool = false, serve extra: [String] = [],
                              model makeModel: ((ProcessCluster) throws -> String)? = nil) throws -> (ProcessCluster, String) {
@@ -25,7 +26,7 @@ import Worker
         let file = try c.writeClusterFile(base: base)
         let names = ["stage-a", "stage-b", "experts-1"]
         for (i, n) in names.enumerated() {
-            let source = fetch && n != "stage-a" ? ["--cache-dir", c.dir.appendingPathComponent("cache").path] : ["--model", model]
+            let source = fetch ? ["--cache-dir", c.dir.appendingPathComponent("cache-\(n)").path] : ["--model", model]
             try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
         }
         try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"] + extra)
@@ -61,14 +62,38 @@ import Worker
     func distributedGenerationMatchesOneProcessBlocking() throws {
         let (c, endpoint) = try Self.startCluster(fetch: true)
         defer { c.stop() }
-        // Two workers had no model: one fetched it in checksummed chunks into the shared cache, under its hash, while
-        // the other waited for that fetch and used its result.
-        let logs = try ["experts-1", "stage-b"].map { try String(contentsOf: c.log($0), encoding: .utf8) }
-        #expect(logs.filter { $0.contains("fetching the model: 100%") }.count == 1, "\(logs)")
-        #expect(logs.filter { $0.contains("using the model another worker fetched") || $0.contains("using the cached model") }.count == 1, "\(logs)")
-        let cached = try FileManager.default.contentsOfDirectory(atPath: c.dir.appendingPathComponent("cache").path).filter { $0.hasSuffix(".gguf") }
-        #expect(cached.count == 1, "\(cached)")
-        #expect(FileManager.default.contents(atPath: c.dir.appendingPathComponent("cache/\(cached[0])").path) == FileManager.default.contents(atPath: Self.model))
+        // No worker had the model: each fetched only its shard (the header, its layers' tensors, its experts) into a
+        // sparse cache file whose allocated blocks are that share, not the model.
+        let source = try GGUFFile(path: Self.model)
+        let layout = WeightLayout(file: source, config: try ModelConfig(file: source))
+        let header = (source.dataOffset + 4095) / 4096 * 4096
+        let shares: [String: [Range<Int>]] = [
+            "stage-a": layout.fileRanges(of: source, layers: 0..<2, experts: .none),
+            "stage-b": layout.fileRanges(of: source, layers: 2..<4, experts: .none),
+            "experts-1": layout.fileRanges(of: source, layers: 0..<0, experts: .every(layers: 0..<4, expertCount: 8)),
+        ]
+        let modelBytes = try Data(contentsOf: URL(fileURLWithPath: Self.model))
+        var fetched = 0
+        for (name, share) in shares {
+            let dir = c.dir.appendingPathComponent("cache-\(name)").path
+            let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".shard.gguf") }
+            #expect(files.count == 1, "\(name): \(files)")
+            guard let file = files.first else { continue }
+            let path = dir + "/" + file
+            var st = stat()
+            #expect(stat(path, &st) == 0 && Int(st.st_size) == source.fileSize)
+            let allocated = Int(st.st_blocks) * 512, bytes = share.reduce(0) { $0 + $1.count }
+            // Pieces are fetched in whole pages: at most a page more at each end of each.
+            #expect(allocated >= bytes && allocated <= header + bytes + share.count * 2 * 4096 + (64 << 10),
+                    "\(name) holds \(allocated) bytes for a share of \(bytes) (+ \(header) header) of the \(source.fileSize)-byte model")
+            let cached = try Data(contentsOf: URL(fileURLWithPath: path))
+            for r in share { #expect(cached.subdata(in: r) == modelBytes.subdata(in: r), "\(name): bytes \(r)") }
+            fetched += allocated
+            let log = try String(contentsOf: c.log(name), encoding: .utf8)
+            #expect(log.contains("fetching the shard: 100%"), "\(name): \(log)")
+        }
+        // Together they moved about the model once (each shard once, the header three times), not three times.
+        #expect(fetched < source.fileSize + 3 * header + (1 << 20), "the workers fetched \(fetched) bytes of a \(source.fileSize)-byte model")
         // Serving the whole file left little of it in the coordinator's memory (chunks are read with pread, not
         // through its mapping): its mapping of the model holds the header and vocabulary, not the weights.
         let coordinatorPid = try #require(c.processes["coordinator"]?.processIdentifier)
@@ -112,6 +137,7 @@ import Worker
     /// top-k-then-softmax routing split across processes, rows travelling as Q8_0), and deepseek2 (latent
     /// attention with its smaller cache on each stage, a dense first layer, shared experts, sigmoid routing over
     /// groups; and a file with the unsplit attn_kv_b, which caches K and V per head): the tokens one process makes.
+    /// The workers fetch their shards, so a tensor a shard reads but does not fetch (a hole reads as zeros) shows.
     @Test(arguments: [["--arch", "gpt-oss", "--layers", "4", "--sliding-window", "6"],
                       ["--arch", "deepseek2", "--layers", "4", "--gating", "sigmoid", "--norm-weights", "true", "--groups", "4", "--groups-used", "2"],
                       ["--arch", "deepseek2", "--layers", "4", "--q-lora-rank", "0", "--unsplit-kv-b"]])
@@ -119,7 +145,7 @@ import Worker
         try await onThread { [self] in try self.distributedMatchesOneProcessBlocking(synth: synth) }
     }
     func distributedMatchesOneProcessBlocking(synth: [String]) throws {
-        let (c, endpoint) = try Self.startCluster { c in
+        let (c, endpoint) = try Self.startCluster(fetch: true) { c in
             let path = c.dir.appendingPathComponent("synth.gguf").path
             let (rc, _, err) = try c.run(["synth"] + synth + ["--type", "Q8_0", "--seed", "11", "--threads", "1", "-o", path])
             guard rc == 0 else { throw ProcessCluster.Failure(description: "synth failed: \(err)") }

@@ -108,3 +108,36 @@ public struct WeightLayout: Sendable {
         return bytes
     }
 }
+
+extension WeightLayout {
+    /// The byte ranges of `file` that a shard reads: every tensor a stage running `layers` needs whole (none for
+    /// an experts-only shard), the rope frequencies with any layer, and of the routed experts the slices of
+    /// `experts` (the ones it keeps resident and the ones it pages) with their layers' expert biases. A worker
+    /// that fetches only its shard fetches these (`ModelFetch`); a tensor outside Conclave's table is fetched
+    /// with any stage, so an unknown tensor is never read as a hole.
+    public func fileRanges(of file: GGUFFile, layers: Range<Int>, experts: ExpertSet) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        for t in file.tensors {
+            let whole = t.fileOffset..<(t.fileOffset + t.info.byteCount)
+            guard let holder = holder(of: t.info.name), let name = TensorName(parsing: t.info.name) else {
+                if !layers.isEmpty { out.append(whole) }
+                continue
+            }
+            switch holder {
+            case .experts(let l):
+                let each = t.info.byteCount / expertCount
+                for e in experts.experts(inLayer: l, of: expertCount) where e < expertCount {
+                    out.append((t.fileOffset + e * each)..<(t.fileOffset + (e + 1) * each))
+                }
+            case .layer(let l):
+                let expertBias = name.role.category == .experts
+                if stageNeeds(holder, layers: layers) || (expertBias && !experts.experts(inLayer: l, of: expertCount).isEmpty) { out.append(whole) }
+            case .embedding where name.role == .ropeFreqs:
+                if !layers.isEmpty { out.append(whole) }
+            case .embedding, .head:
+                if !layers.isEmpty && stageNeeds(holder, layers: layers) { out.append(whole) }
+            }
+        }
+        return out
+    }
+}

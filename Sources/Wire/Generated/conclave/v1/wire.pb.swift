@@ -287,6 +287,22 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._kind = .modelChunk(newValue)}
   }
 
+  public var fetchPieces: Conclave_V1_FetchPieces {
+    get {
+      if case .fetchPieces(let v)? = _storage._kind {return v}
+      return Conclave_V1_FetchPieces()
+    }
+    set {_uniqueStorage()._kind = .fetchPieces(newValue)}
+  }
+
+  public var pieceTable: Conclave_V1_PieceTable {
+    get {
+      if case .pieceTable(let v)? = _storage._kind {return v}
+      return Conclave_V1_PieceTable()
+    }
+    set {_uniqueStorage()._kind = .pieceTable(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -304,6 +320,8 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     case generate(Conclave_V1_Generate)
     case fetchModel(Conclave_V1_FetchModel)
     case modelChunk(Conclave_V1_ModelChunk)
+    case fetchPieces(Conclave_V1_FetchPieces)
+    case pieceTable(Conclave_V1_PieceTable)
 
   }
 
@@ -901,6 +919,40 @@ public nonisolated struct Conclave_V1_ModelChunk: Sendable {
   public init() {}
 }
 
+/// Worker → coordinator: the model's pieces (ModelDigest), before a shard-only fetch.
+public nonisolated struct Conclave_V1_FetchPieces: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Coordinator → worker: every piece of the model's tensor data (a tensor, or one expert's slice of a stacked
+/// expert tensor), in file order, with its SHA-256. The worker checks the pieces against the header it fetched and
+/// the hashes' root against the Assign's model_data_sha256, then fetches (FetchModel) and verifies only the
+/// pieces its assignment needs.
+public nonisolated struct Conclave_V1_PieceTable: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var dataOffset: UInt64 = 0
+
+  public var offsets: [UInt64] = []
+
+  public var counts: [UInt64] = []
+
+  /// 32 bytes a piece, in order
+  public var sha256: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Conclave_V1_StatusQuery: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1173,7 +1225,7 @@ nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0\u{3}fetch_pieces\0\u{3}piece_table\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -1403,6 +1455,32 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
             _storage._kind = .modelChunk(v)
           }
         }()
+        case 24: try {
+          var v: Conclave_V1_FetchPieces?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .fetchPieces(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .fetchPieces(v)
+          }
+        }()
+        case 25: try {
+          var v: Conclave_V1_PieceTable?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .pieceTable(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .pieceTable(v)
+          }
+        }()
         default: break
         }
       }
@@ -1486,6 +1564,14 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       case .modelChunk?: try {
         guard case .modelChunk(let v)? = _storage._kind else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+      }()
+      case .fetchPieces?: try {
+        guard case .fetchPieces(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+      }()
+      case .pieceTable?: try {
+        guard case .pieceTable(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
       }()
       case nil: break
       }
@@ -2707,6 +2793,70 @@ nonisolated extension Conclave_V1_ModelChunk: SwiftProtobuf.Message, SwiftProtob
   public static func ==(lhs: Conclave_V1_ModelChunk, rhs: Conclave_V1_ModelChunk) -> Bool {
     if lhs.offset != rhs.offset {return false}
     if lhs.total != rhs.total {return false}
+    if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_FetchPieces: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FetchPieces"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_FetchPieces, rhs: Conclave_V1_FetchPieces) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_PieceTable: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PieceTable"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}data_offset\0\u{1}offsets\0\u{1}counts\0\u{1}sha256\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.dataOffset) }()
+      case 2: try { try decoder.decodeRepeatedUInt64Field(value: &self.offsets) }()
+      case 3: try { try decoder.decodeRepeatedUInt64Field(value: &self.counts) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.sha256) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.dataOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.dataOffset, fieldNumber: 1)
+    }
+    if !self.offsets.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.offsets, fieldNumber: 2)
+    }
+    if !self.counts.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.counts, fieldNumber: 3)
+    }
+    if !self.sha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.sha256, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_PieceTable, rhs: Conclave_V1_PieceTable) -> Bool {
+    if lhs.dataOffset != rhs.dataOffset {return false}
+    if lhs.offsets != rhs.offsets {return false}
+    if lhs.counts != rhs.counts {return false}
     if lhs.sha256 != rhs.sha256 {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
