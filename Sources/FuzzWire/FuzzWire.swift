@@ -118,6 +118,11 @@ enum WireHarness {
         var fetch = Conclave_V1_FetchModel()
         fetch.offset = 0
         fetch.length = 64
+        var table = Conclave_V1_PieceTable()
+        table.dataOffset = 64
+        table.offsets = [64, 128]
+        table.counts = [64, 64]
+        table.sha256 = Data(count: 64)
         return [
             try message("hello") { $0.hello = Conclave_V1_Hello() },
             try message("assign") { $0.assign = assign(file) },
@@ -125,6 +130,8 @@ enum WireHarness {
             try message("expert-call", tensors: [(.f32, [1, e], Data(count: e * 4))]) { $0.expertCall = call },
             try message("heartbeat") { $0.heartbeat = hb },
             try message("fetch-model") { $0.fetchModel = fetch },
+            try message("fetch-pieces") { $0.fetchPieces = Conclave_V1_FetchPieces() },
+            try message("piece-table") { $0.pieceTable = table },
             try message("generate") { $0.generate = Conclave_V1_Generate() },
         ]
     }

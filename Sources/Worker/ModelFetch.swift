@@ -287,7 +287,8 @@ public final class ShardCache: @unchecked Sendable {
         for (i, h) in zip(stored, hashes) where hex(h) == table.pieces[i].sha256 { missing.remove(i) }
         let corrupt = stored.filter { missing.contains($0) }
         if !corrupt.isEmpty {
-            fetch.log("\(corrupt.count) cached piece(s) of \(path) do not match their hashes (the first at byte \(table.pieces[corrupt[0]].offset)): fetching them again")
+            // (Also a piece whose first page came with a neighbour's: partly fetched is not verified.)
+            fetch.log("\(corrupt.count) piece(s) on disk in \(path) are partial or do not match their hashes (the first at byte \(table.pieces[corrupt[0]].offset)): fetching them again")
         }
         if !missing.isEmpty {
             let order = missing.sorted()

@@ -290,6 +290,45 @@ import Wire
 
     /// A worker without a model reuses a whole copy an older build fetched, unless its weights differ from the
     /// coordinator's (one flipped byte): then the copy is refused and removed, the worker fetches its shard, and
+    /// Workers without the model fetch only their shards; when a stage dies and the survivor takes its layers, the
+    /// survivor fetches only the pieces it did not have (the dead stage's layers), into the cache it maps, and the
+    /// text is the one process's.
+    @Test func aSurvivorTakingMoreLayersFetchesOnlyThem() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts)], files: ["s1": nil, "s2": nil, "e1": nil])
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1", "s2"])
+        let fetches = { c.log.all.filter { $0.hasPrefix("[s1] fetching") && $0.contains("of the model's") && $0.contains("pieces") } }
+        #expect(fetches().count == 1, "\(fetches())")
+        c.silence("s2")
+        for _ in 0..<4 { try c.tick() }  // down
+        let now = c.clock.now()
+        try InProcessCluster.eventually("the recovery's Hello waiting on the clock") {
+            c.log.all.contains { $0.hasPrefix("re-planning") } && c.clock.waitDeadlines.contains { $0 > now && $0 <= now + 1 }
+        }
+        try c.tick()
+        try InProcessCluster.eventually("the recovery's end") { !c.coordinator.recovery.history.isEmpty }
+        let record = try #require(c.coordinator.recovery.history.first)
+        #expect(record.recovered, "\(record.cause)")
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1"])
+        // The second fetch is exactly the pages of layers 2 and 3 that s1 did not hold (and the head, which s2 held).
+        let file = try GGUFFile(path: Fixtures.shippedModel)
+        let layout = WeightLayout(file: file, config: try ModelConfig(file: file))
+        let before = Set(layout.fileRanges(of: file, layers: 0..<2, experts: .none))
+        let added = layout.fileRanges(of: file, layers: 0..<4, experts: .none).filter { !before.contains($0) }
+        let pages = added.map { ($0.lowerBound / 4096 * 4096)..<(($0.upperBound + 4095) / 4096 * 4096) }.sorted { $0.lowerBound < $1.lowerBound }
+        var joined: [Range<Int>] = []
+        for r in pages { if let l = joined.last, r.lowerBound <= l.upperBound { joined[joined.count - 1] = l.lowerBound..<max(l.upperBound, r.upperBound) } else { joined.append(r) } }
+        let bytes = joined.reduce(0) { $0 + $1.count }
+        let all = fetches()
+        // (A small piece may have come whole with a neighbour's pages already: it verifies on disk and is not asked for.)
+        #expect(all.count == 2 && all[1].contains(": \(bytes) bytes"), "\(all), want \(bytes) bytes")
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+    }
+
     /// the tokens are the one process's.
     @Test func aCachedCopyWithOtherWeightsIsFetchedAgain() async throws {
         let cache = Fixtures.temporaryDirectory().path

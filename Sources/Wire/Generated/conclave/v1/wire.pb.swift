@@ -354,7 +354,7 @@ public nonisolated struct Conclave_V1_Hello: Sendable {
   /// start with its threads (0: not measured); the planner splits expert-parallel layers by it.
   public var readBytesPerSecond: Double = 0
 
-  /// SHA-256 over the SHA-256s of the tensor data's 64 MiB ranges (ModelDigest; empty when it has no model):
+  /// SHA-256 over the SHA-256s of the tensor data's pieces (ModelDigest: each tensor, each expert's slice; empty when it has no model):
   /// two copies with the same metadata but different weights differ here.
   public var modelDataSha256: Data = Data()
 
