@@ -10,7 +10,7 @@ public extension Conclave_V1_StatusReply {
         m.handle(c.refusedPeers).advance(toTotal: Double(refusedPeers))
         for w in workers {
             let l = MetricLabel("worker", w.name)
-            for state in ["joining", "loading", "ready", "suspect", "down"] {
+            for state in ["joining", "loading", "ready", "suspect", "down", "spare", "draining", "left"] {
                 m.handle(c.workerState, [l, MetricLabel("state", state)]).set(w.state == state ? 1 : 0)
             }
             m.handle(c.workerBudget, [l]).set(Double(w.memoryBudget))

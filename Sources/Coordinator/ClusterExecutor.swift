@@ -98,8 +98,16 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         return brokenBecause?()
     }
 
+    /// A worker of the plan asked to leave: steps could run, but the scheduler should re-plan without it now.
+    func replanWanted() -> GenerationError? {
+        let names = inForce.withLock { $0.workers }
+        // (A spare of the plan holds nothing: it is released without a re-plan.)
+        guard let leaving = links.first(where: { names.contains($0.worker.name) && $0.state == .draining }) else { return nil }
+        return GenerationError(.unavailable, "worker '\(leaving.worker.name)' is leaving the cluster (drain): its shard moves to the others")
+    }
+
     func heal() -> RecoveryOutcome? {
-        guard let cause = unavailable() else { return nil }
+        guard let cause = unavailable() ?? replanWanted() else { return nil }
         return onHeal?(cause)
     }
 

@@ -114,7 +114,8 @@ public final class Coordinator: Service, @unchecked Sendable {
         scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch,
                               clock: options.clock, figures: figures, log: log)
         clientAPI = ClientAPI(clients: clients, scheduler: scheduler, tokenizer: tokenizer, status: { [unowned self] in self.status() }, log: log)
-        membership.startReading { [chunks] msg, link in chunks.serve(msg, to: link) }
+        membership.startReading(onFetch: { [chunks] msg, link in chunks.serve(msg, to: link) },
+                                 onDrain: { [recovery] id, link in recovery.drain(link, request: id) })
     }
 
     public var modelName: String { file.string("general.name") ?? URL(fileURLWithPath: file.path).lastPathComponent }

@@ -44,10 +44,12 @@ final class Membership: @unchecked Sendable {
 
     deinit { for r in readers { r.cancel() } }
 
-    /// Starts reading every link; `onFetch` serves a worker's request for model chunks or the model's pieces.
-    func startReading(onFetch: @escaping @Sendable (WireMessage, WorkerLink) -> Void) {
+    /// Starts reading every link; `onFetch` serves a worker's request for model chunks or the model's pieces,
+    /// `onDrain` a worker's request to leave.
+    func startReading(onFetch: @escaping @Sendable (WireMessage, WorkerLink) -> Void,
+                      onDrain: @escaping @Sendable (UInt64, WorkerLink) -> Void = { _, _ in }) {
         for link in links {
-            readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch) })
+            readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch, onDrain: onDrain) })
         }
     }
 
@@ -129,7 +131,8 @@ final class Membership: @unchecked Sendable {
         return w
     }
 
-    private func read(_ link: WorkerLink, onFetch: @Sendable (WireMessage, WorkerLink) -> Void) async {
+    private func read(_ link: WorkerLink, onFetch: @Sendable (WireMessage, WorkerLink) -> Void,
+                      onDrain: @Sendable (UInt64, WorkerLink) -> Void) async {
         for await frames in link.transport.messages {
             let msg: WireMessage
             do {
@@ -157,6 +160,8 @@ final class Membership: @unchecked Sendable {
                 }
             case .fetchModel, .fetchPieces:
                 onFetch(msg, link)
+            case .drain:
+                onDrain(msg.envelope.requestID, link)
             default:
                 if !replies.resolve(msg), case .error(let e) = msg.envelope.kind {
                     log("worker '\(link.worker.name)': \(e.message)")

@@ -73,7 +73,9 @@ final class Recovery: @unchecked Sendable {
         // Ask everyone not known to be well who they are; a restarted worker answers (a live one within
         // milliseconds: a second is plenty on a LAN).
         var answered: Set<String> = []
-        for (link, answer) in membership.hello(links.filter { $0.state != .ready }, timeout: 1) {
+        // A worker that asked to leave is not asked back.
+        let leaving: Set<WorkerLink.State> = [.draining, .left]
+        for (link, answer) in membership.hello(links.filter { $0.state != .ready && !leaving.contains($0.state) }, timeout: 1) {
             guard let h = answer else { continue }
             if let problem = membership.modelProblem(h, link, path: assignment.model.file.path) {
                 log("not taking back: \(problem)")
@@ -115,9 +117,57 @@ final class Recovery: @unchecked Sendable {
             return .failed(e)
         }
         healing.withLock { $0 = Healing() }
+        release(links.filter { $0.state == .draining })
         record.reloaded = outcome.reloaded
         record.recovered = true
         log("recovered in \(String(format: "%.2f", clock.now() - t0)) s (plan \(assignment.epoch)); replaying \(sequences) sequence\(sequences == 1 ? "" : "s")")
         return .recovered(maxSequences: outcome.maxSequences)
+    }
+
+    // MARK: Leaving
+
+    /// A worker asks to leave (`worker --drain`): refused, with the reason, when the others cannot hold the model
+    /// without it; released at once when the plan does not use it (a spare); else marked draining — it serves
+    /// until the scheduler's next turn re-plans without it (`ClusterExecutor.replanWanted`, running requests
+    /// replayed as after a failure) — and released once that plan is in force.
+    func drain(_ link: WorkerLink, request id: UInt64) {
+        let name = link.worker.name
+        let others = membership.links.filter { $0 !== link && ($0.state == .ready || $0.state == .spare) }.map { l in
+            let w = membership.budgeted(l, loopbackOnly: cluster.loopbackOnly)
+            return l.worker.role == .spare ? w.with(role: .any) : w
+        }
+        do {
+            _ = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: others,
+                                                                            coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+        } catch {
+            log("worker '\(name)' asked to leave; refused: the other workers cannot hold the model without it (\(error))")
+            link.send(WireMessage.errorReply(to: id, WireError(.unavailable, "the other workers cannot hold the model without '\(name)' (\(error)); it stays in the plan")))
+            return
+        }
+        link.info.withLock { $0.drainRequest = id; $0.state = .draining }
+        if !assignment.plan.uses(name) {
+            release([link])
+            return
+        }
+        log("worker '\(name)' asked to leave: re-planning without it at the next step")
+    }
+
+    /// Tells draining workers that the plan in force no longer uses them; they are never planned again.
+    private func release(_ links: [WorkerLink]) {
+        for link in links {
+            let id = link.info.withLock { i -> UInt64? in
+                i.state = .left
+                i.layers = 0..<0
+                i.experts = 0
+                i.plannedBytes = 0
+                return i.drainRequest
+            }
+            guard let id else { continue }
+            var e = Envelope()
+            e.requestID = id
+            e.drain = Conclave_V1_Drain()
+            link.send(WireMessage.make(e))
+            log("worker '\(link.worker.name)' released: the plan in force (\(assignment.epoch)) no longer uses it")
+        }
     }
 }

@@ -12,8 +12,9 @@ public final class WorkerLink: @unchecked Sendable {
     public let worker: ClusterFile.Worker
     let transport: Transport
 
-    /// `spare`: answered Hello and holds nothing until a re-plan needs it.
-    public enum State: String, Sendable { case joining, loading, ready, suspect, down, spare }
+    /// `spare`: answered Hello and holds nothing until a re-plan needs it. `draining`: asked to leave (Drain); it
+    /// serves until a plan without it is in force, then is `left` and never planned again.
+    public enum State: String, Sendable { case joining, loading, ready, suspect, down, spare, draining, left }
 
     struct Info {
         var state: State = .joining
@@ -29,6 +30,8 @@ public final class WorkerLink: @unchecked Sendable {
         /// What the plan in force expects it to hold (weights, KV, scratch).
         var plannedBytes = 0
         var failed: String?
+        /// The request id of its Drain, answered once a plan without it is in force.
+        var drainRequest: UInt64?
     }
     let info = Mutex(Info())
     /// Heartbeat silence that makes a worker suspect, then down (heartbeats come every second).
@@ -53,10 +56,11 @@ public final class WorkerLink: @unchecked Sendable {
     /// The state with heartbeat silence taken into account.
     var state: State {
         info.withLock { i in
-            if i.state == .down { return .down }
-            guard i.state == .ready || i.state == .loading, let last = i.lastHeard else { return i.state }
+            if i.state == .down || i.state == .left { return i.state }
+            guard i.state == .ready || i.state == .loading || i.state == .draining, let last = i.lastHeard else { return i.state }
             let age = clock.now() - last
             if age > Self.downAfter { return .down }
+            if i.state == .draining { return .draining }
             if age > Self.suspectAfter { return .suspect }
             return i.state
         }

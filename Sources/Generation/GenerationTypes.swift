@@ -113,6 +113,9 @@ public protocol StepExecutor: AnyObject, Sendable {
     var kvRoom: KVRoom? { get }
     /// Why nothing can be computed now (a worker is down); nil when steps can run.
     func unavailable() -> GenerationError?
+    /// Why the scheduler should recover now although steps can still run (a worker asked to leave): new requests
+    /// are not refused for it, running ones are replayed on the new placement.
+    func replanWanted() -> GenerationError?
     /// After `cause` (a worker down, a step lost), makes the executor able to run steps again — a cluster
     /// re-plans onto the workers it has left and re-assigns them; every sequence's caches are gone after it, and
     /// the scheduler replays the `sequences` it has. Blocks until done. Says whether steps can run again (and how
@@ -135,6 +138,8 @@ public enum RecoveryOutcome: Sendable, Equatable {
 }
 
 public extension StepExecutor {
+    /// Nothing asks for a re-plan by default.
+    func replanWanted() -> GenerationError? { nil }
     /// Without a way to recover, the cause stands.
     func recover(after cause: GenerationError, sequences: Int) -> RecoveryOutcome { .failed(cause) }
     /// Nothing to heal without a way to recover.

@@ -303,7 +303,7 @@ public final class Scheduler: @unchecked Sendable {  // loop state is touched on
                     lost = lost ?? GenerationError(.unavailable, "a generation step got no answer within \(Int(timeout)) s")
                 }
             }
-            if let e = lost ?? executor.unavailable(), !inFlight.isEmpty || active.contains(where: { !$0.done }) {
+            if let e = lost ?? executor.unavailable() ?? executor.replanWanted(), !inFlight.isEmpty || active.contains(where: { !$0.done }) {
                 // Nothing in the pipeline can finish. The executor recovers if it can (re-plan, re-assign); every
                 // running sequence is then replayed and goes on, else each fails with the reason.
                 for f in inFlight { executor.cancel(f.handle) }

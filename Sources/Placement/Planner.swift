@@ -23,6 +23,12 @@ public struct Plan: Sendable, Equatable {
 
     public func stage(ofLayer l: Int) -> Stage? { stages.first { $0.layers.contains(l) } }
 
+    /// Whether the worker named `name` holds anything (a stage, or experts); a spare holds nothing.
+    public func uses(_ name: String) -> Bool {
+        guard let i = workers.firstIndex(where: { $0.name == name }) else { return false }
+        return stages.contains { $0.worker == name } || experts.contains { $0.contains(i) }
+    }
+
     /// Experts a worker computes (resident or paged), as (layer, expert) pairs.
     public func experts(of worker: Int) -> [(layer: Int, expert: Int)] {
         experts.enumerated().flatMap { l, row in row.enumerated().filter { $0.element == worker }.map { (l, $0.offset) } }

@@ -28,7 +28,7 @@ h2 { font-size:15px; margin:0 0 8px; }
 table { border-collapse:collapse; width:100%; font-variant-numeric: tabular-nums; }
 th, td { text-align:left; padding:3px 6px; border-bottom:1px solid var(--line); white-space:nowrap; }
 th { font-weight:600; color:var(--dim); }
-.state-ready { color:var(--ok); } .state-suspect, .state-loading, .state-joining { color:var(--warn); } .state-down { color:var(--bad); font-weight:700; }
+.state-ready { color:var(--ok); } .state-suspect, .state-loading, .state-joining, .state-draining { color:var(--warn); } .state-down { color:var(--bad); font-weight:700; }
 .state::before { content:"● "; }
 #events li { margin:2px 0; }
 #workers { font-size:13px; }

@@ -33,7 +33,7 @@ public struct ServingMetrics: Sendable {
     // Labelled per request or per worker where they are counted; status shows these from its own fields.
     public let httpRequests = MetricSpec(.counter, "conclave_http_requests_total", help: "HTTP requests by endpoint (unknown paths as \"other\") and status code.")
     public let refusedPeers = MetricSpec(.counter, "conclave_refused_peers_total", help: "Peers the coordinator's client endpoint refused (CurveZMQ: an unlisted key, or a host without it), each once however often it retries; each worker's are conclave_worker_refused_peers_total.")
-    public let workerState = MetricSpec(.gauge, "conclave_worker_state", help: "1 for the worker's state as the coordinator sees it (joining, loading, ready, suspect, down).")
+    public let workerState = MetricSpec(.gauge, "conclave_worker_state", help: "1 for the worker's state as the coordinator sees it (joining, loading, ready, suspect, down, spare, draining, left).")
     public let workerBudget = MetricSpec(.gauge, "conclave_worker_memory_budget_bytes", help: "The worker's memory budget in force (the smaller of its own and the cluster file's).")
     public let workerHeartbeatAge = MetricSpec(.gauge, "conclave_worker_heartbeat_age_seconds", help: "Seconds since the worker's last heartbeat.")
     public let expertImbalance = MetricSpec(.gauge, "conclave_expert_layer_imbalance", help: "Per MoE layer, the busiest holder's share of the routers' recent choices (1/holders is even, 1 is one worker taking them all); 0 before any.")

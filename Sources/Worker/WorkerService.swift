@@ -35,6 +35,10 @@ public final class WorkerService: Service, @unchecked Sendable {
         public var clock: any Clock = MonotonicClock()
         /// Seconds between heartbeats.
         public var heartbeatPeriod = 1.0
+        /// On a graceful stop, first ask the coordinator to plan without this worker and wait (serving) until it
+        /// is released, at most `drainTimeout` seconds (`worker --drain`).
+        public var drainOnStop = false
+        public var drainTimeout = 300.0
         public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
             self.name = name
             self.endpoint = endpoint
@@ -124,7 +128,31 @@ public final class WorkerService: Service, @unchecked Sendable {
         await withGracefulShutdownHandler {
             await self.serve()
         } onGracefulShutdown: {
+            if self.options.drainOnStop { self.leave() }
             self.drain()
+        }
+    }
+
+    /// Asks the coordinator to move this worker's shard to the others (Drain) and waits, serving all the while,
+    /// until the plan in force no longer uses it; a refusal (the others cannot hold the model) or no answer is
+    /// logged, and the worker stops anyway.
+    public func leave() {
+        guard let peer = shared.withLock({ $0.shard != nil ? $0.coordinator : nil }) else { return }
+        log("leaving the cluster: asking the coordinator to move this worker's shard to the others")
+        let id = replies.register()
+        var e = Envelope()
+        e.requestID = id
+        e.drain = Conclave_V1_Drain()
+        reply(peer, WireMessage.make(e))
+        do {
+            let answer = try replies.wait(id, timeout: options.drainTimeout, from: "the coordinator")
+            if case .drain = answer.envelope.kind {
+                log("released: the coordinator's plan no longer uses this worker")
+            } else {
+                log("the coordinator answered the drain with something else; stopping anyway")
+            }
+        } catch {
+            log("not released (\(error)); stopping anyway")
         }
     }
 
@@ -228,7 +256,7 @@ public final class WorkerService: Service, @unchecked Sendable {
             stageQueue.async { self.runStep(msg, peer: peer) }
         case .expertCall:
             expertQueue.async { self.runExpertCall(msg, peer: peer) }
-        case .modelChunk, .pieceTable, .error:
+        case .modelChunk, .pieceTable, .drain, .error:
             if !replies.resolve(msg) { log("dropped a reply nobody waits for (request \(id))") }
         default:
             replyError(peer, id: id, WireError(.malformed, "a worker does not take \(kindName(msg.envelope))"))
@@ -244,7 +272,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         let previous = shared.withLock { $0.previousStage }
         switch (e.kind, role) {
         case (.hello, .coordinator), (.hello, .worker): return nil
-        case (.assign, .coordinator), (.modelChunk, .coordinator), (.pieceTable, .coordinator), (.error, .coordinator): return nil
+        case (.assign, .coordinator), (.modelChunk, .coordinator), (.pieceTable, .coordinator), (.drain, .coordinator), (.error, .coordinator): return nil
         case (.stageInput, .coordinator): return nil
         case (.stageInput, .worker(let name)):
             return name == previous ? nil : WireError(.malformed, "a StageInput from worker '\(name)', which does not feed this stage in the plan in force")

@@ -23,11 +23,15 @@ struct WorkerCommand: AsyncParsableCommand {
         file as the coordinator's); without one it fetches from the coordinator only its shard — the header, its
         layers' tensors and its experts' slices, each checked against the coordinator's SHA-256 of that piece — into
         a sparse file in --cache-dir (the rest of the model takes no disk), kept for the next start; a re-plan that
-        gives it more fetches only what it adds. SIGTERM or SIGINT finish the queued work and exit.
+        gives it more fetches only what it adds. SIGTERM or SIGINT finish the queued work and exit; with --drain
+        the worker first asks the coordinator to move its shard to the others (it keeps serving, running requests
+        go on under the new plan) and stops once released — or at once, with the reason logged, when the others
+        cannot hold the model without it.
         """
     )
 
     @Option(help: "Endpoint to bind, e.g. tcp://0.0.0.0:7070.") var listen: String
+    @Flag(help: "On SIGTERM or SIGINT, first have the coordinator move this worker's shard to the others, then stop.") var drain = false
     @Option(name: [.short, .long], help: "This host's copy of the model (optional).") var model: String?
     @Option(help: "Hard memory budget for weights, KV caches, expert cache slots and scratch, e.g. 12GiB (default: all physical memory). Reported to the coordinator, which plans with it; experts beyond it are paged from the model file.") var memory: String?
     @Option(help: "Name reported to the coordinator (default: the host name).") var name: String?
@@ -90,6 +94,7 @@ struct WorkerCommand: AsyncParsableCommand {
         // How fast this host streams quantized weights (about 0.1 s): the coordinator splits expert-parallel
         // layers so that each worker's share takes the same time.
         var options = WorkerService.Options(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir)
+        options.drainOnStop = drain
         if let rate = try? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: threads),
                                               totalBytes: 32 << 20, minSeconds: 0.05) ?? nil {
             options.readRate = rate.gbps * 1e9

@@ -18,7 +18,7 @@ import Worker
     /// With `fetch`, no worker has a model file: each fetches its shard from the coordinator into its own cache
     /// (`cache-NAME`), as workers on separate hosts do.
     /// `model`: writes the model the cluster serves into the cluster's directory (default: the shipped model).
-    static func startCluster(fetch: Bool = false, serve extra: [String] = [],
+    static func startCluster(fetch: Bool = false, serve extra: [String] = [], workerFlags: [String: [String]] = [:],
                              model makeModel: ((ProcessCluster) throws -> String)? = nil) throws -> (ProcessCluster, String) {
         let c = try ProcessCluster()
         let model = try makeModel?(c) ?? Self.model
@@ -27,7 +27,7 @@ import Worker
         let names = ["stage-a", "stage-b", "experts-1"]
         for (i, n) in names.enumerated() {
             let source = fetch ? ["--cache-dir", c.dir.appendingPathComponent("cache-\(n)").path] : ["--model", model]
-            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source)
+            try c.start(n, ["worker", "--listen", "tcp://127.0.0.1:\(base + 1 + i)", "--name", n, "--threads", "1"] + source + (workerFlags[n] ?? []))
         }
         try c.start("coordinator", ["serve", "-m", model, "--cluster", file, "--threads", "1", "--join-timeout", "20", "--http", "off"] + extra)
         do {
@@ -131,6 +131,40 @@ import Worker
         // Activations cross one hop per step; a decode row costs about hidden × 4 bytes plus a small envelope.
         let bytes = byName["stage-a"]?["forwarded_bytes"] as? Int ?? 0, rows = byName["stage-a"]?["forwarded_rows"] as? Int ?? 1
         #expect(bytes > 0 && rows > 0)
+    }
+
+    /// A stage started with --drain is stopped (SIGTERM) while a request runs: it asks the coordinator to plan
+    /// without it and keeps serving; the coordinator re-plans (the other stage takes its layers), replays the
+    /// running request, releases it, and it exits. The request's text is the one process's, and so is the next's.
+    @Test func aDrainedStageHandsItsLayersOverWhileARequestRuns() async throws { try await onThread { [self] in try self.drainBlocking() } }
+    func drainBlocking() throws {
+        let (c, endpoint) = try Self.startCluster(workerFlags: ["stage-b": ["--drain"]])
+        defer { c.stop() }
+        let args = ["-p", "Once upon a time", "-n", "300", "--temp", "0", "--repeat-penalty", "1.3"]
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        #expect(rc1 == 0, "run failed: \(err1)")
+        let running = try c.spawn(["generate", "--coordinator", endpoint] + args)
+        // Tokens are streaming (stdout is written token by token) before the stage is stopped.
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? FileManager.default.attributesOfItem(atPath: running.out.path)[.size] as? Int) ?? 0) == 0, Date() < deadline { usleep(20_000) }
+        c.signal("stage-b", SIGTERM)
+        let (rc2, distributed, err2) = try running.finish()
+        #expect(rc2 == 0, "generate failed: \(err2)\n\(c.logs())")
+        #expect(distributed == single)
+        #expect(c.exitStatus("stage-b", within: 60) == 0, "\(c.logText("stage-b"))")
+        #expect(c.logText("stage-b").contains("released: the coordinator's plan no longer uses this worker"), "\(c.logText("stage-b"))")
+        let coordinator = c.logText("coordinator")
+        #expect(coordinator.contains("worker 'stage-b' asked to leave") && coordinator.contains("worker 'stage-b' released"), "\(coordinator)")
+        #expect(coordinator.contains("replaying 1 sequence"), "the drain did not happen while the request ran: \(coordinator)")
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let byName = Dictionary(uniqueKeysWithValues: (json["workers"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, $0) })
+        #expect(byName["stage-b"]?["state"] as? String == "left")
+        #expect(byName["stage-a"]?["layers"] as? [Int] == [0, 4])
+        let (rc3, again, err3) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc3 == 0, "generate failed: \(err3)")
+        #expect(again == single)
     }
 
     /// gpt-oss through two stages and an experts worker (its sliding-window layers, sinks, biased experts and

@@ -290,6 +290,22 @@ import Wire
 
     /// A worker without a model reuses a whole copy an older build fetched, unless its weights differ from the
     /// coordinator's (one flipped byte): then the copy is refused and removed, the worker fetches its shard, and
+    /// A spare that asks to leave holds nothing and is released at once; then the experts worker, whose experts
+    /// nobody else may hold, is refused and stays in the plan.
+    @Test func aDrainTheOthersCannotAbsorbIsRefused() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("s2", .stage), ("e1", .experts), ("spare", .spare)])
+        defer { c.stop() }
+        try await c.start()
+        c.coordinator.recovery.drain(c.link("spare"), request: 8)
+        #expect(c.link("spare").state == .left)
+        #expect(c.log.all.contains { $0.contains("worker 'spare' released") }, "\(c.log.all.suffix(5))")
+        c.coordinator.recovery.drain(c.link("e1"), request: 7)
+        #expect(c.link("e1").state == .ready)
+        #expect(c.log.all.contains { $0.contains("worker 'e1' asked to leave; refused") }, "\(c.log.all.suffix(5))")
+        #expect(c.coordinator.executor.replanWanted() == nil)
+        #expect(c.coordinator.healthProblem() == nil)
+    }
+
     /// Workers without the model fetch only their shards; when a stage dies and the survivor takes its layers, the
     /// survivor fetches only the pieces it did not have (the dead stage's layers), into the cache it maps, and the
     /// text is the one process's.

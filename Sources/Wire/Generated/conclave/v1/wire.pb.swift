@@ -303,6 +303,14 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._kind = .pieceTable(newValue)}
   }
 
+  public var drain: Conclave_V1_Drain {
+    get {
+      if case .drain(let v)? = _storage._kind {return v}
+      return Conclave_V1_Drain()
+    }
+    set {_uniqueStorage()._kind = .drain(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -322,6 +330,7 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     case modelChunk(Conclave_V1_ModelChunk)
     case fetchPieces(Conclave_V1_FetchPieces)
     case pieceTable(Conclave_V1_PieceTable)
+    case drain(Conclave_V1_Drain)
 
   }
 
@@ -919,6 +928,20 @@ public nonisolated struct Conclave_V1_ModelChunk: Sendable {
   public init() {}
 }
 
+/// Worker → coordinator: this worker is leaving (`worker --drain`, on SIGTERM): plan without it. The coordinator
+/// answers an Error when the others cannot hold the model; else it re-plans under a new epoch (running requests
+/// are replayed, as after a failure) and answers with a Drain of the same request id once the new plan is in
+/// force and no longer uses the worker.
+public nonisolated struct Conclave_V1_Drain: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Worker → coordinator: the model's pieces (ModelDigest), before a shard-only fetch.
 public nonisolated struct Conclave_V1_FetchPieces: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1225,7 +1248,7 @@ nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0\u{3}fetch_pieces\0\u{3}piece_table\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0\u{3}fetch_pieces\0\u{3}piece_table\0\u{1}drain\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -1481,6 +1504,19 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
             _storage._kind = .pieceTable(v)
           }
         }()
+        case 26: try {
+          var v: Conclave_V1_Drain?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .drain(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .drain(v)
+          }
+        }()
         default: break
         }
       }
@@ -1572,6 +1608,10 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       case .pieceTable?: try {
         guard case .pieceTable(let v)? = _storage._kind else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+      }()
+      case .drain?: try {
+        guard case .drain(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
       }()
       case nil: break
       }
@@ -2794,6 +2834,25 @@ nonisolated extension Conclave_V1_ModelChunk: SwiftProtobuf.Message, SwiftProtob
     if lhs.offset != rhs.offset {return false}
     if lhs.total != rhs.total {return false}
     if lhs.sha256 != rhs.sha256 {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Drain: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Drain"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_Drain, rhs: Conclave_V1_Drain) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
