@@ -86,10 +86,7 @@ final class Recovery: @unchecked Sendable {
             answered.insert(link.worker.name)
         }
         let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
-        let left = usable.map { link in
-            let w = membership.budgeted(link, loopbackOnly: cluster.loopbackOnly)
-            return link.worker.role == .spare ? w.with(role: .any) : w
-        }
+        let left = plannable(usable)
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
         let outcome: Assignment.Outcome
         do {
@@ -124,6 +121,14 @@ final class Recovery: @unchecked Sendable {
         return .recovered(maxSequences: outcome.maxSequences)
     }
 
+    /// `links` as the planner takes them: each with the budget in force, a spare as a worker of any role.
+    private func plannable(_ links: [WorkerLink]) -> [ClusterFile.Worker] {
+        links.map { link in
+            let w = membership.budgeted(link, loopbackOnly: cluster.loopbackOnly)
+            return link.worker.role == .spare ? w.with(role: .any) : w
+        }
+    }
+
     // MARK: Leaving
 
     /// A worker asks to leave (`worker --drain`): refused, with the reason, when the others cannot hold the model
@@ -132,10 +137,7 @@ final class Recovery: @unchecked Sendable {
     /// replayed as after a failure) — and released once that plan is in force.
     func drain(_ link: WorkerLink, request id: UInt64) {
         let name = link.worker.name
-        let others = membership.links.filter { $0 !== link && ($0.state == .ready || $0.state == .spare) }.map { l in
-            let w = membership.budgeted(l, loopbackOnly: cluster.loopbackOnly)
-            return l.worker.role == .spare ? w.with(role: .any) : w
-        }
+        let others = plannable(membership.links.filter { $0 !== link && ($0.state == .ready || $0.state == .spare) })
         do {
             _ = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: others,
                                                                             coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
