@@ -6,6 +6,7 @@ import GGUF
 import Kernels
 import Model
 import Placement
+import Runtime
 import Synchronization
 import Telemetry
 import Wire
@@ -237,8 +238,15 @@ struct BenchCluster: ParsableCommand {
             }
             return w
         })
+        // One host's processes share one memory bus: what one process reads alone and what all of them read at
+        // once (each with the run's threads), measured now, say how much slower the experts' concurrent reads
+        // are here than on separate hosts.
+        let readers = max(1, after.workers.count)
+        let aloneGbps = KernelBench.bandwidth(pool: ThreadPool(threads: model.threads), bytes: 512 << 20, minSeconds: 0.5).gbps
+        let allGbps = KernelBench.bandwidth(pool: ThreadPool(threads: min(ThreadPool.availableCores, readers * model.threads)), bytes: 512 << 20, minSeconds: 0.5).gbps
+        let shared = min(1, allGbps / Double(readers) / max(1e-9, aloneGbps))
         let limit = try Self.limit(model: model.model, cluster: measured, trace: trace, singleTokS: single.decodeTokensPerSecond,
-                                   wireSecondsPerToken: layersPerToken * wireMs / 1000)
+                                   wireSecondsPerToken: layersPerToken * wireMs / 1000, sharedBus: shared)
         // What bounds expert parallelism for one stream: with no wire at all, the plan allows `limit.bytes`; each
         // expert-parallel layer must then pay its wire out of what splitting its experts saves. Past this wire
         // per layer the cluster is slower than one process, whatever else is done.
@@ -263,6 +271,10 @@ struct BenchCluster: ParsableCommand {
                 ("limit_bytes_tok_s", .double(round3(limit.bytes))), ("limit_tok_s", .double(round3(limit.withWire))),
                 ("fraction_of_limit", .double(round3(out.decodeTokS / max(1e-9, limit.withWire)))),
                 ("plan_expected_speedup", .double(round3(limit.expected))),
+                ("read_gbps_one_process", .double(round3(aloneGbps))), ("read_gbps_all_processes", .double(round3(allGbps))),
+                ("shared_bus_factor", .double(round3(shared))), ("limit_this_host_tok_s", .double(round3(limit.thisHost))),
+                ("fraction_of_this_host_limit", .double(round3(out.decodeTokS / max(1e-9, limit.thisHost)))),
+                ("separate_hosts_speedup", .double(round3(limit.withWire / max(1e-9, single.decodeTokensPerSecond)))),
                 ("no_wire_speedup", .double(round3(noWireSpeedup))), ("break_even_wire_ms_per_layer", .double(round3(breakEvenWireMs))),
                 ("workers", .array(after.workers.map { w in .object([("name", .string(w.name)), ("experts", .int(Int(w.experts))),
                     ("read_gbps", .double(round3(w.readBytesPerSecond / 1e9))), ("round_trip_ms", .double(round3(w.roundTripS * 1000)))]) })),
@@ -279,6 +291,7 @@ struct BenchCluster: ParsableCommand {
             print("plan: " + after.workers.map { "\($0.name) \($0.experts) experts (\(fixed($0.readBytesPerSecond / 1e9, 1)) GB/s, round trip \(fixed($0.roundTripS * 1000, 3)) ms)" }.joined(separator: ", ")
                   + "; it expects \(fixed(limit.expected, 2))× one host")
             print("limit: \(fixed(limit.bytes, 1)) tok/s from the bytes a token reads (\(limit.why)), \(fixed(limit.withWire, 1)) tok/s with the measured wire; distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.withWire), 2)) of it")
+            print("this host: one process reads \(fixed(aloneGbps, 1)) GB/s alone, \(readers) at once \(fixed(allGbps, 1)) GB/s in all (each \(fixed(shared, 2)) of alone): the limit here is \(fixed(limit.thisHost, 1)) tok/s with the wire, and distributed reached \(fixed(out.decodeTokS / max(1e-9, limit.thisHost), 2)) of it; on separate hosts (each reading as one process alone) the limit is \(fixed(limit.withWire, 1)) tok/s, \(fixed(limit.withWire / max(1e-9, single.decodeTokensPerSecond), 2))× one host")
             if remoteLayers > 0 {
                 print("bound: with no wire the plan allows \(fixed(noWireSpeedup, 2))× one process; expert parallelism beats one process only while wire and hops stay under \(fixed(breakEvenWireMs, 3)) ms per layer (measured \(fixed(wireMs, 3)) ms)")
             }
@@ -418,7 +431,10 @@ struct BenchCluster: ParsableCommand {
     /// process read them (`singleTokS`): the layers' other weights and the head are read by their stage, one
     /// after another; a layer's experts by their holders at once, so the layer waits for the one holding the
     /// largest share (random routing: shares of the experts). Then the wire's own time per token on top.
-    static func limit(model: String, cluster: ClusterFile, trace: String?, singleTokS: Double, wireSecondsPerToken: Double) throws -> (bytes: Double, withWire: Double, expected: Double, why: String) {
+    /// `sharedBus`: the share of its alone bandwidth each process gets while all read at once (1: separate
+    /// hosts); `thisHost` is the limit with the wire when the experts' concurrent reads run at that share.
+    static func limit(model: String, cluster: ClusterFile, trace: String?, singleTokS: Double, wireSecondsPerToken: Double,
+                      sharedBus: Double = 1) throws -> (bytes: Double, withWire: Double, thisHost: Double, expected: Double, why: String) {
         let file = try GGUFFile(path: model)
         let config = try ModelConfig(file: file)
         let use = try trace.map { try RoutingTraceFile.expertUse($0, config: config) }
@@ -430,8 +446,12 @@ struct BenchCluster: ParsableCommand {
         let estimate = DecodeEstimate(plan: plan, weights: f)
         let bytesTokS = singleTokS * estimate.speedup
         let withWire = 1 / (1 / max(1e-9, bytesTokS) + wireSecondsPerToken)
+        // One process read stage + all experts' bytes in 1 / singleTokS: the rate a process reads at alone.
+        let rate = (estimate.stageBytes + estimate.expertBytes) * singleTokS
+        let hostSeconds = estimate.stageBytes / max(1e-9, rate) + estimate.busiestExpertBytes / max(1e-9, rate * max(1e-3, sharedBus))
+        let thisHost = 1 / (hostSeconds + wireSecondsPerToken)
         let mb = { (x: Double) in fixed(x / 1e6, 1) }
-        return (bytesTokS, withWire, estimate.expectedSpeedup, "\(mb(estimate.stageBytes)) MB of attention and head, then \(mb(estimate.busiestExpertBytes)) of the \(mb(estimate.expertBytes)) MB of experts on the busiest holder")
+        return (bytesTokS, withWire, thisHost, estimate.expectedSpeedup, "\(mb(estimate.stageBytes)) MB of attention and head, then \(mb(estimate.busiestExpertBytes)) of the \(mb(estimate.expertBytes)) MB of experts on the busiest holder")
     }
 
     func status(_ client: CoordinatorClient) throws -> Conclave_V1_StatusReply {

@@ -37,6 +37,16 @@ import TestSupport
             let workers = try #require(m["workers"] as? [[String: Any]])
             #expect(workers.count == 3 && workers.allSatisfy { ($0["round_trip_ms"] as? Double ?? 0) > 0 }, "\(workers)")
         }
+        // The shared bus measured in the run: what one process reads alone and all at once, the limit on this host
+        // (the experts' concurrent reads at the measured share) at most the separate hosts' one, which is the
+        // speedup over one process the report names.
+        for m in modes {
+            let d = { (k: String) in m[k] as? Double ?? -1 }
+            #expect(d("read_gbps_one_process") > 0 && d("read_gbps_all_processes") > 0, "\(m)")
+            #expect(d("shared_bus_factor") > 0 && d("shared_bus_factor") <= 1, "\(m)")
+            #expect(d("limit_this_host_tok_s") > 0 && d("limit_this_host_tok_s") <= d("limit_tok_s") * 1.001, "\(m)")
+            #expect(abs(d("separate_hosts_speedup") - d("limit_tok_s") / d("single_decode_tok_s")) < 0.01 * max(1, d("separate_hosts_speedup")), "\(m)")
+        }
         let expert = try #require(modes[1]["workers"] as? [[String: Any]])
         #expect(expert.map { $0["experts"] as? Int } == [32, 0, 0])
     }
