@@ -120,8 +120,8 @@ public struct ModelFetch {
         return ModelDigest(dataOffset: Int(t.dataOffset), pieces: pieces, sha256: hex(root))
     }
 
-    /// Fetches `ranges` (sorted, disjoint) of the model into `fd`, `window` chunks in flight; `total` is the bytes
-    /// to fetch, for the progress lines.
+    /// Fetches `ranges` (sorted, disjoint) of the model into `fd` at their offsets, in chunks of at most
+    /// `chunkBytes`, `window` of them in flight, with a progress line every 10%.
     func download(_ ranges: [Range<Int>], into fd: Int32, path: String) throws {
         var chunks: [Range<Int>] = []
         for r in ranges {

@@ -36,12 +36,9 @@ final class WorkerShard: @unchecked Sendable {
     static func fileRanges(of file: GGUFFile, assign: Conclave_V1_Assign) throws -> [Range<Int>] {
         let config = try ModelConfig(file: file)
         let first = min(Int(assign.firstLayer), config.layerCount), end = min(max(first, Int(assign.endLayer)), config.layerCount)
-        var experts: [Int: [Int]] = [:]
-        for set in assign.experts + assign.paged where Int(set.layer) < config.layerCount {
-            experts[Int(set.layer), default: []] += set.experts.map(Int.init)
-        }
-        return WeightLayout(file: file, config: config).fileRanges(of: file, layers: first..<end, experts: ExpertSet(experts))
+        return WeightLayout(file: file, config: config).fileRanges(of: file, layers: first..<end, experts: ExpertSet(wire: assign.experts + assign.paged))
     }
+
 
     /// Loads what `assign` names within `memory` bytes: the stage's weights, its resident experts, the offload
     /// cache's slots for its paged experts, scratch, and at least one sequence's KV cache; an Assign that does not

@@ -122,4 +122,3 @@ void ck_keep_freed_scratch(int bytes);
 #endif
 
 #endif
-

@@ -29,15 +29,18 @@ public final class ExpertHeat: Sendable {
     public func record(layer: Int, routes: [Route]) {
         guard layers.contains(layer) else { return }
         let base = (layer - layers.lowerBound) * experts, n = experts
-        var chosen = Set<Int>()
-        for route in routes { for x in route.experts where x >= 0 && x < n { chosen.insert(x) } }
+        // One pass: each choice counted, and the distinct experts marked in a bit set.
+        var chosen = [UInt64](repeating: 0, count: (n + 63) / 64)
         counts.withLock { c in
             for route in routes {
-                for x in route.experts where x >= 0 && x < n { c.total[base + x] += 1 }
+                for x in route.experts where x >= 0 && x < n {
+                    c.total[base + x] += 1
+                    chosen[x >> 6] |= 1 << UInt64(x & 63)
+                }
             }
             if !routes.isEmpty {
                 c.passes += 1
-                c.reads += UInt64(chosen.count)
+                c.reads += UInt64(chosen.reduce(0) { $0 + $1.nonzeroBitCount })
             }
         }
     }

@@ -67,8 +67,9 @@ public struct WeightLayout: Sendable {
     }
 
     /// Whether a stage running `layers` needs a tensor of `holder` in full (expert tensors are held per expert:
-    /// see `expertRanges`).
+    /// see `expertRanges`); a shard without layers (experts only) runs no stage and needs none.
     public func stageNeeds(_ holder: Holder, layers: Range<Int>) -> Bool {
+        guard !layers.isEmpty else { return false }
         let first = layers.lowerBound == 0, last = layers.upperBound == layerCount
         switch holder {
         case .embedding: return first || (tiedHead && last)
@@ -111,7 +112,7 @@ public struct WeightLayout: Sendable {
 
 extension WeightLayout {
     /// The byte ranges of `file` that a shard reads: every tensor a stage running `layers` needs whole (none for
-    /// an experts-only shard), the rope frequencies with any layer, and of the routed experts the slices of
+    /// an experts-only shard), and of the routed experts the slices of
     /// `experts` (the ones it keeps resident and the ones it pages) with their layers' expert biases. A worker
     /// that fetches only its shard fetches these (`ModelFetch`); a tensor outside Conclave's table is fetched
     /// with any stage, so an unknown tensor is never read as a hole.
@@ -132,10 +133,8 @@ extension WeightLayout {
             case .layer(let l):
                 let expertBias = name.role.category == .experts
                 if stageNeeds(holder, layers: layers) || (expertBias && !experts.experts(inLayer: l, of: expertCount).isEmpty) { out.append(whole) }
-            case .embedding where name.role == .ropeFreqs:
-                if !layers.isEmpty { out.append(whole) }
             case .embedding, .head:
-                if !layers.isEmpty && stageNeeds(holder, layers: layers) { out.append(whole) }
+                if stageNeeds(holder, layers: layers) { out.append(whole) }
             }
         }
         return out
