@@ -68,7 +68,7 @@ let package = Package(
         // The worker's services: expert serving and calls to other workers' experts.
         .target(name: "Worker", dependencies: ["GGUF", "Model", "Kernels", "Runtime", "CurveKeys", "Wire", "ClusterProtocol", "Telemetry", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // The coordinator: membership, assignment, the generation scheduler and cluster status.
-        .target(name: "Coordinator", dependencies: ["ClusterProtocol", "Generation", "Telemetry", "Placement", "Wire", "Model", "Runtime", "Tokenizer", "GGUF",
+        .target(name: "Coordinator", dependencies: ["ClusterProtocol", "CurveKeys", "Generation", "Telemetry", "Placement", "Wire", "Model", "Runtime", "Tokenizer", "GGUF",
                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]),
         // Where layers and experts live: a pure function of the model's footprint and the cluster file.
         .target(name: "Placement", dependencies: ["GGUF", "Model", "CurveKeys", .product(name: "Yams", package: "Yams")]),
@@ -85,7 +85,7 @@ let package = Package(
         ),
         // Fuzz harnesses (scripts/fuzz TARGET SECONDS builds them with -sanitize=fuzzer -DFUZZING); a plain build
         // makes replay tools that run corpus files through the same function.
-        .executableTarget(name: "FuzzWire", dependencies: ["Worker", "Wire", "GGUF", "Model"]),
+        .executableTarget(name: "FuzzWire", dependencies: ["Worker", "Wire", "CurveKeys", "GGUF", "Model"]),
         .executableTarget(name: "FuzzGGUF", dependencies: ["GGUF", "Model", "Tokenizer"]),
         // Locates Tests/Fixtures, the shipped model and (when present) ../shared for the test targets.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
@@ -104,7 +104,7 @@ let package = Package(
         .testTarget(name: "WorkerTests", dependencies: ["Runtime", "CurveKeys", "ClusterProtocol", "Worker", "Coordinator", "Generation", "Tokenizer", "Placement", "JSON", "Wire", "Telemetry", "Model", "GGUF", "Kernels", "TestSupport"]),
         // A coordinator and workers in this process over the in-memory transports and a manual clock.
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", "ClusterProtocol", "Worker", "Wire", "Runtime", "Generation", "Model",
-                                                         "Placement", "Telemetry", "TestSupport"]),
+                                                         "Placement", "Telemetry", "CurveKeys", "TestSupport"]),
         // Real processes: workers, coordinator and clients on loopback and in network namespaces.
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "Wire", "ClusterProtocol", "Worker", "Model", "GGUF"]),
         .testTarget(name: "PlacementTests", dependencies: ["Runtime", "Placement", "CurveKeys", "Model", "GGUF", "TestSupport"]),

@@ -17,12 +17,16 @@ public final class ClientAPI: Service, @unchecked Sendable {
     let scheduler: Scheduler
     let tokenizer: Tokenizer
     let status: @Sendable () -> Conclave_V1_StatusReply
+    /// A worker's request to join (`Recovery.join`): blocks for its Hello, so it runs off the socket's loop.
+    let join: @Sendable (Conclave_V1_Join, PeerRole?) -> Result<Conclave_V1_Join, WireError>
     let log: @Sendable (String) -> Void
     /// Client requests whose events are still being answered.
     private let answering = Mutex(0)
 
     init(clients: Transport, scheduler: Scheduler, tokenizer: Tokenizer, status: @escaping @Sendable () -> Conclave_V1_StatusReply,
+         join: @escaping @Sendable (Conclave_V1_Join, PeerRole?) -> Result<Conclave_V1_Join, WireError> = { _, _ in .failure(WireError(.malformed, "this coordinator takes no joins")) },
          log: @escaping @Sendable (String) -> Void) {
+        self.join = join
         self.clients = clients
         self.scheduler = scheduler
         self.tokenizer = tokenizer
@@ -67,9 +71,27 @@ public final class ClientAPI: Service, @unchecked Sendable {
                 e.statusReply = status()
                 reply(frames.peer, WireMessage.make(e))
             case .generate(let g):
+                if case .joiner = frames.role {
+                    reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "a key of join_keys may join, not generate")))
+                    continue
+                }
                 generate(g, client: frames.peer, requestID: msg.envelope.requestID)
+            case .join(let j):
+                let id = msg.envelope.requestID, peer = frames.peer, role = frames.role
+                DispatchQueue.global().async { [self] in
+                    switch join(j, role) {
+                    case .success(let answer):
+                        var e = Envelope()
+                        e.requestID = id
+                        e.join = answer
+                        reply(peer, WireMessage.make(e))
+                    case .failure(let error):
+                        log("refused a join (\(j.workerName.prefix(64)) at \(j.listenEndpoint.prefix(80))): \(error.message)")
+                        reply(peer, WireMessage.errorReply(to: id, error))
+                    }
+                }
             default:
-                reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "the coordinator takes Generate and StatusQuery from clients")))
+                reply(frames.peer, WireMessage.errorReply(to: msg.envelope.requestID, WireError(.malformed, "the coordinator takes Generate, StatusQuery and (from workers) Join")))
             }
         }
     }

@@ -8,7 +8,8 @@ import ClusterProtocol
 /// Steps over the cluster's pipeline: each becomes a StageInput to the first stage's worker, and the last stage's
 /// TokenOut comes back through the coordinator's reply table. The scheduler above it knows none of this.
 final class ClusterExecutor: StepExecutor, @unchecked Sendable {
-    let links: [WorkerLink]
+    /// Every worker's link now (the membership's: workers join while it runs).
+    let links: @Sendable () -> [WorkerLink]
     let replies: PendingReplies
     let pipelineDepth: Int
     let stepTimeout: Double? = 120
@@ -31,7 +32,7 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
     /// Step id → the request id its StageInput carries.
     private let requests = Mutex<[UInt64: UInt64]>([:])
 
-    init(links: [WorkerLink], replies: PendingReplies, pipelineDepth: Int) {
+    init(links: @escaping @Sendable () -> [WorkerLink], replies: PendingReplies, pipelineDepth: Int) {
         self.links = links
         self.replies = replies
         self.pipelineDepth = max(1, pipelineDepth)
@@ -91,19 +92,25 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
     /// recovery succeeds). Down is what the heartbeats say now: a worker that answers again is not down.
     func unavailable() -> GenerationError? {
         let names = inForce.withLock { $0.workers }
-        if let down = links.first(where: { names.contains($0.worker.name) && $0.state == .down }) {
+        if let down = links().first(where: { names.contains($0.worker.name) && $0.state == .down }) {
             let age = down.heartbeatAge.map { String(format: "%.1f", $0) } ?? "?"
             return GenerationError(.unavailable, "worker '\(down.worker.name)' at \(down.worker.endpoint) stopped answering (last heartbeat \(age) s ago); the coordinator re-plans as soon as the workers that answer can hold the model")
         }
         return brokenBecause?()
     }
 
-    /// A worker of the plan asked to leave: steps could run, but the scheduler should re-plan without it now.
+    /// A worker of the plan asked to leave, or one joined: steps could run, but the scheduler should re-plan now.
     func replanWanted() -> GenerationError? {
         let names = inForce.withLock { $0.workers }
+        let all = links()
         // (A spare of the plan holds nothing: it is released without a re-plan.)
-        guard let leaving = links.first(where: { names.contains($0.worker.name) && $0.state == .draining }) else { return nil }
-        return GenerationError(.unavailable, "worker '\(leaving.worker.name)' is leaving the cluster (drain): its shard moves to the others")
+        if let leaving = all.first(where: { names.contains($0.worker.name) && $0.state == .draining }) {
+            return GenerationError(.unavailable, "worker '\(leaving.worker.name)' is leaving the cluster (drain): its shard moves to the others")
+        }
+        if let joined = all.first(where: { $0.info.withLock { $0.newcomer } && $0.state == .joining }) {
+            return GenerationError(.unavailable, "worker '\(joined.worker.name)' joined the cluster: re-planning to use it")
+        }
+        return nil
     }
 
     func heal() -> RecoveryOutcome? {

@@ -101,19 +101,21 @@ public final class Coordinator: Service, @unchecked Sendable {
         self.transports = transports
         self.log = log
         let digest = try ModelDigest.of(file, log: log)
-        membership = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, dataSHA: digest.bytes,
-                                    activity: config.isMoE ? ExpertActivity(layers: config.layerCount, experts: config.expertCount) : nil, log: log)
-        executor = ClusterExecutor(links: membership.links, replies: membership.replies, pipelineDepth: options.microBatches ?? initial.stages.count)
+        let members = try Membership(cluster: cluster, transports: transports, clock: options.clock, sha: file.metadataSHA256, dataSHA: digest.bytes,
+                                     activity: config.isMoE ? ExpertActivity(layers: config.layerCount, experts: config.expertCount) : nil, log: log)
+        membership = members
+        executor = ClusterExecutor(links: { members.links }, replies: membership.replies, pipelineDepth: options.microBatches ?? initial.stages.count)
         assignment = Assignment(initial: initial,
                                 model: .init(file: file, config: config, sha: file.metadataSHA256, dataSHA: digest.bytes, contextLength: contextLength,
                                              cacheTypes: options.cacheTypes, selection: options.expertSelection, workerThreads: options.workerThreads,
                                              ubatch: options.maxBatch),
                                 footprint: footprint, membership: membership, executor: executor, log: log)
-        recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, loadTimeout: options.loadTimeout, log: log)
+        recovery = Recovery(membership: membership, assignment: assignment, cluster: cluster, transports: transports, loadTimeout: options.loadTimeout, log: log)
         chunks = ModelChunkServer(file: file, digest: digest)
         scheduler = Scheduler(executor: executor, tokenizer: tokenizer, contextLength: contextLength, maxBatch: options.maxBatch,
                               clock: options.clock, figures: figures, log: log)
-        clientAPI = ClientAPI(clients: clients, scheduler: scheduler, tokenizer: tokenizer, status: { [unowned self] in self.status() }, log: log)
+        clientAPI = ClientAPI(clients: clients, scheduler: scheduler, tokenizer: tokenizer, status: { [unowned self] in self.status() },
+                              join: { [unowned self] j, role in self.recovery.join(j, from: role, started: self.started) }, log: log)
         membership.startReading(onFetch: { [chunks] msg, link in chunks.serve(msg, to: link) },
                                  onDrain: { [recovery] id, link in recovery.drain(link, request: id) })
     }

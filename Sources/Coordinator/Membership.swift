@@ -7,11 +7,14 @@ import Synchronization
 import Telemetry
 import Wire
 
-/// Who is in the cluster and how they are doing: one `WorkerLink` per worker of the cluster file, the Hellos
-/// that join them (and find a restarted one), the round trips the planner weighs, and the read loop of each link
-/// — heartbeats checked and kept, model-chunk requests handed to `ModelChunks`, replies to their waiters.
+/// Who is in the cluster and how they are doing: one `WorkerLink` per worker of the cluster file and per worker
+/// that joined since (`add`), the Hellos that join them (and find a restarted one), the round trips the planner
+/// weighs, and the read loop of each link — heartbeats checked and kept, model-chunk requests handed to
+/// `ModelChunks`, replies to their waiters.
 final class Membership: @unchecked Sendable {
-    let links: [WorkerLink]
+    /// The links, in the order workers came: the cluster file's, then those that joined.
+    var links: [WorkerLink] { list.withLock { $0 } }
+    private let list: Mutex<[WorkerLink]>
     /// Replies from every worker, matched to their requests (Hello, Assign, steps).
     let replies: PendingReplies
     let clock: any Clock
@@ -20,7 +23,10 @@ final class Membership: @unchecked Sendable {
     /// metadata over other weights, may not join.
     let sha: [UInt8]
     let dataSHA: [UInt8]
-    private var readers: [Task<Void, Never>] = []
+    private let readers = Mutex<[Task<Void, Never>]>([])
+    /// What each link's read loop hands on (set by `startReading`, used for links added later).
+    private var onFetch: (@Sendable (WireMessage, WorkerLink) -> Void)?
+    private var onDrain: (@Sendable (UInt64, WorkerLink) -> Void)?
 
     /// The routers' choices the stages report in their heartbeats (nil for a dense model).
     let activity: ExpertActivity?
@@ -33,24 +39,64 @@ final class Membership: @unchecked Sendable {
         self.dataSHA = dataSHA
         self.log = log
         replies = PendingReplies(clock: clock)
-        links = try cluster.workers.map { w in
+        list = Mutex(try cluster.workers.map { w in
             do {
                 return WorkerLink(worker: w, transport: try transports.connect(w.endpoint), clock: clock)
             } catch {
                 throw CoordinatorError("cannot connect to worker '\(w.name)' at \(w.endpoint): \(error)")
             }
-        }
+        })
     }
 
-    deinit { for r in readers { r.cancel() } }
+    deinit { for r in readers.withLock({ $0 }) { r.cancel() } }
 
     /// Starts reading every link; `onFetch` serves a worker's request for model chunks or the model's pieces,
-    /// `onDrain` a worker's request to leave.
+    /// `onDrain` a worker's request to leave. Links added later are read with the same.
     func startReading(onFetch: @escaping @Sendable (WireMessage, WorkerLink) -> Void,
                       onDrain: @escaping @Sendable (UInt64, WorkerLink) -> Void = { _, _ in }) {
-        for link in links {
-            readers.append(Task.detached { [weak self] in await self?.read(link, onFetch: onFetch, onDrain: onDrain) })
+        self.onFetch = onFetch
+        self.onDrain = onDrain
+        for link in links { startReading(link) }
+    }
+
+    private func startReading(_ link: WorkerLink) {
+        guard let onFetch, let onDrain else { return }
+        let task = Task<Void, Never>.detached { [weak self] in await self?.read(link, onFetch: onFetch, onDrain: onDrain) }
+        readers.withLock { $0.append(task) }
+    }
+
+    /// Adds a worker that joined (`worker --join`): connects to it and reads it like the others. Refused (nil
+    /// link, the reason) when its name or endpoint is taken — by a worker that left too: a name is one worker's
+    /// for the coordinator's life, so status and metrics never mix two — or the connection cannot be made.
+    func add(_ worker: ClusterFile.Worker, transports: TransportFactory) throws(CoordinatorError) -> WorkerLink {
+        let known = links.map(\.worker)
+        if known.contains(where: { $0.name == worker.name }) { throw CoordinatorError("join: the name '\(worker.name)' is used twice") }
+        if known.contains(where: { $0.endpoint == worker.endpoint }) { throw CoordinatorError("join '\(worker.name)': endpoint \(worker.endpoint) is used twice") }
+        let transport: Transport
+        do {
+            transport = try transports.connect(worker.endpoint)
+        } catch {
+            throw CoordinatorError("join '\(worker.name)': cannot connect to \(worker.endpoint): \(error)")
         }
+        let link = WorkerLink(worker: worker, transport: transport, clock: clock)
+        let taken = list.withLock { l -> Bool in
+            // Checked again under the lock: two joins of one name at once add one.
+            if l.contains(where: { $0.worker.name == worker.name || $0.worker.endpoint == worker.endpoint }) { return true }
+            l.append(link)
+            return false
+        }
+        guard !taken else {
+            transport.close()
+            throw CoordinatorError("join: the name '\(worker.name)' or endpoint \(worker.endpoint) is taken")
+        }
+        startReading(link)
+        return link
+    }
+
+    /// Takes back a link `add` made, before any plan used it (its worker never answered): the worker may try again.
+    func remove(_ link: WorkerLink) {
+        list.withLock { $0.removeAll { $0 === link } }
+        link.transport.close()
     }
 
     /// Why the model a worker says it has (in Hello) is not ours, or nil: it has ours, or none (it then fetches

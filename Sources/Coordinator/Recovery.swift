@@ -4,6 +4,7 @@ import Generation
 import Placement
 import Runtime
 import Synchronization
+import CurveKeys
 import Wire
 
 /// After a failure (a worker of the plan down, a step lost): finds who answers — the ready workers, the spares,
@@ -15,6 +16,8 @@ final class Recovery: @unchecked Sendable {
     let membership: Membership
     let assignment: Assignment
     let cluster: ClusterFile
+    /// Our connections (a worker that joins is connected to with the key it proved).
+    let transports: TransportFactory
     let loadTimeout: Double
     let log: @Sendable (String) -> Void
     private let records = Mutex<[Conclave_V1_Recovery]>([])
@@ -31,10 +34,12 @@ final class Recovery: @unchecked Sendable {
     static let maxRetryDelay = 16.0
     static let historyLimit = 100
 
-    init(membership: Membership, assignment: Assignment, cluster: ClusterFile, loadTimeout: Double, log: @escaping @Sendable (String) -> Void) {
+    init(membership: Membership, assignment: Assignment, cluster: ClusterFile, transports: TransportFactory, loadTimeout: Double,
+         log: @escaping @Sendable (String) -> Void) {
         self.membership = membership
         self.assignment = assignment
         self.cluster = cluster
+        self.transports = transports
         self.loadTimeout = loadTimeout
         self.log = log
     }
@@ -88,12 +93,17 @@ final class Recovery: @unchecked Sendable {
         let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
         let left = plannable(usable)
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
+        // Workers that joined are what a re-plan is for: the plan is made anew over everyone, them included.
+        let newcomers = usable.filter { link in link.info.withLock { $0.newcomer } }
         let outcome: Assignment.Outcome
         do {
             // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
             // shard loads. Otherwise a plan from scratch over what is left.
             let plan = assignment.plan
-            if let same = plan.keeping(on: left, expertBytes: assignment.footprint.expertBytes) {
+            if !newcomers.isEmpty {
+                assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary())
+            } else if let same = plan.keeping(on: left, expertBytes: assignment.footprint.expertBytes) {
                 let moved = plan.workers.map(\.name).filter { n in !same.workers.contains { $0.name == n } }
                 assignment.plan = same
                 log("keeping the placement\(moved.isEmpty ? "" : " (the shards of \(moved.joined(separator: ", ")) taken over)"): " + assignment.summary())
@@ -103,7 +113,10 @@ final class Recovery: @unchecked Sendable {
             }
             outcome = try assignment.assign(timeout: loadTimeout)
         } catch {
-            let e = GenerationError(.unavailable, "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)")
+            // A newcomer that failed its shard is not re-planned for again until it answers a Hello anew.
+            for link in newcomers { link.info.withLock { $0.newcomer = false } }
+            let e = GenerationError(.unavailable, newcomers.isEmpty ? "the cluster can no longer serve the model without \(gone.joined(separator: ", ")): \(error)"
+                                                                   : "the plan with \(newcomers.map(\.worker.name).joined(separator: ", ")) (joined) failed: \(error)")
             let delay = healing.withLock { h -> Double in
                 h.broken = e
                 h.nextTry = clock.now() + h.delay
@@ -114,6 +127,7 @@ final class Recovery: @unchecked Sendable {
             return .failed(e)
         }
         healing.withLock { $0 = Healing() }
+        for link in newcomers { link.info.withLock { $0.newcomer = false } }
         release(links.filter { $0.state == .draining })
         record.reloaded = outcome.reloaded
         record.recovered = true
@@ -171,5 +185,89 @@ final class Recovery: @unchecked Sendable {
             link.send(WireMessage.make(e))
             log("worker '\(link.worker.name)' released: the plan in force (\(assignment.epoch)) no longer uses it")
         }
+    }
+
+    // MARK: Joining
+
+    /// A worker not in the cluster file asks to join (`worker --join`; `role`: who sent the Join, as CurveZMQ
+    /// proved it). Checked — with CurveZMQ only a `join_keys` key (the coordinator connects back proving it);
+    /// without, a worker on this host unless the cluster runs beyond it (`--insecure`); a fresh name and endpoint;
+    /// a budget; a known role — then connected to and asked Hello (its model checked as any worker's), and marked
+    /// a newcomer: the scheduler's next turn re-plans with it (`ClusterExecutor.replanWanted`), running requests
+    /// replayed. A spare is kept for a failure instead. Blocks for the Hello: call it off the client socket's loop.
+    func join(_ j: Conclave_V1_Join, from role: PeerRole?, started: Bool) -> Result<Conclave_V1_Join, WireError> {
+        let name = j.workerName, endpoint = j.listenEndpoint
+        var key: CurveKey?
+        if transports.authenticates {
+            guard case .joiner(let z85) = role, let k = try? CurveKey(z85: z85) else {
+                return .failure(WireError(.malformed, "only a worker whose key the cluster file's join_keys lists may join (this peer is \(role.map { "\($0)" } ?? "unauthenticated"))"))
+            }
+            key = k
+        } else if cluster.loopbackOnly, !ClusterFile.isLoopback(endpoint) {
+            return .failure(WireError(.malformed, "this cluster runs on loopback without CurveZMQ: a worker at \(endpoint.prefix(80)) may not join; list join_keys in the cluster file (CurveZMQ)"))
+        }
+        guard started else { return .failure(WireError(.unavailable, "the coordinator is still starting; join again in a moment")) }
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+            return .failure(WireError(.malformed, "a joining worker's name must be 1 to 64 letters, digits, '-', '_' or '.'"))
+        }
+        // tcp:// as in a cluster file; ipc:// and inproc:// reach only this host (this process, for inproc).
+        guard ClusterFile.isEndpoint(endpoint) || endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://"), endpoint.count <= 256 else {
+            return .failure(WireError(.malformed, "worker '\(name)': '\(endpoint.prefix(80))' is not an endpoint like tcp://10.0.0.5:7070"))
+        }
+        guard j.memoryBudget > 0, j.memoryBudget <= UInt64(Int.max) else {
+            return .failure(WireError(.malformed, "worker '\(name)' gave no memory budget; start it with --memory"))
+        }
+        let roleName = j.role.isEmpty ? "any" : j.role
+        guard let workerRole = ClusterFile.Role(rawValue: roleName) else {
+            return .failure(WireError(.malformed, "worker '\(name)': role '\(roleName.prefix(32))' is not one of any, stage, experts, spare"))
+        }
+        let worker = ClusterFile.Worker(name: name, endpoint: endpoint, memory: Int(j.memoryBudget), role: workerRole, key: key)
+        var answer = Conclave_V1_Join()
+        answer.workerName = name
+        answer.listenEndpoint = endpoint
+        answer.memoryBudget = UInt64(worker.memory)
+        answer.role = workerRole.rawValue
+        if let known = membership.link(named: name), known.worker.endpoint == endpoint, known.worker.key == key {
+            // The same worker again: its earlier Join's answer was lost, or it restarted (a Hello takes it back,
+            // as any restarted worker). One that drained is gone for good under that name.
+            guard known.state != .left else {
+                return .failure(WireError(.malformed, "a worker named '\(name)' left this cluster; join under another --name"))
+            }
+            // Its first Join is still saying Hello: the answer to that one tells.
+            guard known.info.withLock({ $0.hello != nil }) else {
+                return .failure(WireError(.unavailable, "the coordinator is still waiting for this worker's Hello"))
+            }
+            return .success(answer)
+        }
+        // The key is learned for the endpoint only if no other key is known for it: a joiner may not make the
+        // coordinator expect its key at another worker's endpoint.
+        if let known = membership.links.first(where: { $0.worker.endpoint == endpoint }) {
+            return .failure(WireError(.malformed, "join '\(name)': endpoint \(endpoint) belongs to worker '\(known.worker.name)'"))
+        }
+        if let key, !transports.trust(server: endpoint, key: key) {
+            return .failure(WireError(.malformed, "join '\(name)': another key is known for \(endpoint)"))
+        }
+        let link: WorkerLink
+        do {
+            link = try membership.add(worker, transports: transports)
+        } catch {
+            return .failure(WireError(.malformed, error.description))
+        }
+        guard let h = membership.hello([link], timeout: 10).first?.1 else {
+            membership.remove(link)
+            return .failure(WireError(.unavailable, "worker '\(name)' did not answer the coordinator's Hello at \(endpoint) within 10 s\(link.transport.handshakeProblem.map { " (\($0))" } ?? ""); give it an endpoint the coordinator reaches (--advertise)"))
+        }
+        if let problem = membership.modelProblem(h, link, path: assignment.model.file.path) {
+            membership.remove(link)
+            return .failure(WireError(.malformed, problem))
+        }
+        link.heard()
+        link.info.withLock { i in
+            i.hello = h
+            i.state = workerRole == .spare ? .spare : .joining
+            i.newcomer = workerRole != .spare
+        }
+        log("worker '\(name)' joined at \(endpoint)\(workerRole == .spare ? " as a spare" : ""): \(h.cores) cores, budget \(h.memoryBudget) bytes, \(h.hasModel_p ? "has the model" : "will fetch its shard")\(workerRole == .spare ? "" : "; re-planning with it at the next step")")
+        return .success(answer)
     }
 }

@@ -32,6 +32,8 @@ public final class WorkerLink: @unchecked Sendable {
         var failed: String?
         /// The request id of its Drain, answered once a plan without it is in force.
         var drainRequest: UInt64?
+        /// It joined while the cluster served (`worker --join`) and answered Hello; no plan has weighed it yet.
+        var newcomer = false
     }
     let info = Mutex(Info())
     /// Heartbeat silence that makes a worker suspect, then down (heartbeats come every second).

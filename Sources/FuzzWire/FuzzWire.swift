@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Model
+import CurveKeys
 import Wire
 import Worker
 
@@ -18,6 +19,7 @@ struct NoPeers: TransportFactory {
     func listen(_ endpoint: String, maxMessageSize: Int) throws -> Transport { throw WireError(.unavailable, "no listeners while fuzzing") }
     func connect(_ endpoint: String) throws -> Transport { throw WireError(.unavailable, "no peers while fuzzing (\(endpoint))") }
     func trust(workers: [TrustedPeer]) {}
+    func trust(server endpoint: String, key: CurveKey) -> Bool { false }
 }
 
 enum WireHarness {

@@ -18,7 +18,7 @@ public struct ClusterFile: Sendable, Equatable {
 
     /// The workers a plan uses now: every one but the spares.
     public var active: ClusterFile {
-        ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }, coordinatorKey: coordinatorKey, clientKeys: clientKeys)
+        ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }, coordinatorKey: coordinatorKey, clientKeys: clientKeys, joinKeys: joinKeys)
     }
 
     public struct Worker: Sendable, Equatable {
@@ -65,12 +65,16 @@ public struct ClusterFile: Sendable, Equatable {
     /// has a `key:`, and `client_keys:` lists who may send Generate and StatusQuery. Nil: a plain cluster.
     public let coordinatorKey: CurveKey?
     public let clientKeys: [CurveKey]
+    /// Keys of workers that may join while the cluster serves (`join_keys:`, `worker --join`), each proving it
+    /// when the coordinator connects back. Without CurveZMQ a worker on this host may join.
+    public let joinKeys: [CurveKey]
 
-    public init(coordinator: String, workers: [Worker], coordinatorKey: CurveKey? = nil, clientKeys: [CurveKey] = []) {
+    public init(coordinator: String, workers: [Worker], coordinatorKey: CurveKey? = nil, clientKeys: [CurveKey] = [], joinKeys: [CurveKey] = []) {
         self.coordinator = coordinator
         self.workers = workers
         self.coordinatorKey = coordinatorKey
         self.clientKeys = clientKeys
+        self.joinKeys = joinKeys
     }
 
     /// Whether peers authenticate with CurveZMQ.
@@ -98,6 +102,7 @@ public struct ClusterFile: Sendable, Equatable {
         let workers: [W]?
         let coordinator_key: String?
         let client_keys: [String]?
+        let join_keys: [String]?
     }
 
     public init(yaml: String, source: String = "cluster file") throws(PlacementError) {
@@ -119,30 +124,23 @@ public struct ClusterFile: Sendable, Equatable {
         let coordinatorKey = try raw.coordinator_key.map { (s: String) throws(PlacementError) in try key(s, "'coordinator_key'") }
         var clientKeys: [CurveKey] = []
         for (i, s) in (raw.client_keys ?? []).enumerated() { clientKeys.append(try key(s, "client_keys[\(i)]")) }
-        if coordinatorKey == nil, !clientKeys.isEmpty || list.contains(where: { $0.key != nil }) {
+        var joinKeys: [CurveKey] = []
+        for (i, s) in (raw.join_keys ?? []).enumerated() { joinKeys.append(try key(s, "join_keys[\(i)]")) }
+        if coordinatorKey == nil, !clientKeys.isEmpty || !joinKeys.isEmpty || list.contains(where: { $0.key != nil }) {
             throw PlacementError("\(source): workers or clients have keys but 'coordinator_key' is missing; an authenticated cluster gives the coordinator's key too")
         }
         var workers: [Worker] = []
         for (i, w) in list.enumerated() {
             let label = "\(source): workers[\(i)]"
-            guard let name = w.name, !name.isEmpty else { throw PlacementError("\(label): missing 'name'") }
-            guard let endpoint = w.endpoint, Self.isEndpoint(endpoint) else {
-                throw PlacementError("\(label) '\(name)': 'endpoint' must be like tcp://10.0.0.2:7070")
-            }
+            let (name, endpoint, role) = try Self.identity(name: w.name, endpoint: w.endpoint, role: w.role, among: workers, label: label)
             guard let m = w.memory, let memory = Self.parseBytes(m) else {
                 throw PlacementError("\(label) '\(name)': 'memory' must be a size like 48GiB, 512MiB or a number of bytes")
             }
-            let roleName = w.role ?? "any"
-            guard let role = Role(rawValue: roleName) else {
-                throw PlacementError("\(label) '\(name)': role '\(roleName)' is not one of any, stage, experts, spare")
-            }
-            guard !workers.contains(where: { $0.name == name }) else { throw PlacementError("\(label): the name '\(name)' is used twice") }
             var workerKey: CurveKey?
             if let k = w.key { workerKey = try key(k, "\(label) '\(name)': 'key'") }
             if coordinatorKey != nil, workerKey == nil {
                 throw PlacementError("\(label) '\(name)': no 'key'; with 'coordinator_key' every worker gives its public key (`conclave keys generate -o DIR \(name)`)")
             }
-            guard !workers.contains(where: { $0.endpoint == endpoint }) else { throw PlacementError("\(label) '\(name)': endpoint \(endpoint) is used twice") }
             let speed = w.speed ?? 1
             guard speed.isFinite, speed > 0, speed <= 1000 else { throw PlacementError("\(label) '\(name)': 'speed' must be a number above 0 (a relative expert speed; 1 by default)") }
             workers.append(Worker(name: name, endpoint: endpoint, memory: memory, role: role, key: workerKey, speed: speed))
@@ -154,6 +152,7 @@ public struct ClusterFile: Sendable, Equatable {
         self.workers = workers
         self.coordinatorKey = coordinatorKey
         self.clientKeys = clientKeys
+        self.joinKeys = joinKeys
     }
 
     /// The file as YAML that `init(yaml:)` reads back to an equal value (keys inline, memory in bytes): how a
@@ -162,6 +161,7 @@ public struct ClusterFile: Sendable, Equatable {
         var out = "coordinator: \(coordinator)\n"
         if let coordinatorKey { out += "coordinator_key: \"\(coordinatorKey.z85)\"\n" }
         if !clientKeys.isEmpty { out += "client_keys: [\(clientKeys.map { "\"\($0.z85)\"" }.joined(separator: ", "))]\n" }
+        if !joinKeys.isEmpty { out += "join_keys: [\(joinKeys.map { "\"\($0.z85)\"" }.joined(separator: ", "))]\n" }
         out += "workers:\n"
         for w in workers {
             out += "  - name: \"\(w.name)\"\n    endpoint: \(w.endpoint)\n    memory: \"\(w.memory)\"\n    role: \(w.role.rawValue)\n"
@@ -171,7 +171,25 @@ public struct ClusterFile: Sendable, Equatable {
         return out
     }
 
-    static func isEndpoint(_ s: String) -> Bool {
+    /// A worker's name, endpoint and role as the file gives them (or as a worker that joins says), checked
+    /// against the `others` already listed: each name and endpoint once, a known role.
+    static func identity(name: String?, endpoint: String?, role: String?, among others: [Worker],
+                                label: String) throws(PlacementError) -> (name: String, endpoint: String, role: Role) {
+        guard let name, !name.isEmpty else { throw PlacementError("\(label): missing 'name'") }
+        guard let endpoint, Self.isEndpoint(endpoint) else {
+            throw PlacementError("\(label) '\(name)': 'endpoint' must be like tcp://10.0.0.2:7070")
+        }
+        let roleName = role ?? "any"
+        guard let role = Role(rawValue: roleName) else {
+            throw PlacementError("\(label) '\(name)': role '\(roleName)' is not one of any, stage, experts, spare")
+        }
+        guard !others.contains(where: { $0.name == name }) else { throw PlacementError("\(label): the name '\(name)' is used twice") }
+        guard !others.contains(where: { $0.endpoint == endpoint }) else { throw PlacementError("\(label) '\(name)': endpoint \(endpoint) is used twice") }
+        return (name, endpoint, role)
+    }
+
+    /// Whether `s` is an endpoint as a cluster file takes one (tcp://HOST:PORT).
+    public static func isEndpoint(_ s: String) -> Bool {
         guard s.hasPrefix("tcp://"), let colon = s.lastIndex(of: ":"), colon > s.index(s.startIndex, offsetBy: 6) else { return false }
         return UInt16(s[s.index(after: colon)...]) != nil
     }

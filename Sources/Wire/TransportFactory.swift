@@ -28,6 +28,11 @@ public protocol TransportFactory: Sendable {
     /// The workers of the plan now in force (from an Assign): admitted on our listeners as workers, and the
     /// keys their endpoints must prove when we connect to them. Replaces the workers of the last plan.
     func trust(workers: [TrustedPeer])
+    /// The key a worker that joined proved on our listener (`PeerRole.joiner`): what its endpoint must prove
+    /// when we connect to it, for as long as we run. False (and nothing changes) when another key is known for
+    /// that endpoint already.
+    @discardableResult
+    func trust(server endpoint: String, key: CurveKey) -> Bool
     /// Peers our listeners refused (an unlisted key, or no CurveZMQ at all).
     var refusedPeers: Int { get }
 }
@@ -52,6 +57,8 @@ public final class ZeroMQTransports: TransportFactory {
     let curve: Curve?
     let admission: PeerAdmission?
     private let servers: Mutex<[String: CurveKey]>
+    /// Servers learned while running (`trust(server:key:)`), kept when a plan's workers replace the others.
+    private let joined = Mutex<[String: CurveKey]>([:])
 
     /// `identity`: the routing id of our DEALERs (the coordinator's, so a worker's replies find it); `curve`:
     /// nil for plain sockets.
@@ -101,9 +108,20 @@ public final class ZeroMQTransports: TransportFactory {
     public func trust(workers: [TrustedPeer]) {
         guard let curve, let admission else { return }
         admission.admitWorkers(Dictionary(workers.map { ($0.name, $0.key) }, uniquingKeysWith: { a, _ in a }))
+        let learned = joined.withLock { $0 }
         servers.withLock { s in
-            s = curve.servers
+            s = curve.servers.merging(learned) { a, _ in a }
             for w in workers { s[w.endpoint] = w.key }
+        }
+    }
+
+    public func trust(server endpoint: String, key: CurveKey) -> Bool {
+        guard curve != nil else { return true }
+        return servers.withLock { s in
+            if let known = s[endpoint] { return known == key }
+            s[endpoint] = key
+            joined.withLock { $0[endpoint] = key }
+            return true
         }
     }
 }
@@ -114,16 +132,21 @@ public final class InMemoryTransports: TransportFactory {
     let network: InMemoryNetwork
     let identity: String
     let role: PeerRole?
+    /// The role a listener would give our key where it is not `role` (a ZAP handler decides per listener: a
+    /// joining worker's key is a `joiner` at the coordinator's client endpoint and a worker at the others').
+    let rolesAt: [String: PeerRole]
 
-    public init(network: InMemoryNetwork, identity: String, role: PeerRole? = nil) {
+    public init(network: InMemoryNetwork, identity: String, role: PeerRole? = nil, rolesAt: [String: PeerRole] = [:]) {
         self.network = network
         self.identity = identity
         self.role = role
+        self.rolesAt = rolesAt
     }
 
     public var authenticates: Bool { role != nil }
     public var refusedPeers: Int { 0 }
     public func listen(_ endpoint: String, maxMessageSize: Int) throws -> Transport { try network.router(at: endpoint, maxMessageSize: maxMessageSize) }
-    public func connect(_ endpoint: String) throws -> Transport { try network.dealer(connectingTo: endpoint, identity: identity, role: role) }
+    public func connect(_ endpoint: String) throws -> Transport { try network.dealer(connectingTo: endpoint, identity: identity, role: rolesAt[endpoint] ?? role) }
     public func trust(workers: [TrustedPeer]) {}
+    public func trust(server endpoint: String, key: CurveKey) -> Bool { true }
 }

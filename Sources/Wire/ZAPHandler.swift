@@ -14,12 +14,16 @@ public enum PeerRole: Sendable, Hashable, CustomStringConvertible {
     /// A worker of the plan, by its cluster-file name.
     case worker(String)
     case client
+    /// A worker that may join the cluster (the cluster file's `join_keys`), by its public key (Z85): the
+    /// coordinator connects back to it proving that key.
+    case joiner(String)
 
     public var userID: String {
         switch self {
         case .coordinator: "coordinator"
         case .worker(let name): "worker:" + name
         case .client: "client"
+        case .joiner(let key): "joiner:" + key
         }
     }
 
@@ -28,6 +32,10 @@ public enum PeerRole: Sendable, Hashable, CustomStringConvertible {
         case "coordinator": self = .coordinator
         case "client": self = .client
         default:
+            if userID.hasPrefix("joiner:") {
+                self = .joiner(String(userID.dropFirst(7)))
+                return
+            }
             guard userID.hasPrefix("worker:") else { return nil }
             self = .worker(String(userID.dropFirst(7)))
         }

@@ -39,6 +39,10 @@ public final class WorkerService: Service, @unchecked Sendable {
         /// is released, at most `drainTimeout` seconds (`worker --drain`).
         public var drainOnStop = false
         public var drainTimeout = 300.0
+        /// The coordinator's client endpoint to ask to join at start (`worker --join`; nil: the coordinator's
+        /// cluster file lists this worker), and the role asked for ("any", "stage", "experts" or "spare").
+        public var join: String?
+        public var joinRole = "any"
         public init(name: String, endpoint: String, modelPath: String?, memory: Int, threads: Int, cacheDirectory: String) {
             self.name = name
             self.endpoint = endpoint
@@ -125,12 +129,27 @@ public final class WorkerService: Service, @unchecked Sendable {
             }
         }
         defer { heartbeat.cancel() }
+        let stopped = Atomic<Bool>(false)
+        let refused = Mutex<String?>(nil)
+        if let endpoint = options.join {
+            let t = Thread { [self] in
+                guard let reason = joinCluster(at: endpoint, stopping: { stopped.load(ordering: .relaxed) }) else { return }
+                log("the coordinator at \(endpoint) refused to let this worker join: \(reason)")
+                refused.withLock { $0 = reason }
+                drain()
+            }
+            t.name = "conclave.worker.join"
+            t.start()
+        }
         await withGracefulShutdownHandler {
             await self.serve()
         } onGracefulShutdown: {
+            stopped.store(true, ordering: .relaxed)
             if self.options.drainOnStop { self.leave() }
             self.drain()
         }
+        stopped.store(true, ordering: .relaxed)
+        if let reason = refused.withLock({ $0 }) { throw WireError(.malformed, "not joined: \(reason)") }
     }
 
     /// Asks the coordinator to move this worker's shard to the others (Drain) and waits, serving all the while,

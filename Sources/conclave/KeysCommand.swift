@@ -50,7 +50,7 @@ struct KeysGenerate: ParsableCommand {
             switch name {
             case "coordinator": print("coordinator_key: \"\(key.z85)\"")
             case "client": print("client_keys: [\"\(key.z85)\"]")
-            default: print("# worker \(name):\n    key: \"\(key.z85)\"")
+            default: print("# worker \(name): its entry's key (or, for `worker --join`, an item of join_keys)\n    key: \"\(key.z85)\"")
             }
         }
     }

@@ -138,6 +138,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var admitted: [CurveKey: PeerRole] = [key: .client]
         for k in file.clientKeys { admitted[k] = .client }
+        // A worker that may join proves its key here; the coordinator then connects to it expecting that key.
+        for k in file.joinKeys { admitted[k] = .joiner(k.z85) }
         var servers: [String: CurveKey] = [:]
         for w in file.workers { if let k = w.key { servers[w.endpoint] = k } }
         return ZeroMQTransports.Curve(keys: pair, admitted: admitted, servers: servers)

@@ -27,11 +27,22 @@ struct WorkerCommand: AsyncParsableCommand {
         the worker first asks the coordinator to move its shard to the others (it keeps serving, running requests
         go on under the new plan) and stops once released — or at once, with the reason logged, when the others
         cannot hold the model without it.
+
+        With --join the worker is not in the cluster file: it asks the coordinator (at its client endpoint, the
+        cluster file's `coordinator:`) to use it, and the coordinator re-plans under a new epoch while requests
+        keep running. With CurveZMQ the cluster file's `join_keys` must list this worker's public key. The
+        coordinator connects back to --advertise (default: --listen), so give it an address the coordinator
+        reaches when --listen binds every interface.
         """
     )
 
     @Option(help: "Endpoint to bind, e.g. tcp://0.0.0.0:7070.") var listen: String
     @Flag(help: "On SIGTERM or SIGINT, first have the coordinator move this worker's shard to the others, then stop.") var drain = false
+    @Option(help: ArgumentHelp("Join a serving cluster that does not list this worker: the coordinator's endpoint (its cluster file's `coordinator:`), e.g. tcp://10.0.0.1:7000.", valueName: "endpoint"))
+    var join: String?
+    @Option(help: ArgumentHelp("With --join: where the coordinator reaches this worker (default: --listen), e.g. tcp://10.0.0.5:7070.", valueName: "endpoint"))
+    var advertise: String?
+    @Option(help: "With --join: what the worker may hold, as a cluster file's role: any, stage (layers), experts, or spare (kept for a failure).") var role: String = "any"
     @Option(name: [.short, .long], help: "This host's copy of the model (optional).") var model: String?
     @Option(help: "Hard memory budget for weights, KV caches, expert cache slots and scratch, e.g. 12GiB (default: all physical memory). Reported to the coordinator, which plans with it; experts beyond it are paged from the model file.") var memory: String?
     @Option(help: "Name reported to the coordinator (default: the host name).") var name: String?
@@ -46,6 +57,13 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let problem = ThreadPool.problem(threads: threads) { throw ValidationError(problem) }
+        if join == nil, advertise != nil || role != "any" { throw ValidationError("--advertise and --role go with --join (a worker of the cluster file has the endpoint and role the file gives it)") }
+        if ClusterFile.Role(rawValue: role) == nil { throw ValidationError("--role \(role) is not one of any, stage, experts, spare") }
+        if let join, !ClusterFile.isEndpoint(join) { throw ValidationError("--join \(join) is not an endpoint like tcp://10.0.0.1:7000") }
+        if let advertise, !ClusterFile.isEndpoint(advertise) { throw ValidationError("--advertise \(advertise) is not an endpoint like tcp://10.0.0.5:7070") }
+        if join != nil, advertise == nil, listen.hasPrefix("tcp://0.0.0.0:") || listen.hasPrefix("tcp://*:") || listen.hasPrefix("tcp://[::]:") {
+            throw ValidationError("--listen \(listen) binds every interface: give --advertise tcp://ADDRESS:PORT, where the coordinator reaches this worker")
+        }
         if coordinatorKey != nil, keyDir == nil { throw ValidationError("--coordinator-key needs --key-dir (this worker's own key pair)") }
         if keyDir != nil, insecure { throw ValidationError("--insecure and --key-dir contradict each other: with keys the worker authenticates its peers") }
         if keyDir == nil, !insecure, !ClusterFile.isLoopback(listen) {
@@ -63,7 +81,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let pair = try CurveCertificate.pair(keyDir, name)
         let coordinator = try coordinatorKey.map { try CurveKey(keyOrFile: $0) }
             ?? CurveCertificate.read(CurveCertificate.publicPath(keyDir, "coordinator")).publicKey
-        return ZeroMQTransports.Curve(keys: pair, admitted: [coordinator: .coordinator])
+        // With --join we also connect to the coordinator's client endpoint, which proves the coordinator's key.
+        return ZeroMQTransports.Curve(keys: pair, admitted: [coordinator: .coordinator], servers: join.map { [$0: coordinator] } ?? [:])
     }
 
     func run() async throws {
@@ -93,8 +112,10 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         // How fast this host streams quantized weights (about 0.1 s): the coordinator splits expert-parallel
         // layers so that each worker's share takes the same time.
-        var options = WorkerService.Options(name: label, endpoint: listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir)
+        var options = WorkerService.Options(name: label, endpoint: advertise ?? listen, modelPath: model, memory: budget, threads: threads, cacheDirectory: cacheDir)
         options.drainOnStop = drain
+        options.join = join
+        options.joinRole = role
         if let rate = try? KernelBench.matmul(type: .q4_0, rows: 512, cols: 2048, batch: 1, pool: ThreadPool(threads: threads),
                                               totalBytes: 32 << 20, minSeconds: 0.05) ?? nil {
             options.readRate = rate.gbps * 1e9

@@ -167,6 +167,50 @@ import Worker
         #expect(again == single)
     }
 
+    /// A fourth worker, not in the cluster file, started with `worker --join` while three requests stream: the
+    /// coordinator takes it in, re-plans under a new epoch with it holding layers (the running requests replayed
+    /// on the new placement), and every text is `conclave run`'s; `status` shows it ready with its layers. A
+    /// second worker under the same name is refused and exits with the reason.
+    @Test func aWorkerJoinsWhileRequestsRun() async throws { try await onThread { [self] in try self.joinBlocking() } }
+    func joinBlocking() throws {
+        let (c, endpoint) = try Self.startCluster()
+        defer { c.stop() }
+        let args = ["-p", "Once upon a time", "-n", "400", "--temp", "0", "--repeat-penalty", "1.3"]
+        let (rc1, single, err1) = try c.run(["run", "-m", Self.model, "--threads", "1"] + args)
+        #expect(rc1 == 0, "run failed: \(err1)")
+        // Three at once: each takes the cluster three times as long, so the join lands while they run.
+        let running = try (0..<3).map { _ in try c.spawn(["generate", "--coordinator", endpoint] + args) }
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? FileManager.default.attributesOfItem(atPath: running[0].out.path)[.size] as? Int) ?? 0) == 0, Date() < deadline { usleep(20_000) }
+        let port = ProcessCluster.freePorts(1)
+        try c.start("stage-c", ["worker", "--listen", "tcp://127.0.0.1:\(port)", "--name", "stage-c", "--threads", "1", "--model", Self.model,
+                                "--join", endpoint, "--role", "stage"])
+        for r in running {
+            let (rc, text, err) = try r.finish()
+            #expect(rc == 0, "generate failed: \(err)\n\(c.logs())")
+            #expect(text == single)
+        }
+        try c.waitFor("stage-c", "joined the cluster of the coordinator at \(endpoint)")
+        let coordinator = c.logText("coordinator")
+        #expect(coordinator.contains("worker 'stage-c' joined at tcp://127.0.0.1:\(port)") && coordinator.contains("new plan with stage-c, which joined"), "\(coordinator)")
+        #expect(coordinator.contains("replaying 3 sequences"), "the join did not happen while the requests ran: \(coordinator)")
+        let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
+        #expect(rc == 0, "status failed: \(err)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
+        let byName = Dictionary(uniqueKeysWithValues: (json["workers"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, $0) })
+        #expect(byName["stage-c"]?["state"] as? String == "ready", "\(byName)")
+        let layers = byName["stage-c"]?["layers"] as? [Int] ?? []
+        #expect(layers.count == 2 && layers[1] > layers[0], "\(byName)")
+        let (rc3, again, err3) = try c.run(["generate", "--coordinator", endpoint] + args)
+        #expect(rc3 == 0, "generate failed: \(err3)")
+        #expect(again == single)
+        // The name is taken: another worker under it is refused, and says why.
+        let other = ProcessCluster.freePorts(1)
+        let (rc4, _, err4) = try c.run(["worker", "--listen", "tcp://127.0.0.1:\(other)", "--name", "stage-c", "--threads", "1", "--model", Self.model,
+                                        "--join", endpoint], timeout: 60)
+        #expect(rc4 != 0 && err4.contains("refused to let this worker join") && err4.contains("the name 'stage-c' is used twice"), "\(err4)")
+    }
+
     /// gpt-oss through two stages and an experts worker (its sliding-window layers, sinks, biased experts and
     /// top-k-then-softmax routing split across processes, rows travelling as Q8_0), and deepseek2 (latent
     /// attention with its smaller cache on each stage, a dense first layer, shared experts, sigmoid routing over

@@ -156,16 +156,17 @@ final class ProcessCluster: @unchecked Sendable {
     /// With `keys`, CurveZMQ pairs for the coordinator, every worker and a client are made with `conclave keys
     /// generate` into `keyDir`, and the file names their public key files (paths relative to the file).
     func writeClusterFile(base: Int, host: (Int) -> String = { _ in "127.0.0.1" }, coordinatorHost: String = "127.0.0.1", spares: Int = 0,
-                          keys: Bool = false, name: String = "cluster.yaml") throws -> String {
+                          keys: Bool = false, joinKeys: [String] = [], name: String = "cluster.yaml") throws -> String {
         var workers: [(String, String)] = [("stage-a", "stage"), ("stage-b", "stage"), ("experts-1", "experts")]
         for i in 0..<spares { workers.append(("spare-\(i + 1)", "spare")) }
         // A second file of the same cluster (a standby coordinator's) keeps the keys the first made.
         if keys && !FileManager.default.fileExists(atPath: keyDir + "/coordinator.key") {
-            let (rc, _, err) = try run(["keys", "generate", "-o", keyDir, "coordinator", "client"] + workers.map(\.0))
+            let (rc, _, err) = try run(["keys", "generate", "-o", keyDir, "coordinator", "client"] + workers.map(\.0) + joinKeys)
             guard rc == 0 else { throw Failure(description: "keys generate failed: \(err)") }
         }
         var yaml = "coordinator: tcp://\(coordinatorHost):\(base)\n"
         if keys { yaml += "coordinator_key: keys/coordinator.key\nclient_keys: [keys/client.key]\n" }
+        if keys && !joinKeys.isEmpty { yaml += "join_keys: [\(joinKeys.map { "keys/\($0).key" }.joined(separator: ", "))]\n" }
         yaml += "workers:\n"
         for (i, (name, role)) in workers.enumerated() {
             yaml += "  - name: \(name)\n    endpoint: tcp://\(host(i)):\(base + 1 + i)\n    memory: 64MiB\n    role: \(role)\n"

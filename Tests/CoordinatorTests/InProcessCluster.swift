@@ -71,14 +71,18 @@ final class InProcessCluster: @unchecked Sendable {
 
     typealias Running = (service: WorkerService, router: InMemoryEndpoint, task: Task<Void, Never>)
 
-    /// A worker service on its router, heartbeating on the manual clock.
-    static func worker(_ name: String, model: String?, network: InMemoryNetwork, clock: ManualClock, log: Log, cache: String? = nil) throws -> Running {
+    /// A worker service on its router, heartbeating on the manual clock. `join`: the coordinator's client endpoint
+    /// it asks to join (`worker --join`), proving `role` (a `join_keys` key stands as `.joiner`).
+    static func worker(_ name: String, model: String?, network: InMemoryNetwork, clock: ManualClock, log: Log, cache: String? = nil,
+                       join: String? = nil, joinRole: PeerRole? = nil) throws -> Running {
         let router = try network.router(at: endpoint(name))
         var options = WorkerService.Options(name: name, endpoint: router.endpoint, modelPath: model, memory: 1 << 30, threads: 1,
                                             cacheDirectory: cache ?? Fixtures.temporaryDirectory().path)
         options.clock = clock
+        options.join = join
         let service = try WorkerService(options: options, router: router,
-                                        transports: InMemoryTransports(network: network, identity: name, role: .worker(name)),
+                                        transports: InMemoryTransports(network: network, identity: name, role: .worker(name),
+                                                                   rolesAt: join.map { [$0: joinRole ?? .worker(name)] } ?? [:]),
                                         log: { [log] l in log.append("[\(name)] " + l) })
         return (service, router, Task.detached { _ = try? await service.run() })
     }
@@ -101,6 +105,14 @@ final class InProcessCluster: @unchecked Sendable {
         let fresh = try Self.worker(name, model: model, network: network, clock: clock, log: log)
         services.withLock { $0[name] = fresh }
         silenced.withLock { _ = $0.remove(name) }
+    }
+
+    /// A worker the cluster file does not list, started with `--join` this coordinator's client endpoint and
+    /// proving `role` there (`.joiner(KEY)` for a key of `join_keys`) and its name to the other workers, as
+    /// their ZAP handlers say once an Assign lists it; the coordinator's client API must be serving.
+    func join(_ name: String, proving role: PeerRole) throws {
+        let w = try Self.worker(name, model: model, network: network, clock: clock, log: log, join: cluster.coordinator, joinRole: role)
+        services.withLock { $0[name] = w }
     }
 
     func isSilenced(_ name: String) -> Bool { silenced.withLock { $0.contains(name) } }
@@ -131,6 +143,16 @@ final class InProcessCluster: @unchecked Sendable {
                 throw Failure(description: "no heartbeat at t=\(clock.now()) from \(quiet.map(\.worker.name)); log: \(log.all.suffix(20))")
             }
             usleep(1_000)
+        }
+    }
+
+    /// `eventually` for a test that waits on tasks: it sleeps as a task, so the task it waits for can run on the
+    /// cooperative pool's threads (a blocked thread of a two-core machine's pool may leave none).
+    func settle(_ what: String, within seconds: Double = 60, _ condition: () -> Bool) async throws {
+        let deadline = MonotonicClock.seconds() + seconds
+        while !condition() {
+            if MonotonicClock.seconds() > deadline { throw Failure(description: "not within \(seconds) s: \(what); log: \(log.all.suffix(15))") }
+            try await Task.sleep(nanoseconds: 1_000_000)
         }
     }
 

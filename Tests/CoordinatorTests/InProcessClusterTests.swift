@@ -1,4 +1,5 @@
 import ClusterProtocol
+import CurveKeys
 @testable import Coordinator
 import Foundation
 import Generation
@@ -303,6 +304,51 @@ import Wire
         #expect(c.link("e1").state == .ready)
         #expect(c.log.all.contains { $0.contains("worker 'e1' asked to leave; refused") }, "\(c.log.all.suffix(5))")
         #expect(c.coordinator.executor.replanWanted() == nil)
+        #expect(c.coordinator.healthProblem() == nil)
+    }
+
+    /// A worker the cluster file does not list joins while the cluster serves (`worker --join`, proving a key of
+    /// `join_keys`): the coordinator connects back, the scheduler's next turn plans anew with it, and it holds a
+    /// share; the text is the one process's. A Join proving no join key, and one under a name in use, are refused.
+    @Test func aWorkerJoinsAServingClusterAndTakesAShare() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1"])
+        let api = Task.detached { await c.coordinator.clientAPI.serve() }
+        defer { api.cancel() }
+        // Refused: a key that is a worker's of the plan, not a join key; a join key under a name in use.
+        try c.join("intruder", proving: .worker("s1"))
+        try await c.settle("the first refusal") { c.log.all.contains { $0.hasPrefix("[intruder] the coordinator at") && $0.contains("refused") } }
+        #expect(c.log.all.contains { $0.contains("only a worker whose key the cluster file's join_keys lists may join") }, "\(c.log.all.suffix(5))")
+        let key = try CurveKeyPair.generate().publicKey
+        #expect(c.coordinator.links.map(\.worker.name) == ["s1", "e1"])
+        try c.join("s3", proving: .joiner(key.z85))
+        try await c.settle("s3's join answered") { c.log.all.contains { $0.hasPrefix("[s3] joined the cluster") } }
+        #expect(c.link("s3").worker.key == key)
+        #expect(c.coordinator.executor.replanWanted()?.message.contains("worker 's3' joined") == true)
+        // The scheduler's next turn (it wakes on the clock while idle) re-plans with s3.
+        try c.tick()
+        try await c.settle("a plan with s3") { c.coordinator.plan.uses("s3") && c.link("s3").state == .ready }
+        #expect(c.coordinator.plan.stages.map(\.worker) == ["s1", "s3"], "\(c.coordinator.plan.stages)")
+        #expect(c.link("s3").info.withLock { $0.layers.count } > 0)
+        #expect(c.coordinator.executor.replanWanted() == nil)
+        #expect(c.log.all.contains { $0.contains("new plan with s3, which joined") }, "\(c.log.all.suffix(10))")
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+        // The same name again from elsewhere is refused; s3 keeps serving.
+        let other = try CurveKeyPair.generate().publicKey
+        let answer = c.coordinator.recovery.join({ var j = Conclave_V1_Join(); j.workerName = "s3"; j.listenEndpoint = "tcp://127.0.0.1:9"; j.memoryBudget = 1 << 30; return j }(),
+                                                 from: .joiner(other.z85), started: true)
+        guard case .failure(let refusal) = answer else { Issue.record("a second 's3' was taken"); return }
+        #expect(refusal.message.contains("the name 's3' is used twice"), "\(refusal.message)")
+        // Another name at a worker's endpoint is refused before its key is learned for that endpoint.
+        let hijack = c.coordinator.recovery.join({ var j = Conclave_V1_Join(); j.workerName = "s4"; j.listenEndpoint = "inproc://s1"; j.memoryBudget = 1 << 30; return j }(),
+                                                 from: .joiner(other.z85), started: true)
+        guard case .failure(let refused) = hijack else { Issue.record("a join at s1's endpoint was taken"); return }
+        #expect(refused.message.contains("belongs to worker 's1'"), "\(refused.message)")
         #expect(c.coordinator.healthProblem() == nil)
     }
 

@@ -321,10 +321,12 @@ struct PlannerTests {
 struct ClusterFileTests {
     @Test func keysAreAllOrNothingAndLoopbackIsKnown() throws {
         let c = try CurveKeyPair.generate().publicKey, w = try CurveKeyPair.generate().publicKey, cl = try CurveKeyPair.generate().publicKey
+        let j = try CurveKeyPair.generate().publicKey
         let yaml = """
         coordinator: tcp://10.0.0.1:7000
         coordinator_key: "\(c.z85)"
         client_keys: ["\(cl.z85)"]
+        join_keys: ["\(j.z85)"]
         workers:
           - name: a
             endpoint: tcp://10.0.0.2:7070
@@ -332,12 +334,17 @@ struct ClusterFileTests {
             key: "\(w.z85)"
         """
         let f = try ClusterFile(yaml: yaml)
-        #expect(f.authenticated && f.coordinatorKey == c && f.clientKeys == [cl] && f.workers[0].key == w)
+        #expect(f.authenticated && f.coordinatorKey == c && f.clientKeys == [cl] && f.joinKeys == [j] && f.workers[0].key == w)
         #expect(!f.loopbackOnly && f.active.coordinatorKey == c && f.workers[0].with(role: .spare).key == w)
         // A worker without a key in an authenticated file, keys without the coordinator's, a key that is no key.
         #expect(throws: PlacementError.self) { _ = try ClusterFile(yaml: yaml.replacingOccurrences(of: "    key: \"\(w.z85)\"", with: "")) }
         #expect(throws: PlacementError.self) { _ = try ClusterFile(yaml: yaml.replacingOccurrences(of: "coordinator_key: \"\(c.z85)\"", with: "")) }
         #expect(throws: PlacementError.self) { _ = try ClusterFile(yaml: yaml.replacingOccurrences(of: w.z85, with: "not-a-key")) }
+        #expect(throws: PlacementError.self) { _ = try ClusterFile(yaml: yaml.replacingOccurrences(of: j.z85, with: "not-a-key")) }
+        // Join keys alone still need the coordinator's key (they are CurveZMQ keys).
+        let joinOnly = yaml.replacingOccurrences(of: "coordinator_key: \"\(c.z85)\"\nclient_keys: [\"\(cl.z85)\"]\n", with: "")
+            .replacingOccurrences(of: "    key: \"\(w.z85)\"", with: "")
+        #expect(throws: PlacementError.self) { _ = try ClusterFile(yaml: joinOnly) }
         #expect(ClusterFile.isLoopback("tcp://127.0.0.1:7000") && ClusterFile.isLoopback("tcp://localhost:7") && ClusterFile.isLoopback("ipc:///tmp/x"))
         #expect(!ClusterFile.isLoopback("tcp://0.0.0.0:7070") && !ClusterFile.isLoopback("tcp://10.77.0.11:7070"))
         #expect(try ClusterFile(path: Fixtures.root.appendingPathComponent("cluster/local.yaml").path).loopbackOnly)

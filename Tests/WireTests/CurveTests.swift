@@ -126,4 +126,19 @@ struct CurveTests {
         let f = try await next(good)
         #expect(f.parts == [Data("hello".utf8)] && f.role == .client)
     }
+
+    /// A joining worker's key is learned for its endpoint (`trust(server:key:)`) only where no other key is known:
+    /// a joiner cannot make us expect its key at a listed worker's endpoint, and a plan's workers replacing the
+    /// last plan's keep what was learned. A joiner's key is its role on the listener that admits it.
+    @Test func aJoinersKeyIsLearnedOnlyForAFreshEndpoint() throws {
+        let me = try CurveKeyPair.generate(), listed = try CurveKeyPair.generate().publicKey, joiner = try CurveKeyPair.generate().publicKey
+        let t = ZeroMQTransports(curve: .init(keys: me, admitted: [:], servers: ["tcp://127.0.0.1:7001": listed]))
+        #expect(!t.trust(server: "tcp://127.0.0.1:7001", key: joiner))
+        #expect(t.trust(server: "tcp://127.0.0.1:7001", key: listed))
+        #expect(t.trust(server: "tcp://127.0.0.1:7009", key: joiner))
+        #expect(t.trust(server: "tcp://127.0.0.1:7009", key: joiner))
+        t.trust(workers: [TrustedPeer(name: "a", endpoint: "tcp://127.0.0.1:7002", key: listed)])
+        #expect(!t.trust(server: "tcp://127.0.0.1:7009", key: listed))
+        #expect(PeerRole(userID: PeerRole.joiner(joiner.z85).userID) == .joiner(joiner.z85))
+    }
 }

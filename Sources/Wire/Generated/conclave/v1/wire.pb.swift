@@ -311,6 +311,14 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._kind = .drain(newValue)}
   }
 
+  public var join: Conclave_V1_Join {
+    get {
+      if case .join(let v)? = _storage._kind {return v}
+      return Conclave_V1_Join()
+    }
+    set {_uniqueStorage()._kind = .join(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -331,6 +339,7 @@ public nonisolated struct Conclave_V1_Envelope: @unchecked Sendable {
     case fetchPieces(Conclave_V1_FetchPieces)
     case pieceTable(Conclave_V1_PieceTable)
     case drain(Conclave_V1_Drain)
+    case join(Conclave_V1_Join)
 
   }
 
@@ -942,6 +951,31 @@ public nonisolated struct Conclave_V1_Drain: Sendable {
   public init() {}
 }
 
+/// Worker → coordinator, on the coordinator's client endpoint (`worker --join`): a worker that is not in the
+/// cluster file asks to be used. With CurveZMQ only a key in the cluster file's `join_keys` may send it, and the
+/// coordinator connects back proving that same key. The coordinator answers with this Join (as it took it) or an
+/// Error saying why not; then it says Hello to `listen_endpoint` and re-plans under a new epoch to use the worker
+/// (running requests are replayed, as after a failure).
+public nonisolated struct Conclave_V1_Join: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var workerName: String = String()
+
+  /// Where the coordinator reaches the worker (its --advertise, else its --listen).
+  public var listenEndpoint: String = String()
+
+  public var memoryBudget: UInt64 = 0
+
+  /// "any", "stage", "experts" or "spare", as a cluster file's role.
+  public var role: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Worker → coordinator: the model's pieces (ModelDigest), before a shard-only fetch.
 public nonisolated struct Conclave_V1_FetchPieces: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1248,7 +1282,7 @@ nonisolated extension Conclave_V1_TensorInfo: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0\u{3}fetch_pieces\0\u{3}piece_table\0\u{1}drain\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{3}sequence_ids\0\u{1}tensors\0\u{1}epoch\0\u{2}\u{5}hello\0\u{1}assign\0\u{1}ready\0\u{1}heartbeat\0\u{3}stage_input\0\u{3}expert_call\0\u{3}expert_result\0\u{3}token_out\0\u{3}status_query\0\u{3}status_reply\0\u{1}error\0\u{1}generate\0\u{3}fetch_model\0\u{3}model_chunk\0\u{3}fetch_pieces\0\u{3}piece_table\0\u{1}drain\0\u{1}join\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -1517,6 +1551,19 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
             _storage._kind = .drain(v)
           }
         }()
+        case 27: try {
+          var v: Conclave_V1_Join?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .join(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .join(v)
+          }
+        }()
         default: break
         }
       }
@@ -1612,6 +1659,10 @@ nonisolated extension Conclave_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf
       case .drain?: try {
         guard case .drain(let v)? = _storage._kind else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+      }()
+      case .join?: try {
+        guard case .join(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
       }()
       case nil: break
       }
@@ -2853,6 +2904,51 @@ nonisolated extension Conclave_V1_Drain: SwiftProtobuf.Message, SwiftProtobuf._M
   }
 
   public static func ==(lhs: Conclave_V1_Drain, rhs: Conclave_V1_Drain) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Conclave_V1_Join: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Join"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}worker_name\0\u{3}listen_endpoint\0\u{3}memory_budget\0\u{1}role\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.listenEndpoint) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBudget) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.role) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.workerName.isEmpty {
+      try visitor.visitSingularStringField(value: self.workerName, fieldNumber: 1)
+    }
+    if !self.listenEndpoint.isEmpty {
+      try visitor.visitSingularStringField(value: self.listenEndpoint, fieldNumber: 2)
+    }
+    if self.memoryBudget != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBudget, fieldNumber: 3)
+    }
+    if !self.role.isEmpty {
+      try visitor.visitSingularStringField(value: self.role, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Conclave_V1_Join, rhs: Conclave_V1_Join) -> Bool {
+    if lhs.workerName != rhs.workerName {return false}
+    if lhs.listenEndpoint != rhs.listenEndpoint {return false}
+    if lhs.memoryBudget != rhs.memoryBudget {return false}
+    if lhs.role != rhs.role {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
