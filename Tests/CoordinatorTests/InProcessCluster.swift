@@ -59,12 +59,13 @@ final class InProcessCluster: @unchecked Sendable {
 
     /// Another coordinator of the same workers (`serve` started a second time, on another host): its own
     /// routing id and client endpoint, the same clock.
-    func anotherCoordinator(_ name: String, standby: Bool) throws -> Coordinator {
+    /// `clients`: its client endpoint (default: one of its own; the first's, once closed, for a restart).
+    func anotherCoordinator(_ name: String, standby: Bool, clients: String? = nil) throws -> Coordinator {
         var options = Coordinator.Options(contextLength: 256, workerThreads: 1)
         options.clock = clock
         options.measureRoundTrips = false
         options.standby = standby
-        return try Coordinator(modelPath: model, cluster: cluster, options: options, clients: try network.router(at: Self.endpoint(name)),
+        return try Coordinator(modelPath: model, cluster: cluster, options: options, clients: try network.router(at: clients ?? Self.endpoint(name)),
                                transports: InMemoryTransports(network: network, identity: name, role: .coordinator),
                                log: { [log] l in log.append("[\(name)] " + l) })
     }

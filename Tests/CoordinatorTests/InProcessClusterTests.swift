@@ -352,6 +352,45 @@ import Wire
         #expect(c.coordinator.healthProblem() == nil)
     }
 
+    /// A worker that joined is taken in again by a coordinator that restarted, whose cluster file does not list
+    /// it: its Join, sent again every 10 s, reaches the new coordinator, which re-plans with it.
+    @Test func aJoinedWorkerJoinsARestartedCoordinatorAgain() async throws {
+        let c = try InProcessCluster(workers: [("s1", .stage), ("e1", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        let api = Task.detached { await c.coordinator.clientAPI.serve() }
+        try c.join("s3", proving: .joiner(try CurveKeyPair.generate().publicKey.z85))
+        try await c.settle("s3's join answered") { c.log.all.contains { $0.hasPrefix("[s3] joined the cluster") } }
+        try c.tick()
+        try await c.settle("a plan with s3") { c.coordinator.plan.uses("s3") && c.link("s3").state == .ready }
+        // The coordinator's process ends: its connections and its client endpoint go; another starts there.
+        c.coordinator.scheduler.stop()
+        c.coordinator.membership.close()
+        c.coordinator.clientAPI.clients.close()
+        api.cancel()
+        let restarted = try c.anotherCoordinator("restarted", standby: false, clients: c.cluster.coordinator)
+        defer { restarted.scheduler.stop(); restarted.membership.close() }
+        try await restarted.startUp()
+        #expect(!restarted.plan.uses("s3") && !restarted.links.contains { $0.worker.name == "s3" })
+        let api2 = Task.detached { await restarted.clientAPI.serve() }
+        defer { api2.cancel() }
+        let s3 = { restarted.links.first { $0.worker.name == "s3" } }
+        for _ in 0..<10 where s3() == nil {
+            c.clock.advance(by: 1)
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        try await c.settle("the restarted coordinator takes s3 in") { s3() != nil }
+        for _ in 0..<30 where !(restarted.plan.uses("s3") && s3()?.state == .ready) {
+            c.clock.advance(by: 1)
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        try await c.settle("a plan with s3") { restarted.plan.uses("s3") && s3()?.state == .ready }
+        let (_, events) = restarted.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+    }
+
     /// Workers without the model fetch only their shards; when a stage dies and the survivor takes its layers, the
     /// survivor fetches only the pieces it did not have (the dead stage's layers), into the cache it maps, and the
     /// text is the one process's.
