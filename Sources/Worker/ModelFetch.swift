@@ -227,6 +227,14 @@ public final class ShardCache: @unchecked Sendable {
         lockPath = String(path.dropLast(".shard.gguf".count)) + ".lock"
     }
 
+    /// The same cache over a fresh mapping of its file (what was verified stays verified): the old mapping goes
+    /// with the last shard that used it.
+    func remapped() throws -> ShardCache {
+        let fresh = ShardCache(path: path, file: try GGUFFile(path: path), table: table)
+        fresh.verified = lock.withLock { verified }
+        return fresh
+    }
+
     /// Opens (or creates) the cache file with the model's header in place, checked against `sha` and `table`.
     static func open(path: String, sha: [UInt8], table: ModelDigest, total: Int, fetch: ModelFetch) throws -> ShardCache {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)

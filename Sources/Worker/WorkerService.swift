@@ -78,6 +78,8 @@ public final class WorkerService: Service, @unchecked Sendable {
         var previousStage: String?
         var state: State = .joining
         var shard: WorkerShard?
+        /// The shard of the plan before, between an Assign and the load it queues (which takes it: see `load`).
+        var retiring: WorkerShard?
         /// The model this worker fetched last, kept mapped: a later Assign of the same model (a re-plan) reuses
         /// its pages, so experts and matrices packed before are not packed or faulted in again — only what moved
         /// to this worker loads.
@@ -93,7 +95,8 @@ public final class WorkerService: Service, @unchecked Sendable {
         var shard: ShardCache? = nil
     }
     /// The model this worker was started with (`--model`).
-    private let ownModel: Model?
+    /// (Its mapping is made anew when a re-plan takes weights away: see `load`.)
+    private let ownModel: Mutex<Model?>
 
     /// `router` is our listener (made by `transports`, or the in-memory twin's); `transports` makes our
     /// connections to other workers and says whether peers are authenticated.
@@ -107,9 +110,9 @@ public final class WorkerService: Service, @unchecked Sendable {
         errorThrottle = ErrorThrottle(clock: options.clock)
         if let path = options.modelPath {
             let f = try GGUFFile(path: path)
-            ownModel = Model(file: f, sha: f.metadataSHA256, data: try ModelDigest.of(f, log: log).bytes)
+            ownModel = Mutex(Model(file: f, sha: f.metadataSHA256, data: try ModelDigest.of(f, log: log).bytes))
         } else {
-            ownModel = nil
+            ownModel = Mutex(nil)
         }
     }
 
@@ -258,10 +261,12 @@ public final class WorkerService: Service, @unchecked Sendable {
                 defer { s.shard = nil }
                 s.epoch = msg.envelope.epoch
                 s.previousStage = a.previousStage.isEmpty ? nil : a.previousStage
+                // (An Assign whose load has not started yet leaves the shard before it as the one to keep from.)
+                if let current = s.shard { s.retiring = current }
                 return s.shard
             }
             old?.abandon()
-            controlQueue.async { self.load(a, id: id, peer: peer, previous: old) }
+            controlQueue.async { self.load(a, id: id, peer: peer) }
         case .stageInput:
             // The first stage's input comes from the coordinator alone (it opens every sequence); later stages'
             // from the stage before, which only CurveZMQ can tell apart from anyone else.
@@ -307,7 +312,7 @@ public final class WorkerService: Service, @unchecked Sendable {
         h.memoryBudget = UInt64(options.memory)
         h.cores = UInt32(ProcessInfo.processInfo.activeProcessorCount)
         h.readBytesPerSecond = options.readRate ?? 0
-        if let m = ownModel ?? shared.withLock({ $0.fetched }) {
+        if let m = ownModel.withLock({ $0 }) ?? shared.withLock({ $0.fetched }) {
             h.hasModel_p = true
             h.modelMetadataSha256 = Data(m.sha)
             h.modelDataSha256 = Data(m.data)
@@ -356,11 +361,22 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     // MARK: Work (on the queues)
 
-    /// Loads the Assign's shard; what `previous` (the shard of the plan before) holds is kept when the new plan
-    /// gives this worker the same weights.
-    private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?, previous: WorkerShard?) {
+    /// Loads the Assign's shard; what the shard of the plan before holds is kept when the new plan gives this
+    /// worker the same weights. A plan that takes weights away from it (a worker joined, or the placement moved)
+    /// would leave their pages in the old mapping — packed weights are private copies — so the old shard is let
+    /// go first and the file mapped anew: the worker stays within its budget. (Gaining only, it keeps the mapping
+    /// and what it packed.)
+    private func load(_ a: Conclave_V1_Assign, id: UInt64, peer: Data?) {
+        var previous = shared.withLock { s -> WorkerShard? in
+            defer { s.retiring = nil }
+            return s.retiring
+        }
         do {
-            let file = try modelFile(for: a, peer: peer)
+            var file = try modelFile(for: a, peer: peer)
+            if let old = previous?.assign, try Self.drops(old, for: a, in: file) {
+                previous = nil
+                file = try remap(file)
+            }
             let t0 = options.clock.now()
             let shard = try WorkerShard(file: file, assign: a, threads: options.threads, memory: options.memory, previous: previous,
                                         clock: options.clock, connect: { [transports] in try transports.connect($0) })
@@ -454,10 +470,39 @@ public final class WorkerService: Service, @unchecked Sendable {
 
     // MARK: The model file
 
+    /// Whether the shard `old` assigned reads bytes of the file that the shard `new` assigns does not.
+    static func drops(_ old: Conclave_V1_Assign, for new: Conclave_V1_Assign, in file: GGUFFile) throws -> Bool {
+        let kept = try WorkerShard.fileRanges(of: file, assign: new).sorted { $0.lowerBound < $1.lowerBound }
+        return try WorkerShard.fileRanges(of: file, assign: old).contains { r in
+            // Covered when the ranges kept, in order, reach from its start to its end without a gap.
+            var at = r.lowerBound
+            for k in kept where k.lowerBound <= at && k.upperBound > at { at = k.upperBound }
+            return at < r.upperBound
+        }
+    }
+
+    /// The same file mapped afresh (this process's copy: packed weights and faulted pages start over), in place of
+    /// `file` for what comes next; the old mapping goes with the last shard that used it.
+    private func remap(_ file: GGUFFile) throws -> GGUFFile {
+        let fresh: GGUFFile
+        if let old = shared.withLock({ $0.fetched }), old.file === file, let cache = try old.shard?.remapped() {
+            fresh = cache.file
+            shared.withLock { $0.fetched = Model(file: fresh, sha: old.sha, data: old.data, shard: cache) }
+        } else {
+            fresh = try GGUFFile(path: file.path)
+            ownModel.withLock { m in if let old = m, old.file === file { m = Model(file: fresh, sha: old.sha, data: old.data, shard: old.shard) } }
+            shared.withLock { s in
+                if let old = s.fetched, old.file === file { s.fetched = Model(file: fresh, sha: old.sha, data: old.data, shard: old.shard) }
+            }
+        }
+        log("this plan takes weights away from this worker: the model is mapped anew so that their pages leave its memory")
+        return fresh
+    }
+
     /// Our own copy when it matches the coordinator's; else one fetched earlier into the cache; else fetched now.
     private func modelFile(for a: Conclave_V1_Assign, peer: Data?) throws -> GGUFFile {
         let want = [UInt8](a.modelMetadataSha256), weights = [UInt8](a.modelDataSha256)
-        if let m = ownModel {
+        if let m = ownModel.withLock({ $0 }) {
             guard m.sha == want else {
                 throw WireError(.modelMismatch, "this worker's model \(m.file.path) (metadata sha256 \(hex(m.sha).prefix(16))…) is not the coordinator's (\(hex(want).prefix(16))…)")
             }

@@ -86,6 +86,7 @@ final class WorkerShard: @unchecked Sendable {
         room = budget.room(within: memory)
         let holding = Holding(path: file.path, layers: layers, held: held, paged: paged, slots: Int(assign.slots), threads: threads, selection: selection)
         self.holding = holding
+        self.assign = assign
         let kept = previous.flatMap { $0.holding == holding ? $0 : nil }
         keptWeights = kept != nil
         let pool = kept?.pool ?? ThreadPool(threads: threads)
@@ -165,6 +166,8 @@ final class WorkerShard: @unchecked Sendable {
         let selection: ExpertSelection
     }
     let holding: Holding
+    /// The Assign this shard was made from (what of the file it reads: `fileRanges(of:assign:)`).
+    let assign: Conclave_V1_Assign
     /// Made from a previous shard's weights (nothing loaded).
     let keptWeights: Bool
     /// The KV the budget holds beside everything else: running sequences, and kept prefixes in what they leave.

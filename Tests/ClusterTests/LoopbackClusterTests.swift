@@ -162,6 +162,8 @@ import Worker
         let byName = Dictionary(uniqueKeysWithValues: (json["workers"] as? [[String: Any]] ?? []).map { ($0["name"] as! String, $0) })
         #expect(byName["stage-b"]?["state"] as? String == "left")
         #expect(byName["stage-a"]?["layers"] as? [Int] == [0, 4])
+        // Gaining layers only, stage-a keeps its mapping (and what it packed).
+        #expect(!c.logText("stage-a").contains("mapped anew"), "\(c.logText("stage-a"))")
         let (rc3, again, err3) = try c.run(["generate", "--coordinator", endpoint] + args)
         #expect(rc3 == 0, "generate failed: \(err3)")
         #expect(again == single)
@@ -194,6 +196,9 @@ import Worker
         let coordinator = c.logText("coordinator")
         #expect(coordinator.contains("worker 'stage-c' joined at tcp://127.0.0.1:\(port)") && coordinator.contains("new plan with stage-c, which joined"), "\(coordinator)")
         #expect(coordinator.contains("replaying 3 sequences"), "the join did not happen while the requests ran: \(coordinator)")
+        // A worker that hands layers to the newcomer maps the model anew, so that their pages leave its memory.
+        let remapped = ["stage-a", "stage-b"].filter { c.logText($0).contains("the model is mapped anew") }
+        #expect(!remapped.isEmpty, "\(c.logText("stage-a"))\n\(c.logText("stage-b"))")
         let (rc, out, err) = try c.run(["status", "--coordinator", endpoint, "--json"])
         #expect(rc == 0, "status failed: \(err)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
