@@ -25,7 +25,12 @@ final class Assignment: @unchecked Sendable {
         let ubatch: Int
     }
     let model: Served
-    let footprint: ModelFootprint
+    /// What plans are made from; a rebalance replaces its routing (`expertUse`) with the live counts.
+    var footprint: ModelFootprint {
+        get { footprints.withLock { $0 } }
+        set { footprints.withLock { $0 = newValue } }
+    }
+    private let footprints: Mutex<ModelFootprint>
     let membership: Membership
     let executor: ClusterExecutor
     let log: @Sendable (String) -> Void
@@ -37,7 +42,7 @@ final class Assignment: @unchecked Sendable {
          log: @escaping @Sendable (String) -> Void) {
         state = Mutex(initial)
         self.model = model
-        self.footprint = footprint
+        footprints = Mutex(footprint)
         self.membership = membership
         self.executor = executor
         self.log = log

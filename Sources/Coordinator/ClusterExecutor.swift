@@ -29,6 +29,8 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
     /// again while idle (the coordinator's `Recovery`, which backs off).
     var brokenBecause: (@Sendable () -> GenerationError?)?
     var onHeal: (@Sendable (GenerationError) -> RecoveryOutcome?)?
+    /// Whether a rebalance waits for the next turn (the coordinator's `Recovery.rebalanceWanted`).
+    var rebalanceWanted: (@Sendable () -> Bool)?
     /// Step id → the request id its StageInput carries.
     private let requests = Mutex<[UInt64: UInt64]>([:])
 
@@ -109,6 +111,9 @@ final class ClusterExecutor: StepExecutor, @unchecked Sendable {
         }
         if let joined = all.first(where: { $0.info.withLock { $0.newcomer } && $0.state == .joining }) {
             return GenerationError(.unavailable, "worker '\(joined.worker.name)' joined the cluster: re-planning to use it")
+        }
+        if rebalanceWanted?() == true {
+            return GenerationError(.unavailable, "the experts of split layers move for the routing of late (rebalance)")
         }
         return nil
     }

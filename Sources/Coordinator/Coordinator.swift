@@ -53,6 +53,9 @@ public final class Coordinator: Service, @unchecked Sendable {
         public var expertSelection = ExpertSelection.file
         /// Deadlines, heartbeat silence and the scheduler's timeouts are measured on it (a test's manual clock).
         public var clock: any Clock = MonotonicClock()
+        /// Seconds between looks at the routing of late: the split layers' experts move when a plan for it
+        /// lowers their imbalance (`serve --rebalance`; nil: the plan keeps the routing it was made with).
+        public var rebalanceEvery: Double?
         /// Measure each worker's round trip after the join (five Hellos each) for the planner: a measurement of
         /// the machine, which a test on a manual clock leaves out.
         public var measureRoundTrips = true
@@ -81,6 +84,8 @@ public final class Coordinator: Service, @unchecked Sendable {
     public private(set) var clientAPI: ClientAPI!
     /// Set on shutdown: a start-up still joining or loading gives up at its next look.
     private let stopping = Mutex(false)
+    /// The periodic look at the routing (`Options.rebalanceEvery`), cancelled at shutdown.
+    private var rebalancer: Task<Void, Never>?
     /// Start-up's end: nil while it runs, then its error or success (read by `started`).
     private let startup = Mutex<Result<Void, CoordinatorError>?>(nil)
 
@@ -147,6 +152,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             log("stopped during start-up: \(error)")
         }
         log("shutting down")
+        rebalancer?.cancel()
         scheduler.stop()
         membership.close()
     }
@@ -222,6 +228,18 @@ public final class Coordinator: Service, @unchecked Sendable {
         }
         executor.brokenBecause = { [weak self] in self?.recovery.broken }
         executor.onHeal = { [weak self] cause in self?.recovery.heal(cause) }
+        executor.rebalanceWanted = { [weak self] in self?.recovery.rebalanceWanted != nil }
+        if let every = options.rebalanceEvery, membership.activity != nil {
+            // Routing drifts with what is asked; every so often the split layers' experts follow it.
+            let clock = options.clock
+            rebalancer = Task.detached { [weak self] in
+                while !Task.isCancelled {
+                    await clock.sleep(until: clock.now() + every)
+                    guard let self, !Task.isCancelled else { return }
+                    self.recovery.proposeRebalance()
+                }
+            }
+        }
         scheduler.start()
         log("serving \(modelName) on \(clientAPI.endpoint)")
     }

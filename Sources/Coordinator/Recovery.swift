@@ -30,6 +30,15 @@ final class Recovery: @unchecked Sendable {
         var delay = Recovery.firstRetryDelay
     }
     private let healing = Mutex(Healing())
+    /// A plan for the routing of late, waiting for the scheduler's next turn (`proposeRebalance`).
+    struct Rebalance: Sendable {
+        let use: [[Double]]
+        /// The mean of the layers' imbalances under the plan in force and under the proposed one, same counts.
+        let before, after: Double
+    }
+    private let rebalance = Mutex<Rebalance?>(nil)
+    /// Why the scheduler should re-plan now for the routing, or nil.
+    var rebalanceWanted: Rebalance? { rebalance.withLock { $0 } }
     static let firstRetryDelay = 1.0
     static let maxRetryDelay = 16.0
     static let historyLimit = 100
@@ -93,16 +102,22 @@ final class Recovery: @unchecked Sendable {
         let usable = links.filter { $0.state == .ready || answered.contains($0.worker.name) }
         let left = plannable(usable)
         let gone = links.filter { link in !usable.contains { $0 === link } }.map(\.worker.name)
-        // Workers that joined are what a re-plan is for: the plan is made anew over everyone, them included.
+        // Workers that joined are what a re-plan is for: the plan is made anew over everyone, them included. So
+        // is a rebalance: the plan made anew with the routing counts of late.
         let newcomers = usable.filter { link in link.info.withLock { $0.newcomer } }
+        let balance = rebalance.withLock { r -> Rebalance? in defer { r = nil }; return r }
+        if let balance { assignment.footprint.expertUse = balance.use }
         let outcome: Assignment.Outcome
         do {
             // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
             // shard loads. Otherwise a plan from scratch over what is left.
             let plan = assignment.plan
-            if !newcomers.isEmpty {
+            if !newcomers.isEmpty || balance != nil {
                 assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
-                log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary())
+                if !newcomers.isEmpty { log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary()) }
+                if let balance {
+                    log("new plan for the routing of late (mean layer imbalance \(String(format: "%.3f", balance.before)) → \(String(format: "%.3f", balance.after)) expected): " + assignment.summary())
+                }
             } else if let same = plan.keeping(on: left, expertBytes: assignment.footprint.expertBytes) {
                 let moved = plan.workers.map(\.name).filter { n in !same.workers.contains { $0.name == n } }
                 assignment.plan = same
@@ -185,6 +200,38 @@ final class Recovery: @unchecked Sendable {
             link.send(WireMessage.make(e))
             log("worker '\(link.worker.name)' released: the plan in force (\(assignment.epoch)) no longer uses it")
         }
+    }
+
+    // MARK: Rebalancing
+
+    /// Whether the experts of split layers should move for the routing of late (`serve --rebalance`): a plan is
+    /// made from the stages' recent counts over the workers in the plan, and each layer's imbalance (its busiest
+    /// holder's share of its rows) is computed for the plan in force and for that one on the same counts. When the
+    /// mean falls by more than `gain` (relative), the scheduler's next turn re-plans with those counts
+    /// (`ClusterExecutor.replanWanted`) — requests replayed, workers whose share did not change keep it — and this
+    /// returns the proposal; else nil (no counts, nothing better, or a re-plan already waiting).
+    @discardableResult
+    func proposeRebalance(gain: Double = 0.05) -> Rebalance? {
+        guard let activity = membership.activity, rebalanceWanted == nil, broken == nil else { return nil }
+        let counts = activity.snapshot(now: membership.clock.now())
+        let use = counts.expertUse(expertsUsed: assignment.model.config.expertsUsed)
+        let current = assignment.plan
+        func holder(_ plan: Plan) -> (Int, Int) -> String {
+            { l, x in l < plan.experts.count && x < plan.experts[l].count ? plan.workers[plan.experts[l][x]].name : "?" }
+        }
+        guard let before = counts.meanImbalance(holder: holder(current)) else { return nil }
+        var footprint = assignment.footprint
+        footprint.expertUse = use
+        let workers = membership.links.filter { link in current.workers.contains { $0.name == link.worker.name } && link.state == .ready }
+        guard workers.count == current.workers.count,
+              let candidate = try? Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: plannable(workers),
+                                                                               coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys)),
+              candidate.experts != current.experts,
+              let after = counts.meanImbalance(holder: holder(candidate)), after < before * (1 - gain) else { return nil }
+        let proposal = Rebalance(use: use, before: before, after: after)
+        rebalance.withLock { $0 = proposal }
+        log(String(format: "rebalance: the routing of late leaves the split layers' busiest holders %.3f of their rows on average; a plan for it gives %.3f: re-planning at the next step", before, after))
+        return proposal
     }
 
     // MARK: Joining

@@ -50,6 +50,8 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var experts: ExpertSelectionOptions
     @Option(help: "Threads per worker (assigned to workers; default: every core).") var threads: Int = ThreadPool.availableCores
     @Option(help: "Seconds to wait for the cluster's workers to answer.") var joinTimeout: Double = 30
+    @Option(help: ArgumentHelp("Every SECONDS, plan the experts of split layers for the routing of late (the stages' counts) and move them when that lowers the layers' imbalance by more than 5% (a re-plan under a new epoch; running requests are replayed, workers whose share did not change keep it). Off by default.", valueName: "seconds"))
+    var rebalance: Double?
     @Flag(help: "A standby coordinator: while another coordinator holds the workers, wait; take them over when it goes (workers notice a dead coordinator within 5 s).")
     var standby = false
     @Option(help: "Micro-batches in the pipeline at once (default: one per stage, so every stage computes while the others do).")
@@ -99,6 +101,7 @@ struct ServeCommand: AsyncParsableCommand {
         if apiKey != nil, apiKeyFile != nil { throw ValidationError("give the API key once: --api-key or --api-key-file") }
         if apiKey?.isEmpty == true { throw ValidationError("--api-key must not be empty") }
         if maxQueue < 1 { throw ValidationError("--max-queue needs at least 1") }
+        if let rebalance, !(rebalance >= 1 && rebalance <= 86_400) { throw ValidationError("--rebalance takes 1 to 86400 seconds") }
         if httpIdleTimeout < 1 { throw ValidationError("--http-idle-timeout needs at least 1 second") }
         if httpMaxConnections < 1 { throw ValidationError("--http-max-connections needs at least 1") }
     }
@@ -345,6 +348,7 @@ struct ServeCommand: AsyncParsableCommand {
             let socket = try transports.listen(clusterFile.coordinator.replacingOccurrences(of: "tcp://localhost", with: "tcp://127.0.0.1"), maxMessageSize: 256 << 20)
             var options = Coordinator.Options(contextLength: ctx, workerThreads: threads)
             options.joinTimeout = joinTimeout
+            options.rebalanceEvery = rebalance
             options.standby = standby
             options.microBatches = microBatches
             options.maxBatch = ubatch

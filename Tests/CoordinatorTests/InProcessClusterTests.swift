@@ -391,6 +391,38 @@ import Wire
         #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
     }
 
+    /// `serve --rebalance`: after text has been generated, the stages' counts of their routers' choices give a plan
+    /// whose split layers leave their busiest holder a smaller share of the rows; the next turn puts it in force
+    /// under a new epoch, and the text is still the one process's. Without counts nothing is proposed.
+    @Test func aRebalanceMovesExpertsForTheRoutingOfLate() async throws {
+        let c = try InProcessCluster(workers: [("a", .any), ("x", .experts)])
+        defer { c.stop() }
+        try await c.start()
+        #expect(c.coordinator.recovery.proposeRebalance(gain: 0) == nil)
+        let uniform = c.coordinator.plan
+        for prompt in ["Once upon a time", "The little dog", "She said"] {
+            let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode(prompt), maxTokens: 48, sampling: .greedy))
+            var tokens: [Int32] = []
+            for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+            #expect(tokens == (try alone(prompt, 48, .greedy)))
+        }
+        // The counts come with the stages' heartbeats.
+        try c.tick()
+        try c.tick()
+        let proposal = try #require(c.coordinator.recovery.proposeRebalance(gain: 0), "\(c.log.all.suffix(10))")
+        #expect(proposal.after < proposal.before && proposal.before <= 1 && proposal.after >= 0.5)
+        #expect(c.coordinator.executor.replanWanted()?.message.contains("rebalance") == true)
+        try c.tick()
+        try await c.settle("the rebalanced plan in force") { c.coordinator.recovery.history.last?.recovered == true }
+        #expect(c.coordinator.plan.experts != uniform.experts)
+        #expect(c.coordinator.executor.replanWanted() == nil)
+        #expect(c.log.all.contains { $0.contains("new plan for the routing of late") }, "\(c.log.all.suffix(10))")
+        let (_, events) = c.coordinator.scheduler.submit(GenerationRequest(prompt: Self.engine.tokenizer.encode("Once upon a time"), maxTokens: 16, sampling: .greedy))
+        var tokens: [Int32] = []
+        for try await e in events { if case .token(let t?, _, _) = e { tokens.append(t) } }
+        #expect(tokens == (try alone("Once upon a time", 16, .greedy)))
+    }
+
     /// Workers without the model fetch only their shards; when a stage dies and the survivor takes its layers, the
     /// survivor fetches only the pieces it did not have (the dead stage's layers), into the cache it maps, and the
     /// text is the one process's.

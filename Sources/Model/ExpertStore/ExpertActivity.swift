@@ -88,4 +88,19 @@ extension ExpertActivity.Snapshot {
             return (byHolder.values.max() ?? 0) / sum
         }
     }
+
+    /// How often a token chose each expert lately, per layer: its recent choices ÷ the layer's recent rows (a row
+    /// sums to `expertsUsed`), as planning takes a routing trace's; an empty row for a layer without recent rows.
+    public func expertUse(expertsUsed: Int) -> [[Double]] {
+        recent.map { row in
+            let rows = row.reduce(0, +) / Double(max(1, expertsUsed))
+            return rows > 0 ? row.map { $0 / rows } : []
+        }
+    }
+
+    /// The mean of the layers' imbalances (`imbalance`) over the layers with recent rows, nil when none has.
+    public func meanImbalance(holder: (Int, Int) -> String) -> Double? {
+        let known = imbalance(holder: holder).compactMap { $0 }
+        return known.isEmpty ? nil : known.reduce(0, +) / Double(known.count)
+    }
 }
