@@ -22,6 +22,9 @@ public final class ClientAPI: Service, @unchecked Sendable {
     let log: @Sendable (String) -> Void
     /// Client requests whose events are still being answered.
     private let answering = Mutex(0)
+    /// Joins, one at a time (each waits up to seconds for the worker's Hello): a flood of them delays the next
+    /// join, never the client socket or generation.
+    private let joins = DispatchQueue(label: "conclave.coordinator.join")
 
     init(clients: Transport, scheduler: Scheduler, tokenizer: Tokenizer, status: @escaping @Sendable () -> Conclave_V1_StatusReply,
          join: @escaping @Sendable (Conclave_V1_Join, PeerRole?) -> Result<Conclave_V1_Join, WireError> = { _, _ in .failure(WireError(.malformed, "this coordinator takes no joins")) },
@@ -78,7 +81,7 @@ public final class ClientAPI: Service, @unchecked Sendable {
                 generate(g, client: frames.peer, requestID: msg.envelope.requestID)
             case .join(let j):
                 let id = msg.envelope.requestID, peer = frames.peer, role = frames.role
-                DispatchQueue.global().async { [self] in
+                joins.async { [self] in
                     switch join(j, role) {
                     case .success(let answer):
                         var e = Envelope()
