@@ -1,6 +1,7 @@
 import ClusterProtocol
 import Foundation
 import Generation
+import Model
 import Placement
 import Runtime
 import Synchronization
@@ -112,8 +113,12 @@ final class Recovery: @unchecked Sendable {
             // The same placement when every lost shard has a taker (a spare, or the worker restarted): only that
             // shard loads. Otherwise a plan from scratch over what is left.
             let plan = assignment.plan
-            if !newcomers.isEmpty || balance != nil {
+            if !newcomers.isEmpty {
+                assignment.plan = try leastMoving(from: plan, workers: left, newcomers: Set(newcomers.map(\.worker.name)))
+            } else if balance != nil {
                 assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+            }
+            if !newcomers.isEmpty || balance != nil {
                 if !newcomers.isEmpty { log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary()) }
                 if let balance {
                     log("new plan for the routing of late (mean layer imbalance \(String(format: "%.3f", balance.before)) → \(String(format: "%.3f", balance.after)) expected): " + assignment.summary())
@@ -200,6 +205,57 @@ final class Recovery: @unchecked Sendable {
             link.send(WireMessage.make(e))
             log("worker '\(link.worker.name)' released: the plan in force (\(assignment.epoch)) no longer uses it")
         }
+    }
+
+    // MARK: Joining's plan
+
+    /// The plan with the workers that joined that moves the fewest bytes to the workers already there: layers are
+    /// contiguous ranges in the order of the workers, so where the newcomers stand in that order decides how far
+    /// the others' ranges shift. Each position is planned; the one whose existing workers must load the fewest
+    /// bytes they do not hold now wins (of equals, the latest position: deterministic).
+    func leastMoving(from current: Plan, workers: [ClusterFile.Worker], newcomers: Set<String>) throws -> Plan {
+        let others = workers.filter { !newcomers.contains($0.name) }, joined = workers.filter { newcomers.contains($0.name) }
+        let file = assignment.model.file
+        let layout = WeightLayout(file: file, config: assignment.model.config)
+        func ranges(_ plan: Plan, _ name: String) -> [Range<Int>] {
+            guard let i = plan.workers.firstIndex(where: { $0.name == name }) else { return [] }
+            let shard = plan.shard(of: i)
+            return layout.fileRanges(of: file, layers: shard.layers, experts: shard.resident)
+                + layout.fileRanges(of: file, layers: 0..<0, experts: shard.paged)
+        }
+        var best: (plan: Plan, moved: Int)?
+        var firstError: Error?
+        // From the end: of equal plans, the one with the newcomers last (the order the plain plan takes) wins.
+        for position in (0...others.count).reversed() {
+            let order = Array(others[..<position]) + joined + Array(others[position...])
+            do {
+                let candidate = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: order,
+                                                                                              coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                let moved = others.reduce(0) { $0 + Self.uncovered(ranges(candidate, $1.name), by: ranges(current, $1.name)) }
+                if best == nil || moved < best!.moved { best = (candidate, moved) }
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        guard let best else { throw firstError ?? CoordinatorError("no plan with the workers that joined") }
+        log("the workers already serving load \(best.moved) bytes they do not hold for this plan (the fewest of \(others.count + 1) orders)")
+        return best.plan
+    }
+
+    /// Bytes of `ranges` that `held` does not cover.
+    static func uncovered(_ ranges: [Range<Int>], by held: [Range<Int>]) -> Int {
+        let held = held.sorted { $0.lowerBound < $1.lowerBound }
+        var total = 0
+        for r in ranges {
+            var at = r.lowerBound
+            for h in held where h.upperBound > at && h.lowerBound < r.upperBound {
+                if h.lowerBound > at { total += h.lowerBound - at }
+                at = max(at, h.upperBound)
+                if at >= r.upperBound { break }
+            }
+            if at < r.upperBound { total += r.upperBound - at }
+        }
+        return total
     }
 
     // MARK: Rebalancing
