@@ -260,7 +260,7 @@ public final class Coordinator: Service, @unchecked Sendable {
             }.joined(separator: "; "))
         }
         do {
-            let p = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: workers))
+            let p = try Planner.plan(assignment.footprint, cluster: cluster.with(workers: workers))
             guard p.stages.count == assignment.plan.stages.count else {
                 guard !smaller.isEmpty else { return }  // measurements alone never change the pipeline's shape
                 throw CoordinatorError("with the budgets the workers report, the model needs \(p.stages.count) pipeline stages instead of \(assignment.plan.stages.count); correct the cluster file's memory figures")
@@ -294,9 +294,7 @@ public final class Coordinator: Service, @unchecked Sendable {
     public func expertActivity() -> (snapshot: ExpertActivity.Snapshot, halfLife: Double, holder: (Int, Int) -> String)? {
         guard let activity = membership.activity else { return nil }
         let plan = assignment.plan
-        return (activity.snapshot(now: options.clock.now()), activity.halfLife, { l, x in
-            l < plan.experts.count && x < plan.experts[l].count ? plan.workers[plan.experts[l][x]].name : "?"
-        })
+        return (activity.snapshot(now: options.clock.now()), activity.halfLife, plan.holder)
     }
 
     public func status() -> Conclave_V1_StatusReply {

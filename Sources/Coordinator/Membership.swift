@@ -69,9 +69,13 @@ final class Membership: @unchecked Sendable {
     /// link, the reason) when its name or endpoint is taken — by a worker that left too: a name is one worker's
     /// for the coordinator's life, so status and metrics never mix two — or the connection cannot be made.
     func add(_ worker: ClusterFile.Worker, transports: TransportFactory) throws(CoordinatorError) -> WorkerLink {
-        let known = links.map(\.worker)
-        if known.contains(where: { $0.name == worker.name }) { throw CoordinatorError("join: the name '\(worker.name)' is used twice") }
-        if known.contains(where: { $0.endpoint == worker.endpoint }) { throw CoordinatorError("join '\(worker.name)': endpoint \(worker.endpoint) is used twice") }
+        // Before connecting, and again under the lock: of two joins of one name at once, one is added.
+        func taken(_ l: [WorkerLink]) -> String? {
+            if l.contains(where: { $0.worker.name == worker.name }) { return "join: the name '\(worker.name)' is used twice" }
+            if l.contains(where: { $0.worker.endpoint == worker.endpoint }) { return "join '\(worker.name)': endpoint \(worker.endpoint) is used twice" }
+            return nil
+        }
+        if let problem = taken(links) { throw CoordinatorError(problem) }
         let transport: Transport
         do {
             transport = try transports.connect(worker.endpoint)
@@ -79,15 +83,14 @@ final class Membership: @unchecked Sendable {
             throw CoordinatorError("join '\(worker.name)': cannot connect to \(worker.endpoint): \(error)")
         }
         let link = WorkerLink(worker: worker, transport: transport, clock: clock)
-        let taken = list.withLock { l -> Bool in
-            // Checked again under the lock: two joins of one name at once add one.
-            if l.contains(where: { $0.worker.name == worker.name || $0.worker.endpoint == worker.endpoint }) { return true }
+        let problem = list.withLock { l -> String? in
+            if let problem = taken(l) { return problem }
             l.append(link)
-            return false
+            return nil
         }
-        guard !taken else {
+        if let problem {
             transport.close()
-            throw CoordinatorError("join: the name '\(worker.name)' or endpoint \(worker.endpoint) is taken")
+            throw CoordinatorError(problem)
         }
         startReading(link)
         return link

@@ -115,20 +115,16 @@ final class Recovery: @unchecked Sendable {
             let plan = assignment.plan
             if !newcomers.isEmpty {
                 assignment.plan = try leastMoving(from: plan, workers: left, newcomers: Set(newcomers.map(\.worker.name)))
-            } else if balance != nil {
-                assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
-            }
-            if !newcomers.isEmpty || balance != nil {
-                if !newcomers.isEmpty { log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary()) }
-                if let balance {
-                    log("new plan for the routing of late (mean layer imbalance \(String(format: "%.3f", balance.before)) → \(String(format: "%.3f", balance.after)) expected): " + assignment.summary())
-                }
+                log("new plan with \(newcomers.map(\.worker.name).joined(separator: ", ")), which joined: " + assignment.summary())
+            } else if let balance {
+                assignment.plan = try Planner.plan(assignment.footprint, cluster: cluster.with(workers: left))
+                log("new plan for the routing of late (mean layer imbalance \(String(format: "%.3f", balance.before)) → \(String(format: "%.3f", balance.after)) expected): " + assignment.summary())
             } else if let same = plan.keeping(on: left, expertBytes: assignment.footprint.expertBytes) {
                 let moved = plan.workers.map(\.name).filter { n in !same.workers.contains { $0.name == n } }
                 assignment.plan = same
                 log("keeping the placement\(moved.isEmpty ? "" : " (the shards of \(moved.joined(separator: ", ")) taken over)"): " + assignment.summary())
             } else {
-                assignment.plan = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: left, coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                assignment.plan = try Planner.plan(assignment.footprint, cluster: cluster.with(workers: left))
                 log("new plan without \(gone.joined(separator: ", ")): " + assignment.summary())
             }
             outcome = try assignment.assign(timeout: loadTimeout)
@@ -173,8 +169,7 @@ final class Recovery: @unchecked Sendable {
         let name = link.worker.name
         let others = plannable(membership.links.filter { $0 !== link && ($0.state == .ready || $0.state == .spare) })
         do {
-            _ = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: others,
-                                                                            coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+            _ = try Planner.plan(assignment.footprint, cluster: cluster.with(workers: others))
         } catch {
             log("worker '\(name)' asked to leave; refused: the other workers cannot hold the model without it (\(error))")
             link.send(WireMessage.errorReply(to: id, WireError(.unavailable, "the other workers cannot hold the model without '\(name)' (\(error)); it stays in the plan")))
@@ -229,8 +224,7 @@ final class Recovery: @unchecked Sendable {
         for position in (0...others.count).reversed() {
             let order = Array(others[..<position]) + joined + Array(others[position...])
             do {
-                let candidate = try Planner.plan(assignment.footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: order,
-                                                                                              coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys))
+                let candidate = try Planner.plan(assignment.footprint, cluster: cluster.with(workers: order))
                 let moved = others.reduce(0) { $0 + Self.uncovered(ranges(candidate, $1.name), by: ranges(current, $1.name)) }
                 if best == nil || moved < best!.moved { best = (candidate, moved) }
             } catch {
@@ -272,18 +266,14 @@ final class Recovery: @unchecked Sendable {
         let counts = activity.snapshot(now: membership.clock.now())
         let use = counts.expertUse(expertsUsed: assignment.model.config.expertsUsed)
         let current = assignment.plan
-        func holder(_ plan: Plan) -> (Int, Int) -> String {
-            { l, x in l < plan.experts.count && x < plan.experts[l].count ? plan.workers[plan.experts[l][x]].name : "?" }
-        }
-        guard let before = counts.meanImbalance(holder: holder(current)) else { return nil }
+        guard let before = counts.meanImbalance(holder: current.holder) else { return nil }
         var footprint = assignment.footprint
         footprint.expertUse = use
         let workers = membership.links.filter { link in current.workers.contains { $0.name == link.worker.name } && link.state == .ready }
         guard workers.count == current.workers.count,
-              let candidate = try? Planner.plan(footprint, cluster: ClusterFile(coordinator: cluster.coordinator, workers: plannable(workers),
-                                                                               coordinatorKey: cluster.coordinatorKey, clientKeys: cluster.clientKeys)),
+              let candidate = try? Planner.plan(footprint, cluster: cluster.with(workers: plannable(workers))),
               candidate.experts != current.experts,
-              let after = counts.meanImbalance(holder: holder(candidate)), after < before * (1 - gain) else { return nil }
+              let after = counts.meanImbalance(holder: candidate.holder), after < before * (1 - gain) else { return nil }
         let proposal = Rebalance(use: use, before: before, after: after)
         rebalance.withLock { $0 = proposal }
         log(String(format: "rebalance: the routing of late leaves the split layers' busiest holders %.3f of their rows on average; a plan for it gives %.3f: re-planning at the next step", before, after))

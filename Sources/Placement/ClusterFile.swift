@@ -18,7 +18,7 @@ public struct ClusterFile: Sendable, Equatable {
 
     /// The workers a plan uses now: every one but the spares.
     public var active: ClusterFile {
-        ClusterFile(coordinator: coordinator, workers: workers.filter { $0.role != .spare }, coordinatorKey: coordinatorKey, clientKeys: clientKeys, joinKeys: joinKeys)
+        with(workers: workers.filter { $0.role != .spare })
     }
 
     public struct Worker: Sendable, Equatable {
@@ -75,6 +75,11 @@ public struct ClusterFile: Sendable, Equatable {
         self.coordinatorKey = coordinatorKey
         self.clientKeys = clientKeys
         self.joinKeys = joinKeys
+    }
+
+    /// The same cluster (endpoint and keys) with other workers: what a re-plan plans over.
+    public func with(workers: [Worker]) -> ClusterFile {
+        ClusterFile(coordinator: coordinator, workers: workers, coordinatorKey: coordinatorKey, clientKeys: clientKeys, joinKeys: joinKeys)
     }
 
     /// Whether peers authenticate with CurveZMQ.

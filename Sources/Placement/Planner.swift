@@ -29,6 +29,11 @@ public struct Plan: Sendable, Equatable {
         return stages.contains { $0.worker == name } || experts.contains { $0.contains(i) }
     }
 
+    /// The name of the worker that computes (layer, expert), "?" outside the plan.
+    public func holder(layer l: Int, expert x: Int) -> String {
+        l < experts.count && x < experts[l].count ? workers[experts[l][x]].name : "?"
+    }
+
     /// Experts a worker computes (resident or paged), as (layer, expert) pairs.
     public func experts(of worker: Int) -> [(layer: Int, expert: Int)] {
         experts.enumerated().flatMap { l, row in row.enumerated().filter { $0.element == worker }.map { (l, $0.offset) } }
